@@ -1,0 +1,141 @@
+//! Layer 2: tasks applied to text. Builds one encoder batch from rows of any tasks and DETs
+//! (each row carries its own z and DET selector), then scores each row against its own task's
+//! label embeddings. Shared by the CLI, the server's batcher and the trainer's evaluation.
+
+use ndarray::{Array2, ArrayView2};
+
+use crate::det::{DetError, DetKind};
+use crate::model::{
+    Batch, Encoder, LabelScores, ModelError, TextInput, cosine_logits, softmax_rows,
+};
+use crate::subspace::Subspace;
+use crate::task::{Label, Task};
+
+/// What can go wrong classifying.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Det(#[from] DetError),
+}
+
+/// A task ready to serve: its label descriptions embedded once by the frozen model.
+#[derive(Debug, Clone)]
+pub struct PreparedTask {
+    pub task: Task,
+    /// Label-description embeddings, [labels, H], unit rows.
+    pub label_embeddings: Array2<f32>,
+}
+
+impl PreparedTask {
+    /// Embeds the task's label descriptions with the frozen model.
+    pub fn prepare(task: Task, encoder: &Encoder) -> Result<Self, ClassifyError> {
+        let label_embeddings = embed_labels(&task.labels, encoder)?;
+        Ok(Self {
+            task,
+            label_embeddings,
+        })
+    }
+
+    /// Label names in order.
+    pub fn label_names(&self) -> Vec<String> {
+        self.task.label_names()
+    }
+}
+
+/// Embeddings of label descriptions by the frozen model (no DET), [labels, H].
+pub fn embed_labels(labels: &[Label], encoder: &Encoder) -> Result<Array2<f32>, ModelError> {
+    let descriptions: Vec<TextInput> = labels
+        .iter()
+        .map(|l| TextInput::single(l.description.clone()))
+        .collect();
+    encoder.embed_frozen(&descriptions)
+}
+
+/// One row to encode: a text, the code z it is decoded with, and the DET that decodes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Row<'a> {
+    pub input: &'a TextInput,
+    pub z: &'a [f32],
+    pub det: DetKind,
+}
+
+/// Embeds rows of any tasks and DETs in one encoder run: [rows, H].
+pub fn embed_rows(
+    encoder: &Encoder,
+    subspace: &Subspace,
+    rows: &[Row<'_>],
+) -> Result<Array2<f32>, ClassifyError> {
+    let inputs: Vec<TextInput> = rows.iter().map(|r| r.input.clone()).collect();
+    let tokens = encoder.tokenize(&inputs)?;
+    let manifest = encoder.manifest();
+    let d = subspace.d();
+    let mut z = Array2::<f32>::zeros((rows.len(), d));
+    let mut det_select = Array2::<f32>::zeros((rows.len(), manifest.dets.len()));
+    for (index, row) in rows.iter().enumerate() {
+        if row.z.len() != d {
+            return Err(ModelError::Shape(format!(
+                "row {index}: z has {} values, d = {d}",
+                row.z.len()
+            ))
+            .into());
+        }
+        z.row_mut(index).assign(
+            &ArrayView2::from_shape((1, d), row.z)
+                .map_err(|e| ModelError::Shape(e.to_string()))?
+                .row(0),
+        );
+        det_select[[index, row.det.column(manifest)?]] = 1.0;
+    }
+    let batch = Batch {
+        tokens: &tokens,
+        z: z.view(),
+        det_select: det_select.view(),
+    };
+    Ok(encoder.embed(batch, subspace.params())?)
+}
+
+/// Label probabilities of one embedding against one task.
+pub fn score(
+    embedding: ArrayView2<f32>,
+    task: &PreparedTask,
+    logit_scale: f32,
+) -> Vec<LabelScores> {
+    let probabilities = softmax_rows(&cosine_logits(
+        embedding,
+        task.label_embeddings.view(),
+        logit_scale,
+    ));
+    let names = task.label_names();
+    probabilities
+        .rows()
+        .into_iter()
+        .map(|p| LabelScores::rank(&names, p.as_slice().unwrap_or_default()))
+        .collect()
+}
+
+/// Classifies texts of one task, decoding its z with `det` (the task's own DET by default).
+pub fn predict(
+    encoder: &Encoder,
+    subspace: &Subspace,
+    task: &PreparedTask,
+    det: Option<DetKind>,
+    inputs: &[TextInput],
+) -> Result<Vec<LabelScores>, ClassifyError> {
+    let det = det.unwrap_or(task.task.det);
+    let rows: Vec<Row> = inputs
+        .iter()
+        .map(|input| Row {
+            input,
+            z: &task.task.z,
+            det,
+        })
+        .collect();
+    let embeddings = embed_rows(encoder, subspace, &rows)?;
+    Ok(score(
+        embeddings.view(),
+        task,
+        encoder.manifest().logit_scale,
+    ))
+}

@@ -1,0 +1,116 @@
+//! The edge: clap commands. Each command group has its own file; this one holds the global
+//! options and the shared set-up (config, runtime, model, subspace).
+
+mod predict;
+mod subspace;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::model::{Encoder, EncoderOptions};
+use crate::runtime::{ProviderChoice, Runtime};
+use crate::subspace::Subspace;
+
+/// Serve one frozen language model for many tasks, each task a tiny vector z in a unified
+/// delta-tuning subspace.
+#[derive(Debug, Parser)]
+#[command(name = "deltaspace", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// Log more (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Configuration file [default: config/deltaspace.toml when present].
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Execution provider: auto, cuda or cpu (overrides [runtime] provider).
+    #[arg(long, global = true)]
+    pub provider: Option<ProviderChoice>,
+    /// ONNX Runtime intra-op threads per session, 0 = one per core (overrides [runtime] intra_threads).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Classify texts with a task: one JSON line {text, label, score, scores} per text.
+    Predict(predict::PredictArgs),
+    /// Print embeddings: one JSON line {text, embedding} per text.
+    Embed(predict::EmbedArgs),
+    /// Make or inspect subspace artifacts.
+    #[command(subcommand)]
+    Subspace(subspace::SubspaceCommand),
+    /// Describe a model export, the ONNX Runtime in use and its execution provider.
+    Info(predict::InfoArgs),
+}
+
+/// Runs one parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.global.config.as_deref())?;
+    if let Some(provider) = cli.global.provider {
+        config.runtime.provider = provider;
+    }
+    if let Some(threads) = cli.global.threads {
+        config.runtime.intra_threads = threads;
+    }
+    match cli.command {
+        Command::Predict(args) => predict::predict(&config, args),
+        Command::Embed(args) => predict::embed(&config, args),
+        Command::Subspace(command) => subspace::run(&config, command),
+        Command::Info(args) => predict::info(&config, args),
+    }
+}
+
+/// Logs go to stderr, so JSON on stdout stays clean.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info,ort=warn",
+        1 => "debug,ort=info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Loads ONNX Runtime as configured.
+fn load_runtime(config: &Config) -> anyhow::Result<Runtime> {
+    Ok(Runtime::load(config.runtime_options())?)
+}
+
+/// Loads the model directory `dir` (or the configured one).
+fn load_encoder(
+    config: &Config,
+    dir: Option<&Path>,
+    options: EncoderOptions,
+) -> anyhow::Result<Encoder> {
+    let runtime = load_runtime(config)?;
+    let dir = dir.unwrap_or(&config.model.dir);
+    Encoder::load(&runtime, dir, &options)
+        .with_context(|| format!("loading model {}", dir.display()))
+}
+
+/// Loads a subspace file (or the configured one) for the encoder's model.
+fn load_subspace(
+    config: &Config,
+    path: Option<&Path>,
+    encoder: &Encoder,
+) -> anyhow::Result<Subspace> {
+    let path = path.unwrap_or(&config.model.subspace);
+    Subspace::load(path, encoder.manifest())
+        .with_context(|| format!("loading subspace {}", path.display()))
+}

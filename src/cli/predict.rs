@@ -1,0 +1,182 @@
+//! `deltaspace predict`, `embed` and `info`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use super::{load_encoder, load_subspace};
+use crate::classifier::{self, PreparedTask, Row};
+use crate::config::Config;
+use crate::det::DetKind;
+use crate::model::{EncoderOptions, TextInput};
+use crate::task::{Task, TaskError, TaskLimits};
+
+/// Arguments of `deltaspace predict`.
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// Model directory [default: [model] dir].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Subspace file [default: [model] subspace].
+    #[arg(long)]
+    pub subspace: Option<PathBuf>,
+    /// The task: a TASK.json {name, det, z, labels: [{name, description}], subspace}.
+    #[arg(long)]
+    pub task: PathBuf,
+    /// Decode z with this DET instead of the task's own (zero-shot transfer): lora, adapter, prefix.
+    #[arg(long)]
+    pub det: Option<DetKind>,
+    /// Second text of every input, for pair tasks (entailment, paraphrase, ...).
+    #[arg(long)]
+    pub text_pair: Option<String>,
+    /// Texts to classify; `-` reads JSON lines from stdin, each a string or {"text", "text_pair"}.
+    #[arg(required = true)]
+    pub texts: Vec<String>,
+}
+
+/// Arguments of `deltaspace embed`.
+#[derive(Debug, clap::Args)]
+pub struct EmbedArgs {
+    /// Model directory [default: [model] dir].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Subspace file [default: [model] subspace]; only read with --task.
+    #[arg(long)]
+    pub subspace: Option<PathBuf>,
+    /// Embed through this task's z and DET; without it, the frozen model (no delta).
+    #[arg(long)]
+    pub task: Option<PathBuf>,
+    /// Decode the task's z with this DET instead of its own.
+    #[arg(long, requires = "task")]
+    pub det: Option<DetKind>,
+    /// Second text of every input, for pair tasks.
+    #[arg(long)]
+    pub text_pair: Option<String>,
+    /// Texts to embed; `-` reads JSON lines from stdin.
+    #[arg(required = true)]
+    pub texts: Vec<String>,
+}
+
+/// Arguments of `deltaspace info`.
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// Model directory [default: [model] dir].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+pub fn predict(config: &Config, args: PredictArgs) -> anyhow::Result<()> {
+    let inputs = read_inputs(&args.texts, args.text_pair.as_deref())?;
+    let encoder = load_encoder(config, args.model.as_deref(), EncoderOptions::default())?;
+    let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
+    let task = load_task(&args.task, &subspace)?;
+    let prepared = PreparedTask::prepare(task, &encoder)?;
+    let predictions = classifier::predict(&encoder, &subspace, &prepared, args.det, &inputs)?;
+    let mut out = std::io::stdout().lock();
+    for (input, prediction) in inputs.iter().zip(predictions) {
+        let line = json!({"text": input, "label": prediction.label, "score": prediction.score, "scores": prediction.scores});
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+pub fn embed(config: &Config, args: EmbedArgs) -> anyhow::Result<()> {
+    let inputs = read_inputs(&args.texts, args.text_pair.as_deref())?;
+    let encoder = load_encoder(config, args.model.as_deref(), EncoderOptions::default())?;
+    let embeddings = match &args.task {
+        Some(path) => {
+            let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
+            let task = load_task(path, &subspace)?;
+            let det = args.det.unwrap_or(task.det);
+            let rows: Vec<Row> = inputs
+                .iter()
+                .map(|input| Row {
+                    input,
+                    z: &task.z,
+                    det,
+                })
+                .collect();
+            classifier::embed_rows(&encoder, &subspace, &rows)?
+        }
+        None => encoder.embed_frozen(&inputs)?,
+    };
+    let mut out = std::io::stdout().lock();
+    for (input, embedding) in inputs.iter().zip(embeddings.rows()) {
+        writeln!(
+            out,
+            "{}",
+            json!({"text": input, "embedding": embedding.to_vec()})
+        )?;
+    }
+    Ok(())
+}
+
+pub fn info(config: &Config, args: InfoArgs) -> anyhow::Result<()> {
+    let encoder = load_encoder(config, args.model.as_deref(), EncoderOptions::default())?;
+    let manifest = encoder.manifest();
+    let dets: Vec<_> = manifest
+        .dets
+        .iter()
+        .map(|d| json!({"name": d.name, "size": d.size, "hyper": d.hyper}))
+        .collect();
+    let info = json!({
+        "model": manifest.name,
+        "dir": encoder.dir(),
+        "base_model_sha256": manifest.base_model_sha256,
+        "layout_sha256": manifest.layout_sha256,
+        "hidden": manifest.hidden(),
+        "layers": manifest.config.layers,
+        "max_seq_len": manifest.max_seq_len,
+        "dets": dets,
+        "execution_provider": encoder.provider(),
+        "sessions": encoder.sessions(),
+        "onnxruntime": config.runtime_options().library.unwrap_or_default(),
+    });
+    println!("{}", serde_json::to_string_pretty(&info)?);
+    Ok(())
+}
+
+/// Reads TASK.json and validates it against the loaded subspace.
+fn load_task(path: &std::path::Path, subspace: &crate::subspace::Subspace) -> anyhow::Result<Task> {
+    let task = Task::load(path)?;
+    if let Some(reference) = task.subspace.as_ref().filter(|r| !subspace.matches(r)) {
+        return Err(TaskError::Subspace {
+            task: reference.clone(),
+            loaded: subspace.id(),
+        })
+        .with_context(|| format!("task {}", path.display()));
+    }
+    task.validate(subspace.d(), &TaskLimits::default())
+        .with_context(|| format!("task {}", path.display()))?;
+    Ok(task)
+}
+
+/// Positional texts, or JSON lines from stdin for `-`.
+fn read_inputs(texts: &[String], text_pair: Option<&str>) -> anyhow::Result<Vec<TextInput>> {
+    let mut inputs = Vec::new();
+    for text in texts {
+        if text == "-" {
+            for (number, line) in std::io::stdin().lock().lines().enumerate() {
+                let line = line.context("reading stdin")?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let input: TextInput = serde_json::from_str(&line).with_context(|| {
+                    format!(
+                        "stdin line {}: expected a JSON string or {{\"text\", \"text_pair\"}}",
+                        number + 1
+                    )
+                })?;
+                inputs.push(input);
+            }
+        } else {
+            inputs.push(TextInput::pair(text.clone(), text_pair.map(str::to_string)));
+        }
+    }
+    if inputs.is_empty() {
+        bail!("no texts given");
+    }
+    Ok(inputs)
+}

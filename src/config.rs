@@ -1,0 +1,188 @@
+//! Configuration: `config/deltaspace.toml`, then `DELTASPACE_<SECTION>_<KEY>` environment
+//! variables, then command-line flags. Only the edge (this module and `cli`) reads files or the
+//! environment; layers below take typed options built here.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::{ProviderChoice, RuntimeOptions};
+
+/// The whole configuration file. Every key has a default, so an empty file is valid.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub runtime: RuntimeConfig,
+    pub model: ModelConfig,
+}
+
+/// `[runtime]`: ONNX Runtime.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `auto` (CUDA if it starts, else CPU), `cuda` (CUDA or fail), `cpu`.
+    pub provider: ProviderChoice,
+    /// ORT intra-op threads per session; 0 = one per core.
+    pub intra_threads: usize,
+    /// Sessions of the serving graph (concurrent runs); sessions × threads ≈ cores.
+    pub sessions: usize,
+    /// libonnxruntime.so to load; empty = ORT_DYLIB_PATH, beside the binary, third_party/.
+    pub library: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            provider: ProviderChoice::Auto,
+            intra_threads: 0,
+            sessions: 1,
+            library: String::new(),
+        }
+    }
+}
+
+/// `[model]`: what to load.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The exported model directory (manifest.json, graphs, tokenizer).
+    pub dir: PathBuf,
+    /// The subspace artifact (safetensors).
+    pub subspace: PathBuf,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("models/all-MiniLM-L6-v2"),
+            subspace: PathBuf::from("models/all-MiniLM-L6-v2/subspaces/default.safetensors"),
+        }
+    }
+}
+
+/// The file read when no `--config` is given (skipped if absent).
+pub const DEFAULT_PATH: &str = "config/deltaspace.toml";
+/// Prefix of environment overrides: `DELTASPACE_RUNTIME_PROVIDER=cpu`.
+pub const ENV_PREFIX: &str = "DELTASPACE_";
+
+impl Config {
+    /// Reads `path` (or the default file when it exists), then applies environment overrides.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading config {}", path.display()))?,
+            None if Path::new(DEFAULT_PATH).is_file() => std::fs::read_to_string(DEFAULT_PATH)
+                .with_context(|| format!("reading config {DEFAULT_PATH}"))?,
+            None => String::new(),
+        };
+        let mut table: toml::Table = toml::from_str(&text).context("parsing the config file")?;
+        apply_env(&mut table, std::env::vars())?;
+        toml::Value::Table(table)
+            .try_into()
+            .context("invalid configuration")
+    }
+
+    /// Every setting as `(section, key, environment variable)`, for docs and error messages.
+    pub fn keys() -> Vec<(String, String, String)> {
+        let defaults = toml::Value::try_from(Config::default())
+            .expect("the defaults serialize. This is a bug.");
+        let mut keys = Vec::new();
+        for (section, values) in defaults.as_table().into_iter().flatten() {
+            for key in values.as_table().into_iter().flatten().map(|(k, _)| k) {
+                let env = format!(
+                    "{ENV_PREFIX}{}_{}",
+                    section.to_uppercase(),
+                    key.to_uppercase()
+                );
+                keys.push((section.clone(), key.clone(), env));
+            }
+        }
+        keys
+    }
+
+    /// Options for [`crate::runtime::Runtime::load`].
+    pub fn runtime_options(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            provider: self.runtime.provider,
+            intra_threads: self.runtime.intra_threads,
+            library: (!self.runtime.library.is_empty())
+                .then(|| PathBuf::from(&self.runtime.library)),
+        }
+    }
+}
+
+/// Applies `DELTASPACE_<SECTION>_<KEY>=value` overrides. A value is read as TOML when it parses
+/// (`4`, `true`, `["a"]`), else as a string; an unknown variable is an error, so typos surface.
+fn apply_env(
+    table: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    let keys = Config::keys();
+    for (name, raw) in vars.filter(|(name, _)| name.starts_with(ENV_PREFIX)) {
+        let Some((section, key, _)) = keys.iter().find(|(_, _, env)| *env == name) else {
+            let known: Vec<&str> = keys.iter().map(|(_, _, env)| env.as_str()).collect();
+            bail!("unknown setting {name}; known: {}", known.join(", "));
+        };
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let section_table = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("[{section}] in the config file is not a table"))?;
+        section_table.insert(key.clone(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        apply_env(
+            &mut table,
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )?;
+        Ok(toml::Value::Table(table).try_into()?)
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = load(
+            "[runtime]\nprovider = \"cuda\"\nsessions = 2\n",
+            &[
+                ("DELTASPACE_RUNTIME_PROVIDER", "cpu"),
+                ("DELTASPACE_RUNTIME_INTRA_THREADS", "3"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.runtime.provider, ProviderChoice::Cpu);
+        assert_eq!(config.runtime.intra_threads, 3);
+        assert_eq!(config.runtime.sessions, 2);
+    }
+
+    #[test]
+    fn unknown_variables_and_keys_are_errors() {
+        let err = load("", &[("DELTASPACE_RUNTIME_PROVIDR", "cpu")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DELTASPACE_RUNTIME_PROVIDER"), "{err}");
+        assert!(load("[runtime]\nthreads = 2\n", &[]).is_err());
+        assert!(load("", &[("DELTASPACE_RUNTIME_PROVIDER", "gpu")]).is_err());
+    }
+
+    #[test]
+    fn the_shipped_config_file_parses() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/deltaspace.toml"
+        ))
+        .unwrap();
+        load(&text, &[]).unwrap();
+    }
+}

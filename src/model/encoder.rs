@@ -1,0 +1,503 @@
+//! [`Encoder`]: rows in, embeddings (serving graph) or loss and gradients (gradient graph) out.
+//!
+//! Both graphs rebuild θ_det = base_det + U_det z inside, per row, and apply the DETs a row's
+//! `det_select` switches on, so one run mixes tasks and DETs (../shared/notes/z-graph.md).
+
+use std::borrow::Cow;
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Ix1, Ix2};
+use ort::session::{SessionInputValue, SessionOutputs};
+use ort::value::TensorRef;
+
+use super::ModelError;
+use super::manifest::{Manifest, ModelFiles};
+use super::tokenize::{TextInput, TextTokenizer, Tokens};
+use crate::runtime::{Provider, Runtime, SessionPool};
+
+/// U [D, d] and base [D] of one DET: θ = base + U z.
+#[derive(Debug, Clone)]
+pub struct DetParams {
+    pub u: Array2<f32>,
+    pub base: Array1<f32>,
+}
+
+/// U and base for every DET of the manifest, in `det_select` column order; all share one d.
+#[derive(Debug, Clone)]
+pub struct DeltaParams {
+    dets: Vec<DetParams>,
+}
+
+impl DeltaParams {
+    /// Checks that every DET has the manifest's D and that all share one d.
+    pub fn new(manifest: &Manifest, dets: Vec<DetParams>) -> Result<Self, ModelError> {
+        if dets.len() != manifest.dets.len() {
+            return Err(ModelError::Shape(format!(
+                "{} DETs given, the model has {}",
+                dets.len(),
+                manifest.dets.len()
+            )));
+        }
+        let d = dets.first().map_or(0, |p| p.u.ncols());
+        if d == 0 {
+            return Err(ModelError::Shape("d must be at least 1".into()));
+        }
+        for (layout, params) in manifest.dets.iter().zip(&dets) {
+            let (rows, cols) = params.u.dim();
+            if rows != layout.size || params.base.len() != layout.size || cols != d {
+                return Err(ModelError::Shape(format!(
+                    "DET {}: U is [{rows}, {cols}] and base [{}], expected [{}, {d}] and [{}]",
+                    layout.name,
+                    params.base.len(),
+                    layout.size,
+                    layout.size
+                )));
+            }
+        }
+        Ok(Self { dets })
+    }
+
+    /// All-zero U and base of width `d`: with every `det_select` at 0 this is the frozen model.
+    pub fn zeros(manifest: &Manifest, d: usize) -> Self {
+        let dets = manifest
+            .dets
+            .iter()
+            .map(|layout| DetParams {
+                u: Array2::zeros((layout.size, d)),
+                base: Array1::zeros(layout.size),
+            })
+            .collect();
+        Self { dets }
+    }
+
+    /// The same shapes with `f` applied to every value (e.g. rounding to f16).
+    pub fn map_values(&self, f: impl Fn(f32) -> f32) -> Self {
+        let dets = self
+            .dets
+            .iter()
+            .map(|det| DetParams {
+                u: det.u.mapv(&f),
+                base: det.base.mapv(&f),
+            })
+            .collect();
+        Self { dets }
+    }
+
+    /// The subspace dimension d.
+    pub fn d(&self) -> usize {
+        self.dets[0].u.ncols()
+    }
+
+    /// The parameters of the DET in `det_select` column `index`.
+    pub fn det(&self, index: usize) -> &DetParams {
+        &self.dets[index]
+    }
+
+    /// All DETs, in column order.
+    pub fn dets(&self) -> &[DetParams] {
+        &self.dets
+    }
+}
+
+/// Rows to encode: tokens plus each row's code z [rows, d] and DET selector [rows, n_dets].
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    pub tokens: &'a Tokens,
+    pub z: ArrayView2<'a, f32>,
+    pub det_select: ArrayView2<'a, f32>,
+}
+
+/// A [`Batch`] with what the loss needs.
+#[derive(Debug, Clone, Copy)]
+pub struct GradBatch<'a> {
+    pub batch: Batch<'a>,
+    /// Label-description embeddings of every class in the batch: [classes, H].
+    pub targets: ArrayView2<'a, f32>,
+    /// 1 where a class belongs to the row's task, 0 elsewhere: [rows, classes].
+    pub class_mask: ArrayView2<'a, f32>,
+    /// The true class of each row, an index into `targets`: [rows].
+    pub labels: ArrayView1<'a, i64>,
+    /// Each row's weight in the loss Σ_b w_b · CE_b: [rows].
+    pub row_weight: ArrayView1<'a, f32>,
+}
+
+/// The gradient graph's outputs.
+#[derive(Debug, Clone)]
+pub struct Gradients {
+    /// Σ_b w_b · CE_b.
+    pub loss: f32,
+    /// [rows, classes], masked classes at about −1e9.
+    pub logits: Array2<f32>,
+    /// [rows, H].
+    pub embeddings: Array2<f32>,
+    /// d loss / d z, per row: [rows, d].
+    pub grad_z: Array2<f32>,
+    /// d loss / d U_det, per DET in column order: [D, d].
+    pub grad_u: Vec<Array2<f32>>,
+    /// d loss / d base_det, per DET in column order: [D].
+    pub grad_base: Vec<Array1<f32>>,
+}
+
+/// Which graphs to load, and how many sessions of each.
+#[derive(Debug, Clone)]
+pub struct EncoderOptions {
+    /// Sessions of the serving graph (concurrent runs).
+    pub sessions: usize,
+    /// Load the gradient graph too (the trainer needs it, the server does not).
+    pub with_grad: bool,
+    /// Load the plain graph (no DET plug points), for benchmarks.
+    pub with_plain: bool,
+}
+
+impl Default for EncoderOptions {
+    fn default() -> Self {
+        Self {
+            sessions: 1,
+            with_grad: false,
+            with_plain: false,
+        }
+    }
+}
+
+/// Rows per run when embedding a long list (label descriptions), to bound memory.
+const CHUNK_ROWS: usize = 64;
+
+/// The frozen PLM: its manifest, tokenizer and graphs.
+pub struct Encoder {
+    files: ModelFiles,
+    tokenizer: TextTokenizer,
+    serve: SessionPool,
+    grad: Option<SessionPool>,
+    plain: Option<SessionPool>,
+    /// Zero U and base, for the frozen model's embeddings (label descriptions).
+    frozen: DeltaParams,
+}
+
+impl Encoder {
+    /// Loads the model directory `dir` (manifest, tokenizer, graphs) on `runtime`.
+    pub fn load(
+        runtime: &Runtime,
+        dir: &std::path::Path,
+        options: &EncoderOptions,
+    ) -> Result<Self, ModelError> {
+        let files = ModelFiles::open(dir)?;
+        let manifest = &files.manifest;
+        let tokenizer =
+            TextTokenizer::load(&files.path(&manifest.tokenizer), manifest.max_seq_len)?;
+        let open = |name: &str, count: usize| -> Result<SessionPool, ModelError> {
+            let path = files.path(name);
+            if !path.is_file() {
+                return Err(ModelError::MissingGraph { path });
+            }
+            Ok(runtime.open_pool(&path, count)?)
+        };
+        let serve = open(&manifest.graphs.serve, options.sessions)?;
+        check_inputs(&serve, &manifest.graphs.serve, &serve_input_names(manifest))?;
+        let grad = if options.with_grad {
+            let pool = open(&manifest.graphs.grad, 1)?;
+            check_inputs(&pool, &manifest.graphs.grad, &grad_input_names(manifest))?;
+            Some(pool)
+        } else {
+            None
+        };
+        let plain = match (&manifest.graphs.plain, options.with_plain) {
+            (Some(name), true) => Some(open(name, 1)?),
+            _ => None,
+        };
+        let frozen = DeltaParams::zeros(manifest, 1);
+        tracing::info!(
+            model = %manifest.name,
+            provider = %serve.provider(),
+            sessions = serve.size(),
+            grad = grad.is_some(),
+            "model loaded"
+        );
+        Ok(Self {
+            files,
+            tokenizer,
+            serve,
+            grad,
+            plain,
+            frozen,
+        })
+    }
+
+    /// The model's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.files.manifest
+    }
+
+    /// The model directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.files.dir
+    }
+
+    /// The execution provider the serving graph runs on.
+    pub fn provider(&self) -> Provider {
+        self.serve.provider()
+    }
+
+    /// Sessions of the serving graph.
+    pub fn sessions(&self) -> usize {
+        self.serve.size()
+    }
+
+    /// The tokenizer (padding to the longest row, truncating at `max_seq_len`).
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokenizes a batch of texts.
+    pub fn tokenize(&self, inputs: &[TextInput]) -> Result<Tokens, ModelError> {
+        self.tokenizer.encode(inputs)
+    }
+
+    /// Embeddings [rows, H] of a batch, each row through its own z and DETs.
+    pub fn embed<'a>(
+        &self,
+        batch: Batch<'a>,
+        params: &'a DeltaParams,
+    ) -> Result<Array2<f32>, ModelError> {
+        check_batch(batch, params, self.manifest())?;
+        self.serve.run(|session| {
+            let mut inputs = token_inputs(batch.tokens)?;
+            inputs.extend(delta_inputs(batch, params, self.manifest())?);
+            let outputs = session.run(inputs)?;
+            extract2(&outputs, "embeddings")
+        })
+    }
+
+    /// Embeddings of the frozen model (no DET on any row), in chunks: label descriptions use this.
+    pub fn embed_frozen(&self, inputs: &[TextInput]) -> Result<Array2<f32>, ModelError> {
+        if inputs.is_empty() {
+            return Err(ModelError::EmptyBatch);
+        }
+        let mut chunks = Vec::new();
+        for chunk in inputs.chunks(CHUNK_ROWS) {
+            let tokens = self.tokenize(chunk)?;
+            let rows = tokens.rows();
+            let z = Array2::zeros((rows, 1));
+            let det_select = Array2::zeros((rows, self.manifest().dets.len()));
+            let batch = Batch {
+                tokens: &tokens,
+                z: z.view(),
+                det_select: det_select.view(),
+            };
+            chunks.push(self.embed(batch, &self.frozen)?);
+        }
+        let views: Vec<_> = chunks.iter().map(|c| c.view()).collect();
+        ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| ModelError::Shape(e.to_string()))
+    }
+
+    /// Embeddings through the plain graph (no DET plug points); needs `EncoderOptions::with_plain`.
+    pub fn embed_plain(&self, tokens: &Tokens) -> Result<Array2<f32>, ModelError> {
+        let pool = self
+            .plain
+            .as_ref()
+            .ok_or_else(|| ModelError::MissingGraph {
+                path: self.files.path("plain"),
+            })?;
+        pool.run(|session| {
+            let outputs = session.run(token_inputs(tokens)?)?;
+            extract2(&outputs, "embeddings")
+        })
+    }
+
+    /// Loss, logits and exact gradients w.r.t. z, U and base; needs `EncoderOptions::with_grad`.
+    pub fn gradients<'a>(
+        &self,
+        batch: GradBatch<'a>,
+        params: &'a DeltaParams,
+    ) -> Result<Gradients, ModelError> {
+        let pool = self.grad.as_ref().ok_or(ModelError::NoGradGraph)?;
+        let manifest = self.manifest();
+        check_batch(batch.batch, params, manifest)?;
+        let rows = batch.batch.tokens.rows();
+        let classes = batch.targets.nrows();
+        if batch.targets.ncols() != manifest.hidden()
+            || batch.class_mask.dim() != (rows, classes)
+            || batch.labels.len() != rows
+            || batch.row_weight.len() != rows
+        {
+            return Err(ModelError::Shape(format!(
+                "targets [{classes}, {}] (H = {}), class_mask {:?}, labels [{}], row_weight [{}] for {rows} rows",
+                batch.targets.ncols(),
+                manifest.hidden(),
+                batch.class_mask.dim(),
+                batch.labels.len(),
+                batch.row_weight.len()
+            )));
+        }
+        if let Some(&bad) = batch
+            .labels
+            .iter()
+            .find(|&&l| l < 0 || l as usize >= classes)
+        {
+            return Err(ModelError::Shape(format!(
+                "label {bad} is outside 0..{classes}"
+            )));
+        }
+        pool.run(|session| -> Result<Gradients, ModelError> {
+            let mut inputs = token_inputs(batch.batch.tokens)?;
+            inputs.push((
+                "targets".into(),
+                TensorRef::from_array_view(batch.targets)?.into(),
+            ));
+            inputs.push((
+                "class_mask".into(),
+                TensorRef::from_array_view(batch.class_mask)?.into(),
+            ));
+            inputs.push((
+                "labels".into(),
+                TensorRef::from_array_view(batch.labels)?.into(),
+            ));
+            inputs.push((
+                "row_weight".into(),
+                TensorRef::from_array_view(batch.row_weight)?.into(),
+            ));
+            inputs.extend(delta_inputs(batch.batch, params, manifest)?);
+            let outputs = session.run(inputs)?;
+            let (_, loss) = output(&outputs, "loss")?.try_extract_tensor::<f32>()?;
+            let mut grad_u = Vec::with_capacity(manifest.dets.len());
+            let mut grad_base = Vec::with_capacity(manifest.dets.len());
+            for det in &manifest.dets {
+                grad_u.push(extract2(&outputs, &format!("grad_U_{}", det.name))?);
+                grad_base.push(extract1(&outputs, &format!("grad_base_{}", det.name))?);
+            }
+            Ok(Gradients {
+                loss: loss.first().copied().unwrap_or(f32::NAN),
+                logits: extract2(&outputs, "logits")?,
+                embeddings: extract2(&outputs, "embeddings")?,
+                grad_z: extract2(&outputs, "grad_z")?,
+                grad_u,
+                grad_base,
+            })
+        })
+    }
+}
+
+type Inputs<'v> = Vec<(Cow<'static, str>, SessionInputValue<'v>)>;
+
+fn token_inputs(tokens: &Tokens) -> Result<Inputs<'_>, ModelError> {
+    Ok(vec![
+        (
+            "input_ids".into(),
+            TensorRef::from_array_view(&tokens.input_ids)?.into(),
+        ),
+        (
+            "attention_mask".into(),
+            TensorRef::from_array_view(&tokens.attention_mask)?.into(),
+        ),
+        (
+            "token_type_ids".into(),
+            TensorRef::from_array_view(&tokens.token_type_ids)?.into(),
+        ),
+    ])
+}
+
+/// z, det_select, then U_<det> and base_<det> for every DET. U and base are passed as views:
+/// the CPU provider reads caller memory without copying, so the large matrices cost nothing per run.
+fn delta_inputs<'v>(
+    batch: Batch<'v>,
+    params: &'v DeltaParams,
+    manifest: &Manifest,
+) -> Result<Inputs<'v>, ModelError> {
+    let mut inputs: Inputs<'v> = vec![
+        ("z".into(), TensorRef::from_array_view(batch.z)?.into()),
+        (
+            "det_select".into(),
+            TensorRef::from_array_view(batch.det_select)?.into(),
+        ),
+    ];
+    for (layout, det) in manifest.dets.iter().zip(params.dets()) {
+        inputs.push((
+            format!("U_{}", layout.name).into(),
+            TensorRef::from_array_view(&det.u)?.into(),
+        ));
+        inputs.push((
+            format!("base_{}", layout.name).into(),
+            TensorRef::from_array_view(&det.base)?.into(),
+        ));
+    }
+    Ok(inputs)
+}
+
+fn check_batch(
+    batch: Batch<'_>,
+    params: &DeltaParams,
+    manifest: &Manifest,
+) -> Result<(), ModelError> {
+    let rows = batch.tokens.rows();
+    if rows == 0 {
+        return Err(ModelError::EmptyBatch);
+    }
+    if batch.z.dim() != (rows, params.d()) || batch.det_select.dim() != (rows, manifest.dets.len())
+    {
+        return Err(ModelError::Shape(format!(
+            "z is {:?} and det_select {:?}; expected [{rows}, {}] and [{rows}, {}]",
+            batch.z.dim(),
+            batch.det_select.dim(),
+            params.d(),
+            manifest.dets.len()
+        )));
+    }
+    Ok(())
+}
+
+fn output<'o, 's>(
+    outputs: &'o SessionOutputs<'s>,
+    name: &str,
+) -> Result<&'o ort::value::DynValue, ModelError> {
+    outputs.get(name).ok_or_else(|| ModelError::GraphInterface {
+        graph: "output".into(),
+        input: name.into(),
+    })
+}
+
+fn extract2(outputs: &SessionOutputs<'_>, name: &str) -> Result<Array2<f32>, ModelError> {
+    let view = output(outputs, name)?.try_extract_array::<f32>()?;
+    view.into_dimensionality::<Ix2>()
+        .map(|v| v.to_owned())
+        .map_err(|e| ModelError::Shape(format!("{name}: {e}")))
+}
+
+fn extract1(outputs: &SessionOutputs<'_>, name: &str) -> Result<Array1<f32>, ModelError> {
+    let view = output(outputs, name)?.try_extract_array::<f32>()?;
+    view.into_dimensionality::<Ix1>()
+        .map(|v| v.to_owned())
+        .map_err(|e| ModelError::Shape(format!("{name}: {e}")))
+}
+
+fn serve_input_names(manifest: &Manifest) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "z",
+        "det_select",
+    ]
+    .map(String::from)
+    .to_vec();
+    for det in &manifest.dets {
+        names.push(format!("U_{}", det.name));
+        names.push(format!("base_{}", det.name));
+    }
+    names
+}
+
+fn grad_input_names(manifest: &Manifest) -> Vec<String> {
+    let mut names = serve_input_names(manifest);
+    names.extend(["targets", "class_mask", "labels", "row_weight"].map(String::from));
+    names
+}
+
+/// Fails early, with the graph's name, when an export predates the interface this build speaks.
+fn check_inputs(pool: &SessionPool, graph: &str, expected: &[String]) -> Result<(), ModelError> {
+    let present = pool.input_names();
+    match expected.iter().find(|name| !present.contains(name)) {
+        Some(missing) => Err(ModelError::GraphInterface {
+            graph: graph.to_string(),
+            input: missing.clone(),
+        }),
+        None => Ok(()),
+    }
+}

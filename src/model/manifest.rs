@@ -1,0 +1,207 @@
+//! `manifest.json`: what the export wrote, and the contract every layer reads.
+//!
+//! It names the graphs and the tokenizer, gives the model's shape, and lays out each DET's flat
+//! parameter vector (order, shapes, offsets). Written by `export/export.py`; see export/README.md.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+
+/// The manifest format this build reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The parsed `manifest.json` of one exported model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// Model name, e.g. `all-MiniLM-L6-v2`.
+    pub name: String,
+    /// Where the weights came from.
+    #[serde(default)]
+    pub source: String,
+    /// sha256 of the weights the graphs were exported from; subspaces record it.
+    pub base_model_sha256: String,
+    pub config: ModelConfig,
+    /// Longest token sequence a row may have; longer inputs are truncated.
+    pub max_seq_len: usize,
+    /// s in score_c = s · cos(embedding(text), embedding(description_c)).
+    pub logit_scale: f32,
+    #[serde(default)]
+    pub pooling: String,
+    /// File names inside the model directory.
+    pub tokenizer: String,
+    pub theta0: String,
+    pub graphs: Graphs,
+    /// One entry per DET, in `det_select` column order.
+    pub dets: Vec<DetLayout>,
+    /// sha256 of the DET layouts; subspaces record it, so a subspace only loads on a matching layout.
+    pub layout_sha256: String,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// The model's shape, as read from its config.json at export time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    #[serde(default)]
+    pub layer_norm_eps: f64,
+}
+
+/// The graph files of one export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Graphs {
+    /// Embeddings from tokens, z and the subspace (per-row DET selector).
+    pub serve: String,
+    /// Loss, logits, embeddings and exact gradients w.r.t. z, U and base.
+    pub grad: String,
+    /// The same encoder with no DET plug points (a baseline for benchmarks).
+    #[serde(default)]
+    pub plain: Option<String>,
+}
+
+/// Where one DET's parameters sit in its flat vector θ.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DetLayout {
+    /// `lora`, `adapter` or `prefix`.
+    pub name: String,
+    /// Column of `det_select` that switches this DET on for a row.
+    pub select_index: usize,
+    /// D: the length of θ for this DET.
+    pub size: usize,
+    /// The DET's own settings (rank, bottleneck, prefix length, ...), as exported.
+    #[serde(default)]
+    pub hyper: serde_json::Value,
+    pub tensors: Vec<TensorSlot>,
+}
+
+/// One tensor inside a flat θ: `theta[offset .. offset + product(shape)]`, row-major.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSlot {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+}
+
+impl TensorSlot {
+    /// Number of values in the slot.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True for a slot with a zero-sized dimension.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Manifest {
+    /// Reads and checks `<dir>/manifest.json`.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|source| ModelError::Manifest {
+                path: path.clone(),
+                source,
+            })?;
+        manifest
+            .validate()
+            .map_err(|message| ModelError::InvalidManifest { path, message })?;
+        Ok(manifest)
+    }
+
+    /// Checks what the rest of the crate relies on: versions, contiguous layouts, select columns.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "format_version {} is not supported (this build reads {FORMAT_VERSION}); re-export the model",
+                self.format_version
+            ));
+        }
+        if self.max_seq_len == 0 || self.max_seq_len > self.config.max_position_embeddings {
+            return Err(format!(
+                "max_seq_len {} must be in 1..={}",
+                self.max_seq_len, self.config.max_position_embeddings
+            ));
+        }
+        for (column, det) in self.dets.iter().enumerate() {
+            if det.select_index != column {
+                return Err(format!(
+                    "DET {} has select_index {} but is listed at {column}",
+                    det.name, det.select_index
+                ));
+            }
+            let mut next = 0;
+            for slot in &det.tensors {
+                if slot.offset != next {
+                    return Err(format!(
+                        "DET {} tensor {} starts at {} not {next}",
+                        det.name, slot.name, slot.offset
+                    ));
+                }
+                next += slot.len();
+            }
+            if next != det.size {
+                return Err(format!(
+                    "DET {} tensors cover {next} values but size is {}",
+                    det.name, det.size
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The layout of the DET called `name`.
+    pub fn det(&self, name: &str) -> Option<&DetLayout> {
+        self.dets.iter().find(|det| det.name == name)
+    }
+
+    /// Names of the DETs, in `det_select` column order.
+    pub fn det_names(&self) -> Vec<&str> {
+        self.dets.iter().map(|det| det.name.as_str()).collect()
+    }
+
+    /// Width of an embedding.
+    pub fn hidden(&self) -> usize {
+        self.config.hidden
+    }
+}
+
+/// Resolves the files a manifest names inside its directory.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl ModelFiles {
+    /// Reads the manifest of the model directory `dir`.
+    pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::MissingModel {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest: Manifest::load(dir)?,
+        })
+    }
+
+    /// `<dir>/<name>`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}

@@ -1,0 +1,61 @@
+//! Layer 1: the frozen PLM as a function.
+//!
+//! [`Encoder`] turns rows (tokens, a code z and a DET selector each) into embeddings through the
+//! serving graph, and into a loss with exact gradients through the gradient graph. What a DET
+//! *means* lives in `det`; here a DET is only a `det_select` column and the matching U and base
+//! inputs. ORT types stop here: callers see ndarray arrays. Must not import layers 2 and up.
+
+mod classify;
+mod encoder;
+mod manifest;
+mod tokenize;
+
+pub use classify::{LabelScore, LabelScores, cosine_logits, softmax_rows};
+pub use encoder::{Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch, Gradients};
+pub use manifest::{
+    DetLayout, FORMAT_VERSION, Graphs, Manifest, ModelConfig, ModelFiles, TensorSlot,
+};
+pub use tokenize::{TextInput, TextTokenizer, Tokens};
+
+use std::path::PathBuf;
+
+use crate::runtime::RuntimeError;
+
+/// What can go wrong loading or running the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "model directory {dir} not found; export it with export/export.py (see export/README.md)"
+    )]
+    MissingModel { dir: PathBuf },
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Manifest {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: {message}")]
+    InvalidManifest { path: PathBuf, message: String },
+    #[error("graph {path} is missing; run the export (export/README.md)")]
+    MissingGraph { path: PathBuf },
+    #[error(
+        "graph {graph} lacks input {input:?}; it was exported for another interface, re-export it"
+    )]
+    GraphInterface { graph: String, input: String },
+    #[error("tokenizer: {message}")]
+    Tokenizer { message: String },
+    #[error("an empty batch has nothing to encode")]
+    EmptyBatch,
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    #[error("the gradient graph was not loaded (EncoderOptions::with_grad)")]
+    NoGradGraph,
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("ONNX Runtime run: {0}")]
+    Run(#[from] ort::Error),
+}

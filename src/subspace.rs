@@ -1,0 +1,261 @@
+//! Layer 2: the unified subspace artifact: U_det [D, d] and base_det [D] for every DET.
+//!
+//! θ_det = base_det + U_det z (paper §2 "Projections"; base is θ⁰_det for a subspace found by the
+//! trainer). Stored as safetensors (`U.<det>`, `base.<det>`) with metadata naming the subspace,
+//! d, and the hashes of the DET layout and base model it was made for, plus a content hash that
+//! is checked on load. A subspace only loads against a model with the same layout and weights.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ndarray::{Array1, Array2, ArrayView1};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use sha2::{Digest, Sha256};
+
+use crate::det::Theta0;
+use crate::model::{DeltaParams, DetParams, Manifest, ModelError};
+use crate::tensor_file::{Storage, TensorFile, TensorFileError};
+
+/// The `format` metadata value of a subspace file.
+pub const FORMAT: &str = "deltaspace.subspace";
+
+/// What can go wrong loading or saving a subspace.
+#[derive(Debug, thiserror::Error)]
+pub enum SubspaceError {
+    #[error(transparent)]
+    File(#[from] TensorFileError),
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error(
+        "{path} was made for another {what} ({found}) than the loaded model's ({expected}); \
+         use a subspace made for this model"
+    )]
+    Mismatch {
+        path: String,
+        what: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// A unified subspace for one model.
+#[derive(Debug, Clone)]
+pub struct Subspace {
+    name: String,
+    /// DET names in column order (from the manifest), for tensor names.
+    det_names: Vec<String>,
+    layout_sha256: String,
+    base_model_sha256: String,
+    content_sha256: String,
+    params: DeltaParams,
+}
+
+impl Subspace {
+    /// Builds a subspace from U and base per DET (column order), e.g. at the end of training.
+    pub fn new(
+        name: &str,
+        manifest: &Manifest,
+        dets: Vec<DetParams>,
+    ) -> Result<Self, SubspaceError> {
+        let params = DeltaParams::new(manifest, dets)?;
+        let content_sha256 = content_hash(&params);
+        Ok(Self {
+            name: name.to_string(),
+            det_names: manifest.dets.iter().map(|det| det.name.clone()).collect(),
+            layout_sha256: manifest.layout_sha256.clone(),
+            base_model_sha256: manifest.base_model_sha256.clone(),
+            content_sha256,
+            params,
+        })
+    }
+
+    /// A random subspace through θ⁰: base = θ⁰, U with i.i.d. N(0, 1/D) entries (unit-norm,
+    /// nearly orthogonal columns). The control of the paper's precursor (IPT), and a start for z.
+    pub fn random(
+        manifest: &Manifest,
+        theta0: &Theta0,
+        d: usize,
+        seed: u64,
+    ) -> Result<Self, SubspaceError> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let dets = manifest
+            .dets
+            .iter()
+            .enumerate()
+            .map(|(column, layout)| {
+                let normal = Normal::new(0.0f32, 1.0 / (layout.size as f32).sqrt())
+                    .expect("finite std. This is a bug.");
+                DetParams {
+                    u: Array2::from_shape_simple_fn((layout.size, d), || normal.sample(&mut rng)),
+                    base: theta0.det(column).clone(),
+                }
+            })
+            .collect();
+        Self::new(&format!("random-d{d}-seed{seed}"), manifest, dets)
+    }
+
+    /// Reads a subspace file and checks it against `manifest`.
+    pub fn load(path: &Path, manifest: &Manifest) -> Result<Self, SubspaceError> {
+        let shown = path.display().to_string();
+        let invalid = |message: String| SubspaceError::Invalid {
+            path: shown.clone(),
+            message,
+        };
+        let mut file = TensorFile::read(path)?;
+        let meta = |key: &str| {
+            file.metadata
+                .get(key)
+                .cloned()
+                .ok_or_else(|| invalid(format!("metadata {key:?} missing")))
+        };
+        if meta("format")? != FORMAT {
+            return Err(invalid(format!(
+                "not a subspace (format is not {FORMAT:?})"
+            )));
+        }
+        let name = meta("name")?;
+        let layout_sha256 = meta("layout_sha256")?;
+        let base_model_sha256 = meta("base_model_sha256")?;
+        let stored_hash = meta("content_sha256")?;
+        let d: usize = meta("d")?
+            .parse()
+            .map_err(|_| invalid("metadata \"d\" is not a number".into()))?;
+        if layout_sha256 != manifest.layout_sha256 {
+            return Err(SubspaceError::Mismatch {
+                path: shown,
+                what: "DET layout",
+                found: layout_sha256,
+                expected: manifest.layout_sha256.clone(),
+            });
+        }
+        if base_model_sha256 != manifest.base_model_sha256 {
+            return Err(SubspaceError::Mismatch {
+                path: shown,
+                what: "base model",
+                found: base_model_sha256,
+                expected: manifest.base_model_sha256.clone(),
+            });
+        }
+        let mut dets = Vec::new();
+        for layout in &manifest.dets {
+            let u = file.take(&format!("U.{}", layout.name))?;
+            let base = file.take(&format!("base.{}", layout.name))?;
+            if u.shape != [layout.size, d] || base.shape != [layout.size] {
+                return Err(invalid(format!(
+                    "DET {}: U is {:?} and base {:?}, expected [{}, {d}] and [{}]",
+                    layout.name, u.shape, base.shape, layout.size, layout.size
+                )));
+            }
+            if !u.values.iter().chain(&base.values).all(|v| v.is_finite()) {
+                return Err(invalid(format!(
+                    "DET {} has non-finite values",
+                    layout.name
+                )));
+            }
+            let u = Array2::from_shape_vec((layout.size, d), u.values)
+                .map_err(|e| invalid(e.to_string()))?;
+            dets.push(DetParams {
+                u,
+                base: Array1::from(base.values),
+            });
+        }
+        let subspace = Self::new(&name, manifest, dets)?;
+        if subspace.content_sha256 != stored_hash {
+            return Err(invalid("content hash mismatch: the file is corrupt".into()));
+        }
+        Ok(subspace)
+    }
+
+    /// Writes the subspace; `Storage::F16` halves the file (values are rounded, the hash follows).
+    pub fn save(&self, path: &Path, storage: Storage) -> Result<(), SubspaceError> {
+        let stored = match storage {
+            Storage::F32 => self.clone(),
+            Storage::F16 => self.rounded_to_f16(),
+        };
+        let mut names = Vec::new();
+        for (index, det) in stored.params.dets().iter().enumerate() {
+            let det_name = &self.det_names[index];
+            names.push((
+                format!("U.{det_name}"),
+                det.u.shape().to_vec(),
+                det.u.as_slice().unwrap_or_default(),
+            ));
+            names.push((
+                format!("base.{det_name}"),
+                det.base.shape().to_vec(),
+                det.base.as_slice().unwrap_or_default(),
+            ));
+        }
+        let tensors: Vec<(&str, &[usize], &[f32])> = names
+            .iter()
+            .map(|(n, s, v)| (n.as_str(), s.as_slice(), *v))
+            .collect();
+        let metadata = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("format_version".to_string(), "1".to_string()),
+            ("name".to_string(), self.name.clone()),
+            ("d".to_string(), self.d().to_string()),
+            ("dets".to_string(), self.det_names.join(",")),
+            ("layout_sha256".to_string(), self.layout_sha256.clone()),
+            (
+                "base_model_sha256".to_string(),
+                self.base_model_sha256.clone(),
+            ),
+            ("content_sha256".to_string(), stored.content_sha256.clone()),
+        ]);
+        TensorFile::write(path, &tensors, metadata, storage)?;
+        Ok(())
+    }
+
+    /// The name given when the subspace was made.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `name@` + the first 12 hex digits of the content hash: names one exact subspace.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name, &self.content_sha256[..12])
+    }
+
+    /// True when a task's `subspace` reference (a name or a full id) names this subspace.
+    pub fn matches(&self, reference: &str) -> bool {
+        reference == self.name || reference == self.id()
+    }
+
+    /// The subspace dimension d.
+    pub fn d(&self) -> usize {
+        self.params.d()
+    }
+
+    /// U and base of every DET, as the encoder takes them.
+    pub fn params(&self) -> &DeltaParams {
+        &self.params
+    }
+
+    /// θ = base + U z of the DET in column `index` (for solutions, transfer and inspection).
+    pub fn theta(&self, index: usize, z: ArrayView1<f32>) -> Array1<f32> {
+        let det = self.params.det(index);
+        &det.base + &det.u.dot(&z)
+    }
+
+    fn rounded_to_f16(&self) -> Self {
+        let mut rounded = self.clone();
+        rounded.params = self.params.map_values(|v| half::f16::from_f32(v).to_f32());
+        rounded.content_sha256 = content_hash(&rounded.params);
+        rounded
+    }
+}
+
+/// sha256 over every U then base, in column order, as little-endian f32.
+fn content_hash(params: &DeltaParams) -> String {
+    let mut hasher = Sha256::new();
+    for det in params.dets() {
+        for value in det.u.iter().chain(det.base.iter()) {
+            hasher.update(value.to_le_bytes());
+        }
+    }
+    format!("{:x}", hasher.finalize())
+}

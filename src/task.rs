@@ -1,0 +1,244 @@
+//! Layer 2: what a task is: a name, a DET, a code z, and labels with descriptions.
+//!
+//! One validation serves TASK.json files, the server's uploads and the trainer's outputs, so a
+//! task that loads anywhere loads everywhere. A task carries no weights: θ = base + U z is rebuilt
+//! from z in the graph, and label embeddings come from the frozen model.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::det::DetKind;
+
+/// A class of a task, described in words: the text the frozen model embeds to score it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    pub name: String,
+    pub description: String,
+}
+
+/// A task as stored and uploaded: `{name, det, z, labels, subspace}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    pub name: String,
+    /// The DET z was found with; the default for predictions (any DET can decode z).
+    pub det: DetKind,
+    /// The task's code in the subspace: d floats.
+    pub z: Vec<f32>,
+    pub labels: Vec<Label>,
+    /// Name or id of the subspace z belongs to; checked against the loaded one when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subspace: Option<String>,
+}
+
+/// Bounds a valid task stays within.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TaskLimits {
+    /// Largest ‖z‖₂ accepted (trained codes are far below it; it stops garbage, not tasks).
+    pub max_z_norm: f32,
+    /// Most labels per task.
+    pub max_labels: usize,
+    /// Longest label name or description, in characters.
+    pub max_label_chars: usize,
+}
+
+impl Default for TaskLimits {
+    fn default() -> Self {
+        Self {
+            max_z_norm: 1.0e4,
+            max_labels: 1024,
+            max_label_chars: 1000,
+        }
+    }
+}
+
+/// Why a task is invalid; each message names the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TaskError {
+    #[error("name {0:?} is invalid: use 1-128 characters of A-Z a-z 0-9 . _ -")]
+    Name(String),
+    #[error("z has {got} values but the subspace has d = {want}")]
+    Dimension { got: usize, want: usize },
+    #[error("z[{index}] is not a finite number")]
+    NonFinite { index: usize },
+    #[error("‖z‖ = {norm} exceeds the bound {max}")]
+    Norm { norm: f32, max: f32 },
+    #[error("a task needs at least 2 labels, got {0}")]
+    TooFewLabels(usize),
+    #[error("a task has at most {max} labels, got {got}")]
+    TooManyLabels { got: usize, max: usize },
+    #[error("label {0:?} appears more than once")]
+    DuplicateLabel(String),
+    #[error("label {index}: {field} must be 1-{max} characters")]
+    LabelText {
+        index: usize,
+        field: &'static str,
+        max: usize,
+    },
+    #[error("task is for subspace {task:?} but the server has {loaded:?}")]
+    Subspace { task: String, loaded: String },
+}
+
+/// Checks a task name: 1-128 of [A-Za-z0-9._-].
+pub fn validate_name(name: &str) -> Result<(), TaskError> {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if (1..=128).contains(&name.len()) && name.chars().all(valid_char) {
+        Ok(())
+    } else {
+        Err(TaskError::Name(name.chars().take(160).collect()))
+    }
+}
+
+impl Task {
+    /// Reads a TASK.json file (not yet validated against a subspace).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading task {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing task {}", path.display()))
+    }
+
+    /// Checks everything a task must be for a subspace of dimension `d`.
+    pub fn validate(&self, d: usize, limits: &TaskLimits) -> Result<(), TaskError> {
+        validate_name(&self.name)?;
+        validate_z(&self.z, d, limits)?;
+        validate_labels(&self.labels, limits)
+    }
+
+    /// Label names in order.
+    pub fn label_names(&self) -> Vec<String> {
+        self.labels.iter().map(|l| l.name.clone()).collect()
+    }
+}
+
+/// Checks a code: length d, finite, within the norm bound.
+pub fn validate_z(z: &[f32], d: usize, limits: &TaskLimits) -> Result<(), TaskError> {
+    if z.len() != d {
+        return Err(TaskError::Dimension {
+            got: z.len(),
+            want: d,
+        });
+    }
+    if let Some(index) = z.iter().position(|v| !v.is_finite()) {
+        return Err(TaskError::NonFinite { index });
+    }
+    let norm = z.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > limits.max_z_norm {
+        return Err(TaskError::Norm {
+            norm,
+            max: limits.max_z_norm,
+        });
+    }
+    Ok(())
+}
+
+/// Checks labels: 2 or more, unique names, non-empty bounded texts.
+pub fn validate_labels(labels: &[Label], limits: &TaskLimits) -> Result<(), TaskError> {
+    if labels.len() < 2 {
+        return Err(TaskError::TooFewLabels(labels.len()));
+    }
+    if labels.len() > limits.max_labels {
+        return Err(TaskError::TooManyLabels {
+            got: labels.len(),
+            max: limits.max_labels,
+        });
+    }
+    let mut seen = HashSet::new();
+    for (index, label) in labels.iter().enumerate() {
+        for (field, text) in [("name", &label.name), ("description", &label.description)] {
+            let chars = text.chars().count();
+            if chars == 0 || chars > limits.max_label_chars {
+                return Err(TaskError::LabelText {
+                    index,
+                    field,
+                    max: limits.max_label_chars,
+                });
+            }
+        }
+        if !seen.insert(label.name.as_str()) {
+            return Err(TaskError::DuplicateLabel(label.name.clone()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> Task {
+        Task {
+            name: "sst2.v1".into(),
+            det: DetKind::Lora,
+            z: vec![0.5, -0.25, 0.0, 1.0],
+            labels: vec![
+                Label {
+                    name: "negative".into(),
+                    description: "A negative review.".into(),
+                },
+                Label {
+                    name: "positive".into(),
+                    description: "A positive review.".into(),
+                },
+            ],
+            subspace: None,
+        }
+    }
+
+    #[test]
+    fn a_well_formed_task_validates() {
+        task().validate(4, &TaskLimits::default()).unwrap();
+    }
+
+    #[test]
+    fn each_kind_of_bad_task_names_its_problem() {
+        let limits = TaskLimits::default();
+        type Corruption = Box<dyn Fn(&mut Task)>;
+        let cases: Vec<(Corruption, &str)> = vec![
+            (Box::new(|t| t.name = "has space".into()), "name"),
+            (Box::new(|t| t.name = String::new()), "name"),
+            (Box::new(|t| t.name = "x".repeat(129)), "name"),
+            (Box::new(|t| t.z.push(1.0)), "d = 4"),
+            (Box::new(|t| t.z[2] = f32::NAN), "z[2]"),
+            (Box::new(|t| t.z[0] = f32::INFINITY), "z[0]"),
+            (Box::new(|t| t.z[0] = 1e5), "bound"),
+            (Box::new(|t| t.labels.truncate(1)), "at least 2"),
+            (
+                Box::new(|t| t.labels[1].name = "negative".into()),
+                "more than once",
+            ),
+            (
+                Box::new(|t| t.labels[0].description = String::new()),
+                "description",
+            ),
+        ];
+        for (corrupt, needle) in cases {
+            let mut bad = task();
+            corrupt(&mut bad);
+            let err = bad.validate(4, &limits).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn names_allow_exactly_the_documented_characters() {
+        assert!(validate_name("A-z_0.9").is_ok());
+        assert!(validate_name(&"a".repeat(128)).is_ok());
+        for bad in ["a/b", "é", "a b", "a:b"] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_in_task_json_are_rejected() {
+        let json = r#"{"name":"t","det":"lora","z":[1],"labels":[],"extra":1}"#;
+        assert!(
+            serde_json::from_str::<Task>(json)
+                .unwrap_err()
+                .to_string()
+                .contains("extra")
+        );
+    }
+}

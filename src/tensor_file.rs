@@ -1,0 +1,228 @@
+//! Named f32 tensors in a safetensors file, with string metadata: how θ⁰, subspaces and DET
+//! solutions are stored. f16 and bf16 files are widened to f32 on read.
+//!
+//! Writes go to a temporary file that is renamed into place, so a crash never leaves half a file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+/// What can go wrong reading or writing a tensor file.
+#[derive(Debug, thiserror::Error)]
+pub enum TensorFileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid safetensors file: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("{path}: tensor {name:?} has dtype {dtype}; expected F32, F16 or BF16")]
+    Dtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+    #[error("{path}: tensor {name:?} is missing")]
+    Missing { path: PathBuf, name: String },
+}
+
+/// How values are stored on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    #[default]
+    F32,
+    /// Half the size; about 3 significant digits.
+    F16,
+}
+
+/// One tensor: shape and row-major values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// The tensors and metadata of one file.
+#[derive(Debug, Clone, Default)]
+pub struct TensorFile {
+    pub path: PathBuf,
+    pub tensors: BTreeMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl TensorFile {
+    /// Reads every tensor of `path` as f32.
+    pub fn read(path: &Path) -> Result<Self, TensorFileError> {
+        let bytes = std::fs::read(path).map_err(|source| TensorFileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let format = |message: String| TensorFileError::Format {
+            path: path.to_path_buf(),
+            message,
+        };
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
+        let parsed = SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in parsed.tensors() {
+            let values = widen(&view).ok_or_else(|| TensorFileError::Dtype {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                dtype: format!("{:?}", view.dtype()),
+            })?;
+            tensors.insert(
+                name,
+                Tensor {
+                    shape: view.shape().to_vec(),
+                    values,
+                },
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+            metadata: header.metadata().clone().unwrap_or_default(),
+        })
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Result<&Tensor, TensorFileError> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| TensorFileError::Missing {
+                path: self.path.clone(),
+                name: name.into(),
+            })
+    }
+
+    /// Removes and returns the tensor called `name`.
+    pub fn take(&mut self, name: &str) -> Result<Tensor, TensorFileError> {
+        self.tensors
+            .remove(name)
+            .ok_or_else(|| TensorFileError::Missing {
+                path: self.path.clone(),
+                name: name.into(),
+            })
+    }
+
+    /// Writes `tensors` and `metadata` to `path` atomically (temporary file, then rename).
+    pub fn write(
+        path: &Path,
+        tensors: &[(&str, &[usize], &[f32])],
+        metadata: HashMap<String, String>,
+        storage: Storage,
+    ) -> Result<(), TensorFileError> {
+        let io = |source| TensorFileError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let encoded: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(name, shape, values)| {
+                let (dtype, bytes) = match storage {
+                    Storage::F32 => (
+                        Dtype::F32,
+                        values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    ),
+                    Storage::F16 => (
+                        Dtype::F16,
+                        values
+                            .iter()
+                            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                            .collect(),
+                    ),
+                };
+                (name.to_string(), dtype, shape.to_vec(), bytes)
+            })
+            .collect();
+        let views = encoded
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                TensorView::new(*dtype, shape.clone(), bytes).map(|view| (name.clone(), view))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TensorFileError::Format {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let bytes =
+            safetensors::serialize(views, Some(metadata)).map_err(|e| TensorFileError::Format {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let temporary = path.with_extension("safetensors.partial");
+        std::fs::write(&temporary, bytes).map_err(io)?;
+        std::fs::rename(&temporary, path).map_err(io)
+    }
+}
+
+fn widen(view: &TensorView<'_>) -> Option<Vec<f32>> {
+    let data = view.data();
+    match view.dtype() {
+        Dtype::F32 => Some(
+            data.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
+        Dtype::F16 => Some(
+            data.chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        ),
+        Dtype::BF16 => Some(
+            data.chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_f32_exactly_and_f16_approximately() {
+        let dir = tempfile::tempdir().unwrap();
+        let values = [0.1f32, -2.5, 1e-3, 7.0, 0.0, 3.25];
+        for (storage, tolerance) in [(Storage::F32, 0.0), (Storage::F16, 1e-3)] {
+            let path = dir.path().join(format!("{storage:?}.safetensors"));
+            let metadata = HashMap::from([("name".to_string(), "x".to_string())]);
+            TensorFile::write(&path, &[("a", &[2, 3], &values)], metadata, storage).unwrap();
+            let file = TensorFile::read(&path).unwrap();
+            let a = file.get("a").unwrap();
+            assert_eq!(a.shape, vec![2, 3]);
+            for (got, want) in a.values.iter().zip(values) {
+                assert!(
+                    (got - want).abs() <= tolerance * want.abs().max(1.0),
+                    "{storage:?}: {got} vs {want}"
+                );
+            }
+            assert_eq!(file.metadata["name"], "x");
+            assert!(
+                file.get("b")
+                    .unwrap_err()
+                    .to_string()
+                    .contains("\"b\" is missing")
+            );
+        }
+    }
+
+    #[test]
+    fn a_truncated_file_is_a_format_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.safetensors");
+        std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{").unwrap();
+        assert!(matches!(
+            TensorFile::read(&path),
+            Err(TensorFileError::Format { .. })
+        ));
+    }
+}

@@ -1,0 +1,170 @@
+//! The real `deltaspace` binary on the tiny model: JSON out, clear errors and exit codes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::helpers::tiny_dir;
+
+fn deltaspace(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+        .args(args)
+        .args(["--provider", "cpu", "--threads", "1"])
+        .env_remove("ORT_DYLIB_PATH")
+        .env("RUST_LOG", "warn")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn stdout_lines(output: &Output) -> Vec<serde_json::Value> {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A random d=4 subspace and a task for it, in `dir`.
+fn subspace_and_task(dir: &Path) -> (String, String) {
+    let subspace = dir.join("s.safetensors").display().to_string();
+    let model = tiny_dir().display().to_string();
+    let made = stdout_lines(&deltaspace(&[
+        "subspace", "random", "--model", &model, "--dim", "4", "--out", &subspace,
+    ]));
+    assert_eq!(made[0]["d"], 4);
+    let task = dir.join("task.json");
+    let json = serde_json::json!({
+        "name": "sentiment", "det": "lora", "z": [0.5, -0.5, 1.0, 0.0], "subspace": made[0]["id"],
+        "labels": [{"name": "negative", "description": "A negative opinion."},
+                   {"name": "positive", "description": "A positive opinion."}]
+    });
+    std::fs::write(&task, json.to_string()).unwrap();
+    (subspace, task.display().to_string())
+}
+
+#[test]
+fn predict_prints_one_json_line_per_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let (subspace, task) = subspace_and_task(dir.path());
+    let model = tiny_dir().display().to_string();
+    for det in ["lora", "adapter", "prefix"] {
+        let output = deltaspace(&[
+            "predict",
+            "--model",
+            &model,
+            "--subspace",
+            &subspace,
+            "--task",
+            &task,
+            "--det",
+            det,
+            "great film",
+            "dull",
+        ]);
+        let lines = stdout_lines(&output);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["text"], "great film");
+        for line in &lines {
+            let label = line["label"].as_str().unwrap();
+            assert!(label == "negative" || label == "positive");
+            let total: f64 = line["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["score"].as_f64().unwrap())
+                .sum();
+            assert!((total - 1.0).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn embed_prints_unit_vectors_of_the_model_width() {
+    let model = tiny_dir().display().to_string();
+    let lines = stdout_lines(&deltaspace(&[
+        "embed",
+        "--model",
+        &model,
+        "one",
+        "two words",
+    ]));
+    assert_eq!(lines.len(), 2);
+    let embedding: Vec<f64> = lines[1]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(embedding.len(), 32);
+    let norm: f64 = embedding.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+}
+
+#[test]
+fn bad_inputs_exit_with_code_2_and_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let (subspace, _) = subspace_and_task(dir.path());
+    let model = tiny_dir().display().to_string();
+    let bad_task = dir.path().join("bad.json");
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (
+            serde_json::json!({"name": "t", "det": "lora", "z": [1.0], "labels": []}),
+            "d = 4",
+        ),
+        (
+            serde_json::json!({"name": "t", "det": "bitfit", "z": [1,2,3,4], "labels": []}),
+            "bitfit",
+        ),
+        (
+            serde_json::json!({"name": "t t", "det": "lora", "z": [1,2,3,4], "labels": []}),
+            "name",
+        ),
+        (
+            serde_json::json!({"name": "t", "det": "lora", "z": [1,2,3,4], "subspace": "other",
+                            "labels": [{"name": "a", "description": "a"}, {"name": "b", "description": "b"}]}),
+            "subspace",
+        ),
+    ];
+    for (json, needle) in cases {
+        std::fs::write(&bad_task, json.to_string()).unwrap();
+        let output = deltaspace(&[
+            "predict",
+            "--model",
+            &model,
+            "--subspace",
+            &subspace,
+            "--task",
+            bad_task.to_str().unwrap(),
+            "x",
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+    let missing = deltaspace(&[
+        "predict",
+        "--model",
+        "no/such/model",
+        "--task",
+        "t.json",
+        "x",
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("export"));
+}
+
+#[test]
+fn a_missing_onnxruntime_library_is_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+        .args(["embed", "--model", &tiny_dir().display().to_string(), "x"])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("scripts/setup-ort.sh"));
+}

@@ -1,0 +1,10 @@
+//! Integration tests, one binary. Every test uses the real ONNX Runtime library
+//! (scripts/setup-ort.sh) and the tiny random-weight model committed under tests/fixtures/tiny,
+//! exported by `export/export.py --tiny` with PyTorch references beside it.
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod helpers;
+mod layers;
+mod parity;
+mod subspace;

@@ -1,0 +1,190 @@
+//! Rust through ONNX Runtime vs the PyTorch reference of the tiny model (relative error ≤ 1e-4),
+//! and batch invariance: a mixed batch equals one-by-one runs.
+
+use deltaspace::model::{Batch, DeltaParams, GradBatch};
+use ndarray::{Array2, s};
+
+use crate::helpers::{Reference, relative_error, tiny_encoder};
+
+const TOLERANCE: f32 = 1e-4;
+
+#[test]
+fn tokenization_matches_the_python_tokenizer_exactly() {
+    let encoder = tiny_encoder();
+    let reference = Reference::load();
+    let tokens = encoder.tokenize(&reference.inputs()).unwrap();
+    assert_eq!(tokens.input_ids, reference.i2("input_ids"));
+    assert_eq!(tokens.attention_mask, reference.i2("attention_mask"));
+    assert_eq!(tokens.token_type_ids, reference.i2("token_type_ids"));
+    // The long row was truncated to the model's limit and still ends with [SEP].
+    assert_eq!(tokens.seq_len(), encoder.manifest().max_seq_len);
+}
+
+#[test]
+fn serving_and_plain_graphs_match_pytorch() {
+    let encoder = tiny_encoder();
+    let reference = Reference::load();
+    let tokens = encoder.tokenize(&reference.inputs()).unwrap();
+    let (z, det_select) = (reference.f2("z"), reference.f2("det_select"));
+    let batch = Batch {
+        tokens: &tokens,
+        z: z.view(),
+        det_select: det_select.view(),
+    };
+    let embeddings = encoder.embed(batch, &reference.params(&encoder)).unwrap();
+    let expected = reference.f2("embeddings");
+    let error = relative_error(embeddings.as_slice().unwrap(), expected.as_slice().unwrap());
+    assert!(
+        error <= TOLERANCE,
+        "serve embeddings: relative error {error}"
+    );
+
+    let plain = encoder.embed_plain(&tokens).unwrap();
+    let error = relative_error(
+        plain.as_slice().unwrap(),
+        reference.f2("plain_embeddings").as_slice().unwrap(),
+    );
+    assert!(
+        error <= TOLERANCE,
+        "plain embeddings: relative error {error}"
+    );
+}
+
+#[test]
+fn gradient_graph_matches_pytorch_loss_and_every_gradient() {
+    let encoder = tiny_encoder();
+    let reference = Reference::load();
+    let tokens = encoder.tokenize(&reference.inputs()).unwrap();
+    let (z, det_select) = (reference.f2("z"), reference.f2("det_select"));
+    let (targets, class_mask) = (reference.f2("targets"), reference.f2("class_mask"));
+    let labels = reference.i64s["labels"]
+        .clone()
+        .into_dimensionality()
+        .unwrap();
+    let row_weight = reference.f1("row_weight");
+    let batch = GradBatch {
+        batch: Batch {
+            tokens: &tokens,
+            z: z.view(),
+            det_select: det_select.view(),
+        },
+        targets: targets.view(),
+        class_mask: class_mask.view(),
+        labels: labels.view(),
+        row_weight: row_weight.view(),
+    };
+    let gradients = encoder
+        .gradients(batch, &reference.params(&encoder))
+        .unwrap();
+    let check = |name: &str, actual: &[f32]| {
+        let expected = &reference.f32s[name];
+        let error = relative_error(actual, expected.as_slice().unwrap());
+        assert!(error <= TOLERANCE, "{name}: relative error {error}");
+    };
+    check("loss", &[gradients.loss]);
+    check("logits", gradients.logits.as_slice().unwrap());
+    check("embeddings", gradients.embeddings.as_slice().unwrap());
+    check("grad_z", gradients.grad_z.as_slice().unwrap());
+    for (index, det) in encoder.manifest().dets.iter().enumerate() {
+        check(
+            &format!("grad_U_{}", det.name),
+            gradients.grad_u[index].as_slice().unwrap(),
+        );
+        check(
+            &format!("grad_base_{}", det.name),
+            gradients.grad_base[index].as_slice().unwrap(),
+        );
+    }
+    // The loss is Σ w_b CE_b, so a row of weight 0 has no gradient w.r.t. its z.
+    for (row, weight) in row_weight.iter().enumerate() {
+        if *weight == 0.0 {
+            assert!(
+                gradients.grad_z.row(row).iter().all(|g| *g == 0.0),
+                "row {row} has weight 0"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_batch_mixing_tasks_and_dets_equals_one_by_one_runs() {
+    let encoder = tiny_encoder();
+    let reference = Reference::load();
+    let params = reference.params(&encoder);
+    let inputs = reference.inputs();
+    let (z, det_select) = (reference.f2("z"), reference.f2("det_select"));
+    let tokens = encoder.tokenize(&inputs).unwrap();
+    let together = encoder
+        .embed(
+            Batch {
+                tokens: &tokens,
+                z: z.view(),
+                det_select: det_select.view(),
+            },
+            &params,
+        )
+        .unwrap();
+    for row in 0..inputs.len() {
+        let alone_tokens = encoder.tokenize(&inputs[row..=row]).unwrap();
+        let (z_row, select_row) = (
+            z.slice(s![row..=row, ..]),
+            det_select.slice(s![row..=row, ..]),
+        );
+        let alone = encoder
+            .embed(
+                Batch {
+                    tokens: &alone_tokens,
+                    z: z_row,
+                    det_select: select_row,
+                },
+                &params,
+            )
+            .unwrap();
+        let error = relative_error(
+            alone.as_slice().unwrap(),
+            together.row(row).to_vec().as_slice(),
+        );
+        assert!(
+            error <= 1e-5,
+            "row {row}: alone vs in a mixed batch, relative error {error}"
+        );
+    }
+}
+
+#[test]
+fn the_frozen_model_is_the_plain_graph() {
+    let encoder = tiny_encoder();
+    let reference = Reference::load();
+    let inputs = reference.inputs();
+    let frozen = encoder.embed_frozen(&inputs).unwrap();
+    let plain = encoder
+        .embed_plain(&encoder.tokenize(&inputs).unwrap())
+        .unwrap();
+    let error = relative_error(frozen.as_slice().unwrap(), plain.as_slice().unwrap());
+    assert!(
+        error <= 1e-5,
+        "det_select = 0 vs plain graph: relative error {error}"
+    );
+}
+
+#[test]
+fn shape_errors_are_reported_not_panics() {
+    let encoder = tiny_encoder();
+    let tokens = encoder
+        .tokenize(&[deltaspace::model::TextInput::single("hello")])
+        .unwrap();
+    let params = DeltaParams::zeros(encoder.manifest(), 4);
+    let (z, det_select) = (Array2::<f32>::zeros((1, 3)), Array2::<f32>::zeros((1, 3)));
+    let err = encoder
+        .embed(
+            Batch {
+                tokens: &tokens,
+                z: z.view(),
+                det_select: det_select.view(),
+            },
+            &params,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("expected [1, 4]"), "{err}");
+    assert!(encoder.tokenize(&[]).is_err());
+}

@@ -1,0 +1,155 @@
+//! Subspace artifacts on the tiny model: save/load round trips, ids, and refusals.
+
+use deltaspace::classifier::{self, PreparedTask};
+use deltaspace::det::{DetKind, Theta0};
+use deltaspace::model::{ModelFiles, TextInput};
+use deltaspace::subspace::{Subspace, SubspaceError};
+use deltaspace::task::{Label, Task};
+use deltaspace::tensor_file::Storage;
+
+use crate::helpers::{tiny_dir, tiny_encoder};
+
+fn tiny_files() -> ModelFiles {
+    ModelFiles::open(&tiny_dir()).unwrap()
+}
+
+#[test]
+fn a_random_subspace_round_trips_in_f32_and_f16_with_a_stable_id() {
+    let files = tiny_files();
+    let theta0 = Theta0::load(&files).unwrap();
+    let subspace = Subspace::random(&files.manifest, &theta0, 6, 7).unwrap();
+    assert_eq!(subspace.d(), 6);
+    // base is θ⁰ for a random subspace: z = 0 decodes to the shared init.
+    let zero = ndarray::Array1::zeros(6);
+    assert_eq!(subspace.theta(0, zero.view()), *theta0.det(0));
+    let dir = tempfile::tempdir().unwrap();
+    let (f32_path, f16_path) = (
+        dir.path().join("s32.safetensors"),
+        dir.path().join("s16.safetensors"),
+    );
+    subspace.save(&f32_path, Storage::F32).unwrap();
+    subspace.save(&f16_path, Storage::F16).unwrap();
+    let exact = Subspace::load(&f32_path, &files.manifest).unwrap();
+    assert_eq!(exact.id(), subspace.id());
+    assert!(
+        exact.matches("random-d6-seed7")
+            && exact.matches(&subspace.id())
+            && !exact.matches("other")
+    );
+    let half = Subspace::load(&f16_path, &files.manifest).unwrap();
+    assert_ne!(
+        half.id(),
+        subspace.id(),
+        "rounding changes the content, so the id"
+    );
+    let (a, b) = (&subspace.params().det(1).u, &half.params().det(1).u);
+    let worst = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "f16 rounding error {worst}");
+    assert!(
+        std::fs::metadata(&f16_path).unwrap().len() < std::fs::metadata(&f32_path).unwrap().len()
+    );
+}
+
+#[test]
+fn a_subspace_for_another_layout_or_model_is_refused() {
+    let files = tiny_files();
+    let theta0 = Theta0::load(&files).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.safetensors");
+    Subspace::random(&files.manifest, &theta0, 3, 1)
+        .unwrap()
+        .save(&path, Storage::F32)
+        .unwrap();
+    let mut other_layout = files.manifest.clone();
+    other_layout.layout_sha256 = "0".repeat(64);
+    let err = Subspace::load(&path, &other_layout).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SubspaceError::Mismatch {
+                what: "DET layout",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut other_model = files.manifest.clone();
+    other_model.base_model_sha256 = "1".repeat(64);
+    assert!(matches!(
+        Subspace::load(&path, &other_model),
+        Err(SubspaceError::Mismatch {
+            what: "base model",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_corrupted_subspace_file_is_refused() {
+    let files = tiny_files();
+    let theta0 = Theta0::load(&files).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.safetensors");
+    Subspace::random(&files.manifest, &theta0, 3, 1)
+        .unwrap()
+        .save(&path, Storage::F32)
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40; // flip a bit in the last value
+    std::fs::write(&path, bytes).unwrap();
+    let err = Subspace::load(&path, &files.manifest)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("corrupt") || err.contains("non-finite"),
+        "{err}"
+    );
+}
+
+#[test]
+fn prediction_through_every_det_gives_probabilities_over_the_task_labels() {
+    let encoder = tiny_encoder();
+    let files = tiny_files();
+    let subspace = Subspace::random(&files.manifest, &Theta0::load(&files).unwrap(), 4, 3).unwrap();
+    let task = Task {
+        name: "toy".into(),
+        det: DetKind::Adapter,
+        z: vec![0.5, -1.0, 0.25, 2.0],
+        labels: ["red", "green", "blue"]
+            .map(|c| Label {
+                name: c.into(),
+                description: format!("The text is about the colour {c}."),
+            })
+            .to_vec(),
+        subspace: None,
+    };
+    let prepared = PreparedTask::prepare(task, &encoder).unwrap();
+    let inputs = [
+        TextInput::single("a red apple"),
+        TextInput::pair("sky", Some("blue".into())),
+    ];
+    for det in DetKind::ALL {
+        let predictions =
+            classifier::predict(&encoder, &subspace, &prepared, Some(det), &inputs).unwrap();
+        assert_eq!(predictions.len(), 2);
+        for prediction in predictions {
+            let total: f32 = prediction.scores.iter().map(|s| s.score).sum();
+            assert!(
+                (total - 1.0).abs() < 1e-5,
+                "{det}: probabilities sum to {total}"
+            );
+            assert_eq!(prediction.label, prediction.scores[0].label);
+            assert!(
+                prediction
+                    .scores
+                    .windows(2)
+                    .all(|w| w[0].score >= w[1].score)
+            );
+        }
+    }
+}
