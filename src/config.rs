@@ -15,6 +15,7 @@ use crate::runtime::{ProviderChoice, RuntimeOptions};
 pub struct Config {
     pub runtime: RuntimeConfig,
     pub model: ModelConfig,
+    pub server: ServerConfig,
 }
 
 /// `[runtime]`: ONNX Runtime.
@@ -58,6 +59,80 @@ impl Default for ModelConfig {
             dir: PathBuf::from("models/all-MiniLM-L6-v2"),
             subspace: PathBuf::from("models/all-MiniLM-L6-v2/subspaces/default.safetensors"),
         }
+    }
+}
+
+/// `[server]`: `deltaspace serve` (docs/API.md lists every key).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, `host:port`.
+    pub bind: String,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Directory of the task database (`tasks.sqlite3`), created if missing.
+    pub data_dir: PathBuf,
+    /// TASK.json files imported at start when not stored (each name once, ever); skipped if absent.
+    pub seed_tasks_dir: PathBuf,
+    /// Most texts in one encoder run.
+    pub max_batch_rows: usize,
+    /// Most padded tokens (rows × longest row) in one encoder run.
+    pub max_batch_tokens: usize,
+    /// Longest a request waits for others to share its batch, in milliseconds.
+    pub max_wait_ms: u64,
+    /// Requests that may wait for a batch; beyond it requests get 429.
+    pub queue_capacity: usize,
+    /// Most texts in one predict or embed request (at most `max_batch_rows`).
+    pub max_inputs: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Largest ‖z‖₂ an uploaded task may have.
+    pub max_z_norm: f32,
+    /// Most labels per task.
+    pub max_labels: usize,
+    /// Longest label name or description, in characters.
+    pub max_label_chars: usize,
+    /// Bearer tokens, comma-separated; empty = no authorization. Never logged.
+    pub tokens: String,
+    /// Require a token for predictions, embeddings and task reads too (writes always need one
+    /// when tokens are set).
+    pub protect_reads: bool,
+    /// Seconds shutdown waits for in-flight requests.
+    pub shutdown_timeout_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            workers: 0,
+            data_dir: PathBuf::from("data"),
+            seed_tasks_dir: PathBuf::from("models/all-MiniLM-L6-v2/tasks"),
+            max_batch_rows: 32,
+            max_batch_tokens: 16384,
+            max_wait_ms: 2,
+            queue_capacity: 1024,
+            max_inputs: 32,
+            max_body_bytes: 1 << 20,
+            max_z_norm: crate::task::TaskLimits::default().max_z_norm,
+            max_labels: crate::task::TaskLimits::default().max_labels,
+            max_label_chars: crate::task::TaskLimits::default().max_label_chars,
+            tokens: String::new(),
+            protect_reads: false,
+            shutdown_timeout_s: 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerConfig {
+    /// Like a derived `Debug`, with the tokens redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.clone();
+        if !shown.tokens.is_empty() {
+            shown.tokens = "<redacted>".into();
+        }
+        let fields = toml::Value::try_from(&shown).map_err(|_| std::fmt::Error)?;
+        write!(f, "ServerConfig {fields}")
     }
 }
 
@@ -113,13 +188,25 @@ impl Config {
 }
 
 /// Applies `DELTASPACE_<SECTION>_<KEY>=value` overrides. A value is read as TOML when it parses
-/// (`4`, `true`, `["a"]`), else as a string; an unknown variable is an error, so typos surface.
+/// (`4`, `true`, `["a"]`), else as a string; an unknown key of a known section is an error, so
+/// typos surface.
 fn apply_env(
     table: &mut toml::Table,
     vars: impl Iterator<Item = (String, String)>,
 ) -> anyhow::Result<()> {
     let keys = Config::keys();
-    for (name, raw) in vars.filter(|(name, _)| name.starts_with(ENV_PREFIX)) {
+    // Only names under a config section are settings (DELTASPACE_RUNTIME_*, ...); other
+    // DELTASPACE_* variables belong to scripts and tools.
+    let sections: Vec<String> = keys
+        .iter()
+        .map(|(section, _, _)| format!("{ENV_PREFIX}{}_", section.to_uppercase()))
+        .collect();
+    let is_setting = |name: &str| {
+        sections
+            .iter()
+            .any(|prefix| name.starts_with(prefix.as_str()))
+    };
+    for (name, raw) in vars.filter(|(name, _)| is_setting(name)) {
         let Some((section, key, _)) = keys.iter().find(|(_, _, env)| *env == name) else {
             let known: Vec<&str> = keys.iter().map(|(_, _, env)| env.as_str()).collect();
             bail!("unknown setting {name}; known: {}", known.join(", "));
@@ -174,6 +261,22 @@ mod tests {
         assert!(err.contains("DELTASPACE_RUNTIME_PROVIDER"), "{err}");
         assert!(load("[runtime]\nthreads = 2\n", &[]).is_err());
         assert!(load("", &[("DELTASPACE_RUNTIME_PROVIDER", "gpu")]).is_err());
+    }
+
+    #[test]
+    fn server_keys_are_overridable_and_tokens_are_not_shown() {
+        let config = load(
+            "[server]\nmax_wait_ms = 7\n",
+            &[
+                ("DELTASPACE_SERVER_TOKENS", "alpha,beta"),
+                ("DELTASPACE_SERVER_BIND", "0.0.0.0:9000"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.server.max_wait_ms, 7);
+        assert_eq!(config.server.tokens, "alpha,beta");
+        assert_eq!(config.server.bind, "0.0.0.0:9000");
+        assert!(!format!("{config:?}").contains("alpha"));
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //!   of any tasks and DETs), cosine classification. ORT types stop here.
 //! - [`det`], [`subspace`], [`task`], [`classifier`]: the paper's objects: DET kinds and θ⁰, the
 //!   subspace artifact (U, base), tasks (z plus labels), and applying tasks to text.
+//! - [`server`]: the HTTP server (layer 3, online): task store (SQLite), a dynamic batcher that
+//!   mixes tasks and DETs in one encoder run, bearer-token auth, Prometheus metrics.
 //! - [`config`] and [`cli`]: the edge, the only code that reads files named by users or the
 //!   environment.
 
@@ -24,6 +26,8 @@ pub mod config;
 pub mod det;
 pub mod model;
 pub mod runtime;
+pub mod server;
 pub mod subspace;
 pub mod task;
 pub mod tensor_file;
+pub mod train;

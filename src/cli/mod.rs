@@ -2,7 +2,9 @@
 //! options and the shared set-up (config, runtime, model, subspace).
 
 mod predict;
+mod serve;
 mod subspace;
+mod train;
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +55,21 @@ pub enum Command {
     Subspace(subspace::SubspaceCommand),
     /// Describe a model export, the ONNX Runtime in use and its execution provider.
     Info(predict::InfoArgs),
+    /// Serve every task over HTTP: uploads, predictions, embeddings, metrics (docs/API.md).
+    Serve(serve::ServeArgs),
+    /// Offline training: stage 0 (DETs in their original space) and stage 1 (the subspace).
+    #[command(subcommand)]
+    Train(train::TrainCommand),
+    /// Stage 2: optimize only z for new tasks through one DET's frozen U.
+    Tune(train::TuneArgs),
+    /// Score a task vector, a stage-0 solution or the frozen model on a split.
+    Eval(train::EvalArgs),
+    /// Decode a task's z through every DET, zero-shot (subspace solution transfer).
+    Transfer(train::TransferArgs),
+    /// Draw every DET's accuracy on a plane of the subspace, one heat map (PNG) per DET.
+    Landscape(train::LandscapeArgs),
+    /// Print the paper's tables (markdown, optionally JSON) from a results directory.
+    Report(train::ReportArgs),
 }
 
 /// Runs one parsed command.
@@ -69,6 +86,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(args) => predict::embed(&config, args),
         Command::Subspace(command) => subspace::run(&config, command),
         Command::Info(args) => predict::info(&config, args),
+        Command::Serve(args) => serve::serve(&config, args),
+        Command::Train(command) => train::train(&config, command),
+        Command::Tune(args) => train::tune(&config, args),
+        Command::Eval(args) => train::eval(&config, args),
+        Command::Transfer(args) => train::transfer(&config, args),
+        Command::Landscape(args) => train::landscape(&config, args),
+        Command::Report(args) => train::report(args),
     }
 }
 
@@ -84,6 +108,7 @@ pub fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

@@ -146,6 +146,8 @@ pub struct EncoderOptions {
     pub with_grad: bool,
     /// Load the plain graph (no DET plug points), for benchmarks.
     pub with_plain: bool,
+    /// Truncate rows to fewer tokens than the model's `max_seq_len` (training on CPUs).
+    pub max_seq_len: Option<usize>,
 }
 
 impl Default for EncoderOptions {
@@ -154,6 +156,7 @@ impl Default for EncoderOptions {
             sessions: 1,
             with_grad: false,
             with_plain: false,
+            max_seq_len: None,
         }
     }
 }

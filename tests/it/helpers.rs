@@ -29,6 +29,7 @@ pub fn tiny_encoder() -> Encoder {
         sessions: 1,
         with_grad: true,
         with_plain: true,
+        max_seq_len: None,
     };
     Encoder::load(&runtime(), &tiny_dir(), &options).unwrap()
 }

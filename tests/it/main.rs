@@ -3,8 +3,10 @@
 //! exported by `export/export.py --tiny` with PyTorch references beside it.
 #![allow(clippy::unwrap_used)]
 
+mod api;
 mod cli;
 mod helpers;
 mod layers;
 mod parity;
 mod subspace;
+mod train;

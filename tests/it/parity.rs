@@ -82,7 +82,21 @@ fn gradient_graph_matches_pytorch_loss_and_every_gradient() {
         assert!(error <= TOLERANCE, "{name}: relative error {error}");
     };
     check("loss", &[gradients.loss]);
-    check("logits", gradients.logits.as_slice().unwrap());
+    // Masked classes sit near −1e9, so compare only each row's own task classes.
+    let own = |logits: &ndarray::Array2<f32>| -> Vec<f32> {
+        logits
+            .iter()
+            .zip(class_mask.iter())
+            .filter(|(_, m)| **m == 1.0)
+            .map(|(l, _)| *l)
+            .collect()
+    };
+    let expected_logits = reference.f2("logits");
+    let error = relative_error(&own(&gradients.logits), &own(&expected_logits));
+    assert!(
+        error <= TOLERANCE,
+        "logits of the rows' own classes: relative error {error}"
+    );
     check("embeddings", gradients.embeddings.as_slice().unwrap());
     check("grad_z", gradients.grad_z.as_slice().unwrap());
     for (index, det) in encoder.manifest().dets.iter().enumerate() {
@@ -187,4 +201,47 @@ fn shape_errors_are_reported_not_panics() {
         .unwrap_err();
     assert!(err.to_string().contains("expected [1, 4]"), "{err}");
     assert!(encoder.tokenize(&[]).is_err());
+}
+
+/// The real MiniLM, when its export is present (scripts/run-main.sh makes it): the frozen model
+/// through the serving graph equals sentence-transformers (tests/fixtures/minilm/make_reference.py).
+#[test]
+fn minilm_frozen_embeddings_match_sentence_transformers_when_exported() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = root.join("models/all-MiniLM-L6-v2");
+    if !model.join("serve.onnx").is_file() {
+        eprintln!(
+            "skipped: no MiniLM export at {} (scripts/run-main.sh makes it)",
+            model.display()
+        );
+        return;
+    }
+    let encoder =
+        deltaspace::model::Encoder::load(&crate::helpers::runtime(), &model, &Default::default())
+            .unwrap();
+    let text = std::fs::read_to_string(root.join("tests/fixtures/minilm/reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let inputs: Vec<deltaspace::model::TextInput> = reference["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| deltaspace::model::TextInput::single(s.as_str().unwrap()))
+        .collect();
+    let expected: Vec<f32> = reference["embeddings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
+        .collect();
+    let embeddings = encoder.embed_frozen(&inputs).unwrap();
+    let error = relative_error(embeddings.as_slice().unwrap(), &expected);
+    assert!(
+        error <= TOLERANCE,
+        "MiniLM vs sentence-transformers: relative error {error}"
+    );
 }

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets up what the tests need and runs every test: Rust (unit + integration, on the committed
+# tiny model) and the export's Python tests (ONNX vs PyTorch; MiniLM checks run when its export
+# is present, otherwise they are skipped with the reason).
+# First run on a fresh machine: ~10 minutes (torch venv ~4 min, cold cargo build ~4 min).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-ort.sh
+scripts/setup-export-venv.sh
+cargo test --locked
+.venv-export/bin/python -m pytest export/tests -q

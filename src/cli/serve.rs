@@ -1,0 +1,113 @@
+//! `deltaspace serve`: builds the server's options from the configuration and flags, binds, and
+//! runs until Ctrl-C or SIGTERM, then drains in-flight requests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::server::{self, BatchLimits, Options};
+use crate::task::TaskLimits;
+
+/// Arguments of `deltaspace serve`; each overrides its `[server]` or `[model]` key.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on, host:port [default: [server] bind].
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Model directory [default: [model] dir].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Subspace file [default: [model] subspace].
+    #[arg(long)]
+    pub subspace: Option<PathBuf>,
+    /// Directory of the task database [default: [server] data_dir].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
+    let bind = args
+        .bind
+        .clone()
+        .unwrap_or_else(|| config.server.bind.clone());
+    let options = options(config, args);
+    let listener = std::net::TcpListener::bind(&bind).with_context(|| format!("binding {bind}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(server::run(listener, options, shutdown_signal()))?;
+    Ok(())
+}
+
+/// The server's options: `[server]`, `[model]` and `[runtime]`, with flags on top.
+fn options(config: &Config, args: ServeArgs) -> Options {
+    let server = &config.server;
+    let seed_tasks_dir =
+        (!server.seed_tasks_dir.as_os_str().is_empty()).then(|| server.seed_tasks_dir.clone());
+    Options {
+        runtime: config.runtime_options(),
+        sessions: config.runtime.sessions,
+        model_dir: args.model.unwrap_or_else(|| config.model.dir.clone()),
+        subspace: args
+            .subspace
+            .unwrap_or_else(|| config.model.subspace.clone()),
+        data_dir: args.data_dir.unwrap_or_else(|| server.data_dir.clone()),
+        seed_tasks_dir,
+        workers: server.workers,
+        batch: BatchLimits {
+            max_rows: server.max_batch_rows.max(1),
+            max_tokens: server.max_batch_tokens.max(1),
+            max_wait: Duration::from_millis(server.max_wait_ms),
+            queue_capacity: server.queue_capacity.max(1),
+            concurrency: config.runtime.sessions.max(1),
+        },
+        max_inputs: server.max_inputs.max(1),
+        max_body_bytes: server.max_body_bytes,
+        task_limits: TaskLimits {
+            max_z_norm: server.max_z_norm,
+            max_labels: server.max_labels,
+            max_label_chars: server.max_label_chars,
+        },
+        tokens: server
+            .tokens
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        protect_reads: server.protect_reads,
+        shutdown_timeout: Duration::from_secs(server.shutdown_timeout_s),
+    }
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM (what container runtimes send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}

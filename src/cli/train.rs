@@ -1,0 +1,695 @@
+//! `deltaspace train det|subspace`, `tune`, `eval` and `transfer`: the offline trainer.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use super::{load_encoder, load_subspace};
+use crate::config::Config;
+use crate::det::{DetKind, Theta0};
+use crate::model::{Encoder, EncoderOptions, ModelFiles};
+use crate::subspace::Subspace;
+use crate::task::{Task, TaskLimits};
+use crate::tensor_file::Storage;
+use crate::train::batch::TrainTask;
+use crate::train::data::Split;
+use crate::train::eval::Metrics;
+use crate::train::fit::{FitOptions, Space, Unit, evaluate_values};
+use crate::train::optim::OptimizerKind;
+use crate::train::solution::Solution;
+use crate::train::stage0::train_dets;
+use crate::train::stage1::{SubspaceOptions, collect_solutions, find_subspace};
+use crate::train::tune::{CmaOptions, Tuned, tune_cmaes, tune_gradient};
+
+/// Options shared by every training command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainingArgs {
+    /// Model directory [default: [model] dir].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Optimizer steps (CMA-ES: generations).
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    /// Training rows per task (and DET) per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// Evaluate on dev, keep the best, and checkpoint every this many steps.
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: usize,
+    /// Dev examples per task in those evaluations [default: all].
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    /// Examples per task in the final dev and test scores [default: all].
+    #[arg(long)]
+    pub final_limit: Option<usize>,
+    /// Rows per ONNX Runtime run; larger steps are split and their gradients summed.
+    #[arg(long, default_value_t = 64)]
+    pub run_rows: usize,
+    /// Use at most this many examples of each split (files are shuffled and stratified).
+    #[arg(long)]
+    pub max_examples: Option<usize>,
+    /// Truncate inputs to this many tokens (the model's limit when absent).
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// Random seed: same seed, same run.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Checkpoint file, written at every evaluation and resumed from when present.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+impl TrainingArgs {
+    fn fit_options(&self, optimizer: OptimizerKind) -> FitOptions {
+        FitOptions {
+            steps: self.steps,
+            batch: self.batch.max(1),
+            lr: self.lr,
+            optimizer,
+            eval_every: self.eval_every,
+            eval_limit: self.eval_limit,
+            run_rows: self.run_rows,
+            seed: self.seed,
+            checkpoint: self.checkpoint.clone(),
+            final_limit: self.final_limit,
+        }
+    }
+
+    fn encoder(&self, config: &Config) -> anyhow::Result<Encoder> {
+        let options = EncoderOptions {
+            sessions: 1,
+            with_grad: true,
+            with_plain: false,
+            max_seq_len: self.max_seq_len,
+        };
+        load_encoder(config, self.model.as_deref(), options)
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TrainCommand {
+    /// Stage 0: train DETs in their original space from θ⁰, every (task, DET) in shared runs.
+    Det(DetArgs),
+    /// Stage 1: find the unified subspace from stage-0 solutions (decomposition + refinement).
+    Subspace(SubspaceArgs),
+}
+
+/// Arguments of `train subspace`.
+#[derive(Debug, clap::Args)]
+pub struct SubspaceArgs {
+    #[command(flatten)]
+    pub training: TrainingArgs,
+    /// Directory of stage-0 solutions (<task>.<det>.safetensors); tasks need all three DETs.
+    #[arg(long)]
+    pub solutions: PathBuf,
+    /// Directory holding each solution's task data as <data-root>/<task>/ (for the refinement).
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// Subspace dimension d.
+    #[arg(long)]
+    pub dim: usize,
+    /// Weight α_rec of the reconstruction term.
+    #[arg(long, default_value_t = 1.0)]
+    pub rec_alpha: f32,
+    /// Name recorded in the artifact (tasks refer to it) [default: <model>-d<dim>].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Store values as f16 (half the size).
+    #[arg(long)]
+    pub f16: bool,
+    /// Output subspace file (.safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `train det`.
+#[derive(Debug, clap::Args)]
+pub struct DetArgs {
+    #[command(flatten)]
+    pub training: TrainingArgs,
+    /// Task directories ({train,dev,test}.jsonl + labels.json); repeat for several tasks.
+    #[arg(long, required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// DET to train: lora, adapter, prefix; repeat, or `all`.
+    #[arg(long, required = true, num_args = 1..)]
+    pub det: Vec<String>,
+    /// Adam or Adafactor.
+    #[arg(long, default_value = "adam")]
+    pub optimizer: OptimizerKind,
+    /// Output: a .safetensors file (one task, one DET) or a directory of <task>.<det>.safetensors.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `tune`.
+#[derive(Debug, clap::Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub training: TrainingArgs,
+    /// Subspace file [default: [model] subspace].
+    #[arg(long)]
+    pub subspace: Option<PathBuf>,
+    /// Task directories; repeat to tune several tasks in shared runs.
+    #[arg(long, required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// The DET whose frozen U decodes z.
+    #[arg(long)]
+    pub det: DetKind,
+    /// adam, adafactor (exact gradients) or cmaes (derivative-free).
+    #[arg(long, default_value = "adam")]
+    pub optimizer: String,
+    /// CMA-ES population λ (0: 4 + ⌊3 ln d⌋).
+    #[arg(long, default_value_t = 0)]
+    pub population: usize,
+    /// CMA-ES initial step size σ.
+    #[arg(long, default_value_t = 1.0)]
+    pub sigma: f64,
+    /// Output: TASK.json (one task) or a directory of <task>.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Model directory [default: [model] dir].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Task directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// A task vector (TASK.json) to evaluate through the subspace.
+    #[arg(long, conflicts_with_all = ["solution", "zero_shot"])]
+    pub task: Option<PathBuf>,
+    /// Subspace file for --task [default: [model] subspace].
+    #[arg(long)]
+    pub subspace: Option<PathBuf>,
+    /// Decode --task's z with this DET (default: its own).
+    #[arg(long)]
+    pub det: Option<DetKind>,
+    /// A stage-0 solution file to evaluate in the original space.
+    #[arg(long, conflicts_with = "zero_shot")]
+    pub solution: Option<PathBuf>,
+    /// The frozen model with no delta (label descriptions only).
+    #[arg(long)]
+    pub zero_shot: bool,
+    /// dev or test.
+    #[arg(long, default_value = "test")]
+    pub split: Split,
+    /// Truncate inputs to this many tokens.
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// Print JSON (the default; kept for scripts that pass it).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `transfer`.
+#[derive(Debug, clap::Args)]
+pub struct TransferArgs {
+    /// Model directory [default: [model] dir].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Subspace file [default: [model] subspace].
+    #[arg(long)]
+    pub subspace: Option<PathBuf>,
+    /// Task directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// TASK.json whose z (found with its own DET) is decoded through every DET, zero-shot.
+    #[arg(long)]
+    pub task: PathBuf,
+    /// dev or test.
+    #[arg(long, default_value = "test")]
+    pub split: Split,
+    /// Truncate inputs to this many tokens.
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+}
+
+pub fn train(config: &Config, command: TrainCommand) -> anyhow::Result<()> {
+    match command {
+        TrainCommand::Det(args) => train_det(config, args),
+        TrainCommand::Subspace(args) => train_subspace(config, args),
+    }
+}
+
+fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.dim >= 1, "--dim must be at least 1");
+    let encoder = args.training.encoder(config)?;
+    let manifest = encoder.manifest();
+    let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
+    let mut solutions = Vec::new();
+    let entries = std::fs::read_dir(&args.solutions)
+        .with_context(|| format!("reading {}", args.solutions.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "safetensors")
+            && !path.to_string_lossy().contains("checkpoint")
+        {
+            solutions.push(Solution::load(&path, manifest)?);
+        }
+    }
+    let grouped = collect_solutions(&solutions, manifest, &theta0)?;
+    let steps = if args.data_root.is_some() {
+        args.training.steps
+    } else {
+        0
+    };
+    let tasks = match &args.data_root {
+        Some(root) => {
+            let dirs: Vec<PathBuf> = grouped.iter().map(|g| root.join(&g.task)).collect();
+            load_tasks(&encoder, &dirs, args.training.max_examples)?
+        }
+        None => Vec::new(),
+    };
+    let options = SubspaceOptions {
+        d: args.dim,
+        steps,
+        batch: args.training.batch.max(1),
+        lr: args.training.lr,
+        rec_alpha: args.rec_alpha,
+        eval_every: args.training.eval_every,
+        eval_limit: args.training.eval_limit,
+        run_rows: args.training.run_rows,
+        seed: args.training.seed,
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}-d{}", manifest.name, args.dim)),
+    };
+    let subspace = find_subspace(&encoder, &theta0, &grouped, &tasks, &options)?;
+    let storage = if args.f16 { Storage::F16 } else { Storage::F32 };
+    subspace
+        .save(&args.out, storage)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let saved = Subspace::load(&args.out, manifest)?;
+    let names: Vec<&str> = grouped.iter().map(|g| g.task.as_str()).collect();
+    println!(
+        "{}",
+        json!({"id": saved.id(), "d": saved.d(), "tasks": names, "refinement_steps": steps, "file": args.out})
+    );
+    Ok(())
+}
+
+fn parse_dets(names: &[String]) -> anyhow::Result<Vec<DetKind>> {
+    if names.iter().any(|n| n == "all") {
+        return Ok(DetKind::ALL.to_vec());
+    }
+    let mut dets: Vec<DetKind> = names.iter().map(|n| n.parse()).collect::<Result<_, _>>()?;
+    dets.dedup();
+    Ok(dets)
+}
+
+fn load_tasks(
+    encoder: &Encoder,
+    dirs: &[PathBuf],
+    max_examples: Option<usize>,
+) -> anyhow::Result<Vec<TrainTask>> {
+    dirs.iter()
+        .map(|dir| {
+            TrainTask::load(encoder, dir, max_examples)
+                .with_context(|| format!("loading task data {}", dir.display()))
+        })
+        .collect()
+}
+
+fn train_det(config: &Config, args: DetArgs) -> anyhow::Result<()> {
+    let dets = parse_dets(&args.det)?;
+    let single_file = args.out.extension().is_some_and(|e| e == "safetensors");
+    if single_file && (args.data.len() != 1 || dets.len() != 1) {
+        bail!(
+            "--out {} is a file: give one --data and one --det, or an output directory",
+            args.out.display()
+        );
+    }
+    let encoder = args.training.encoder(config)?;
+    let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
+    let tasks = load_tasks(&encoder, &args.data, args.training.max_examples)?;
+    let solutions = train_dets(
+        &encoder,
+        &theta0,
+        &tasks,
+        &dets,
+        &args.training.fit_options(args.optimizer),
+    )?;
+    for solution in &solutions {
+        let path = if single_file {
+            args.out.clone()
+        } else {
+            Solution::path_in(&args.out, &solution.task, solution.det)
+        };
+        solution.save(&path, encoder.manifest())?;
+        println!(
+            "{}",
+            json!({"task": solution.task, "det": solution.det, "dev": solution.dev, "test": solution.test,
+                   "step": solution.step, "file": path})
+        );
+    }
+    Ok(())
+}
+
+pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
+    let single_file = args.out.extension().is_some_and(|e| e == "json");
+    if single_file && args.data.len() != 1 {
+        bail!(
+            "--out {} is a file: give one --data, or an output directory",
+            args.out.display()
+        );
+    }
+    let encoder = args.training.encoder(config)?;
+    let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
+    let tasks = load_tasks(&encoder, &args.data, args.training.max_examples)?;
+    let tuned = match args.optimizer.as_str() {
+        "cmaes" => {
+            let options = CmaOptions {
+                generations: args.training.steps,
+                population: args.population,
+                batch: args.training.batch.max(1),
+                sigma: args.sigma,
+                eval_every: args.training.eval_every,
+                eval_limit: args.training.eval_limit,
+                final_limit: args.training.final_limit,
+                seed: args.training.seed,
+            };
+            tune_cmaes(&encoder, &subspace, &tasks, args.det, &options)?
+        }
+        other => {
+            let kind: OptimizerKind = other.parse().map_err(anyhow::Error::msg)?;
+            tune_gradient(
+                &encoder,
+                &subspace,
+                &tasks,
+                args.det,
+                &args.training.fit_options(kind),
+            )?
+        }
+    };
+    for result in tuned {
+        let data = &tasks[result.task].data;
+        let path = if single_file {
+            args.out.clone()
+        } else {
+            args.out.join(format!("{}.json", data.name))
+        };
+        write_task(&path, data.name.clone(), &result, &data.labels, &subspace)?;
+        println!(
+            "{}",
+            json!({"task": data.name, "det": result.det, "optimizer": args.optimizer, "dev": result.dev,
+                   "test": result.test, "seconds": result.seconds, "file": path})
+        );
+    }
+    Ok(())
+}
+
+fn write_task(
+    path: &Path,
+    name: String,
+    tuned: &Tuned,
+    labels: &[crate::task::Label],
+    subspace: &Subspace,
+) -> anyhow::Result<()> {
+    let task = Task {
+        name,
+        det: tuned.det,
+        z: tuned.z.clone(),
+        labels: labels.to_vec(),
+        subspace: Some(subspace.id()),
+    };
+    task.validate(subspace.d(), &TaskLimits::default())?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&task)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
+    let options = EncoderOptions {
+        max_seq_len: args.max_seq_len,
+        ..EncoderOptions::default()
+    };
+    let encoder = load_encoder(config, args.model.as_deref(), options)?;
+    let tasks = load_tasks(&encoder, std::slice::from_ref(&args.data), None)?;
+    let name = tasks[0].data.name.clone();
+    let (det, metrics): (Option<DetKind>, Metrics) = if let Some(path) = &args.solution {
+        let solution = Solution::load(path, encoder.manifest())?;
+        let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
+        let column = solution.det.column(encoder.manifest())?;
+        let delta: Vec<f32> = solution
+            .theta
+            .iter()
+            .zip(theta0.det(column))
+            .map(|(t, t0)| t - t0)
+            .collect();
+        let units = [Unit {
+            task: 0,
+            det: solution.det,
+        }];
+        let metrics = evaluate_values(
+            &encoder,
+            &tasks,
+            &units,
+            &Space::Original { theta0: &theta0 },
+            &[delta],
+            args.split,
+            None,
+        )?;
+        (Some(solution.det), metrics[0])
+    } else if let Some(path) = &args.task {
+        let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
+        let task = Task::load(path)?;
+        task.validate(subspace.d(), &TaskLimits::default())?;
+        let det = args.det.unwrap_or(task.det);
+        let units = [Unit { task: 0, det }];
+        let metrics = evaluate_values(
+            &encoder,
+            &tasks,
+            &units,
+            &Space::Subspace {
+                subspace: &subspace,
+            },
+            &[task.z],
+            args.split,
+            None,
+        )?;
+        (Some(det), metrics[0])
+    } else if args.zero_shot {
+        // No DET on any row: the frozen model against the label descriptions.
+        let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
+        let units = [Unit {
+            task: 0,
+            det: DetKind::Lora,
+        }];
+        let lora = encoder.manifest().dets[DetKind::Lora.column(encoder.manifest())?].size;
+        // LoRA's θ⁰ has B = 0, so θ⁰ is an exact no-op: this is the frozen model.
+        let metrics = evaluate_values(
+            &encoder,
+            &tasks,
+            &units,
+            &Space::Original { theta0: &theta0 },
+            &[vec![0.0; lora]],
+            args.split,
+            None,
+        )?;
+        (None, metrics[0])
+    } else {
+        bail!("give one of --task, --solution or --zero-shot");
+    };
+    println!(
+        "{}",
+        json!({"task": name, "det": det, "split": args.split, "accuracy": metrics.accuracy,
+               "macro_f1": metrics.macro_f1, "n": metrics.n})
+    );
+    Ok(())
+}
+
+pub fn transfer(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
+    let options = EncoderOptions {
+        max_seq_len: args.max_seq_len,
+        ..EncoderOptions::default()
+    };
+    let encoder = load_encoder(config, args.model.as_deref(), options)?;
+    let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
+    let tasks = load_tasks(&encoder, std::slice::from_ref(&args.data), None)?;
+    let task = Task::load(&args.task)?;
+    task.validate(subspace.d(), &TaskLimits::default())?;
+    let units: Vec<Unit> = DetKind::ALL
+        .iter()
+        .map(|&det| Unit { task: 0, det })
+        .collect();
+    let codes = vec![task.z.clone(); units.len()];
+    let metrics = evaluate_values(
+        &encoder,
+        &tasks,
+        &units,
+        &Space::Subspace {
+            subspace: &subspace,
+        },
+        &codes,
+        args.split,
+        None,
+    )?;
+    for (unit, metrics) in units.iter().zip(metrics) {
+        println!(
+            "{}",
+            json!({"task": tasks[0].data.name, "source_det": task.det, "target_det": unit.det, "split": args.split,
+                   "accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1, "n": metrics.n})
+        );
+    }
+    Ok(())
+}
+
+/// Arguments of `landscape`.
+#[derive(Debug, clap::Args)]
+pub struct LandscapeArgs {
+    /// Model directory [default: [model] dir].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Subspace file [default: [model] subspace].
+    #[arg(long)]
+    pub subspace: Option<PathBuf>,
+    /// Task directory.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Three TASK.json files: the task's solutions found with Adapter, LoRA and Prefix; the plane
+    /// passes through their z.
+    #[arg(long, num_args = 3, conflicts_with = "directions")]
+    pub tasks: Vec<PathBuf>,
+    /// Instead: a centre and two directions as JSON arrays of d numbers: '[..]' '[..]' '[..]'.
+    #[arg(long, num_args = 3)]
+    pub directions: Vec<String>,
+    /// Grid points per axis.
+    #[arg(long, default_value_t = 9)]
+    pub grid: usize,
+    /// Extra room around the points, as a fraction of their spread (at least 1 unit).
+    #[arg(long, default_value_t = 0.5)]
+    pub margin: f32,
+    /// dev or test.
+    #[arg(long, default_value = "dev")]
+    pub split: Split,
+    /// Examples per grid point [default: all].
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Truncate inputs to this many tokens.
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// Output directory: <task>.<det>.png per DET and <task>.landscape.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Results directory (JSON lines laid out by scripts/pipeline.sh).
+    #[arg(long)]
+    pub results: PathBuf,
+    /// The subspace the main tables are about, as named in the results (e.g. d16).
+    #[arg(long, default_value = "d16")]
+    pub space: String,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
+    use crate::train::landscape::{Marker, Plane, draw, evaluate_grid};
+    let options = EncoderOptions {
+        max_seq_len: args.max_seq_len,
+        ..EncoderOptions::default()
+    };
+    let encoder = load_encoder(config, args.model.as_deref(), options)?;
+    let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
+    let task = load_tasks(&encoder, std::slice::from_ref(&args.data), None)?.remove(0);
+    let (plane, markers) = if args.tasks.len() == 3 {
+        let tasks: Vec<Task> = args
+            .tasks
+            .iter()
+            .map(|p| Task::load(p))
+            .collect::<anyhow::Result<_>>()?;
+        for t in &tasks {
+            t.validate(subspace.d(), &TaskLimits::default())?;
+        }
+        let points = [tasks[0].z.clone(), tasks[1].z.clone(), tasks[2].z.clone()];
+        let plane = Plane::through(&points)?;
+        let markers = tasks
+            .iter()
+            .map(|t| {
+                let (x, y) = plane.coordinates(&t.z);
+                Marker {
+                    label: format!("z_{}", t.det.letter()),
+                    x,
+                    y,
+                }
+            })
+            .collect();
+        (plane, markers)
+    } else if args.directions.len() == 3 {
+        let parse = |s: &String| {
+            serde_json::from_str::<Vec<f32>>(s)
+                .with_context(|| format!("{s:?} is not a JSON array of numbers"))
+        };
+        let (centre, first, second) = (
+            parse(&args.directions[0])?,
+            parse(&args.directions[1])?,
+            parse(&args.directions[2])?,
+        );
+        anyhow::ensure!(
+            [&centre, &first, &second]
+                .iter()
+                .all(|v| v.len() == subspace.d()),
+            "each of --directions needs d = {} numbers",
+            subspace.d()
+        );
+        let plane = Plane::along(centre, &first, &second)?;
+        (
+            plane,
+            vec![Marker {
+                label: "centre".into(),
+                x: 0.0,
+                y: 0.0,
+            }],
+        )
+    } else {
+        bail!("give --tasks A.json L.json P.json or --directions CENTRE E1 E2");
+    };
+    let landscape = evaluate_grid(
+        &encoder,
+        &subspace,
+        &task,
+        plane,
+        markers,
+        args.grid,
+        args.margin,
+        args.split,
+        args.limit,
+    )?;
+    let files = draw(&landscape, &args.out)?;
+    let json_path = args.out.join(format!("{}.landscape.json", landscape.task));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&landscape)?)?;
+    println!(
+        "{}",
+        json!({"task": landscape.task, "images": files, "grid": json_path})
+    );
+    Ok(())
+}
+
+pub fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let report = crate::train::report::build(&args.results, &args.space)?;
+    anyhow::ensure!(
+        !report.tasks.is_empty(),
+        "{} has no original.jsonl results",
+        args.results.display()
+    );
+    print!("{}", crate::train::report::markdown(&report));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

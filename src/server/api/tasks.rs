@@ -1,0 +1,302 @@
+//! Task routes: create or replace (`If-Match` / `If-None-Match` guarded), read, list by pages,
+//! delete. An upload is validated, its labels embedded (reused when unchanged), and acknowledged
+//! only once committed.
+
+use std::sync::Arc;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+
+use super::{State, blocking, find, read_json};
+use crate::classifier::PreparedTask;
+use crate::det::DetKind;
+use crate::server::AppState;
+use crate::server::auth::Access;
+use crate::server::error::ApiError;
+use crate::server::load::admit;
+use crate::server::store::{Precondition, StoreError, StoredTask};
+use crate::task::{Label, Task, validate_name};
+
+/// Tasks per page of `GET /v1/tasks` unless `limit` says otherwise, and the most it may say.
+const PAGE_DEFAULT: usize = 100;
+
+const PAGE_MAX: usize = 1000;
+
+/// `PUT /v1/tasks/{name}`: the body of a task upload (the name comes from the path).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskBody {
+    /// Optional; must equal the path's name when given.
+    #[serde(default)]
+    name: Option<String>,
+    det: String,
+    z: Vec<f32>,
+    labels: Vec<Label>,
+    #[serde(default)]
+    subspace: Option<String>,
+}
+
+/// `GET /v1/tasks` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// `PUT /v1/tasks/{name}` answer.
+#[derive(Debug, Serialize)]
+struct TaskWritten<'a> {
+    name: &'a str,
+    generation: u64,
+    etag: &'a str,
+}
+
+/// `GET /v1/tasks/{name}` answer.
+#[derive(Debug, Serialize)]
+struct TaskView<'a> {
+    name: &'a str,
+    det: DetKind,
+    z: &'a [f32],
+    labels: &'a [Label],
+    subspace: Option<&'a str>,
+    generation: u64,
+    etag: &'a str,
+    updated_at_ms: i64,
+}
+
+/// One task of a `GET /v1/tasks` page.
+#[derive(Debug, Serialize)]
+struct TaskSummary<'a> {
+    name: &'a str,
+    det: DetKind,
+    labels: Vec<&'a str>,
+    generation: u64,
+    etag: &'a str,
+    updated_at_ms: i64,
+}
+
+/// `GET /v1/tasks` answer.
+#[derive(Debug, Serialize)]
+struct TaskPage<'a> {
+    tasks: Vec<TaskSummary<'a>>,
+    /// Pass as `after` for the next page; `null` on the last.
+    next: Option<String>,
+}
+
+pub(super) async fn put_task(
+    request: HttpRequest,
+    state: State,
+    name: web::Path<String>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let result = upload(&request, &state, &name, body).await;
+    let outcome = match &result {
+        Ok((_, true)) => "created",
+        Ok((_, false)) => "replaced",
+        Err(ApiError::Unauthorized) => "unauthorized",
+        Err(ApiError::EtagMismatch(_)) => "conflict",
+        Err(
+            ApiError::InvalidJson(_)
+            | ApiError::InvalidTask(_)
+            | ApiError::InvalidRequest(_)
+            | ApiError::PayloadTooLarge(_),
+        ) => "invalid",
+        Err(_) => "error",
+    };
+    state.metrics.upload(outcome);
+    let (stored, created) = result?;
+    state
+        .metrics
+        .tasks_registered
+        .set(state.core()?.store.len() as i64);
+    let mut response = if created {
+        let mut created = HttpResponse::Created();
+        created.insert_header((header::LOCATION, format!("/v1/tasks/{}", *name)));
+        created
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(response
+        .insert_header(etag_header(&stored.etag))
+        .json(TaskWritten {
+            name: &stored.task().name,
+            generation: stored.generation,
+            etag: &stored.etag,
+        }))
+}
+
+async fn upload(
+    request: &HttpRequest,
+    state: &AppState,
+    name: &str,
+    body: web::Payload,
+) -> Result<(Arc<StoredTask>, bool), ApiError> {
+    state.auth.require(request, Access::Write)?;
+    let core = state.core()?;
+    validate_name(name)?;
+    let expect = precondition(request)?;
+    let body: TaskBody = read_json(body, state.options.max_body_bytes).await?;
+    if body.name.as_deref().is_some_and(|n| n != name) {
+        return Err(ApiError::InvalidTask(format!(
+            "the body names task {:?} but the path names {name:?}",
+            body.name.unwrap_or_default()
+        )));
+    }
+    let det: DetKind = body
+        .det
+        .parse()
+        .map_err(|e: crate::det::DetError| ApiError::InvalidTask(e.to_string()))?;
+    let task = Task {
+        name: name.to_string(),
+        det,
+        z: body.z,
+        labels: body.labels,
+        subspace: body.subspace,
+    };
+    let task = admit(
+        task,
+        &core.encoder,
+        &core.subspace,
+        &state.options.task_limits,
+    )?;
+    // Fail a stale If-Match before paying for label embeddings; the commit checks it again.
+    let current = core.store.get(name);
+    if let Precondition::Etag(etag) = &expect
+        && current.as_ref().is_some_and(|c| &c.etag != etag)
+    {
+        return Err(StoreError::EtagMismatch {
+            name: name.to_string(),
+            expected: etag.clone(),
+            found: current.map(|c| c.etag.clone()).unwrap_or_default(),
+        }
+        .into());
+    }
+    let prepared = match current.filter(|c| c.task().labels == task.labels) {
+        Some(current) => PreparedTask {
+            task,
+            label_embeddings: current.prepared.label_embeddings.clone(),
+        },
+        None => {
+            let encoder = core.encoder.clone();
+            blocking(move || {
+                PreparedTask::prepare(task, &encoder).map_err(|e| ApiError::Internal(e.to_string()))
+            })
+            .await?
+        }
+    };
+    let (store, subspace_id, key) = (
+        core.store.clone(),
+        core.subspace.id(),
+        core.model_key.clone(),
+    );
+    blocking(move || Ok(store.put(prepared, &subspace_id, &key, &expect)?)).await
+}
+
+pub(super) async fn get_task(
+    request: HttpRequest,
+    state: State,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.require(&request, Access::Read)?;
+    let stored = find(state.core()?, &name)?;
+    let task = stored.task();
+    Ok(HttpResponse::Ok()
+        .insert_header(etag_header(&stored.etag))
+        .json(TaskView {
+            name: &task.name,
+            det: task.det,
+            z: &task.z,
+            labels: &task.labels,
+            subspace: task.subspace.as_deref(),
+            generation: stored.generation,
+            etag: &stored.etag,
+            updated_at_ms: stored.updated_at_ms,
+        }))
+}
+
+pub(super) async fn list_tasks(
+    request: HttpRequest,
+    state: State,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.require(&request, Access::Read)?;
+    let query = web::Query::<ListQuery>::from_query(request.query_string())
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let limit = query.limit.unwrap_or(PAGE_DEFAULT);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(ApiError::InvalidRequest(format!(
+            "limit must be 1-{PAGE_MAX}"
+        )));
+    }
+    let (page, next) = state.core()?.store.page(query.after.as_deref(), limit);
+    let tasks = page
+        .iter()
+        .map(|stored| TaskSummary {
+            name: &stored.task().name,
+            det: stored.task().det,
+            labels: stored
+                .task()
+                .labels
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect(),
+            generation: stored.generation,
+            etag: &stored.etag,
+            updated_at_ms: stored.updated_at_ms,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(TaskPage { tasks, next }))
+}
+
+pub(super) async fn delete_task(
+    request: HttpRequest,
+    state: State,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.require(&request, Access::Write)?;
+    let core = state.core()?;
+    let expect = precondition(&request)?;
+    let store = core.store.clone();
+    let name = name.into_inner();
+    blocking(move || Ok(store.delete(&name, &expect)?)).await?;
+    state.metrics.tasks_registered.set(core.store.len() as i64);
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `If-Match: "etag"` or `*`, or `If-None-Match: *`.
+fn precondition(request: &HttpRequest) -> Result<Precondition, ApiError> {
+    let header_text = |name: header::HeaderName| {
+        request
+            .headers()
+            .get(&name)
+            .map(|v| {
+                v.to_str()
+                    .map(str::trim)
+                    .map_err(|_| ApiError::InvalidRequest(format!("{name} is not text")))
+            })
+            .transpose()
+    };
+    if let Some(value) = header_text(header::IF_MATCH)? {
+        if value == "*" {
+            return Ok(Precondition::Exists);
+        }
+        let etag = value.trim_start_matches("W/").trim_matches('"');
+        return Ok(Precondition::Etag(etag.to_string()));
+    }
+    match header_text(header::IF_NONE_MATCH)? {
+        Some("*") => Ok(Precondition::Absent),
+        Some(_) => Err(ApiError::InvalidRequest(
+            "only `If-None-Match: *` is supported on writes".into(),
+        )),
+        None => Ok(Precondition::None),
+    }
+}
+
+fn etag_header(etag: &str) -> (header::HeaderName, HeaderValue) {
+    let value = HeaderValue::from_str(&format!("\"{etag}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+    (header::ETAG, value)
+}

@@ -1,0 +1,257 @@
+//! Start-up: load ONNX Runtime, the model and the subspace; serve every stored task (label
+//! embeddings from the cache when the same model made them); import seed tasks once; warm up with
+//! one batch through every DET; start the batcher. Also [`admit`], the one gate for new tasks.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::batcher::{self, Runner};
+use super::error::ApiError;
+use super::metrics::Metrics;
+use super::store::{self, Database, Precondition, TaskStore};
+use super::{Core, Options, ServerError};
+use crate::classifier::{self, PreparedTask, Row};
+use crate::model::{Encoder, EncoderOptions, Manifest, TextInput};
+use crate::runtime::Runtime;
+use crate::subspace::Subspace;
+use crate::task::{Task, TaskError, TaskLimits};
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "tasks.sqlite3";
+
+/// Loads everything, warms up and starts the batcher; the second value drains it when awaited.
+pub async fn load(
+    options: &Options,
+    metrics: Arc<Metrics>,
+) -> Result<(Core, tokio::task::JoinHandle<()>), ServerError> {
+    let blocking_options = options.clone();
+    let (encoder, subspace, store) =
+        tokio::task::spawn_blocking(move || load_blocking(&blocking_options))
+            .await
+            .map_err(|_| ServerError::Interrupted)??;
+    let encoder = Arc::new(encoder);
+    let subspace = Arc::new(subspace);
+    let model_key = model_key(encoder.manifest());
+    metrics.tasks_registered.set(store.len() as i64);
+    metrics.set_build_info(
+        &encoder.provider().to_string(),
+        &encoder.manifest().name,
+        &subspace.id(),
+    );
+    let runner: Runner = {
+        let (encoder, subspace) = (encoder.clone(), subspace.clone());
+        Arc::new(move |rows: &[Row<'_>]| classifier::embed_rows(&encoder, &subspace, rows))
+    };
+    warm_up(&runner, &encoder, &subspace).await?;
+    let mut limits = options.batch;
+    limits.concurrency = encoder.sessions();
+    let (batcher, task) = batcher::spawn(limits, runner, metrics);
+    let core = Core {
+        encoder,
+        subspace,
+        store: Arc::new(store),
+        batcher,
+        model_key,
+    };
+    Ok((core, task))
+}
+
+fn load_blocking(options: &Options) -> Result<(Encoder, Subspace, TaskStore), ServerError> {
+    let runtime = Runtime::load(options.runtime.clone())?;
+    let encoder_options = EncoderOptions {
+        sessions: options.sessions.max(1),
+        ..EncoderOptions::default()
+    };
+    let encoder =
+        Encoder::load(&runtime, &options.model_dir, &encoder_options).map_err(|source| {
+            ServerError::Model {
+                dir: options.model_dir.clone(),
+                source,
+            }
+        })?;
+    let subspace = Subspace::load(&options.subspace, encoder.manifest()).map_err(|source| {
+        ServerError::Subspace {
+            path: options.subspace.clone(),
+            source,
+        }
+    })?;
+    tracing::info!(subspace = %subspace.id(), d = subspace.d(), "subspace loaded");
+    let store = TaskStore::new(Database::open(&options.data_dir.join(DATABASE_FILE))?);
+    load_tasks(&store, &encoder, &subspace, &options.task_limits)?;
+    if let Some(dir) = options.seed_tasks_dir.as_deref() {
+        seed_tasks(dir, &store, &encoder, &subspace, &options.task_limits)?;
+    }
+    Ok((encoder, subspace, store))
+}
+
+/// Names the model that made label embeddings, so a cache from another model is ignored.
+pub fn model_key(manifest: &Manifest) -> String {
+    format!("{}:{}", manifest.name, manifest.base_model_sha256)
+}
+
+/// Checks an incoming task against the loaded model and subspace, and records the subspace's
+/// full id in it. Shared by uploads and seed imports.
+pub fn admit(
+    mut task: Task,
+    encoder: &Encoder,
+    subspace: &Subspace,
+    limits: &TaskLimits,
+) -> Result<Task, ApiError> {
+    if let Some(reference) = task.subspace.as_ref().filter(|r| !subspace.matches(r)) {
+        return Err(TaskError::Subspace {
+            task: reference.clone(),
+            loaded: subspace.id(),
+        }
+        .into());
+    }
+    task.validate(subspace.d(), limits)?;
+    task.det
+        .column(encoder.manifest())
+        .map_err(|e| ApiError::InvalidTask(e.to_string()))?;
+    task.subspace = Some(subspace.id());
+    Ok(task)
+}
+
+/// Serves every stored task made for this subspace; others stay stored but are not served.
+fn load_tasks(
+    store: &TaskStore,
+    encoder: &Encoder,
+    subspace: &Subspace,
+    limits: &TaskLimits,
+) -> Result<(), ServerError> {
+    let key = model_key(encoder.manifest());
+    let hidden = encoder.manifest().hidden();
+    let records = store.with_db(|db| db.all())?;
+    let (mut other_subspace, mut invalid, mut embedded) = (0, 0, 0);
+    for record in &records {
+        if record.subspace_id != subspace.id() {
+            other_subspace += 1;
+            continue;
+        }
+        let task = serde_json::from_str::<Task>(&record.task_json)
+            .map_err(|e| e.to_string())
+            .and_then(|task| admit(task, encoder, subspace, limits).map_err(|e| e.to_string()));
+        let task = match task {
+            Ok(task) => task,
+            Err(error) => {
+                tracing::warn!(task = %record.name, %error, "stored task is invalid; not served");
+                invalid += 1;
+                continue;
+            }
+        };
+        let label_embeddings =
+            match store::cached_embeddings(record, &key, task.labels.len(), hidden) {
+                Some(cached) => cached,
+                None => {
+                    let computed = classifier::embed_labels(&task.labels, encoder)
+                        .map_err(|e| ServerError::Labels(e.to_string()))?;
+                    store.with_db(|db| {
+                        db.save_embeddings(&record.name, &record.etag, &key, &computed)
+                    })?;
+                    embedded += 1;
+                    computed
+                }
+            };
+        store.insert_loaded(
+            record,
+            PreparedTask {
+                task,
+                label_embeddings,
+            },
+        );
+    }
+    tracing::info!(
+        served = store.len(),
+        other_subspace,
+        invalid,
+        embedded,
+        "tasks loaded"
+    );
+    Ok(())
+}
+
+/// Imports each `*.json` task of `dir` that is not stored and was never imported before (so a
+/// seed task deleted by a user stays deleted). A bad file is logged and skipped.
+fn seed_tasks(
+    dir: &Path,
+    store: &TaskStore,
+    encoder: &Encoder,
+    subspace: &Subspace,
+    limits: &TaskLimits,
+) -> Result<(), ServerError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::debug!(dir = %dir.display(), "no seed task directory");
+        return Ok(());
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    let key = model_key(encoder.manifest());
+    let mut imported = 0;
+    for path in paths {
+        let task = Task::load(&path)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|t| admit(t, encoder, subspace, limits).map_err(|e| e.to_string()));
+        let task = match task {
+            Ok(task) => task,
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "seed task skipped");
+                continue;
+            }
+        };
+        let seen =
+            store.get(&task.name).is_some() || store.with_db(|db| db.was_seeded(&task.name))?;
+        if seen {
+            continue;
+        }
+        let prepared =
+            PreparedTask::prepare(task, encoder).map_err(|e| ServerError::Labels(e.to_string()))?;
+        let name = prepared.task.name.clone();
+        match store.put(prepared, &subspace.id(), &key, &Precondition::Absent) {
+            Ok(_) => imported += 1,
+            Err(error) => tracing::warn!(task = %name, %error, "seed task not imported"),
+        }
+        store.with_db(|db| db.mark_seeded(&name))?;
+    }
+    if imported > 0 {
+        tracing::info!(imported, dir = %dir.display(), "seed tasks imported");
+    }
+    Ok(())
+}
+
+/// One short batch with a row per DET, so the first request does not pay for ORT's first run.
+async fn warm_up(
+    runner: &Runner,
+    encoder: &Arc<Encoder>,
+    subspace: &Arc<Subspace>,
+) -> Result<(), ServerError> {
+    let runner = runner.clone();
+    let dets: Vec<_> = encoder
+        .manifest()
+        .dets
+        .iter()
+        .filter_map(|layout| layout.name.parse().ok())
+        .collect();
+    let z = vec![0.0f32; subspace.d()];
+    tokio::task::spawn_blocking(move || {
+        let input = TextInput::single("warm-up");
+        let rows: Vec<Row<'_>> = dets
+            .iter()
+            .map(|&det| Row {
+                input: &input,
+                z: &z,
+                det,
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        runner(&rows).map(|_| ())
+    })
+    .await
+    .map_err(|_| ServerError::Interrupted)?
+    .map_err(|e| ServerError::WarmUp(e.to_string()))
+}

@@ -1,0 +1,323 @@
+//! The SQLite side of the store: one connection, a `tasks` table (the task as JSON, its
+//! generation, etag, subspace id and cached label embeddings) and a `seeded` table. Every write is
+//! one transaction that checks its precondition against the committed row.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ndarray::Array2;
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+use super::{Precondition, StoreError};
+use crate::task::Task;
+
+/// The schema this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// A row of the database, before validation.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub name: String,
+    pub task_json: String,
+    pub generation: u64,
+    pub etag: String,
+    pub subspace_id: String,
+    pub updated_at_ms: i64,
+    /// (model key, values) of the cached label embeddings, when present.
+    pub embeddings: Option<(String, Vec<f32>)>,
+}
+
+/// The SQLite side: one connection; writes run in a transaction that checks the precondition.
+pub struct Database {
+    connection: Connection,
+}
+
+impl Database {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_error = |message: String| StoreError::Open {
+            path: path.display().to_string(),
+            message,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
+        }
+        let connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(open_error(format!(
+                "schema version {version} is newer than this build's {SCHEMA_VERSION}"
+            )));
+        }
+        connection.execute_batch(
+            "CREATE TABLE IF NOT EXISTS tasks (
+                name TEXT PRIMARY KEY,
+                generation INTEGER NOT NULL,
+                etag TEXT NOT NULL,
+                subspace_id TEXT NOT NULL,
+                task_json TEXT NOT NULL,
+                updated_at_ms INTEGER NOT NULL,
+                embeddings_model TEXT,
+                embeddings BLOB
+            );
+            CREATE TABLE IF NOT EXISTS seeded (
+                name TEXT PRIMARY KEY,
+                at_ms INTEGER NOT NULL
+            );",
+        )?;
+        connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(Self { connection })
+    }
+
+    /// Every stored task, by name.
+    pub fn all(&self) -> Result<Vec<Record>, StoreError> {
+        let mut statement = self.connection.prepare(
+            "SELECT name, task_json, generation, etag, subspace_id, updated_at_ms,
+                    embeddings_model, embeddings FROM tasks ORDER BY name",
+        )?;
+        let rows = statement.query_map([], |row| {
+            let model: Option<String> = row.get(6)?;
+            let blob: Option<Vec<u8>> = row.get(7)?;
+            Ok(Record {
+                name: row.get(0)?,
+                task_json: row.get(1)?,
+                generation: row.get(2)?,
+                etag: row.get(3)?,
+                subspace_id: row.get(4)?,
+                updated_at_ms: row.get(5)?,
+                embeddings: model.zip(blob).map(|(m, b)| (m, from_le_bytes(&b))),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Commits `task` as the next generation if `expect` holds; returns the committed row.
+    pub fn write(
+        &mut self,
+        task: &Task,
+        subspace_id: &str,
+        embeddings: (&str, &Array2<f32>),
+        expect: &Precondition,
+    ) -> Result<(Record, bool), StoreError> {
+        let task_json = serde_json::to_string(task).map_err(|e| StoreError::Corrupt {
+            name: task.name.clone(),
+            message: e.to_string(),
+        })?;
+        let transaction = self.connection.transaction()?;
+        let current: Option<(u64, String)> = transaction
+            .query_row(
+                "SELECT generation, etag FROM tasks WHERE name = ?1",
+                [&task.name],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        expect.check(&task.name, current.as_ref().map(|(_, etag)| etag.as_str()))?;
+        let created = current.is_none();
+        let generation = current.map_or(1, |(generation, _)| generation + 1);
+        let updated_at_ms = now_ms();
+        let etag = etag(&task_json, generation, updated_at_ms);
+        let values: Vec<f32> = embeddings.1.iter().copied().collect();
+        transaction.execute(
+            "INSERT INTO tasks (name, generation, etag, subspace_id, task_json, updated_at_ms,
+                                embeddings_model, embeddings)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT(name) DO UPDATE SET generation = ?2, etag = ?3, subspace_id = ?4,
+                task_json = ?5, updated_at_ms = ?6, embeddings_model = ?7, embeddings = ?8",
+            params![
+                task.name,
+                generation,
+                etag,
+                subspace_id,
+                task_json,
+                updated_at_ms,
+                embeddings.0,
+                to_le_bytes(&values)
+            ],
+        )?;
+        transaction.commit()?;
+        let record = Record {
+            name: task.name.clone(),
+            task_json,
+            generation,
+            etag,
+            subspace_id: subspace_id.to_string(),
+            updated_at_ms,
+            embeddings: Some((embeddings.0.to_string(), values)),
+        };
+        Ok((record, created))
+    }
+
+    /// Deletes a task if `expect` holds.
+    pub fn delete(&mut self, name: &str, expect: &Precondition) -> Result<(), StoreError> {
+        let transaction = self.connection.transaction()?;
+        let current: Option<String> = transaction
+            .query_row("SELECT etag FROM tasks WHERE name = ?1", [name], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        if current.is_none() {
+            return Err(StoreError::NotFound(name.to_string()));
+        }
+        expect.check(name, current.as_deref())?;
+        transaction.execute("DELETE FROM tasks WHERE name = ?1", [name])?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Caches label embeddings computed at load time for a stored row.
+    pub fn save_embeddings(
+        &self,
+        name: &str,
+        etag: &str,
+        model: &str,
+        values: &Array2<f32>,
+    ) -> Result<(), StoreError> {
+        let values: Vec<f32> = values.iter().copied().collect();
+        self.connection.execute(
+            "UPDATE tasks SET embeddings_model = ?3, embeddings = ?4 WHERE name = ?1 AND etag = ?2",
+            params![name, etag, model, to_le_bytes(&values)],
+        )?;
+        Ok(())
+    }
+
+    /// Records that the seed task `name` was imported; false if it had been before.
+    pub fn mark_seeded(&self, name: &str) -> Result<bool, StoreError> {
+        let inserted = self.connection.execute(
+            "INSERT OR IGNORE INTO seeded (name, at_ms) VALUES (?1, ?2)",
+            params![name, now_ms()],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    /// True when the seed task `name` was imported before (even if since deleted).
+    pub fn was_seeded(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .connection
+            .query_row("SELECT 1 FROM seeded WHERE name = ?1", [name], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+}
+
+fn etag(task_json: &str, generation: u64, updated_at_ms: i64) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(task_json.as_bytes());
+    hasher.update(generation.to_le_bytes());
+    hasher.update(updated_at_ms.to_le_bytes());
+    format!("{:x}", hasher.finalize())[..16].to_string()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn to_le_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn from_le_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::det::DetKind;
+    use crate::server::store::cached_embeddings;
+    use crate::task::Label;
+
+    pub(in crate::server::store) fn task(name: &str, z0: f32) -> Task {
+        Task {
+            name: name.into(),
+            det: DetKind::Adapter,
+            z: vec![z0, 0.5],
+            labels: ["no", "yes"]
+                .map(|n| Label {
+                    name: n.into(),
+                    description: format!("{n}."),
+                })
+                .to_vec(),
+            subspace: Some("s@1".into()),
+        }
+    }
+
+    pub(in crate::server::store) fn embeddings() -> Array2<f32> {
+        Array2::from_shape_fn((2, 3), |(r, c)| (r * 3 + c) as f32)
+    }
+
+    #[test]
+    fn writes_make_generations_and_if_match_guards_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Database::open(&dir.path().join("t.sqlite3")).unwrap();
+        let e = embeddings();
+        let (first, created) = db
+            .write(&task("a", 1.0), "s@1", ("m", &e), &Precondition::None)
+            .unwrap();
+        assert!(created);
+        assert_eq!(first.generation, 1);
+        let stale = Precondition::Etag("0000".into());
+        assert!(matches!(
+            db.write(&task("a", 2.0), "s@1", ("m", &e), &stale),
+            Err(StoreError::EtagMismatch { .. })
+        ));
+        let fresh = Precondition::Etag(first.etag.clone());
+        let (second, created) = db.write(&task("a", 2.0), "s@1", ("m", &e), &fresh).unwrap();
+        assert!(!created);
+        assert_eq!(second.generation, 2);
+        assert_ne!(second.etag, first.etag);
+        assert!(
+            db.write(&task("a", 3.0), "s@1", ("m", &e), &Precondition::Absent)
+                .is_err()
+        );
+        assert!(
+            db.write(&task("b", 3.0), "s@1", ("m", &e), &Precondition::Exists)
+                .is_err()
+        );
+        assert!(matches!(
+            db.delete("a", &Precondition::Etag(first.etag)),
+            Err(StoreError::EtagMismatch { .. })
+        ));
+        db.delete("a", &Precondition::Etag(second.etag)).unwrap();
+        assert!(matches!(
+            db.delete("a", &Precondition::None),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn rows_and_embeddings_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite3");
+        let e = embeddings();
+        {
+            let mut db = Database::open(&path).unwrap();
+            db.write(&task("b", 1.0), "s@1", ("m", &e), &Precondition::None)
+                .unwrap();
+            db.write(&task("a", 1.0), "s@1", ("m", &e), &Precondition::None)
+                .unwrap();
+            assert!(db.mark_seeded("a").unwrap());
+            assert!(!db.mark_seeded("a").unwrap());
+        }
+        let db = Database::open(&path).unwrap();
+        let records = db.all().unwrap();
+        assert_eq!(
+            records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let parsed: Task = serde_json::from_str(&records[1].task_json).unwrap();
+        assert_eq!(parsed, task("b", 1.0));
+        assert_eq!(cached_embeddings(&records[0], "m", 2, 3), Some(e));
+        assert_eq!(cached_embeddings(&records[0], "other-model", 2, 3), None);
+        assert!(db.was_seeded("a").unwrap());
+        assert!(!db.was_seeded("b").unwrap());
+    }
+}

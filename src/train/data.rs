@@ -1,0 +1,197 @@
+//! Task data on disk: `<task>/{train,dev,test}.jsonl` and `labels.json`, the format of the
+//! project's data sets (one JSON object per line: {"text", "text_pair"?, "label"}).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{Context, bail};
+use rand::seq::SliceRandom;
+use serde::Deserialize;
+
+use crate::model::TextInput;
+use crate::task::{Label, TaskLimits, validate_labels};
+
+/// One labelled example: the text and the index of its label in `labels.json`.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub input: TextInput,
+    pub label: usize,
+}
+
+/// A data split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Dev,
+    Test,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Dev => "dev",
+            Split::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "train" => Ok(Split::Train),
+            "dev" => Ok(Split::Dev),
+            "test" => Ok(Split::Test),
+            other => Err(format!(
+                "unknown split {other:?}: expected train, dev or test"
+            )),
+        }
+    }
+}
+
+/// A task's labels and its three splits.
+#[derive(Debug, Clone)]
+pub struct TaskData {
+    /// The directory name, e.g. `sst2`.
+    pub name: String,
+    pub dir: PathBuf,
+    pub labels: Vec<Label>,
+    pub train: Vec<Example>,
+    pub dev: Vec<Example>,
+    pub test: Vec<Example>,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    text: String,
+    #[serde(default)]
+    text_pair: Option<String>,
+    label: String,
+}
+
+impl TaskData {
+    /// Reads a task directory. `max_per_split` caps each split (first lines; the files are
+    /// already shuffled and stratified), so runs on 2 CPU cores stay short.
+    pub fn load(dir: &Path, max_per_split: Option<usize>) -> anyhow::Result<Self> {
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no directory name", dir.display()))?
+            .to_string();
+        let labels_path = dir.join("labels.json");
+        let text = std::fs::read_to_string(&labels_path)
+            .with_context(|| format!("reading {}", labels_path.display()))?;
+        let labels: Vec<Label> = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", labels_path.display()))?;
+        validate_labels(&labels, &TaskLimits::default())
+            .with_context(|| format!("{}", labels_path.display()))?;
+        let read =
+            |split: Split| read_split(&dir.join(format!("{split}.jsonl")), &labels, max_per_split);
+        Ok(Self {
+            name,
+            dir: dir.to_path_buf(),
+            train: read(Split::Train)?,
+            dev: read(Split::Dev)?,
+            test: read(Split::Test)?,
+            labels,
+        })
+    }
+
+    /// The examples of one split.
+    pub fn split(&self, split: Split) -> &[Example] {
+        match split {
+            Split::Train => &self.train,
+            Split::Dev => &self.dev,
+            Split::Test => &self.test,
+        }
+    }
+}
+
+fn read_split(path: &Path, labels: &[Label], max: Option<usize>) -> anyhow::Result<Vec<Example>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut examples = Vec::new();
+    for (number, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        if max.is_some_and(|max| examples.len() >= max) {
+            break;
+        }
+        let line: Line = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}", path.display(), number + 1))?;
+        let Some(label) = labels.iter().position(|l| l.name == line.label) else {
+            bail!(
+                "{} line {}: label {:?} is not in labels.json",
+                path.display(),
+                number + 1,
+                line.label
+            );
+        };
+        examples.push(Example {
+            input: TextInput::pair(line.text, line.text_pair),
+            label,
+        });
+    }
+    if examples.is_empty() {
+        bail!("{} has no examples", path.display());
+    }
+    Ok(examples)
+}
+
+/// Example indices for training step after step, in shuffled epochs: every example once per
+/// epoch. Stateless (a function of seed and position), so a resumed run draws what an
+/// uninterrupted one would.
+pub fn epoch_indices(len: usize, seed: u64, start: usize, count: usize) -> Vec<usize> {
+    use rand::SeedableRng;
+    if len == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(count);
+    let mut position = start;
+    while out.len() < count {
+        let epoch = position / len;
+        let mut order: Vec<usize> = (0..len).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        order.shuffle(&mut rng);
+        let from = position % len;
+        let take = (len - from).min(count - out.len());
+        out.extend_from_slice(&order[from..from + take]);
+        position += take;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_visit_every_example_once_and_resume_where_they_stopped() {
+        let first = epoch_indices(10, 3, 0, 10);
+        let mut sorted = first.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+        let whole = epoch_indices(10, 3, 0, 25);
+        assert_eq!(&whole[..10], first.as_slice());
+        let resumed = [epoch_indices(10, 3, 0, 7), epoch_indices(10, 3, 7, 18)].concat();
+        assert_eq!(resumed, whole);
+        assert_ne!(
+            epoch_indices(10, 3, 10, 10),
+            first,
+            "a new epoch is a new order"
+        );
+    }
+}

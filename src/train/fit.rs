@@ -1,0 +1,437 @@
+//! The training loop every gradient stage shares. A *unit* is one task decoded through one DET;
+//! each unit owns a parameter vector: δ = θ − θ⁰ in the original space (stage 0) or the code z
+//! in a frozen subspace (stage 2). All units train together: every step draws rows of every
+//! unit into shared encoder runs, each unit's loss is its rows' mean, and each unit gets exactly
+//! its own gradient back.
+//!
+//! Original space uses the z-graph with one-hot codes: U_det's column j holds δ of the j-th unit
+//! of that DET and base = θ⁰, so θ = θ⁰ + U e_j = θ⁰ + δ_j and d loss/d U[:, j] is unit j's
+//! gradient. One graph, one run, many tasks, no re-export.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use ndarray::{Array1, Array2};
+use serde::Serialize;
+
+use super::batch::{self, Row, TrainTask};
+use super::data::{Split, epoch_indices};
+use super::eval::{self, Metrics};
+use super::optim::{Optimizer, OptimizerKind};
+use super::progress::Progress;
+use crate::det::{DetKind, Theta0};
+use crate::model::{DeltaParams, DetParams, Encoder};
+use crate::subspace::Subspace;
+use crate::tensor_file::{Storage, TensorFile};
+
+/// What the units' parameters mean.
+#[derive(Clone, Copy)]
+pub enum Space<'a> {
+    /// Each unit trains δ (length D of its DET): θ = θ⁰ + δ.
+    Original { theta0: &'a Theta0 },
+    /// Each unit trains z (length d) through the subspace's frozen U.
+    Subspace { subspace: &'a Subspace },
+}
+
+/// A task trained through a DET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Unit {
+    pub task: usize,
+    pub det: DetKind,
+}
+
+/// How to train.
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Training rows per unit per step.
+    pub batch: usize,
+    pub lr: f32,
+    pub optimizer: OptimizerKind,
+    /// Evaluate on dev (and checkpoint) every this many steps, and at the end.
+    pub eval_every: usize,
+    /// Dev examples per unit in those evaluations (None: all).
+    pub eval_limit: Option<usize>,
+    /// Rows per encoder run; a step's rows are split into runs and their gradients summed.
+    pub run_rows: usize,
+    pub seed: u64,
+    /// Checkpoint file: written at every evaluation, resumed from when it exists.
+    pub checkpoint: Option<PathBuf>,
+    /// Examples per unit in the final dev and test scores (None: all).
+    pub final_limit: Option<usize>,
+}
+
+/// What training found, per unit.
+#[derive(Debug, Clone)]
+pub struct FitResult {
+    /// The parameters with the best dev accuracy.
+    pub best: Vec<Vec<f32>>,
+    pub best_dev: Vec<Metrics>,
+    pub best_step: Vec<usize>,
+    /// (step, mean training loss over units) at every step.
+    pub losses: Vec<(usize, f32)>,
+    pub seconds: f64,
+}
+
+impl Space<'_> {
+    /// Length of one unit's parameter vector.
+    pub fn len(&self, det: DetKind, encoder: &Encoder) -> anyhow::Result<usize> {
+        Ok(match self {
+            Space::Original { .. } => encoder.manifest().dets[det.column(encoder.manifest())?].size,
+            Space::Subspace { subspace } => subspace.d(),
+        })
+    }
+
+    /// The encoder inputs that realise `values`, and each unit's row code z.
+    pub fn realise(
+        &self,
+        encoder: &Encoder,
+        units: &[Unit],
+        values: &[Vec<f32>],
+    ) -> anyhow::Result<(DeltaParams, Vec<Vec<f32>>)> {
+        match self {
+            Space::Subspace { subspace } => Ok((subspace.params().clone(), values.to_vec())),
+            Space::Original { theta0 } => {
+                let manifest = encoder.manifest();
+                // Position of each unit among the units of its DET: its one-hot column.
+                let mut counts = vec![0usize; manifest.dets.len()];
+                let mut position = Vec::with_capacity(units.len());
+                for unit in units {
+                    let column = unit.det.column(manifest)?;
+                    position.push(counts[column]);
+                    counts[column] += 1;
+                }
+                let d = counts.iter().copied().max().unwrap_or(1).max(1);
+                let mut dets: Vec<DetParams> = manifest
+                    .dets
+                    .iter()
+                    .enumerate()
+                    .map(|(column, layout)| DetParams {
+                        u: Array2::zeros((layout.size, d)),
+                        base: theta0.det(column).clone(),
+                    })
+                    .collect();
+                let mut codes = Vec::with_capacity(units.len());
+                for ((unit, &j), delta) in units.iter().zip(&position).zip(values) {
+                    let column = unit.det.column(manifest)?;
+                    dets[column]
+                        .u
+                        .column_mut(j)
+                        .assign(&Array1::from(delta.clone()));
+                    let mut code = vec![0.0; d];
+                    code[j] = 1.0;
+                    codes.push(code);
+                }
+                Ok((DeltaParams::new(manifest, dets)?, codes))
+            }
+        }
+    }
+}
+
+/// Trains every unit from `init` and returns the best parameters on dev.
+pub fn fit(
+    encoder: &Encoder,
+    tasks: &[TrainTask],
+    units: &[Unit],
+    space: Space<'_>,
+    init: Vec<Vec<f32>>,
+    options: &FitOptions,
+    label: &str,
+) -> anyhow::Result<FitResult> {
+    let started = Instant::now();
+    let mut values = init;
+    let mut optimizers: Vec<Box<dyn Optimizer>> = values
+        .iter()
+        .map(|v| options.optimizer.build(v.len(), options.lr))
+        .collect();
+    let mut best = values.clone();
+    let mut best_dev = vec![
+        Metrics {
+            accuracy: -1.0,
+            macro_f1: 0.0,
+            n: 0
+        };
+        units.len()
+    ];
+    let mut best_step = vec![0; units.len()];
+    let mut losses = Vec::new();
+    let mut start_step = 0;
+    if let Some(path) = options.checkpoint.as_ref().filter(|p| p.is_file()) {
+        let state = Checkpoint::read(path, units)?;
+        tracing::info!(step = state.step, checkpoint = %path.display(), "resuming");
+        start_step = state.step;
+        values = state.values;
+        best = state.best;
+        best_dev = state.best_dev;
+        best_step = state.best_step;
+        for (optimizer, saved) in optimizers.iter_mut().zip(&state.optimizers) {
+            anyhow::ensure!(
+                optimizer.restore(saved),
+                "checkpoint {} has another optimizer state",
+                path.display()
+            );
+        }
+    }
+    let progress = Progress::new(label, options.steps as u64);
+    progress.set_position(start_step as u64);
+    for step in start_step..options.steps {
+        let (params, codes) = space.realise(encoder, units, &values)?;
+        let mut rows: Vec<Row> = Vec::new();
+        for (index, (unit, code)) in units.iter().zip(&codes).enumerate() {
+            let train = &tasks[unit.task].data.train;
+            let unit_seed = options.seed ^ ((index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+            for example in
+                epoch_indices(train.len(), unit_seed, step * options.batch, options.batch)
+            {
+                rows.push(Row {
+                    task: unit.task,
+                    example: &train[example],
+                    det: unit.det,
+                    z: code,
+                    weight: 0.0,
+                });
+            }
+        }
+        let unit_of_row: Vec<usize> = units
+            .iter()
+            .enumerate()
+            .flat_map(|(index, _)| std::iter::repeat_n(index, options.batch))
+            .collect();
+        for row in &mut rows {
+            row.weight = 1.0 / options.batch as f32;
+        }
+        let mut gradients: Vec<Vec<f32>> = values.iter().map(|v| vec![0.0; v.len()]).collect();
+        let mut loss = 0.0;
+        for (chunk, chunk_units) in rows
+            .chunks(options.run_rows.max(1))
+            .zip(unit_of_row.chunks(options.run_rows.max(1)))
+        {
+            let output = batch::gradients(encoder, tasks, chunk, &params)?;
+            loss += output.loss;
+            accumulate(
+                &space,
+                encoder,
+                units,
+                &codes,
+                chunk_units,
+                &output,
+                &mut gradients,
+            )?;
+        }
+        for ((value, gradient), optimizer) in values.iter_mut().zip(&gradients).zip(&mut optimizers)
+        {
+            optimizer.step(value, gradient);
+        }
+        let mean_loss = loss / units.len() as f32;
+        losses.push((step + 1, mean_loss));
+        let done = step + 1;
+        if done.is_multiple_of(options.eval_every.max(1)) || done == options.steps {
+            let dev = evaluate_values(
+                encoder,
+                tasks,
+                units,
+                &space,
+                &values,
+                Split::Dev,
+                options.eval_limit,
+            )?;
+            for (index, metrics) in dev.iter().enumerate() {
+                if metrics.accuracy > best_dev[index].accuracy {
+                    best_dev[index] = *metrics;
+                    best[index] = values[index].clone();
+                    best_step[index] = done;
+                }
+            }
+            let mean_dev = dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len().max(1) as f32;
+            progress.report(done as u64, mean_loss, Some(mean_dev));
+            tracing::debug!(
+                step = done,
+                loss = mean_loss,
+                dev_accuracy = mean_dev,
+                "evaluated"
+            );
+            if let Some(path) = &options.checkpoint {
+                let state = Checkpoint {
+                    step: done,
+                    values: values.clone(),
+                    best: best.clone(),
+                    best_dev: best_dev.clone(),
+                    best_step: best_step.clone(),
+                    optimizers: optimizers.iter().map(|o| o.state()).collect(),
+                };
+                state.write(path, units)?;
+            }
+        } else {
+            progress.report(done as u64, mean_loss, None);
+        }
+    }
+    progress.finish();
+    Ok(FitResult {
+        best,
+        best_dev,
+        best_step,
+        losses,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Adds each unit's gradient from one run to `gradients`.
+fn accumulate(
+    space: &Space<'_>,
+    encoder: &Encoder,
+    units: &[Unit],
+    codes: &[Vec<f32>],
+    row_units: &[usize],
+    output: &crate::model::Gradients,
+    gradients: &mut [Vec<f32>],
+) -> anyhow::Result<()> {
+    match space {
+        Space::Subspace { .. } => {
+            for (row, &unit) in row_units.iter().enumerate() {
+                for (g, v) in gradients[unit].iter_mut().zip(output.grad_z.row(row)) {
+                    *g += v;
+                }
+            }
+        }
+        Space::Original { .. } => {
+            let mut seen = vec![false; units.len()];
+            for &unit in row_units {
+                if std::mem::replace(&mut seen[unit], true) {
+                    continue;
+                }
+                let column = units[unit].det.column(encoder.manifest())?;
+                let j = codes[unit]
+                    .iter()
+                    .position(|&c| c == 1.0)
+                    .context("a one-hot code. This is a bug.")?;
+                for (g, v) in gradients[unit]
+                    .iter_mut()
+                    .zip(output.grad_u[column].column(j))
+                {
+                    *g += v;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Metrics of every unit with parameters `values`.
+pub fn evaluate_values(
+    encoder: &Encoder,
+    tasks: &[TrainTask],
+    units: &[Unit],
+    space: &Space<'_>,
+    values: &[Vec<f32>],
+    split: Split,
+    limit: Option<usize>,
+) -> anyhow::Result<Vec<Metrics>> {
+    let (params, codes) = space.realise(encoder, units, values)?;
+    let eval_units: Vec<eval::Unit> = units
+        .iter()
+        .zip(&codes)
+        .map(|(unit, code)| eval::Unit {
+            task: unit.task,
+            det: unit.det,
+            z: code,
+        })
+        .collect();
+    eval::evaluate(encoder, tasks, &eval_units, &params, split, 64, limit)
+}
+
+/// Everything needed to continue a run where it stopped.
+struct Checkpoint {
+    step: usize,
+    values: Vec<Vec<f32>>,
+    best: Vec<Vec<f32>>,
+    best_dev: Vec<Metrics>,
+    best_step: Vec<usize>,
+    optimizers: Vec<Vec<f32>>,
+}
+
+impl Checkpoint {
+    fn write(&self, path: &std::path::Path, units: &[Unit]) -> anyhow::Result<()> {
+        let mut names = Vec::new();
+        for (index, ((value, best), optimizer)) in self
+            .values
+            .iter()
+            .zip(&self.best)
+            .zip(&self.optimizers)
+            .enumerate()
+        {
+            names.push((format!("value.{index}"), value.clone()));
+            names.push((format!("best.{index}"), best.clone()));
+            names.push((format!("optimizer.{index}"), optimizer.clone()));
+        }
+        let shapes: Vec<[usize; 1]> = names.iter().map(|(_, v)| [v.len()]).collect();
+        let tensors: Vec<(&str, &[usize], &[f32])> = names
+            .iter()
+            .zip(&shapes)
+            .map(|((n, v), s)| (n.as_str(), &s[..], v.as_slice()))
+            .collect();
+        let metadata = std::collections::HashMap::from([
+            ("step".to_string(), self.step.to_string()),
+            ("units".to_string(), serde_json::to_string(units)?),
+            (
+                "best_dev".to_string(),
+                serde_json::to_string(&self.best_dev)?,
+            ),
+            (
+                "best_step".to_string(),
+                serde_json::to_string(&self.best_step)?,
+            ),
+        ]);
+        TensorFile::write(path, &tensors, metadata, Storage::F32)?;
+        Ok(())
+    }
+
+    fn read(path: &std::path::Path, units: &[Unit]) -> anyhow::Result<Self> {
+        let mut file = TensorFile::read(path)?;
+        let meta = |key: &str| {
+            file.metadata
+                .get(key)
+                .cloned()
+                .with_context(|| format!("{}: {key} missing", path.display()))
+        };
+        anyhow::ensure!(
+            meta("units")? == serde_json::to_string(units)?,
+            "checkpoint {} is for other tasks or DETs; delete it to start over",
+            path.display()
+        );
+        let step = meta("step")?.parse()?;
+        let best_dev: Vec<MetricsRecord> = serde_json::from_str(&meta("best_dev")?)?;
+        let best_step = serde_json::from_str(&meta("best_step")?)?;
+        let mut take = |name: String| file.take(&name).map(|t| t.values);
+        let (mut values, mut best, mut optimizers) = (Vec::new(), Vec::new(), Vec::new());
+        for index in 0..units.len() {
+            values.push(take(format!("value.{index}"))?);
+            best.push(take(format!("best.{index}"))?);
+            optimizers.push(take(format!("optimizer.{index}"))?);
+        }
+        let best_dev = best_dev
+            .into_iter()
+            .map(|m| Metrics {
+                accuracy: m.accuracy,
+                macro_f1: m.macro_f1,
+                n: m.n,
+            })
+            .collect();
+        Ok(Self {
+            step,
+            values,
+            best,
+            best_dev,
+            best_step,
+            optimizers,
+        })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MetricsRecord {
+    accuracy: f32,
+    macro_f1: f32,
+    n: usize,
+}

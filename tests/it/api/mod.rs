@@ -1,0 +1,7 @@
+//! The HTTP API end to end: a real `server::run` on a free local port with the tiny model and a
+//! real HTTP client, one server per test (each with its own data directory), so tests run in
+//! parallel.
+
+mod helpers;
+mod routes;
+mod serving;

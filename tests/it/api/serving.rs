@@ -1,0 +1,340 @@
+//! Serving behaviour: mixed-task batching, durability across restarts, metrics, backpressure,
+//! abandoned requests and graceful shutdown.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde_json::{Value, json};
+
+use super::helpers::{D, Fixture, TestApp, assert_error, ok_json, task_body, write_task_file};
+
+const PREDICT_ROUTE: &str = "/v1/tasks/{name}/predict";
+
+/// Six tasks on three DETs (two read through another DET), two texts each of different lengths.
+fn mixed_requests() -> Vec<(String, Value)> {
+    let dets = ["lora", "adapter", "prefix"];
+    (0..6)
+        .map(|i| {
+            let mut body = json!({
+                "inputs": [
+                    "short",
+                    format!("a much longer text number {i} that pads the others in its batch"),
+                ],
+            });
+            if i % 3 == 0 {
+                body["det"] = json!(dets[(i + 1) % 3]);
+            }
+            (format!("task{i}"), body)
+        })
+        .collect()
+}
+
+fn seed_mixed_tasks(fixture: &Fixture) -> std::path::PathBuf {
+    let dir = fixture.path("seeds");
+    let dets = ["lora", "adapter", "prefix"];
+    for i in 0..6 {
+        let v = i as f32;
+        let z = [0.3 * v - 0.7, 0.5 - 0.2 * v, (v * 0.9).sin(), 0.1 * v];
+        write_task_file(
+            &dir,
+            &format!("task{i}"),
+            dets[i % 3],
+            z,
+            &["red", "green", "blue"],
+        );
+    }
+    dir
+}
+
+#[tokio::test]
+async fn a_batch_mixing_tasks_and_dets_matches_one_by_one_requests() {
+    let fixture = Fixture::new();
+    let seeds = seed_mixed_tasks(&fixture);
+    let requests = mixed_requests();
+    let rows: usize = requests
+        .iter()
+        .map(|(_, b)| b["inputs"].as_array().unwrap().len())
+        .sum();
+
+    // One by one: no waiting, every request alone in its batch.
+    let mut alone_options = fixture.options();
+    alone_options.seed_tasks_dir = Some(seeds.clone());
+    alone_options.batch.max_wait = Duration::ZERO;
+    let alone_app = TestApp::spawn(alone_options).await;
+    let mut alone = Vec::new();
+    for (task, body) in &requests {
+        alone.push(alone_app.predict(task, body).await);
+    }
+    let alone_metrics = alone_app.metrics().await;
+    assert_eq!(
+        alone_metrics.get("deltaspace_batch_rows_count"),
+        requests.len() as f64
+    );
+    alone_app.stop().await.unwrap();
+
+    // Together: a batch runs only when all rows are in, so the six requests share one run.
+    let mut mixed_options = fixture.options();
+    mixed_options.data_dir = fixture.path("data-mixed");
+    mixed_options.seed_tasks_dir = Some(seeds);
+    mixed_options.batch.max_rows = rows;
+    mixed_options.batch.max_wait = Duration::from_secs(20);
+    let mixed_app = TestApp::spawn(mixed_options).await;
+    let together = join_all(
+        requests
+            .iter()
+            .map(|(task, body)| mixed_app.predict(task, body)),
+    )
+    .await;
+    let metrics = mixed_app.metrics().await;
+    assert_eq!(
+        metrics.get("deltaspace_batch_rows_count"),
+        1.0,
+        "one encoder run"
+    );
+    assert_eq!(metrics.get("deltaspace_batch_rows_sum"), rows as f64);
+    assert_eq!(metrics.get("deltaspace_batch_tasks_sum"), 6.0);
+    assert!(metrics.get(r#"deltaspace_inference_rows_total{det="prefix"}"#) > 0.0);
+
+    for ((alone, together), (task, _)) in alone.iter().zip(&together).zip(&requests) {
+        assert_eq!(alone["task"], together["task"]);
+        assert_eq!(alone["det"], together["det"], "{task}");
+        let pairs = alone["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(together["predictions"].as_array().unwrap());
+        for (a, b) in pairs {
+            for (sa, sb) in a["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(b["scores"].as_array().unwrap())
+            {
+                let (x, y) = (sa["score"].as_f64().unwrap(), sb["score"].as_f64().unwrap());
+                assert!((x - y).abs() < 1e-4, "{task}: {sa} alone vs {sb} batched");
+            }
+            if a["scores"][0]["score"].as_f64().unwrap() - a["scores"][1]["score"].as_f64().unwrap()
+                > 1e-3
+            {
+                assert_eq!(a["label"], b["label"], "{task}");
+            }
+        }
+    }
+    mixed_app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn uploads_and_seed_imports_survive_a_restart() {
+    let fixture = Fixture::new();
+    let seeds = fixture.path("seeds");
+    write_task_file(
+        &seeds,
+        "seeded",
+        "adapter",
+        [0.2, 0.2, -0.1, 0.0],
+        &["x", "y"],
+    );
+    write_task_file(&seeds, "doomed", "lora", [0.0; D], &["x", "y"]);
+    std::fs::write(seeds.join("broken.json"), "{").unwrap();
+    let mut options = fixture.options();
+    options.seed_tasks_dir = Some(seeds.clone());
+
+    let app = TestApp::spawn(options.clone()).await;
+    let body = task_body("prefix", [0.4, -0.2, 0.9, 0.3], &["cold", "warm"]);
+    ok_json(app.put_task("kept", &body).await).await;
+    let replaced = ok_json(app.put_task("kept", &body).await).await;
+    let doomed = app
+        .client
+        .delete(app.url("/v1/tasks/doomed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(doomed.status(), 204);
+    let request = json!({"inputs": ["a warm day", "snow"]});
+    let before = app.predict("kept", &request).await;
+    let seeded_before = ok_json(app.get("/v1/tasks/seeded").await).await;
+    app.stop().await.unwrap();
+
+    let app = TestApp::spawn(options).await;
+    let kept = ok_json(app.get("/v1/tasks/kept").await).await;
+    assert_eq!(kept["generation"], 2);
+    assert_eq!(kept["etag"], replaced["etag"]);
+    assert_eq!(app.predict("kept", &request).await, before);
+    assert_eq!(
+        ok_json(app.get("/v1/tasks/seeded").await).await,
+        seeded_before
+    );
+    assert_error(app.get("/v1/tasks/doomed").await, 404, "task_not_found").await;
+    assert_eq!(app.metrics().await.get("deltaspace_tasks_registered"), 2.0);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_parse_and_move_as_requests_flow() {
+    let fixture = Fixture::new();
+    let app = TestApp::spawn(fixture.options()).await;
+    let start = app.metrics().await;
+    let build = start
+        .samples
+        .keys()
+        .find(|k| k.starts_with("deltaspace_build_info"))
+        .unwrap()
+        .clone();
+    assert!(
+        build.contains(r#"execution_provider="CPUExecutionProvider""#),
+        "{build}"
+    );
+    assert!(
+        build.contains(r#"model="tiny""#) && build.contains(&fixture.subspace_id),
+        "{build}"
+    );
+
+    ok_json(
+        app.put_task("m", &task_body("lora", [0.1; D], &["p", "q"]))
+            .await,
+    )
+    .await;
+    for _ in 0..3 {
+        app.predict("m", &json!({"inputs": ["one", "two"]})).await;
+    }
+    assert_error(app.get("/v1/tasks/nope").await, 404, "task_not_found").await;
+    let end = app.metrics().await;
+    let predicted = format!(
+        r#"deltaspace_http_requests_total{{method="POST",route="{PREDICT_ROUTE}",status="200"}}"#
+    );
+    assert_eq!(end.get(&predicted) - start.get(&predicted), 3.0);
+    let not_found =
+        r#"deltaspace_http_requests_total{method="GET",route="/v1/tasks/{name}",status="404"}"#;
+    assert_eq!(end.get(not_found), 1.0);
+    let duration = format!(
+        r#"deltaspace_http_request_duration_seconds_count{{method="POST",route="{PREDICT_ROUTE}",status="200"}}"#
+    );
+    assert_eq!(end.get(&duration), 3.0);
+    assert_eq!(
+        end.get(r#"deltaspace_task_uploads_total{result="created"}"#),
+        1.0
+    );
+    assert_eq!(end.get("deltaspace_tasks_registered"), 1.0);
+    assert_eq!(
+        end.get("deltaspace_batch_rows_sum") - start.get("deltaspace_batch_rows_sum"),
+        6.0
+    );
+    assert!(end.get("deltaspace_batch_tokens_sum") >= 6.0);
+    assert_eq!(end.get("deltaspace_queue_duration_seconds_count"), 3.0);
+    assert_eq!(end.get("deltaspace_inference_duration_seconds_count"), 3.0);
+    assert_eq!(
+        end.get(r#"deltaspace_inference_rows_total{det="lora"}"#),
+        6.0
+    );
+    assert_eq!(end.get("deltaspace_queue_requests"), 0.0);
+    assert!(
+        !end.samples.keys().any(|k| k.contains("\"m\"")),
+        "no per-task label values"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_instead_of_growing() {
+    let fixture = Fixture::new();
+    let mut options = fixture.options();
+    options.workers = 2;
+    options.batch.max_rows = 1;
+    options.batch.max_wait = Duration::ZERO;
+    options.batch.queue_capacity = 1;
+    let app = TestApp::spawn(options).await;
+    ok_json(
+        app.put_task("q", &task_body("lora", [0.0; D], &["a", "b"]))
+            .await,
+    )
+    .await;
+    let long = "many words in a long sentence ".repeat(8);
+    let body = json!({"inputs": [long]});
+    let responses = join_all((0..48).map(|_| app.post("/v1/tasks/q/predict", &body))).await;
+    let mut refused = 0;
+    for response in responses {
+        match response.status().as_u16() {
+            200 => {}
+            429 => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                assert_error(response, 429, "overloaded").await;
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "48 requests at once should overflow a queue of 1"
+    );
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metrics.get(r#"deltaspace_requests_dropped_total{reason="queue_full"}"#),
+        f64::from(refused)
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_whose_client_left_is_dropped_from_the_queue() {
+    let fixture = Fixture::new();
+    let mut options = fixture.options();
+    options.batch.max_wait = Duration::from_secs(2);
+    let app = TestApp::spawn(options).await;
+    ok_json(
+        app.put_task("c", &task_body("lora", [0.0; D], &["a", "b"]))
+            .await,
+    )
+    .await;
+    let impatient = app
+        .client
+        .post(app.url("/v1/tasks/c/predict"))
+        .timeout(Duration::from_millis(200))
+        .json(&json!({"inputs": ["waiting"]}))
+        .send()
+        .await;
+    assert!(impatient.unwrap_err().is_timeout());
+    for _ in 0..100 {
+        let metrics = app.metrics().await;
+        if metrics.get(r#"deltaspace_requests_dropped_total{reason="client_gone"}"#) == 1.0 {
+            assert_eq!(
+                metrics.get("deltaspace_batch_rows_count"),
+                0.0,
+                "nothing ran"
+            );
+            assert_eq!(metrics.get("deltaspace_queue_requests"), 0.0);
+            app.stop().await.unwrap();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the abandoned request was not dropped");
+}
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight() {
+    let fixture = Fixture::new();
+    let mut options = fixture.options();
+    options.batch.max_wait = Duration::from_millis(800);
+    let mut app = TestApp::spawn(options).await;
+    ok_json(
+        app.put_task("s", &task_body("adapter", [0.3; D], &["a", "b"]))
+            .await,
+    )
+    .await;
+    let client = app.client.clone();
+    let url = app.url("/v1/tasks/s/predict");
+    let in_flight = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&json!({"inputs": ["still answered"]}))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.begin_stop();
+    let response = in_flight.await.unwrap().unwrap();
+    let answer = ok_json(response).await;
+    assert_eq!(answer["predictions"].as_array().unwrap().len(), 1);
+    app.wait().await.unwrap();
+}

@@ -1,0 +1,397 @@
+//! The trainer on the tiny model and the small data fixtures: every command end to end, loss
+//! falls, files are written, runs resume exactly, and the report has the paper's tables.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use deltaspace::det::{DetKind, Theta0};
+use deltaspace::model::ModelFiles;
+use deltaspace::train::batch::TrainTask;
+use deltaspace::train::fit::{FitOptions, Space, Unit, fit};
+use deltaspace::train::optim::OptimizerKind;
+
+use crate::helpers::{tiny_dir, tiny_encoder};
+
+fn data(task: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/data")
+        .join(task)
+}
+
+fn deltaspace(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+        .args(args)
+        .args(["--provider", "cpu", "--threads", "1"])
+        .env("RUST_LOG", "warn")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn json_lines(output: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn options(steps: usize) -> FitOptions {
+    FitOptions {
+        steps,
+        batch: 8,
+        lr: 1e-2,
+        optimizer: OptimizerKind::Adam,
+        eval_every: 5,
+        eval_limit: Some(8),
+        run_rows: 32,
+        seed: 1,
+        checkpoint: None,
+        final_limit: None,
+    }
+}
+
+#[test]
+fn original_space_training_lowers_the_loss_of_every_det_on_two_tasks_at_once() {
+    let encoder = tiny_encoder();
+    let theta0 = Theta0::load(&ModelFiles::open(&tiny_dir()).unwrap()).unwrap();
+    let tasks: Vec<TrainTask> = ["sst2", "rte"]
+        .iter()
+        .map(|t| TrainTask::load(&encoder, &data(t), None).unwrap())
+        .collect();
+    let units: Vec<Unit> = (0..2)
+        .flat_map(|task| DetKind::ALL.map(|det| Unit { task, det }))
+        .collect();
+    let space = Space::Original { theta0: &theta0 };
+    let init: Vec<Vec<f32>> = units
+        .iter()
+        .map(|u| vec![0.0; space.len(u.det, &encoder).unwrap()])
+        .collect();
+    // 6 steps of 8 rows are one epoch of the 48 training examples: compare whole epochs.
+    let mut fast = options(60);
+    fast.lr = 0.05;
+    let result = fit(&encoder, &tasks, &units, space, init, &fast, "test").unwrap();
+    let mean =
+        |slice: &[(usize, f32)]| slice.iter().map(|(_, l)| l).sum::<f32>() / slice.len() as f32;
+    let (first, last) = (mean(&result.losses[..6]), mean(&result.losses[54..]));
+    assert!(last < 0.9 * first, "loss went from {first} to {last}");
+    assert_eq!(result.best.len(), 6);
+    assert!(
+        result
+            .best
+            .iter()
+            .all(|delta| delta.iter().any(|v| *v != 0.0)),
+        "every unit moved"
+    );
+}
+
+#[test]
+fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
+    let encoder = tiny_encoder();
+    let theta0 = Theta0::load(&ModelFiles::open(&tiny_dir()).unwrap()).unwrap();
+    let tasks = vec![TrainTask::load(&encoder, &data("sst2"), None).unwrap()];
+    let units = [Unit {
+        task: 0,
+        det: DetKind::Adapter,
+    }];
+    let space = Space::Original { theta0: &theta0 };
+    let init = || vec![vec![0.0; space.len(DetKind::Adapter, &encoder).unwrap()]];
+    let dir = tempfile::tempdir().unwrap();
+    let straight = fit(
+        &encoder,
+        &tasks,
+        &units,
+        space,
+        init(),
+        &options(10),
+        "straight",
+    )
+    .unwrap();
+    let mut interrupted = options(5);
+    interrupted.checkpoint = Some(dir.path().join("checkpoint.safetensors"));
+    fit(
+        &encoder,
+        &tasks,
+        &units,
+        space,
+        init(),
+        &interrupted,
+        "first half",
+    )
+    .unwrap();
+    interrupted.steps = 10;
+    let resumed = fit(
+        &encoder,
+        &tasks,
+        &units,
+        space,
+        init(),
+        &interrupted,
+        "second half",
+    )
+    .unwrap();
+    assert_eq!(resumed.best, straight.best);
+    assert_eq!(resumed.losses.last(), straight.losses.last());
+}
+
+#[test]
+fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let model = tiny_dir().display().to_string();
+    let (sst2, rte) = (
+        data("sst2").display().to_string(),
+        data("rte").display().to_string(),
+    );
+    let fast = [
+        "--steps",
+        "6",
+        "--batch",
+        "4",
+        "--eval-every",
+        "3",
+        "--lr",
+        "0.01",
+    ];
+
+    // Stage 0: two tasks × three DETs in one run.
+    let solutions = out("solutions");
+    let args = [
+        &[
+            "train", "det", "--model", &model, "--data", &sst2, &rte, "--det", "all", "--out",
+            &solutions,
+        ][..],
+        &fast,
+    ]
+    .concat();
+    let lines = json_lines(&deltaspace(&args));
+    assert_eq!(lines.len(), 6);
+    for line in &lines {
+        assert!(Path::new(line["file"].as_str().unwrap()).is_file());
+        assert!(line["test"]["accuracy"].as_f64().unwrap() >= 0.0);
+    }
+
+    // Stage 1: decomposition + refinement.
+    let subspace = out("subspace.safetensors");
+    let data_root = data("").display().to_string();
+    let args = [
+        &[
+            "train",
+            "subspace",
+            "--model",
+            &model,
+            "--solutions",
+            &solutions,
+            "--data-root",
+            &data_root,
+            "--dim",
+            "3",
+            "--out",
+            &subspace,
+        ][..],
+        &["--steps", "2", "--batch", "2", "--eval-every", "2"],
+    ]
+    .concat();
+    let made = json_lines(&deltaspace(&args));
+    assert_eq!(made[0]["d"], 3);
+    assert_eq!(made[0]["tasks"].as_array().unwrap().len(), 2);
+
+    // Stage 2: gradient and CMA-ES, then every way of scoring.
+    let tasks_dir = out("tasks");
+    let args = [
+        &[
+            "tune",
+            "--model",
+            &model,
+            "--subspace",
+            &subspace,
+            "--data",
+            &sst2,
+            &rte,
+            "--det",
+            "lora",
+            "--out",
+            &tasks_dir,
+        ][..],
+        &fast,
+    ]
+    .concat();
+    assert_eq!(json_lines(&deltaspace(&args)).len(), 2);
+    let task_json = format!("{tasks_dir}/sst2.json");
+    let task: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&task_json).unwrap()).unwrap();
+    assert_eq!(task["z"].as_array().unwrap().len(), 3);
+    assert_eq!(task["det"], "lora");
+    let cma_task = out("cma.json");
+    let args = [
+        &[
+            "tune",
+            "--model",
+            &model,
+            "--subspace",
+            &subspace,
+            "--data",
+            &sst2,
+            "--det",
+            "adapter",
+            "--optimizer",
+            "cmaes",
+            "--out",
+            &cma_task,
+        ][..],
+        &fast,
+    ]
+    .concat();
+    assert_eq!(json_lines(&deltaspace(&args))[0]["optimizer"], "cmaes");
+
+    let eval = |extra: &[&str]| {
+        let args = [
+            &[
+                "eval", "--model", &model, "--data", &sst2, "--split", "dev", "--json",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let line = json_lines(&deltaspace(&args)).remove(0);
+        assert_eq!(line["split"], "dev");
+        assert_eq!(line["n"], 16);
+        line
+    };
+    eval(&["--task", &task_json, "--subspace", &subspace]);
+    eval(&[
+        "--task",
+        &task_json,
+        "--subspace",
+        &subspace,
+        "--det",
+        "prefix",
+    ]);
+    eval(&[
+        "--solution",
+        &format!("{solutions}/sst2.adapter.safetensors"),
+    ]);
+    assert!(eval(&["--zero-shot"])["det"].is_null());
+
+    let transfer = json_lines(&deltaspace(&[
+        "transfer",
+        "--model",
+        &model,
+        "--subspace",
+        &subspace,
+        "--data",
+        &sst2,
+        "--task",
+        &task_json,
+    ]));
+    let targets: Vec<&str> = transfer
+        .iter()
+        .map(|l| l["target_det"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["lora", "adapter", "prefix"]);
+
+    // Landscape: three maps through three per-DET solutions.
+    let mut per_det = Vec::new();
+    for det in ["adapter", "lora", "prefix"] {
+        let path = out(&format!("{det}.json"));
+        let args = [
+            &[
+                "tune",
+                "--model",
+                &model,
+                "--subspace",
+                &subspace,
+                "--data",
+                &sst2,
+                "--det",
+                det,
+                "--out",
+                &path,
+            ][..],
+            &fast,
+        ]
+        .concat();
+        deltaspace(&args);
+        per_det.push(path);
+    }
+    let pictures = out("landscape");
+    let drawn = json_lines(&deltaspace(&[
+        "landscape",
+        "--model",
+        &model,
+        "--subspace",
+        &subspace,
+        "--data",
+        &sst2,
+        "--tasks",
+        &per_det[0],
+        &per_det[1],
+        &per_det[2],
+        "--grid",
+        "3",
+        "--limit",
+        "4",
+        "--out",
+        &pictures,
+    ]));
+    for image in drawn[0]["images"].as_array().unwrap() {
+        let bytes = std::fs::read(image.as_str().unwrap()).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    }
+}
+
+#[test]
+fn the_report_prints_the_papers_tables_from_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path();
+    std::fs::create_dir_all(results.join("tune")).unwrap();
+    std::fs::create_dir_all(results.join("transfer")).unwrap();
+    let mut original = String::new();
+    for det in ["adapter", "lora", "prefix"] {
+        original +=
+            &format!("{{\"task\":\"sst2\",\"det\":\"{det}\",\"test\":{{\"accuracy\":0.8}}}}\n");
+        std::fs::write(
+            results.join(format!("tune/d4-adam-{det}.jsonl")),
+            format!("{{\"task\":\"sst2\",\"det\":\"{det}\",\"test\":{{\"accuracy\":0.76}},\"seconds\":2}}\n"),
+        )
+        .unwrap();
+        let transfer: String = ["adapter", "lora", "prefix"]
+            .iter()
+            .map(|target| format!("{{\"task\":\"sst2\",\"source_det\":\"{det}\",\"target_det\":\"{target}\",\"accuracy\":0.72}}\n"))
+            .collect();
+        std::fs::write(results.join(format!("transfer/d4-{det}.jsonl")), transfer).unwrap();
+    }
+    std::fs::write(results.join("original.jsonl"), original).unwrap();
+    std::fs::write(
+        results.join("zero_shot.jsonl"),
+        "{\"task\":\"sst2\",\"accuracy\":0.7}\n",
+    )
+    .unwrap();
+    let json_path = results.join("report.json");
+    let output = deltaspace(&[
+        "report",
+        "--results",
+        results.to_str().unwrap(),
+        "--space",
+        "d4",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    let markdown = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        markdown.contains("| sst2 | 95.0 | 95.0 | 95.0 | 95.0 |"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("| A→L | A→P | L→A | L→P | P→A | P→L |"));
+    assert!(
+        markdown.contains("| sst2 | 90.0 | 90.0 | 90.0 | 90.0 | 90.0 | 90.0 | 90.0 |"),
+        "{markdown}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
+    assert_eq!(report["transfer"]["sst2"].as_object().unwrap().len(), 6);
+}
