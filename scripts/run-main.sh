@@ -3,8 +3,9 @@
 #   1. ONNX Runtime's library from PyPI (scripts/setup-ort.sh)
 #   2. the export venv (scripts/setup-export-venv.sh) and the MiniLM export (export/export.py)
 #   3. a release build of deltaspace
-#   4. the main job: classify example sentences with the bundled example task.
-# First run on a fresh machine: ~20 minutes (venv ~4, export ~5, release build ~9). Later: seconds.
+#   4. the main job: `deltaspace serve` on 127.0.0.1:8080 with the bundled example tasks.
+# Extra arguments go to `deltaspace serve` (e.g. --bind 0.0.0.0:8080).
+# First run on a fresh machine: about 15 minutes (venv ~4, export ~2, release build ~9). Later: seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=models/all-MiniLM-L6-v2
@@ -14,12 +15,6 @@ if [ ! -f "$model/serve.onnx" ] || [ ! -f "$model/grad.onnx" ]; then
   .venv-export/bin/python export/export.py --out "$model"
 fi
 cargo build --release --locked
-bin=target/release/deltaspace
-if [ ! -f "$model/subspaces/random-d16-seed42.safetensors" ]; then
-  "$bin" subspace random --model "$model" --dim 16 --seed 42 --out "$model/subspaces/random-d16-seed42.safetensors"
-fi
-"$bin" predict --model "$model" --subspace "$model/subspaces/random-d16-seed42.safetensors" \
-  --task "$model/tasks/sst2.json" \
-  "a gorgeous, witty, seductive movie." \
-  "the plot is nowhere near as clever as it thinks it is." \
-  "an utterly forgettable exercise in tedium."
+# The main job: the HTTP server on 127.0.0.1:8080 with the default subspace and the bundled example
+# tasks (config/deltaspace.toml). Ctrl-C stops it gracefully. The README has a curl session to paste.
+exec target/release/deltaspace serve "$@"
