@@ -42,20 +42,24 @@ step stage0 "$bin" train det "${common[@]}" --data $(dirs "$upstream") --det all
 for d in $dims; do
   step "stage1-d$d" "$bin" train subspace "${common[@]}" --solutions runs/stage0 --data-root "$data" \
     --dim "$d" --steps 20 --batch 4 --lr 1e-3 --eval-every 20 --eval-limit 100 --max-examples 2000 \
-    --name "minilm-d$d" --out "$out/subspace-d$d.safetensors"
+    --name "minilm-d$d" --f16 --out "$out/subspace-d$d.safetensors"
 done
 
+# Test scores on the unseen tasks use at most $test_limit examples per task (2 CPU cores).
+test_limit=500
 step original "sh" -c "'$bin' train det ${common[*]} --data $(dirs "$unseen") --det all --steps 120 --batch 6 \
-  --lr 3e-3 --eval-every 40 --eval-limit 150 --max-examples 2000 --checkpoint $out/original.checkpoint.safetensors \
+  --lr 3e-3 --eval-every 40 --eval-limit 150 --final-limit $test_limit --max-examples 2000 \
+  --checkpoint $out/original.checkpoint.safetensors \
   --out $out/original > $results/original.jsonl"
 
-step zero-shot sh -c "for t in $unseen; do '$bin' eval ${common[*]} --data $data/\$t --zero-shot --split test; done > $results/zero_shot.jsonl"
+step zero-shot sh -c "for t in $unseen; do '$bin' eval ${common[*]} --data $data/\$t --zero-shot --split test --limit $test_limit; done > $results/zero_shot.jsonl"
 
 # tune SPACE_NAME SUBSPACE_FILE OPTIMIZER DET [extra flags]
 tune() {
   local space=$1 file=$2 optimizer=$3 det=$4; shift 4
   step "tune-$space-$optimizer-$det" sh -c "'$bin' tune ${common[*]} --subspace $file --data $(dirs "$unseen") \
-    --det $det --optimizer $optimizer --steps 40 --batch 8 --eval-every 20 --eval-limit 200 --max-examples 2000 $* \
+    --det $det --optimizer $optimizer --steps 40 --batch 8 --eval-every 20 --eval-limit 200 --final-limit $test_limit \
+    --max-examples 2000 $* \
     --out $out/tasks/$space-$optimizer-$det > $results/tune/$space-$optimizer-$det.jsonl"
 }
 
@@ -63,7 +67,7 @@ main_subspace=$out/subspace-d$default_d.safetensors
 for det in adapter lora prefix; do
   tune "d$default_d" "$main_subspace" adam "$det" --lr 0.05
   step "transfer-d$default_d-$det" sh -c "for t in $unseen; do '$bin' transfer ${common[*]} --subspace $main_subspace \
-    --data $data/\$t --task $out/tasks/d$default_d-adam-$det/\$t.json --split test; done > $results/transfer/d$default_d-$det.jsonl"
+    --data $data/\$t --task $out/tasks/d$default_d-adam-$det/\$t.json --split test --limit $test_limit; done > $results/transfer/d$default_d-$det.jsonl"
 done
 
 random_subspace=$out/subspace-random-d$default_d.safetensors
@@ -85,3 +89,13 @@ step landscape "$bin" landscape "${common[@]}" --subspace "$main_subspace" --dat
 
 "$bin" report --results "$results" --space "d$default_d" --json "$out/report.json" > "$out/report.md"
 echo "== report: $out/report.md"
+
+# Publish the default subspace and example tasks (tuned through Adapter) for `deltaspace serve`.
+step examples "$bin" tune "${common[@]}" --subspace "$main_subspace" --data "$data/sst2" --det adapter \
+  --steps 40 --batch 8 --lr 0.05 --eval-every 20 --eval-limit 200 --final-limit "$test_limit" --max-examples 2000 \
+  --out "$out/tasks/examples"
+mkdir -p "$model/subspaces" "$model/tasks"
+cp "$main_subspace" "$model/subspaces/default.safetensors"
+for t in $unseen; do cp "$out/tasks/d$default_d-adam-adapter/$t.json" "$model/tasks/$t.json"; done
+cp "$out/tasks/examples/sst2.json" "$model/tasks/sst2.json"
+echo "== published $model/subspaces/default.safetensors and $model/tasks/"

@@ -173,21 +173,54 @@ pub struct TuneArgs {
     pub out: PathBuf,
 }
 
-/// Arguments of `eval`.
+/// What every scoring command reads: the model, a subspace and one task's data.
 #[derive(Debug, clap::Args)]
-pub struct EvalArgs {
+pub struct ScoringArgs {
     /// Model directory [default: [model] dir].
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Task directory.
+    /// Subspace file [default: [model] subspace].
+    #[arg(long)]
+    pub subspace: Option<PathBuf>,
+    /// Task directory ({train,dev,test}.jsonl + labels.json).
     #[arg(long)]
     pub data: PathBuf,
+    /// Use at most this many examples of the split [default: all].
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Truncate inputs to this many tokens.
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+}
+
+impl ScoringArgs {
+    /// The serving graph only: scoring needs no gradients.
+    fn encoder(&self, config: &Config) -> anyhow::Result<Encoder> {
+        let options = EncoderOptions {
+            max_seq_len: self.max_seq_len,
+            ..EncoderOptions::default()
+        };
+        load_encoder(config, self.model.as_deref(), options)
+    }
+
+    fn subspace(&self, config: &Config, encoder: &Encoder) -> anyhow::Result<Subspace> {
+        load_subspace(config, self.subspace.as_deref(), encoder)
+    }
+
+    /// The task data, as the only task of a one-element list (what `fit::evaluate_values` takes).
+    fn task(&self, encoder: &Encoder) -> anyhow::Result<Vec<TrainTask>> {
+        load_tasks(encoder, std::slice::from_ref(&self.data), None)
+    }
+}
+
+/// Arguments of `eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
     /// A task vector (TASK.json) to evaluate through the subspace.
     #[arg(long, conflicts_with_all = ["solution", "zero_shot"])]
     pub task: Option<PathBuf>,
-    /// Subspace file for --task [default: [model] subspace].
-    #[arg(long)]
-    pub subspace: Option<PathBuf>,
     /// Decode --task's z with this DET (default: its own).
     #[arg(long)]
     pub det: Option<DetKind>,
@@ -200,9 +233,6 @@ pub struct EvalArgs {
     /// dev or test.
     #[arg(long, default_value = "test")]
     pub split: Split,
-    /// Truncate inputs to this many tokens.
-    #[arg(long)]
-    pub max_seq_len: Option<usize>,
     /// Print JSON (the default; kept for scripts that pass it).
     #[arg(long)]
     pub json: bool,
@@ -211,24 +241,14 @@ pub struct EvalArgs {
 /// Arguments of `transfer`.
 #[derive(Debug, clap::Args)]
 pub struct TransferArgs {
-    /// Model directory [default: [model] dir].
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Subspace file [default: [model] subspace].
-    #[arg(long)]
-    pub subspace: Option<PathBuf>,
-    /// Task directory.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
     /// TASK.json whose z (found with its own DET) is decoded through every DET, zero-shot.
     #[arg(long)]
     pub task: PathBuf,
     /// dev or test.
     #[arg(long, default_value = "test")]
     pub split: Split,
-    /// Truncate inputs to this many tokens.
-    #[arg(long)]
-    pub max_seq_len: Option<usize>,
 }
 
 pub fn train(config: &Config, command: TrainCommand) -> anyhow::Result<()> {
@@ -429,12 +449,9 @@ fn write_task(
 }
 
 pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
-    let options = EncoderOptions {
-        max_seq_len: args.max_seq_len,
-        ..EncoderOptions::default()
-    };
-    let encoder = load_encoder(config, args.model.as_deref(), options)?;
-    let tasks = load_tasks(&encoder, std::slice::from_ref(&args.data), None)?;
+    let encoder = args.scoring.encoder(config)?;
+    let tasks = args.scoring.task(&encoder)?;
+    let limit = args.scoring.limit;
     let name = tasks[0].data.name.clone();
     let (det, metrics): (Option<DetKind>, Metrics) = if let Some(path) = &args.solution {
         let solution = Solution::load(path, encoder.manifest())?;
@@ -457,11 +474,11 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
             &Space::Original { theta0: &theta0 },
             &[delta],
             args.split,
-            None,
+            limit,
         )?;
         (Some(solution.det), metrics[0])
     } else if let Some(path) = &args.task {
-        let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
+        let subspace = args.scoring.subspace(config, &encoder)?;
         let task = Task::load(path)?;
         task.validate(subspace.d(), &TaskLimits::default())?;
         let det = args.det.unwrap_or(task.det);
@@ -475,7 +492,7 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
             },
             &[task.z],
             args.split,
-            None,
+            limit,
         )?;
         (Some(det), metrics[0])
     } else if args.zero_shot {
@@ -494,7 +511,7 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
             &Space::Original { theta0: &theta0 },
             &[vec![0.0; lora]],
             args.split,
-            None,
+            limit,
         )?;
         (None, metrics[0])
     } else {
@@ -509,13 +526,10 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
 }
 
 pub fn transfer(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
-    let options = EncoderOptions {
-        max_seq_len: args.max_seq_len,
-        ..EncoderOptions::default()
-    };
-    let encoder = load_encoder(config, args.model.as_deref(), options)?;
-    let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
-    let tasks = load_tasks(&encoder, std::slice::from_ref(&args.data), None)?;
+    let encoder = args.scoring.encoder(config)?;
+    let subspace = args.scoring.subspace(config, &encoder)?;
+    let tasks = args.scoring.task(&encoder)?;
+    let limit = args.scoring.limit;
     let task = Task::load(&args.task)?;
     task.validate(subspace.d(), &TaskLimits::default())?;
     let units: Vec<Unit> = DetKind::ALL
@@ -532,7 +546,7 @@ pub fn transfer(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
         },
         &codes,
         args.split,
-        None,
+        limit,
     )?;
     for (unit, metrics) in units.iter().zip(metrics) {
         println!(
@@ -547,15 +561,8 @@ pub fn transfer(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
 /// Arguments of `landscape`.
 #[derive(Debug, clap::Args)]
 pub struct LandscapeArgs {
-    /// Model directory [default: [model] dir].
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Subspace file [default: [model] subspace].
-    #[arg(long)]
-    pub subspace: Option<PathBuf>,
-    /// Task directory.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
     /// Three TASK.json files: the task's solutions found with Adapter, LoRA and Prefix; the plane
     /// passes through their z.
     #[arg(long, num_args = 3, conflicts_with = "directions")]
@@ -572,12 +579,6 @@ pub struct LandscapeArgs {
     /// dev or test.
     #[arg(long, default_value = "dev")]
     pub split: Split,
-    /// Examples per grid point [default: all].
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Truncate inputs to this many tokens.
-    #[arg(long)]
-    pub max_seq_len: Option<usize>,
     /// Output directory: <task>.<det>.png per DET and <task>.landscape.json.
     #[arg(long)]
     pub out: PathBuf,
@@ -599,13 +600,9 @@ pub struct ReportArgs {
 
 pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
     use crate::train::landscape::{Marker, Plane, draw, evaluate_grid};
-    let options = EncoderOptions {
-        max_seq_len: args.max_seq_len,
-        ..EncoderOptions::default()
-    };
-    let encoder = load_encoder(config, args.model.as_deref(), options)?;
-    let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
-    let task = load_tasks(&encoder, std::slice::from_ref(&args.data), None)?.remove(0);
+    let encoder = args.scoring.encoder(config)?;
+    let subspace = args.scoring.subspace(config, &encoder)?;
+    let task = args.scoring.task(&encoder)?.remove(0);
     let (plane, markers) = if args.tasks.len() == 3 {
         let tasks: Vec<Task> = args
             .tasks
@@ -667,7 +664,7 @@ pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
         args.grid,
         args.margin,
         args.split,
-        args.limit,
+        args.scoring.limit,
     )?;
     let files = draw(&landscape, &args.out)?;
     let json_path = args.out.join(format!("{}.landscape.json", landscape.task));
