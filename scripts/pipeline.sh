@@ -7,7 +7,7 @@
 #
 #   scripts/pipeline.sh DATA_DIR          # DATA_DIR holds <task>/{train,dev,test}.jsonl + labels.json
 #
-# Budgets below are sized for 2 CPU cores (about an hour and a half); on a GPU raise them.
+# Budgets below are sized for 2 CPU cores shared with other work (about two hours); on a GPU raise them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:?usage: scripts/pipeline.sh DATA_DIR}
@@ -41,14 +41,14 @@ step stage0 "$bin" train det "${common[@]}" --data $(dirs "$upstream") --det all
 
 for d in $dims; do
   step "stage1-d$d" "$bin" train subspace "${common[@]}" --solutions runs/stage0 --data-root "$data" \
-    --dim "$d" --steps 20 --batch 4 --lr 1e-3 --eval-every 20 --eval-limit 100 --max-examples 2000 \
+    --dim "$d" --steps 12 --batch 4 --lr 1e-2 --eval-every 12 --eval-limit 60 --max-examples 2000 \
     --name "minilm-d$d" --f16 --out "$out/subspace-d$d.safetensors"
 done
 
 # Test scores on the unseen tasks use at most $test_limit examples per task (2 CPU cores).
 test_limit=500
-step original "sh" -c "'$bin' train det ${common[*]} --data $(dirs "$unseen") --det all --steps 120 --batch 6 \
-  --lr 3e-3 --eval-every 40 --eval-limit 150 --final-limit $test_limit --max-examples 2000 \
+step original "sh" -c "'$bin' train det ${common[*]} --data $(dirs "$unseen") --det all --steps 100 --batch 6 \
+  --lr 3e-3 --eval-every 50 --eval-limit 150 --final-limit $test_limit --max-examples 2000 \
   --checkpoint $out/original.checkpoint.safetensors \
   --out $out/original > $results/original.jsonl"
 
@@ -58,14 +58,14 @@ step zero-shot sh -c "for t in $unseen; do '$bin' eval ${common[*]} --data $data
 tune() {
   local space=$1 file=$2 optimizer=$3 det=$4; shift 4
   step "tune-$space-$optimizer-$det" sh -c "'$bin' tune ${common[*]} --subspace $file --data $(dirs "$unseen") \
-    --det $det --optimizer $optimizer --steps 40 --batch 8 --eval-every 20 --eval-limit 200 --final-limit $test_limit \
+    --det $det --optimizer $optimizer --steps 30 --batch 8 --eval-every 15 --eval-limit 150 --final-limit $test_limit \
     --max-examples 2000 $* \
     --out $out/tasks/$space-$optimizer-$det > $results/tune/$space-$optimizer-$det.jsonl"
 }
 
 main_subspace=$out/subspace-d$default_d.safetensors
 for det in adapter lora prefix; do
-  tune "d$default_d" "$main_subspace" adam "$det" --lr 0.05
+  tune "d$default_d" "$main_subspace" adam "$det" --lr 0.1
   step "transfer-d$default_d-$det" sh -c "for t in $unseen; do '$bin' transfer ${common[*]} --subspace $main_subspace \
     --data $data/\$t --task $out/tasks/d$default_d-adam-$det/\$t.json --split test --limit $test_limit; done > $results/transfer/d$default_d-$det.jsonl"
 done
@@ -73,26 +73,26 @@ done
 random_subspace=$out/subspace-random-d$default_d.safetensors
 step random-subspace "$bin" subspace random --model "$model" --dim "$default_d" --seed 7 --out "$random_subspace"
 for det in adapter lora prefix; do
-  tune "random-d$default_d" "$random_subspace" adam "$det" --lr 0.05
+  tune "random-d$default_d" "$random_subspace" adam "$det" --lr 0.1
 done
 
 for d in $dims; do
   [ "$d" = "$default_d" ] && continue
-  tune "d$d" "$out/subspace-d$d.safetensors" adam adapter --lr 0.05
+  tune "d$d" "$out/subspace-d$d.safetensors" adam adapter --lr 0.1
 done
 
 tune "d$default_d" "$main_subspace" cmaes adapter --sigma 1.0
 
 step landscape "$bin" landscape "${common[@]}" --subspace "$main_subspace" --data "$data/mpqa" \
   --tasks "$out/tasks/d$default_d-adam-adapter/mpqa.json" "$out/tasks/d$default_d-adam-lora/mpqa.json" \
-  "$out/tasks/d$default_d-adam-prefix/mpqa.json" --grid 7 --limit 80 --out docs/landscape
+  "$out/tasks/d$default_d-adam-prefix/mpqa.json" --grid 7 --limit 60 --out docs/landscape
 
 "$bin" report --results "$results" --space "d$default_d" --json "$out/report.json" > "$out/report.md"
 echo "== report: $out/report.md"
 
 # Publish the default subspace and example tasks (tuned through Adapter) for `deltaspace serve`.
 step examples "$bin" tune "${common[@]}" --subspace "$main_subspace" --data "$data/sst2" --det adapter \
-  --steps 40 --batch 8 --lr 0.05 --eval-every 20 --eval-limit 200 --final-limit "$test_limit" --max-examples 2000 \
+  --steps 40 --batch 8 --lr 0.1 --eval-every 20 --eval-limit 200 --final-limit "$test_limit" --max-examples 2000 \
   --out "$out/tasks/examples"
 mkdir -p "$model/subspaces" "$model/tasks"
 cp "$main_subspace" "$model/subspaces/default.safetensors"

@@ -141,6 +141,7 @@ pub struct SubspaceOptions {
     pub steps: usize,
     /// Training rows per (task, DET) per step.
     pub batch: usize,
+    /// Relative learning rate: U and the codes step by lr × their own RMS value.
     pub lr: f32,
     /// α_rec: weight of the reconstruction term.
     pub rec_alpha: f32,
@@ -192,10 +193,48 @@ pub fn find_subspace(
     let mut z: Vec<Vec<f32>> = (0..tasks.len() * n_dets)
         .map(|i| codes[i / n_dets].clone())
         .collect();
-    let mut u_optimizers: Vec<Adam> = u.iter().map(|m| Adam::new(m.len(), options.lr)).collect();
-    let mut z_optimizers: Vec<Adam> = z.iter().map(|c| Adam::new(c.len(), options.lr)).collect();
+    // Adam steps are about lr per value whatever the gradient's scale, and U's entries are tiny
+    // (unit columns over 3D values) while codes are O(‖δ‖): so --lr is relative, and each group
+    // steps by lr × its own RMS.
+    let rms = |values: &mut dyn Iterator<Item = f32>| {
+        let (sum, n) = values.fold((0.0f64, 0usize), |(s, n), v| (s + f64::from(v * v), n + 1));
+        ((sum / n.max(1) as f64).sqrt() as f32).max(1e-12)
+    };
+    let u_lr = options.lr * rms(&mut u.iter().flat_map(|m| m.iter().copied()));
+    let z_lr = options.lr * rms(&mut z.iter().flatten().copied());
+    let mut u_optimizers: Vec<Adam> = u.iter().map(|m| Adam::new(m.len(), u_lr)).collect();
+    let mut z_optimizers: Vec<Adam> = z.iter().map(|c| Adam::new(c.len(), z_lr)).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(options.seed);
-    let mut best = (f32::NEG_INFINITY, u.clone());
+    // Selection as in the paper: mean dev accuracy of every DET decoding the task's mixed code
+    // (here the mix centre). The decomposition itself is the first candidate, so refinement
+    // is kept only where it helps.
+    let units: Vec<Unit> = (0..tasks.len())
+        .flat_map(|task| dets.iter().map(move |&det| Unit { task, det }))
+        .collect();
+    let dev_accuracy = |u: &[Array2<f32>], z: &[Vec<f32>]| -> anyhow::Result<f32> {
+        let centre = |t: usize| -> Vec<f32> {
+            (0..options.d)
+                .map(|i| (0..n_dets).map(|k| z[t * n_dets + k][i]).sum::<f32>() / n_dets as f32)
+                .collect()
+        };
+        let codes: Vec<Vec<f32>> = units.iter().map(|unit| centre(unit.task)).collect();
+        let candidate = make(u)?;
+        let space = Space::Subspace {
+            subspace: &candidate,
+        };
+        let dev = evaluate_values(
+            encoder,
+            tasks,
+            &units,
+            &space,
+            &codes,
+            Split::Dev,
+            options.eval_limit,
+        )?;
+        Ok(dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len() as f32)
+    };
+    let mut best = (dev_accuracy(&u, &z)?, u.clone());
+    tracing::info!(dev_accuracy = best.0, "the decomposition alone");
     let progress = Progress::new("train subspace", options.steps as u64);
     for step in 0..options.steps {
         let subspace = make(&u)?;
@@ -281,33 +320,7 @@ pub fn find_subspace(
         let done = step + 1;
         let mean_loss = loss / tasks.len() as f32;
         if done.is_multiple_of(options.eval_every.max(1)) || done == options.steps {
-            // Selection as in the paper: every DET decoding the task's mixed code; here the mix centre.
-            let centre: Vec<Vec<f32>> = (0..tasks.len())
-                .map(|t| {
-                    (0..options.d)
-                        .map(|i| {
-                            (0..n_dets).map(|k| z[t * n_dets + k][i]).sum::<f32>() / n_dets as f32
-                        })
-                        .collect()
-                })
-                .collect();
-            let units: Vec<Unit> = (0..tasks.len())
-                .flat_map(|task| dets.iter().map(move |&det| Unit { task, det }))
-                .collect();
-            let unit_codes: Vec<Vec<f32>> = units.iter().map(|u| centre[u.task].clone()).collect();
-            let candidate = make(&u)?;
-            let dev = evaluate_values(
-                encoder,
-                tasks,
-                &units,
-                &Space::Subspace {
-                    subspace: &candidate,
-                },
-                &unit_codes,
-                Split::Dev,
-                options.eval_limit,
-            )?;
-            let mean = dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len() as f32;
+            let mean = dev_accuracy(&u, &z)?;
             if mean > best.0 {
                 best = (mean, u.clone());
             }
