@@ -39,11 +39,14 @@ step stage0 "$bin" train det "${common[@]}" --data $(dirs "$upstream") --det all
   --steps 120 --batch 6 --lr 3e-3 --eval-every 40 --eval-limit 150 --final-limit 300 --max-examples 2000 \
   --checkpoint runs/stage0/checkpoint.safetensors --out runs/stage0
 
-for d in $dims; do
+# stage1 D: the subspace of dimension D from the stage-0 solutions.
+stage1() {
+  local d=$1
   step "stage1-d$d" "$bin" train subspace "${common[@]}" --solutions runs/stage0 --data-root "$data" \
     --dim "$d" --steps 12 --batch 4 --lr 1e-2 --eval-every 12 --eval-limit 60 --max-examples 2000 \
     --name "minilm-d$d" --f16 --out "$out/subspace-d$d.safetensors"
-done
+}
+stage1 "$default_d"
 
 # Test scores on the unseen tasks use at most $test_limit examples per task (2 CPU cores).
 test_limit=500
@@ -76,8 +79,20 @@ for det in adapter lora prefix; do
   tune "random-d$default_d" "$random_subspace" adam "$det" --lr 0.1
 done
 
+# Publish the default subspace and example tasks (tuned through Adapter) for `deltaspace serve`.
+step examples "$bin" tune "${common[@]}" --subspace "$main_subspace" --data "$data/sst2" --det adapter \
+  --steps 40 --batch 8 --lr 0.1 --eval-every 20 --eval-limit 200 --final-limit "$test_limit" --max-examples 2000 \
+  --out "$out/tasks/examples"
+mkdir -p "$model/subspaces" "$model/tasks"
+cp "$main_subspace" "$model/subspaces/default.safetensors"
+for t in $unseen; do cp "$out/tasks/d$default_d-adam-adapter/$t.json" "$model/tasks/$t.json"; done
+cp "$out/tasks/examples/sst2.json" "$model/tasks/sst2.json"
+echo "== published $model/subspaces/default.safetensors and $model/tasks/"
+
+# Secondary: the ablation over d (through Adapter), gradient vs CMA-ES, the landscape.
 for d in $dims; do
   [ "$d" = "$default_d" ] && continue
+  stage1 "$d"
   tune "d$d" "$out/subspace-d$d.safetensors" adam adapter --lr 0.1
 done
 
@@ -89,13 +104,3 @@ step landscape "$bin" landscape "${common[@]}" --subspace "$main_subspace" --dat
 
 "$bin" report --results "$results" --space "d$default_d" --json "$out/report.json" > "$out/report.md"
 echo "== report: $out/report.md"
-
-# Publish the default subspace and example tasks (tuned through Adapter) for `deltaspace serve`.
-step examples "$bin" tune "${common[@]}" --subspace "$main_subspace" --data "$data/sst2" --det adapter \
-  --steps 40 --batch 8 --lr 0.1 --eval-every 20 --eval-limit 200 --final-limit "$test_limit" --max-examples 2000 \
-  --out "$out/tasks/examples"
-mkdir -p "$model/subspaces" "$model/tasks"
-cp "$main_subspace" "$model/subspaces/default.safetensors"
-for t in $unseen; do cp "$out/tasks/d$default_d-adam-adapter/$t.json" "$model/tasks/$t.json"; done
-cp "$out/tasks/examples/sst2.json" "$model/tasks/sst2.json"
-echo "== published $model/subspaces/default.safetensors and $model/tasks/"
