@@ -86,6 +86,10 @@ pub struct ServerConfig {
     pub max_inputs: usize,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// Longest text (or text_pair) in a predict or embed request, in characters.
+    pub max_text_chars: usize,
+    /// Most tasks served; creating one more is refused (409).
+    pub max_tasks: usize,
     /// Largest ‖z‖₂ an uploaded task may have.
     pub max_z_norm: f32,
     /// Most labels per task.
@@ -114,6 +118,8 @@ impl Default for ServerConfig {
             queue_capacity: 1024,
             max_inputs: 32,
             max_body_bytes: 1 << 20,
+            max_text_chars: 10_000,
+            max_tasks: 100_000,
             max_z_norm: crate::task::TaskLimits::default().max_z_norm,
             max_labels: crate::task::TaskLimits::default().max_labels,
             max_label_chars: crate::task::TaskLimits::default().max_label_chars,

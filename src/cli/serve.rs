@@ -67,6 +67,8 @@ fn options(config: &Config, args: ServeArgs) -> Options {
         },
         max_inputs: server.max_inputs.max(1),
         max_body_bytes: server.max_body_bytes,
+        max_text_chars: server.max_text_chars.max(1),
+        max_tasks: server.max_tasks,
         task_limits: TaskLimits {
             max_z_norm: server.max_z_norm,
             max_labels: server.max_labels,

@@ -32,6 +32,9 @@ pub enum ApiError {
     /// `If-Match` named another generation than the stored one.
     #[error("{0}")]
     EtagMismatch(String),
+    /// Creating the task would exceed `max_tasks`.
+    #[error("{0}")]
+    TooManyTasks(String),
     #[error("a valid `Authorization: Bearer TOKEN` header is required")]
     Unauthorized,
     #[error("the body is larger than {0} bytes")]
@@ -58,6 +61,7 @@ impl ApiError {
             Self::RouteNotFound(_) => "route_not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::EtagMismatch(_) => "etag_mismatch",
+            Self::TooManyTasks(_) => "too_many_tasks",
             Self::Unauthorized => "unauthorized",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Overloaded => "overloaded",
@@ -75,7 +79,7 @@ impl ResponseError for ApiError {
             Self::InvalidRequest(_) | Self::InvalidTask(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TaskNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::EtagMismatch(_) => StatusCode::CONFLICT,
+            Self::EtagMismatch(_) | Self::TooManyTasks(_) => StatusCode::CONFLICT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -95,7 +99,7 @@ impl ResponseError for ApiError {
                 other => other.to_string(),
             }
         } else {
-            self.to_string()
+            truncate(self.to_string())
         };
         let mut response = HttpResponse::build(status);
         match self {
@@ -109,6 +113,17 @@ impl ResponseError for ApiError {
             _ => {}
         }
         response.json(json!({"error": {"code": self.code(), "message": message}}))
+    }
+}
+
+/// The longest message a client gets, in characters: messages quote what was sent (an unknown
+/// DET, a label name), and an error should not echo a megabyte back.
+const MAX_MESSAGE_CHARS: usize = 500;
+
+fn truncate(message: String) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((end, _)) => format!("{}…", &message[..end]),
+        None => message,
     }
 }
 
@@ -133,6 +148,7 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::EtagMismatch { .. } => Self::EtagMismatch(error.to_string()),
             StoreError::NotFound(name) => Self::TaskNotFound(name),
+            StoreError::Full { .. } => Self::TooManyTasks(error.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -167,5 +183,15 @@ mod tests {
         let internal = ApiError::Internal("disk /secret/path is full".into());
         let message = body(&internal)["error"]["message"].to_string();
         assert!(!message.contains("secret"), "{message}");
+        let echo = ApiError::InvalidRequest(format!("unknown DET {:?}", "é".repeat(100_000)));
+        let message = body(&echo)["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            message.chars().count(),
+            MAX_MESSAGE_CHARS + 1,
+            "cut, with an ellipsis"
+        );
     }
 }

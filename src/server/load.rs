@@ -76,7 +76,8 @@ fn load_blocking(options: &Options) -> Result<(Encoder, Subspace, TaskStore), Se
         }
     })?;
     tracing::info!(subspace = %subspace.id(), d = subspace.d(), "subspace loaded");
-    let store = TaskStore::new(Database::open(&options.data_dir.join(DATABASE_FILE))?);
+    let store = TaskStore::new(Database::open(&options.data_dir.join(DATABASE_FILE))?)
+        .with_max_tasks(options.max_tasks);
     load_tasks(&store, &encoder, &subspace, &options.task_limits)?;
     if let Some(dir) = options.seed_tasks_dir.as_deref() {
         seed_tasks(dir, &store, &encoder, &subspace, &options.task_limits)?;

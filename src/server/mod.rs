@@ -11,6 +11,9 @@ mod load;
 mod metrics;
 mod store;
 
+pub use api::decode::{
+    EmbedRequest, PredictRequest, RequestLimits, TaskBody, check_inputs, decode_page_query,
+};
 pub use batcher::{BatchLimits, Cost, take_batch};
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -53,6 +56,10 @@ pub struct Options {
     pub max_inputs: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Longest text (or text_pair) of a predict or embed request, in characters.
+    pub max_text_chars: usize,
+    /// Most tasks served; creating one more answers 409 `too_many_tasks`.
+    pub max_tasks: usize,
     /// Bounds on uploaded tasks.
     pub task_limits: TaskLimits,
     /// Bearer tokens; empty = no authorization.
@@ -76,6 +83,8 @@ impl std::fmt::Debug for Options {
             .field("batch", &self.batch)
             .field("max_inputs", &self.max_inputs)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_text_chars", &self.max_text_chars)
+            .field("max_tasks", &self.max_tasks)
             .field("task_limits", &self.task_limits)
             .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
             .field("protect_reads", &self.protect_reads)

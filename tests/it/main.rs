@@ -8,5 +8,6 @@ mod cli;
 mod helpers;
 mod layers;
 mod parity;
+mod reliability;
 mod subspace;
 mod train;

@@ -1,20 +1,22 @@
 //! Routes and the handlers that describe the server (info, health, metrics, OpenAPI), plus what
 //! every handler shares. Task uploads and reads are in `tasks`, predictions and embeddings in
-//! `predict`. Handlers check authorization before reading a body, run blocking work off the HTTP
-//! workers, and fail only with [`ApiError`]; docs/openapi.json describes the same routes.
+//! `predict`, the pure decoding of their bodies in `decode` (which fuzz/ also drives). Handlers
+//! check authorization before reading a body, run blocking work off the HTTP workers, and fail
+//! only with [`ApiError`]; docs/openapi.json describes the same routes.
 
+pub(in crate::server) mod decode;
 mod predict;
 mod tasks;
 
 use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::error::ApiError;
 use super::store::StoredTask;
-use super::{AppState, Core};
+use super::{AppState, Core, Options};
+use decode::RequestLimits;
 use predict::{embed, predict};
 use tasks::{delete_task, get_task, list_tasks, put_task};
 
@@ -88,6 +90,8 @@ async fn info(state: State) -> Result<HttpResponse, ApiError> {
             "queue_capacity": options.batch.queue_capacity,
             "max_inputs": options.max_inputs.min(options.batch.max_rows),
             "max_body_bytes": options.max_body_bytes,
+            "max_text_chars": options.max_text_chars,
+            "max_tasks": options.max_tasks,
             "max_z_norm": options.task_limits.max_z_norm,
             "max_labels": options.task_limits.max_labels,
             "max_label_chars": options.task_limits.max_label_chars,
@@ -137,17 +141,21 @@ pub(super) fn find(core: &Core, name: &str) -> Result<Arc<StoredTask>, ApiError>
         .ok_or_else(|| ApiError::TaskNotFound(name.chars().take(160).collect()))
 }
 
-/// Reads a JSON body of at most `limit` bytes (any content type, so `curl -d` works).
-pub(super) async fn read_json<T: DeserializeOwned>(
-    body: web::Payload,
-    limit: usize,
-) -> Result<T, ApiError> {
-    let bytes = body
-        .to_bytes_limited(limit)
+/// Reads a body of at most `limit` bytes; it is parsed as JSON whatever its content type, so
+/// `curl -d` works.
+pub(super) async fn read_body(body: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    body.to_bytes_limited(limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(limit))?
-        .map_err(|e| ApiError::InvalidJson(format!("reading the body: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(format!("the body: {e}")))
+        .map_err(|e| ApiError::InvalidJson(format!("reading the body: {e}")))
+}
+
+/// The bounds on predict and embed requests.
+pub(super) fn request_limits(options: &Options) -> RequestLimits {
+    RequestLimits {
+        max_inputs: options.max_inputs.min(options.batch.max_rows),
+        max_text_chars: options.max_text_chars,
+    }
 }
 
 /// Runs blocking work (ORT, SQLite) on tokio's blocking pool.

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use ndarray::Array2;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{State, find, read_json};
+use super::decode::{EmbedRequest, PredictRequest};
+use super::{State, find, read_body, request_limits};
 use crate::classifier;
 use crate::det::DetKind;
 use crate::model::{LabelScore, TextInput};
@@ -17,28 +18,6 @@ use crate::server::batcher::Cost;
 use crate::server::error::ApiError;
 use crate::server::store::StoredTask;
 use crate::server::{AppState, Core};
-
-/// `POST /v1/tasks/{name}/predict`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PredictRequest {
-    inputs: Vec<TextInput>,
-    /// Decode the task's z through this DET instead of its own.
-    #[serde(default)]
-    det: Option<String>,
-    /// Keep only the best `top_k` labels in `scores`.
-    #[serde(default)]
-    top_k: Option<usize>,
-}
-
-/// `POST /v1/tasks/{name}/embed`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmbedRequest {
-    inputs: Vec<TextInput>,
-    #[serde(default)]
-    det: Option<String>,
-}
 
 /// One input's labels, best first.
 #[derive(Debug, Serialize)]
@@ -75,12 +54,10 @@ pub(super) async fn predict(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     state.auth.require(&request, Access::Read)?;
-    let body: PredictRequest = read_json(body, state.options.max_body_bytes).await?;
-    if body.top_k == Some(0) {
-        return Err(ApiError::InvalidRequest("top_k must be at least 1".into()));
-    }
+    let bytes = read_body(body, state.options.max_body_bytes).await?;
+    let (body, det) = PredictRequest::decode(&bytes, &request_limits(&state.options))?;
     let core = state.core()?;
-    let (stored, det, embeddings) = encode(&state, core, &name, body.inputs, body.det).await?;
+    let (stored, det, embeddings) = encode(&state, core, &name, body.inputs, det).await?;
     let logit_scale = core.encoder.manifest().logit_scale;
     let predictions: Vec<Prediction> =
         classifier::score(embeddings.view(), &stored.prepared, logit_scale)
@@ -109,9 +86,10 @@ pub(super) async fn embed(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     state.auth.require(&request, Access::Read)?;
-    let body: EmbedRequest = read_json(body, state.options.max_body_bytes).await?;
+    let bytes = read_body(body, state.options.max_body_bytes).await?;
+    let (body, det) = EmbedRequest::decode(&bytes, &request_limits(&state.options))?;
     let core = state.core()?;
-    let (stored, det, embeddings) = encode(&state, core, &name, body.inputs, body.det).await?;
+    let (stored, det, embeddings) = encode(&state, core, &name, body.inputs, det).await?;
     let rows: Vec<Vec<f32>> = embeddings.rows().into_iter().map(|r| r.to_vec()).collect();
     Ok(HttpResponse::Ok().json(Answer {
         task: &stored.task().name,
@@ -121,30 +99,18 @@ pub(super) async fn embed(
     }))
 }
 
-/// Checks a predict/embed request and runs its texts through the batcher: [inputs, H].
+/// Runs a decoded predict/embed request's texts through the batcher: [inputs, H].
 async fn encode(
     state: &AppState,
     core: &Core,
     name: &str,
     inputs: Vec<TextInput>,
-    det: Option<String>,
+    det: Option<DetKind>,
 ) -> Result<(Arc<StoredTask>, DetKind, Array2<f32>), ApiError> {
     let stored = find(core, name)?;
-    let det = match det {
-        Some(det) => det
-            .parse::<DetKind>()
-            .map_err(|e| ApiError::InvalidRequest(e.to_string()))?,
-        None => stored.task().det,
-    };
+    let det = det.unwrap_or(stored.task().det);
     det.column(core.encoder.manifest())
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    let max_inputs = state.options.max_inputs.min(state.options.batch.max_rows);
-    if inputs.is_empty() || inputs.len() > max_inputs {
-        return Err(ApiError::InvalidRequest(format!(
-            "inputs must hold 1-{max_inputs} texts, got {}",
-            inputs.len()
-        )));
-    }
     // Tokenized here (cheap next to the model) only to size the request; the batch re-tokenizes.
     let seq_len = core
         .encoder

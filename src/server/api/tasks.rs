@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::{State, blocking, find, read_json};
+use super::decode::{TaskBody, decode_page_query};
+use super::{State, blocking, find, read_body};
 use crate::classifier::PreparedTask;
 use crate::det::DetKind;
 use crate::server::AppState;
@@ -16,36 +17,7 @@ use crate::server::auth::Access;
 use crate::server::error::ApiError;
 use crate::server::load::admit;
 use crate::server::store::{Precondition, StoreError, StoredTask};
-use crate::task::{Label, Task, validate_name};
-
-/// Tasks per page of `GET /v1/tasks` unless `limit` says otherwise, and the most it may say.
-const PAGE_DEFAULT: usize = 100;
-
-const PAGE_MAX: usize = 1000;
-
-/// `PUT /v1/tasks/{name}`: the body of a task upload (the name comes from the path).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TaskBody {
-    /// Optional; must equal the path's name when given.
-    #[serde(default)]
-    name: Option<String>,
-    det: String,
-    z: Vec<f32>,
-    labels: Vec<Label>,
-    #[serde(default)]
-    subspace: Option<String>,
-}
-
-/// `GET /v1/tasks` query.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    #[serde(default)]
-    limit: Option<usize>,
-    #[serde(default)]
-    after: Option<String>,
-}
+use crate::task::{Label, validate_name};
 
 /// `PUT /v1/tasks/{name}` answer.
 #[derive(Debug, Serialize)]
@@ -98,7 +70,7 @@ pub(super) async fn put_task(
         Ok((_, true)) => "created",
         Ok((_, false)) => "replaced",
         Err(ApiError::Unauthorized) => "unauthorized",
-        Err(ApiError::EtagMismatch(_)) => "conflict",
+        Err(ApiError::EtagMismatch(_) | ApiError::TooManyTasks(_)) => "conflict",
         Err(
             ApiError::InvalidJson(_)
             | ApiError::InvalidTask(_)
@@ -139,24 +111,8 @@ async fn upload(
     let core = state.core()?;
     validate_name(name)?;
     let expect = precondition(request)?;
-    let body: TaskBody = read_json(body, state.options.max_body_bytes).await?;
-    if body.name.as_deref().is_some_and(|n| n != name) {
-        return Err(ApiError::InvalidTask(format!(
-            "the body names task {:?} but the path names {name:?}",
-            body.name.unwrap_or_default()
-        )));
-    }
-    let det: DetKind = body
-        .det
-        .parse()
-        .map_err(|e: crate::det::DetError| ApiError::InvalidTask(e.to_string()))?;
-    let task = Task {
-        name: name.to_string(),
-        det,
-        z: body.z,
-        labels: body.labels,
-        subspace: body.subspace,
-    };
+    let bytes = read_body(body, state.options.max_body_bytes).await?;
+    let task = TaskBody::decode(&bytes, name)?;
     let task = admit(
         task,
         &core.encoder,
@@ -223,15 +179,8 @@ pub(super) async fn list_tasks(
     state: State,
 ) -> Result<HttpResponse, ApiError> {
     state.auth.require(&request, Access::Read)?;
-    let query = web::Query::<ListQuery>::from_query(request.query_string())
-        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    let limit = query.limit.unwrap_or(PAGE_DEFAULT);
-    if !(1..=PAGE_MAX).contains(&limit) {
-        return Err(ApiError::InvalidRequest(format!(
-            "limit must be 1-{PAGE_MAX}"
-        )));
-    }
-    let (page, next) = state.core()?.store.page(query.after.as_deref(), limit);
+    let (after, limit) = decode_page_query(request.query_string())?;
+    let (page, next) = state.core()?.store.page(after.as_deref(), limit);
     let tasks = page
         .iter()
         .map(|stored| TaskSummary {

@@ -32,6 +32,8 @@ pub enum StoreError {
     },
     #[error("no task named {0:?}")]
     NotFound(String),
+    #[error("the server already serves max_tasks = {max} tasks; delete one first")]
+    Full { max: usize },
 }
 
 /// A condition on the stored task for a write, from `If-Match` / `If-None-Match`.
@@ -92,6 +94,8 @@ impl StoredTask {
 pub struct TaskStore {
     db: Mutex<Database>,
     tasks: RwLock<BTreeMap<String, Arc<StoredTask>>>,
+    /// New tasks beyond this many are refused (tasks loaded at start are served regardless).
+    max_tasks: usize,
 }
 
 impl TaskStore {
@@ -100,7 +104,15 @@ impl TaskStore {
         Self {
             db: Mutex::new(db),
             tasks: RwLock::new(BTreeMap::new()),
+            max_tasks: usize::MAX,
         }
+    }
+
+    /// Refuses to create tasks beyond `max` ([`StoreError::Full`]); replacing one still works.
+    #[must_use]
+    pub fn with_max_tasks(mut self, max: usize) -> Self {
+        self.max_tasks = max;
+        self
     }
 
     /// Runs `f` on the database (blocking: call from a blocking thread).
@@ -155,6 +167,16 @@ impl TaskStore {
         expect: &Precondition,
     ) -> Result<(Arc<StoredTask>, bool), StoreError> {
         let mut db = self.db.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked under the database lock, which every writer holds, so racing uploads cannot
+        // overshoot the bound.
+        {
+            let tasks = self.read();
+            if tasks.len() >= self.max_tasks && !tasks.contains_key(&prepared.task.name) {
+                return Err(StoreError::Full {
+                    max: self.max_tasks,
+                });
+            }
+        }
         let (record, created) = db.write(
             &prepared.task,
             subspace_id,
@@ -240,6 +262,29 @@ mod tests {
         assert_eq!(page[0].task().name, "c");
         assert_eq!(next, None);
         store.delete("a", &Precondition::None).unwrap();
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn max_tasks_bounds_creation_but_not_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TaskStore::new(Database::open(&dir.path().join("t.sqlite3")).unwrap())
+            .with_max_tasks(2);
+        let put = |name: &str| {
+            let prepared = PreparedTask {
+                task: task(name, 1.0),
+                label_embeddings: embeddings(),
+            };
+            store.put(prepared, "s@1", "m", &Precondition::None)
+        };
+        put("a").unwrap();
+        put("b").unwrap();
+        assert!(matches!(put("c"), Err(StoreError::Full { max: 2 })));
+        let (replaced, created) = put("a").unwrap();
+        assert!(!created);
+        assert_eq!(replaced.generation, 2);
+        store.delete("b", &Precondition::None).unwrap();
+        put("c").unwrap();
         assert_eq!(store.len(), 2);
     }
 }

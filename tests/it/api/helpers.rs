@@ -71,6 +71,8 @@ impl Fixture {
             },
             max_inputs: 16,
             max_body_bytes: 64 * 1024,
+            max_text_chars: 10_000,
+            max_tasks: 10_000,
             task_limits: TaskLimits::default(),
             tokens: Vec::new(),
             protect_reads: false,

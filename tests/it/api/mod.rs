@@ -2,6 +2,6 @@
 //! real HTTP client, one server per test (each with its own data directory), so tests run in
 //! parallel.
 
-mod helpers;
+pub(crate) mod helpers;
 mod routes;
 mod serving;
