@@ -186,19 +186,15 @@ pub fn build(dir: &Path, space: &str) -> anyhow::Result<Report> {
         let Some((d, tail)) = rest.split_once('-') else {
             continue;
         };
-        if let (Ok(d), true) = (d.parse::<usize>(), tail.starts_with("adam-")) {
+        // The ablation goes through one DET (Adapter), so every d is measured alike.
+        if let (Ok(d), "adam-adapter.jsonl") = (d.parse::<usize>(), tail) {
             let relative = relative(&tuned(&entry.path())?.0);
             let values: Vec<f64> = relative
                 .values()
                 .flat_map(|m| m.values().copied())
                 .collect();
             if !values.is_empty() {
-                let slot = report.ablation.entry(d).or_insert(0.0);
-                *slot = if *slot == 0.0 {
-                    mean(values)
-                } else {
-                    (*slot + mean(values)) / 2.0
-                };
+                report.ablation.insert(d, mean(values));
             }
         }
     }
@@ -229,18 +225,16 @@ pub fn build(dir: &Path, space: &str) -> anyhow::Result<Report> {
             ),
         );
     }
-    let all = |table: &BTreeMap<String, BTreeMap<String, f64>>| {
-        mean(table.values().flat_map(|m| m.values().copied()))
-    };
-    report
-        .averages
-        .insert("optimization".into(), all(&report.optimization));
-    report
-        .averages
-        .insert("transfer".into(), all(&report.transfer));
-    report
-        .averages
-        .insert("random_control".into(), all(&report.random_control));
+    for (name, table) in [
+        ("optimization", &report.optimization),
+        ("transfer", &report.transfer),
+        ("random_control", &report.random_control),
+    ] {
+        let values: Vec<f64> = table.values().flat_map(|m| m.values().copied()).collect();
+        if !values.is_empty() {
+            report.averages.insert(name.into(), mean(values));
+        }
+    }
     let zero_relative: Vec<f64> = report
         .zero_shot
         .iter()
@@ -370,7 +364,7 @@ pub fn markdown(report: &Report) -> String {
     if !report.ablation.is_empty() {
         let _ = writeln!(
             out,
-            "\n### Ablation over d: mean relative performance (%) of subspace optimization\n\n| d | relative % |\n|---|---|"
+            "\n### Ablation over d: mean relative performance (%) of subspace optimization through Adapter\n\n| d | relative % |\n|---|---|"
         );
         for (d, value) in &report.ablation {
             let _ = writeln!(out, "| {d} | {value:.1} |");
@@ -426,6 +420,10 @@ mod tests {
             &[json!({"task": "t", "det": "lora", "test": {"accuracy": 0.6}, "seconds": 3.0})],
         );
         write(
+            "tune/d8-adam-adapter.jsonl",
+            &[json!({"task": "t", "det": "adapter", "test": {"accuracy": 0.45}, "seconds": 2.0})],
+        );
+        write(
             "transfer/d8-lora.jsonl",
             &[
                 json!({"task": "t", "source_det": "lora", "target_det": "adapter", "accuracy": 0.45}),
@@ -440,7 +438,13 @@ mod tests {
             1,
             "source = target is not transfer"
         );
-        assert!((report.ablation[&8] - 75.0).abs() < 1e-9);
+        // The ablation counts Adapter only: 0.45 / 0.5.
+        assert!((report.ablation[&8] - 90.0).abs() < 1e-9);
+        assert!((report.averages["optimization"] - 82.5).abs() < 1e-9);
+        assert!(
+            !report.averages.contains_key("random_control"),
+            "no random-subspace results"
+        );
         let md = markdown(&report);
         assert!(md.contains("| t | 50.0 | 80.0 | – | 40.0 |"), "{md}");
         assert!(md.contains("L→A"));

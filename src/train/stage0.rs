@@ -33,7 +33,7 @@ pub fn train_dets(
         &space,
         &result.best,
         Split::Test,
-        None,
+        options.final_limit,
     )?;
     let dev = evaluate_values(
         encoder,
@@ -42,7 +42,7 @@ pub fn train_dets(
         &space,
         &result.best,
         Split::Dev,
-        None,
+        options.final_limit,
     )?;
     let manifest = encoder.manifest();
     units
