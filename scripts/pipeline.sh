@@ -39,11 +39,17 @@ step stage0 "$bin" train det "${common[@]}" --data $(dirs "$upstream") --det all
   --steps 120 --batch 6 --lr 3e-3 --eval-every 40 --eval-limit 150 --final-limit 300 --max-examples 2000 \
   --checkpoint runs/stage0/checkpoint.safetensors --out runs/stage0
 
-# stage1 D: the subspace of dimension D from the stage-0 solutions.
+# stage1 D: the subspace of dimension D from the stage-0 solutions (decomposition, then refinement).
 stage1() {
   local d=$1
   step "stage1-d$d" "$bin" train subspace "${common[@]}" --solutions runs/stage0 --data-root "$data" \
     --dim "$d" --steps 12 --batch 4 --lr 1e-2 --eval-every 12 --eval-limit 60 --max-examples 2000 \
+    --name "minilm-d$d" --f16 --out "$out/subspace-d$d.safetensors"
+}
+# decompose D: the decomposition alone (no --data-root: no refinement), for the ablation.
+decompose() {
+  local d=$1
+  step "stage1-d$d" "$bin" train subspace "${common[@]}" --solutions runs/stage0 --dim "$d" \
     --name "minilm-d$d" --f16 --out "$out/subspace-d$d.safetensors"
 }
 stage1 "$default_d"
@@ -92,7 +98,7 @@ echo "== published $model/subspaces/default.safetensors and $model/tasks/"
 # Secondary: the ablation over d (through Adapter), gradient vs CMA-ES, the landscape.
 for d in $dims; do
   [ "$d" = "$default_d" ] && continue
-  stage1 "$d"
+  decompose "$d"
   tune "d$d" "$out/subspace-d$d.safetensors" adam adapter --lr 0.1
 done
 
