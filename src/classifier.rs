@@ -2,11 +2,11 @@
 //! (each row carries its own z and DET selector), then scores each row against its own task's
 //! label embeddings. Shared by the CLI, the server's batcher and the trainer's evaluation.
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView1, ArrayView2};
 
 use crate::det::{DetError, DetKind};
 use crate::model::{
-    Batch, Encoder, LabelScores, ModelError, TextInput, cosine_logits, softmax_rows,
+    Batch, Encoder, LabelScores, Manifest, ModelError, TextInput, cosine_logits, softmax_rows,
 };
 use crate::subspace::Subspace;
 use crate::task::{Label, Task};
@@ -61,6 +61,25 @@ pub struct Row<'a> {
     pub det: DetKind,
 }
 
+/// Each row's code z [rows, d] and one-hot DET selector [rows, n_dets], as the graphs take them.
+pub fn code_matrices<'a>(
+    manifest: &Manifest,
+    d: usize,
+    rows: impl ExactSizeIterator<Item = (&'a [f32], DetKind)>,
+) -> Result<(Array2<f32>, Array2<f32>), ClassifyError> {
+    let mut z = Array2::<f32>::zeros((rows.len(), d));
+    let mut det_select = Array2::<f32>::zeros((rows.len(), manifest.dets.len()));
+    for (index, (code, det)) in rows.enumerate() {
+        if code.len() != d {
+            let message = format!("row {index}: z has {} values, d = {d}", code.len());
+            return Err(ModelError::Shape(message).into());
+        }
+        z.row_mut(index).assign(&ArrayView1::from(code));
+        det_select[[index, det.column(manifest)?]] = 1.0;
+    }
+    Ok((z, det_select))
+}
+
 /// Embeds rows of any tasks and DETs in one encoder run: [rows, H].
 pub fn embed_rows(
     encoder: &Encoder,
@@ -69,25 +88,8 @@ pub fn embed_rows(
 ) -> Result<Array2<f32>, ClassifyError> {
     let inputs: Vec<TextInput> = rows.iter().map(|r| r.input.clone()).collect();
     let tokens = encoder.tokenize(&inputs)?;
-    let manifest = encoder.manifest();
-    let d = subspace.d();
-    let mut z = Array2::<f32>::zeros((rows.len(), d));
-    let mut det_select = Array2::<f32>::zeros((rows.len(), manifest.dets.len()));
-    for (index, row) in rows.iter().enumerate() {
-        if row.z.len() != d {
-            return Err(ModelError::Shape(format!(
-                "row {index}: z has {} values, d = {d}",
-                row.z.len()
-            ))
-            .into());
-        }
-        z.row_mut(index).assign(
-            &ArrayView2::from_shape((1, d), row.z)
-                .map_err(|e| ModelError::Shape(e.to_string()))?
-                .row(0),
-        );
-        det_select[[index, row.det.column(manifest)?]] = 1.0;
-    }
+    let codes = rows.iter().map(|row| (row.z, row.det));
+    let (z, det_select) = code_matrices(encoder.manifest(), subspace.d(), codes)?;
     let batch = Batch {
         tokens: &tokens,
         z: z.view(),

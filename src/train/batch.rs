@@ -8,7 +8,7 @@ use anyhow::Context;
 use ndarray::{Array1, Array2, ArrayView2};
 
 use super::data::{Example, TaskData};
-use crate::classifier::embed_labels;
+use crate::classifier::{code_matrices, embed_labels};
 use crate::det::DetKind;
 use crate::model::{Batch, DeltaParams, Encoder, GradBatch, Gradients, Tokens};
 
@@ -61,18 +61,8 @@ impl EncodedRows {
     pub fn new(encoder: &Encoder, rows: &[Row<'_>], d: usize) -> anyhow::Result<Self> {
         let inputs: Vec<_> = rows.iter().map(|r| r.example.input.clone()).collect();
         let tokens = encoder.tokenize(&inputs)?;
-        let manifest = encoder.manifest();
-        let mut z = Array2::zeros((rows.len(), d));
-        let mut det_select = Array2::zeros((rows.len(), manifest.dets.len()));
-        for (index, row) in rows.iter().enumerate() {
-            anyhow::ensure!(
-                row.z.len() == d,
-                "row {index}: z has {} values, d = {d}",
-                row.z.len()
-            );
-            z.row_mut(index).assign(&ndarray::ArrayView1::from(row.z));
-            det_select[[index, row.det.column(manifest)?]] = 1.0;
-        }
+        let codes = rows.iter().map(|row| (row.z, row.det));
+        let (z, det_select) = code_matrices(encoder.manifest(), d, codes)?;
         Ok(Self {
             tokens,
             z,
@@ -157,15 +147,4 @@ pub fn row_losses(
             log_sum - logits[row.example.label]
         })
         .collect()
-}
-
-/// Weights 1/n for the rows of each unit, where a unit is whatever `unit_of` maps a row to.
-pub fn unit_mean_weights(rows: &mut [Row<'_>], unit_of: impl Fn(&Row<'_>) -> usize) {
-    let mut counts = std::collections::HashMap::new();
-    for row in rows.iter() {
-        *counts.entry(unit_of(row)).or_insert(0usize) += 1;
-    }
-    for row in rows.iter_mut() {
-        row.weight = 1.0 / counts[&unit_of(row)] as f32;
-    }
 }

@@ -10,7 +10,7 @@ use crate::det::DetKind;
 use crate::model::{DeltaParams, Encoder};
 
 /// What `deltaspace eval` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Metrics {
     pub accuracy: f32,
     pub macro_f1: f32,

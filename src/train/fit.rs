@@ -401,7 +401,7 @@ impl Checkpoint {
             path.display()
         );
         let step = meta("step")?.parse()?;
-        let best_dev: Vec<MetricsRecord> = serde_json::from_str(&meta("best_dev")?)?;
+        let best_dev: Vec<Metrics> = serde_json::from_str(&meta("best_dev")?)?;
         let best_step = serde_json::from_str(&meta("best_step")?)?;
         let mut take = |name: String| file.take(&name).map(|t| t.values);
         let (mut values, mut best, mut optimizers) = (Vec::new(), Vec::new(), Vec::new());
@@ -410,14 +410,6 @@ impl Checkpoint {
             best.push(take(format!("best.{index}"))?);
             optimizers.push(take(format!("optimizer.{index}"))?);
         }
-        let best_dev = best_dev
-            .into_iter()
-            .map(|m| Metrics {
-                accuracy: m.accuracy,
-                macro_f1: m.macro_f1,
-                n: m.n,
-            })
-            .collect();
         Ok(Self {
             step,
             values,
@@ -427,11 +419,4 @@ impl Checkpoint {
             optimizers,
         })
     }
-}
-
-#[derive(serde::Deserialize)]
-struct MetricsRecord {
-    accuracy: f32,
-    macro_f1: f32,
-    n: usize,
 }
