@@ -2,6 +2,8 @@
 //! (each row carries its own z and DET selector), then scores each row against its own task's
 //! label embeddings. Shared by the CLI, the server's batcher and the trainer's evaluation.
 
+use std::sync::Arc;
+
 use ndarray::{Array2, ArrayView1, ArrayView2};
 
 use crate::det::{DetError, DetKind};
@@ -20,27 +22,40 @@ pub enum ClassifyError {
     Det(#[from] DetError),
 }
 
-/// A task ready to serve: its label descriptions embedded once by the frozen model.
+/// A task's labels with their descriptions embedded by the frozen model. The embeddings depend
+/// only on the labels, so tasks with the same labels can share one set (the server does).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelSet {
+    pub labels: Vec<Label>,
+    /// Label-description embeddings, [labels, H], unit rows.
+    pub embeddings: Array2<f32>,
+}
+
+impl LabelSet {
+    /// Embeds the label descriptions with the frozen model.
+    pub fn embed(labels: Vec<Label>, encoder: &Encoder) -> Result<Self, ModelError> {
+        let embeddings = embed_labels(&labels, encoder)?;
+        Ok(Self { labels, embeddings })
+    }
+
+    /// Label names in order.
+    pub fn names(&self) -> Vec<String> {
+        self.labels.iter().map(|l| l.name.clone()).collect()
+    }
+}
+
+/// A task ready to apply: its labels embedded once by the frozen model.
 #[derive(Debug, Clone)]
 pub struct PreparedTask {
     pub task: Task,
-    /// Label-description embeddings, [labels, H], unit rows.
-    pub label_embeddings: Array2<f32>,
+    pub labels: Arc<LabelSet>,
 }
 
 impl PreparedTask {
     /// Embeds the task's label descriptions with the frozen model.
     pub fn prepare(task: Task, encoder: &Encoder) -> Result<Self, ClassifyError> {
-        let label_embeddings = embed_labels(&task.labels, encoder)?;
-        Ok(Self {
-            task,
-            label_embeddings,
-        })
-    }
-
-    /// Label names in order.
-    pub fn label_names(&self) -> Vec<String> {
-        self.task.label_names()
+        let labels = Arc::new(LabelSet::embed(task.labels.clone(), encoder)?);
+        Ok(Self { task, labels })
     }
 }
 
@@ -98,18 +113,14 @@ pub fn embed_rows(
     Ok(encoder.embed(batch, subspace.params())?)
 }
 
-/// Label probabilities of one embedding against one task.
-pub fn score(
-    embedding: ArrayView2<f32>,
-    task: &PreparedTask,
-    logit_scale: f32,
-) -> Vec<LabelScores> {
+/// Label probabilities of each embedding row against a task's labels.
+pub fn score(embedding: ArrayView2<f32>, labels: &LabelSet, logit_scale: f32) -> Vec<LabelScores> {
     let probabilities = softmax_rows(&cosine_logits(
         embedding,
-        task.label_embeddings.view(),
+        labels.embeddings.view(),
         logit_scale,
     ));
-    let names = task.label_names();
+    let names = labels.names();
     probabilities
         .rows()
         .into_iter()
@@ -137,7 +148,7 @@ pub fn predict(
     let embeddings = embed_rows(encoder, subspace, &rows)?;
     Ok(score(
         embeddings.view(),
-        task,
+        &task.labels,
         encoder.manifest().logit_scale,
     ))
 }

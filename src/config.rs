@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::{ProviderChoice, RuntimeOptions};
+use crate::task::TaskLimits;
 
 /// The whole configuration file. Every key has a default, so an empty file is valid.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -180,6 +181,15 @@ impl Config {
             }
         }
         keys
+    }
+
+    /// Bounds on tasks, from `[server]`: uploads, start-up and `deltaspace import` check them.
+    pub fn task_limits(&self) -> TaskLimits {
+        TaskLimits {
+            max_z_norm: self.server.max_z_norm,
+            max_labels: self.server.max_labels,
+            max_label_chars: self.server.max_label_chars,
+        }
     }
 
     /// Options for [`crate::runtime::Runtime::load`].

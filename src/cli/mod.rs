@@ -1,6 +1,7 @@
 //! The edge: clap commands. Each command group has its own file; this one holds the global
 //! options and the shared set-up (config, runtime, model, subspace).
 
+mod import;
 mod predict;
 mod serve;
 mod subspace;
@@ -57,6 +58,8 @@ pub enum Command {
     Info(predict::InfoArgs),
     /// Serve every task over HTTP: uploads, predictions, embeddings, metrics (docs/API.md).
     Serve(serve::ServeArgs),
+    /// Bulk-load tasks (TASK.json, JSON lines, directories) into the server's task database.
+    Import(import::ImportArgs),
     /// Offline training: stage 0 (DETs in their original space) and stage 1 (the subspace).
     #[command(subcommand)]
     Train(train::TrainCommand),
@@ -87,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subspace(command) => subspace::run(&config, command),
         Command::Info(args) => predict::info(&config, args),
         Command::Serve(args) => serve::serve(&config, args),
+        Command::Import(args) => import::import(&config, args),
         Command::Train(command) => train::train(&config, command),
         Command::Tune(args) => train::tune(&config, args),
         Command::Eval(args) => train::eval(&config, args),

@@ -8,7 +8,6 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::server::{self, BatchLimits, Options};
-use crate::task::TaskLimits;
 
 /// Arguments of `deltaspace serve`; each overrides its `[server]` or `[model]` key.
 #[derive(Debug, clap::Args)]
@@ -69,11 +68,7 @@ fn options(config: &Config, args: ServeArgs) -> Options {
         max_body_bytes: server.max_body_bytes,
         max_text_chars: server.max_text_chars.max(1),
         max_tasks: server.max_tasks,
-        task_limits: TaskLimits {
-            max_z_norm: server.max_z_norm,
-            max_labels: server.max_labels,
-            max_label_chars: server.max_label_chars,
-        },
+        task_limits: config.task_limits(),
         tokens: server
             .tokens
             .split(',')

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use super::batcher::{self, Runner};
 use super::error::ApiError;
 use super::metrics::Metrics;
-use super::store::{self, Database, Precondition, TaskStore};
+use ndarray::Array2;
+
+use super::store::{Database, Precondition, TaskStore, labels_key};
 use super::{Core, Options, ServerError};
-use crate::classifier::{self, PreparedTask, Row};
-use crate::model::{Encoder, EncoderOptions, Manifest, TextInput};
+use crate::classifier::{self, LabelSet, Row};
+use crate::model::{Encoder, EncoderOptions, Manifest, ModelError, TextInput};
 use crate::runtime::Runtime;
 use crate::subspace::Subspace;
-use crate::task::{Task, TaskError, TaskLimits};
+use crate::task::{Label, Task, TaskError, TaskLimits};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "tasks.sqlite3";
@@ -91,10 +93,10 @@ pub fn model_key(manifest: &Manifest) -> String {
 }
 
 /// Checks an incoming task against the loaded model and subspace, and records the subspace's
-/// full id in it. Shared by uploads and seed imports.
+/// full id in it. Shared by uploads, seed imports, start-up and `deltaspace import`.
 pub fn admit(
     mut task: Task,
-    encoder: &Encoder,
+    manifest: &Manifest,
     subspace: &Subspace,
     limits: &TaskLimits,
 ) -> Result<Task, ApiError> {
@@ -107,62 +109,101 @@ pub fn admit(
     }
     task.validate(subspace.d(), limits)?;
     task.det
-        .column(encoder.manifest())
+        .column(manifest)
         .map_err(|e| ApiError::InvalidTask(e.to_string()))?;
     task.subspace = Some(subspace.id());
     Ok(task)
 }
 
+/// The label set for `labels`: the one in use when a served task has the same labels, else
+/// embedded now by the frozen model (a blocking encoder run).
+pub fn label_set(
+    store: &TaskStore,
+    encoder: &Encoder,
+    labels: &[Label],
+) -> Result<Arc<LabelSet>, ModelError> {
+    match store.label_sets().get(&labels_key(labels)) {
+        Some(set) => Ok(set),
+        None => Ok(Arc::new(LabelSet::embed(labels.to_vec(), encoder)?)),
+    }
+}
+
 /// Serves every stored task made for this subspace; others stay stored but are not served.
+/// Rows stream from the database one at a time; label embeddings come from the database's cache
+/// (or a version-1 row), else from the encoder, once per distinct label set.
 fn load_tasks(
     store: &TaskStore,
     encoder: &Encoder,
     subspace: &Subspace,
     limits: &TaskLimits,
 ) -> Result<(), ServerError> {
-    let key = model_key(encoder.manifest());
-    let hidden = encoder.manifest().hidden();
-    let records = store.with_db(|db| db.all())?;
-    let (mut other_subspace, mut invalid, mut embedded) = (0, 0, 0);
-    for record in &records {
-        if record.subspace_id != subspace.id() {
-            other_subspace += 1;
-            continue;
-        }
-        let task = serde_json::from_str::<Task>(&record.task_json)
-            .map_err(|e| e.to_string())
-            .and_then(|task| admit(task, encoder, subspace, limits).map_err(|e| e.to_string()));
-        let task = match task {
-            Ok(task) => task,
-            Err(error) => {
-                tracing::warn!(task = %record.name, %error, "stored task is invalid; not served");
-                invalid += 1;
-                continue;
+    let manifest = encoder.manifest();
+    let model_key = model_key(manifest);
+    let subspace_id = subspace.id();
+    let mut cached = store.with_db(|db| db.label_embeddings(&model_key))?;
+    // Label sets to cache in the database once the scan is over: (key, set).
+    let mut to_cache: Vec<(String, Arc<LabelSet>)> = Vec::new();
+    let (mut other_subspace, mut invalid) = (0, 0);
+    store.with_db(|db| {
+        db.each(|record| -> Result<(), ServerError> {
+            if record.subspace_id != subspace_id {
+                other_subspace += 1;
+                return Ok(());
             }
-        };
-        let label_embeddings =
-            match store::cached_embeddings(record, &key, task.labels.len(), hidden) {
-                Some(cached) => cached,
-                None => {
-                    let computed = classifier::embed_labels(&task.labels, encoder)
-                        .map_err(|e| ServerError::Labels(e.to_string()))?;
-                    store.with_db(|db| {
-                        db.save_embeddings(&record.name, &record.etag, &key, &computed)
-                    })?;
-                    embedded += 1;
-                    computed
+            let task = serde_json::from_str::<Task>(&record.task_json)
+                .map_err(|e| e.to_string())
+                .and_then(|task| {
+                    admit(task, manifest, subspace, limits).map_err(|e| e.to_string())
+                });
+            let task = match task {
+                Ok(task) => task,
+                Err(error) => {
+                    tracing::warn!(task = %record.name, %error, "stored task is invalid; not served");
+                    invalid += 1;
+                    return Ok(());
                 }
             };
-        store.insert_loaded(
-            record,
-            PreparedTask {
-                task,
-                label_embeddings,
-            },
-        );
-    }
+            let key = labels_key(&task.labels);
+            let labels = match store.label_sets().get(&key) {
+                Some(set) => set,
+                None => {
+                    let from_row = record
+                        .embeddings
+                        .clone()
+                        .filter(|(model, _)| *model == model_key)
+                        .map(|(_, values)| values);
+                    let from_table = cached.remove(&key);
+                    let restored = from_table.clone().or(from_row).and_then(|values| {
+                        let shape = (task.labels.len(), manifest.hidden());
+                        Array2::from_shape_vec(shape, values).ok()
+                    });
+                    let set = Arc::new(match restored {
+                        Some(embeddings) => LabelSet {
+                            labels: task.labels.clone(),
+                            embeddings,
+                        },
+                        None => LabelSet::embed(task.labels.clone(), encoder)
+                            .map_err(|e| ServerError::Labels(e.to_string()))?,
+                    });
+                    if from_table.is_none() {
+                        to_cache.push((key, set.clone()));
+                    }
+                    set
+                }
+            };
+            store.insert_loaded(&record, task, labels);
+            Ok(())
+        })
+    })?;
+    let embedded = to_cache.len();
+    store.with_db(|db| {
+        to_cache
+            .iter()
+            .try_for_each(|(key, set)| db.save_label_embeddings((&model_key, key, &set.embeddings)))
+    })?;
     tracing::info!(
         served = store.len(),
+        label_sets = store.label_sets().len(),
         other_subspace,
         invalid,
         embedded,
@@ -195,7 +236,9 @@ fn seed_tasks(
     for path in paths {
         let task = Task::load(&path)
             .map_err(|e| format!("{e:#}"))
-            .and_then(|t| admit(t, encoder, subspace, limits).map_err(|e| e.to_string()));
+            .and_then(|t| {
+                admit(t, encoder.manifest(), subspace, limits).map_err(|e| e.to_string())
+            });
         let task = match task {
             Ok(task) => task,
             Err(error) => {
@@ -208,10 +251,10 @@ fn seed_tasks(
         if seen {
             continue;
         }
-        let prepared =
-            PreparedTask::prepare(task, encoder).map_err(|e| ServerError::Labels(e.to_string()))?;
-        let name = prepared.task.name.clone();
-        match store.put(prepared, &subspace.id(), &key, &Precondition::Absent) {
+        let labels = label_set(store, encoder, &task.labels)
+            .map_err(|e| ServerError::Labels(e.to_string()))?;
+        let name = task.name.clone();
+        match store.put(task, labels, &subspace.id(), &key, &Precondition::Absent) {
             Ok(_) => imported += 1,
             Err(error) => tracing::warn!(task = %name, %error, "seed task not imported"),
         }

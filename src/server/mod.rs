@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod batcher;
 mod error;
+mod import;
 mod load;
 mod metrics;
 mod store;
@@ -16,8 +17,10 @@ pub use api::decode::{
 };
 pub use batcher::{BatchLimits, Cost, take_batch};
 pub use error::ApiError;
+pub use import::{ImportError, ImportSummary, import_tasks};
+pub use load::DATABASE_FILE;
 pub use metrics::Metrics;
-pub use store::{Database, Precondition, StoreError, TaskStore};
+pub use store::{Database, LabelSets, Precondition, StoreError, StoredTask, TaskStore, labels_key};
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -6,6 +6,7 @@
 mod api;
 mod cli;
 mod helpers;
+mod import;
 mod layers;
 mod parity;
 mod reliability;

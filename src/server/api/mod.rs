@@ -82,6 +82,7 @@ async fn info(state: State) -> Result<HttpResponse, ApiError> {
         "execution_provider": core.encoder.provider(),
         "sessions": core.encoder.sessions(),
         "tasks": core.store.len(),
+        "label_sets": core.store.label_sets().len(),
         "auth": {"writes": state.auth.protects_writes(), "reads": state.auth.protects_reads()},
         "limits": {
             "max_batch_rows": options.batch.max_rows,

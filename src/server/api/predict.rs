@@ -60,7 +60,7 @@ pub(super) async fn predict(
     let (stored, det, embeddings) = encode(&state, core, &name, body.inputs, det).await?;
     let logit_scale = core.encoder.manifest().logit_scale;
     let predictions: Vec<Prediction> =
-        classifier::score(embeddings.view(), &stored.prepared, logit_scale)
+        classifier::score(embeddings.view(), &stored.labels, logit_scale)
             .into_iter()
             .map(|mut ranked| {
                 ranked.scores.truncate(body.top_k.unwrap_or(usize::MAX));
@@ -72,7 +72,7 @@ pub(super) async fn predict(
             })
             .collect();
     Ok(HttpResponse::Ok().json(Answer {
-        task: &stored.task().name,
+        task: &stored.name,
         generation: stored.generation,
         det,
         result: Predictions { predictions },
@@ -92,7 +92,7 @@ pub(super) async fn embed(
     let (stored, det, embeddings) = encode(&state, core, &name, body.inputs, det).await?;
     let rows: Vec<Vec<f32>> = embeddings.rows().into_iter().map(|r| r.to_vec()).collect();
     Ok(HttpResponse::Ok().json(Answer {
-        task: &stored.task().name,
+        task: &stored.name,
         generation: stored.generation,
         det,
         result: Embeddings { embeddings: rows },
@@ -108,7 +108,7 @@ async fn encode(
     det: Option<DetKind>,
 ) -> Result<(Arc<StoredTask>, DetKind, Array2<f32>), ApiError> {
     let stored = find(core, name)?;
-    let det = det.unwrap_or(stored.task().det);
+    let det = det.unwrap_or(stored.det);
     det.column(core.encoder.manifest())
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     // Tokenized here (cheap next to the model) only to size the request; the batch re-tokenizes.

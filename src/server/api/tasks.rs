@@ -10,13 +10,12 @@ use serde::Serialize;
 
 use super::decode::{TaskBody, decode_page_query};
 use super::{State, blocking, find, read_body};
-use crate::classifier::PreparedTask;
 use crate::det::DetKind;
 use crate::server::AppState;
 use crate::server::auth::Access;
 use crate::server::error::ApiError;
-use crate::server::load::admit;
-use crate::server::store::{Precondition, StoreError, StoredTask};
+use crate::server::load::{admit, label_set};
+use crate::server::store::{Precondition, StoreError, StoredTask, labels_key};
 use crate::task::{Label, validate_name};
 
 /// `PUT /v1/tasks/{name}` answer.
@@ -95,7 +94,7 @@ pub(super) async fn put_task(
     Ok(response
         .insert_header(etag_header(&stored.etag))
         .json(TaskWritten {
-            name: &stored.task().name,
+            name: &stored.name,
             generation: stored.generation,
             etag: &stored.etag,
         }))
@@ -115,7 +114,7 @@ async fn upload(
     let task = TaskBody::decode(&bytes, name)?;
     let task = admit(
         task,
-        &core.encoder,
+        core.encoder.manifest(),
         &core.subspace,
         &state.options.task_limits,
     )?;
@@ -131,15 +130,17 @@ async fn upload(
         }
         .into());
     }
-    let prepared = match current.filter(|c| c.task().labels == task.labels) {
-        Some(current) => PreparedTask {
-            task,
-            label_embeddings: current.prepared.label_embeddings.clone(),
-        },
+    // Tasks with the same labels share their embeddings: only new labels cost an encoder run.
+    let labels = match core.store.label_sets().get(&labels_key(&task.labels)) {
+        Some(labels) => labels,
         None => {
-            let encoder = core.encoder.clone();
+            let (store, encoder, labels) = (
+                core.store.clone(),
+                core.encoder.clone(),
+                task.labels.clone(),
+            );
             blocking(move || {
-                PreparedTask::prepare(task, &encoder).map_err(|e| ApiError::Internal(e.to_string()))
+                label_set(&store, &encoder, &labels).map_err(|e| ApiError::Internal(e.to_string()))
             })
             .await?
         }
@@ -149,7 +150,7 @@ async fn upload(
         core.subspace.id(),
         core.model_key.clone(),
     );
-    blocking(move || Ok(store.put(prepared, &subspace_id, &key, &expect)?)).await
+    blocking(move || Ok(store.put(task, labels, &subspace_id, &key, &expect)?)).await
 }
 
 pub(super) async fn get_task(
@@ -158,16 +159,16 @@ pub(super) async fn get_task(
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     state.auth.require(&request, Access::Read)?;
-    let stored = find(state.core()?, &name)?;
-    let task = stored.task();
+    let core = state.core()?;
+    let stored = find(core, &name)?;
     Ok(HttpResponse::Ok()
         .insert_header(etag_header(&stored.etag))
         .json(TaskView {
-            name: &task.name,
-            det: task.det,
-            z: &task.z,
-            labels: &task.labels,
-            subspace: task.subspace.as_deref(),
+            name: &stored.name,
+            det: stored.det,
+            z: &stored.z,
+            labels: &stored.labels.labels,
+            subspace: Some(&core.subspace.id()),
             generation: stored.generation,
             etag: &stored.etag,
             updated_at_ms: stored.updated_at_ms,
@@ -184,10 +185,10 @@ pub(super) async fn list_tasks(
     let tasks = page
         .iter()
         .map(|stored| TaskSummary {
-            name: &stored.task().name,
-            det: stored.task().det,
+            name: &stored.name,
+            det: stored.det,
             labels: stored
-                .task()
+                .labels
                 .labels
                 .iter()
                 .map(|l| l.name.as_str())

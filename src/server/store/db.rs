@@ -1,19 +1,25 @@
 //! The SQLite side of the store: one connection, a `tasks` table (the task as JSON, its
-//! generation, etag, subspace id and cached label embeddings) and a `seeded` table. Every write is
-//! one transaction that checks its precondition against the committed row.
+//! generation, etag and subspace id), a `label_embeddings` table (label-description embeddings
+//! by model and label set, shared by every task with those labels) and a `seeded` table. Every
+//! write is one transaction that checks its precondition against the committed row.
+//!
+//! Schema version 1 kept each task's label embeddings in its own row (`tasks.embeddings`); version
+//! 2 reads them from there when `label_embeddings` lacks them, and writes them only to
+//! `label_embeddings`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ndarray::Array2;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use sha2::{Digest, Sha256};
 
 use super::{Precondition, StoreError};
 use crate::task::Task;
 
 /// The schema this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// A row of the database, before validation.
 #[derive(Debug, Clone)]
@@ -24,9 +30,12 @@ pub struct Record {
     pub etag: String,
     pub subspace_id: String,
     pub updated_at_ms: i64,
-    /// (model key, values) of the cached label embeddings, when present.
+    /// (model key, values) of label embeddings a version-1 database kept in the row.
     pub embeddings: Option<(String, Vec<f32>)>,
 }
+
+/// Label embeddings to cache with a write: (model key, label-set key, [labels, H]).
+pub type LabelCache<'a> = (&'a str, &'a str, &'a Array2<f32>);
 
 /// The SQLite side: one connection; writes run in a transaction that checks the precondition.
 pub struct Database {
@@ -64,6 +73,12 @@ impl Database {
                 embeddings_model TEXT,
                 embeddings BLOB
             );
+            CREATE TABLE IF NOT EXISTS label_embeddings (
+                model TEXT NOT NULL,
+                labels_key TEXT NOT NULL,
+                embeddings BLOB NOT NULL,
+                PRIMARY KEY (model, labels_key)
+            );
             CREATE TABLE IF NOT EXISTS seeded (
                 name TEXT PRIMARY KEY,
                 at_ms INTEGER NOT NULL
@@ -73,82 +88,89 @@ impl Database {
         Ok(Self { connection })
     }
 
-    /// Every stored task, by name.
-    pub fn all(&self) -> Result<Vec<Record>, StoreError> {
-        let mut statement = self.connection.prepare(
-            "SELECT name, task_json, generation, etag, subspace_id, updated_at_ms,
+    /// Calls `f` on every stored task, in name order, one row at a time (a million tasks never
+    /// sit in memory as rows).
+    pub fn each<E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(Record) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let sqlite = |e: rusqlite::Error| E::from(StoreError::from(e));
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT name, task_json, generation, etag, subspace_id, updated_at_ms,
                     embeddings_model, embeddings FROM tasks ORDER BY name",
-        )?;
-        let rows = statement.query_map([], |row| {
-            let model: Option<String> = row.get(6)?;
-            let blob: Option<Vec<u8>> = row.get(7)?;
-            Ok(Record {
-                name: row.get(0)?,
-                task_json: row.get(1)?,
-                generation: row.get(2)?,
-                etag: row.get(3)?,
-                subspace_id: row.get(4)?,
-                updated_at_ms: row.get(5)?,
-                embeddings: model.zip(blob).map(|(m, b)| (m, from_le_bytes(&b))),
-            })
+            )
+            .map_err(sqlite)?;
+        let mut rows = statement.query([]).map_err(sqlite)?;
+        while let Some(row) = rows.next().map_err(sqlite)? {
+            let record = (|| {
+                let model: Option<String> = row.get(6)?;
+                let blob: Option<Vec<u8>> = row.get(7)?;
+                Ok(Record {
+                    name: row.get(0)?,
+                    task_json: row.get(1)?,
+                    generation: row.get(2)?,
+                    etag: row.get(3)?,
+                    subspace_id: row.get(4)?,
+                    updated_at_ms: row.get(5)?,
+                    embeddings: model.zip(blob).map(|(m, b)| (m, from_le_bytes(&b))),
+                })
+            })()
+            .map_err(sqlite)?;
+            f(record)?;
+        }
+        Ok(())
+    }
+
+    /// Every cached label-embedding set made by `model`, by label-set key.
+    pub fn label_embeddings(&self, model: &str) -> Result<HashMap<String, Vec<f32>>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT labels_key, embeddings FROM label_embeddings WHERE model = ?1")?;
+        let rows = statement.query_map([model], |row| {
+            let blob: Vec<u8> = row.get(1)?;
+            Ok((row.get(0)?, from_le_bytes(&blob)))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Commits `task` as the next generation if `expect` holds; returns the committed row.
+    /// Caches label embeddings computed outside a write (at start-up).
+    pub fn save_label_embeddings(&self, cache: LabelCache<'_>) -> Result<(), StoreError> {
+        insert_label_embeddings(&self.connection, cache)?;
+        Ok(())
+    }
+
+    /// Commits `task` as the next generation if `expect` holds, with its label embeddings;
+    /// returns the committed row and whether the task is new.
     pub fn write(
         &mut self,
         task: &Task,
         subspace_id: &str,
-        embeddings: (&str, &Array2<f32>),
+        labels: LabelCache<'_>,
         expect: &Precondition,
     ) -> Result<(Record, bool), StoreError> {
-        let task_json = serde_json::to_string(task).map_err(|e| StoreError::Corrupt {
-            name: task.name.clone(),
-            message: e.to_string(),
-        })?;
         let transaction = self.connection.transaction()?;
-        let current: Option<(u64, String)> = transaction
-            .query_row(
-                "SELECT generation, etag FROM tasks WHERE name = ?1",
-                [&task.name],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        expect.check(&task.name, current.as_ref().map(|(_, etag)| etag.as_str()))?;
-        let created = current.is_none();
-        let generation = current.map_or(1, |(generation, _)| generation + 1);
-        let updated_at_ms = now_ms();
-        let etag = etag(&task_json, generation, updated_at_ms);
-        let values: Vec<f32> = embeddings.1.iter().copied().collect();
-        transaction.execute(
-            "INSERT INTO tasks (name, generation, etag, subspace_id, task_json, updated_at_ms,
-                                embeddings_model, embeddings)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT(name) DO UPDATE SET generation = ?2, etag = ?3, subspace_id = ?4,
-                task_json = ?5, updated_at_ms = ?6, embeddings_model = ?7, embeddings = ?8",
-            params![
-                task.name,
-                generation,
-                etag,
-                subspace_id,
-                task_json,
-                updated_at_ms,
-                embeddings.0,
-                to_le_bytes(&values)
-            ],
-        )?;
+        let (record, created) = upsert(&transaction, task, subspace_id, expect)?;
+        insert_label_embeddings(&transaction, labels)?;
         transaction.commit()?;
-        let record = Record {
-            name: task.name.clone(),
-            task_json,
-            generation,
-            etag,
-            subspace_id: subspace_id.to_string(),
-            updated_at_ms,
-            embeddings: Some((embeddings.0.to_string(), values)),
-        };
         Ok((record, created))
+    }
+
+    /// Commits many tasks in one transaction (each replaces any task of its name), for bulk
+    /// imports; label embeddings are made when a server next loads them. Returns how many were new.
+    pub fn write_many<'t>(
+        &mut self,
+        tasks: impl IntoIterator<Item = &'t Task>,
+        subspace_id: &str,
+    ) -> Result<usize, StoreError> {
+        let transaction = self.connection.transaction()?;
+        let mut created = 0;
+        for task in tasks {
+            created += usize::from(upsert(&transaction, task, subspace_id, &Precondition::None)?.1);
+        }
+        transaction.commit()?;
+        Ok(created)
     }
 
     /// Deletes a task if `expect` holds.
@@ -165,22 +187,6 @@ impl Database {
         expect.check(name, current.as_deref())?;
         transaction.execute("DELETE FROM tasks WHERE name = ?1", [name])?;
         transaction.commit()?;
-        Ok(())
-    }
-
-    /// Caches label embeddings computed at load time for a stored row.
-    pub fn save_embeddings(
-        &self,
-        name: &str,
-        etag: &str,
-        model: &str,
-        values: &Array2<f32>,
-    ) -> Result<(), StoreError> {
-        let values: Vec<f32> = values.iter().copied().collect();
-        self.connection.execute(
-            "UPDATE tasks SET embeddings_model = ?3, embeddings = ?4 WHERE name = ?1 AND etag = ?2",
-            params![name, etag, model, to_le_bytes(&values)],
-        )?;
         Ok(())
     }
 
@@ -201,6 +207,67 @@ impl Database {
             .optional()?
             .is_some())
     }
+}
+
+/// Writes `task` as its next generation inside `transaction` if `expect` holds.
+fn upsert(
+    transaction: &Transaction<'_>,
+    task: &Task,
+    subspace_id: &str,
+    expect: &Precondition,
+) -> Result<(Record, bool), StoreError> {
+    let task_json = serde_json::to_string(task).map_err(|e| StoreError::Corrupt {
+        name: task.name.clone(),
+        message: e.to_string(),
+    })?;
+    let current: Option<(u64, String)> = transaction
+        .query_row(
+            "SELECT generation, etag FROM tasks WHERE name = ?1",
+            [&task.name],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    expect.check(&task.name, current.as_ref().map(|(_, etag)| etag.as_str()))?;
+    let created = current.is_none();
+    let generation = current.map_or(1, |(generation, _)| generation + 1);
+    let updated_at_ms = now_ms();
+    let etag = etag(&task_json, generation, updated_at_ms);
+    transaction.execute(
+        "INSERT INTO tasks (name, generation, etag, subspace_id, task_json, updated_at_ms,
+                            embeddings_model, embeddings)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL)
+         ON CONFLICT(name) DO UPDATE SET generation = ?2, etag = ?3, subspace_id = ?4,
+            task_json = ?5, updated_at_ms = ?6, embeddings_model = NULL, embeddings = NULL",
+        params![
+            task.name,
+            generation,
+            etag,
+            subspace_id,
+            task_json,
+            updated_at_ms
+        ],
+    )?;
+    let record = Record {
+        name: task.name.clone(),
+        task_json,
+        generation,
+        etag,
+        subspace_id: subspace_id.to_string(),
+        updated_at_ms,
+        embeddings: None,
+    };
+    Ok((record, created))
+}
+
+fn insert_label_embeddings(
+    connection: &Connection,
+    (model, key, values): LabelCache<'_>,
+) -> rusqlite::Result<usize> {
+    let values: Vec<f32> = values.iter().copied().collect();
+    connection.execute(
+        "INSERT OR IGNORE INTO label_embeddings (model, labels_key, embeddings) VALUES (?1, ?2, ?3)",
+        params![model, key, to_le_bytes(&values)],
+    )
 }
 
 fn etag(task_json: &str, generation: u64, updated_at_ms: i64) -> String {
@@ -232,7 +299,6 @@ fn from_le_bytes(bytes: &[u8]) -> Vec<f32> {
 pub(super) mod tests {
     use super::*;
     use crate::det::DetKind;
-    use crate::server::store::cached_embeddings;
     use crate::task::Label;
 
     pub(in crate::server::store) fn task(name: &str, z0: f32) -> Task {
@@ -260,27 +326,39 @@ pub(super) mod tests {
         let mut db = Database::open(&dir.path().join("t.sqlite3")).unwrap();
         let e = embeddings();
         let (first, created) = db
-            .write(&task("a", 1.0), "s@1", ("m", &e), &Precondition::None)
+            .write(&task("a", 1.0), "s@1", ("m", "k", &e), &Precondition::None)
             .unwrap();
         assert!(created);
         assert_eq!(first.generation, 1);
         let stale = Precondition::Etag("0000".into());
         assert!(matches!(
-            db.write(&task("a", 2.0), "s@1", ("m", &e), &stale),
+            db.write(&task("a", 2.0), "s@1", ("m", "k", &e), &stale),
             Err(StoreError::EtagMismatch { .. })
         ));
         let fresh = Precondition::Etag(first.etag.clone());
-        let (second, created) = db.write(&task("a", 2.0), "s@1", ("m", &e), &fresh).unwrap();
+        let (second, created) = db
+            .write(&task("a", 2.0), "s@1", ("m", "k", &e), &fresh)
+            .unwrap();
         assert!(!created);
         assert_eq!(second.generation, 2);
         assert_ne!(second.etag, first.etag);
         assert!(
-            db.write(&task("a", 3.0), "s@1", ("m", &e), &Precondition::Absent)
-                .is_err()
+            db.write(
+                &task("a", 3.0),
+                "s@1",
+                ("m", "k", &e),
+                &Precondition::Absent
+            )
+            .is_err()
         );
         assert!(
-            db.write(&task("b", 3.0), "s@1", ("m", &e), &Precondition::Exists)
-                .is_err()
+            db.write(
+                &task("b", 3.0),
+                "s@1",
+                ("m", "k", &e),
+                &Precondition::Exists
+            )
+            .is_err()
         );
         assert!(matches!(
             db.delete("a", &Precondition::Etag(first.etag)),
@@ -300,24 +378,88 @@ pub(super) mod tests {
         let e = embeddings();
         {
             let mut db = Database::open(&path).unwrap();
-            db.write(&task("b", 1.0), "s@1", ("m", &e), &Precondition::None)
+            db.write(&task("b", 1.0), "s@1", ("m", "k", &e), &Precondition::None)
                 .unwrap();
-            db.write(&task("a", 1.0), "s@1", ("m", &e), &Precondition::None)
+            db.write(&task("a", 1.0), "s@1", ("m", "k", &e), &Precondition::None)
                 .unwrap();
             assert!(db.mark_seeded("a").unwrap());
             assert!(!db.mark_seeded("a").unwrap());
         }
         let db = Database::open(&path).unwrap();
-        let records = db.all().unwrap();
+        let mut records = Vec::new();
+        db.each(|record| {
+            records.push(record);
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
         assert_eq!(
             records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
         let parsed: Task = serde_json::from_str(&records[1].task_json).unwrap();
         assert_eq!(parsed, task("b", 1.0));
-        assert_eq!(cached_embeddings(&records[0], "m", 2, 3), Some(e));
-        assert_eq!(cached_embeddings(&records[0], "other-model", 2, 3), None);
+        let cached = db.label_embeddings("m").unwrap();
+        assert_eq!(
+            cached.len(),
+            1,
+            "one row for the label set both tasks share"
+        );
+        assert_eq!(cached["k"], e.iter().copied().collect::<Vec<_>>());
+        assert!(db.label_embeddings("other-model").unwrap().is_empty());
         assert!(db.was_seeded("a").unwrap());
         assert!(!db.was_seeded("b").unwrap());
+    }
+
+    #[test]
+    fn write_many_commits_generations_in_one_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Database::open(&dir.path().join("t.sqlite3")).unwrap();
+        let tasks: Vec<Task> = (0..100)
+            .map(|i| task(&format!("t{i:03}"), i as f32))
+            .collect();
+        assert_eq!(db.write_many(&tasks, "s@1").unwrap(), 100);
+        assert_eq!(db.write_many(&tasks[..10], "s@1").unwrap(), 0);
+        let mut generations = Vec::new();
+        db.each(|r| {
+            generations.push(r.generation);
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        assert_eq!(generations.len(), 100);
+        assert_eq!(generations.iter().filter(|&&g| g == 2).count(), 10);
+    }
+
+    #[test]
+    fn a_version_1_database_opens_and_keeps_its_row_embeddings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite3");
+        {
+            let connection = Connection::open(&path).unwrap();
+            connection
+                .execute_batch(
+                    "CREATE TABLE tasks (name TEXT PRIMARY KEY, generation INTEGER NOT NULL,
+                        etag TEXT NOT NULL, subspace_id TEXT NOT NULL, task_json TEXT NOT NULL,
+                        updated_at_ms INTEGER NOT NULL, embeddings_model TEXT, embeddings BLOB);
+                     CREATE TABLE seeded (name TEXT PRIMARY KEY, at_ms INTEGER NOT NULL);
+                     PRAGMA user_version = 1;",
+                )
+                .unwrap();
+            let json = serde_json::to_string(&task("a", 1.0)).unwrap();
+            connection
+                .execute(
+                    "INSERT INTO tasks VALUES ('a', 1, 'e1', 's@1', ?1, 0, 'm', ?2)",
+                    params![json, to_le_bytes(&[1.0, 2.0])],
+                )
+                .unwrap();
+        }
+        let db = Database::open(&path).unwrap();
+        let mut records = Vec::new();
+        db.each(|r| {
+            records.push(r);
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        assert_eq!(records[0].embeddings, Some(("m".into(), vec![1.0, 2.0])));
+        assert!(db.label_embeddings("m").unwrap().is_empty());
     }
 }

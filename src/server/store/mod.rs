@@ -1,19 +1,24 @@
 //! The task store: every task in memory for serving, each write committed to SQLite (WAL,
 //! `synchronous = FULL`) before it is acknowledged or served. Each write makes a new generation
-//! with a fresh etag; `If-Match` compares against the committed row. Label embeddings are kept
-//! with the task, keyed by the model that made them, so a restart does not recompute them.
+//! with a fresh etag; `If-Match` compares against the committed row.
+//!
+//! A served task is small: its name, DET, z, generation, etag and time, plus a shared
+//! [`LabelSet`]. Label embeddings (1.5 KB per label at H = 384) depend only on the labels, so
+//! tasks with the same labels share one set in memory ([`LabelSets`]) and one row in the
+//! database, keyed by the model that made them: a restart does not recompute them.
 
 mod db;
 
 pub use db::{Database, Record};
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
-use ndarray::Array2;
+use sha2::{Digest, Sha256};
 
-use crate::classifier::PreparedTask;
-use crate::task::Task;
+use crate::classifier::LabelSet;
+use crate::det::DetKind;
+use crate::task::{Label, Task};
 
 /// What can go wrong storing tasks.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +71,16 @@ impl Precondition {
     }
 }
 
-/// A task as served: validated, its labels embedded, at one generation.
+/// A task as served: validated, at one generation, its labels embedded.
 #[derive(Debug)]
 pub struct StoredTask {
-    pub prepared: PreparedTask,
-    /// The task's z, shared with the batcher's jobs without copying.
+    pub name: Arc<str>,
+    /// The DET z was found with; predictions use it unless they name another.
+    pub det: DetKind,
+    /// The task's code, shared with the batcher's jobs without copying.
     pub z: Arc<[f32]>,
+    /// Labels and their embeddings, shared by every task with the same labels.
+    pub labels: Arc<LabelSet>,
     /// 1 for a new task, +1 per replacement.
     pub generation: u64,
     /// Names this exact generation; `If-Match` takes it.
@@ -81,9 +90,86 @@ pub struct StoredTask {
 }
 
 impl StoredTask {
-    /// The task itself.
-    pub fn task(&self) -> &Task {
-        &self.prepared.task
+    fn new(task: Task, labels: Arc<LabelSet>, record: &Record) -> Self {
+        Self {
+            name: Arc::from(task.name),
+            det: task.det,
+            z: task.z.into(),
+            labels,
+            generation: record.generation,
+            etag: record.etag.clone(),
+            updated_at_ms: record.updated_at_ms,
+        }
+    }
+
+    /// The task as uploaded, for `subspace_id` (every served task belongs to the loaded one).
+    pub fn to_task(&self, subspace_id: &str) -> Task {
+        Task {
+            name: self.name.to_string(),
+            det: self.det,
+            z: self.z.to_vec(),
+            labels: self.labels.labels.clone(),
+            subspace: Some(subspace_id.to_string()),
+        }
+    }
+}
+
+/// Names a list of labels (names and descriptions, in order): the key under which their
+/// embeddings are shared in memory and cached in the database.
+pub fn labels_key(labels: &[Label]) -> String {
+    let mut hasher = Sha256::new();
+    for label in labels {
+        for text in [&label.name, &label.description] {
+            hasher.update((text.len() as u64).to_le_bytes());
+            hasher.update(text.as_bytes());
+        }
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// The label sets in use, one per distinct list of labels, held weakly: a set lives as long as
+/// some served task (or request) holds it.
+#[derive(Debug, Default)]
+pub struct LabelSets {
+    sets: Mutex<HashMap<String, Weak<LabelSet>>>,
+}
+
+impl LabelSets {
+    /// The set in use under `key` ([`labels_key`]), if any task holds one.
+    pub fn get(&self, key: &str) -> Option<Arc<LabelSet>> {
+        self.lock().get(key).and_then(Weak::upgrade)
+    }
+
+    /// The set in use under `key`, or `set` itself, now registered.
+    pub fn intern(&self, key: &str, set: Arc<LabelSet>) -> Arc<LabelSet> {
+        let mut sets = self.lock();
+        if let Some(existing) = sets.get(key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        // Forget sets no task holds any more whenever the table reaches a power of two:
+        // amortized O(1) per insert, and at most about twice the sets in use.
+        if sets.len() >= 64 && sets.len().is_power_of_two() {
+            sets.retain(|_, weak| weak.strong_count() > 0);
+        }
+        sets.insert(key.to_string(), Arc::downgrade(&set));
+        set
+    }
+
+    /// How many distinct label sets are in use.
+    pub fn len(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+
+    /// True when no label set is in use.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Weak<LabelSet>>> {
+        self.sets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -93,7 +179,8 @@ impl StoredTask {
 /// then the map's, so a reader never sees a task that is not committed.
 pub struct TaskStore {
     db: Mutex<Database>,
-    tasks: RwLock<BTreeMap<String, Arc<StoredTask>>>,
+    tasks: RwLock<BTreeMap<Arc<str>, Arc<StoredTask>>>,
+    labels: LabelSets,
     /// New tasks beyond this many are refused (tasks loaded at start are served regardless).
     max_tasks: usize,
 }
@@ -104,6 +191,7 @@ impl TaskStore {
         Self {
             db: Mutex::new(db),
             tasks: RwLock::new(BTreeMap::new()),
+            labels: LabelSets::default(),
             max_tasks: usize::MAX,
         }
     }
@@ -118,6 +206,11 @@ impl TaskStore {
     /// Runs `f` on the database (blocking: call from a blocking thread).
     pub fn with_db<T>(&self, f: impl FnOnce(&mut Database) -> T) -> T {
         f(&mut self.db.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The label sets of the served tasks.
+    pub fn label_sets(&self) -> &LabelSets {
+        &self.labels
     }
 
     /// The task being served under `name`.
@@ -143,25 +236,25 @@ impl TaskStore {
     ) -> (Vec<Arc<StoredTask>>, Option<String>) {
         use std::ops::Bound::{Excluded, Unbounded};
         let tasks = self.read();
-        let start = after.map_or(Unbounded, |a| Excluded(a.to_string()));
+        let start = after.map_or(Unbounded, Excluded);
         let mut page: Vec<Arc<StoredTask>> = tasks
-            .range((start, Unbounded))
+            .range::<str, _>((start, Unbounded))
             .take(limit + 1)
             .map(|(_, task)| task.clone())
             .collect();
         let next = (page.len() > limit).then(|| {
             page.truncate(limit);
-            page.last()
-                .map(|t| t.task().name.clone())
-                .unwrap_or_default()
+            page.last().map(|t| t.name.to_string()).unwrap_or_default()
         });
         (page, next)
     }
 
-    /// Commits a prepared task, then serves it; returns it and whether it is new.
+    /// Commits a task with its label set (embedded by `model_key`), then serves it; returns it
+    /// and whether it is new.
     pub fn put(
         &self,
-        prepared: PreparedTask,
+        task: Task,
+        labels: Arc<LabelSet>,
         subspace_id: &str,
         model_key: &str,
         expect: &Precondition,
@@ -171,26 +264,18 @@ impl TaskStore {
         // overshoot the bound.
         {
             let tasks = self.read();
-            if tasks.len() >= self.max_tasks && !tasks.contains_key(&prepared.task.name) {
+            if tasks.len() >= self.max_tasks && !tasks.contains_key(task.name.as_str()) {
                 return Err(StoreError::Full {
                     max: self.max_tasks,
                 });
             }
         }
-        let (record, created) = db.write(
-            &prepared.task,
-            subspace_id,
-            (model_key, &prepared.label_embeddings),
-            expect,
-        )?;
-        let stored = Arc::new(StoredTask {
-            z: prepared.task.z.clone().into(),
-            prepared,
-            generation: record.generation,
-            etag: record.etag,
-            updated_at_ms: record.updated_at_ms,
-        });
-        self.write().insert(record.name, stored.clone());
+        let key = labels_key(&labels.labels);
+        let labels = self.labels.intern(&key, labels);
+        let cache = (model_key, key.as_str(), &labels.embeddings);
+        let (record, created) = db.write(&task, subspace_id, cache, expect)?;
+        let stored = Arc::new(StoredTask::new(task, labels, &record));
+        self.write().insert(stored.name.clone(), stored.clone());
         Ok((stored, created))
     }
 
@@ -203,38 +288,19 @@ impl TaskStore {
     }
 
     /// Serves a task read from the database at start-up.
-    pub fn insert_loaded(&self, record: &Record, prepared: PreparedTask) {
-        let stored = Arc::new(StoredTask {
-            z: prepared.task.z.clone().into(),
-            prepared,
-            generation: record.generation,
-            etag: record.etag.clone(),
-            updated_at_ms: record.updated_at_ms,
-        });
-        self.write().insert(record.name.clone(), stored);
+    pub fn insert_loaded(&self, record: &Record, task: Task, labels: Arc<LabelSet>) {
+        let labels = self.labels.intern(&labels_key(&task.labels), labels);
+        let stored = Arc::new(StoredTask::new(task, labels, record));
+        self.write().insert(stored.name.clone(), stored);
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<StoredTask>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Arc<str>, Arc<StoredTask>>> {
         self.tasks.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<StoredTask>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Arc<str>, Arc<StoredTask>>> {
         self.tasks.write().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// Restores cached label embeddings [labels, hidden] if they were made by `model_key`.
-pub fn cached_embeddings(
-    record: &Record,
-    model_key: &str,
-    labels: usize,
-    hidden: usize,
-) -> Option<Array2<f32>> {
-    let (model, values) = record.embeddings.as_ref()?;
-    if model != model_key {
-        return None;
-    }
-    Array2::from_shape_vec((labels, hidden), values.clone()).ok()
 }
 
 #[cfg(test)]
@@ -242,24 +308,34 @@ mod tests {
     use super::db::tests::{embeddings, task};
     use super::*;
 
+    fn label_set(task: &Task) -> Arc<LabelSet> {
+        Arc::new(LabelSet {
+            labels: task.labels.clone(),
+            embeddings: embeddings(),
+        })
+    }
+
+    fn put(store: &TaskStore, task: Task) -> Result<(Arc<StoredTask>, bool), StoreError> {
+        let labels = label_set(&task);
+        store.put(task, labels, "s@1", "m", &Precondition::None)
+    }
+
+    fn store(dir: &tempfile::TempDir) -> TaskStore {
+        TaskStore::new(Database::open(&dir.path().join("t.sqlite3")).unwrap())
+    }
+
     #[test]
     fn pages_follow_name_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TaskStore::new(Database::open(&dir.path().join("t.sqlite3")).unwrap());
+        let store = store(&dir);
         for name in ["c", "a", "b"] {
-            let prepared = PreparedTask {
-                task: task(name, 1.0),
-                label_embeddings: embeddings(),
-            };
-            store
-                .put(prepared, "s@1", "m", &Precondition::None)
-                .unwrap();
+            put(&store, task(name, 1.0)).unwrap();
         }
         let (page, next) = store.page(None, 2);
         assert_eq!(page.len(), 2);
         assert_eq!(next.as_deref(), Some("b"));
         let (page, next) = store.page(next.as_deref(), 2);
-        assert_eq!(page[0].task().name, "c");
+        assert_eq!(&*page[0].name, "c");
         assert_eq!(next, None);
         store.delete("a", &Precondition::None).unwrap();
         assert_eq!(store.len(), 2);
@@ -268,23 +344,63 @@ mod tests {
     #[test]
     fn max_tasks_bounds_creation_but_not_replacement() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TaskStore::new(Database::open(&dir.path().join("t.sqlite3")).unwrap())
-            .with_max_tasks(2);
-        let put = |name: &str| {
-            let prepared = PreparedTask {
-                task: task(name, 1.0),
-                label_embeddings: embeddings(),
-            };
-            store.put(prepared, "s@1", "m", &Precondition::None)
-        };
-        put("a").unwrap();
-        put("b").unwrap();
-        assert!(matches!(put("c"), Err(StoreError::Full { max: 2 })));
-        let (replaced, created) = put("a").unwrap();
+        let store = store(&dir).with_max_tasks(2);
+        put(&store, task("a", 1.0)).unwrap();
+        put(&store, task("b", 1.0)).unwrap();
+        assert!(matches!(
+            put(&store, task("c", 1.0)),
+            Err(StoreError::Full { max: 2 })
+        ));
+        let (replaced, created) = put(&store, task("a", 1.0)).unwrap();
         assert!(!created);
         assert_eq!(replaced.generation, 2);
         store.delete("b", &Precondition::None).unwrap();
-        put("c").unwrap();
+        put(&store, task("c", 1.0)).unwrap();
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn tasks_with_the_same_labels_share_one_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let (a, _) = put(&store, task("a", 1.0)).unwrap();
+        let (b, _) = put(&store, task("b", 2.0)).unwrap();
+        assert!(Arc::ptr_eq(&a.labels, &b.labels));
+        let mut other = task("c", 1.0);
+        other.labels[0].description = "something else.".into();
+        let (c, _) = put(&store, other).unwrap();
+        assert!(!Arc::ptr_eq(&a.labels, &c.labels));
+        assert_eq!(store.label_sets().len(), 2);
+        // A set lives while a task holds it.
+        drop(c);
+        store.delete("c", &Precondition::None).unwrap();
+        assert_eq!(store.label_sets().len(), 1);
+        let embeddings = store.with_db(|db| db.label_embeddings("m")).unwrap();
+        assert_eq!(embeddings.len(), 2, "the database keeps both sets");
+    }
+
+    #[test]
+    fn a_stored_task_reads_back_as_uploaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let (stored, created) = put(&store, task("a", 1.5)).unwrap();
+        assert!(created);
+        assert_eq!(stored.to_task("s@1"), task("a", 1.5));
+    }
+
+    #[test]
+    fn labels_key_separates_names_from_descriptions() {
+        let label = |name: &str, description: &str| Label {
+            name: name.into(),
+            description: description.into(),
+        };
+        assert_ne!(
+            labels_key(&[label("ab", "c")]),
+            labels_key(&[label("a", "bc")])
+        );
+        assert_eq!(
+            labels_key(&[label("a", "b")]),
+            labels_key(&[label("a", "b")])
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deltaspace::server::Database;
+use deltaspace::server::{Database, labels_key};
 use deltaspace::task::Task;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -138,18 +138,32 @@ fn check_database(setup: &Setup) -> usize {
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap();
     assert_eq!(integrity, "ok");
+    // Every task's label set has its embeddings, committed in the same transaction as the task.
+    let label_sets: std::collections::HashMap<String, usize> = connection
+        .prepare("SELECT labels_key, length(embeddings) FROM label_embeddings")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     drop(connection);
-    let records = Database::open(&setup.database()).unwrap().all().unwrap();
+    let mut records = Vec::new();
+    Database::open(&setup.database())
+        .unwrap()
+        .each(|record| {
+            records.push(record);
+            Ok::<_, deltaspace::server::StoreError>(())
+        })
+        .unwrap();
     for record in &records {
         let task: Task = serde_json::from_str(&record.task_json)
             .unwrap_or_else(|e| panic!("{}: half-written row: {e}", record.name));
         assert_eq!(task.name, record.name);
         assert!(record.generation >= 1);
-        let (_, values) = record
-            .embeddings
-            .as_ref()
-            .expect("embeddings stored with the row");
-        assert_eq!(values.len(), task.labels.len() * 32, "{}", record.name);
+        let bytes = label_sets
+            .get(&labels_key(&task.labels))
+            .unwrap_or_else(|| panic!("{}: no label embeddings committed", record.name));
+        assert_eq!(*bytes, task.labels.len() * 32 * 4, "{}", record.name);
     }
     records.len()
 }

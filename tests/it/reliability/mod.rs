@@ -9,4 +9,4 @@ mod bad_input;
 mod crash;
 mod fuzz_corpus;
 mod load;
-mod process;
+pub(crate) mod process;

@@ -1,0 +1,105 @@
+//! `deltaspace import`: bulk-loads tasks (TASK.json files, JSON-lines files, or directories of
+//! them) into a server's task database, checked as uploads are; the server serves them from its
+//! next start. For many tasks at once, where one HTTP upload per task would take hours.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::model::ModelFiles;
+use crate::server::{ImportError, import_tasks};
+use crate::subspace::Subspace;
+use crate::task::Task;
+
+/// Arguments of `deltaspace import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// TASK.json files, JSON-lines files (`.jsonl`, one task per line), or directories of them.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Directory of the task database [default: [server] data_dir].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Model directory [default: [model] dir].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Subspace file the tasks belong to [default: [model] subspace].
+    #[arg(long)]
+    pub subspace: Option<PathBuf>,
+}
+
+pub fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
+    let model_dir = args.model.as_deref().unwrap_or(&config.model.dir);
+    let files = ModelFiles::open(model_dir)
+        .with_context(|| format!("loading model {}", model_dir.display()))?;
+    let subspace_path = args.subspace.as_deref().unwrap_or(&config.model.subspace);
+    let subspace = Subspace::load(subspace_path, &files.manifest)
+        .with_context(|| format!("loading subspace {}", subspace_path.display()))?;
+    let sources = task_files(&args.paths)?;
+    let data_dir = args.data_dir.as_deref().unwrap_or(&config.server.data_dir);
+    let started = std::time::Instant::now();
+    let summary = import_tasks(
+        data_dir,
+        &files.manifest,
+        &subspace,
+        &config.task_limits(),
+        || sources.iter().flat_map(|path| read_tasks(path)),
+    )
+    .context("nothing was imported")?;
+    tracing::info!(
+        written = summary.written,
+        created = summary.created,
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        data_dir = %data_dir.display(),
+        "tasks imported; a running server serves them after its next start"
+    );
+    Ok(())
+}
+
+/// The files named, with directories replaced by their `*.json` and `*.jsonl` files in name order.
+fn task_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "json" || e == "jsonl"))
+                .collect();
+            entries.sort();
+            files.extend(entries);
+        } else if path.is_file() {
+            files.push(path.clone());
+        } else {
+            anyhow::bail!("{} is neither a file nor a directory", path.display());
+        }
+    }
+    Ok(files)
+}
+
+/// The tasks of one file: a whole-file TASK.json, or one task per non-empty line of a `.jsonl`.
+fn read_tasks(path: &Path) -> Box<dyn Iterator<Item = Result<Task, ImportError>>> {
+    let unreadable = |at: String, message: String| ImportError::Unreadable { at, message };
+    let shown = path.display().to_string();
+    if path.extension().is_some_and(|e| e != "jsonl") {
+        let task = Task::load(path).map_err(|e| unreadable(shown, format!("{e:#}")));
+        return Box::new(std::iter::once(task));
+    }
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) => return Box::new(std::iter::once(Err(unreadable(shown, error.to_string())))),
+    };
+    let lines = std::io::BufReader::new(file).lines().enumerate();
+    Box::new(lines.filter_map(move |(index, line)| {
+        let at = format!("{shown}:{}", index + 1);
+        match line {
+            Err(error) => Some(Err(unreadable(at, error.to_string()))),
+            Ok(line) if line.trim().is_empty() => None,
+            Ok(line) => {
+                Some(serde_json::from_str(&line).map_err(|e| unreadable(at, e.to_string())))
+            }
+        }
+    }))
+}

@@ -1,0 +1,148 @@
+//! `deltaspace import` on the tiny model: tasks from JSON lines and TASK.json files go into a
+//! server's database in bulk, a bad task stops the import before anything is written, and the
+//! server then serves them, embedding each distinct label set once.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+use crate::helpers::tiny_dir;
+use crate::reliability::process::{Server, Setup, binary};
+
+fn import(setup: &Setup, files: &[&Path]) -> Output {
+    Command::new(binary())
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("import")
+        .args(files)
+        .arg("--model")
+        .arg(tiny_dir())
+        .arg("--subspace")
+        .arg(&setup.subspace)
+        .arg("--data-dir")
+        .arg(setup.data_dir())
+        .env_clear()
+        .envs(std::env::vars().filter(|(k, _)| !k.starts_with("DELTASPACE_")))
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap()
+}
+
+/// Task `i` of a bulk set: its own z, DETs in turn, one of two label sets.
+fn task(i: usize) -> Value {
+    let labels = if i % 2 == 0 {
+        json!([{"name": "no", "description": "No."}, {"name": "yes", "description": "Yes."}])
+    } else {
+        json!([{"name": "neg", "description": "Bad."}, {"name": "pos", "description": "Good."}])
+    };
+    let det = ["lora", "adapter", "prefix"][i % 3];
+    let z = [i as f32 / 10.0, -0.5, 0.25, 1.0];
+    json!({"name": format!("bulk-{i:03}"), "det": det, "z": z, "labels": labels})
+}
+
+fn write_lines(path: &Path, tasks: impl Iterator<Item = Value>) {
+    let text: Vec<String> = tasks.map(|t| t.to_string()).collect();
+    std::fs::write(path, text.join("\n") + "\n").unwrap();
+}
+
+fn count_tasks(setup: &Setup) -> i64 {
+    rusqlite::Connection::open(setup.database())
+        .unwrap()
+        .query_row("SELECT count(*) FROM tasks", [], |row| row.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn imported_tasks_are_served_and_share_label_sets() {
+    let setup = Setup::new();
+    let lines = setup.dir.path().join("tasks.jsonl");
+    write_lines(&lines, (0..40).map(task));
+    let single = setup.dir.path().join("one.json");
+    std::fs::write(&single, task(40).to_string()).unwrap();
+
+    let output = import(&setup, &[&lines, &single]);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(
+        log.contains("written=41") && log.contains("created=41"),
+        "{log}"
+    );
+
+    let server = Server::start(&setup, "info").await;
+    let http = reqwest::Client::new();
+    let info: Value = http
+        .get(server.url("/v1/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["tasks"], 41);
+    assert_eq!(info["label_sets"], 2, "41 tasks, 2 distinct label sets");
+    assert!(server.log_text().contains("embedded=2"));
+    let answer: Value = http
+        .post(server.url("/v1/tasks/bulk-007/predict"))
+        .json(&json!({"inputs": ["fine"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["det"], "adapter");
+    let label = answer["predictions"][0]["label"].as_str().unwrap();
+    assert!(["neg", "pos"].contains(&label), "{answer}");
+    let stored: Value = http
+        .get(server.url("/v1/tasks/bulk-040"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["z"], task(40)["z"]);
+    assert_eq!(stored["labels"], task(40)["labels"]);
+    drop(server);
+
+    // The label sets were cached at the first start: the second embeds none.
+    let server = Server::start(&setup, "info").await;
+    assert!(
+        server.log_text().contains("embedded=0"),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn a_bad_task_stops_the_import_before_anything_is_written() {
+    let setup = Setup::new();
+    let good = setup.dir.path().join("good.jsonl");
+    write_lines(&good, (0..5).map(task));
+    assert!(import(&setup, &[&good]).status.success());
+    assert_eq!(count_tasks(&setup), 5);
+
+    let mut wrong_d = task(7);
+    wrong_d["z"] = json!([1.0, 2.0]);
+    let cases = [
+        (wrong_d.to_string(), "bulk-007"),
+        ("{\"name\": \"half".to_string(), "bad.jsonl:3"),
+    ];
+    for (bad_line, named) in cases {
+        let bad = setup.dir.path().join("bad.jsonl");
+        let lines = [task(5).to_string(), task(6).to_string(), bad_line];
+        std::fs::write(&bad, lines.join("\n")).unwrap();
+        let output = import(&setup, &[&bad]);
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{message}");
+        assert!(message.contains(named), "{message}");
+        assert_eq!(
+            count_tasks(&setup),
+            5,
+            "nothing of a failed import is written"
+        );
+    }
+    let output = import(&setup, &[&setup.dir.path().join("missing.jsonl")]);
+    assert_eq!(output.status.code(), Some(2));
+}
