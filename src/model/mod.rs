@@ -8,6 +8,7 @@
 mod classify;
 mod encoder;
 mod manifest;
+mod resident;
 mod tokenize;
 
 pub use classify::{LabelScore, LabelScores, cosine_logits, softmax_rows};
@@ -15,6 +16,7 @@ pub use encoder::{Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBa
 pub use manifest::{
     DetLayout, FORMAT_VERSION, Graphs, Manifest, ModelConfig, ModelFiles, TensorSlot,
 };
+pub use resident::{Placement, ResidentEncoder, ResidentOptions};
 pub use tokenize::{TextInput, TextTokenizer, Tokens};
 
 use std::path::PathBuf;

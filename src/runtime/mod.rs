@@ -145,14 +145,22 @@ impl Runtime {
         let mut sessions = Vec::with_capacity(count.max(1));
         let mut provider = Provider::Cpu;
         for _ in 0..count.max(1) {
-            let (session, used) = self.open_session(graph)?;
+            let (session, used) = self.open_session(graph, false)?;
             provider = used;
             sessions.push(session);
         }
         Ok(SessionPool::new(sessions, provider))
     }
 
-    fn open_session(&self, graph: &Path) -> Result<(Session, Provider), RuntimeError> {
+    /// Opens one session of `graph` on the chosen provider and reports which one. With
+    /// `cuda_graphs` the CUDA provider captures CUDA graphs (`enable_cuda_graph`): runs must then go through an
+    /// IoBinding with fixed input and output addresses per shape, and name the shape's graph in the
+    /// run option `gpu_graph_id` (model::ResidentEncoder does both). No effect on the CPU provider.
+    pub fn open_session(
+        &self,
+        graph: &Path,
+        cuda_graphs: bool,
+    ) -> Result<(Session, Provider), RuntimeError> {
         let graph_error = |source| RuntimeError::Graph {
             path: graph.to_path_buf(),
             source,
@@ -164,32 +172,35 @@ impl Runtime {
                     .map_err(graph_error)?;
                 Ok((session, Provider::Cpu))
             }
-            ProviderChoice::Cuda | ProviderChoice::Auto => match self.cuda_session(graph) {
-                Ok(session) => Ok((session, Provider::Cuda)),
-                Err(CudaFailure::Graph(e)) => Err(graph_error(e)),
-                Err(CudaFailure::Unavailable(reason))
-                    if self.options.provider == ProviderChoice::Cuda =>
-                {
-                    Err(RuntimeError::CudaUnavailable(reason))
+            ProviderChoice::Cuda | ProviderChoice::Auto => {
+                match self.cuda_session(graph, cuda_graphs) {
+                    Ok(session) => Ok((session, Provider::Cuda)),
+                    Err(CudaFailure::Graph(e)) => Err(graph_error(e)),
+                    Err(CudaFailure::Unavailable(reason))
+                        if self.options.provider == ProviderChoice::Cuda =>
+                    {
+                        Err(RuntimeError::CudaUnavailable(reason))
+                    }
+                    Err(CudaFailure::Unavailable(reason)) => {
+                        tracing::info!(%reason, "CUDA execution provider unavailable; using CPU");
+                        let session = cpu_builder(self.environment, &self.options)
+                            .and_then(|mut b| b.commit_from_file(graph))
+                            .map_err(graph_error)?;
+                        Ok((session, Provider::Cpu))
+                    }
                 }
-                Err(CudaFailure::Unavailable(reason)) => {
-                    tracing::info!(%reason, "CUDA execution provider unavailable; using CPU");
-                    let session = cpu_builder(self.environment, &self.options)
-                        .and_then(|mut b| b.commit_from_file(graph))
-                        .map_err(graph_error)?;
-                    Ok((session, Provider::Cpu))
-                }
-            },
+            }
         }
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_session(&self, graph: &Path) -> Result<Session, CudaFailure> {
+    fn cuda_session(&self, graph: &Path, cuda_graphs: bool) -> Result<Session, CudaFailure> {
         use ort::ep;
         // Registration errors are silent by default; `error_on_failure` makes the fallback a
         // decision we log, not an accident (ort src/ep/mod.rs).
         let cuda = ep::CUDA::default()
             .with_device_id(0)
+            .with_cuda_graph(cuda_graphs)
             .build()
             .error_on_failure();
         let builder = base_builder(self.environment, &self.options).map_err(CudaFailure::Graph)?;
@@ -200,7 +211,7 @@ impl Runtime {
     }
 
     #[cfg(not(feature = "cuda"))]
-    fn cuda_session(&self, _graph: &Path) -> Result<Session, CudaFailure> {
+    fn cuda_session(&self, _graph: &Path, _cuda_graphs: bool) -> Result<Session, CudaFailure> {
         Err(CudaFailure::Unavailable(
             "this binary was built without the `cuda` feature".into(),
         ))
