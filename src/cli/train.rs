@@ -20,7 +20,7 @@ use crate::train::optim::OptimizerKind;
 use crate::train::solution::Solution;
 use crate::train::stage0::train_dets;
 use crate::train::stage1::{SubspaceOptions, collect_solutions, find_subspace};
-use crate::train::tune::{CmaOptions, Tuned, tune_cmaes, tune_gradient};
+use crate::train::tune::{CmaOptions, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient};
 
 /// Options shared by every training command.
 #[derive(Debug, Clone, clap::Args)]
@@ -168,6 +168,22 @@ pub struct TuneArgs {
     /// CMA-ES initial step size σ.
     #[arg(long, default_value_t = 1.0)]
     pub sigma: f64,
+    /// Append accuracy over time to this JSON lines file: {task, det, optimizer, step, seconds,
+    /// evaluations, examples, split, n, accuracy, macro_f1} per task at step 0 and every
+    /// --trace-every steps, scoring the current z (CMA-ES: the mean). Seconds count optimizer
+    /// steps only, not evaluations; gradient runs share them among their --data tasks (give one
+    /// --data to time one task), CMA-ES times each task.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Trace every this many steps [default: --eval-every].
+    #[arg(long, requires = "trace")]
+    pub trace_every: Option<usize>,
+    /// The split the trace scores.
+    #[arg(long, default_value = "test", requires = "trace")]
+    pub trace_split: Split,
+    /// Examples per task the trace scores [default: --final-limit].
+    #[arg(long, requires = "trace")]
+    pub trace_limit: Option<usize>,
     /// Output: TASK.json (one task) or a directory of <task>.json.
     #[arg(long)]
     pub out: PathBuf,
@@ -384,6 +400,18 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
     let encoder = args.training.encoder(config)?;
     let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
     let tasks = load_tasks(&encoder, &args.data, args.training.max_examples)?;
+    let mut trace = match &args.trace {
+        Some(path) => Some(Trace::open(
+            TraceOptions {
+                path: path.clone(),
+                every: args.trace_every.unwrap_or(args.training.eval_every),
+                split: args.trace_split,
+                limit: args.trace_limit.or(args.training.final_limit),
+            },
+            &args.optimizer,
+        )?),
+        None => None,
+    };
     let tuned = match args.optimizer.as_str() {
         "cmaes" => {
             let options = CmaOptions {
@@ -396,7 +424,14 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                 final_limit: args.training.final_limit,
                 seed: args.training.seed,
             };
-            tune_cmaes(&encoder, &subspace, &tasks, args.det, &options)?
+            tune_cmaes(
+                &encoder,
+                &subspace,
+                &tasks,
+                args.det,
+                &options,
+                trace.as_mut(),
+            )?
         }
         other => {
             let kind: OptimizerKind = other.parse().map_err(anyhow::Error::msg)?;
@@ -406,6 +441,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                 &tasks,
                 args.det,
                 &args.training.fit_options(kind),
+                trace.as_mut(),
             )?
         }
     };

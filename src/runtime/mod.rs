@@ -153,9 +153,10 @@ impl Runtime {
     }
 
     /// Opens one session of `graph` on the chosen provider and reports which one. With
-    /// `cuda_graphs` the CUDA provider captures CUDA graphs (`enable_cuda_graph`): runs must then go through an
-    /// IoBinding with fixed input and output addresses per shape, and name the shape's graph in the
-    /// run option `gpu_graph_id` (model::ResidentEncoder does both). No effect on the CPU provider.
+    /// `cuda_graphs` the CUDA provider captures CUDA graphs (`enable_cuda_graph`): runs must then
+    /// go through an IoBinding with fixed input and output addresses per shape, and name the
+    /// shape's graph in the run option `gpu_graph_id` (model::ResidentEncoder does both). No effect
+    /// on the CPU provider.
     pub fn open_session(
         &self,
         graph: &Path,

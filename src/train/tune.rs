@@ -1,17 +1,23 @@
 //! Stage 2: only z is trained, through one DET's frozen U (paper §3). Gradient optimizers use
 //! the exact d loss/d z of the gradient graph; CMA-ES is derivative-free (BBT-style) and scores
-//! a whole population in one encoder run (rows = candidates × minibatch).
+//! a whole population in one encoder run (rows = candidates × minibatch). With a [`Trace`],
+//! both also score their current z every few steps and log accuracy against optimization time.
 
-use std::time::Instant;
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
+use serde::Serialize;
 
-use super::batch::{EncodedRows, Row, TrainTask, row_losses};
+use super::batch::{self, EncodedRows, Row, TrainTask, row_losses};
 use super::data::{Split, epoch_indices};
 use super::eval::Metrics;
 use super::fit::{FitOptions, Space, Unit, evaluate_values, fit};
-use super::optim::CmaEs;
+use super::optim::{CmaEs, Optimizer};
 use super::progress::Progress;
 use crate::det::DetKind;
 use crate::model::Encoder;
@@ -36,37 +42,142 @@ fn initial_z(d: usize, seed: u64) -> Vec<f32> {
     (0..d).map(|_| normal.sample(&mut rng)).collect()
 }
 
-/// Gradient tuning of z for every task through `det`, all tasks in shared runs.
+/// Gradient tuning of z for every task through `det`, all tasks in shared runs. With `trace`,
+/// the same steps run in [`fit_traced`] (no checkpoints) and every task's accuracy is logged.
 pub fn tune_gradient(
     encoder: &Encoder,
     subspace: &Subspace,
     tasks: &[TrainTask],
     det: DetKind,
     options: &FitOptions,
+    trace: Option<&mut Trace>,
 ) -> anyhow::Result<Vec<Tuned>> {
     let units: Vec<Unit> = (0..tasks.len()).map(|task| Unit { task, det }).collect();
     let space = Space::Subspace { subspace };
     let init = (0..tasks.len())
         .map(|t| initial_z(subspace.d(), options.seed + t as u64))
         .collect();
-    let result = fit(
-        encoder,
-        tasks,
-        &units,
-        space,
-        init,
-        options,
-        &format!("tune {det}"),
-    )?;
+    let (best, seconds) = match trace {
+        None => {
+            let label = format!("tune {det}");
+            let result = fit(encoder, tasks, &units, space, init, options, &label)?;
+            (result.best, result.seconds)
+        }
+        Some(trace) => fit_traced(encoder, subspace, tasks, &units, init, options, trace)?,
+    };
     finish(
         encoder,
         subspace,
         tasks,
         &units,
-        result.best,
-        result.seconds,
+        best,
+        seconds,
         options.final_limit,
     )
+}
+
+/// The steps of [`fit`] in a subspace (same rows, gradients, updates and dev selection, so the
+/// same z), scoring every unit's current z into `trace` between steps. Returns the best z on
+/// dev and the wall time of the search as [`fit`] counts it (its dev evaluations included,
+/// the trace's scoring not).
+fn fit_traced(
+    encoder: &Encoder,
+    subspace: &Subspace,
+    tasks: &[TrainTask],
+    units: &[Unit],
+    init: Vec<Vec<f32>>,
+    options: &FitOptions,
+    trace: &mut Trace,
+) -> anyhow::Result<(Vec<Vec<f32>>, f64)> {
+    anyhow::ensure!(
+        options.checkpoint.is_none(),
+        "a traced run does not checkpoint: drop --checkpoint or --trace"
+    );
+    let space = Space::Subspace { subspace };
+    let params = subspace.params();
+    let mut values = init;
+    let mut optimizers: Vec<Box<dyn Optimizer>> = values
+        .iter()
+        .map(|v| options.optimizer.build(v.len(), options.lr))
+        .collect();
+    let mut best = values.clone();
+    let mut best_accuracy = vec![-1.0f32; units.len()];
+    let search_started = Instant::now();
+    let mut optimizing = Duration::ZERO;
+    let batch = options.batch;
+    trace.record(encoder, tasks, units, &space, &values, Position::START)?;
+    let label = units.first().map(|u| format!("tune {}", u.det));
+    let progress = Progress::new(label.as_deref().unwrap_or("tune"), options.steps as u64);
+    for step in 0..options.steps {
+        let started = Instant::now();
+        let mut rows: Vec<Row> = Vec::new();
+        for (index, (unit, z)) in units.iter().zip(&values).enumerate() {
+            let train = &tasks[unit.task].data.train;
+            // fit's per-unit seed, so a traced run draws the rows an untraced one draws.
+            let unit_seed = options.seed ^ ((index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+            for example in epoch_indices(train.len(), unit_seed, step * batch, batch) {
+                rows.push(Row {
+                    task: unit.task,
+                    example: &train[example],
+                    det: unit.det,
+                    z,
+                    weight: 1.0 / batch as f32,
+                });
+            }
+        }
+        let mut gradients: Vec<Vec<f32>> = values.iter().map(|v| vec![0.0; v.len()]).collect();
+        let mut loss = 0.0;
+        let run_rows = options.run_rows.max(1);
+        for (run, chunk) in rows.chunks(run_rows).enumerate() {
+            let output = batch::gradients(encoder, tasks, chunk, params)?;
+            loss += output.loss;
+            for (offset, grad_z) in output.grad_z.rows().into_iter().enumerate() {
+                let unit = (run * run_rows + offset) / batch;
+                for (g, v) in gradients[unit].iter_mut().zip(grad_z) {
+                    *g += v;
+                }
+            }
+        }
+        for ((value, gradient), optimizer) in values.iter_mut().zip(&gradients).zip(&mut optimizers)
+        {
+            optimizer.step(value, gradient);
+        }
+        optimizing += started.elapsed();
+        let done = step + 1;
+        let mean_loss = loss / units.len() as f32;
+        let mut dev_mean = None;
+        if done.is_multiple_of(options.eval_every.max(1)) || done == options.steps {
+            let dev = evaluate_values(
+                encoder,
+                tasks,
+                units,
+                &space,
+                &values,
+                Split::Dev,
+                options.eval_limit,
+            )?;
+            for (index, metrics) in dev.iter().enumerate() {
+                if metrics.accuracy > best_accuracy[index] {
+                    best_accuracy[index] = metrics.accuracy;
+                    best[index] = values[index].clone();
+                }
+            }
+            dev_mean = Some(dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len().max(1) as f32);
+        }
+        if trace.due(done, options.steps) {
+            let at = Position {
+                step: done,
+                optimizing,
+                evaluations: done * batch,
+                examples: done * batch,
+            };
+            trace.record(encoder, tasks, units, &space, &values, at)?;
+        }
+        progress.report(done as u64, mean_loss, dev_mean);
+    }
+    progress.finish();
+    let seconds = search_started.elapsed().saturating_sub(trace.scoring);
+    Ok((best, seconds.as_secs_f64()))
 }
 
 /// How CMA-ES searches.
@@ -94,6 +205,7 @@ pub fn tune_cmaes(
     tasks: &[TrainTask],
     det: DetKind,
     options: &CmaOptions,
+    mut trace: Option<&mut Trace>,
 ) -> anyhow::Result<Vec<Tuned>> {
     let started = Instant::now();
     let d = subspace.d();
@@ -116,7 +228,15 @@ pub fn tune_cmaes(
             &format!("cmaes {} {det}", task.data.name),
             options.generations as u64,
         );
+        let lambda = search.lambda();
+        // Seconds of this task's search, evaluations excluded.
+        let mut optimizing = Duration::ZERO;
+        if let Some(trace) = trace.as_deref_mut() {
+            let mean = [search.mean()];
+            trace.record(encoder, tasks, &unit, &space, &mean, Position::START)?;
+        }
         for generation in 0..options.generations {
+            let generation_started = Instant::now();
             let candidates = search.ask();
             let train = &task.data.train;
             let picks = epoch_indices(
@@ -150,6 +270,7 @@ pub fn tune_cmaes(
                 .map(|c| c.iter().sum::<f32>() / c.len().max(1) as f32)
                 .collect();
             search.tell(&losses);
+            optimizing += generation_started.elapsed();
             let done = generation + 1;
             let mean_loss = losses.iter().sum::<f32>() / losses.len() as f32;
             if done.is_multiple_of(options.eval_every.max(1)) || done == options.generations {
@@ -171,18 +292,35 @@ pub fn tune_cmaes(
             } else {
                 progress.report(done as u64, mean_loss, None);
             }
+            if let Some(trace) = trace
+                .as_deref_mut()
+                .filter(|t| t.due(done, options.generations))
+            {
+                // The mean is CMA-ES's current solution, as z is Adam's.
+                let mean = [search.mean()];
+                let at = Position {
+                    step: done,
+                    optimizing,
+                    evaluations: done * lambda,
+                    examples: done * lambda * picks.len(),
+                };
+                trace.record(encoder, tasks, &unit, &space, &mean, at)?;
+            }
         }
         progress.finish();
         best.push(best_z);
     }
     let units: Vec<Unit> = (0..tasks.len()).map(|task| Unit { task, det }).collect();
+    // The search's wall time, as without a trace: its scoring is left out.
+    let scoring = trace.map_or(Duration::ZERO, |t| t.scoring);
+    let seconds = started.elapsed().saturating_sub(scoring);
     finish(
         encoder,
         subspace,
         tasks,
         &units,
         best,
-        started.elapsed().as_secs_f64(),
+        seconds.as_secs_f64(),
         options.final_limit,
     )
 }
@@ -213,4 +351,135 @@ fn finish(
             seconds,
         })
         .collect())
+}
+
+/// Where and how often `tune --trace` scores the current z.
+#[derive(Debug, Clone)]
+pub struct TraceOptions {
+    /// JSON lines file, appended to.
+    pub path: PathBuf,
+    /// Score every this many steps (generations), and at step 0 and the last step.
+    pub every: usize,
+    pub split: Split,
+    /// Examples per task scored (None: the whole split).
+    pub limit: Option<usize>,
+}
+
+/// Accuracy over optimization time: one JSON line per task at step 0 and every `every` steps.
+/// Seconds count optimizer steps only (encoder runs on training rows and updates), never the
+/// evaluations; gradient optimizers tune all tasks of a run in shared encoder runs, so their
+/// seconds are the run's, while CMA-ES times each task on its own.
+pub struct Trace {
+    options: TraceOptions,
+    optimizer: String,
+    file: File,
+    /// Wall time spent scoring so far, which the search's own seconds leave out.
+    scoring: Duration,
+}
+
+/// How far a search has gone when the trace scores it (per task).
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    step: usize,
+    /// Time in optimizer steps so far.
+    optimizing: Duration,
+    /// Adam, Adafactor: training examples through the gradient graph; CMA-ES: candidates scored.
+    evaluations: usize,
+    /// Training examples through the encoder (CMA-ES: candidates × minibatch).
+    examples: usize,
+}
+
+impl Position {
+    const START: Self = Self {
+        step: 0,
+        optimizing: Duration::ZERO,
+        evaluations: 0,
+        examples: 0,
+    };
+}
+
+/// One line of the trace file.
+#[derive(Serialize)]
+struct TracePoint<'a> {
+    task: &'a str,
+    det: DetKind,
+    optimizer: &'a str,
+    step: usize,
+    seconds: f64,
+    evaluations: usize,
+    examples: usize,
+    split: Split,
+    n: usize,
+    accuracy: f32,
+    macro_f1: f32,
+}
+
+impl Trace {
+    /// Opens (appends to) the trace file of a run with `optimizer`.
+    pub fn open(options: TraceOptions, optimizer: &str) -> anyhow::Result<Self> {
+        if let Some(dir) = options.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&options.path)
+            .with_context(|| format!("opening {}", options.path.display()))?;
+        Ok(Self {
+            options,
+            optimizer: optimizer.to_string(),
+            file,
+            scoring: Duration::ZERO,
+        })
+    }
+
+    fn due(&self, step: usize, last: usize) -> bool {
+        step.is_multiple_of(self.options.every.max(1)) || step == last
+    }
+
+    /// Scores `values` (one z per unit) and appends a line per unit.
+    fn record(
+        &mut self,
+        encoder: &Encoder,
+        tasks: &[TrainTask],
+        units: &[Unit],
+        space: &Space<'_>,
+        values: &[Vec<f32>],
+        at: Position,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let split = self.options.split;
+        let metrics = evaluate_values(
+            encoder,
+            tasks,
+            units,
+            space,
+            values,
+            split,
+            self.options.limit,
+        )?;
+        let mut lines = String::new();
+        for (unit, metrics) in units.iter().zip(metrics) {
+            let point = TracePoint {
+                task: &tasks[unit.task].data.name,
+                det: unit.det,
+                optimizer: &self.optimizer,
+                step: at.step,
+                seconds: at.optimizing.as_secs_f64(),
+                evaluations: at.evaluations,
+                examples: at.examples,
+                split,
+                n: metrics.n,
+                accuracy: metrics.accuracy,
+                macro_f1: metrics.macro_f1,
+            };
+            lines += &serde_json::to_string(&point)?;
+            lines.push('\n');
+        }
+        self.file
+            .write_all(lines.as_bytes())
+            .with_context(|| format!("writing {}", self.options.path.display()))?;
+        self.scoring += started.elapsed();
+        Ok(())
+    }
 }

@@ -31,7 +31,7 @@ fn import(setup: &Setup, files: &[&Path]) -> Output {
 
 /// Task `i` of a bulk set: its own z, DETs in turn, one of two label sets.
 fn task(i: usize) -> Value {
-    let labels = if i % 2 == 0 {
+    let labels = if i.is_multiple_of(2) {
         json!([{"name": "no", "description": "No."}, {"name": "yes", "description": "Yes."}])
     } else {
         json!([{"name": "neg", "description": "Bad."}, {"name": "pos", "description": "Good."}])

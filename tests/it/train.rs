@@ -395,3 +395,108 @@ fn the_report_prints_the_papers_tables_from_results() {
         serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
     assert_eq!(report["transfer"]["sst2"].as_object().unwrap().len(), 6);
 }
+
+#[test]
+fn tune_traces_accuracy_per_task_and_step_without_changing_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let model = tiny_dir().display().to_string();
+    let (sst2, rte) = (
+        data("sst2").display().to_string(),
+        data("rte").display().to_string(),
+    );
+    let subspace = out("random.safetensors");
+    deltaspace(&[
+        "subspace", "random", "--model", &model, "--dim", "3", "--out", &subspace,
+    ]);
+    let tune = |optimizer: &str, data: &[&str], extra: &[&str], tasks: &str| {
+        let args = [
+            &["tune", "--model", &model, "--subspace", &subspace, "--data"][..],
+            data,
+            &[
+                "--det",
+                "adapter",
+                "--optimizer",
+                optimizer,
+                "--steps",
+                "5",
+                "--batch",
+                "4",
+                "--eval-every",
+                "3",
+                "--lr",
+                "0.05",
+                "--out",
+                tasks,
+            ],
+            extra,
+        ]
+        .concat();
+        deltaspace(&args);
+    };
+    let read_lines = |path: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let trace_flags = |trace: &str| {
+        [
+            "--trace",
+            trace,
+            "--trace-every",
+            "2",
+            "--trace-split",
+            "dev",
+            "--trace-limit",
+            "10",
+        ]
+        .map(String::from)
+    };
+
+    // Adam over two tasks in shared runs, then CMA-ES appending to the same file.
+    let trace = out("trace.jsonl");
+    let flags = trace_flags(&trace);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    tune("adam", &[&sst2, &rte], &flags, &out("traced"));
+    tune("cmaes", &[&sst2], &flags, &out("cma"));
+    let lines = read_lines(&trace);
+    // Steps 0, 2, 4 and the last (5): four lines per task and run.
+    assert_eq!(lines.len(), 3 * 4, "{lines:?}");
+    for (optimizer, task) in [("adam", "sst2"), ("adam", "rte"), ("cmaes", "sst2")] {
+        let mine: Vec<&serde_json::Value> = lines
+            .iter()
+            .filter(|l| l["optimizer"] == optimizer && l["task"] == task)
+            .collect();
+        let steps: Vec<u64> = mine.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, [0, 2, 4, 5], "{optimizer} {task}");
+        for line in &mine {
+            let accuracy = line["accuracy"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&accuracy), "{line}");
+            assert_eq!(line["det"], "adapter");
+            assert_eq!(line["split"], "dev");
+            assert_eq!(line["n"], 10);
+            assert!(line["seconds"].as_f64().is_some());
+            if optimizer == "adam" {
+                // Training examples through the gradient graph: steps × batch.
+                let step = line["step"].as_u64().unwrap();
+                assert_eq!(line["evaluations"].as_u64().unwrap(), step * 4);
+            }
+        }
+    }
+    // CMA-ES counts candidates (λ = 4 + ⌊3 ln 3⌋ = 7) and rows (× the batch of 4).
+    let last = lines.last().unwrap();
+    assert_eq!(last["evaluations"], 5 * 7);
+    assert_eq!(last["examples"], 5 * 7 * 4);
+
+    // Tracing only observes: the same steps without it find the same codes.
+    tune("adam", &[&sst2, &rte], &[], &out("plain"));
+    for task in ["sst2", "rte"] {
+        let z = |dir: &str| {
+            let text = std::fs::read_to_string(format!("{}/{task}.json", out(dir))).unwrap();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["z"].clone()
+        };
+        assert_eq!(z("traced"), z("plain"), "{task}");
+    }
+}
