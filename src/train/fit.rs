@@ -9,7 +9,7 @@
 //! gradient. One graph, one run, many tasks, no re-export.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ndarray::{Array1, Array2};
@@ -130,6 +130,18 @@ impl Space<'_> {
     }
 }
 
+/// Where a run of [`fit`] stands, shown to an observer ([`fit_observed`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport<'a> {
+    /// Steps done (0 before the first).
+    pub step: usize,
+    /// Every unit's current parameters.
+    pub values: &'a [Vec<f32>],
+    /// Time in optimizer steps so far (encoder runs on training rows and updates), without the
+    /// dev evaluations and the observer.
+    pub optimizing: Duration,
+}
+
 /// Trains every unit from `init` and returns the best parameters on dev.
 pub fn fit(
     encoder: &Encoder,
@@ -140,7 +152,41 @@ pub fn fit(
     options: &FitOptions,
     label: &str,
 ) -> anyhow::Result<FitResult> {
+    let mut ignore = |_: StepReport<'_>| Ok(());
+    fit_observed(
+        encoder,
+        tasks,
+        units,
+        space,
+        init,
+        options,
+        label,
+        &mut ignore,
+    )
+}
+
+/// [`fit`], calling `observe` before the first step and after every step. Time spent in `observe`
+/// counts in neither [`FitResult::seconds`] nor [`StepReport::optimizing`].
+#[allow(clippy::too_many_arguments)]
+pub fn fit_observed(
+    encoder: &Encoder,
+    tasks: &[TrainTask],
+    units: &[Unit],
+    space: Space<'_>,
+    init: Vec<Vec<f32>>,
+    options: &FitOptions,
+    label: &str,
+    observe: &mut dyn FnMut(StepReport<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<FitResult> {
     let started = Instant::now();
+    let mut observing = Duration::ZERO;
+    let mut optimizing = Duration::ZERO;
+    let mut timed_observe = |report: StepReport<'_>| -> anyhow::Result<()> {
+        let observe_started = Instant::now();
+        observe(report)?;
+        observing += observe_started.elapsed();
+        Ok(())
+    };
     let mut values = init;
     let mut optimizers: Vec<Box<dyn Optimizer>> = values
         .iter()
@@ -176,7 +222,13 @@ pub fn fit(
     }
     let progress = Progress::new(label, options.steps as u64);
     progress.set_position(start_step as u64);
+    timed_observe(StepReport {
+        step: start_step,
+        values: &values,
+        optimizing,
+    })?;
     for step in start_step..options.steps {
+        let step_started = Instant::now();
         let (params, codes) = space.realise(encoder, units, &values)?;
         let mut rows: Vec<Row> = Vec::new();
         for (index, (unit, code)) in units.iter().zip(&codes).enumerate() {
@@ -224,9 +276,15 @@ pub fn fit(
         {
             optimizer.step(value, gradient);
         }
+        optimizing += step_started.elapsed();
         let mean_loss = loss / units.len() as f32;
         losses.push((step + 1, mean_loss));
         let done = step + 1;
+        timed_observe(StepReport {
+            step: done,
+            values: &values,
+            optimizing,
+        })?;
         if done.is_multiple_of(options.eval_every.max(1)) || done == options.steps {
             let dev = evaluate_values(
                 encoder,
@@ -273,7 +331,7 @@ pub fn fit(
         best_dev,
         best_step,
         losses,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: started.elapsed().saturating_sub(observing).as_secs_f64(),
     })
 }
 

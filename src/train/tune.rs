@@ -13,11 +13,11 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 
-use super::batch::{self, EncodedRows, Row, TrainTask, row_losses};
+use super::batch::{EncodedRows, Row, TrainTask, row_losses};
 use super::data::{Split, epoch_indices};
 use super::eval::Metrics;
-use super::fit::{FitOptions, Space, Unit, evaluate_values, fit};
-use super::optim::{CmaEs, Optimizer};
+use super::fit::{FitOptions, Space, StepReport, Unit, evaluate_values, fit_observed};
+use super::optim::CmaEs;
 use super::progress::Progress;
 use crate::det::DetKind;
 use crate::model::Encoder;
@@ -43,141 +43,54 @@ fn initial_z(d: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Gradient tuning of z for every task through `det`, all tasks in shared runs. With `trace`,
-/// the same steps run in [`fit_traced`] (no checkpoints) and every task's accuracy is logged.
+/// every task's current z is scored between steps (that time is left out of `seconds`).
 pub fn tune_gradient(
     encoder: &Encoder,
     subspace: &Subspace,
     tasks: &[TrainTask],
     det: DetKind,
     options: &FitOptions,
-    trace: Option<&mut Trace>,
+    mut trace: Option<&mut Trace>,
 ) -> anyhow::Result<Vec<Tuned>> {
     let units: Vec<Unit> = (0..tasks.len()).map(|task| Unit { task, det }).collect();
     let space = Space::Subspace { subspace };
     let init = (0..tasks.len())
         .map(|t| initial_z(subspace.d(), options.seed + t as u64))
         .collect();
-    let (best, seconds) = match trace {
-        None => {
-            let label = format!("tune {det}");
-            let result = fit(encoder, tasks, &units, space, init, options, &label)?;
-            (result.best, result.seconds)
+    let mut observe = |report: StepReport<'_>| -> anyhow::Result<()> {
+        match trace.as_deref_mut() {
+            Some(trace) if trace.due(report.step, options.steps) => {
+                let at = Position {
+                    step: report.step,
+                    optimizing: report.optimizing,
+                    evaluations: report.step * options.batch,
+                    examples: report.step * options.batch,
+                };
+                trace.record(encoder, tasks, &units, &space, report.values, at)
+            }
+            _ => Ok(()),
         }
-        Some(trace) => fit_traced(encoder, subspace, tasks, &units, init, options, trace)?,
     };
+    let label = format!("tune {det}");
+    let result = fit_observed(
+        encoder,
+        tasks,
+        &units,
+        Space::Subspace { subspace },
+        init,
+        options,
+        &label,
+        &mut observe,
+    )?;
     finish(
         encoder,
         subspace,
         tasks,
         &units,
-        best,
-        seconds,
+        result.best,
+        result.seconds,
         options.final_limit,
     )
-}
-
-/// The steps of [`fit`] in a subspace (same rows, gradients, updates and dev selection, so the
-/// same z), scoring every unit's current z into `trace` between steps. Returns the best z on
-/// dev and the wall time of the search as [`fit`] counts it (its dev evaluations included,
-/// the trace's scoring not).
-fn fit_traced(
-    encoder: &Encoder,
-    subspace: &Subspace,
-    tasks: &[TrainTask],
-    units: &[Unit],
-    init: Vec<Vec<f32>>,
-    options: &FitOptions,
-    trace: &mut Trace,
-) -> anyhow::Result<(Vec<Vec<f32>>, f64)> {
-    anyhow::ensure!(
-        options.checkpoint.is_none(),
-        "a traced run does not checkpoint: drop --checkpoint or --trace"
-    );
-    let space = Space::Subspace { subspace };
-    let params = subspace.params();
-    let mut values = init;
-    let mut optimizers: Vec<Box<dyn Optimizer>> = values
-        .iter()
-        .map(|v| options.optimizer.build(v.len(), options.lr))
-        .collect();
-    let mut best = values.clone();
-    let mut best_accuracy = vec![-1.0f32; units.len()];
-    let search_started = Instant::now();
-    let mut optimizing = Duration::ZERO;
-    let batch = options.batch;
-    trace.record(encoder, tasks, units, &space, &values, Position::START)?;
-    let label = units.first().map(|u| format!("tune {}", u.det));
-    let progress = Progress::new(label.as_deref().unwrap_or("tune"), options.steps as u64);
-    for step in 0..options.steps {
-        let started = Instant::now();
-        let mut rows: Vec<Row> = Vec::new();
-        for (index, (unit, z)) in units.iter().zip(&values).enumerate() {
-            let train = &tasks[unit.task].data.train;
-            // fit's per-unit seed, so a traced run draws the rows an untraced one draws.
-            let unit_seed = options.seed ^ ((index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
-            for example in epoch_indices(train.len(), unit_seed, step * batch, batch) {
-                rows.push(Row {
-                    task: unit.task,
-                    example: &train[example],
-                    det: unit.det,
-                    z,
-                    weight: 1.0 / batch as f32,
-                });
-            }
-        }
-        let mut gradients: Vec<Vec<f32>> = values.iter().map(|v| vec![0.0; v.len()]).collect();
-        let mut loss = 0.0;
-        let run_rows = options.run_rows.max(1);
-        for (run, chunk) in rows.chunks(run_rows).enumerate() {
-            let output = batch::gradients(encoder, tasks, chunk, params)?;
-            loss += output.loss;
-            for (offset, grad_z) in output.grad_z.rows().into_iter().enumerate() {
-                let unit = (run * run_rows + offset) / batch;
-                for (g, v) in gradients[unit].iter_mut().zip(grad_z) {
-                    *g += v;
-                }
-            }
-        }
-        for ((value, gradient), optimizer) in values.iter_mut().zip(&gradients).zip(&mut optimizers)
-        {
-            optimizer.step(value, gradient);
-        }
-        optimizing += started.elapsed();
-        let done = step + 1;
-        let mean_loss = loss / units.len() as f32;
-        let mut dev_mean = None;
-        if done.is_multiple_of(options.eval_every.max(1)) || done == options.steps {
-            let dev = evaluate_values(
-                encoder,
-                tasks,
-                units,
-                &space,
-                &values,
-                Split::Dev,
-                options.eval_limit,
-            )?;
-            for (index, metrics) in dev.iter().enumerate() {
-                if metrics.accuracy > best_accuracy[index] {
-                    best_accuracy[index] = metrics.accuracy;
-                    best[index] = values[index].clone();
-                }
-            }
-            dev_mean = Some(dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len().max(1) as f32);
-        }
-        if trace.due(done, options.steps) {
-            let at = Position {
-                step: done,
-                optimizing,
-                evaluations: done * batch,
-                examples: done * batch,
-            };
-            trace.record(encoder, tasks, units, &space, &values, at)?;
-        }
-        progress.report(done as u64, mean_loss, dev_mean);
-    }
-    progress.finish();
-    let seconds = search_started.elapsed().saturating_sub(trace.scoring);
-    Ok((best, seconds.as_secs_f64()))
 }
 
 /// How CMA-ES searches.

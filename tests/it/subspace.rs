@@ -153,3 +153,56 @@ fn prediction_through_every_det_gives_probabilities_over_the_task_labels() {
         }
     }
 }
+
+#[test]
+fn rows_split_into_runs_by_length_embed_as_one_run_does() {
+    use deltaspace::classifier::{Row, length_groups};
+    use deltaspace::model::Batch;
+
+    let encoder = tiny_encoder();
+    let files = tiny_files();
+    let subspace = Subspace::random(&files.manifest, &Theta0::load(&files).unwrap(), 4, 3).unwrap();
+    let long = "a long sentence that goes on and on ".repeat(6);
+    let inputs = [
+        TextInput::single("short"),
+        TextInput::single(long.clone()),
+        TextInput::single("tiny"),
+        TextInput::pair(long.clone(), Some(long)),
+        TextInput::single("brief"),
+    ];
+    let codes = [[0.5, -1.0, 0.25, 2.0], [1.0, 0.0, -0.5, 0.3]];
+    let rows: Vec<Row> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| Row {
+            input,
+            z: &codes[i % 2],
+            det: DetKind::ALL[i % 3],
+        })
+        .collect();
+    let tokens = encoder.tokenize(&inputs).unwrap();
+    let lengths: Vec<usize> = tokens
+        .attention_mask
+        .rows()
+        .into_iter()
+        .map(|r| r.sum() as usize)
+        .collect();
+    let groups = length_groups(&lengths, classifier::CPU_RUN_COST_TOKENS);
+    assert!(groups.len() > 1, "the lengths {lengths:?} should split");
+
+    let split = classifier::embed_rows(&encoder, &subspace, &rows).unwrap();
+    let z = ndarray::Array2::from_shape_fn((5, 4), |(i, j)| codes[i % 2][j]);
+    let det_select = ndarray::Array2::from_shape_fn((5, 3), |(i, j)| {
+        f32::from(DetKind::ALL[i % 3].column(&files.manifest).unwrap() == j)
+    });
+    let batch = Batch {
+        tokens: &tokens,
+        z: z.view(),
+        det_select: det_select.view(),
+    };
+    let one_run = encoder.embed(batch, subspace.params()).unwrap();
+    let worst = (&split - &one_run)
+        .mapv(f32::abs)
+        .fold(0.0f32, |a, &b| a.max(b));
+    assert!(worst < 1e-5, "split runs differ from one run by {worst}");
+}

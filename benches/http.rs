@@ -1,0 +1,460 @@
+//! HTTP end to end: the release `deltaspace serve` on MiniLM with 1, 100, 10k and 1M registered
+//! tasks (random z), loaded by closed-loop clients on loopback; throughput, p50, p99 and resident
+//! memory per registered task.
+//!
+//! ```text
+//! cargo bench --bench http -- [--counts 1,100,10000,1000000] [--seconds 20] [--clients 16]
+//! ```
+//!
+//! For each count N, in a fresh data directory:
+//! 1. N tasks go in through `deltaspace::server::import_tasks` (what `deltaspace import` runs):
+//!    z ~ N(0, 1) per coordinate (‖z‖ ≈ 4, like the trained example tasks' 2–9), DETs in turn,
+//!    labels drawn from the example tasks' label sets (models/.../tasks), as a fleet of many
+//!    classifiers over a few label schemes would look.
+//! 2. The server starts (`--bin`, default target/release/deltaspace) and embeds each label set
+//!    once; time to ready and idle RSS are read.
+//! 3. `--clients` connections each send one prediction at a time (1 text, a real sentence from
+//!    tests/fixtures/data) to a task drawn uniformly from all N, for `--seconds` after a warm-up.
+//!    The clients run in this process, on the same cores as the server: they take CPU from it.
+//! 4. RSS is read again, under load, and the server is stopped.
+//!
+//! The baseline is N = 1 in the same run: throughput and latency are reported as ratios against
+//! it, and memory per task is (RSS_N − RSS_1) / (N − 1). Prints a markdown table, then one JSON
+//! line per N. Nothing here asserts a timing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use deltaspace::det::DetKind;
+use deltaspace::model::ModelFiles;
+use deltaspace::server::import_tasks;
+use deltaspace::subspace::Subspace;
+use deltaspace::task::{Label, Task, TaskLimits};
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(about = "HTTP throughput, latency and memory per task of `deltaspace serve`")]
+struct Args {
+    /// Registered-task counts to measure; the first is the baseline (use 1).
+    #[arg(long, value_delimiter = ',', default_value = "1,100,10000,1000000")]
+    counts: Vec<usize>,
+    /// Seconds of measured load per count.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Seconds of unmeasured load first.
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Concurrent closed-loop clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// The server binary.
+    #[arg(long, default_value = "target/release/deltaspace")]
+    bin: PathBuf,
+    /// The exported model directory.
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    model: PathBuf,
+    /// The subspace the tasks belong to.
+    #[arg(
+        long,
+        default_value = "models/all-MiniLM-L6-v2/subspaces/default.safetensors"
+    )]
+    subspace: PathBuf,
+    /// Where label sets come from: every TASK.json here.
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2/tasks")]
+    label_sets_from: PathBuf,
+    /// JSON-lines file of texts to send (`text` fields).
+    #[arg(long, default_value = "tests/fixtures/data/sst2/test.jsonl")]
+    texts: PathBuf,
+    /// ONNX Runtime intra-op threads of the server.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Where data directories and server logs go (emptied first).
+    #[arg(long, default_value = "bench-out/http/work")]
+    work: PathBuf,
+    /// Seed of the codes z, the label draws and the request stream.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Passed by `cargo bench` to every bench binary; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// What one count measured.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Level {
+    tasks: usize,
+    import_s: f64,
+    ready_s: f64,
+    label_sets: u64,
+    requests: usize,
+    errors: usize,
+    throughput_rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    rss_idle_bytes: u64,
+    rss_load_bytes: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.counts.first() != Some(&1) {
+        bail!("--counts must start with 1, the baseline");
+    }
+    if !args.bin.is_file() {
+        bail!(
+            "{} is missing: build it with `cargo build --release --bin deltaspace`",
+            args.bin.display()
+        );
+    }
+    let label_sets = label_sets(&args.label_sets_from)?;
+    let texts = Arc::new(texts(&args.texts)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let _ = std::fs::remove_dir_all(&args.work);
+    let mut levels = Vec::new();
+    for &count in &args.counts {
+        let level = measure(&args, count, &label_sets, &texts, &runtime)?;
+        eprintln!("{}", serde_json::to_string(&level)?);
+        levels.push(level);
+    }
+    print_table(&args, &levels);
+    for level in &levels {
+        println!("{}", serde_json::to_string(level)?);
+    }
+    Ok(())
+}
+
+fn measure(
+    args: &Args,
+    count: usize,
+    label_sets: &[Vec<Label>],
+    texts: &Arc<Vec<String>>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Level> {
+    let dir = args.work.join(format!("tasks-{count}"));
+    std::fs::create_dir_all(&dir)?;
+    let data_dir = dir.join("data");
+
+    let started = Instant::now();
+    register(args, count, label_sets, &data_dir)?;
+    let import_s = started.elapsed().as_secs_f64();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let mut server = Server::start(args, &dir, &data_dir, port)?;
+    runtime.block_on(server.wait_ready(&base))?;
+    let ready_s = started.elapsed().as_secs_f64();
+    let rss_idle_bytes = rss_bytes(server.child.id()).unwrap_or(0);
+    let info: serde_json::Value =
+        runtime.block_on(async { reqwest::get(format!("{base}/v1/info")).await?.json().await })?;
+    if info["tasks"] != count {
+        bail!("the server serves {} tasks, not {count}", info["tasks"]);
+    }
+
+    let pid = server.child.id();
+    let (latencies, errors, rss_load_bytes) =
+        runtime.block_on(load(args, &base, count, texts, pid));
+    server.stop();
+    let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    Ok(Level {
+        tasks: count,
+        import_s,
+        ready_s,
+        label_sets: info["label_sets"].as_u64().unwrap_or(0),
+        requests: ms.len(),
+        errors,
+        throughput_rps: ms.len() as f64 / args.seconds as f64,
+        p50_ms: quantile(&ms, 0.50),
+        p99_ms: quantile(&ms, 0.99),
+        rss_idle_bytes,
+        rss_load_bytes,
+    })
+}
+
+/// Writes `count` random-z tasks into `data_dir`'s database, as `deltaspace import` does.
+fn register(
+    args: &Args,
+    count: usize,
+    label_sets: &[Vec<Label>],
+    data_dir: &Path,
+) -> anyhow::Result<()> {
+    let files = ModelFiles::open(&args.model)?;
+    let subspace = Subspace::load(&args.subspace, &files.manifest)?;
+    let d = subspace.d();
+    let dets = [DetKind::Lora, DetKind::Adapter, DetKind::Prefix];
+    let make = || {
+        let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+        (0..count).map(move |i| {
+            let labels = label_sets.choose(&mut rng).cloned().unwrap_or_default();
+            Ok(Task {
+                name: task_name(i),
+                det: dets[i % dets.len()],
+                z: (0..d).map(|_| rng.sample(StandardNormal)).collect(),
+                labels,
+                subspace: None,
+            })
+        })
+    };
+    let summary = import_tasks(
+        data_dir,
+        &files.manifest,
+        &subspace,
+        &TaskLimits::default(),
+        make,
+    )?;
+    if summary.created != count {
+        bail!("{} of {count} tasks were created", summary.created);
+    }
+    Ok(())
+}
+
+fn task_name(i: usize) -> String {
+    format!("task-{i:07}")
+}
+
+/// Closed-loop clients for warm-up plus `seconds`; latencies of the measured part, errors, and
+/// the server's RSS read halfway through.
+async fn load(
+    args: &Args,
+    base: &str,
+    count: usize,
+    texts: &Arc<Vec<String>>,
+    pid: u32,
+) -> (Vec<Duration>, usize, u64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .build()
+        .unwrap_or_default();
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let end = measure_from + Duration::from_secs(args.seconds);
+    let mut clients = Vec::new();
+    for c in 0..args.clients {
+        let (client, base, texts) = (client.clone(), base.to_string(), texts.clone());
+        let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ (c as u64 + 1) << 32);
+        clients.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), 0);
+            while Instant::now() < end {
+                let task = task_name(rng.random_range(0..count));
+                let text = texts.choose(&mut rng).cloned().unwrap_or_default();
+                let sent = Instant::now();
+                let answer = client
+                    .post(format!("{base}/v1/tasks/{task}/predict"))
+                    .json(&json!({"inputs": [text]}))
+                    .send()
+                    .await;
+                let ok = match answer {
+                    Ok(response) => {
+                        let status = response.status();
+                        response.bytes().await.is_ok() && status.is_success()
+                    }
+                    Err(_) => false,
+                };
+                if sent >= measure_from && Instant::now() <= end {
+                    if ok {
+                        latencies.push(sent.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep_until((measure_from + (end - measure_from) / 2).into()).await;
+    let rss = rss_bytes(pid).unwrap_or(0);
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for client in clients {
+        if let Ok((l, e)) = client.await {
+            latencies.extend(l);
+            errors += e;
+        }
+    }
+    (latencies, errors, rss)
+}
+
+/// A running `deltaspace serve`; killed when dropped.
+struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(args: &Args, dir: &Path, data_dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let config = dir.join("deltaspace.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[runtime]\nprovider = \"cpu\"\nintra_threads = {}\n\n\
+                 [server]\nseed_tasks_dir = \"\"\nmax_tasks = 100000000\n",
+                args.threads
+            ),
+        )?;
+        let log = dir.join("server.log");
+        let child = Command::new(&args.bin)
+            .arg("--config")
+            .arg(&config)
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .arg("--model")
+            .arg(&args.model)
+            .arg("--subspace")
+            .arg(&args.subspace)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn,deltaspace=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", args.bin.display()))?;
+        Ok(Self { child, log })
+    }
+
+    async fn wait_ready(&mut self, base: &str) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                bail!(
+                    "the server exited:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            let ready = client.get(format!("{base}/health/ready")).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the server was not ready in 600 s")
+    }
+
+    /// SIGTERM, then wait; SIGKILL if it lingers.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The distinct label lists of the TASK.json files in `dir`.
+fn label_sets(dir: &Path) -> anyhow::Result<Vec<Vec<Label>>> {
+    let mut sets: Vec<Vec<Label>> = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let labels = Task::load(&path)?.labels;
+        if !sets.contains(&labels) {
+            sets.push(labels);
+        }
+    }
+    if sets.is_empty() {
+        bail!("no TASK.json in {}", dir.display());
+    }
+    Ok(sets)
+}
+
+/// The `text` fields of a JSON-lines file.
+fn texts(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let texts: Vec<String> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|v| v["text"].as_str().map(str::to_string))
+        .collect();
+    if texts.is_empty() {
+        bail!("no texts in {}", path.display());
+    }
+    Ok(texts)
+}
+
+fn print_table(args: &Args, levels: &[Level]) {
+    let base = &levels[0];
+    let per_task = |level: &Level, rss: fn(&Level) -> u64| {
+        if level.tasks <= base.tasks {
+            "–".to_string()
+        } else {
+            let grown = rss(level) as f64 - rss(base) as f64;
+            format!("{:.0}", grown / (level.tasks - base.tasks) as f64)
+        }
+    };
+    println!(
+        "{} clients, {} s per count after {} s warm-up, 1 text per request, {} ORT threads\n",
+        args.clients, args.seconds, args.warmup, args.threads
+    );
+    println!(
+        "| tasks | label sets | import s | ready s | req/s | ×1 task | p50 ms | p99 ms | p99 ×1 task | errors | RSS idle MiB | RSS load MiB | bytes/task idle | bytes/task load |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for level in levels {
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.1} | {:.1} | {:.2} | {} | {:.1} | {:.1} | {} | {} |",
+            level.tasks,
+            level.label_sets,
+            level.import_s,
+            level.ready_s,
+            level.throughput_rps,
+            level.throughput_rps / base.throughput_rps,
+            level.p50_ms,
+            level.p99_ms,
+            level.p99_ms / base.p99_ms,
+            level.errors,
+            level.rss_idle_bytes as f64 / 1048576.0,
+            level.rss_load_bytes as f64 / 1048576.0,
+            per_task(level, |l| l.rss_idle_bytes),
+            per_task(level, |l| l.rss_load_bytes),
+        );
+    }
+}
+
+/// VmRSS of a process, in bytes (Linux `/proc`).
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The `p`-quantile (0–1) of sorted values.
+fn quantile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# HTTP end to end (benches/http.rs): the release `deltaspace serve` on MiniLM with 1, 100, 10k and 1M registered
+# random-z tasks under closed-loop load on loopback; throughput, p50, p99 and resident memory per registered task,
+# as ratios against the 1-task run of the same invocation. Writes docs/performance/http.md.
+#   scripts/bench-http.sh [--counts 1,100,10000,1000000] [--seconds 20] [--clients 16]
+# Needs the MiniLM export (scripts/run-main.sh makes it) and ONNX Runtime (scripts/setup-ort.sh). About 10 minutes at
+# the defaults on 2 cores (the 1M-task import and start-up take most of it), plus the first release build.
+# Work directories and logs stay in bench-out/http/ (git-ignored); the 1M-task database is about 400 MB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command="scripts/bench-http.sh $*"
+out=bench-out/http
+mkdir -p "$out" docs/performance
+scripts/setup-ort.sh >/dev/null
+if [ ! -f models/all-MiniLM-L6-v2/serve.onnx ]; then
+  echo "models/all-MiniLM-L6-v2/serve.onnx is missing: run scripts/run-main.sh once (it exports the model)" >&2
+  exit 2
+fi
+# Build first, so no compile runs beside the timings.
+cargo build --quiet --release --locked --bin deltaspace
+cargo bench --quiet --locked --bench http --no-run
+load_before=$(uptime | sed 's/.*load average: //')
+busy=$(ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf "%s (%s%% CPU); ", $2, $1}')
+cargo bench --quiet --locked --bench http -- "$@" | tee "$out/result.txt"
+load_after=$(uptime | sed 's/.*load average: //')
+dirty=$([ -n "$(git status --porcelain)" ] && echo ", with uncommitted changes" || true)
+{
+  echo "# HTTP end to end: throughput, latency and memory with 1 to 1M registered tasks"
+  echo
+  echo "Written by \`${command% }\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$dirty."
+  echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores; ONNX Runtime" \
+    "$(basename "$(readlink -f third_party/onnxruntime/lib/libonnxruntime.so)"), CPU execution provider."
+  echo "Load average (1, 5, 15 min) before: $load_before; after: $load_after. Busiest processes at the start: ${busy%; }."
+  echo
+  echo "What runs (benches/http.rs): for each count N, N tasks with random z (N(0, 1) per coordinate, d = 16), DETs in"
+  echo "turn, labels drawn from the example tasks' label sets, go into a fresh database through the code of"
+  echo "\`deltaspace import\`; the release \`deltaspace serve\` (config/deltaspace.toml's batching defaults, seed tasks off)"
+  echo "starts on it; closed-loop clients in the bench process send \`POST /v1/tasks/{random one of N}/predict\` with one"
+  echo "real sentence each. Clients and server share the machine's cores. The baseline is N = 1 of the same run:"
+  echo "\"×1 task\" columns are ratios against it, and bytes/task is (RSS_N − RSS_1) / (N − 1), idle after start-up"
+  echo "and under load. The goal of issue #5 is ≤ 1 KB (1,024 bytes) per registered task."
+  echo
+  sed '/^{/d' "$out/result.txt"
+  echo
+  echo "Raw JSON lines (one per N):"
+  echo
+  echo '```'
+  grep '^{' "$out/result.txt"
+  echo '```'
+} > docs/performance/http.md
+echo "wrote docs/performance/http.md" >&2

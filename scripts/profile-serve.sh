@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Where the server's CPU time goes under load (docs/PERFORMANCE.md, "Profile"): runs benches/http.rs with 1 and
+# TASKS registered tasks and, while the second level is under load, samples the server process with
+# `perf record -e cpu-clock` (software clock: works where hardware counters are not exposed). Prints the share of
+# samples per library (ONNX Runtime vs deltaspace vs libc vs kernel) and the top symbols outside ONNX Runtime.
+#   scripts/profile-serve.sh [TASKS] [SECONDS]        # defaults: 10000 tasks, 15 s of sampling
+# Output in bench-out/profile/ (perf.data, report.txt). Needs perf (Debian: linux-perf).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tasks="${1:-10000}"
+seconds="${2:-15}"
+out=bench-out/profile
+mkdir -p "$out"
+scripts/setup-ort.sh >/dev/null
+cargo build --quiet --release --locked --bin deltaspace
+cargo bench --quiet --locked --bench http --no-run
+rm -rf "$out/work"
+cargo bench --quiet --locked --bench http -- --counts "1,$tasks" --seconds $((seconds + 10)) --work "$out/work" \
+  > "$out/http.txt" &
+bench=$!
+log="$out/work/tasks-$tasks/server.log"
+until [ -s "$log" ] || ! kill -0 "$bench" 2>/dev/null; do sleep 0.5; done
+pid=$(pgrep -f -n "deltaspace --config $out/work/tasks-$tasks/deltaspace.toml") || { echo "no server found" >&2; exit 1; }
+until grep -q ' ready' "$log"; do sleep 0.5; done
+sleep 8  # past the warm-up
+perf record -e cpu-clock -F 999 -p "$pid" -o "$out/perf.data" -- sleep "$seconds" 2> "$out/perf-record.txt"
+wait "$bench"
+{
+  echo "## samples by library (server process, $seconds s under load, $tasks tasks)"
+  perf report -i "$out/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+  echo
+  echo "## top symbols outside libonnxruntime"
+  perf report -i "$out/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' \
+    | grep -v libonnxruntime | head -40
+} | tee "$out/report.txt"
