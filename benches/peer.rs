@@ -12,8 +12,8 @@
 //!   t < 6, the example's z plus N(0, 1) noise per value after that. The subspace is the
 //!   committed default (`subspaces/default.safetensors`, d = 16).
 //! - What one batch costs, as in the server's batcher: `classifier::embed_rows` (tokenize with
-//!   padding to the longest row and truncation at 256 tokens, build each row's z and DET selector,
-//!   one run of the serving graph), then `classifier::score` of each row against its own task's
+//!   truncation at 256 tokens, build each row's z and DET selector, split the rows into runs of
+//!   like length and run the serving graph on each, padded to its longest row), then `classifier::score` of each row against its own task's
 //!   label embeddings (prepared once by `PreparedTask::prepare`, softmax(20 cos)).
 //! - Cases: `mixed_lap` (each row its own task, DETs cycling LoRA, Adapter, Prefix by task);
 //!   `mixed_lora` (each row its own task, all LoRA); `one_task` (every row of a batch the task of

@@ -4,9 +4,10 @@
 # `perf record -e cpu-clock` (software clock: works where hardware counters are not exposed). Prints the share of
 # samples per library (ONNX Runtime vs deltaspace vs libc vs kernel) and the top symbols outside ONNX Runtime.
 #   scripts/profile-serve.sh [TASKS] [SECONDS]        # defaults: 10000 tasks, 15 s of sampling
-# Output in bench-out/profile/ (perf.data, report.txt). Needs perf (Debian: linux-perf).
+# Writes docs/performance/profile.md; raw output in bench-out/profile/ (perf.data). Needs perf (Debian: linux-perf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command="scripts/profile-serve.sh $*"
 tasks="${1:-10000}"
 seconds="${2:-15}"
 out=bench-out/profile
@@ -25,11 +26,30 @@ until grep -q ' ready' "$log"; do sleep 0.5; done
 sleep 8  # past the warm-up
 perf record -e cpu-clock -F 999 -p "$pid" -o "$out/perf.data" -- sleep "$seconds" 2> "$out/perf-record.txt"
 wait "$bench"
+dirty=$([ -n "$(git status --porcelain)" ] && echo ", with uncommitted changes" || true)
 {
-  echo "## samples by library (server process, $seconds s under load, $tasks tasks)"
-  perf report -i "$out/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
+  echo "# Where the server's CPU time goes under load"
   echo
-  echo "## top symbols outside libonnxruntime"
+  echo "Written by \`${command% }\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$dirty."
+  echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores. \`perf record -e cpu-clock -F 999\` on"
+  echo "the \`deltaspace serve\` process only (MiniLM, CPU, $tasks registered tasks, closed-loop predictions from"
+  echo "benches/http.rs), for $seconds s after the warm-up. Shares are of that process's samples."
+  echo
+  echo "## Samples by library"
+  echo
+  echo '```'
+  perf report -i "$out/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
+  echo '```'
+  echo
+  echo "## Top symbols outside ONNX Runtime"
+  echo
+  echo '```'
   perf report -i "$out/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' \
-    | grep -v libonnxruntime | head -40
-} | tee "$out/report.txt"
+    | grep -v libonnxruntime | head -25
+  echo '```'
+  echo
+  echo "The HTTP figures of that run (they are slower than docs/performance/http.md's: perf runs beside them):"
+  echo
+  grep '^|' "$out/http.txt"
+} > docs/performance/profile.md
+echo "wrote docs/performance/profile.md" >&2

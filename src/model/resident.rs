@@ -27,7 +27,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Condvar, Mutex, PoisonError};
 
 use ndarray::{Array2, ArrayView2, Ix2, s};
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
@@ -38,7 +37,7 @@ use super::ModelError;
 use super::encoder::{Batch, DeltaParams};
 use super::manifest::{Manifest, ModelFiles};
 use super::tokenize::Tokens;
-use crate::runtime::{Provider, Runtime};
+use crate::runtime::{Pool, Provider, Runtime};
 
 /// Most shape buckets (CUDA graphs) one session keeps when buckets are made on demand.
 const MAX_AUTO_BUCKETS: usize = 32;
@@ -122,9 +121,7 @@ pub struct ResidentEncoder {
     /// The subspace dimension; 0 for the plain graph.
     d: usize,
     options: ResidentOptions,
-    free: Mutex<Vec<Slot>>,
-    returned: Condvar,
-    size: usize,
+    slots: Pool<Slot>,
 }
 
 impl ResidentEncoder {
@@ -200,9 +197,7 @@ impl ResidentEncoder {
             placement,
             d: params.map_or(0, DeltaParams::d),
             options: options.clone(),
-            size: slots.len(),
-            free: Mutex::new(slots),
-            returned: Condvar::new(),
+            slots: Pool::new(slots),
         })
     }
 
@@ -223,14 +218,14 @@ impl ResidentEncoder {
 
     /// Sessions of the graph.
     pub fn sessions(&self) -> usize {
-        self.size
+        self.slots.size()
     }
 
     /// Shape buckets made so far, over every idle session (fixed buffers; one CUDA graph each
     /// when [`Self::cuda_graphs`]).
     pub fn bucket_count(&self) -> usize {
-        let free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-        free.iter().map(|slot| slot.buckets.len()).sum()
+        self.slots
+            .idle(|slots| slots.iter().map(|slot| slot.buckets.len()).sum())
     }
 
     /// The subspace dimension d of the resident U (0 for the plain graph).
@@ -295,44 +290,7 @@ impl ResidentEncoder {
     }
 
     fn with_slot<T>(&self, f: impl FnOnce(&mut Slot) -> T) -> T {
-        let slot = {
-            let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-            loop {
-                if let Some(slot) = free.pop() {
-                    break slot;
-                }
-                free = self
-                    .returned
-                    .wait(free)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-        };
-        // Give the slot back even if `f` panics.
-        struct Return<'e> {
-            encoder: &'e ResidentEncoder,
-            slot: Option<Slot>,
-        }
-        impl Drop for Return<'_> {
-            fn drop(&mut self) {
-                if let Some(slot) = self.slot.take() {
-                    self.encoder
-                        .free
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(slot);
-                    self.encoder.returned.notify_one();
-                }
-            }
-        }
-        let mut lent = Return {
-            encoder: self,
-            slot: Some(slot),
-        };
-        let slot = lent
-            .slot
-            .as_mut()
-            .expect("the slot was just lent. This is a bug.");
-        f(slot)
+        self.slots.run(f)
     }
 }
 

@@ -6,7 +6,7 @@
 
 mod pool;
 
-pub use pool::SessionPool;
+pub use pool::{Pool, SessionPool};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
