@@ -2,6 +2,7 @@
 //! embeddings from the cache when the same model made them); import seed tasks once; warm up with
 //! one batch through every DET; start the batcher. Also [`admit`], the one gate for new tasks.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -143,14 +144,20 @@ fn load_tasks(
     let mut cached = store.with_db(|db| db.label_embeddings(&model_key))?;
     // Label sets to cache in the database once the scan is over: (key, set).
     let mut to_cache: Vec<(String, Arc<LabelSet>)> = Vec::new();
+    // Label sets of stored tasks that are not served (another subspace, invalid): their cache
+    // rows stay.
+    let mut kept: HashSet<String> = HashSet::new();
     let (mut other_subspace, mut invalid) = (0, 0);
     store.with_db(|db| {
         db.each(|record| -> Result<(), ServerError> {
+            let parsed = serde_json::from_str::<Task>(&record.task_json);
+            let key: Option<String> = parsed.as_ref().ok().map(|task| labels_key(&task.labels));
             if record.subspace_id != subspace_id {
                 other_subspace += 1;
+                kept.extend(key);
                 return Ok(());
             }
-            let task = serde_json::from_str::<Task>(&record.task_json)
+            let task = parsed
                 .map_err(|e| e.to_string())
                 .and_then(|task| {
                     admit(task, manifest, subspace, limits).map_err(|e| e.to_string())
@@ -160,10 +167,11 @@ fn load_tasks(
                 Err(error) => {
                     tracing::warn!(task = %record.name, %error, "stored task is invalid; not served");
                     invalid += 1;
+                    kept.extend(key);
                     return Ok(());
                 }
             };
-            let key = labels_key(&task.labels);
+            let key = key.unwrap_or_else(|| labels_key(&task.labels));
             let labels = match store.label_sets().get(&key) {
                 Some(set) => set,
                 None => {
@@ -201,12 +209,18 @@ fn load_tasks(
             .iter()
             .try_for_each(|(key, set)| db.save_label_embeddings((&model_key, key, &set.embeddings)))
     })?;
+    // What is left of the cache and not kept belongs to label sets no stored task has any more
+    // (deleted or replaced since the last start): forget them, so the table does not grow with
+    // churn.
+    let unused = cached.keys().filter(|key| !kept.contains(*key));
+    let forgotten = store.with_db(|db| db.forget_label_embeddings(&model_key, unused))?;
     tracing::info!(
         served = store.len(),
         label_sets = store.label_sets().len(),
         other_subspace,
         invalid,
         embedded,
+        forgotten,
         "tasks loaded"
     );
     Ok(())

@@ -146,3 +146,29 @@ fn a_bad_task_stops_the_import_before_anything_is_written() {
     let output = import(&setup, &[&setup.dir.path().join("missing.jsonl")]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn label_sets_no_task_uses_are_forgotten_at_the_next_start() {
+    let setup = Setup::new();
+    let lines = setup.dir.path().join("two.jsonl");
+    write_lines(&lines, (0..2).map(task));
+    assert!(import(&setup, &[&lines]).status.success());
+    let cached = || -> i64 {
+        rusqlite::Connection::open(setup.database())
+            .unwrap()
+            .query_row("SELECT count(*) FROM label_embeddings", [], |row| row.get(0))
+            .unwrap()
+    };
+    let server = Server::start(&setup, "info").await;
+    assert_eq!(cached(), 2);
+    let deleted = reqwest::Client::new()
+        .delete(server.url("/v1/tasks/bulk-001"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    drop(server);
+    let server = Server::start(&setup, "info").await;
+    assert!(server.log_text().contains("forgotten=1"), "{}", server.log_text());
+    assert_eq!(cached(), 1, "only the label set of bulk-000 stays cached");
+}

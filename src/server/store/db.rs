@@ -135,6 +135,24 @@ impl Database {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Drops cached label embeddings of `model` that no stored task uses any more.
+    pub fn forget_label_embeddings<'k>(
+        &mut self,
+        model: &str,
+        keys: impl IntoIterator<Item = &'k String>,
+    ) -> Result<usize, StoreError> {
+        let transaction = self.connection.transaction()?;
+        let mut forgotten = 0;
+        for key in keys {
+            forgotten += transaction.execute(
+                "DELETE FROM label_embeddings WHERE model = ?1 AND labels_key = ?2",
+                params![model, key],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(forgotten)
+    }
+
     /// Caches label embeddings computed outside a write (at start-up).
     pub fn save_label_embeddings(&self, cache: LabelCache<'_>) -> Result<(), StoreError> {
         insert_label_embeddings(&self.connection, cache)?;
