@@ -156,7 +156,9 @@ async fn label_sets_no_task_uses_are_forgotten_at_the_next_start() {
     let cached = || -> i64 {
         rusqlite::Connection::open(setup.database())
             .unwrap()
-            .query_row("SELECT count(*) FROM label_embeddings", [], |row| row.get(0))
+            .query_row("SELECT count(*) FROM label_embeddings", [], |row| {
+                row.get(0)
+            })
             .unwrap()
     };
     let server = Server::start(&setup, "info").await;
@@ -169,6 +171,10 @@ async fn label_sets_no_task_uses_are_forgotten_at_the_next_start() {
     assert_eq!(deleted.status(), 204);
     drop(server);
     let server = Server::start(&setup, "info").await;
-    assert!(server.log_text().contains("forgotten=1"), "{}", server.log_text());
+    assert!(
+        server.log_text().contains("forgotten=1"),
+        "{}",
+        server.log_text()
+    );
     assert_eq!(cached(), 1, "only the label set of bulk-000 stays cached");
 }
