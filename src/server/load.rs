@@ -147,7 +147,8 @@ fn load_tasks(
     // Label sets of stored tasks that are not served (another subspace, invalid): their cache
     // rows stay.
     let mut kept: HashSet<String> = HashSet::new();
-    let (mut other_subspace, mut invalid) = (0, 0);
+    // Label sets the encoder embedded now, and tasks' counts by fate.
+    let (mut embedded, mut other_subspace, mut invalid) = (0, 0, 0);
     store.with_db(|db| {
         db.each(|record| -> Result<(), ServerError> {
             let parsed = serde_json::from_str::<Task>(&record.task_json);
@@ -190,8 +191,11 @@ fn load_tasks(
                             labels: task.labels.clone(),
                             embeddings,
                         },
-                        None => LabelSet::embed(task.labels.clone(), encoder)
-                            .map_err(|e| ServerError::Labels(e.to_string()))?,
+                        None => {
+                            embedded += 1;
+                            LabelSet::embed(task.labels.clone(), encoder)
+                                .map_err(|e| ServerError::Labels(e.to_string()))?
+                        }
                     });
                     if from_table.is_none() {
                         to_cache.push((key, set.clone()));
@@ -203,7 +207,8 @@ fn load_tasks(
             Ok(())
         })
     })?;
-    let embedded = to_cache.len();
+    // Restored from version-1 rows rather than embedded: now cached in the table too.
+    let migrated = to_cache.len() - embedded;
     store.with_db(|db| {
         to_cache
             .iter()
@@ -220,6 +225,7 @@ fn load_tasks(
         other_subspace,
         invalid,
         embedded,
+        migrated,
         forgotten,
         "tasks loaded"
     );
