@@ -161,9 +161,12 @@ pub fn embed_rows(
     Ok(embeddings)
 }
 
+/// Most rows in one run of [`length_groups`]; it also bounds the search to O(rows × this).
+pub const MAX_RUN_ROWS: usize = 512;
+
 /// Splits rows into runs that cost the fewest padded token positions, counting `run_cost` for
-/// each run: rows sorted by length, cut into contiguous groups by dynamic programming (exact, and
-/// O(rows²): a batch has at most a few hundred rows). Each group lists row indices, shortest first.
+/// each run: rows sorted by length, cut into contiguous groups of at most [`MAX_RUN_ROWS`] by
+/// dynamic programming (exact under that bound). Each group lists row indices, shortest first.
 pub fn length_groups(lengths: &[usize], run_cost: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| lengths[i]);
@@ -173,7 +176,7 @@ pub fn length_groups(lengths: &[usize], run_cost: usize) -> Vec<Vec<usize>> {
     let mut start = vec![0usize; n + 1];
     for end in 1..=n {
         let longest = lengths[order[end - 1]];
-        (cost[end], start[end]) = (0..end)
+        (cost[end], start[end]) = (end.saturating_sub(MAX_RUN_ROWS)..end)
             .map(|begin| {
                 let run = (end - begin) * longest;
                 (
@@ -259,6 +262,16 @@ mod tests {
         assert_eq!(length_groups(&lengths, usize::MAX).len(), 1);
         assert_eq!(length_groups(&[7], 32), vec![vec![0]]);
         assert!(length_groups(&[], 32).is_empty());
+    }
+
+    #[test]
+    fn no_run_holds_more_than_max_run_rows() {
+        let lengths = vec![20; 3 * MAX_RUN_ROWS + 5];
+        for run_cost in [32, usize::MAX] {
+            let groups = length_groups(&lengths, run_cost);
+            assert_eq!(groups.len(), 4);
+            assert!(groups.iter().all(|g| g.len() <= MAX_RUN_ROWS));
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
-use tokenizers::{EncodeInput, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{
+    EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams,
+};
 
 use super::ModelError;
 
@@ -105,6 +107,9 @@ impl TextTokenizer {
             .cloned()
             .unwrap_or_else(PaddingParams::default);
         padding.strategy = PaddingStrategy::BatchLongest;
+        // Pads on the right, whatever the file says: a batch can then be cut to a shorter length
+        // (classifier::embed_rows) without losing real tokens.
+        padding.direction = PaddingDirection::Right;
         inner.with_padding(Some(padding));
         inner
             .with_truncation(Some(TruncationParams {

@@ -12,8 +12,8 @@ use crate::model::Manifest;
 use crate::subspace::Subspace;
 use crate::task::{Task, TaskLimits};
 
-/// Tasks per transaction: large enough that commits do not dominate, small enough that a
-/// transaction's journal stays a few megabytes.
+/// Tasks per transaction: large enough that commits do not dominate (a task of a few labels is
+/// about 1 KB of JSON, so about 10 MB of journal), small enough to hold in memory.
 const TASKS_PER_TRANSACTION: usize = 10_000;
 
 /// What an import did.

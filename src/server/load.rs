@@ -13,7 +13,7 @@ use ndarray::Array2;
 
 use super::store::{Database, Precondition, TaskStore, labels_key};
 use super::{Core, Options, ServerError};
-use crate::classifier::{self, LabelSet, Row};
+use crate::classifier::{self, LabelSet, Row, embed_labels};
 use crate::model::{Encoder, EncoderOptions, Manifest, ModelError, TextInput};
 use crate::runtime::Runtime;
 use crate::subspace::Subspace;
@@ -147,8 +147,8 @@ fn load_tasks(
     // Label sets of stored tasks that are not served (another subspace, invalid): their cache
     // rows stay.
     let mut kept: HashSet<String> = HashSet::new();
-    // Label sets the encoder embedded now, and tasks' counts by fate.
-    let (mut embedded, mut other_subspace, mut invalid) = (0, 0, 0);
+    // Label sets the encoder embedded now, or restored from version-1 rows; tasks not served.
+    let (mut embedded, mut migrated, mut other_subspace, mut invalid) = (0, 0, 0, 0);
     store.with_db(|db| {
         db.each(|record| -> Result<(), ServerError> {
             let parsed = serde_json::from_str::<Task>(&record.task_json);
@@ -176,28 +176,36 @@ fn load_tasks(
             let labels = match store.label_sets().get(&key) {
                 Some(set) => set,
                 None => {
-                    let from_row = record
-                        .embeddings
-                        .clone()
-                        .filter(|(model, _)| *model == model_key)
-                        .map(|(_, values)| values);
-                    let from_table = cached.remove(&key);
-                    let restored = from_table.clone().or(from_row).and_then(|values| {
-                        let shape = (task.labels.len(), manifest.hidden());
-                        Array2::from_shape_vec(shape, values).ok()
-                    });
-                    let set = Arc::new(match restored {
-                        Some(embeddings) => LabelSet {
-                            labels: task.labels.clone(),
-                            embeddings,
+                    // The table's copy, else a version-1 row's, else the encoder; a copy of the
+                    // wrong shape (a damaged row) counts as missing and is written anew.
+                    let shape = (task.labels.len(), manifest.hidden());
+                    let restore = |values: Vec<f32>| Array2::from_shape_vec(shape, values).ok();
+                    let from_table = cached.remove(&key).and_then(restore);
+                    let fresh = from_table.is_none();
+                    let embeddings = match from_table {
+                        Some(embeddings) => embeddings,
+                        None => match record
+                            .embeddings
+                            .clone()
+                            .filter(|(model, _)| *model == model_key)
+                            .and_then(|(_, values)| restore(values))
+                        {
+                            Some(embeddings) => {
+                                migrated += 1;
+                                embeddings
+                            }
+                            None => {
+                                embedded += 1;
+                                embed_labels(&task.labels, encoder)
+                                    .map_err(|e| ServerError::Labels(e.to_string()))?
+                            }
                         },
-                        None => {
-                            embedded += 1;
-                            LabelSet::embed(task.labels.clone(), encoder)
-                                .map_err(|e| ServerError::Labels(e.to_string()))?
-                        }
+                    };
+                    let set = Arc::new(LabelSet {
+                        labels: task.labels.clone(),
+                        embeddings,
                     });
-                    if from_table.is_none() {
+                    if fresh {
                         to_cache.push((key, set.clone()));
                     }
                     set
@@ -207,12 +215,14 @@ fn load_tasks(
             Ok(())
         })
     })?;
-    // Restored from version-1 rows rather than embedded: now cached in the table too.
-    let migrated = to_cache.len() - embedded;
+    // One transaction for every set made or restored in the scan; then the version-1 copies in
+    // the served rows are dropped, since the table holds them now.
     store.with_db(|db| {
-        to_cache
+        let sets = to_cache
             .iter()
-            .try_for_each(|(key, set)| db.save_label_embeddings((&model_key, key, &set.embeddings)))
+            .map(|(key, set)| (key.as_str(), &set.embeddings));
+        db.save_label_embeddings(&model_key, sets)?;
+        db.drop_row_embeddings(&model_key, &subspace_id)
     })?;
     // What is left of the cache and not kept belongs to label sets no stored task has any more
     // (deleted or replaced since the last start): forget them, so the table does not grow with

@@ -178,3 +178,39 @@ async fn label_sets_no_task_uses_are_forgotten_at_the_next_start() {
     );
     assert_eq!(cached(), 1, "only the label set of bulk-000 stays cached");
 }
+
+#[tokio::test]
+async fn a_damaged_cached_label_set_is_embedded_again_and_rewritten() {
+    let setup = Setup::new();
+    let lines = setup.dir.path().join("one.jsonl");
+    write_lines(&lines, (0..1).map(task));
+    assert!(import(&setup, &[&lines]).status.success());
+    drop(Server::start(&setup, "info").await);
+    let blob_bytes = || -> i64 {
+        rusqlite::Connection::open(setup.database())
+            .unwrap()
+            .query_row("SELECT length(embeddings) FROM label_embeddings", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    let whole = blob_bytes();
+    rusqlite::Connection::open(setup.database())
+        .unwrap()
+        .execute("UPDATE label_embeddings SET embeddings = x'00000000'", [])
+        .unwrap();
+    let server = Server::start(&setup, "info").await;
+    assert!(
+        server.log_text().contains("embedded=1"),
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(blob_bytes(), whole, "the damaged row was replaced");
+    let answer = reqwest::Client::new()
+        .post(server.url("/v1/tasks/bulk-000/predict"))
+        .json(&json!({"inputs": ["fine"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+}

@@ -12,11 +12,16 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ndarray::Array2;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
 use super::{Precondition, StoreError};
 use crate::task::Task;
+
+/// Writes take the write lock when they begin, so a read-then-write transaction never meets
+/// another writer's commit in between (SQLITE_BUSY at once, busy timeout or not): a server and a
+/// `deltaspace import` can share a database.
+const IMMEDIATE: TransactionBehavior = TransactionBehavior::Immediate;
 
 /// The schema this build writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 2;
@@ -141,7 +146,7 @@ impl Database {
         model: &str,
         keys: impl IntoIterator<Item = &'k String>,
     ) -> Result<usize, StoreError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
         let mut forgotten = 0;
         for key in keys {
             forgotten += transaction.execute(
@@ -153,9 +158,38 @@ impl Database {
         Ok(forgotten)
     }
 
-    /// Caches label embeddings computed outside a write (at start-up).
-    pub fn save_label_embeddings(&self, cache: LabelCache<'_>) -> Result<(), StoreError> {
-        insert_label_embeddings(&self.connection, cache)?;
+    /// Caches label embeddings made outside a write (at start-up), replacing any copy of the same
+    /// key (a damaged one), in one transaction.
+    pub fn save_label_embeddings<'s>(
+        &mut self,
+        model: &str,
+        sets: impl IntoIterator<Item = (&'s str, &'s Array2<f32>)>,
+    ) -> Result<(), StoreError> {
+        let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
+        for (key, values) in sets {
+            let values: Vec<f32> = values.iter().copied().collect();
+            transaction.execute(
+                "INSERT OR REPLACE INTO label_embeddings (model, labels_key, embeddings)
+                 VALUES (?1, ?2, ?3)",
+                params![model, key, to_le_bytes(&values)],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Drops the label embeddings a version-1 database kept in the rows of `subspace_id` made by
+    /// `model`, once `label_embeddings` holds them.
+    pub fn drop_row_embeddings(
+        &mut self,
+        model: &str,
+        subspace_id: &str,
+    ) -> Result<(), StoreError> {
+        self.connection.execute(
+            "UPDATE tasks SET embeddings_model = NULL, embeddings = NULL
+             WHERE embeddings_model = ?1 AND subspace_id = ?2",
+            params![model, subspace_id],
+        )?;
         Ok(())
     }
 
@@ -168,7 +202,7 @@ impl Database {
         labels: LabelCache<'_>,
         expect: &Precondition,
     ) -> Result<(Record, bool), StoreError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
         let (record, created) = upsert(&transaction, task, subspace_id, expect)?;
         insert_label_embeddings(&transaction, labels)?;
         transaction.commit()?;
@@ -182,7 +216,7 @@ impl Database {
         tasks: impl IntoIterator<Item = &'t Task>,
         subspace_id: &str,
     ) -> Result<usize, StoreError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
         let mut created = 0;
         for task in tasks {
             created += usize::from(upsert(&transaction, task, subspace_id, &Precondition::None)?.1);
@@ -193,7 +227,7 @@ impl Database {
 
     /// Deletes a task if `expect` holds.
     pub fn delete(&mut self, name: &str, expect: &Precondition) -> Result<(), StoreError> {
-        let transaction = self.connection.transaction()?;
+        let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
         let current: Option<String> = transaction
             .query_row("SELECT etag FROM tasks WHERE name = ?1", [name], |row| {
                 row.get(0)

@@ -131,33 +131,42 @@ pub fn labels_key(labels: &[Label]) -> String {
 /// some served task (or request) holds it.
 #[derive(Debug, Default)]
 pub struct LabelSets {
-    sets: Mutex<HashMap<String, Weak<LabelSet>>>,
+    inner: Mutex<WeakSets>,
+}
+
+#[derive(Debug, Default)]
+struct WeakSets {
+    sets: HashMap<String, Weak<LabelSet>>,
+    /// Sweep out dead entries when the table reaches this size.
+    sweep_at: usize,
 }
 
 impl LabelSets {
     /// The set in use under `key` ([`labels_key`]), if any task holds one.
     pub fn get(&self, key: &str) -> Option<Arc<LabelSet>> {
-        self.lock().get(key).and_then(Weak::upgrade)
+        self.lock().sets.get(key).and_then(Weak::upgrade)
     }
 
     /// The set in use under `key`, or `set` itself, now registered.
     pub fn intern(&self, key: &str, set: Arc<LabelSet>) -> Arc<LabelSet> {
-        let mut sets = self.lock();
-        if let Some(existing) = sets.get(key).and_then(Weak::upgrade) {
+        let mut inner = self.lock();
+        if let Some(existing) = inner.sets.get(key).and_then(Weak::upgrade) {
             return existing;
         }
-        // Forget sets no task holds any more whenever the table reaches a power of two:
-        // amortized O(1) per insert, and at most about twice the sets in use.
-        if sets.len() >= 64 && sets.len().is_power_of_two() {
-            sets.retain(|_, weak| weak.strong_count() > 0);
+        // Sweep when the table has grown to twice what was alive at the last sweep: amortized
+        // O(1) per insert, and at most about twice the sets in use, however tasks churn.
+        if inner.sets.len() >= inner.sweep_at {
+            inner.sets.retain(|_, weak| weak.strong_count() > 0);
+            inner.sweep_at = (2 * inner.sets.len()).max(64);
         }
-        sets.insert(key.to_string(), Arc::downgrade(&set));
+        inner.sets.insert(key.to_string(), Arc::downgrade(&set));
         set
     }
 
     /// How many distinct label sets are in use.
     pub fn len(&self) -> usize {
         self.lock()
+            .sets
             .values()
             .filter(|w| w.strong_count() > 0)
             .count()
@@ -168,8 +177,8 @@ impl LabelSets {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Weak<LabelSet>>> {
-        self.sets.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, WeakSets> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
