@@ -41,6 +41,22 @@ fn task(i: usize) -> Value {
     json!({"name": format!("bulk-{i:03}"), "det": det, "z": z, "labels": labels})
 }
 
+async fn get_json(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// One prediction of `task` on "fine", answered 200.
+async fn predict(server: &Server, task: &str) -> Value {
+    let response = reqwest::Client::new()
+        .post(server.url(&format!("/v1/tasks/{task}/predict")))
+        .json(&json!({"inputs": ["fine"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
 fn write_lines(path: &Path, tasks: impl Iterator<Item = Value>) {
     let text: Vec<String> = tasks.map(|t| t.to_string()).collect();
     std::fs::write(path, text.join("\n") + "\n").unwrap();
@@ -70,38 +86,15 @@ async fn imported_tasks_are_served_and_share_label_sets() {
     );
 
     let server = Server::start(&setup, "info").await;
-    let http = reqwest::Client::new();
-    let info: Value = http
-        .get(server.url("/v1/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_json(&server.url("/v1/info")).await;
     assert_eq!(info["tasks"], 41);
     assert_eq!(info["label_sets"], 2, "41 tasks, 2 distinct label sets");
     assert!(server.log_text().contains("embedded=2"));
-    let answer: Value = http
-        .post(server.url("/v1/tasks/bulk-007/predict"))
-        .json(&json!({"inputs": ["fine"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = predict(&server, "bulk-007").await;
     assert_eq!(answer["det"], "adapter");
     let label = answer["predictions"][0]["label"].as_str().unwrap();
     assert!(["neg", "pos"].contains(&label), "{answer}");
-    let stored: Value = http
-        .get(server.url("/v1/tasks/bulk-040"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stored = get_json(&server.url("/v1/tasks/bulk-040")).await;
     assert_eq!(stored["z"], task(40)["z"]);
     assert_eq!(stored["labels"], task(40)["labels"]);
     drop(server);
@@ -206,11 +199,6 @@ async fn a_damaged_cached_label_set_is_embedded_again_and_rewritten() {
         server.log_text()
     );
     assert_eq!(blob_bytes(), whole, "the damaged row was replaced");
-    let answer = reqwest::Client::new()
-        .post(server.url("/v1/tasks/bulk-000/predict"))
-        .json(&json!({"inputs": ["fine"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
+    let answer = predict(&server, "bulk-000").await;
+    assert!(answer["predictions"][0]["label"].is_string(), "{answer}");
 }
