@@ -3,9 +3,9 @@
 # random-z tasks under closed-loop load on loopback; throughput, p50, p99 and resident memory per registered task,
 # as ratios against the 1-task run of the same invocation. Writes docs/performance/http.md.
 #   scripts/bench-http.sh [--counts 1,100,10000,1000000] [--seconds 20] [--clients 16]
-# Needs the MiniLM export (scripts/run-main.sh makes it) and ONNX Runtime (scripts/setup-ort.sh). About 10 minutes at
+# Needs the MiniLM export (scripts/run-main.sh makes it) and ONNX Runtime (scripts/setup-ort.sh). About 5 minutes at
 # the defaults on 2 cores (the 1M-task import and start-up take most of it), plus the first release build.
-# Work directories and logs stay in bench-out/http/ (git-ignored); the 1M-task database is about 400 MB.
+# Work directories and logs stay in bench-out/http/ (git-ignored); the 1M-task database is about 700 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command="scripts/bench-http.sh $*"
