@@ -39,12 +39,15 @@
 //! carrying every sample so that `scripts/bench-forward.sh` and `scripts/gpu-check.sh` can pool
 //! several runs.
 
+mod common;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use common::median_min;
 use deltaspace::det::{DetKind, Theta0};
 use deltaspace::model::{
     Batch, DeltaParams, Encoder, EncoderOptions, ModelFiles, ResidentEncoder, ResidentOptions,
@@ -436,19 +439,6 @@ fn resident(
 ) -> anyhow::Result<&(ResidentEncoder, ResidentEncoder)> {
     pair.as_ref()
         .context("this path was not loaded. This is a bug.")
-}
-
-/// Median and min of a non-empty sample.
-fn median_min(samples: &[f64]) -> (f64, f64) {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    let median = if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    };
-    (median, sorted[0])
 }
 
 /// A model directory whose manifest names other graph files: `dir` itself when none are given,

@@ -77,8 +77,8 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Where data directories and server logs go (emptied first).
-    #[arg(long, default_value = "bench-out/http/work")]
-    work: PathBuf,
+    #[arg(long, default_value = "bench-out/http/runs")]
+    runs: PathBuf,
     /// Seed of the codes z, the label draws and the request stream.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -120,7 +120,7 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let _ = std::fs::remove_dir_all(&args.work);
+    let _ = std::fs::remove_dir_all(&args.runs);
     let mut levels = Vec::new();
     for &count in &args.counts {
         let level = measure(&args, count, &label_sets, &texts, &runtime)?;
@@ -141,7 +141,7 @@ fn measure(
     texts: &Arc<Vec<String>>,
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Level> {
-    let dir = args.work.join(format!("tasks-{count}"));
+    let dir = args.runs.join(format!("tasks-{count}"));
     std::fs::create_dir_all(&dir)?;
     let data_dir = dir.join("data");
 

@@ -25,6 +25,8 @@
 //! Prints a markdown table of median (min) ms, then one JSON line per batch size and case,
 //! carrying every sample so that `scripts/bench-peer.sh` can pool several runs.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use common::median_min;
 use deltaspace::classifier::{PreparedTask, Row, embed_rows, score};
 use deltaspace::det::DetKind;
 use deltaspace::model::{Encoder, EncoderOptions, TextInput};
@@ -265,19 +268,6 @@ fn load_batches(path: &Path, tasks: usize) -> anyhow::Result<Vec<(usize, Vec<Bat
         bail!("{} has no batches", path.display());
     }
     Ok(by_size)
-}
-
-/// Median and min of a non-empty sample.
-fn median_min(samples: &[f64]) -> (f64, f64) {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    let median = if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    };
-    (median, sorted[0])
 }
 
 fn main() -> anyhow::Result<()> {

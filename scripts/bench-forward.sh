@@ -9,6 +9,7 @@
 # 5–8 minutes on 2 busy cores (load 6–8) at the defaults, plus the first release build of the bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bench.sh
 command="scripts/bench-forward.sh $*"
 threads=2 rounds=12 shapes=32x64,1x64,8x64,64x16 model=models/all-MiniLM-L6-v2
 while [ $# -gt 0 ]; do
@@ -28,7 +29,7 @@ out=bench-out/forward
 mkdir -p "$out" docs
 rm -f "$out"/*
 
-load() { echo "$1: $(uptime | sed 's/.*load average: //')" >> "$out/load.txt"; }
+load() { echo "$1: $(load_average)" >> "$out/load.txt"; }
 ort_pass() {
   cargo bench --quiet --bench forward -- --model "$model" --threads "$threads" --rounds "$1" --shapes "$shapes" \
     | tee "$out/ort-$2.txt"
@@ -36,7 +37,7 @@ ort_pass() {
 
 cargo bench --quiet --bench forward --no-run  # build first, so no compile runs beside the timings
 # The three busiest processes at the start, by name: what the benchmark shared the machine with.
-ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf "%s (%s%% CPU); ", $2, $1}' > "$out/busy.txt"
+busiest > "$out/busy.txt"
 load "start"
 ort_pass $((rounds - rounds / 2)) 1
 load "after ORT pass 1"
@@ -46,12 +47,11 @@ load "after PyTorch"
 ort_pass $((rounds / 2)) 2
 load "end"
 
-dirty=$([ -n "$(git status --porcelain)" ] && echo ", with uncommitted changes" || true)
 BENCH_COMMAND="$command" \
-BENCH_MACHINE="$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores" \
+BENCH_MACHINE="$(machine)" \
 BENCH_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')" \
-BENCH_COMMIT="$(git rev-parse --short HEAD)$dirty" \
-BENCH_ORT="$(basename "$(readlink -f third_party/onnxruntime/lib/libonnxruntime.so)")" \
+BENCH_COMMIT="$(revision)" \
+BENCH_ORT="$(ort_library)" \
   "$python" - "$out" "$model" docs/EXPORT.md <<'PY'
 """Writes docs/EXPORT.md from the bench output in OUT and the export in MODEL."""
 import json

@@ -7,6 +7,7 @@
 # throughput ratios against plain in the same rounds. About 8 minutes on 2 cores at the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bench.sh
 command="scripts/bench-grid.sh $*"
 threads=2 rounds=8 shapes=1x64,8x64,32x64,128x64,64x128
 while [ $# -gt 0 ]; do
@@ -25,15 +26,13 @@ if [ ! -f models/all-MiniLM-L6-v2/plain.onnx ]; then
   exit 2
 fi
 cargo bench --quiet --locked --bench forward --no-run
-load_before=$(uptime | sed 's/.*load average: //')
-busy=$(ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf "%s (%s%% CPU); ", $2, $1}')
+load_before=$(load_average)
+busy=$(busiest)
 cargo bench --quiet --locked --bench forward -- --threads "$threads" --rounds "$rounds" --shapes "$shapes" \
   --cases plain,serve_one,serve_32_lora,serve_mixed | tee "$out/result.txt"
-load_after=$(uptime | sed 's/.*load average: //')
-dirty=$([ -n "$(git status --porcelain)" ] && echo ", with uncommitted changes" || true)
-BENCH_HEADER="Written by \`${command% }\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$dirty.
-Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores; ONNX Runtime $(basename "$(readlink -f \
-third_party/onnxruntime/lib/libonnxruntime.so)"), CPU execution provider, $threads intra-op threads, $rounds rounds.
+load_after=$(load_average)
+BENCH_HEADER="Written by \`${command% }\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(revision).
+Machine: $(machine); ONNX Runtime $(ort_library), CPU execution provider, $threads intra-op threads, $rounds rounds.
 Load average (1, 5, 15 min) before: $load_before; after: $load_after. Busiest processes at the start: ${busy%; }." \
 python3 - "$out/result.txt" docs/performance/forward.md <<'PY'
 """docs/performance/forward.md from the bench's JSON lines: throughput of each case as a fraction of plain's."""

@@ -8,6 +8,7 @@
 # Work directories and logs stay in bench-out/http/ (git-ignored); the 1M-task database is about 700 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bench.sh
 command="scripts/bench-http.sh $*"
 out=bench-out/http
 mkdir -p "$out" docs/performance
@@ -19,17 +20,16 @@ fi
 # Build first, so no compile runs beside the timings.
 cargo build --quiet --release --locked --bin deltaspace
 cargo bench --quiet --locked --bench http --no-run
-load_before=$(uptime | sed 's/.*load average: //')
-busy=$(ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf "%s (%s%% CPU); ", $2, $1}')
+load_before=$(load_average)
+busy=$(busiest)
 cargo bench --quiet --locked --bench http -- "$@" | tee "$out/result.txt"
-load_after=$(uptime | sed 's/.*load average: //')
-dirty=$([ -n "$(git status --porcelain)" ] && echo ", with uncommitted changes" || true)
+load_after=$(load_average)
 {
   echo "# HTTP end to end: throughput, latency and memory with 1 to 1M registered tasks"
   echo
-  echo "Written by \`${command% }\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$dirty."
-  echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores; ONNX Runtime" \
-    "$(basename "$(readlink -f third_party/onnxruntime/lib/libonnxruntime.so)"), CPU execution provider."
+  echo "Written by \`${command% }\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(revision)."
+  echo "Machine: $(machine); ONNX Runtime" \
+    "$(ort_library), CPU execution provider."
   echo "Load average (1, 5, 15 min) before: $load_before; after: $load_after. Busiest processes at the start: ${busy%; }."
   echo
   echo "What runs (benches/http.rs): for each count N, N tasks with random z (N(0, 1) per coordinate, d = 16), DETs in"

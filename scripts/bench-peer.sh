@@ -13,6 +13,7 @@
 # further thread count adds as much, batch size 128 (--batch-sizes 1,8,32,128) about as much again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bench.sh
 command="scripts/bench-peer.sh $*"
 threads=2 rounds=6 batch_sizes=1,8,32 model=models/all-MiniLM-L6-v2
 while [ $# -gt 0 ]; do
@@ -43,7 +44,7 @@ out=bench-out/peer
 mkdir -p "$out" docs/performance
 rm -f "$out"/*
 
-load() { echo "$1: $(uptime | sed 's/.*load average: //')" >> "$out/load.txt"; }
+load() { echo "$1: $(load_average)" >> "$out/load.txt"; }
 # deltaspace_pass THREADS ROUNDS PASS
 deltaspace_pass() {
   cargo bench --quiet --bench peer -- --model "$model" --batches "$out" --threads "$1" --rounds "$2" \
@@ -53,7 +54,7 @@ deltaspace_pass() {
 cargo bench --quiet --bench peer --no-run  # build first, so no compile runs beside the timings
 "$python" export/bench_peer.py write-batches --out "$out" --batch-sizes "$batch_sizes"
 # The three busiest processes at the start, by name: what the benchmark shared the machine with.
-ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf "%s (%s%% CPU); ", $2, $1}' > "$out/busy.txt"
+busiest > "$out/busy.txt"
 for t in ${threads//,/ }; do
   load "threads $t, start"
   deltaspace_pass "$t" $((rounds - rounds / 2)) 1
@@ -64,12 +65,11 @@ for t in ${threads//,/ }; do
   load "threads $t, end"
 done
 
-dirty=$([ -n "$(git status --porcelain)" ] && echo ", with uncommitted changes" || true)
 BENCH_COMMAND="$command" \
-BENCH_MACHINE="$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores (nproc)" \
+BENCH_MACHINE="$(machine) (nproc)" \
 BENCH_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')" \
-BENCH_COMMIT="$(git rev-parse --short HEAD)$dirty" \
-BENCH_ORT="$(basename "$(readlink -f third_party/onnxruntime/lib/libonnxruntime.so)")" \
+BENCH_COMMIT="$(revision)" \
+BENCH_ORT="$(ort_library)" \
   "$python" - "$out" docs/performance/peer.md <<'PY'
 """Writes docs/performance/peer.md from the bench output in OUT."""
 import json

@@ -14,11 +14,13 @@
 # overrides target/release/deltaspace) and the MiniLM export. 15–25 minutes on 2 busy cores at the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bench.sh
 out=bench-out/tune
 original=docs/results/original.jsonl
 # run_benchmark DATA_DIR [options]: the tune runs, their traces and metadata under $out.
 run_benchmark() {
-  command="scripts/bench-tune.sh $*"
+  # DATA_DIR by name, not by this machine's path: the page says what it held.
+  command="scripts/bench-tune.sh DATA_DIR${2:+ ${*:2}}"
   usage="usage: $0 DATA_DIR [--tasks A,B] [--det D] [--adam-steps N] [--cmaes-steps N] [--adam-trace-every N]
   [--cmaes-trace-every N] [--lr X] [--population N] [--sigma X] [--batch N] [--max-seq-len N] [--threads N]
    or: $0 --report-only"
@@ -54,7 +56,7 @@ run_benchmark() {
   mkdir -p "$out"
   rm -rf "${out:?}"/*
 
-  load() { echo "$1: $(uptime | sed 's/.*load average: //')" >> "$out/load.txt"; }
+  load() { echo "$1: $(load_average)" >> "$out/load.txt"; }
   # tune TASK OPTIMIZER STEPS TRACE_EVERY [flags]: one task, traced on the test subset of the original-space DETs.
   # Dev selection (--eval-every) runs once, at the end: the trace is what this measures.
   tune() {
@@ -68,17 +70,16 @@ run_benchmark() {
   }
 
   # What the page reports about the run, taken before it starts (the tree can change while it runs).
-  dirty=$([ -n "$(git status --porcelain)" ] && echo ", with uncommitted changes" || true)
   {
     printf 'BENCH_%s=%q\n' COMMAND "$command" DATE "$(date -u '+%Y-%m-%d %H:%M UTC')" \
-      COMMIT "$(git rev-parse --short HEAD)$dirty" BIN "$bin" \
-      MACHINE "$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores" \
+      COMMIT "$(revision)" BIN "$bin" \
+      MACHINE "$(machine)" \
       SETTINGS "$(printf '%s=%s ' tasks "$tasks" det "$det" adam_steps "$adam_steps" cmaes_steps "$cmaes_steps" \
         adam_every "$adam_every" cmaes_every "$cmaes_every" lr "$lr" population "$population" sigma "$sigma" \
         batch "$batch" max_seq_len "$max_seq_len" threads "$threads" test_limit "$test_limit" seed "$seed")"
   } > "$out/meta.env"
   # The three busiest processes at the start, by name: what the benchmark shared the machine with.
-  ps -eo pcpu=,comm= --sort=-pcpu | head -3 | awk '{printf "%s (%s%% CPU); ", $2, $1}' > "$out/busy.txt"
+  busiest > "$out/busy.txt"
   load "start"
   started=$SECONDS
   for t in ${tasks//,/ }; do
@@ -240,6 +241,9 @@ derivative-free (CMA-ES). Written by
 ```bash
 {env['BENCH_COMMAND']}
 ```
+
+DATA_DIR is the directory of labeled tasks the project's experiments use (one folder per task, `train`, `dev`,
+`test` JSON lines and `labels.json`; docs/RESULTS.md), the same data the original-space DETs were trained on.
 
 - Date: {env['BENCH_DATE']}; commit {env['BENCH_COMMIT']}; binary `{env['BENCH_BIN']}`.
 - Machine: {env['BENCH_MACHINE']}, ONNX Runtime on CPU, {settings['threads']} intra-op threads (0 = one per core).

@@ -7,6 +7,7 @@
 # Writes docs/performance/profile.md; raw output in bench-out/profile/ (perf.data). Needs perf (Debian: linux-perf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bench.sh
 command="scripts/profile-serve.sh $*"
 tasks="${1:-10000}"
 seconds="${2:-15}"
@@ -15,23 +16,23 @@ mkdir -p "$out"
 scripts/setup-ort.sh >/dev/null
 cargo build --quiet --release --locked --bin deltaspace
 cargo bench --quiet --locked --bench http --no-run
-rm -rf "$out/work"
-cargo bench --quiet --locked --bench http -- --counts "1,$tasks" --seconds $((seconds + 10)) --work "$out/work" \
+rm -rf "$out/runs"
+cargo bench --quiet --locked --bench http -- --counts "1,$tasks" --seconds $((seconds + 10)) --runs "$out/runs" \
   > "$out/http.txt" &
 bench=$!
-log="$out/work/tasks-$tasks/server.log"
+log="$out/runs/tasks-$tasks/server.log"
 until [ -s "$log" ] || ! kill -0 "$bench" 2>/dev/null; do sleep 0.5; done
-pid=$(pgrep -f -n "deltaspace --config $out/work/tasks-$tasks/deltaspace.toml") || { echo "no server found" >&2; exit 1; }
+pid=$(pgrep -f -n "deltaspace --config $out/runs/tasks-$tasks/deltaspace.toml") || { echo "no server found" >&2; exit 1; }
 until grep -q ' ready' "$log"; do sleep 0.5; done
 sleep 8  # past the warm-up
 perf record -e cpu-clock -F 999 -p "$pid" -o "$out/perf.data" -- sleep "$seconds" 2> "$out/perf-record.txt"
 wait "$bench"
-dirty=$([ -n "$(git status --porcelain)" ] && echo ", with uncommitted changes" || true)
+set +o pipefail  # `perf report | head` ends with SIGPIPE by design
 {
   echo "# Where the server's CPU time goes under load"
   echo
-  echo "Written by \`${command% }\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)$dirty."
-  echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores. \`perf record -e cpu-clock -F 999\` on"
+  echo "Written by \`${command% }\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(revision)."
+  echo "Machine: $(machine). \`perf record -e cpu-clock -F 999\` on"
   echo "the \`deltaspace serve\` process only (MiniLM, CPU, $tasks registered tasks, closed-loop predictions from"
   echo "benches/http.rs), for $seconds s after the warm-up. Shares are of that process's samples."
   echo

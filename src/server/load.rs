@@ -201,10 +201,11 @@ fn load_tasks(
                             }
                         },
                     };
-                    let set = Arc::new(LabelSet {
+                    let set = LabelSet {
                         labels: task.labels.clone(),
                         embeddings,
-                    });
+                    };
+                    let set = store.label_sets().intern(&key, Arc::new(set));
                     if fresh {
                         to_cache.push((key, set.clone()));
                     }

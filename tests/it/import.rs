@@ -3,30 +3,15 @@
 //! server then serves them, embedding each distinct label set once.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{Value, json};
 
-use crate::helpers::tiny_dir;
-use crate::reliability::process::{Server, Setup, binary};
+use crate::reliability::process::{Server, Setup};
 
 fn import(setup: &Setup, files: &[&Path]) -> Output {
-    Command::new(binary())
-        .arg("--config")
-        .arg(&setup.config)
-        .arg("import")
-        .args(files)
-        .arg("--model")
-        .arg(tiny_dir())
-        .arg("--subspace")
-        .arg(&setup.subspace)
-        .arg("--data-dir")
-        .arg(setup.data_dir())
-        .env_clear()
-        .envs(std::env::vars().filter(|(k, _)| !k.starts_with("DELTASPACE_")))
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap()
+    let args = std::iter::once(Path::new("import")).chain(files.iter().copied());
+    setup.command(args, "info").output().unwrap()
 }
 
 /// Task `i` of a bulk set: its own z, DETs in turn, one of two label sets.

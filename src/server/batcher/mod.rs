@@ -322,17 +322,8 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
+    use super::policy::tests::limits;
     use super::*;
-
-    fn limits(max_rows: usize, max_tokens: usize) -> BatchLimits {
-        BatchLimits {
-            max_rows,
-            max_tokens,
-            max_wait: Duration::from_millis(100),
-            queue_capacity: 16,
-            concurrency: 1,
-        }
-    }
 
     /// A runner that records each batch's row count and returns zeros.
     fn recording_runner() -> (Runner, Arc<Mutex<Vec<usize>>>) {

@@ -60,10 +60,11 @@ pub(super) fn is_full(costs: impl IntoIterator<Item = Cost> + Clone, limits: &Ba
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn limits(max_rows: usize, max_tokens: usize) -> BatchLimits {
+    /// Limits for tests: a 100 ms wait, a queue of 16, one session.
+    pub(in crate::server::batcher) fn limits(max_rows: usize, max_tokens: usize) -> BatchLimits {
         BatchLimits {
             max_rows,
             max_tokens,

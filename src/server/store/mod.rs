@@ -296,9 +296,9 @@ impl TaskStore {
         Ok(())
     }
 
-    /// Serves a task read from the database at start-up.
+    /// Serves a task read from the database at start-up, with its label set from
+    /// [`TaskStore::label_sets`] (got or interned there).
     pub fn insert_loaded(&self, record: &Record, task: Task, labels: Arc<LabelSet>) {
-        let labels = self.labels.intern(&labels_key(&task.labels), labels);
         let stored = Arc::new(StoredTask::new(task, labels, record));
         self.write().insert(stored.name.clone(), stored);
     }

@@ -89,6 +89,31 @@ impl Setup {
         self
     }
 
+    /// `deltaspace --config … ARGS… --model … --subspace … --data-dir …` on this setup (ARGS: a
+    /// subcommand and its own arguments), with only this setup's `DELTASPACE_*` settings.
+    pub fn command<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        args: impl IntoIterator<Item = S>,
+        rust_log: &str,
+    ) -> Command {
+        let mut command = Command::new(binary());
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .arg("--model")
+            .arg(tiny_dir())
+            .arg("--subspace")
+            .arg(&self.subspace)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| !k.starts_with("DELTASPACE_")))
+            .envs(self.env.iter().cloned())
+            .env("RUST_LOG", rust_log);
+        command
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -124,20 +149,8 @@ impl Server {
                 .dir
                 .path()
                 .join(format!("server-{port}-{attempt}.log"));
-            let child = Command::new(binary())
-                .arg("--config")
-                .arg(&setup.config)
-                .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-                .arg("--model")
-                .arg(tiny_dir())
-                .arg("--subspace")
-                .arg(&setup.subspace)
-                .arg("--data-dir")
-                .arg(setup.data_dir())
-                .env_clear()
-                .envs(std::env::vars().filter(|(k, _)| !k.starts_with("DELTASPACE_")))
-                .envs(setup.env.iter().cloned())
-                .env("RUST_LOG", rust_log)
+            let child = setup
+                .command(["serve", "--bind", &format!("127.0.0.1:{port}")], rust_log)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())
