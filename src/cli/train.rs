@@ -40,6 +40,10 @@ pub struct TrainingArgs {
     /// Evaluate on dev, keep the best, and checkpoint every this many steps.
     #[arg(long, default_value_t = 50)]
     pub eval_every: usize,
+    /// Early stopping: a task (and DET) stops training once this many evaluations in a row
+    /// have not improved its dev accuracy; the others go on [default: train every step].
+    #[arg(long)]
+    pub patience: Option<usize>,
     /// Dev examples per task in those evaluations [default: all].
     #[arg(long)]
     pub eval_limit: Option<usize>,
@@ -71,6 +75,7 @@ impl TrainingArgs {
             lr: self.lr,
             optimizer,
             eval_every: self.eval_every,
+            patience: self.patience,
             eval_limit: self.eval_limit,
             run_rows: self.run_rows,
             seed: self.seed,
@@ -140,6 +145,9 @@ pub struct DetArgs {
     /// Adam or Adafactor.
     #[arg(long, default_value = "adam")]
     pub optimizer: OptimizerKind,
+    /// Store each solution's δ as f16 (half the size; δ keeps about 3 significant digits).
+    #[arg(long)]
+    pub f16: bool,
     /// Output: a .safetensors file (one task, one DET) or a directory of <task>.<det>.safetensors.
     #[arg(long)]
     pub out: PathBuf,
@@ -290,7 +298,7 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
             solutions.push(Solution::load(&path, manifest)?);
         }
     }
-    let grouped = collect_solutions(&solutions, manifest, &theta0)?;
+    let grouped = collect_solutions(&solutions, manifest)?;
     let steps = if args.data_root.is_some() {
         args.training.steps
     } else {
@@ -379,7 +387,8 @@ fn train_det(config: &Config, args: DetArgs) -> anyhow::Result<()> {
         } else {
             Solution::path_in(&args.out, &solution.task, solution.det)
         };
-        solution.save(&path, encoder.manifest())?;
+        let storage = if args.f16 { Storage::F16 } else { Storage::F32 };
+        solution.save(&path, encoder.manifest(), storage)?;
         println!(
             "{}",
             json!({"task": solution.task, "det": solution.det, "dev": solution.dev, "test": solution.test,
@@ -492,13 +501,6 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
     let (det, metrics): (Option<DetKind>, Metrics) = if let Some(path) = &args.solution {
         let solution = Solution::load(path, encoder.manifest())?;
         let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
-        let column = solution.det.column(encoder.manifest())?;
-        let delta: Vec<f32> = solution
-            .theta
-            .iter()
-            .zip(theta0.det(column))
-            .map(|(t, t0)| t - t0)
-            .collect();
         let units = [Unit {
             task: 0,
             det: solution.det,
@@ -508,7 +510,7 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
             &tasks,
             &units,
             &Space::Original { theta0: &theta0 },
-            &[delta],
+            &[solution.delta],
             args.split,
             limit,
         )?;

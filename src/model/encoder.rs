@@ -1,7 +1,7 @@
 //! [`Encoder`]: rows in, embeddings (serving graph) or loss and gradients (gradient graph) out.
 //!
 //! Both graphs rebuild θ_det = base_det + U_det z inside, per row, and apply the DETs a row's
-//! `det_select` switches on, so one run mixes tasks and DETs (../shared/notes/z-graph.md).
+//! `det_select` switches on, so one run mixes tasks and DETs (docs/design/z-graph.md).
 
 use std::borrow::Cow;
 

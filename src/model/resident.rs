@@ -3,7 +3,7 @@
 //! [`Encoder::embed`](super::Encoder::embed) passes every input on every run. On the CPU that
 //! costs nothing (ORT reads caller memory in place), but on a GPU it copies U and base, three
 //! [D, d] matrices and three [D] vectors (15 MB at d = 16 for MiniLM), from the host each run:
-//! about 3 ms a run on an H200 (../shared/notes/gpu.md, "Second round"). Here each session gets an
+//! about 3 ms a run on an H200 (docs/design/gpu.md, "Why U and base are resident"). Here each session gets an
 //! ORT `IoBinding` that holds U_det and base_det for every DET, uploaded once into the session's
 //! device memory (CUDA when the session runs on CUDA, host memory otherwise); a run binds only the
 //! tokens, z and det_select.

@@ -226,7 +226,7 @@ enum CudaFailure {
 
 /// Session settings shared by every provider. Memory patterns are off: with them on, ORT's arena
 /// doubles on the second run of the gradient graph and grows further as `seq` varies
-/// (../shared/notes/z-graph.md, "Memory"), at no measurable speed gain.
+/// (docs/design/z-graph.md, "Session memory"), at no measurable speed gain.
 fn base_builder(
     environment: &Environment,
     options: &RuntimeOptions,

@@ -52,6 +52,9 @@ pub struct FitOptions {
     pub optimizer: OptimizerKind,
     /// Evaluate on dev (and checkpoint) every this many steps, and at the end.
     pub eval_every: usize,
+    /// Early stopping: a unit stops training once this many evaluations in a row have not
+    /// improved its dev accuracy; the run ends when every unit has stopped (None: never stop).
+    pub patience: Option<usize>,
     /// Dev examples per unit in those evaluations (None: all).
     pub eval_limit: Option<usize>,
     /// Rows per encoder run; a step's rows are split into runs and their gradients summed.
@@ -70,7 +73,7 @@ pub struct FitResult {
     pub best: Vec<Vec<f32>>,
     pub best_dev: Vec<Metrics>,
     pub best_step: Vec<usize>,
-    /// (step, mean training loss over units) at every step.
+    /// (step, mean training loss over the units still training) at every step.
     pub losses: Vec<(usize, f32)>,
     pub seconds: f64,
 }
@@ -202,6 +205,7 @@ pub fn fit_observed(
         units.len()
     ];
     let mut best_step = vec![0; units.len()];
+    let mut stale = vec![0; units.len()];
     let mut losses = Vec::new();
     let mut start_step = 0;
     if let Some(path) = options.checkpoint.as_ref().filter(|p| p.is_file()) {
@@ -212,6 +216,7 @@ pub fn fit_observed(
         best = state.best;
         best_dev = state.best_dev;
         best_step = state.best_step;
+        stale = state.stale;
         for (optimizer, saved) in optimizers.iter_mut().zip(&state.optimizers) {
             anyhow::ensure!(
                 optimizer.restore(saved),
@@ -227,39 +232,21 @@ pub fn fit_observed(
         values: &values,
         optimizing,
     })?;
+    let training =
+        |stale: &[usize], index: usize| options.patience.is_none_or(|p| stale[index] < p);
     for step in start_step..options.steps {
+        let active: Vec<usize> = (0..units.len()).filter(|&u| training(&stale, u)).collect();
+        if active.is_empty() {
+            tracing::info!(step, "every unit has stopped early");
+            break;
+        }
         let step_started = Instant::now();
         let (params, codes) = space.realise(encoder, units, &values)?;
-        let mut rows: Vec<Row> = Vec::new();
-        for (index, (unit, code)) in units.iter().zip(&codes).enumerate() {
-            let train = &tasks[unit.task].data.train;
-            let unit_seed = options.seed ^ ((index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
-            for example in
-                epoch_indices(train.len(), unit_seed, step * options.batch, options.batch)
-            {
-                rows.push(Row {
-                    task: unit.task,
-                    example: &train[example],
-                    det: unit.det,
-                    z: code,
-                    weight: 0.0,
-                });
-            }
-        }
-        let unit_of_row: Vec<usize> = units
-            .iter()
-            .enumerate()
-            .flat_map(|(index, _)| std::iter::repeat_n(index, options.batch))
-            .collect();
-        for row in &mut rows {
-            row.weight = 1.0 / options.batch as f32;
-        }
+        let (rows, unit_of_row) = step_rows(tasks, units, &codes, &active, options, step);
         let mut gradients: Vec<Vec<f32>> = values.iter().map(|v| vec![0.0; v.len()]).collect();
         let mut loss = 0.0;
-        for (chunk, chunk_units) in rows
-            .chunks(options.run_rows.max(1))
-            .zip(unit_of_row.chunks(options.run_rows.max(1)))
-        {
+        let run_rows = options.run_rows.max(1);
+        for (chunk, chunk_units) in rows.chunks(run_rows).zip(unit_of_row.chunks(run_rows)) {
             let output = batch::gradients(encoder, tasks, chunk, &params)?;
             loss += output.loss;
             accumulate(
@@ -272,12 +259,11 @@ pub fn fit_observed(
                 &mut gradients,
             )?;
         }
-        for ((value, gradient), optimizer) in values.iter_mut().zip(&gradients).zip(&mut optimizers)
-        {
-            optimizer.step(value, gradient);
+        for &index in &active {
+            optimizers[index].step(&mut values[index], &gradients[index]);
         }
         optimizing += step_started.elapsed();
-        let mean_loss = loss / units.len() as f32;
+        let mean_loss = loss / active.len() as f32;
         losses.push((step + 1, mean_loss));
         let done = step + 1;
         timed_observe(StepReport {
@@ -285,44 +271,56 @@ pub fn fit_observed(
             values: &values,
             optimizing,
         })?;
-        if done.is_multiple_of(options.eval_every.max(1)) || done == options.steps {
-            let dev = evaluate_values(
-                encoder,
-                tasks,
-                units,
-                &space,
-                &values,
-                Split::Dev,
-                options.eval_limit,
-            )?;
-            for (index, metrics) in dev.iter().enumerate() {
-                if metrics.accuracy > best_dev[index].accuracy {
-                    best_dev[index] = *metrics;
-                    best[index] = values[index].clone();
-                    best_step[index] = done;
+        if !(done.is_multiple_of(options.eval_every.max(1)) || done == options.steps) {
+            progress.report(done as u64, mean_loss, None);
+            continue;
+        }
+        let dev = evaluate_values(
+            encoder,
+            tasks,
+            units,
+            &space,
+            &values,
+            Split::Dev,
+            options.eval_limit,
+        )?;
+        for &index in &active {
+            if dev[index].accuracy > best_dev[index].accuracy {
+                best_dev[index] = dev[index];
+                best[index] = values[index].clone();
+                best_step[index] = done;
+                stale[index] = 0;
+            } else {
+                stale[index] += 1;
+                if !training(&stale, index) {
+                    tracing::info!(
+                        unit = index,
+                        step = done,
+                        best_step = best_step[index],
+                        "stopped early"
+                    );
                 }
             }
-            let mean_dev = dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len().max(1) as f32;
-            progress.report(done as u64, mean_loss, Some(mean_dev));
-            tracing::debug!(
-                step = done,
-                loss = mean_loss,
-                dev_accuracy = mean_dev,
-                "evaluated"
-            );
-            if let Some(path) = &options.checkpoint {
-                let state = Checkpoint {
-                    step: done,
-                    values: values.clone(),
-                    best: best.clone(),
-                    best_dev: best_dev.clone(),
-                    best_step: best_step.clone(),
-                    optimizers: optimizers.iter().map(|o| o.state()).collect(),
-                };
-                state.write(path, units)?;
-            }
-        } else {
-            progress.report(done as u64, mean_loss, None);
+        }
+        let mean_dev = dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len().max(1) as f32;
+        progress.report(done as u64, mean_loss, Some(mean_dev));
+        tracing::debug!(
+            step = done,
+            loss = mean_loss,
+            dev_accuracy = mean_dev,
+            "evaluated"
+        );
+        if let Some(path) = &options.checkpoint {
+            let state = Checkpoint {
+                step: done,
+                values: values.clone(),
+                best: best.clone(),
+                best_dev: best_dev.clone(),
+                best_step: best_step.clone(),
+                stale: stale.clone(),
+                optimizers: optimizers.iter().map(|o| o.state()).collect(),
+            };
+            state.write(path, units)?;
         }
     }
     progress.finish();
@@ -333,6 +331,36 @@ pub fn fit_observed(
         losses,
         seconds: started.elapsed().saturating_sub(observing).as_secs_f64(),
     })
+}
+
+/// The training rows of one step: `options.batch` rows of every active unit, drawn by a
+/// stateless function of (seed, unit, step), each with the index of the unit it belongs to.
+fn step_rows<'a>(
+    tasks: &'a [TrainTask],
+    units: &[Unit],
+    codes: &'a [Vec<f32>],
+    active: &[usize],
+    options: &FitOptions,
+    step: usize,
+) -> (Vec<Row<'a>>, Vec<usize>) {
+    let mut rows = Vec::with_capacity(active.len() * options.batch);
+    let mut unit_of_row = Vec::with_capacity(active.len() * options.batch);
+    for &index in active {
+        let unit = units[index];
+        let train = &tasks[unit.task].data.train;
+        let unit_seed = options.seed ^ ((index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+        for example in epoch_indices(train.len(), unit_seed, step * options.batch, options.batch) {
+            rows.push(Row {
+                task: unit.task,
+                example: &train[example],
+                det: unit.det,
+                z: &codes[index],
+                weight: 1.0 / options.batch as f32,
+            });
+            unit_of_row.push(index);
+        }
+    }
+    (rows, unit_of_row)
 }
 
 /// Adds each unit's gradient from one run to `gradients`.
@@ -406,6 +434,8 @@ struct Checkpoint {
     best: Vec<Vec<f32>>,
     best_dev: Vec<Metrics>,
     best_step: Vec<usize>,
+    /// Evaluations since each unit's last improvement on dev (early stopping).
+    stale: Vec<usize>,
     optimizers: Vec<Vec<f32>>,
 }
 
@@ -440,6 +470,7 @@ impl Checkpoint {
                 "best_step".to_string(),
                 serde_json::to_string(&self.best_step)?,
             ),
+            ("stale".to_string(), serde_json::to_string(&self.stale)?),
         ]);
         TensorFile::write(path, &tensors, metadata, Storage::F32)?;
         Ok(())
@@ -461,6 +492,11 @@ impl Checkpoint {
         let step = meta("step")?.parse()?;
         let best_dev: Vec<Metrics> = serde_json::from_str(&meta("best_dev")?)?;
         let best_step = serde_json::from_str(&meta("best_step")?)?;
+        // Checkpoints from before early stopping have no "stale": every unit still trains.
+        let stale = match file.metadata.get("stale") {
+            Some(text) => serde_json::from_str(text)?,
+            None => vec![0; units.len()],
+        };
         let mut take = |name: String| file.take(&name).map(|t| t.values);
         let (mut values, mut best, mut optimizers) = (Vec::new(), Vec::new(), Vec::new());
         for index in 0..units.len() {
@@ -474,6 +510,7 @@ impl Checkpoint {
             best,
             best_dev,
             best_step,
+            stale,
             optimizers,
         })
     }

@@ -1,5 +1,7 @@
-//! A stage-0 solution: one DET trained for one task in its original space, stored as the full
-//! flat θ (safetensors tensor `theta`) with its dev and test scores in the metadata.
+//! A stage-0 solution: one DET trained for one task in its original space, stored as its flat
+//! δ = θ − θ⁰ (safetensors tensor `delta`, f32 or f16) with its dev and test scores in the
+//! metadata. δ rather than θ, because δ is what stage 1 decomposes and because δ keeps its
+//! precision in f16 where θ⁰ + δ would not.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,8 @@ pub const FORMAT: &str = "deltaspace.solution";
 pub struct Solution {
     pub task: String,
     pub det: DetKind,
-    pub theta: Vec<f32>,
+    /// δ = θ − θ⁰ of the DET, in the manifest's flat layout.
+    pub delta: Vec<f32>,
     pub dev: Metrics,
     pub test: Metrics,
     /// The training step whose θ this is (best on dev).
@@ -32,7 +35,7 @@ impl Solution {
         dir.join(format!("{task}.{det}.safetensors"))
     }
 
-    pub fn save(&self, path: &Path, manifest: &Manifest) -> anyhow::Result<()> {
+    pub fn save(&self, path: &Path, manifest: &Manifest, storage: Storage) -> anyhow::Result<()> {
         let metric = |m: &Metrics| {
             [
                 m.accuracy.to_string(),
@@ -61,9 +64,9 @@ impl Solution {
         );
         TensorFile::write(
             path,
-            &[("theta", &[self.theta.len()], &self.theta)],
+            &[("delta", &[self.delta.len()], &self.delta)],
             metadata,
-            Storage::F32,
+            storage,
         )
         .with_context(|| format!("writing solution {}", path.display()))
     }
@@ -106,19 +109,25 @@ impl Solution {
             number("step")? as usize,
             meta("task")?,
         );
-        let theta = file.take("theta")?.values;
-        let size = manifest.det(det.name()).map(|l| l.size).unwrap_or(0);
-        if theta.len() != size {
+        if !file.tensors.contains_key("delta") {
             bail!(
-                "{}: θ has {} values, the {det} layout has {size}",
+                "{} holds no tensor `delta` (solutions before format 2 stored θ): run `train det` again",
+                path.display()
+            );
+        }
+        let delta = file.take("delta")?.values;
+        let size = manifest.det(det.name()).map(|l| l.size).unwrap_or(0);
+        if delta.len() != size {
+            bail!(
+                "{}: δ has {} values, the {det} layout has {size}",
                 path.display(),
-                theta.len()
+                delta.len()
             );
         }
         Ok(Self {
             task,
             det,
-            theta,
+            delta,
             dev,
             test,
             step,

@@ -44,26 +44,17 @@ pub fn train_dets(
         Split::Dev,
         options.final_limit,
     )?;
-    let manifest = encoder.manifest();
-    units
+    Ok(units
         .iter()
+        .zip(result.best)
         .enumerate()
-        .map(|(index, unit)| {
-            let column = unit.det.column(manifest)?;
-            let theta: Vec<f32> = theta0
-                .det(column)
-                .iter()
-                .zip(&result.best[index])
-                .map(|(t0, delta)| t0 + delta)
-                .collect();
-            Ok(Solution {
-                task: tasks[unit.task].data.name.clone(),
-                det: unit.det,
-                theta,
-                dev: dev[index],
-                test: test[index],
-                step: result.best_step[index],
-            })
+        .map(|(index, (unit, delta))| Solution {
+            task: tasks[unit.task].data.name.clone(),
+            det: unit.det,
+            delta,
+            dev: dev[index],
+            test: test[index],
+            step: result.best_step[index],
         })
-        .collect()
+        .collect())
 }

@@ -1,6 +1,6 @@
 //! Stage 1: the unified subspace from stage-0 solutions (paper §2 "Projections", "Loss").
 //!
-//! 1. Joint decomposition: each task's stacked δ = [θ_L − θ⁰_L; θ_A − θ⁰_A; θ_P − θ⁰_P] is a
+//! 1. Joint decomposition: each task's stacked δ = [δ_L; δ_A; δ_P] (δ = θ − θ⁰) is a
 //!    column of M [3D, T]; the top-d left singular vectors of M (via the T×T Gram matrix) give
 //!    U_stack, so every task gets one shared code z_t = Σ Vᵀ e_t. U_det is U_stack's block for that
 //!    DET and base_det = θ⁰_det. Directions beyond M's rank (d > T) are random, orthogonalised.
@@ -37,7 +37,6 @@ pub struct TaskSolutions {
 pub fn collect_solutions(
     solutions: &[Solution],
     manifest: &Manifest,
-    theta0: &Theta0,
 ) -> anyhow::Result<Vec<TaskSolutions>> {
     let mut names: Vec<&str> = solutions.iter().map(|s| s.task.as_str()).collect();
     names.sort();
@@ -47,12 +46,7 @@ pub fn collect_solutions(
         let mut deltas = vec![Vec::new(); manifest.dets.len()];
         for solution in solutions.iter().filter(|s| s.task == name) {
             let column = solution.det.column(manifest)?;
-            deltas[column] = solution
-                .theta
-                .iter()
-                .zip(theta0.det(column))
-                .map(|(t, t0)| t - t0)
-                .collect();
+            deltas[column] = solution.delta.clone();
         }
         if deltas.iter().all(|d| !d.is_empty()) {
             out.push(TaskSolutions {

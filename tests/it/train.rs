@@ -48,6 +48,7 @@ fn options(steps: usize) -> FitOptions {
         lr: 1e-2,
         optimizer: OptimizerKind::Adam,
         eval_every: 5,
+        patience: None,
         eval_limit: Some(8),
         run_rows: 32,
         seed: 1,
@@ -88,6 +89,50 @@ fn original_space_training_lowers_the_loss_of_every_det_on_two_tasks_at_once() {
             .all(|delta| delta.iter().any(|v| *v != 0.0)),
         "every unit moved"
     );
+}
+
+#[test]
+fn early_stopping_ends_the_run_once_no_unit_improves_on_dev_and_keeps_each_best() {
+    let encoder = tiny_encoder();
+    let theta0 = Theta0::load(&ModelFiles::open(&tiny_dir()).unwrap()).unwrap();
+    let tasks: Vec<TrainTask> = ["sst2", "rte"]
+        .iter()
+        .map(|t| TrainTask::load(&encoder, &data(t), None).unwrap())
+        .collect();
+    let units = [
+        Unit {
+            task: 0,
+            det: DetKind::Adapter,
+        },
+        Unit {
+            task: 1,
+            det: DetKind::Lora,
+        },
+    ];
+    let space = Space::Original { theta0: &theta0 };
+    let init: Vec<Vec<f32>> = units
+        .iter()
+        .map(|u| vec![0.0; space.len(u.det, &encoder).unwrap()])
+        .collect();
+    // Dev accuracy on 8 examples can improve at most 8 times in a row, so with a patience of
+    // one evaluation every unit stops long before step 60.
+    let mut patient = options(60);
+    patient.eval_every = 1;
+    patient.patience = Some(1);
+    patient.lr = 0.05;
+    let result = fit(&encoder, &tasks, &units, space, init, &patient, "test").unwrap();
+    assert!(
+        result.losses.len() < 60,
+        "ran {} steps",
+        result.losses.len()
+    );
+    for (best_step, best) in result.best_step.iter().zip(&result.best) {
+        assert!(*best_step >= 1 && *best_step <= result.losses.len());
+        assert!(
+            best.iter().any(|v| *v != 0.0),
+            "the best of a trained unit moved"
+        );
+    }
 }
 
 #[test]

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Stage 0 to convergence: LoRA, Adapter and Prefix trained in their original space from the shared
+# θ⁰, one task at a time, each (task, DET) until its dev accuracy stops improving (early stopping).
+# The 17 upstream tasks give stage 1 its solutions; the 5 unseen tasks' solutions are the paper's
+# denominators (relative performance) and are never shown to stage 1.
+#
+#   scripts/stage0.sh DATA_DIR [TASK...]    # DATA_DIR holds <task>/{train,dev,test}.jsonl + labels.json
+#
+# Compute accumulates across sessions: a finished task's three solutions (δ as f16, about 147 KB
+# each) are copied to models/all-MiniLM-L6-v2/stage0/upstream/ or .../stage0/unseen/ (stage 1 reads
+# only the first), which are committed, and their scores are
+# appended to docs/results/stage0.jsonl. A task whose three solutions are there is skipped; a task
+# that was interrupted resumes from its checkpoint under runs/stage0/. Log: runs/stage0/log.txt.
+#
+# Budget per (task, DET): Adam at lr 3e-3, 16 training rows per step, dev accuracy on 300 dev
+# examples every 25 steps, stop after 4 evaluations (100 steps) without improvement, at most
+# 1,500 steps (24,000 rows, about 5 epochs of a 5,000-example task); the final dev and test scores
+# use the whole splits (at most 1,000 each). Inputs are cut at 64 tokens.
+#
+# Environment: DELTASPACE_BIN (default: a copy of target/release/deltaspace made at start, so a
+# rebuild cannot swap the binary mid-run), DELTASPACE_RUNTIME_INTRA_THREADS (ORT threads).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${1:?usage: scripts/stage0.sh DATA_DIR [TASK...]}
+shift
+model=models/all-MiniLM-L6-v2
+committed=$model/stage0
+results=docs/results/stage0.jsonl
+runs=runs/stage0
+upstream="sst2 sst5 subj agnews sarcasm tweet_hate tweet_sentiment tweet_emotion qnli cb cola sms_spam
+  banking77 clinc150 tweet_emoji tweet_stance boolq"
+unseen="mpqa rte mrpc tweet_offensive trec"
+tasks=${*:-$upstream $unseen}
+mkdir -p "$runs" "$(dirname "$results")"
+exec > >(tee -a "$runs/log.txt") 2>&1
+
+bin=${DELTASPACE_BIN:-}
+if [ -z "$bin" ]; then
+  bin=$runs/deltaspace
+  cp target/release/deltaspace "$bin"
+fi
+
+for task in $tasks; do
+  case " $unseen " in *" $task "*) dir=$committed/unseen ;; *) dir=$committed/upstream ;; esac
+  mkdir -p "$dir"
+  if [ -f "$dir/$task.lora.safetensors" ] && [ -f "$dir/$task.adapter.safetensors" ] \
+    && [ -f "$dir/$task.prefix.safetensors" ]; then
+    echo "== $task: done before"
+    continue
+  fi
+  echo "== $task: $(date -u +%FT%TZ)"
+  started=$SECONDS
+  "$bin" train det --model "$model" --max-seq-len 64 --data "$data/$task" --det all \
+    --steps 1500 --batch 16 --lr 3e-3 --eval-every 25 --eval-limit 300 --patience 4 \
+    --f16 --checkpoint "$runs/$task.checkpoint.safetensors" --out "$runs/$task" > "$runs/$task.jsonl"
+  seconds=$((SECONDS - started))
+  cp "$runs/$task"/*.safetensors "$dir/"
+  # One line per (task, DET): the scores of the solution, with the wall time of the whole task.
+  sed "s/}\$/,\"seconds\":$seconds,\"threads\":\"${DELTASPACE_RUNTIME_INTRA_THREADS:-all}\"}/" \
+    "$runs/$task.jsonl" >> "$results"
+  echo "== $task: $seconds s"
+done
