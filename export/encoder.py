@@ -17,7 +17,7 @@ References:
 2) The unified subspace: Yi et al., "Different Tunes Played with Equal Skill", Findings of EMNLP 2022 (arXiv
    2210.13311), code github.com/thunlp/Unified-DeltaTuning (src/module/lora.py, adapter.py, prefix.py).
 3) LoRA: Hu et al. 2021. Adapters: Houlsby et al. 2019. Prefix-tuning: Li and Liang 2021.
-4) The export recipe and its verification: shared/notes/z-graph.md and shared/notes/gradient-export.md.
+4) The export recipe and its verification: docs/design/z-graph.md and docs/design/gradient-export.md.
 """
 
 import json

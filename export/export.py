@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the model directory to write")
     parser.add_argument("--tiny", action="store_true", help="write the tiny random-weight test fixture")
     args = parser.parse_args()
-    # Known and harmless (shared/notes/z-graph.md): inputs sharing a dim repeat that its name is already taken,
+    # Known and harmless (docs/design/gradient-export.md): inputs sharing a dim repeat that its name is already taken,
     # and the exporter's registry notes that torchvision, which we do not use, is missing.
     warnings.filterwarnings("ignore", message="# The axis name")
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)

@@ -7,7 +7,7 @@ For each of serve.onnx and plain.onnx:
 1. onnxruntime.transformers.optimizer (model_type bert, the manifest's heads and hidden size, GPU fusions): fuses
    LayerNorm (SkipLayerNormalization), Gelu and, where it recognises the pattern, attention. The serving graph's
    attention (16 prefix slots concatenated in front of K and V) is not a pattern it knows, so it stays unfused
-   (../shared/notes/gpu.md); the script prints the fused-operator counts.
+   (docs/design/gpu.md); the script prints the fused-operator counts.
 2. float16 conversion with the graph's inputs and outputs kept float32 (keep_io_types), so the Rust side feeds the
    same tensors. Kept in float32 (node_block_list / op_block_list):
    - the reconstruction θ_k = (base_k + z U_kᵀ) · det_select[:, k]: every node from the inputs z, U_*, base_*

@@ -4,7 +4,7 @@
     grad   tokens + targets, class_mask, labels, row_weight + z-level -> loss, logits, embeddings, gradients
     plain  tokens                                                     -> embeddings (no DET ops: the baseline)
 
-The recipe is the verified one of shared/notes/z-graph.md: serve and plain are plain dynamo exports; grad is first
+The recipe is the verified one of docs/design/gradient-export.md: serve and plain are plain dynamo exports; grad is first
 traced to one joint forward+backward graph with make_fx, which is then exported.
 """
 

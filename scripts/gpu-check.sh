@@ -232,7 +232,7 @@ run() {
     cp "$dir/payload.sha256" "$x/payload.sha256"
   fi
   export ORT_DYLIB_PATH=$x/ort/libonnxruntime.so.$ort_version
-  # The CUDA 13 libraries of the machine's PyTorch (../shared/notes/gpu.md), the toolkit's copies as a fallback.
+  # The CUDA 13 libraries of the machine's PyTorch (docs/design/gpu.md), the toolkit's copies as a fallback.
   local sp=/opt/torch/.venv/lib/python3.12/site-packages
   export LD_LIBRARY_PATH=$sp/nvidia/cu13/lib:$sp/nvidia/cudnn/lib:/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   local card="no GPU (provider $provider)"
