@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-ort.sh
 scripts/setup-export-venv.sh
-cargo test --locked
+cargo test --workspace --locked
 .venv-export/bin/python -m pytest export/tests -q

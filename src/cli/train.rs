@@ -12,15 +12,15 @@ use crate::model::{Encoder, EncoderOptions, ModelFiles};
 use crate::subspace::Subspace;
 use crate::task::{Task, TaskLimits};
 use crate::tensor_file::Storage;
-use crate::train::batch::TrainTask;
-use crate::train::data::Split;
-use crate::train::eval::Metrics;
-use crate::train::fit::{FitOptions, Space, Unit, evaluate_values};
-use crate::train::optim::OptimizerKind;
 use crate::train::solution::Solution;
 use crate::train::stage0::train_dets;
 use crate::train::stage1::{SubspaceOptions, collect_solutions, find_subspace};
-use crate::train::tune::{CmaOptions, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient};
+use crate::tuning::batch::TrainTask;
+use crate::tuning::data::Split;
+use crate::tuning::eval::Metrics;
+use crate::tuning::fit::{FitOptions, Space, Unit, evaluate_values};
+use crate::tuning::optim::OptimizerKind;
+use crate::tuning::tune::{CmaOptions, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient};
 
 /// Options shared by every training command.
 #[derive(Debug, Clone, clap::Args)]

@@ -6,9 +6,9 @@ use std::process::{Command, Output};
 
 use deltaspace::det::{DetKind, Theta0};
 use deltaspace::model::ModelFiles;
-use deltaspace::train::batch::TrainTask;
-use deltaspace::train::fit::{FitOptions, Space, Unit, fit};
-use deltaspace::train::optim::OptimizerKind;
+use deltaspace::tuning::batch::TrainTask;
+use deltaspace::tuning::fit::{FitOptions, Space, Unit, fit};
+use deltaspace::tuning::optim::OptimizerKind;
 
 use crate::helpers::{tiny_dir, tiny_encoder};
 

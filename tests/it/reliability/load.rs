@@ -369,7 +369,7 @@ async fn saturation_bursts_and_shutdown_under_load() {
     server.kill();
 
     // 3. SIGTERM under load, on a fresh server whose log has a line per answered request.
-    let mut server = Server::start(&setup, "warn,deltaspace::server=debug").await;
+    let mut server = Server::start(&setup, "warn,deltaspace_server=debug").await;
     let fresh = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(30))

@@ -1,0 +1,347 @@
+//! Layer 0: ONNX Runtime, and nothing above it.
+//!
+//! Owns finding the shared library (`ort` is built with `load-dynamic`), the one process-wide
+//! [`ort::environment::Environment`], the choice of execution provider, and [`SessionPool`].
+//! Must not import any other deltaspace module.
+
+mod pool;
+
+pub use pool::{Pool, SessionPool};
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+
+/// The library file `ort` looks for, and the name the set-up script gives it.
+const LIBRARY_FILE: &str = "libonnxruntime.so";
+/// Where `scripts/setup-ort.sh` puts the library, relative to the repository root.
+const REPO_LIBRARY_DIR: &str = "third_party/onnxruntime/lib";
+
+/// What can go wrong below the model: a missing library, a provider that would not start, a bad graph.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "ONNX Runtime library not found (looked in: {searched}). Run scripts/setup-ort.sh, \
+         or set ORT_DYLIB_PATH to a libonnxruntime.so 1.31"
+    )]
+    LibraryNotFound { searched: String },
+    #[error("loading ONNX Runtime from {path}: {message}")]
+    LibraryLoad { path: PathBuf, message: String },
+    #[error("the CUDA execution provider was required (provider = \"cuda\") but failed: {0}")]
+    CudaUnavailable(String),
+    #[error("loading graph {path}: {source}")]
+    Graph { path: PathBuf, source: ort::Error },
+    #[error("ONNX Runtime: {0}")]
+    Ort(#[from] ort::Error),
+}
+
+/// Which execution provider the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderChoice {
+    /// CUDA when it starts, CPU otherwise (the fallback is logged).
+    #[default]
+    Auto,
+    /// CUDA or an error.
+    Cuda,
+    /// CPU only.
+    Cpu,
+}
+
+impl FromStr for ProviderChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cuda" => Ok(Self::Cuda),
+            "cpu" => Ok(Self::Cpu),
+            other => Err(format!(
+                "unknown execution provider {other:?}: expected auto, cuda or cpu"
+            )),
+        }
+    }
+}
+
+/// The execution provider sessions actually run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Provider {
+    #[serde(rename = "CUDAExecutionProvider")]
+    Cuda,
+    #[serde(rename = "CPUExecutionProvider")]
+    Cpu,
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Provider::Cuda => "CUDAExecutionProvider",
+            Provider::Cpu => "CPUExecutionProvider",
+        })
+    }
+}
+
+/// How sessions are made.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Requested execution provider.
+    pub provider: ProviderChoice,
+    /// ORT intra-op threads per session; 0 lets ORT decide (one per core).
+    pub intra_threads: usize,
+    /// Explicit library path; otherwise ORT_DYLIB_PATH, beside the binary, then the repo's copy.
+    pub library: Option<PathBuf>,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            provider: ProviderChoice::Auto,
+            intra_threads: 0,
+            library: None,
+        }
+    }
+}
+
+/// A loaded ONNX Runtime: makes sessions on the chosen provider.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    environment: &'static Environment,
+    options: RuntimeOptions,
+    library: PathBuf,
+}
+
+/// ORT allows one environment per process, even after the first is dropped, so it lives here for
+/// the life of the process. Tests that build several runtimes share it.
+static ENVIRONMENT: OnceLock<(Environment, PathBuf)> = OnceLock::new();
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Runtime {
+    /// Loads the ONNX Runtime library (once per process) and remembers how to make sessions.
+    pub fn load(options: RuntimeOptions) -> Result<Self, RuntimeError> {
+        let (environment, library) = environment(options.library.as_deref())?;
+        Ok(Self {
+            environment,
+            options,
+            library: library.clone(),
+        })
+    }
+
+    /// The library file that was loaded.
+    pub fn library(&self) -> &Path {
+        &self.library
+    }
+
+    /// The options sessions are made with.
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.options
+    }
+
+    /// Opens `count` sessions of one graph, all on the same provider, and reports which one.
+    pub fn open_pool(&self, graph: &Path, count: usize) -> Result<SessionPool, RuntimeError> {
+        let mut sessions = Vec::with_capacity(count.max(1));
+        let mut provider = Provider::Cpu;
+        for _ in 0..count.max(1) {
+            let (session, used) = self.open_session(graph, false)?;
+            provider = used;
+            sessions.push(session);
+        }
+        Ok(SessionPool::new(sessions, provider))
+    }
+
+    /// Opens one session of `graph` on the chosen provider and reports which one. With
+    /// `cuda_graphs` the CUDA provider captures CUDA graphs (`enable_cuda_graph`): runs must then
+    /// go through an IoBinding with fixed input and output addresses per shape, and name the
+    /// shape's graph in the run option `gpu_graph_id` (model::ResidentEncoder does both). No effect
+    /// on the CPU provider.
+    pub fn open_session(
+        &self,
+        graph: &Path,
+        cuda_graphs: bool,
+    ) -> Result<(Session, Provider), RuntimeError> {
+        let graph_error = |source| RuntimeError::Graph {
+            path: graph.to_path_buf(),
+            source,
+        };
+        match self.options.provider {
+            ProviderChoice::Cpu => {
+                let session = cpu_builder(self.environment, &self.options)
+                    .and_then(|mut b| b.commit_from_file(graph))
+                    .map_err(graph_error)?;
+                Ok((session, Provider::Cpu))
+            }
+            ProviderChoice::Cuda | ProviderChoice::Auto => {
+                match self.cuda_session(graph, cuda_graphs) {
+                    Ok(session) => Ok((session, Provider::Cuda)),
+                    Err(CudaFailure::Graph(e)) => Err(graph_error(e)),
+                    Err(CudaFailure::Unavailable(reason))
+                        if self.options.provider == ProviderChoice::Cuda =>
+                    {
+                        Err(RuntimeError::CudaUnavailable(reason))
+                    }
+                    Err(CudaFailure::Unavailable(reason)) => {
+                        tracing::info!(%reason, "CUDA execution provider unavailable; using CPU");
+                        let session = cpu_builder(self.environment, &self.options)
+                            .and_then(|mut b| b.commit_from_file(graph))
+                            .map_err(graph_error)?;
+                        Ok((session, Provider::Cpu))
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_session(&self, graph: &Path, cuda_graphs: bool) -> Result<Session, CudaFailure> {
+        use ort::ep;
+        // Registration errors are silent by default; `error_on_failure` makes the fallback a
+        // decision we log, not an accident (ort src/ep/mod.rs).
+        let cuda = ep::CUDA::default()
+            .with_device_id(0)
+            .with_cuda_graph(cuda_graphs)
+            .build()
+            .error_on_failure();
+        let builder = base_builder(self.environment, &self.options).map_err(CudaFailure::Graph)?;
+        match builder.with_execution_providers([cuda]) {
+            Ok(mut b) => b.commit_from_file(graph).map_err(CudaFailure::Graph),
+            Err(e) => Err(CudaFailure::Unavailable(e.to_string())),
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn cuda_session(&self, _graph: &Path, _cuda_graphs: bool) -> Result<Session, CudaFailure> {
+        Err(CudaFailure::Unavailable(
+            "this binary was built without the `cuda` feature".into(),
+        ))
+    }
+}
+
+enum CudaFailure {
+    Unavailable(String),
+    Graph(ort::Error),
+}
+
+/// Session settings shared by every provider. Memory patterns are off: with them on, ORT's arena
+/// doubles on the second run of the gradient graph and grows further as `seq` varies
+/// (docs/design/z-graph.md, "Session memory"), at no measurable speed gain.
+fn base_builder(
+    environment: &Environment,
+    options: &RuntimeOptions,
+) -> ort::Result<SessionBuilder> {
+    let builder = Session::builder(environment)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(into_plain)?
+        .with_memory_pattern(false)
+        .map_err(into_plain)?;
+    if options.intra_threads > 0 {
+        builder
+            .with_intra_threads(options.intra_threads)
+            .map_err(into_plain)
+    } else {
+        Ok(builder)
+    }
+}
+
+/// Builder steps fail with an error that hands the builder back; we only want the error.
+fn into_plain(error: ort::Error<SessionBuilder>) -> ort::Error {
+    error.into()
+}
+
+fn cpu_builder(environment: &Environment, options: &RuntimeOptions) -> ort::Result<SessionBuilder> {
+    base_builder(environment, options)
+}
+
+fn environment(
+    explicit: Option<&Path>,
+) -> Result<(&'static Environment, &'static PathBuf), RuntimeError> {
+    if let Some((env, path)) = ENVIRONMENT.get() {
+        return Ok((env, path));
+    }
+    let _guard = INIT_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((env, path)) = ENVIRONMENT.get() {
+        return Ok((env, path));
+    }
+    let library = find_library(explicit)?;
+    let load_error = |message: String| RuntimeError::LibraryLoad {
+        path: library.clone(),
+        message,
+    };
+    // `init_from` returns an error where `ort::init` would panic on a missing library.
+    let builder = ort::init_from(&library).map_err(|e| load_error(e.to_string()))?;
+    let env = builder
+        .with_name("deltaspace")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| load_error(e.to_string()))?;
+    tracing::debug!(library = %library.display(), "ONNX Runtime loaded");
+    let (env, path) = ENVIRONMENT.get_or_init(|| (env, library));
+    Ok((env, path))
+}
+
+/// An explicit path, else ORT_DYLIB_PATH when set, else `libonnxruntime.so` beside the binary (and in `lib/` beside it), then the
+/// repository's own copy (relative to the working directory, then to this crate's source).
+fn find_library(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(path) = explicit {
+        candidates.push(path.to_path_buf());
+    } else if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        // Set by the user: the only place to look.
+        candidates.push(PathBuf::from(path));
+    } else {
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        {
+            candidates.push(dir.join(LIBRARY_FILE));
+            candidates.push(dir.join("lib").join(LIBRARY_FILE));
+        }
+        candidates.push(Path::new(REPO_LIBRARY_DIR).join(LIBRARY_FILE));
+        // The repository this crate was built in (crates/core is two levels down).
+        candidates.push(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../..")
+                .join(REPO_LIBRARY_DIR)
+                .join(LIBRARY_FILE),
+        );
+    }
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .ok_or_else(|| RuntimeError::LibraryNotFound {
+            searched: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_choice_parses_the_three_names_and_rejects_others() {
+        assert_eq!("auto".parse::<ProviderChoice>(), Ok(ProviderChoice::Auto));
+        assert_eq!("cuda".parse::<ProviderChoice>(), Ok(ProviderChoice::Cuda));
+        assert_eq!("cpu".parse::<ProviderChoice>(), Ok(ProviderChoice::Cpu));
+        assert!(
+            "gpu"
+                .parse::<ProviderChoice>()
+                .unwrap_err()
+                .contains("auto, cuda or cpu")
+        );
+    }
+
+    #[test]
+    fn a_missing_library_is_an_error_that_says_how_to_fix_it() {
+        let err = find_library(Some(Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err();
+        assert!(err.to_string().contains("scripts/setup-ort.sh"), "{err}");
+    }
+}

@@ -1,0 +1,245 @@
+//! Request decoding: the pure half of each handler, from body bytes (or a query string) to a
+//! checked request, needing no model, store or network. The handlers call these, and so do the
+//! cargo-fuzz targets in `fuzz/` and the test that replays their corpus, so what is fuzzed is
+//! what serves.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use deltaspace_core::det::DetKind;
+use deltaspace_core::model::TextInput;
+use deltaspace_core::task::{Label, Task};
+
+/// Tasks per page of `GET /v1/tasks` unless `limit` says otherwise.
+pub const PAGE_DEFAULT: usize = 100;
+/// The most tasks a `limit` may ask for.
+pub const PAGE_MAX: usize = 1000;
+
+/// The bounds a predict or embed request is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Most texts in one request (already capped at the batch's rows).
+    pub max_inputs: usize,
+    /// Longest text (or text_pair), in characters.
+    pub max_text_chars: usize,
+}
+
+/// `POST /v1/tasks/{name}/predict`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    pub inputs: Vec<TextInput>,
+    /// Decode the task's z through this DET instead of its own.
+    #[serde(default)]
+    pub det: Option<String>,
+    /// Keep only the best `top_k` labels in `scores`.
+    #[serde(default)]
+    pub top_k: Option<usize>,
+}
+
+/// `POST /v1/tasks/{name}/embed`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedRequest {
+    pub inputs: Vec<TextInput>,
+    #[serde(default)]
+    pub det: Option<String>,
+}
+
+/// `PUT /v1/tasks/{name}`: the body of a task upload (the name comes from the path).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskBody {
+    /// Optional; must equal the path's name when given.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub det: String,
+    pub z: Vec<f32>,
+    pub labels: Vec<Label>,
+    #[serde(default)]
+    pub subspace: Option<String>,
+}
+
+/// `GET /v1/tasks` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// Parses a JSON body of the route's shape (unknown fields refused).
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(format!("the body: {e}")))
+}
+
+impl PredictRequest {
+    /// Parses and checks a predict body: inputs, `top_k` and `det`.
+    pub fn decode(
+        bytes: &[u8],
+        limits: &RequestLimits,
+    ) -> Result<(Self, Option<DetKind>), ApiError> {
+        let request: Self = decode_json(bytes)?;
+        if request.top_k == Some(0) {
+            return Err(ApiError::InvalidRequest("top_k must be at least 1".into()));
+        }
+        check_inputs(&request.inputs, limits)?;
+        let det = parse_det(request.det.as_deref())?;
+        Ok((request, det))
+    }
+}
+
+impl EmbedRequest {
+    /// Parses and checks an embed body: inputs and `det`.
+    pub fn decode(
+        bytes: &[u8],
+        limits: &RequestLimits,
+    ) -> Result<(Self, Option<DetKind>), ApiError> {
+        let request: Self = decode_json(bytes)?;
+        check_inputs(&request.inputs, limits)?;
+        let det = parse_det(request.det.as_deref())?;
+        Ok((request, det))
+    }
+}
+
+impl TaskBody {
+    /// Parses an upload body into the task it names (validated later, against the subspace).
+    pub fn decode(bytes: &[u8], name: &str) -> Result<Task, ApiError> {
+        let body: Self = decode_json(bytes)?;
+        if body.name.as_deref().is_some_and(|n| n != name) {
+            return Err(ApiError::InvalidTask(format!(
+                "the body names task {:?} but the path names {name:?}",
+                body.name.unwrap_or_default()
+            )));
+        }
+        let det: DetKind = body
+            .det
+            .parse()
+            .map_err(|e: deltaspace_core::det::DetError| ApiError::InvalidTask(e.to_string()))?;
+        Ok(Task {
+            name: name.to_string(),
+            det,
+            z: body.z,
+            labels: body.labels,
+            subspace: body.subspace,
+        })
+    }
+}
+
+/// `GET /v1/tasks?limit=&after=`: the cursor and the page size.
+pub fn decode_page_query(query: &str) -> Result<(Option<String>, usize), ApiError> {
+    let query = actix_web::web::Query::<ListQuery>::from_query(query)
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let limit = query.limit.unwrap_or(PAGE_DEFAULT);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(ApiError::InvalidRequest(format!(
+            "limit must be 1-{PAGE_MAX}"
+        )));
+    }
+    Ok((query.into_inner().after, limit))
+}
+
+/// 1 to `max_inputs` texts, each (and each text_pair) non-blank and at most `max_text_chars`.
+pub fn check_inputs(inputs: &[TextInput], limits: &RequestLimits) -> Result<(), ApiError> {
+    if inputs.is_empty() || inputs.len() > limits.max_inputs {
+        return Err(ApiError::InvalidRequest(format!(
+            "inputs must hold 1-{} texts, got {}",
+            limits.max_inputs,
+            inputs.len()
+        )));
+    }
+    for (index, input) in inputs.iter().enumerate() {
+        let texts = [
+            ("text", Some(input.text())),
+            ("text_pair", input.text_pair()),
+        ];
+        for (field, text) in texts {
+            let Some(text) = text else { continue };
+            if text.trim().is_empty() {
+                return Err(ApiError::InvalidRequest(format!(
+                    "inputs[{index}]: {field} is empty"
+                )));
+            }
+            // Counting stops past the limit, so a huge text costs no more than a long one.
+            if text.chars().nth(limits.max_text_chars).is_some() {
+                return Err(ApiError::InvalidRequest(format!(
+                    "inputs[{index}]: {field} is longer than max_text_chars = {}",
+                    limits.max_text_chars
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The DET a request asks for, if any.
+fn parse_det(det: Option<&str>) -> Result<Option<DetKind>, ApiError> {
+    det.map(|det| {
+        det.parse::<DetKind>()
+            .map_err(|e| ApiError::InvalidRequest(e.to_string()))
+    })
+    .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RequestLimits = RequestLimits {
+        max_inputs: 2,
+        max_text_chars: 5,
+    };
+
+    fn predict(body: &str) -> Result<(PredictRequest, Option<DetKind>), ApiError> {
+        PredictRequest::decode(body.as_bytes(), &LIMITS)
+    }
+
+    #[test]
+    fn predict_bodies_are_checked_before_any_work() {
+        let (request, det) =
+            predict(r#"{"inputs": ["hello"], "det": "prefix", "top_k": 1}"#).unwrap();
+        assert_eq!(request.inputs.len(), 1);
+        assert_eq!(det, Some(DetKind::Prefix));
+        let pair = r#"{"inputs": [{"text": "a", "text_pair": "b"}]}"#;
+        assert!(predict(pair).is_ok());
+        for (body, code) in [
+            ("{", "invalid_json"),
+            (r#"{"inputs": ["a"], "extra": 1}"#, "invalid_json"),
+            (r#"{"inputs": []}"#, "invalid_request"),
+            (r#"{"inputs": ["a", "b", "c"]}"#, "invalid_request"),
+            (r#"{"inputs": [" "]}"#, "invalid_request"),
+            (r#"{"inputs": ["sixsix"]}"#, "invalid_request"),
+            (
+                r#"{"inputs": [{"text": "a", "text_pair": ""}]}"#,
+                "invalid_request",
+            ),
+            (r#"{"inputs": ["a"], "top_k": 0}"#, "invalid_request"),
+            (r#"{"inputs": ["a"], "det": "LORA"}"#, "invalid_request"),
+        ] {
+            assert_eq!(predict(body).unwrap_err().code(), code, "{body}");
+        }
+        // Five characters, not five bytes.
+        assert!(predict(r#"{"inputs": ["ééééé"]}"#).is_ok());
+    }
+
+    #[test]
+    fn task_bodies_and_page_queries() {
+        let body = br#"{"det": "lora", "z": [1], "labels": [], "name": "t"}"#;
+        assert_eq!(TaskBody::decode(body, "t").unwrap().det, DetKind::Lora);
+        assert_eq!(
+            TaskBody::decode(body, "u").unwrap_err().code(),
+            "invalid_task"
+        );
+        assert_eq!(decode_page_query("").unwrap(), (None, PAGE_DEFAULT));
+        assert_eq!(
+            decode_page_query("limit=5&after=b").unwrap(),
+            (Some("b".into()), 5)
+        );
+        for bad in ["limit=0", "limit=1001", "limit=x", "limit=1&limit=2", "x=1"] {
+            assert!(decode_page_query(bad).is_err(), "{bad}");
+        }
+    }
+}

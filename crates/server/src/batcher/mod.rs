@@ -1,0 +1,468 @@
+//! The dynamic batcher: requests of any tasks and DETs wait in one bounded queue and run together,
+//! one encoder call per batch (each row carries its own z and DET selector). The rule that cuts a
+//! batch is the pure [`take_batch`]; the loop around it waits for a free session, then for a full
+//! batch or the oldest request's deadline, and skips requests whose client has gone.
+
+mod policy;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use ndarray::{Array2, s};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::metrics::Metrics;
+use deltaspace_core::classifier::{ClassifyError, Row};
+use deltaspace_core::det::DetKind;
+use deltaspace_core::model::TextInput;
+use policy::is_full;
+pub use policy::{BatchLimits, Cost, take_batch};
+
+/// Why a request got no embeddings.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    #[error("the queue is full")]
+    QueueFull,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// One request's rows: its texts, decoded with one z through one DET.
+#[derive(Debug)]
+pub struct Job {
+    /// The task's name, for logs and the per-batch task count.
+    pub task: Arc<str>,
+    pub inputs: Vec<TextInput>,
+    pub z: Arc<[f32]>,
+    pub det: DetKind,
+    /// Longest input in tokens (after truncation).
+    pub seq_len: usize,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Array2<f32>, BatchError>>,
+}
+
+impl Job {
+    fn cost(&self) -> Cost {
+        Cost {
+            rows: self.inputs.len(),
+            seq_len: self.seq_len,
+        }
+    }
+}
+
+/// Runs one batch of rows through the model: embeddings [rows, H].
+pub type Runner = Arc<dyn Fn(&[Row<'_>]) -> Result<Array2<f32>, ClassifyError> + Send + Sync>;
+
+/// The handlers' side of the batcher: submit rows, await their embeddings.
+#[derive(Clone)]
+pub struct BatcherHandle {
+    queue: mpsc::Sender<Job>,
+    stop: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+impl BatcherHandle {
+    /// Queues `inputs` (decoded with `z` through `det`) and waits for their embeddings [rows, H].
+    /// Refuses at once when the queue is full; dropping the future withdraws the request.
+    pub async fn embed(
+        &self,
+        task: Arc<str>,
+        inputs: Vec<TextInput>,
+        z: Arc<[f32]>,
+        det: DetKind,
+        seq_len: usize,
+    ) -> Result<Array2<f32>, BatchError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            task,
+            inputs,
+            z,
+            det,
+            seq_len,
+            enqueued: Instant::now(),
+            reply,
+        };
+        match self.queue.try_send(job) {
+            Ok(()) => self.metrics.queue_requests.inc(),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.dropped("queue_full");
+                return Err(BatchError::QueueFull);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(BatchError::ShuttingDown),
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(BatchError::Inference("the batch was lost".into())))
+    }
+
+    /// Stops taking requests; those already queued still run. The batcher task then ends.
+    pub fn close(&self) {
+        self.stop.notify_one();
+    }
+}
+
+/// Starts the batcher on the current tokio runtime; await the handle to know it has drained.
+pub fn spawn(
+    limits: BatchLimits,
+    runner: Runner,
+    metrics: Arc<Metrics>,
+) -> (BatcherHandle, tokio::task::JoinHandle<()>) {
+    let (queue, receiver) = mpsc::channel(limits.queue_capacity.max(1));
+    let stop = Arc::new(Notify::new());
+    let handle = BatcherHandle {
+        queue,
+        stop: stop.clone(),
+        metrics: metrics.clone(),
+    };
+    let batcher = Batcher {
+        limits,
+        runner,
+        metrics,
+        receiver,
+        stop,
+        stopping: false,
+        pending: VecDeque::new(),
+    };
+    (handle, tokio::spawn(batcher.run()))
+}
+
+struct Batcher {
+    limits: BatchLimits,
+    runner: Runner,
+    metrics: Arc<Metrics>,
+    receiver: mpsc::Receiver<Job>,
+    stop: Arc<Notify>,
+    /// Set once `close` was called: the queue is closed and no deadline is waited for.
+    stopping: bool,
+    /// Requests taken off the channel but not yet batched (at most about one batch's worth).
+    pending: VecDeque<Job>,
+}
+
+impl Batcher {
+    async fn run(mut self) {
+        // One permit per session: a batch is cut only when a session is free, so requests that
+        // arrive while every session is busy join the next batch instead of waiting behind it.
+        let sessions = Arc::new(Semaphore::new(self.limits.concurrency.max(1)));
+        loop {
+            let Ok(permit) = sessions.clone().acquire_owned().await else {
+                break;
+            };
+            if !self.gather().await {
+                break;
+            }
+            // A client may have left while the batch waited for its deadline.
+            self.drop_abandoned();
+            if self.pending.is_empty() {
+                continue;
+            }
+            let count = take_batch(self.pending.iter().map(Job::cost), &self.limits);
+            let batch: Vec<Job> = self.pending.drain(..count).collect();
+            self.metrics.queue_requests.sub(batch.len() as i64);
+            let runner = self.runner.clone();
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                run_batch(batch, runner, metrics).await;
+                drop(permit);
+            });
+        }
+        // Wait for the batches still running: their permits come back when they finish.
+        let all = u32::try_from(self.limits.concurrency.max(1)).unwrap_or(u32::MAX);
+        let _ = sessions.acquire_many(all).await;
+        tracing::debug!("batcher drained");
+    }
+
+    /// Waits until `pending` holds a batch worth running: full, or its oldest request's wait is
+    /// over, or the batcher is stopping. False when there is nothing left and nothing will come.
+    async fn gather(&mut self) -> bool {
+        loop {
+            self.drop_abandoned();
+            if self.pending.is_empty() {
+                match self.next_job().await {
+                    Some(job) => self.pending.push_back(job),
+                    None => return false,
+                }
+                continue;
+            }
+            while !self.full() {
+                match self.receiver.try_recv() {
+                    Ok(job) => self.pending.push_back(job),
+                    Err(_) => break,
+                }
+            }
+            self.drop_abandoned();
+            if self.pending.is_empty() {
+                continue;
+            }
+            let deadline = self.pending[0].enqueued + self.limits.max_wait;
+            if self.stopping || self.full() || Instant::now() >= deadline {
+                return true;
+            }
+            let arrived = tokio::select! {
+                job = self.next_job() => job,
+                () = tokio::time::sleep_until(deadline) => None,
+            };
+            match arrived {
+                Some(job) => self.pending.push_back(job),
+                None => return true,
+            }
+        }
+    }
+
+    /// The next queued request; after `close`, the ones still queued, then `None`.
+    async fn next_job(&mut self) -> Option<Job> {
+        if !self.stopping {
+            let stop = self.stop.clone();
+            tokio::select! {
+                job = self.receiver.recv() => return job,
+                () = stop.notified() => {}
+            }
+            self.stopping = true;
+            self.receiver.close();
+        }
+        self.receiver.recv().await
+    }
+
+    fn full(&self) -> bool {
+        is_full(self.pending.iter().map(Job::cost), &self.limits)
+    }
+
+    /// Forgets requests whose caller stopped waiting (the client disconnected).
+    fn drop_abandoned(&mut self) {
+        let before = self.pending.len();
+        self.pending.retain(|job| !job.reply.is_closed());
+        let gone = before - self.pending.len();
+        if gone > 0 {
+            self.metrics.queue_requests.sub(gone as i64);
+            for _ in 0..gone {
+                self.metrics.dropped("client_gone");
+            }
+        }
+    }
+}
+
+/// Runs one batch on a blocking thread and answers each request with its rows.
+async fn run_batch(batch: Vec<Job>, runner: Runner, metrics: Arc<Metrics>) {
+    let started = Instant::now();
+    let rows: usize = batch.iter().map(|job| job.inputs.len()).sum();
+    let seq_len = batch.iter().map(|job| job.seq_len).max().unwrap_or(0);
+    let mut tasks: Vec<&str> = batch.iter().map(|job| &*job.task).collect();
+    tasks.sort_unstable();
+    tasks.dedup();
+    metrics.observe_batch(rows, rows * seq_len, tasks.len());
+    for job in &batch {
+        metrics
+            .queue_duration
+            .observe((started - job.enqueued).as_secs_f64());
+        metrics.rows_by_det(job.det, job.inputs.len());
+    }
+    let span = tracing::debug_span!("batch", rows, tokens = rows * seq_len, tasks = tasks.len());
+    drop(tasks);
+    let (batch, result) = match tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let result = {
+            let rows: Vec<Row<'_>> = batch
+                .iter()
+                .flat_map(|job| {
+                    job.inputs.iter().map(|input| Row {
+                        input,
+                        z: &job.z,
+                        det: job.det,
+                    })
+                })
+                .collect();
+            runner(&rows)
+        };
+        (batch, result)
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(error) => {
+            // The jobs went down with the thread; their callers see a lost batch.
+            tracing::error!(%error, rows, "batch thread failed");
+            return;
+        }
+    };
+    metrics
+        .inference_duration
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(embeddings) if embeddings.nrows() == rows => {
+            let mut start = 0;
+            for job in batch {
+                let end = start + job.inputs.len();
+                let _ = job
+                    .reply
+                    .send(Ok(embeddings.slice(s![start..end, ..]).to_owned()));
+                start = end;
+            }
+        }
+        Ok(embeddings) => fail(
+            batch,
+            &format!("{} embeddings for {rows} rows", embeddings.nrows()),
+        ),
+        Err(error) => fail(batch, &error.to_string()),
+    }
+}
+
+fn fail(batch: Vec<Job>, message: &str) {
+    tracing::error!(error = message, rows = batch.len(), "batch failed");
+    for job in batch {
+        let _ = job
+            .reply
+            .send(Err(BatchError::Inference(message.to_string())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::policy::tests::limits;
+    use super::*;
+
+    /// A runner that records each batch's row count and returns zeros.
+    fn recording_runner() -> (Runner, Arc<Mutex<Vec<usize>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let runner: Runner = Arc::new(move |rows: &[Row<'_>]| {
+            log.lock().unwrap().push(rows.len());
+            Ok(Array2::from_shape_fn((rows.len(), 2), |(r, _)| {
+                rows[r].z[0]
+            }))
+        });
+        (runner, seen)
+    }
+
+    fn submit(
+        handle: &BatcherHandle,
+        z: f32,
+        rows: usize,
+    ) -> tokio::task::JoinHandle<Result<Array2<f32>, BatchError>> {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let inputs = vec![TextInput::single("x"); rows];
+            handle
+                .embed("t".into(), inputs, vec![z].into(), DetKind::Lora, 4)
+                .await
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_request_waits_max_wait_then_runs() {
+        let (runner, seen) = recording_runner();
+        let metrics = Arc::new(Metrics::new());
+        let (handle, _task) = spawn(limits(8, 10_000), runner, metrics);
+        let answer = submit(&handle, 1.0, 1);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(seen.lock().unwrap().is_empty(), "ran before max_wait");
+        let rows = answer.await.unwrap().unwrap();
+        assert_eq!(rows.nrows(), 1);
+        assert_eq!(*seen.lock().unwrap(), vec![1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_within_max_wait_share_one_batch_and_get_their_own_rows() {
+        let (runner, seen) = recording_runner();
+        let metrics = Arc::new(Metrics::new());
+        let (handle, _task) = spawn(limits(8, 10_000), runner, metrics);
+        let first = submit(&handle, 1.0, 2);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let second = submit(&handle, 2.0, 3);
+        let (first, second) = (
+            first.await.unwrap().unwrap(),
+            second.await.unwrap().unwrap(),
+        );
+        assert_eq!(*seen.lock().unwrap(), vec![5]);
+        assert_eq!(first.column(0).to_vec(), vec![1.0; 2]);
+        assert_eq!(second.column(0).to_vec(), vec![2.0; 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_runs_without_waiting() {
+        let (runner, seen) = recording_runner();
+        let metrics = Arc::new(Metrics::new());
+        let (handle, _task) = spawn(limits(4, 10_000), runner, metrics);
+        let start = Instant::now();
+        let answer = submit(&handle, 1.0, 4);
+        answer.await.unwrap().unwrap();
+        assert!(start.elapsed() < Duration::from_millis(100));
+        assert_eq!(*seen.lock().unwrap(), vec![4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_request_is_dropped_before_it_runs() {
+        let (runner, seen) = recording_runner();
+        let metrics = Arc::new(Metrics::new());
+        let (handle, _task) = spawn(limits(8, 10_000), runner, metrics.clone());
+        let gone = submit(&handle, 1.0, 1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        gone.abort();
+        let kept = submit(&handle, 2.0, 1);
+        kept.await.unwrap().unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![1]);
+        assert_eq!(metrics.dropped_count("client_gone"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_abandoned_while_its_batch_waits_never_runs() {
+        let (runner, seen) = recording_runner();
+        let metrics = Arc::new(Metrics::new());
+        let (handle, _task) = spawn(limits(8, 10_000), runner, metrics.clone());
+        let gone = submit(&handle, 1.0, 1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        gone.abort();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(seen.lock().unwrap().is_empty());
+        assert_eq!(metrics.dropped_count("client_gone"), 1);
+        assert_eq!(metrics.queue_requests.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_refuses_and_close_drains() {
+        let (runner, seen) = recording_runner();
+        let metrics = Arc::new(Metrics::new());
+        let mut small = limits(1, 10_000);
+        small.queue_capacity = 1;
+        let (handle, task) = spawn(small, runner, metrics);
+        // Fill the channel faster than the batcher can take from it.
+        let results = futures::future::join_all((0..6).map(|i| {
+            let handle = handle.clone();
+            async move {
+                handle
+                    .embed(
+                        "t".into(),
+                        vec![TextInput::single("x")],
+                        vec![i as f32].into(),
+                        DetKind::Lora,
+                        4,
+                    )
+                    .await
+            }
+        }))
+        .await;
+        assert!(
+            results
+                .iter()
+                .any(|r| matches!(r, Err(BatchError::QueueFull)))
+        );
+        assert!(results.iter().any(Result::is_ok));
+        handle.close();
+        task.await.unwrap();
+        assert!(!seen.lock().unwrap().is_empty());
+        let late = handle
+            .embed(
+                "t".into(),
+                vec![TextInput::single("x")],
+                vec![0.0].into(),
+                DetKind::Lora,
+                4,
+            )
+            .await;
+        assert!(matches!(late, Err(BatchError::ShuttingDown)));
+    }
+}

@@ -1,0 +1,197 @@
+//! [`ApiError`]: every way a request can fail, and the one place that maps it to an HTTP status
+//! and the body `{"error": {"code", "message"}}`. Server-side failures answer a generic message;
+//! their details go to the log, never to the client.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use super::batcher::BatchError;
+use super::store::StoreError;
+use deltaspace_core::task::TaskError;
+
+/// What a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not the JSON the route takes.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// The request is well-formed but asks for something impossible.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The task fails validation.
+    #[error("{0}")]
+    InvalidTask(String),
+    #[error("no task named {0:?}")]
+    TaskNotFound(String),
+    #[error("no route {0}")]
+    RouteNotFound(String),
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    /// `If-Match` named another generation than the stored one.
+    #[error("{0}")]
+    EtagMismatch(String),
+    /// Creating the task would exceed `max_tasks`.
+    #[error("{0}")]
+    TooManyTasks(String),
+    #[error("a valid `Authorization: Bearer TOKEN` header is required")]
+    Unauthorized,
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("too many requests are waiting; retry shortly")]
+    Overloaded,
+    #[error("the model is still loading")]
+    NotReady,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// Anything the client cannot fix; the message is logged, the client sees a generic one.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable, machine-readable code in the body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidTask(_) => "invalid_task",
+            Self::TaskNotFound(_) => "task_not_found",
+            Self::RouteNotFound(_) => "route_not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::EtagMismatch(_) => "etag_mismatch",
+            Self::TooManyTasks(_) => "too_many_tasks",
+            Self::Unauthorized => "unauthorized",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::Overloaded => "overloaded",
+            Self::NotReady => "not_ready",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest(_) | Self::InvalidTask(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TaskNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::EtagMismatch(_) | Self::TooManyTasks(_) => StatusCode::CONFLICT,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            Self::NotReady | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let message = if status.is_server_error() {
+            if let Self::Internal(detail) = self {
+                tracing::error!(error = %detail, "request failed");
+            }
+            match self {
+                Self::Internal(_) => "internal error; see the server log".to_string(),
+                other => other.to_string(),
+            }
+        } else {
+            truncate(self.to_string())
+        };
+        let mut response = HttpResponse::build(status);
+        match self {
+            Self::Unauthorized => {
+                response
+                    .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            Self::Overloaded | Self::NotReady => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            _ => {}
+        }
+        response.json(json!({"error": {"code": self.code(), "message": message}}))
+    }
+}
+
+/// The longest message a client gets, in characters: messages quote what was sent (an unknown
+/// DET, a label name), and an error should not echo a megabyte back.
+const MAX_MESSAGE_CHARS: usize = 500;
+
+fn truncate(message: String) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((end, _)) => format!("{}…", &message[..end]),
+        None => message,
+    }
+}
+
+impl From<TaskError> for ApiError {
+    fn from(error: TaskError) -> Self {
+        Self::InvalidTask(error.to_string())
+    }
+}
+
+impl From<BatchError> for ApiError {
+    fn from(error: BatchError) -> Self {
+        match error {
+            BatchError::QueueFull => Self::Overloaded,
+            BatchError::ShuttingDown => Self::ShuttingDown,
+            BatchError::Inference(message) => Self::Internal(message),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::EtagMismatch { .. } => Self::EtagMismatch(error.to_string()),
+            StoreError::NotFound(name) => Self::TaskNotFound(name),
+            StoreError::Full { .. } => Self::TooManyTasks(error.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody;
+
+    use super::*;
+
+    fn body(error: &ApiError) -> serde_json::Value {
+        let bytes = error
+            .error_response()
+            .into_body()
+            .try_into_bytes()
+            .unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or_default()
+    }
+
+    #[test]
+    fn client_errors_explain_and_server_errors_stay_generic() {
+        let missing = ApiError::TaskNotFound("sst2".into());
+        assert_eq!(missing.status_code(), StatusCode::NOT_FOUND);
+        assert_eq!(body(&missing)["error"]["code"], "task_not_found");
+        assert!(
+            body(&missing)["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("sst2")
+        );
+        let internal = ApiError::Internal("disk /secret/path is full".into());
+        let message = body(&internal)["error"]["message"].to_string();
+        assert!(!message.contains("secret"), "{message}");
+        let echo = ApiError::InvalidRequest(format!("unknown DET {:?}", "é".repeat(100_000)));
+        let message = body(&echo)["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            message.chars().count(),
+            MAX_MESSAGE_CHARS + 1,
+            "cut, with an ellipsis"
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! Bulk import into a server's task database (`deltaspace import`): every task is checked against
+//! the model and subspace first, then all are committed in large transactions, with no encoder:
+//! the server embeds each new label set once at its next start. Uploading through HTTP commits
+//! (and fsyncs) one task per request; this is how a million tasks get in.
+
+use std::path::Path;
+
+use super::ServerError;
+use super::load::{DATABASE_FILE, admit};
+use super::store::Database;
+use deltaspace_core::model::Manifest;
+use deltaspace_core::subspace::Subspace;
+use deltaspace_core::task::{Task, TaskLimits};
+
+/// Tasks per transaction: large enough that commits do not dominate (a task of a few labels is
+/// about 1 KB of JSON, so about 10 MB of journal), small enough to hold in memory.
+const TASKS_PER_TRANSACTION: usize = 10_000;
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Tasks written.
+    pub written: usize,
+    /// Of those, tasks that were not stored before.
+    pub created: usize,
+}
+
+/// Writes `tasks` into `data_dir`'s database after checking each (as an upload is checked); a
+/// task replaces any stored task of its name. `tasks` is called twice, to check and then to write,
+/// so a bad task stops the import before anything is written and no more than one transaction of
+/// tasks is ever held in memory. Errors name the failing item (`source` says how).
+pub fn import_tasks<I>(
+    data_dir: &Path,
+    manifest: &Manifest,
+    subspace: &Subspace,
+    limits: &TaskLimits,
+    tasks: impl Fn() -> I,
+) -> Result<ImportSummary, ImportError>
+where
+    I: Iterator<Item = Result<Task, ImportError>>,
+{
+    let mut count = 0;
+    for task in tasks() {
+        check(task?, manifest, subspace, limits)?;
+        count += 1;
+    }
+    let mut db = Database::open(&data_dir.join(DATABASE_FILE)).map_err(ServerError::from)?;
+    let subspace_id = subspace.id();
+    let mut summary = ImportSummary {
+        written: 0,
+        created: 0,
+    };
+    let mut chunk = Vec::with_capacity(TASKS_PER_TRANSACTION.min(count));
+    let mut tasks = tasks().peekable();
+    while tasks.peek().is_some() {
+        chunk.clear();
+        for task in tasks.by_ref().take(TASKS_PER_TRANSACTION) {
+            chunk.push(check(task?, manifest, subspace, limits)?);
+        }
+        summary.created += db
+            .write_many(&chunk, &subspace_id)
+            .map_err(ServerError::from)?;
+        summary.written += chunk.len();
+    }
+    Ok(summary)
+}
+
+fn check(
+    task: Task,
+    manifest: &Manifest,
+    subspace: &Subspace,
+    limits: &TaskLimits,
+) -> Result<Task, ImportError> {
+    let name = task.name.clone();
+    admit(task, manifest, subspace, limits).map_err(|error| ImportError::Invalid {
+        task: name,
+        message: error.to_string(),
+    })
+}
+
+/// Why an import stopped. A bad task found while checking stops it before anything is written;
+/// `Store` errors (and files changed while importing) may leave the transactions before them.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{at}: {message}")]
+    Unreadable { at: String, message: String },
+    #[error("task {task:?}: {message}")]
+    Invalid { task: String, message: String },
+    #[error(transparent)]
+    Store(#[from] ServerError),
+}

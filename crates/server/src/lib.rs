@@ -1,0 +1,255 @@
+//! deltaspace's HTTP server (online). [`run`] serves on a bound listener at once (liveness), loads
+//! the model, subspace and stored tasks in the background (readiness), batches requests of any
+//! tasks and DETs into shared encoder calls, and drains in-flight requests on shutdown.
+//! Routes and wire types are in `api`, the one error-to-status table in `error`.
+
+mod api;
+mod auth;
+mod batcher;
+mod error;
+mod import;
+mod load;
+mod metrics;
+mod store;
+
+pub use api::decode::{
+    EmbedRequest, PredictRequest, RequestLimits, TaskBody, check_inputs, decode_page_query,
+};
+pub use batcher::{BatchLimits, Cost, take_batch};
+pub use error::ApiError;
+pub use import::{ImportError, ImportSummary, import_tasks};
+pub use load::DATABASE_FILE;
+pub use metrics::Metrics;
+pub use store::{Database, LabelSets, Precondition, StoreError, StoredTask, TaskStore, labels_key};
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Service as _;
+use actix_web::{App, HttpServer, web};
+
+use deltaspace_core::model::{Encoder, ModelError};
+use deltaspace_core::runtime::{RuntimeError, RuntimeOptions};
+use deltaspace_core::subspace::{Subspace, SubspaceError};
+use deltaspace_core::task::TaskLimits;
+
+/// Everything the server needs, typed; `cli::serve` builds it from the configuration.
+#[derive(Clone)]
+pub struct Options {
+    /// How to load ONNX Runtime.
+    pub runtime: RuntimeOptions,
+    /// Sessions of the serving graph, i.e. batches in flight at once.
+    pub sessions: usize,
+    /// The exported model directory.
+    pub model_dir: PathBuf,
+    /// The subspace file every task's z belongs to.
+    pub subspace: PathBuf,
+    /// Where the task database (`tasks.sqlite3`) lives.
+    pub data_dir: PathBuf,
+    /// TASK.json files imported once at start (each name at most once, ever); skipped if absent.
+    pub seed_tasks_dir: Option<PathBuf>,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Batch size and waiting limits.
+    pub batch: BatchLimits,
+    /// Most texts in one predict or embed request.
+    pub max_inputs: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest text (or text_pair) of a predict or embed request, in characters.
+    pub max_text_chars: usize,
+    /// Most tasks served; creating one more answers 409 `too_many_tasks`.
+    pub max_tasks: usize,
+    /// Bounds on uploaded tasks.
+    pub task_limits: TaskLimits,
+    /// Bearer tokens; empty = no authorization.
+    pub tokens: Vec<String>,
+    /// Require a token for predictions, embeddings and task reads too.
+    pub protect_reads: bool,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("runtime", &self.runtime)
+            .field("sessions", &self.sessions)
+            .field("model_dir", &self.model_dir)
+            .field("subspace", &self.subspace)
+            .field("data_dir", &self.data_dir)
+            .field("seed_tasks_dir", &self.seed_tasks_dir)
+            .field("workers", &self.workers)
+            .field("batch", &self.batch)
+            .field("max_inputs", &self.max_inputs)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_text_chars", &self.max_text_chars)
+            .field("max_tasks", &self.max_tasks)
+            .field("task_limits", &self.task_limits)
+            .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
+            .field("protect_reads", &self.protect_reads)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("loading model {dir}: {source}")]
+    Model { dir: PathBuf, source: ModelError },
+    #[error("loading subspace {path}: {source}")]
+    Subspace {
+        path: PathBuf,
+        source: SubspaceError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("embedding label descriptions: {0}")]
+    Labels(String),
+    #[error("warm-up: {0}")]
+    WarmUp(String),
+    #[error("start-up was interrupted")]
+    Interrupted,
+}
+
+/// What every handler shares: set up before the model loads, completed by [`Core`] after.
+pub(crate) struct AppState {
+    metrics: Arc<Metrics>,
+    auth: auth::Auth,
+    options: Options,
+    core: OnceLock<Core>,
+    shutting_down: AtomicBool,
+}
+
+/// The loaded half of the state: present once the server is ready.
+pub(crate) struct Core {
+    encoder: Arc<Encoder>,
+    subspace: Arc<Subspace>,
+    store: Arc<TaskStore>,
+    batcher: batcher::BatcherHandle,
+    /// Identifies the model that made cached label embeddings.
+    model_key: String,
+}
+
+impl AppState {
+    /// The loaded model, store and batcher, or 503 while loading.
+    fn core(&self) -> Result<&Core, ApiError> {
+        self.core.get().ok_or(ApiError::NotReady)
+    }
+
+    /// True once loaded and warmed, and not shutting down.
+    fn ready(&self) -> bool {
+        self.core.get().is_some() && !self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains: stops accepting, lets in-flight
+/// requests finish (up to `shutdown_timeout`), runs what is queued, and returns.
+///
+/// Liveness answers at once; the model, subspace and tasks load in the background and readiness
+/// (`/health/ready`) turns true after a warm-up batch. A load failure stops the server with it.
+pub async fn run(
+    listener: std::net::TcpListener,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let state = Arc::new(AppState {
+        metrics: Arc::new(Metrics::new()),
+        auth: auth::Auth::new(&options.tokens, options.protect_reads),
+        options: options.clone(),
+        core: OnceLock::new(),
+        shutting_down: AtomicBool::new(false),
+    });
+    let address = listener.local_addr()?;
+    let server = http_server(listener, state.clone())?;
+    let http = server.handle();
+    let serving = tokio::spawn(server);
+    tracing::info!(%address, "listening; loading the model");
+
+    tokio::pin!(shutdown);
+    let started = Instant::now();
+    let mut batcher_task = None;
+    let outcome = tokio::select! {
+        loaded = load::load(&options, state.metrics.clone()) => match loaded {
+            Ok((core, task)) => {
+                batcher_task = Some(task);
+                let tasks = core.store.len();
+                let _ = state.core.set(core);
+                tracing::info!(%address, tasks, seconds = started.elapsed().as_secs_f32(), "ready");
+                shutdown.await;
+                Ok(())
+            }
+            Err(error) => Err(error),
+        },
+        () = &mut shutdown => Ok(()),
+    };
+
+    tracing::info!("shutting down: draining in-flight requests");
+    state.shutting_down.store(true, Ordering::Relaxed);
+    http.stop(true).await;
+    match serving.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, "HTTP server stopped with an error"),
+        Err(error) => tracing::error!(%error, "HTTP server task failed"),
+    }
+    if let Some(core) = state.core.get() {
+        core.batcher.close();
+    }
+    if let Some(task) = batcher_task {
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+    outcome
+}
+
+/// The HTTP server with its route table, not yet polled.
+fn http_server(
+    listener: std::net::TcpListener,
+    state: Arc<AppState>,
+) -> Result<actix_web::dev::Server, ServerError> {
+    let workers = state.options.workers;
+    let timeout = state.options.shutdown_timeout.as_secs().max(1);
+    let data = web::Data::from(state);
+    let mut server = HttpServer::new(move || {
+        let metrics = data.metrics.clone();
+        App::new()
+            .app_data(data.clone())
+            .wrap_fn(move |request, service| {
+                let started = Instant::now();
+                let metrics = metrics.clone();
+                let method = request.method().as_str().to_string();
+                let call = service.call(request);
+                async move {
+                    let response = call.await?;
+                    let route = response
+                        .request()
+                        .match_pattern()
+                        .unwrap_or_else(|| "unmatched".to_string());
+                    let (status, seconds) = (response.status().as_u16(), started.elapsed());
+                    metrics.observe_request(&method, &route, status, seconds.as_secs_f64());
+                    // Failures are logged where they happen (`ApiError`); this is the access log.
+                    let ms = seconds.as_secs_f64() * 1e3;
+                    tracing::debug!(%method, %route, status, ms, "request");
+                    Ok(response)
+                }
+            })
+            .configure(api::routes)
+    })
+    .disable_signals()
+    .shutdown_timeout(timeout)
+    // A client that closes its side is gone: drop its request (and its place in the queue).
+    .h1_allow_half_closed(false)
+    .listen(listener)?;
+    if workers > 0 {
+        server = server.workers(workers);
+    }
+    Ok(server.run())
+}

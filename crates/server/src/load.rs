@@ -1,0 +1,332 @@
+//! Start-up: load ONNX Runtime, the model and the subspace; serve every stored task (label
+//! embeddings from the cache when the same model made them); import seed tasks once; warm up with
+//! one batch through every DET; start the batcher. Also [`admit`], the one gate for new tasks.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::batcher::{self, Runner};
+use super::error::ApiError;
+use super::metrics::Metrics;
+use ndarray::Array2;
+
+use super::store::{Database, Precondition, TaskStore, labels_key};
+use super::{Core, Options, ServerError};
+use deltaspace_core::classifier::{self, LabelSet, Row, embed_labels};
+use deltaspace_core::model::{Encoder, EncoderOptions, Manifest, ModelError, TextInput};
+use deltaspace_core::runtime::Runtime;
+use deltaspace_core::subspace::Subspace;
+use deltaspace_core::task::{Label, Task, TaskError, TaskLimits};
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "tasks.sqlite3";
+
+/// Loads everything, warms up and starts the batcher; the second value drains it when awaited.
+pub async fn load(
+    options: &Options,
+    metrics: Arc<Metrics>,
+) -> Result<(Core, tokio::task::JoinHandle<()>), ServerError> {
+    let blocking_options = options.clone();
+    let (encoder, subspace, store) =
+        tokio::task::spawn_blocking(move || load_blocking(&blocking_options))
+            .await
+            .map_err(|_| ServerError::Interrupted)??;
+    let encoder = Arc::new(encoder);
+    let subspace = Arc::new(subspace);
+    let model_key = model_key(encoder.manifest());
+    metrics.tasks_registered.set(store.len() as i64);
+    metrics.set_build_info(
+        &encoder.provider().to_string(),
+        &encoder.manifest().name,
+        &subspace.id(),
+    );
+    let runner: Runner = {
+        let (encoder, subspace) = (encoder.clone(), subspace.clone());
+        Arc::new(move |rows: &[Row<'_>]| classifier::embed_rows(&encoder, &subspace, rows))
+    };
+    warm_up(&runner, &encoder, &subspace).await?;
+    let mut limits = options.batch;
+    limits.concurrency = encoder.sessions();
+    let (batcher, task) = batcher::spawn(limits, runner, metrics);
+    let core = Core {
+        encoder,
+        subspace,
+        store: Arc::new(store),
+        batcher,
+        model_key,
+    };
+    Ok((core, task))
+}
+
+fn load_blocking(options: &Options) -> Result<(Encoder, Subspace, TaskStore), ServerError> {
+    let runtime = Runtime::load(options.runtime.clone())?;
+    let encoder_options = EncoderOptions {
+        sessions: options.sessions.max(1),
+        ..EncoderOptions::default()
+    };
+    let encoder =
+        Encoder::load(&runtime, &options.model_dir, &encoder_options).map_err(|source| {
+            ServerError::Model {
+                dir: options.model_dir.clone(),
+                source,
+            }
+        })?;
+    let subspace = Subspace::load(&options.subspace, encoder.manifest()).map_err(|source| {
+        ServerError::Subspace {
+            path: options.subspace.clone(),
+            source,
+        }
+    })?;
+    tracing::info!(subspace = %subspace.id(), d = subspace.d(), "subspace loaded");
+    let store = TaskStore::new(Database::open(&options.data_dir.join(DATABASE_FILE))?)
+        .with_max_tasks(options.max_tasks);
+    load_tasks(&store, &encoder, &subspace, &options.task_limits)?;
+    if let Some(dir) = options.seed_tasks_dir.as_deref() {
+        seed_tasks(dir, &store, &encoder, &subspace, &options.task_limits)?;
+    }
+    Ok((encoder, subspace, store))
+}
+
+/// Names the model that made label embeddings, so a cache from another model is ignored.
+pub fn model_key(manifest: &Manifest) -> String {
+    format!("{}:{}", manifest.name, manifest.base_model_sha256)
+}
+
+/// Checks an incoming task against the loaded model and subspace, and records the subspace's
+/// full id in it. Shared by uploads, seed imports, start-up and `deltaspace import`.
+pub fn admit(
+    mut task: Task,
+    manifest: &Manifest,
+    subspace: &Subspace,
+    limits: &TaskLimits,
+) -> Result<Task, ApiError> {
+    if let Some(reference) = task.subspace.as_ref().filter(|r| !subspace.matches(r)) {
+        return Err(TaskError::Subspace {
+            task: reference.clone(),
+            loaded: subspace.id(),
+        }
+        .into());
+    }
+    task.validate(subspace.d(), limits)?;
+    task.det
+        .column(manifest)
+        .map_err(|e| ApiError::InvalidTask(e.to_string()))?;
+    task.subspace = Some(subspace.id());
+    Ok(task)
+}
+
+/// The label set for `labels`: the one in use when a served task has the same labels, else
+/// embedded now by the frozen model (a blocking encoder run).
+pub fn label_set(
+    store: &TaskStore,
+    encoder: &Encoder,
+    labels: &[Label],
+) -> Result<Arc<LabelSet>, ModelError> {
+    match store.label_sets().get(&labels_key(labels)) {
+        Some(set) => Ok(set),
+        None => Ok(Arc::new(LabelSet::embed(labels.to_vec(), encoder)?)),
+    }
+}
+
+/// Serves every stored task made for this subspace; others stay stored but are not served.
+/// Rows stream from the database one at a time; label embeddings come from the database's cache
+/// (or a version-1 row), else from the encoder, once per distinct label set.
+fn load_tasks(
+    store: &TaskStore,
+    encoder: &Encoder,
+    subspace: &Subspace,
+    limits: &TaskLimits,
+) -> Result<(), ServerError> {
+    let manifest = encoder.manifest();
+    let model_key = model_key(manifest);
+    let subspace_id = subspace.id();
+    let mut cached = store.with_db(|db| db.label_embeddings(&model_key))?;
+    // Label sets to cache in the database once the scan is over: (key, set).
+    let mut to_cache: Vec<(String, Arc<LabelSet>)> = Vec::new();
+    // Label sets of stored tasks that are not served (another subspace, invalid): their cache
+    // rows stay.
+    let mut kept: HashSet<String> = HashSet::new();
+    // Label sets the encoder embedded now, or restored from version-1 rows; tasks not served.
+    let (mut embedded, mut migrated, mut other_subspace, mut invalid) = (0, 0, 0, 0);
+    store.with_db(|db| {
+        db.each(|record| -> Result<(), ServerError> {
+            let parsed = serde_json::from_str::<Task>(&record.task_json);
+            let key: Option<String> = parsed.as_ref().ok().map(|task| labels_key(&task.labels));
+            if record.subspace_id != subspace_id {
+                other_subspace += 1;
+                kept.extend(key);
+                return Ok(());
+            }
+            let task = parsed
+                .map_err(|e| e.to_string())
+                .and_then(|task| {
+                    admit(task, manifest, subspace, limits).map_err(|e| e.to_string())
+                });
+            let task = match task {
+                Ok(task) => task,
+                Err(error) => {
+                    tracing::warn!(task = %record.name, %error, "stored task is invalid; not served");
+                    invalid += 1;
+                    kept.extend(key);
+                    return Ok(());
+                }
+            };
+            let key = key.unwrap_or_else(|| labels_key(&task.labels));
+            let labels = match store.label_sets().get(&key) {
+                Some(set) => set,
+                None => {
+                    // The table's copy, else a version-1 row's, else the encoder; a copy of the
+                    // wrong shape (a damaged row) counts as missing and is written anew.
+                    let shape = (task.labels.len(), manifest.hidden());
+                    let restore = |values: Vec<f32>| Array2::from_shape_vec(shape, values).ok();
+                    let from_table = cached.remove(&key).and_then(restore);
+                    let fresh = from_table.is_none();
+                    let embeddings = match from_table {
+                        Some(embeddings) => embeddings,
+                        None => match record
+                            .embeddings
+                            .clone()
+                            .filter(|(model, _)| *model == model_key)
+                            .and_then(|(_, values)| restore(values))
+                        {
+                            Some(embeddings) => {
+                                migrated += 1;
+                                embeddings
+                            }
+                            None => {
+                                embedded += 1;
+                                embed_labels(&task.labels, encoder)
+                                    .map_err(|e| ServerError::Labels(e.to_string()))?
+                            }
+                        },
+                    };
+                    let set = LabelSet {
+                        labels: task.labels.clone(),
+                        embeddings,
+                    };
+                    let set = store.label_sets().intern(&key, Arc::new(set));
+                    if fresh {
+                        to_cache.push((key, set.clone()));
+                    }
+                    set
+                }
+            };
+            store.insert_loaded(&record, task, labels);
+            Ok(())
+        })
+    })?;
+    // One transaction for every set made or restored in the scan; then the version-1 copies in
+    // the served rows are dropped, since the table holds them now.
+    store.with_db(|db| {
+        let sets = to_cache
+            .iter()
+            .map(|(key, set)| (key.as_str(), &set.embeddings));
+        db.save_label_embeddings(&model_key, sets)?;
+        db.drop_row_embeddings(&model_key, &subspace_id)
+    })?;
+    // What is left of the cache and not kept belongs to label sets no stored task has any more
+    // (deleted or replaced since the last start): forget them, so the table does not grow with
+    // churn.
+    let unused = cached.keys().filter(|key| !kept.contains(*key));
+    let forgotten = store.with_db(|db| db.forget_label_embeddings(&model_key, unused))?;
+    tracing::info!(
+        served = store.len(),
+        label_sets = store.label_sets().len(),
+        other_subspace,
+        invalid,
+        embedded,
+        migrated,
+        forgotten,
+        "tasks loaded"
+    );
+    Ok(())
+}
+
+/// Imports each `*.json` task of `dir` that is not stored and was never imported before (so a
+/// seed task deleted by a user stays deleted). A bad file is logged and skipped.
+fn seed_tasks(
+    dir: &Path,
+    store: &TaskStore,
+    encoder: &Encoder,
+    subspace: &Subspace,
+    limits: &TaskLimits,
+) -> Result<(), ServerError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::debug!(dir = %dir.display(), "no seed task directory");
+        return Ok(());
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    let key = model_key(encoder.manifest());
+    let mut imported = 0;
+    for path in paths {
+        let task = Task::load(&path)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|t| {
+                admit(t, encoder.manifest(), subspace, limits).map_err(|e| e.to_string())
+            });
+        let task = match task {
+            Ok(task) => task,
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "seed task skipped");
+                continue;
+            }
+        };
+        let seen =
+            store.get(&task.name).is_some() || store.with_db(|db| db.was_seeded(&task.name))?;
+        if seen {
+            continue;
+        }
+        let labels = label_set(store, encoder, &task.labels)
+            .map_err(|e| ServerError::Labels(e.to_string()))?;
+        let name = task.name.clone();
+        match store.put(task, labels, &subspace.id(), &key, &Precondition::Absent) {
+            Ok(_) => imported += 1,
+            Err(error) => tracing::warn!(task = %name, %error, "seed task not imported"),
+        }
+        store.with_db(|db| db.mark_seeded(&name))?;
+    }
+    if imported > 0 {
+        tracing::info!(imported, dir = %dir.display(), "seed tasks imported");
+    }
+    Ok(())
+}
+
+/// One short batch with a row per DET, so the first request does not pay for ORT's first run.
+async fn warm_up(
+    runner: &Runner,
+    encoder: &Arc<Encoder>,
+    subspace: &Arc<Subspace>,
+) -> Result<(), ServerError> {
+    let runner = runner.clone();
+    let dets: Vec<_> = encoder
+        .manifest()
+        .dets
+        .iter()
+        .filter_map(|layout| layout.name.parse().ok())
+        .collect();
+    let z = vec![0.0f32; subspace.d()];
+    tokio::task::spawn_blocking(move || {
+        let input = TextInput::single("warm-up");
+        let rows: Vec<Row<'_>> = dets
+            .iter()
+            .map(|&det| Row {
+                input: &input,
+                z: &z,
+                det,
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        runner(&rows).map(|_| ())
+    })
+    .await
+    .map_err(|_| ServerError::Interrupted)?
+    .map_err(|e| ServerError::WarmUp(e.to_string()))
+}

@@ -1,0 +1,517 @@
+//! The SQLite side of the store: one connection, a `tasks` table (the task as JSON, its
+//! generation, etag and subspace id), a `label_embeddings` table (label-description embeddings
+//! by model and label set, shared by every task with those labels) and a `seeded` table. Every
+//! write is one transaction that checks its precondition against the committed row.
+//!
+//! Schema version 1 kept each task's label embeddings in its own row (`tasks.embeddings`); version
+//! 2 reads them from there when `label_embeddings` lacks them, and writes them only to
+//! `label_embeddings`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ndarray::Array2;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
+
+use super::{Precondition, StoreError};
+use deltaspace_core::task::Task;
+
+/// Writes take the write lock when they begin, so a read-then-write transaction never meets
+/// another writer's commit in between (SQLITE_BUSY at once, busy timeout or not): a server and a
+/// `deltaspace import` can share a database.
+const IMMEDIATE: TransactionBehavior = TransactionBehavior::Immediate;
+
+/// The schema this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 2;
+
+/// A row of the database, before validation.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub name: String,
+    pub task_json: String,
+    pub generation: u64,
+    pub etag: String,
+    pub subspace_id: String,
+    pub updated_at_ms: i64,
+    /// (model key, values) of label embeddings a version-1 database kept in the row.
+    pub embeddings: Option<(String, Vec<f32>)>,
+}
+
+/// Label embeddings to cache with a write: (model key, label-set key, [labels, H]).
+pub type LabelCache<'a> = (&'a str, &'a str, &'a Array2<f32>);
+
+/// The SQLite side: one connection; writes run in a transaction that checks the precondition.
+pub struct Database {
+    connection: Connection,
+}
+
+impl Database {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_error = |message: String| StoreError::Open {
+            path: path.display().to_string(),
+            message,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
+        }
+        let connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(open_error(format!(
+                "schema version {version} is newer than this build's {SCHEMA_VERSION}"
+            )));
+        }
+        connection.execute_batch(
+            "CREATE TABLE IF NOT EXISTS tasks (
+                name TEXT PRIMARY KEY,
+                generation INTEGER NOT NULL,
+                etag TEXT NOT NULL,
+                subspace_id TEXT NOT NULL,
+                task_json TEXT NOT NULL,
+                updated_at_ms INTEGER NOT NULL,
+                embeddings_model TEXT,
+                embeddings BLOB
+            );
+            CREATE TABLE IF NOT EXISTS label_embeddings (
+                model TEXT NOT NULL,
+                labels_key TEXT NOT NULL,
+                embeddings BLOB NOT NULL,
+                PRIMARY KEY (model, labels_key)
+            );
+            CREATE TABLE IF NOT EXISTS seeded (
+                name TEXT PRIMARY KEY,
+                at_ms INTEGER NOT NULL
+            );",
+        )?;
+        connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(Self { connection })
+    }
+
+    /// Calls `f` on every stored task, in name order, one row at a time (a million tasks never
+    /// sit in memory as rows).
+    pub fn each<E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(Record) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let sqlite = |e: rusqlite::Error| E::from(StoreError::from(e));
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT name, task_json, generation, etag, subspace_id, updated_at_ms,
+                    embeddings_model, embeddings FROM tasks ORDER BY name",
+            )
+            .map_err(sqlite)?;
+        let mut rows = statement.query([]).map_err(sqlite)?;
+        while let Some(row) = rows.next().map_err(sqlite)? {
+            let record = (|| {
+                let model: Option<String> = row.get(6)?;
+                let blob: Option<Vec<u8>> = row.get(7)?;
+                Ok(Record {
+                    name: row.get(0)?,
+                    task_json: row.get(1)?,
+                    generation: row.get(2)?,
+                    etag: row.get(3)?,
+                    subspace_id: row.get(4)?,
+                    updated_at_ms: row.get(5)?,
+                    embeddings: model.zip(blob).map(|(m, b)| (m, from_le_bytes(&b))),
+                })
+            })()
+            .map_err(sqlite)?;
+            f(record)?;
+        }
+        Ok(())
+    }
+
+    /// Every cached label-embedding set made by `model`, by label-set key.
+    pub fn label_embeddings(&self, model: &str) -> Result<HashMap<String, Vec<f32>>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT labels_key, embeddings FROM label_embeddings WHERE model = ?1")?;
+        let rows = statement.query_map([model], |row| {
+            let blob: Vec<u8> = row.get(1)?;
+            Ok((row.get(0)?, from_le_bytes(&blob)))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Drops cached label embeddings of `model` that no stored task uses any more.
+    pub fn forget_label_embeddings<'k>(
+        &mut self,
+        model: &str,
+        keys: impl IntoIterator<Item = &'k String>,
+    ) -> Result<usize, StoreError> {
+        let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
+        let mut forgotten = 0;
+        for key in keys {
+            forgotten += transaction.execute(
+                "DELETE FROM label_embeddings WHERE model = ?1 AND labels_key = ?2",
+                params![model, key],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(forgotten)
+    }
+
+    /// Caches label embeddings made outside a write (at start-up), replacing any copy of the same
+    /// key (a damaged one), in one transaction.
+    pub fn save_label_embeddings<'s>(
+        &mut self,
+        model: &str,
+        sets: impl IntoIterator<Item = (&'s str, &'s Array2<f32>)>,
+    ) -> Result<(), StoreError> {
+        let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
+        for (key, values) in sets {
+            let values: Vec<f32> = values.iter().copied().collect();
+            transaction.execute(
+                "INSERT OR REPLACE INTO label_embeddings (model, labels_key, embeddings)
+                 VALUES (?1, ?2, ?3)",
+                params![model, key, to_le_bytes(&values)],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Drops the label embeddings a version-1 database kept in the rows of `subspace_id` made by
+    /// `model`, once `label_embeddings` holds them.
+    pub fn drop_row_embeddings(
+        &mut self,
+        model: &str,
+        subspace_id: &str,
+    ) -> Result<(), StoreError> {
+        self.connection.execute(
+            "UPDATE tasks SET embeddings_model = NULL, embeddings = NULL
+             WHERE embeddings_model = ?1 AND subspace_id = ?2",
+            params![model, subspace_id],
+        )?;
+        Ok(())
+    }
+
+    /// Commits `task` as the next generation if `expect` holds, with its label embeddings;
+    /// returns the committed row and whether the task is new.
+    pub fn write(
+        &mut self,
+        task: &Task,
+        subspace_id: &str,
+        labels: LabelCache<'_>,
+        expect: &Precondition,
+    ) -> Result<(Record, bool), StoreError> {
+        let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
+        let (record, created) = upsert(&transaction, task, subspace_id, expect)?;
+        insert_label_embeddings(&transaction, labels)?;
+        transaction.commit()?;
+        Ok((record, created))
+    }
+
+    /// Commits many tasks in one transaction (each replaces any task of its name), for bulk
+    /// imports; label embeddings are made when a server next loads them. Returns how many were new.
+    pub fn write_many<'t>(
+        &mut self,
+        tasks: impl IntoIterator<Item = &'t Task>,
+        subspace_id: &str,
+    ) -> Result<usize, StoreError> {
+        let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
+        let mut created = 0;
+        for task in tasks {
+            created += usize::from(upsert(&transaction, task, subspace_id, &Precondition::None)?.1);
+        }
+        transaction.commit()?;
+        Ok(created)
+    }
+
+    /// Deletes a task if `expect` holds.
+    pub fn delete(&mut self, name: &str, expect: &Precondition) -> Result<(), StoreError> {
+        let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
+        let current: Option<String> = transaction
+            .query_row("SELECT etag FROM tasks WHERE name = ?1", [name], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        if current.is_none() {
+            return Err(StoreError::NotFound(name.to_string()));
+        }
+        expect.check(name, current.as_deref())?;
+        transaction.execute("DELETE FROM tasks WHERE name = ?1", [name])?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Records that the seed task `name` was imported; false if it had been before.
+    pub fn mark_seeded(&self, name: &str) -> Result<bool, StoreError> {
+        let inserted = self.connection.execute(
+            "INSERT OR IGNORE INTO seeded (name, at_ms) VALUES (?1, ?2)",
+            params![name, now_ms()],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    /// True when the seed task `name` was imported before (even if since deleted).
+    pub fn was_seeded(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .connection
+            .query_row("SELECT 1 FROM seeded WHERE name = ?1", [name], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+}
+
+/// Writes `task` as its next generation inside `transaction` if `expect` holds.
+fn upsert(
+    transaction: &Transaction<'_>,
+    task: &Task,
+    subspace_id: &str,
+    expect: &Precondition,
+) -> Result<(Record, bool), StoreError> {
+    let task_json = serde_json::to_string(task).map_err(|e| StoreError::Corrupt {
+        name: task.name.clone(),
+        message: e.to_string(),
+    })?;
+    let current: Option<(u64, String)> = transaction
+        .query_row(
+            "SELECT generation, etag FROM tasks WHERE name = ?1",
+            [&task.name],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    expect.check(&task.name, current.as_ref().map(|(_, etag)| etag.as_str()))?;
+    let created = current.is_none();
+    let generation = current.map_or(1, |(generation, _)| generation + 1);
+    let updated_at_ms = now_ms();
+    let etag = etag(&task_json, generation, updated_at_ms);
+    transaction.execute(
+        "INSERT INTO tasks (name, generation, etag, subspace_id, task_json, updated_at_ms,
+                            embeddings_model, embeddings)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL)
+         ON CONFLICT(name) DO UPDATE SET generation = ?2, etag = ?3, subspace_id = ?4,
+            task_json = ?5, updated_at_ms = ?6, embeddings_model = NULL, embeddings = NULL",
+        params![
+            task.name,
+            generation,
+            etag,
+            subspace_id,
+            task_json,
+            updated_at_ms
+        ],
+    )?;
+    let record = Record {
+        name: task.name.clone(),
+        task_json,
+        generation,
+        etag,
+        subspace_id: subspace_id.to_string(),
+        updated_at_ms,
+        embeddings: None,
+    };
+    Ok((record, created))
+}
+
+fn insert_label_embeddings(
+    connection: &Connection,
+    (model, key, values): LabelCache<'_>,
+) -> rusqlite::Result<usize> {
+    let values: Vec<f32> = values.iter().copied().collect();
+    connection.execute(
+        "INSERT OR IGNORE INTO label_embeddings (model, labels_key, embeddings) VALUES (?1, ?2, ?3)",
+        params![model, key, to_le_bytes(&values)],
+    )
+}
+
+fn etag(task_json: &str, generation: u64, updated_at_ms: i64) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(task_json.as_bytes());
+    hasher.update(generation.to_le_bytes());
+    hasher.update(updated_at_ms.to_le_bytes());
+    format!("{:x}", hasher.finalize())[..16].to_string()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn to_le_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn from_le_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use deltaspace_core::det::DetKind;
+    use deltaspace_core::task::Label;
+
+    pub(in crate::store) fn task(name: &str, z0: f32) -> Task {
+        Task {
+            name: name.into(),
+            det: DetKind::Adapter,
+            z: vec![z0, 0.5],
+            labels: ["no", "yes"]
+                .map(|n| Label {
+                    name: n.into(),
+                    description: format!("{n}."),
+                })
+                .to_vec(),
+            subspace: Some("s@1".into()),
+        }
+    }
+
+    pub(in crate::store) fn embeddings() -> Array2<f32> {
+        Array2::from_shape_fn((2, 3), |(r, c)| (r * 3 + c) as f32)
+    }
+
+    #[test]
+    fn writes_make_generations_and_if_match_guards_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Database::open(&dir.path().join("t.sqlite3")).unwrap();
+        let e = embeddings();
+        let (first, created) = db
+            .write(&task("a", 1.0), "s@1", ("m", "k", &e), &Precondition::None)
+            .unwrap();
+        assert!(created);
+        assert_eq!(first.generation, 1);
+        let stale = Precondition::Etag("0000".into());
+        assert!(matches!(
+            db.write(&task("a", 2.0), "s@1", ("m", "k", &e), &stale),
+            Err(StoreError::EtagMismatch { .. })
+        ));
+        let fresh = Precondition::Etag(first.etag.clone());
+        let (second, created) = db
+            .write(&task("a", 2.0), "s@1", ("m", "k", &e), &fresh)
+            .unwrap();
+        assert!(!created);
+        assert_eq!(second.generation, 2);
+        assert_ne!(second.etag, first.etag);
+        assert!(
+            db.write(
+                &task("a", 3.0),
+                "s@1",
+                ("m", "k", &e),
+                &Precondition::Absent
+            )
+            .is_err()
+        );
+        assert!(
+            db.write(
+                &task("b", 3.0),
+                "s@1",
+                ("m", "k", &e),
+                &Precondition::Exists
+            )
+            .is_err()
+        );
+        assert!(matches!(
+            db.delete("a", &Precondition::Etag(first.etag)),
+            Err(StoreError::EtagMismatch { .. })
+        ));
+        db.delete("a", &Precondition::Etag(second.etag)).unwrap();
+        assert!(matches!(
+            db.delete("a", &Precondition::None),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn rows_and_embeddings_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite3");
+        let e = embeddings();
+        {
+            let mut db = Database::open(&path).unwrap();
+            db.write(&task("b", 1.0), "s@1", ("m", "k", &e), &Precondition::None)
+                .unwrap();
+            db.write(&task("a", 1.0), "s@1", ("m", "k", &e), &Precondition::None)
+                .unwrap();
+            assert!(db.mark_seeded("a").unwrap());
+            assert!(!db.mark_seeded("a").unwrap());
+        }
+        let db = Database::open(&path).unwrap();
+        let mut records = Vec::new();
+        db.each(|record| {
+            records.push(record);
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        assert_eq!(
+            records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let parsed: Task = serde_json::from_str(&records[1].task_json).unwrap();
+        assert_eq!(parsed, task("b", 1.0));
+        let cached = db.label_embeddings("m").unwrap();
+        assert_eq!(
+            cached.len(),
+            1,
+            "one row for the label set both tasks share"
+        );
+        assert_eq!(cached["k"], e.iter().copied().collect::<Vec<_>>());
+        assert!(db.label_embeddings("other-model").unwrap().is_empty());
+        assert!(db.was_seeded("a").unwrap());
+        assert!(!db.was_seeded("b").unwrap());
+    }
+
+    #[test]
+    fn write_many_commits_generations_in_one_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Database::open(&dir.path().join("t.sqlite3")).unwrap();
+        let tasks: Vec<Task> = (0..100)
+            .map(|i| task(&format!("t{i:03}"), i as f32))
+            .collect();
+        assert_eq!(db.write_many(&tasks, "s@1").unwrap(), 100);
+        assert_eq!(db.write_many(&tasks[..10], "s@1").unwrap(), 0);
+        let mut generations = Vec::new();
+        db.each(|r| {
+            generations.push(r.generation);
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        assert_eq!(generations.len(), 100);
+        assert_eq!(generations.iter().filter(|&&g| g == 2).count(), 10);
+    }
+
+    #[test]
+    fn a_version_1_database_opens_and_keeps_its_row_embeddings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite3");
+        {
+            let connection = Connection::open(&path).unwrap();
+            connection
+                .execute_batch(
+                    "CREATE TABLE tasks (name TEXT PRIMARY KEY, generation INTEGER NOT NULL,
+                        etag TEXT NOT NULL, subspace_id TEXT NOT NULL, task_json TEXT NOT NULL,
+                        updated_at_ms INTEGER NOT NULL, embeddings_model TEXT, embeddings BLOB);
+                     CREATE TABLE seeded (name TEXT PRIMARY KEY, at_ms INTEGER NOT NULL);
+                     PRAGMA user_version = 1;",
+                )
+                .unwrap();
+            let json = serde_json::to_string(&task("a", 1.0)).unwrap();
+            connection
+                .execute(
+                    "INSERT INTO tasks VALUES ('a', 1, 'e1', 's@1', ?1, 0, 'm', ?2)",
+                    params![json, to_le_bytes(&[1.0, 2.0])],
+                )
+                .unwrap();
+        }
+        let db = Database::open(&path).unwrap();
+        let mut records = Vec::new();
+        db.each(|r| {
+            records.push(r);
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        assert_eq!(records[0].embeddings, Some(("m".into(), vec![1.0, 2.0])));
+        assert!(db.label_embeddings("m").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,415 @@
+//! The task store: every task in memory for serving, each write committed to SQLite (WAL,
+//! `synchronous = FULL`) before it is acknowledged or served. Each write makes a new generation
+//! with a fresh etag; `If-Match` compares against the committed row.
+//!
+//! A served task is small: its name, DET, z, generation, etag and time, plus a shared
+//! [`LabelSet`]. Label embeddings (1.5 KB per label at H = 384) depend only on the labels, so
+//! tasks with the same labels share one set in memory ([`LabelSets`]) and one row in the
+//! database, keyed by the model that made them: a restart does not recompute them.
+
+mod db;
+
+pub use db::{Database, Record};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+
+use sha2::{Digest, Sha256};
+
+use deltaspace_core::classifier::LabelSet;
+use deltaspace_core::det::DetKind;
+use deltaspace_core::task::{Label, Task};
+
+/// What can go wrong storing tasks.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("task database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("task database {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("stored task {name:?} is unreadable: {message}")]
+    Corrupt { name: String, message: String },
+    #[error("task {name:?} is at etag {found}, not {expected}")]
+    EtagMismatch {
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("no task named {0:?}")]
+    NotFound(String),
+    #[error("the server already serves max_tasks = {max} tasks; delete one first")]
+    Full { max: usize },
+}
+
+/// A condition on the stored task for a write, from `If-Match` / `If-None-Match`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Write whatever is there.
+    None,
+    /// The task must exist (`If-Match: *`).
+    Exists,
+    /// The task must not exist (`If-None-Match: *`).
+    Absent,
+    /// The task must be at this etag (`If-Match: "etag"`).
+    Etag(String),
+}
+
+impl Precondition {
+    pub(super) fn check(&self, name: &str, current: Option<&str>) -> Result<(), StoreError> {
+        let mismatch = |expected: &str| StoreError::EtagMismatch {
+            name: name.to_string(),
+            expected: expected.to_string(),
+            found: current.unwrap_or("(none: no such task)").to_string(),
+        };
+        match (self, current) {
+            (Self::None, _) | (Self::Exists, Some(_)) | (Self::Absent, None) => Ok(()),
+            (Self::Etag(etag), Some(found)) if etag == found => Ok(()),
+            (Self::Exists, None) => Err(mismatch("*")),
+            (Self::Absent, Some(_)) => Err(mismatch("(none, If-None-Match: *)")),
+            (Self::Etag(etag), _) => Err(mismatch(etag)),
+        }
+    }
+}
+
+/// A task as served: validated, at one generation, its labels embedded.
+#[derive(Debug)]
+pub struct StoredTask {
+    pub name: Arc<str>,
+    /// The DET z was found with; predictions use it unless they name another.
+    pub det: DetKind,
+    /// The task's code, shared with the batcher's jobs without copying.
+    pub z: Arc<[f32]>,
+    /// Labels and their embeddings, shared by every task with the same labels.
+    pub labels: Arc<LabelSet>,
+    /// 1 for a new task, +1 per replacement.
+    pub generation: u64,
+    /// Names this exact generation; `If-Match` takes it.
+    pub etag: String,
+    /// When this generation was committed, in milliseconds since the Unix epoch.
+    pub updated_at_ms: i64,
+}
+
+impl StoredTask {
+    fn new(task: Task, labels: Arc<LabelSet>, record: &Record) -> Self {
+        Self {
+            name: Arc::from(task.name),
+            det: task.det,
+            z: task.z.into(),
+            labels,
+            generation: record.generation,
+            etag: record.etag.clone(),
+            updated_at_ms: record.updated_at_ms,
+        }
+    }
+
+    /// The task as uploaded, for `subspace_id` (every served task belongs to the loaded one).
+    pub fn to_task(&self, subspace_id: &str) -> Task {
+        Task {
+            name: self.name.to_string(),
+            det: self.det,
+            z: self.z.to_vec(),
+            labels: self.labels.labels.clone(),
+            subspace: Some(subspace_id.to_string()),
+        }
+    }
+}
+
+/// Names a list of labels (names and descriptions, in order): the key under which their
+/// embeddings are shared in memory and cached in the database.
+pub fn labels_key(labels: &[Label]) -> String {
+    let mut hasher = Sha256::new();
+    for label in labels {
+        for text in [&label.name, &label.description] {
+            hasher.update((text.len() as u64).to_le_bytes());
+            hasher.update(text.as_bytes());
+        }
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// The label sets in use, one per distinct list of labels, held weakly: a set lives as long as
+/// some served task (or request) holds it.
+#[derive(Debug, Default)]
+pub struct LabelSets {
+    inner: Mutex<WeakSets>,
+}
+
+#[derive(Debug, Default)]
+struct WeakSets {
+    sets: HashMap<String, Weak<LabelSet>>,
+    /// Sweep out dead entries when the table reaches this size.
+    sweep_at: usize,
+}
+
+impl LabelSets {
+    /// The set in use under `key` ([`labels_key`]), if any task holds one.
+    pub fn get(&self, key: &str) -> Option<Arc<LabelSet>> {
+        self.lock().sets.get(key).and_then(Weak::upgrade)
+    }
+
+    /// The set in use under `key`, or `set` itself, now registered.
+    pub fn intern(&self, key: &str, set: Arc<LabelSet>) -> Arc<LabelSet> {
+        let mut inner = self.lock();
+        if let Some(existing) = inner.sets.get(key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        // Sweep when the table has grown to twice what was alive at the last sweep: amortized
+        // O(1) per insert, and at most about twice the sets in use, however tasks churn.
+        if inner.sets.len() >= inner.sweep_at {
+            inner.sets.retain(|_, weak| weak.strong_count() > 0);
+            inner.sweep_at = (2 * inner.sets.len()).max(64);
+        }
+        inner.sets.insert(key.to_string(), Arc::downgrade(&set));
+        set
+    }
+
+    /// How many distinct label sets are in use.
+    pub fn len(&self) -> usize {
+        self.lock()
+            .sets
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+
+    /// True when no label set is in use.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WeakSets> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The served tasks: a sorted map (for paging) behind a lock, and the database behind another.
+///
+/// Both are std locks: neither is held across an await, and writes take the database lock first,
+/// then the map's, so a reader never sees a task that is not committed.
+pub struct TaskStore {
+    db: Mutex<Database>,
+    tasks: RwLock<BTreeMap<Arc<str>, Arc<StoredTask>>>,
+    labels: LabelSets,
+    /// New tasks beyond this many are refused (tasks loaded at start are served regardless).
+    max_tasks: usize,
+}
+
+impl TaskStore {
+    /// Wraps an open database; tasks are added with [`TaskStore::insert_loaded`].
+    pub fn new(db: Database) -> Self {
+        Self {
+            db: Mutex::new(db),
+            tasks: RwLock::new(BTreeMap::new()),
+            labels: LabelSets::default(),
+            max_tasks: usize::MAX,
+        }
+    }
+
+    /// Refuses to create tasks beyond `max` ([`StoreError::Full`]); replacing one still works.
+    #[must_use]
+    pub fn with_max_tasks(mut self, max: usize) -> Self {
+        self.max_tasks = max;
+        self
+    }
+
+    /// Runs `f` on the database (blocking: call from a blocking thread).
+    pub fn with_db<T>(&self, f: impl FnOnce(&mut Database) -> T) -> T {
+        f(&mut self.db.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The label sets of the served tasks.
+    pub fn label_sets(&self) -> &LabelSets {
+        &self.labels
+    }
+
+    /// The task being served under `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<StoredTask>> {
+        self.read().get(name).cloned()
+    }
+
+    /// How many tasks are served.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// True when no task is served.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Up to `limit` tasks whose names sort after `after`, and the cursor for the next page.
+    pub fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<Arc<StoredTask>>, Option<String>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let tasks = self.read();
+        let start = after.map_or(Unbounded, Excluded);
+        let mut page: Vec<Arc<StoredTask>> = tasks
+            .range::<str, _>((start, Unbounded))
+            .take(limit + 1)
+            .map(|(_, task)| task.clone())
+            .collect();
+        let next = (page.len() > limit).then(|| {
+            page.truncate(limit);
+            page.last().map(|t| t.name.to_string()).unwrap_or_default()
+        });
+        (page, next)
+    }
+
+    /// Commits a task with its label set (embedded by `model_key`), then serves it; returns it
+    /// and whether it is new.
+    pub fn put(
+        &self,
+        task: Task,
+        labels: Arc<LabelSet>,
+        subspace_id: &str,
+        model_key: &str,
+        expect: &Precondition,
+    ) -> Result<(Arc<StoredTask>, bool), StoreError> {
+        let mut db = self.db.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked under the database lock, which every writer holds, so racing uploads cannot
+        // overshoot the bound.
+        {
+            let tasks = self.read();
+            if tasks.len() >= self.max_tasks && !tasks.contains_key(task.name.as_str()) {
+                return Err(StoreError::Full {
+                    max: self.max_tasks,
+                });
+            }
+        }
+        let key = labels_key(&labels.labels);
+        let labels = self.labels.intern(&key, labels);
+        let cache = (model_key, key.as_str(), &labels.embeddings);
+        let (record, created) = db.write(&task, subspace_id, cache, expect)?;
+        let stored = Arc::new(StoredTask::new(task, labels, &record));
+        self.write().insert(stored.name.clone(), stored.clone());
+        Ok((stored, created))
+    }
+
+    /// Deletes a task from the database, then stops serving it.
+    pub fn delete(&self, name: &str, expect: &Precondition) -> Result<(), StoreError> {
+        let mut db = self.db.lock().unwrap_or_else(PoisonError::into_inner);
+        db.delete(name, expect)?;
+        self.write().remove(name);
+        Ok(())
+    }
+
+    /// Serves a task read from the database at start-up, with its label set from
+    /// [`TaskStore::label_sets`] (got or interned there).
+    pub fn insert_loaded(&self, record: &Record, task: Task, labels: Arc<LabelSet>) {
+        let stored = Arc::new(StoredTask::new(task, labels, record));
+        self.write().insert(stored.name.clone(), stored);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Arc<str>, Arc<StoredTask>>> {
+        self.tasks.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Arc<str>, Arc<StoredTask>>> {
+        self.tasks.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::db::tests::{embeddings, task};
+    use super::*;
+
+    fn label_set(task: &Task) -> Arc<LabelSet> {
+        Arc::new(LabelSet {
+            labels: task.labels.clone(),
+            embeddings: embeddings(),
+        })
+    }
+
+    fn put(store: &TaskStore, task: Task) -> Result<(Arc<StoredTask>, bool), StoreError> {
+        let labels = label_set(&task);
+        store.put(task, labels, "s@1", "m", &Precondition::None)
+    }
+
+    fn store(dir: &tempfile::TempDir) -> TaskStore {
+        TaskStore::new(Database::open(&dir.path().join("t.sqlite3")).unwrap())
+    }
+
+    #[test]
+    fn pages_follow_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        for name in ["c", "a", "b"] {
+            put(&store, task(name, 1.0)).unwrap();
+        }
+        let (page, next) = store.page(None, 2);
+        assert_eq!(page.len(), 2);
+        assert_eq!(next.as_deref(), Some("b"));
+        let (page, next) = store.page(next.as_deref(), 2);
+        assert_eq!(&*page[0].name, "c");
+        assert_eq!(next, None);
+        store.delete("a", &Precondition::None).unwrap();
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn max_tasks_bounds_creation_but_not_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).with_max_tasks(2);
+        put(&store, task("a", 1.0)).unwrap();
+        put(&store, task("b", 1.0)).unwrap();
+        assert!(matches!(
+            put(&store, task("c", 1.0)),
+            Err(StoreError::Full { max: 2 })
+        ));
+        let (replaced, created) = put(&store, task("a", 1.0)).unwrap();
+        assert!(!created);
+        assert_eq!(replaced.generation, 2);
+        store.delete("b", &Precondition::None).unwrap();
+        put(&store, task("c", 1.0)).unwrap();
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn tasks_with_the_same_labels_share_one_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let (a, _) = put(&store, task("a", 1.0)).unwrap();
+        let (b, _) = put(&store, task("b", 2.0)).unwrap();
+        assert!(Arc::ptr_eq(&a.labels, &b.labels));
+        let mut other = task("c", 1.0);
+        other.labels[0].description = "something else.".into();
+        let (c, _) = put(&store, other).unwrap();
+        assert!(!Arc::ptr_eq(&a.labels, &c.labels));
+        assert_eq!(store.label_sets().len(), 2);
+        // A set lives while a task holds it.
+        drop(c);
+        store.delete("c", &Precondition::None).unwrap();
+        assert_eq!(store.label_sets().len(), 1);
+        let embeddings = store.with_db(|db| db.label_embeddings("m")).unwrap();
+        assert_eq!(embeddings.len(), 2, "the database keeps both sets");
+    }
+
+    #[test]
+    fn a_stored_task_reads_back_as_uploaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let (stored, created) = put(&store, task("a", 1.5)).unwrap();
+        assert!(created);
+        assert_eq!(stored.to_task("s@1"), task("a", 1.5));
+    }
+
+    #[test]
+    fn labels_key_separates_names_from_descriptions() {
+        let label = |name: &str, description: &str| Label {
+            name: name.into(),
+            description: description.into(),
+        };
+        assert_ne!(
+            labels_key(&[label("ab", "c")]),
+            labels_key(&[label("a", "bc")])
+        );
+        assert_eq!(
+            labels_key(&[label("a", "b")]),
+            labels_key(&[label("a", "b")])
+        );
+    }
+}

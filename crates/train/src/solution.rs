@@ -1,0 +1,136 @@
+//! A stage-0 solution: one DET trained for one task in its original space, stored as its flat
+//! δ = θ − θ⁰ (safetensors tensor `delta`, f32 or f16) with its dev and test scores in the
+//! metadata. δ rather than θ, because δ is what stage 1 decomposes and because δ keeps its
+//! precision in f16 where θ⁰ + δ would not.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use deltaspace_core::det::DetKind;
+use deltaspace_core::model::Manifest;
+use deltaspace_core::tensor_file::{Storage, TensorFile};
+use deltaspace_core::tuning::eval::Metrics;
+
+/// The `format` metadata value of a solution file.
+pub const FORMAT: &str = "deltaspace.solution";
+
+/// θ of one DET for one task, with how well it did.
+#[derive(Debug, Clone)]
+pub struct Solution {
+    pub task: String,
+    pub det: DetKind,
+    /// δ = θ − θ⁰ of the DET, in the manifest's flat layout.
+    pub delta: Vec<f32>,
+    pub dev: Metrics,
+    pub test: Metrics,
+    /// The training step whose θ this is (best on dev).
+    pub step: usize,
+}
+
+impl Solution {
+    /// `<dir>/<task>.<det>.safetensors`: where `train det` puts a solution.
+    pub fn path_in(dir: &Path, task: &str, det: DetKind) -> PathBuf {
+        dir.join(format!("{task}.{det}.safetensors"))
+    }
+
+    pub fn save(&self, path: &Path, manifest: &Manifest, storage: Storage) -> anyhow::Result<()> {
+        let metric = |m: &Metrics| {
+            [
+                m.accuracy.to_string(),
+                m.macro_f1.to_string(),
+                m.n.to_string(),
+            ]
+        };
+        let [dev_accuracy, dev_macro_f1, dev_n] = metric(&self.dev);
+        let [test_accuracy, test_macro_f1, test_n] = metric(&self.test);
+        let metadata = HashMap::from(
+            [
+                ("format", FORMAT.to_string()),
+                ("task", self.task.clone()),
+                ("det", self.det.to_string()),
+                ("step", self.step.to_string()),
+                ("dev_accuracy", dev_accuracy),
+                ("dev_macro_f1", dev_macro_f1),
+                ("dev_n", dev_n),
+                ("test_accuracy", test_accuracy),
+                ("test_macro_f1", test_macro_f1),
+                ("test_n", test_n),
+                ("layout_sha256", manifest.layout_sha256.clone()),
+                ("base_model_sha256", manifest.base_model_sha256.clone()),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        TensorFile::write(
+            path,
+            &[("delta", &[self.delta.len()], &self.delta)],
+            metadata,
+            storage,
+        )
+        .with_context(|| format!("writing solution {}", path.display()))
+    }
+
+    pub fn load(path: &Path, manifest: &Manifest) -> anyhow::Result<Self> {
+        let mut file = TensorFile::read(path)?;
+        let meta = |key: &str| -> anyhow::Result<String> {
+            file.metadata
+                .get(key)
+                .cloned()
+                .with_context(|| format!("{}: metadata {key:?} missing", path.display()))
+        };
+        if meta("format")? != FORMAT {
+            bail!("{} is not a deltaspace solution", path.display());
+        }
+        if meta("layout_sha256")? != manifest.layout_sha256
+            || meta("base_model_sha256")? != manifest.base_model_sha256
+        {
+            bail!(
+                "{} was trained for another model or DET layout",
+                path.display()
+            );
+        }
+        let number = |key: &str| -> anyhow::Result<f32> {
+            meta(key)?
+                .parse()
+                .with_context(|| format!("{}: metadata {key:?} is not a number", path.display()))
+        };
+        let metrics = |split: &str| -> anyhow::Result<Metrics> {
+            Ok(Metrics {
+                accuracy: number(&format!("{split}_accuracy"))?,
+                macro_f1: number(&format!("{split}_macro_f1"))?,
+                n: number(&format!("{split}_n"))? as usize,
+            })
+        };
+        let det: DetKind = meta("det")?.parse()?;
+        let (dev, test, step, task) = (
+            metrics("dev")?,
+            metrics("test")?,
+            number("step")? as usize,
+            meta("task")?,
+        );
+        if !file.tensors.contains_key("delta") {
+            bail!(
+                "{} holds no tensor `delta` (solutions before format 2 stored θ): run `train det` again",
+                path.display()
+            );
+        }
+        let delta = file.take("delta")?.values;
+        let size = manifest.det(det.name()).map(|l| l.size).unwrap_or(0);
+        if delta.len() != size {
+            bail!(
+                "{}: δ has {} values, the {det} layout has {size}",
+                path.display(),
+                delta.len()
+            );
+        }
+        Ok(Self {
+            task,
+            det,
+            delta,
+            dev,
+            test,
+            step,
+        })
+    }
+}

@@ -1,0 +1,328 @@
+//! Stage 1: the unified subspace from stage-0 solutions (paper §2 "Projections", "Loss").
+//!
+//! 1. Joint decomposition: each task's stacked δ = [δ_L; δ_A; δ_P] (δ = θ − θ⁰) is a
+//!    column of M [3D, T]; the top-d left singular vectors of M (via the T×T Gram matrix) give
+//!    U_stack, so every task gets one shared code z_t = Σ Vᵀ e_t. U_det is U_stack's block for that
+//!    DET and base_det = θ⁰_det. Directions beyond M's rank (d > T) are random, orthogonalised.
+//! 2. Refinement with the paper's objective: per task and DET a code z_{t,det} (from z_t), and
+//!    loss = Σ_det [α_rec ‖δ_{t,det} − U_det z_{t,det}‖ + task loss of DET det decoding the random
+//!    convex mix α z_{t,A} + β z_{t,L} + (1−α−β) z_{t,P}], α ~ U(0,1), β ~ U(0, 1−α).
+
+use std::time::Instant;
+
+use anyhow::{Context, ensure};
+use nalgebra::{DMatrix, SymmetricEigen};
+use ndarray::{Array1, Array2};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::solution::Solution;
+use deltaspace_core::det::{DetKind, Theta0};
+use deltaspace_core::model::{DetParams, Encoder, Manifest};
+use deltaspace_core::subspace::Subspace;
+use deltaspace_core::tuning::batch::{self, Row, TrainTask};
+use deltaspace_core::tuning::data::{Split, epoch_indices};
+use deltaspace_core::tuning::fit::{Space, Unit, evaluate_values};
+use deltaspace_core::tuning::optim::{Adam, Optimizer};
+use deltaspace_core::tuning::progress::Progress;
+
+/// The stage-0 solutions of one task, one per DET (column order).
+pub struct TaskSolutions {
+    pub task: String,
+    /// δ = θ − θ⁰ per DET, in `det_select` column order.
+    pub deltas: Vec<Vec<f32>>,
+}
+
+/// Groups solution files by task; only tasks with every DET of the model are kept.
+pub fn collect_solutions(
+    solutions: &[Solution],
+    manifest: &Manifest,
+) -> anyhow::Result<Vec<TaskSolutions>> {
+    let mut names: Vec<&str> = solutions.iter().map(|s| s.task.as_str()).collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for name in names {
+        let mut deltas = vec![Vec::new(); manifest.dets.len()];
+        for solution in solutions.iter().filter(|s| s.task == name) {
+            let column = solution.det.column(manifest)?;
+            deltas[column] = solution.delta.clone();
+        }
+        if deltas.iter().all(|d| !d.is_empty()) {
+            out.push(TaskSolutions {
+                task: name.to_string(),
+                deltas,
+            });
+        } else {
+            tracing::warn!(task = name, "skipped: it lacks a solution for some DET");
+        }
+    }
+    ensure!(!out.is_empty(), "no task has solutions for every DET");
+    Ok(out)
+}
+
+/// The joint decomposition: U per DET [D, d] and each task's code z_t [d].
+pub fn decompose(
+    solutions: &[TaskSolutions],
+    d: usize,
+    seed: u64,
+) -> (Vec<Array2<f32>>, Vec<Vec<f32>>) {
+    let tasks = solutions.len();
+    let sizes: Vec<usize> = solutions[0].deltas.iter().map(Vec::len).collect();
+    let total: usize = sizes.iter().sum();
+    // Column t of M is task t's stacked δ.
+    let column = |t: usize| solutions[t].deltas.iter().flatten().map(|&v| f64::from(v));
+    let mut gram = DMatrix::<f64>::zeros(tasks, tasks);
+    for a in 0..tasks {
+        for b in a..tasks {
+            let dot: f64 = column(a).zip(column(b)).map(|(x, y)| x * y).sum();
+            gram[(a, b)] = dot;
+            gram[(b, a)] = dot;
+        }
+    }
+    // M = W Σ Vᵀ with MᵀM = V Σ² Vᵀ; W = M V Σ⁻¹.
+    let eigen = SymmetricEigen::new(gram);
+    let mut order: Vec<usize> = (0..tasks).collect();
+    order.sort_by(|&a, &b| eigen.eigenvalues[b].total_cmp(&eigen.eigenvalues[a]));
+    let rank = order
+        .iter()
+        .filter(|&&i| eigen.eigenvalues[i] > 1e-9 * eigen.eigenvalues[order[0]].max(1e-30))
+        .count();
+    let mut u_stack = Array2::<f64>::zeros((total, d));
+    let mut codes = vec![vec![0.0f32; d]; tasks];
+    for (k, &i) in order.iter().take(rank.min(d)).enumerate() {
+        let sigma = eigen.eigenvalues[i].sqrt();
+        let v = eigen.eigenvectors.column(i);
+        for t in 0..tasks {
+            for (row, value) in column(t).enumerate() {
+                u_stack[[row, k]] += value * v[t] / sigma;
+            }
+            codes[t][k] = (sigma * v[t]) as f32;
+        }
+    }
+    // Beyond the rank: random directions, Gram-Schmidt against the ones before.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for k in rank.min(d)..d {
+        let mut direction: Array1<f64> = (0..total)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
+        for j in 0..k {
+            let previous = u_stack.column(j);
+            let projection = previous.dot(&direction);
+            direction.scaled_add(-projection, &previous);
+        }
+        let norm = direction.dot(&direction).sqrt();
+        u_stack.column_mut(k).assign(&(direction / norm));
+    }
+    let mut blocks = Vec::new();
+    let mut start = 0;
+    for size in sizes {
+        blocks.push(
+            u_stack
+                .slice(ndarray::s![start..start + size, ..])
+                .mapv(|v| v as f32),
+        );
+        start += size;
+    }
+    (blocks, codes)
+}
+
+/// How stage 1 runs.
+#[derive(Debug, Clone)]
+pub struct SubspaceOptions {
+    pub d: usize,
+    /// Refinement steps (0: the decomposition alone).
+    pub steps: usize,
+    /// Training rows per (task, DET) per step.
+    pub batch: usize,
+    /// Relative learning rate: U and the codes step by lr × their own RMS value.
+    pub lr: f32,
+    /// α_rec: weight of the reconstruction term.
+    pub rec_alpha: f32,
+    pub eval_every: usize,
+    pub eval_limit: Option<usize>,
+    pub run_rows: usize,
+    pub seed: u64,
+    pub name: String,
+}
+
+/// Finds the subspace: decomposition, then refinement on the tasks' data (same order as `solutions`).
+pub fn find_subspace(
+    encoder: &Encoder,
+    theta0: &Theta0,
+    solutions: &[TaskSolutions],
+    tasks: &[TrainTask],
+    options: &SubspaceOptions,
+) -> anyhow::Result<Subspace> {
+    let manifest = encoder.manifest();
+    let started = Instant::now();
+    let (mut u, codes) = decompose(solutions, options.d, options.seed);
+    let make = |u: &[Array2<f32>]| -> anyhow::Result<Subspace> {
+        let dets = u
+            .iter()
+            .enumerate()
+            .map(|(c, u)| DetParams {
+                u: u.clone(),
+                base: theta0.det(c).clone(),
+            })
+            .collect();
+        Ok(Subspace::new(&options.name, manifest, dets)?)
+    };
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        d = options.d,
+        tasks = solutions.len(),
+        "decomposed"
+    );
+    if options.steps == 0 {
+        return make(&u);
+    }
+    let n_dets = manifest.dets.len();
+    let dets: Vec<DetKind> = manifest
+        .dets
+        .iter()
+        .map(|l| l.name.parse())
+        .collect::<Result<_, _>>()?;
+    // z_{t,det}, flattened per (task, det).
+    let mut z: Vec<Vec<f32>> = (0..tasks.len() * n_dets)
+        .map(|i| codes[i / n_dets].clone())
+        .collect();
+    // Adam steps are about lr per value whatever the gradient's scale, and U's entries are tiny
+    // (unit columns over 3D values) while codes are O(‖δ‖): so --lr is relative, and each group
+    // steps by lr × its own RMS.
+    let rms = |values: &mut dyn Iterator<Item = f32>| {
+        let (sum, n) = values.fold((0.0f64, 0usize), |(s, n), v| (s + f64::from(v * v), n + 1));
+        ((sum / n.max(1) as f64).sqrt() as f32).max(1e-12)
+    };
+    let u_lr = options.lr * rms(&mut u.iter().flat_map(|m| m.iter().copied()));
+    let z_lr = options.lr * rms(&mut z.iter().flatten().copied());
+    let mut u_optimizers: Vec<Adam> = u.iter().map(|m| Adam::new(m.len(), u_lr)).collect();
+    let mut z_optimizers: Vec<Adam> = z.iter().map(|c| Adam::new(c.len(), z_lr)).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(options.seed);
+    // Selection as in the paper: mean dev accuracy of every DET decoding the task's mixed code
+    // (here the mix centre). The decomposition itself is the first candidate, so refinement
+    // is kept only where it helps.
+    let units: Vec<Unit> = (0..tasks.len())
+        .flat_map(|task| dets.iter().map(move |&det| Unit { task, det }))
+        .collect();
+    let dev_accuracy = |u: &[Array2<f32>], z: &[Vec<f32>]| -> anyhow::Result<f32> {
+        let centre = |t: usize| -> Vec<f32> {
+            (0..options.d)
+                .map(|i| (0..n_dets).map(|k| z[t * n_dets + k][i]).sum::<f32>() / n_dets as f32)
+                .collect()
+        };
+        let codes: Vec<Vec<f32>> = units.iter().map(|unit| centre(unit.task)).collect();
+        let candidate = make(u)?;
+        let space = Space::Subspace {
+            subspace: &candidate,
+        };
+        let dev = evaluate_values(
+            encoder,
+            tasks,
+            &units,
+            &space,
+            &codes,
+            Split::Dev,
+            options.eval_limit,
+        )?;
+        Ok(dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len() as f32)
+    };
+    let mut best = (dev_accuracy(&u, &z)?, u.clone());
+    tracing::info!(dev_accuracy = best.0, "the decomposition alone");
+    let progress = Progress::new("train subspace", options.steps as u64);
+    for step in 0..options.steps {
+        let subspace = make(&u)?;
+        // The random convex mix of each task's three codes (paper: biased toward the first DET).
+        let mixes: Vec<(Vec<f32>, Vec<f32>)> = (0..tasks.len())
+            .map(|t| {
+                let alpha: f32 = rng.random();
+                let beta: f32 = rng.random_range(0.0..=(1.0 - alpha).max(0.0));
+                let weights = vec![alpha, beta, 1.0 - alpha - beta];
+                let mix = (0..options.d)
+                    .map(|i| (0..n_dets).map(|k| weights[k] * z[t * n_dets + k][i]).sum())
+                    .collect();
+                (weights, mix)
+            })
+            .collect();
+        let mut rows: Vec<Row> = Vec::new();
+        let mut row_task = Vec::new();
+        for (t, task) in tasks.iter().enumerate() {
+            let train = &task.data.train;
+            for (k, &det) in dets.iter().enumerate() {
+                let seed = options.seed ^ ((t * n_dets + k) as u64 + 1).wrapping_mul(0x9E37_79B9);
+                for i in epoch_indices(train.len(), seed, step * options.batch, options.batch) {
+                    rows.push(Row {
+                        task: t,
+                        example: &train[i],
+                        det,
+                        z: &mixes[t].1,
+                        weight: 1.0 / options.batch as f32,
+                    });
+                    row_task.push(t);
+                }
+            }
+        }
+        let mut grad_u: Vec<Array2<f32>> = u.iter().map(|m| Array2::zeros(m.dim())).collect();
+        let mut grad_mix = vec![vec![0.0f32; options.d]; tasks.len()];
+        let mut loss = 0.0;
+        for (chunk, chunk_tasks) in rows
+            .chunks(options.run_rows.max(1))
+            .zip(row_task.chunks(options.run_rows.max(1)))
+        {
+            let output = batch::gradients(encoder, tasks, chunk, subspace.params())?;
+            loss += output.loss;
+            for (k, g) in output.grad_u.iter().enumerate() {
+                grad_u[k] += g;
+            }
+            for (row, &t) in chunk_tasks.iter().enumerate() {
+                for (g, v) in grad_mix[t].iter_mut().zip(output.grad_z.row(row)) {
+                    *g += v;
+                }
+            }
+        }
+        // Reconstruction: r = δ − U z, d‖r‖/dU = −r zᵀ/‖r‖, d‖r‖/dz = −Uᵀ r/‖r‖.
+        let mut grad_z: Vec<Vec<f32>> = vec![vec![0.0; options.d]; z.len()];
+        for (t, solution) in solutions.iter().enumerate() {
+            for k in 0..n_dets {
+                let code = Array1::from(z[t * n_dets + k].clone());
+                let residual = Array1::from(solution.deltas[k].clone()) - u[k].dot(&code);
+                let norm = residual.dot(&residual).sqrt().max(1e-12);
+                loss += options.rec_alpha * norm;
+                let scale = -options.rec_alpha / norm;
+                for (mut row, r) in grad_u[k].rows_mut().into_iter().zip(residual.iter()) {
+                    row.scaled_add(scale * r, &code);
+                }
+                let g = u[k].t().dot(&residual) * scale;
+                for (out, g) in grad_z[t * n_dets + k].iter_mut().zip(g.iter()) {
+                    *out += g;
+                }
+                // The task loss reaches z_{t,k} through the mix with weight w_k.
+                for (out, m) in grad_z[t * n_dets + k].iter_mut().zip(&grad_mix[t]) {
+                    *out += mixes[t].0[k] * m;
+                }
+            }
+        }
+        for ((matrix, gradient), optimizer) in u.iter_mut().zip(&grad_u).zip(&mut u_optimizers) {
+            let values = matrix
+                .as_slice_mut()
+                .context("U is contiguous. This is a bug.")?;
+            optimizer.step(values, gradient.as_slice().context("contiguous gradient")?);
+        }
+        for ((code, gradient), optimizer) in z.iter_mut().zip(&grad_z).zip(&mut z_optimizers) {
+            optimizer.step(code, gradient);
+        }
+        let done = step + 1;
+        let mean_loss = loss / tasks.len() as f32;
+        if done.is_multiple_of(options.eval_every.max(1)) || done == options.steps {
+            let mean = dev_accuracy(&u, &z)?;
+            if mean > best.0 {
+                best = (mean, u.clone());
+            }
+            progress.report(done as u64, mean_loss, Some(mean));
+        } else {
+            progress.report(done as u64, mean_loss, None);
+        }
+    }
+    progress.finish();
+    make(&best.1)
+}
