@@ -450,9 +450,8 @@ fn output<'o, 's>(
     outputs: &'o SessionOutputs<'s>,
     name: &str,
 ) -> Result<&'o ort::value::DynValue, ModelError> {
-    outputs.get(name).ok_or_else(|| ModelError::GraphInterface {
-        graph: "output".into(),
-        input: name.into(),
+    outputs.get(name).ok_or_else(|| ModelError::MissingOutput {
+        output: name.into(),
     })
 }
 

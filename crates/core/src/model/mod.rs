@@ -48,6 +48,10 @@ pub enum ModelError {
         "graph {graph} lacks input {input:?}; it was exported for another interface, re-export it"
     )]
     GraphInterface { graph: String, input: String },
+    #[error(
+        "the run of a graph returned no output {output:?}; it was exported for another interface, re-export it"
+    )]
+    MissingOutput { output: String },
     #[error("tokenizer: {message}")]
     Tokenizer { message: String },
     #[error("an empty batch has nothing to encode")]
@@ -60,4 +64,19 @@ pub enum ModelError {
     Runtime(#[from] RuntimeError),
     #[error("ONNX Runtime run: {0}")]
     Run(#[from] ort::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ModelError;
+
+    #[test]
+    fn a_missing_output_is_reported_as_an_output_not_an_input() {
+        let text = ModelError::MissingOutput {
+            output: "grad_z".into(),
+        }
+        .to_string();
+        assert!(text.contains("no output \"grad_z\""), "{text}");
+        assert!(!text.contains("input"), "{text}");
+    }
 }

@@ -397,9 +397,8 @@ impl Slot {
         };
         let embeddings = outputs
             .get("embeddings")
-            .ok_or_else(|| ModelError::GraphInterface {
-                graph: "output".into(),
-                input: "embeddings".into(),
+            .ok_or_else(|| ModelError::MissingOutput {
+                output: "embeddings".into(),
             })?
             .try_extract_array::<f32>()?;
         embeddings
