@@ -208,7 +208,7 @@ pub fn score(embedding: ArrayView2<f32>, labels: &LabelSet, logit_scale: f32) ->
     probabilities
         .rows()
         .into_iter()
-        .map(|p| LabelScores::rank(&names, p.as_slice().unwrap_or_default()))
+        .map(|p| LabelScores::rank(&names, p))
         .collect()
 }
 

@@ -1,7 +1,7 @@
 //! Classification without a task head: score_c = s · cos(embedding(text), embedding(description_c)),
 //! softmax over the task's labels. Label embeddings come from the frozen model.
 
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 
 /// Scaled cosine similarities: [rows, H] × [labels, H] → [rows, labels].
 ///
@@ -54,7 +54,7 @@ pub struct LabelScores {
 
 impl LabelScores {
     /// Ranks one row of probabilities against the label names (same order).
-    pub fn rank(names: &[String], probabilities: &[f32]) -> Self {
+    pub fn rank(names: &[String], probabilities: ArrayView1<f32>) -> Self {
         let mut scores: Vec<LabelScore> = names
             .iter()
             .zip(probabilities)
@@ -102,8 +102,18 @@ mod tests {
     #[test]
     fn rank_puts_the_best_label_first() {
         let names = vec!["neg".to_string(), "pos".to_string()];
-        let ranked = LabelScores::rank(&names, &[0.2, 0.8]);
+        let ranked = LabelScores::rank(&names, ndarray::arr1(&[0.2, 0.8]).view());
         assert_eq!(ranked.label, "pos");
         assert_eq!(ranked.scores[1].label, "neg");
+    }
+
+    #[test]
+    fn rank_reads_rows_of_any_layout() {
+        // A column of a row-major matrix is not contiguous; its scores must still all be there.
+        let names = vec!["neg".to_string(), "pos".to_string()];
+        let probabilities = ndarray::arr2(&[[0.3, 0.0], [0.7, 0.0]]);
+        let ranked = LabelScores::rank(&names, probabilities.column(0));
+        assert_eq!(ranked.scores.len(), 2);
+        assert_eq!(ranked.label, "pos");
     }
 }
