@@ -285,11 +285,15 @@ fn seed_tasks(
         let labels = label_set(store, encoder, &task.labels)
             .map_err(|e| ServerError::Labels(e.to_string()))?;
         let name = task.name.clone();
+        // Only an imported task counts as seeded: one refused now (at max_tasks, say) is tried
+        // again at the next start.
         match store.put(task, labels, &subspace.id(), &key, &Precondition::Absent) {
-            Ok(_) => imported += 1,
+            Ok(_) => {
+                imported += 1;
+                store.with_db(|db| db.mark_seeded(&name))?;
+            }
             Err(error) => tracing::warn!(task = %name, %error, "seed task not imported"),
         }
-        store.with_db(|db| db.mark_seeded(&name))?;
     }
     if imported > 0 {
         tracing::info!(imported, dir = %dir.display(), "seed tasks imported");

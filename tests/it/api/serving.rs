@@ -170,6 +170,35 @@ async fn uploads_and_seed_imports_survive_a_restart() {
 }
 
 #[tokio::test]
+async fn a_seed_task_refused_at_max_tasks_is_imported_at_a_later_start() {
+    let fixture = Fixture::new();
+    let seeds = fixture.path("seeds");
+    let mut options = fixture.options();
+    options.seed_tasks_dir = Some(seeds.clone());
+    options.max_tasks = 1;
+    // The only place is taken when the seed first appears: the import is refused.
+    let app = TestApp::spawn(options.clone()).await;
+    let blocker = task_body("lora", [0.0; D], &["x", "y"]);
+    ok_json(app.put_task("blocker", &blocker).await).await;
+    app.stop().await.unwrap();
+    write_task_file(&seeds, "late", "lora", [0.0; D], &["x", "y"]);
+    let app = TestApp::spawn(options.clone()).await;
+    assert_error(app.get("/v1/tasks/late").await, 404, "task_not_found").await;
+    let deleted = app
+        .client
+        .delete(app.url("/v1/tasks/blocker"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    app.stop().await.unwrap();
+    // It was never imported, so the next start tries again, and now it fits.
+    let app = TestApp::spawn(options).await;
+    ok_json(app.get("/v1/tasks/late").await).await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn metrics_parse_and_move_as_requests_flow() {
     let fixture = Fixture::new();
     let app = TestApp::spawn(fixture.options()).await;
