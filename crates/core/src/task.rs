@@ -81,10 +81,13 @@ pub enum TaskError {
     Subspace { task: String, loaded: String },
 }
 
-/// Checks a task name: 1-128 of [A-Za-z0-9._-].
+/// Checks a task name: 1-128 of [A-Za-z0-9._-], and not `.` or `..`. Those characters are all
+/// unreserved in URLs, so a name travels as a path segment unchanged, except the dot segments,
+/// which clients and proxies normalise away (RFC 3986 §5.2.4): such a task could never be reached.
 pub fn validate_name(name: &str) -> Result<(), TaskError> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if (1..=128).contains(&name.len()) && name.chars().all(valid_char) {
+    let dot_segment = name == "." || name == "..";
+    if (1..=128).contains(&name.len()) && name.chars().all(valid_char) && !dot_segment {
         Ok(())
     } else {
         Err(TaskError::Name(name.chars().take(160).collect()))
@@ -226,7 +229,8 @@ mod tests {
     fn names_allow_exactly_the_documented_characters() {
         assert!(validate_name("A-z_0.9").is_ok());
         assert!(validate_name(&"a".repeat(128)).is_ok());
-        for bad in ["a/b", "é", "a b", "a:b"] {
+        assert!(validate_name("...").is_ok() && validate_name(".a").is_ok());
+        for bad in ["a/b", "é", "a b", "a:b", ".", "..", ""] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
     }
