@@ -85,13 +85,17 @@ impl BatcherHandle {
             enqueued: Instant::now(),
             reply,
         };
-        match self.queue.try_send(job) {
-            Ok(()) => self.metrics.queue_requests.inc(),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.dropped("queue_full");
-                return Err(BatchError::QueueFull);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(BatchError::ShuttingDown),
+        // Counted before it is sent: once sent, the batcher may take it (and count it out) at once.
+        self.metrics.queue_requests.inc();
+        if let Err(refused) = self.queue.try_send(job) {
+            self.metrics.queue_requests.dec();
+            return Err(match refused {
+                mpsc::error::TrySendError::Full(_) => {
+                    self.metrics.dropped("queue_full");
+                    BatchError::QueueFull
+                }
+                mpsc::error::TrySendError::Closed(_) => BatchError::ShuttingDown,
+            });
         }
         answer
             .await
@@ -428,7 +432,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let mut small = limits(1, 10_000);
         small.queue_capacity = 1;
-        let (handle, task) = spawn(small, runner, metrics);
+        let (handle, task) = spawn(small, runner, metrics.clone());
         // Fill the channel faster than the batcher can take from it.
         let results = futures::future::join_all((0..6).map(|i| {
             let handle = handle.clone();
@@ -451,6 +455,11 @@ mod tests {
                 .any(|r| matches!(r, Err(BatchError::QueueFull)))
         );
         assert!(results.iter().any(Result::is_ok));
+        assert_eq!(
+            metrics.queue_requests.get(),
+            0,
+            "refused requests are not counted"
+        );
         handle.close();
         task.await.unwrap();
         assert!(!seen.lock().unwrap().is_empty());
@@ -464,5 +473,31 @@ mod tests {
             )
             .await;
         assert!(matches!(late, Err(BatchError::ShuttingDown)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_queue_gauge_never_reads_below_zero() {
+        let metrics = Arc::new(Metrics::new());
+        let lowest = Arc::new(Mutex::new(i64::MAX));
+        let (gauge, low) = (metrics.clone(), lowest.clone());
+        let runner: Runner = Arc::new(move |rows: &[Row<'_>]| {
+            let mut low = low.lock().unwrap();
+            *low = (*low).min(gauge.queue_requests.get());
+            Ok(Array2::zeros((rows.len(), 2)))
+        });
+        let mut eager = limits(1, 10_000);
+        eager.max_wait = Duration::ZERO;
+        eager.queue_capacity = 512;
+        let (handle, _task) = spawn(eager, runner, metrics.clone());
+        let answers: Vec<_> = (0..400).map(|i| submit(&handle, i as f32, 1)).collect();
+        for answer in answers {
+            answer.await.unwrap().unwrap();
+        }
+        assert!(
+            *lowest.lock().unwrap() >= 0,
+            "the gauge read {}",
+            lowest.lock().unwrap()
+        );
+        assert_eq!(metrics.queue_requests.get(), 0);
     }
 }
