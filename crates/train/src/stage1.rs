@@ -232,12 +232,12 @@ pub fn find_subspace(
     let progress = Progress::new("train subspace", options.steps as u64);
     for step in 0..options.steps {
         let subspace = make(&u)?;
-        // The random convex mix of each task's three codes (paper: biased toward the first DET).
+        // The random convex mix of each task's three codes: α to Adapter, which the paper favours.
         let mixes: Vec<(Vec<f32>, Vec<f32>)> = (0..tasks.len())
             .map(|t| {
                 let alpha: f32 = rng.random();
                 let beta: f32 = rng.random_range(0.0..=(1.0 - alpha).max(0.0));
-                let weights = vec![alpha, beta, 1.0 - alpha - beta];
+                let weights = mix_weights(&dets, alpha, beta);
                 let mix = (0..options.d)
                     .map(|i| (0..n_dets).map(|k| weights[k] * z[t * n_dets + k][i]).sum())
                     .collect();
@@ -325,4 +325,30 @@ pub fn find_subspace(
     }
     progress.finish();
     make(&best.1)
+}
+
+/// The weight of each DET's code in the paper's random convex mix α z_A + β z_L + (1−α−β) z_P,
+/// in the order of `dets` (the manifest's column order, which is not the mix's).
+fn mix_weights(dets: &[DetKind], alpha: f32, beta: f32) -> Vec<f32> {
+    dets.iter()
+        .map(|det| match det {
+            DetKind::Adapter => alpha,
+            DetKind::Lora => beta,
+            DetKind::Prefix => 1.0 - alpha - beta,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mix_gives_alpha_to_adapter_beta_to_lora_and_the_rest_to_prefix() {
+        let columns = [DetKind::Lora, DetKind::Adapter, DetKind::Prefix];
+        let weights = mix_weights(&columns, 0.6, 0.3);
+        assert_eq!(weights[0], 0.3);
+        assert_eq!(weights[1], 0.6);
+        assert!((weights[2] - 0.1).abs() < 1e-6);
+    }
 }
