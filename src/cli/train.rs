@@ -620,6 +620,9 @@ pub struct LandscapeArgs {
     /// Output directory: <task>.<det>.png per DET and <task>.landscape.json.
     #[arg(long)]
     pub out: PathBuf,
+    /// A TrueType font for the labels [default: the system's DejaVu Sans or Liberation Sans].
+    #[arg(long, env = "DELTASPACE_FONT")]
+    pub font: Option<PathBuf>,
 }
 
 /// Arguments of `report`.
@@ -704,7 +707,7 @@ pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
         args.split,
         args.scoring.limit,
     )?;
-    let files = draw(&landscape, &args.out)?;
+    let files = draw(&landscape, &args.out, args.font.as_deref())?;
     let json_path = args.out.join(format!("{}.landscape.json", landscape.task));
     std::fs::write(&json_path, serde_json::to_string_pretty(&landscape)?)?;
     println!(

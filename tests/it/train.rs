@@ -387,6 +387,34 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
         let bytes = std::fs::read(image.as_str().unwrap()).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     }
+    // The font comes from --font (or DELTASPACE_FONT, read by the command line), never from the
+    // trainer itself; a missing one is named.
+    let unfontable = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+        .args([
+            "landscape",
+            "--model",
+            &model,
+            "--subspace",
+            &subspace,
+            "--data",
+            &sst2,
+        ])
+        .args([
+            "--tasks",
+            &per_det[0],
+            &per_det[1],
+            &per_det[2],
+            "--grid",
+            "2",
+            "--limit",
+            "2",
+        ])
+        .args(["--out", &pictures, "--provider", "cpu", "--threads", "1"])
+        .env("DELTASPACE_FONT", "no-such-font.ttf")
+        .output()
+        .unwrap();
+    assert!(!unfontable.status.success());
+    assert!(String::from_utf8_lossy(&unfontable.stderr).contains("no-such-font.ttf"));
 }
 
 #[test]

@@ -181,16 +181,27 @@ const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
 ];
 
-fn register_font() -> anyhow::Result<()> {
+/// Registers `font`, or the first of [`FONT_PATHS`] present, as plotters' sans-serif (once per
+/// process: the first call's font stays).
+fn register_font(font: Option<&Path>) -> anyhow::Result<()> {
     static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     REGISTERED
         .get_or_init(|| {
-            let path = std::env::var("DELTASPACE_FONT").ok().map(PathBuf::from).into_iter()
-                .chain(FONT_PATHS.iter().map(PathBuf::from))
-                .find(|p| p.is_file())
-                .ok_or("no TrueType font found: install fonts-dejavu-core or set DELTASPACE_FONT to a .ttf")?;
-            let bytes: &'static [u8] = Box::leak(std::fs::read(&path).map_err(|e| e.to_string())?.into_boxed_slice());
-            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| format!("{} is not a usable font", path.display()))
+            let path = match font {
+                Some(path) => path.to_path_buf(),
+                None => FONT_PATHS
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.is_file())
+                    .ok_or(
+                        "no TrueType font found: install fonts-dejavu-core or give --font FILE.ttf",
+                    )?,
+            };
+            let bytes = std::fs::read(&path)
+                .map_err(|e| format!("reading font {}: {e}", path.display()))?;
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                .map_err(|_| format!("{} is not a usable font", path.display()))
         })
         .clone()
         .map_err(anyhow::Error::msg)
@@ -213,9 +224,14 @@ fn colour(t: f32) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
-/// Draws one heat map per DET into `dir` and returns the files.
-pub fn draw(landscape: &Landscape, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    register_font()?;
+/// Draws one heat map per DET into `dir` and returns the files; labels use `font` (a .ttf) or,
+/// without one, a system font.
+pub fn draw(
+    landscape: &Landscape,
+    dir: &Path,
+    font: Option<&Path>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    register_font(font)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let all: Vec<f32> = landscape
         .accuracy
