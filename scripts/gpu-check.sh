@@ -12,8 +12,8 @@
 #                                  small shapes, to check the packing, the steps and the summary before a device call
 #
 # What travels. A device call carries at most 64 MiB, the working tree included (about 10 MiB). The payload is one
-# tar of three compressed members: ONNX Runtime's CUDA build (the PyPI wheel onnxruntime-gpu 1.31.1 through
-# ../shared/tools/ort-gpu-parts.sh: 194 MB of xz), the bench binary (stripped, xz) and the MiniLM model directory
+# tar of three compressed members: ONNX Runtime's CUDA build (the PyPI wheel onnxruntime-gpu 1.31.1, packed by
+# pack_ort_gpu below: 194 MB of xz), the bench binary (stripped, xz) and the MiniLM model directory
 # with all four graphs (serve, plain, serve_fp16, plain_fp16) stored as ONNX external data in one weights.bin in
 # which tensors shared between graphs are stored once (fp32 weights once for serve and plain, fp16 weights once
 # for both fp16 graphs: 135 MB before xz). Nothing is exported on the GPU machine: its torch (2.11) is not the
@@ -45,6 +45,24 @@ python=.venv-export/bin/python
 gpu=.gpu
 stage=$gpu/stage
 ort_version=1.31.1
+
+# pack_ort_gpu DIR: ONNX Runtime's CUDA libraries from the PyPI wheel onnxruntime-gpu, as one xz tar cut into
+# four parts DIR/p0 .. DIR/p3 (a part per folder), with the whole tar's sha256 in DIR/p3/sha256.
+pack_ort_gpu() {
+  local dest=$1 scratch size
+  scratch=$(mktemp -d)
+  "$python" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 -d "$scratch" "onnxruntime-gpu==$ort_version"
+  "$python" -m zipfile -e "$scratch"/onnxruntime_gpu-*.whl "$scratch/wheel" > /dev/null
+  tar -C "$scratch/wheel/onnxruntime/capi" -cf - "libonnxruntime.so.$ort_version" \
+    libonnxruntime_providers_shared.so libonnxruntime_providers_cuda.so | nice xz -9 -T2 > "$scratch/ort-gpu.tar.xz"
+  size=$(stat -c %s "$scratch/ort-gpu.tar.xz")
+  rm -rf "$dest"
+  (cd "$scratch" && split -b $(((size + 3) / 4)) -d -a 1 ort-gpu.tar.xz part-)
+  for i in 0 1 2 3; do mkdir -p "$dest/p$i" && mv "$scratch/part-$i" "$dest/p$i/"; done
+  sha256sum "$scratch/ort-gpu.tar.xz" | cut -d' ' -f1 > "$dest/p3/sha256"
+  rm -rf "$scratch"
+}
 
 log() { echo "[gpu-check $(date -u +%H:%M:%S)] $*" >&2; }
 
@@ -104,8 +122,8 @@ for line in sys.stdin:
   rm "$stage/bench"
 
   if [ ! -f "$gpu/ort/p3/sha256" ]; then
-    log "ONNX Runtime's CUDA build (../shared/tools/ort-gpu-parts.sh: pip download and xz -9, a few minutes)"
-    nice bash ../shared/tools/ort-gpu-parts.sh "$gpu/ort" "$ort_version"
+    log "ONNX Runtime's CUDA build (pip download and xz -9, a few minutes)"
+    pack_ort_gpu "$gpu/ort"
   fi
   cat "$gpu"/ort/p*/part-* > "$stage/ort-gpu.tar.xz"
   echo "$(cat "$gpu/ort/p3/sha256")  $stage/ort-gpu.tar.xz" | sha256sum -c --quiet
