@@ -17,8 +17,9 @@
 # 1,500 steps (24,000 rows, about 5 epochs of a 5,000-example task); the final dev and test scores
 # use the whole splits (at most 1,000 each). Inputs are cut at 64 tokens.
 #
-# Environment: DELTASPACE_BIN (default: a copy of target/release/deltaspace made at start, so a
-# rebuild cannot swap the binary mid-run), DELTASPACE_RUNTIME_INTRA_THREADS (ORT threads).
+# A long run uses its own copies of the binary and of the model directory, made at start, so that a
+# rebuild or a re-export cannot swap either mid-run. DELTASPACE_RUNTIME_INTRA_THREADS sets the ONNX
+# Runtime threads (give training one while something else builds on a 2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:?usage: scripts/stage0.sh DATA_DIR [TASK...]}
@@ -34,11 +35,10 @@ tasks=${*:-$upstream $unseen}
 mkdir -p "$runs" "$(dirname "$results")"
 exec > >(tee -a "$runs/log.txt") 2>&1
 
-bin=${DELTASPACE_BIN:-}
-if [ -z "$bin" ]; then
-  bin=$runs/deltaspace
-  cp target/release/deltaspace "$bin"
-fi
+bin=$runs/deltaspace
+cp target/release/deltaspace "$bin"
+rm -rf "$runs/model"
+cp -r "$model" "$runs/model"
 
 for task in $tasks; do
   case " $unseen " in *" $task "*) dir=$committed/unseen ;; *) dir=$committed/upstream ;; esac
@@ -50,7 +50,7 @@ for task in $tasks; do
   fi
   echo "== $task: $(date -u +%FT%TZ)"
   started=$SECONDS
-  "$bin" train det --model "$model" --max-seq-len 64 --data "$data/$task" --det all \
+  "$bin" train det --model "$runs/model" --max-seq-len 64 --data "$data/$task" --det all \
     --steps 1500 --batch 16 --lr 3e-3 --eval-every 25 --eval-limit 300 --patience 4 \
     --f16 --checkpoint "$runs/$task.checkpoint.safetensors" --out "$runs/$task" > "$runs/$task.jsonl"
   seconds=$((SECONDS - started))
