@@ -205,6 +205,7 @@ fn register(
                 det: dets[i % dets.len()],
                 z: (0..d).map(|_| rng.sample(StandardNormal)).collect(),
                 labels,
+                head: None,
                 subspace: None,
             })
         })

@@ -223,6 +223,7 @@ fn load_tasks(
             det: DetKind::Lora,
             z,
             labels: entry.labels,
+            head: None,
             subspace: None,
         };
         task.validate(subspace.d(), &TaskLimits::default())

@@ -198,10 +198,12 @@ def checkpoint_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def classify(emb: torch.Tensor, targets: torch.Tensor, class_mask: torch.Tensor, logit_scale: float) -> torch.Tensor:
-    """Cosine logits [batch, classes]. A class outside the row's task (class_mask 0) gets -1e9 added, so one batch
+def classify(emb: torch.Tensor, targets: torch.Tensor, class_mask: torch.Tensor, logit_bias: torch.Tensor,
+             logit_scale: float) -> torch.Tensor:
+    """Logits [batch, classes]: scaled cosines to the targets plus each row's class bias (a task head's class
+    priors; 0 for a task without one). A class outside the row's task (class_mask 0) gets -1e9 added, so one batch
     can mix tasks with different label sets. emb is already unit-norm; targets are normalised here."""
-    return logit_scale * emb @ F.normalize(targets, dim=-1).T + (1.0 - class_mask) * -1e9
+    return logit_scale * emb @ F.normalize(targets, dim=-1).T + logit_bias + (1.0 - class_mask) * -1e9
 
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, row_weight: torch.Tensor) -> torch.Tensor:
@@ -266,8 +268,8 @@ class Bert(torch.nn.Module):
         dets = self.decode_z(z, det_select, U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix)
         return self.encode(input_ids, attention_mask, token_type_ids, dets)
 
-    def loss_and_grads(self, input_ids, attention_mask, token_type_ids, targets, class_mask, labels, row_weight,
-                       z, det_select, U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix,
+    def loss_and_grads(self, input_ids, attention_mask, token_type_ids, targets, class_mask, logit_bias, labels,
+                       row_weight, z, det_select, U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix,
                        logit_scale: float) -> tuple[torch.Tensor, ...]:
         """Training: the weighted loss, logits, embeddings and the gradients of the loss with respect to z and to
         every U and base, in the grad graph's output order."""
@@ -277,7 +279,7 @@ class Bert(torch.nn.Module):
                 for t in (z, U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix)
             ]
             emb = self.encode_z(input_ids, attention_mask, token_type_ids, leaves[0], det_select, *leaves[1:])
-            logits = classify(emb, targets, class_mask, logit_scale)
+            logits = classify(emb, targets, class_mask, logit_bias, logit_scale)
             loss = weighted_cross_entropy(logits, labels, row_weight)
             grads = torch.autograd.grad(loss, leaves)
         return (loss.detach(), logits.detach(), emb.detach(), *grads)

@@ -1,7 +1,7 @@
 """The three ONNX graphs: their inputs and outputs, the modules that are traced, and the export itself.
 
     serve  tokens + z-level inputs                                   -> embeddings
-    grad   tokens + targets, class_mask, labels, row_weight + z-level -> loss, logits, embeddings, gradients
+    grad   tokens + targets, class_mask, logit_bias, labels, row_weight + z-level -> loss, logits, embeddings, gradients
     plain  tokens                                                     -> embeddings (no DET ops: the baseline)
 
 The recipe is the verified one of docs/design/gradient-export.md: serve and plain are plain dynamo exports; grad is first
@@ -23,7 +23,7 @@ from encoder import DETS, Bert
 OPSET = 18
 TOKENS = ["input_ids", "attention_mask", "token_type_ids"]
 Z_LEVEL = ["z", "det_select", "U_lora", "base_lora", "U_adapter", "base_adapter", "U_prefix", "base_prefix"]
-LOSS = ["targets", "class_mask", "labels", "row_weight"]
+LOSS = ["targets", "class_mask", "logit_bias", "labels", "row_weight"]
 IO = {
     "serve": {"inputs": TOKENS + Z_LEVEL, "outputs": ["embeddings"]},
     "grad": {
@@ -39,6 +39,7 @@ DIMS = {
     "token_type_ids": ("batch", "seq"),  # int64, 0 = first text, 1 = second text of a pair
     "targets": ("classes", "H"),  # label-description embeddings; normalised inside
     "class_mask": ("batch", "classes"),  # 1 = the class belongs to the row's task
+    "logit_bias": ("batch", "classes"),  # added to the row's logits: its task head's class priors (or 0)
     "labels": ("batch",),  # int64 index into classes
     "row_weight": ("batch",),  # the row's weight in the loss
     "z": ("batch", "d"),  # one code per row
@@ -72,10 +73,10 @@ class Grad(torch.nn.Module):
         super().__init__()
         self.bert, self.logit_scale = bert, logit_scale
 
-    def forward(self, input_ids, attention_mask, token_type_ids, targets, class_mask, labels, row_weight,
-                z, det_select, U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix):
-        return self.bert.loss_and_grads(input_ids, attention_mask, token_type_ids, targets, class_mask, labels,
-                                        row_weight, z, det_select, U_lora, base_lora, U_adapter, base_adapter,
+    def forward(self, input_ids, attention_mask, token_type_ids, targets, class_mask, logit_bias, labels,
+                row_weight, z, det_select, U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix):
+        return self.bert.loss_and_grads(input_ids, attention_mask, token_type_ids, targets, class_mask,
+                                        logit_bias, labels, row_weight, z, det_select, U_lora, base_lora, U_adapter, base_adapter,
                                         U_prefix, base_prefix, logit_scale=self.logit_scale)
 
 
@@ -169,6 +170,7 @@ def random_inputs(bert: Bert, graph: str, batch: int, seq: int, classes: int, d:
     for det in DETS:
         inputs[f"U_{det}"] = torch.randn(D, d, generator=g) * 0.05 / d**0.5
         inputs[f"base_{det}"] = torch.randn(D, generator=g) * 0.03
+    inputs["logit_bias"] = torch.randn(batch, classes, generator=g)
     return {name: inputs[name] for name in IO[graph]["inputs"]}
 
 

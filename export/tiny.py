@@ -122,6 +122,7 @@ def write_reference(bert: Bert, out: Path, logit_scale: float) -> None:
     for det in DETS:
         inputs[f"U_{det}"] = torch.randn(D, D_REFERENCE, generator=g) * 0.05 / D_REFERENCE**0.5
         inputs[f"base_{det}"] = torch.randn(D, generator=g) * 0.03
+    inputs["logit_bias"] = torch.randn(len(ROWS), CLASSES, generator=g)
     assert inputs["attention_mask"][5].all() and inputs["input_ids"].shape[1] == MAX_SEQ_LEN, "row 5 not truncated"
 
     bert64 = bert.to_dtype(torch.float64)

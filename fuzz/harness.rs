@@ -114,6 +114,7 @@ pub fn task_validation(data: &[u8]) {
         max_z_norm: 1.0e4,
         max_labels: 8,
         max_label_chars: 16,
+        ..TaskLimits::default()
     };
     if task.validate(D, &limits).is_err() {
         return;
@@ -180,6 +181,7 @@ fn task_from_bytes(data: &[u8]) -> Task {
         det: det.parse().expect("a DET name. This is a bug."),
         z,
         labels,
+        head: None,
         subspace: None,
     }
 }

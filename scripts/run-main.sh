@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 model=models/all-MiniLM-L6-v2
 scripts/setup-ort.sh
-if [ ! -f "$model/serve.onnx" ] || [ ! -f "$model/grad.onnx" ]; then
+# Export when the graphs are missing or older than the interface this build speaks (logit_bias: heads).
+if [ ! -f "$model/serve.onnx" ] || [ ! -f "$model/grad.onnx" ] || ! grep -q '"logit_bias"' "$model/manifest.json"; then
   scripts/setup-export-venv.sh
   .venv-export/bin/python export/export.py --out "$model"
 fi

@@ -189,6 +189,7 @@ impl Config {
             max_z_norm: self.server.max_z_norm,
             max_labels: self.server.max_labels,
             max_label_chars: self.server.max_label_chars,
+            ..TaskLimits::default()
         }
     }
 

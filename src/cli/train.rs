@@ -19,6 +19,7 @@ use crate::tuning::batch::TrainTask;
 use crate::tuning::data::Split;
 use crate::tuning::eval::Metrics;
 use crate::tuning::fit::{FitOptions, Space, Unit, evaluate_values};
+use crate::tuning::head::HeadTuning;
 use crate::tuning::optim::OptimizerKind;
 use crate::tuning::tune::{CmaOptions, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient};
 
@@ -167,6 +168,11 @@ pub struct TuneArgs {
     /// The DET whose frozen U decodes z.
     #[arg(long)]
     pub det: DetKind,
+    /// What of a task head trains with z (gradient optimizers): none (labels score by their
+    /// descriptions, the paper's setting), bias (class priors), or prototypes (priors and label
+    /// prototypes, which start at the descriptions' embeddings).
+    #[arg(long, default_value = "none")]
+    pub head: HeadTuning,
     /// adam, adafactor (exact gradients) or cmaes (derivative-free).
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
@@ -423,6 +429,12 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
     };
     let tuned = match args.optimizer.as_str() {
         "cmaes" => {
+            if args.head != HeadTuning::None {
+                bail!(
+                    "--head {} needs a gradient optimizer (adam or adafactor), not cmaes",
+                    args.head
+                );
+            }
             let options = CmaOptions {
                 generations: args.training.steps,
                 population: args.population,
@@ -449,6 +461,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                 &subspace,
                 &tasks,
                 args.det,
+                args.head,
                 &args.training.fit_options(kind),
                 trace.as_mut(),
             )?
@@ -483,6 +496,7 @@ fn write_task(
         det: tuned.det,
         z: tuned.z.clone(),
         labels: labels.to_vec(),
+        head: tuned.head.clone(),
         subspace: Some(subspace.id()),
     };
     task.validate(subspace.d(), &TaskLimits::default())?;
@@ -521,14 +535,16 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
         task.validate(subspace.d(), &TaskLimits::default())?;
         let det = args.det.unwrap_or(task.det);
         let units = [Unit { task: 0, det }];
+        let (head, values) = HeadTuning::task_values(&task, &tasks[0].descriptions)?;
         let metrics = evaluate_values(
             &encoder,
             &tasks,
             &units,
             &Space::Subspace {
                 subspace: &subspace,
+                head,
             },
-            &[task.z],
+            &[values],
             args.split,
             limit,
         )?;
@@ -574,13 +590,15 @@ pub fn transfer(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
         .iter()
         .map(|&det| Unit { task: 0, det })
         .collect();
-    let codes = vec![task.z.clone(); units.len()];
+    let (head, values) = HeadTuning::task_values(&task, &tasks[0].descriptions)?;
+    let codes = vec![values; units.len()];
     let metrics = evaluate_values(
         &encoder,
         &tasks,
         &units,
         &Space::Subspace {
             subspace: &subspace,
+            head,
         },
         &codes,
         args.split,

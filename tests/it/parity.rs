@@ -57,6 +57,7 @@ fn gradient_graph_matches_pytorch_loss_and_every_gradient() {
     let tokens = encoder.tokenize(&reference.inputs()).unwrap();
     let (z, det_select) = (reference.f2("z"), reference.f2("det_select"));
     let (targets, class_mask) = (reference.f2("targets"), reference.f2("class_mask"));
+    let logit_bias = reference.f2("logit_bias");
     let labels = reference.i64s["labels"]
         .clone()
         .into_dimensionality()
@@ -70,6 +71,7 @@ fn gradient_graph_matches_pytorch_loss_and_every_gradient() {
         },
         targets: targets.view(),
         class_mask: class_mask.view(),
+        logit_bias: logit_bias.view(),
         labels: labels.view(),
         row_weight: row_weight.view(),
     };

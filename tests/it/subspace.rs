@@ -126,6 +126,7 @@ fn prediction_through_every_det_gives_probabilities_over_the_task_labels() {
                 description: format!("The text is about the colour {c}."),
             })
             .to_vec(),
+        head: None,
         subspace: None,
     };
     let prepared = PreparedTask::prepare(task, &encoder).unwrap();

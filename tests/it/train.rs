@@ -573,3 +573,157 @@ fn tune_traces_accuracy_per_task_and_step_without_changing_the_result() {
         assert_eq!(z("traced"), z("plain"), "{task}");
     }
 }
+
+#[test]
+fn the_gradient_graph_adds_each_rows_head_biases_to_its_logits() {
+    use deltaspace::classifier::Classes;
+    use deltaspace::tuning::batch::{self, Row, row_losses};
+    let encoder = tiny_encoder();
+    let files = ModelFiles::open(&tiny_dir()).unwrap();
+    let subspace = deltaspace::subspace::Subspace::random(
+        &files.manifest,
+        &Theta0::load(&files).unwrap(),
+        3,
+        5,
+    )
+    .unwrap();
+    let tasks: Vec<TrainTask> = ["sst2", "rte"]
+        .iter()
+        .map(|t| TrainTask::load(&encoder, &data(t), None).unwrap())
+        .collect();
+    // sst2 rows carry a head with strong priors, rte rows their descriptions: one run holds both.
+    let head = Classes::new(
+        tasks[0].descriptions.prototypes.clone(),
+        ndarray::arr1(&[3.0, -2.0]),
+    );
+    let z = [0.3f32, -0.2, 0.1];
+    let rows: Vec<Row> = (0..4)
+        .map(|i| {
+            let task = i % 2;
+            Row {
+                task,
+                example: &tasks[task].data.train[i],
+                det: DetKind::Adapter,
+                z: &z,
+                weight: 0.25,
+                classes: if task == 0 {
+                    &head
+                } else {
+                    &tasks[1].descriptions
+                },
+            }
+        })
+        .collect();
+    let run = batch::gradients(&encoder, &rows, subspace.params()).unwrap();
+    let logit_scale = encoder.manifest().logit_scale;
+    let expected: f32 = row_losses(run.output.embeddings.view(), &rows, logit_scale)
+        .iter()
+        .map(|l| 0.25 * l)
+        .sum();
+    assert!(
+        (run.output.loss - expected).abs() < 1e-4 * expected.abs().max(1.0),
+        "graph loss {} vs Rust {expected}",
+        run.output.loss
+    );
+    // The first row's logits hold its head's biases.
+    let offset = run.class_offset[0];
+    let logits = run.output.logits.row(0);
+    let cosine = |c: usize| logit_scale * head.prototypes.row(c).dot(&run.output.embeddings.row(0));
+    assert!((logits[offset] - (cosine(0) + 3.0)).abs() < 1e-3);
+    assert!((logits[offset + 1] - (cosine(1) - 2.0)).abs() < 1e-3);
+}
+
+#[test]
+fn tune_with_a_head_writes_it_and_every_command_scores_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let model = tiny_dir().display().to_string();
+    let sst2 = data("sst2").display().to_string();
+    let subspace = out("random.safetensors");
+    deltaspace(&[
+        "subspace", "random", "--model", &model, "--dim", "3", "--out", &subspace,
+    ]);
+    let common = ["--model", &model, "--subspace", &subspace, "--data", &sst2];
+    let mut tuned = Vec::new();
+    for head in ["bias", "prototypes"] {
+        let task = out(&format!("{head}.json"));
+        let lines = json_lines(&deltaspace(
+            &[
+                &["tune"][..],
+                &common,
+                &[
+                    "--det",
+                    "lora",
+                    "--head",
+                    head,
+                    "--steps",
+                    "6",
+                    "--batch",
+                    "8",
+                    "--eval-every",
+                    "3",
+                    "--lr",
+                    "0.1",
+                    "--out",
+                    &task,
+                ],
+            ]
+            .concat(),
+        ));
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&task).unwrap()).unwrap();
+        let bias = written["head"]["bias"].as_array().unwrap();
+        assert_eq!(bias.len(), 2);
+        assert!(bias.iter().any(|b| b.as_f64().unwrap() != 0.0), "{written}");
+        assert_eq!(
+            written["head"].get("prototypes").is_some(),
+            head == "prototypes",
+            "{written}"
+        );
+        // eval reads the head back and scores exactly what tune reported.
+        let eval = json_lines(&deltaspace(
+            &[&["eval"][..], &common, &["--task", &task, "--split", "dev"]].concat(),
+        ));
+        assert_eq!(eval[0]["accuracy"], lines[0]["dev"]["accuracy"], "{head}");
+        tuned.push(task);
+    }
+    // predict applies the head: its scores differ from the same z without one.
+    let predict = |task: &str| {
+        json_lines(&deltaspace(&[
+            "predict",
+            "--model",
+            &model,
+            "--subspace",
+            &subspace,
+            "--task",
+            task,
+            "a fine film",
+        ]))
+    };
+    let with_head = predict(&tuned[1]);
+    let mut plain: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tuned[1]).unwrap()).unwrap();
+    plain.as_object_mut().unwrap().remove("head");
+    let plain_path = out("plain.json");
+    std::fs::write(&plain_path, plain.to_string()).unwrap();
+    assert_ne!(with_head[0]["scores"], predict(&plain_path)[0]["scores"]);
+    // CMA-ES tunes z only.
+    let refused = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+        .args(["tune"])
+        .args(common)
+        .args([
+            "--det",
+            "lora",
+            "--head",
+            "bias",
+            "--optimizer",
+            "cmaes",
+            "--out",
+        ])
+        .arg(out("cma.json"))
+        .args(["--provider", "cpu", "--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("gradient optimizer"));
+}

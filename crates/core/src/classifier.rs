@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ndarray::{Array2, ArrayView1, ArrayView2, Axis, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, s};
 
 use crate::det::{DetError, DetKind};
 use crate::model::{
@@ -13,7 +13,7 @@ use crate::model::{
 };
 use crate::runtime::Provider;
 use crate::subspace::Subspace;
-use crate::task::{Label, Task};
+use crate::task::{Head, Label, Task};
 
 /// What can go wrong classifying.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,8 @@ pub enum ClassifyError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Det(#[from] DetError),
+    #[error("head: {0}")]
+    Head(String),
 }
 
 /// A task's labels with their descriptions embedded by the frozen model. The embeddings depend
@@ -46,18 +48,100 @@ impl LabelSet {
     }
 }
 
-/// A task ready to apply: its labels embedded once by the frozen model.
+/// What a row's logits are computed against: one unit-norm prototype [C, H] and one bias [C] per
+/// label, so label c scores `logit_scale · cos(e, p_c) + bias_c`. Without a tuned head the
+/// prototypes are the label descriptions' embeddings and the biases are 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classes {
+    pub prototypes: Array2<f32>,
+    pub bias: Array1<f32>,
+}
+
+impl Classes {
+    /// Classes from prototypes of any norm (normalised here) and biases.
+    pub fn new(mut prototypes: Array2<f32>, bias: Array1<f32>) -> Self {
+        for mut row in prototypes.rows_mut() {
+            let norm = row.dot(&row).sqrt().max(1e-12);
+            row /= norm;
+        }
+        Self { prototypes, bias }
+    }
+
+    /// The label descriptions alone: their embeddings, no bias.
+    pub fn descriptions(embeddings: Array2<f32>) -> Self {
+        let bias = Array1::zeros(embeddings.nrows());
+        Self::new(embeddings, bias)
+    }
+
+    pub fn len(&self) -> usize {
+        self.bias.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bias.is_empty()
+    }
+
+    /// A head's classes: its prototypes (or the descriptions' embeddings) and its biases.
+    pub fn with_head(descriptions: &Array2<f32>, head: &Head) -> Result<Self, ClassifyError> {
+        let prototypes = match &head.prototypes {
+            None => descriptions.clone(),
+            Some(rows) => {
+                let hidden = descriptions.ncols();
+                if let Some(wrong) = rows.iter().find(|r| r.len() != hidden) {
+                    return Err(ClassifyError::Head(format!(
+                        "a prototype has {} values, the model's embeddings {hidden}",
+                        wrong.len()
+                    )));
+                }
+                Array2::from_shape_fn((rows.len(), hidden), |(c, h)| rows[c][h])
+            }
+        };
+        if head.bias.len() != descriptions.nrows() || prototypes.nrows() != descriptions.nrows() {
+            return Err(ClassifyError::Head(format!(
+                "{} biases and {} prototypes for {} labels",
+                head.bias.len(),
+                prototypes.nrows(),
+                descriptions.nrows()
+            )));
+        }
+        Ok(Self::new(prototypes, Array1::from(head.bias.clone())))
+    }
+
+    /// Label probabilities of each embedding row (unit-norm) against these classes.
+    pub fn score(
+        &self,
+        embedding: ArrayView2<f32>,
+        names: &[String],
+        logit_scale: f32,
+    ) -> Vec<LabelScores> {
+        let logits = cosine_logits(embedding, self.prototypes.view(), logit_scale) + &self.bias;
+        rank_rows(&logits, names)
+    }
+
+    /// `logit_scale · cos(embedding, p_c) + bias_c` for every label c; `embedding` is unit-norm.
+    pub fn logits(&self, embedding: ArrayView1<f32>, logit_scale: f32) -> Array1<f32> {
+        self.prototypes.dot(&embedding) * logit_scale + &self.bias
+    }
+}
+
+/// A task ready to apply: its labels embedded once by the frozen model, and its head's classes
+/// when it has a head.
 #[derive(Debug, Clone)]
 pub struct PreparedTask {
     pub task: Task,
     pub labels: Arc<LabelSet>,
+    pub head: Option<Classes>,
 }
 
 impl PreparedTask {
     /// Embeds the task's label descriptions with the frozen model.
     pub fn prepare(task: Task, encoder: &Encoder) -> Result<Self, ClassifyError> {
         let labels = Arc::new(LabelSet::embed(task.labels.clone(), encoder)?);
-        Ok(Self { task, labels })
+        let head = match &task.head {
+            Some(head) => Some(Classes::with_head(&labels.embeddings, head)?),
+            None => None,
+        };
+        Ok(Self { task, labels, head })
     }
 }
 
@@ -197,18 +281,18 @@ pub fn length_groups(lengths: &[usize], run_cost: usize) -> Vec<Vec<usize>> {
     groups
 }
 
-/// Label probabilities of each embedding row against a task's labels.
+/// Label probabilities of each embedding row against a task's label descriptions.
 pub fn score(embedding: ArrayView2<f32>, labels: &LabelSet, logit_scale: f32) -> Vec<LabelScores> {
-    let probabilities = softmax_rows(&cosine_logits(
-        embedding,
-        labels.embeddings.view(),
-        logit_scale,
-    ));
-    let names = labels.names();
-    probabilities
+    let logits = cosine_logits(embedding, labels.embeddings.view(), logit_scale);
+    rank_rows(&logits, &labels.names())
+}
+
+/// Each row of logits as label probabilities, best first.
+fn rank_rows(logits: &Array2<f32>, names: &[String]) -> Vec<LabelScores> {
+    softmax_rows(logits)
         .rows()
         .into_iter()
-        .map(|p| LabelScores::rank(&names, p))
+        .map(|p| LabelScores::rank(names, p))
         .collect()
 }
 
@@ -230,11 +314,11 @@ pub fn predict(
         })
         .collect();
     let embeddings = embed_rows(encoder, subspace, &rows)?;
-    Ok(score(
-        embeddings.view(),
-        &task.labels,
-        encoder.manifest().logit_scale,
-    ))
+    let logit_scale = encoder.manifest().logit_scale;
+    Ok(match &task.head {
+        Some(classes) => classes.score(embeddings.view(), &task.labels.names(), logit_scale),
+        None => score(embeddings.view(), &task.labels, logit_scale),
+    })
 }
 
 #[cfg(test)]

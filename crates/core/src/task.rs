@@ -1,8 +1,9 @@
-//! Layer 2: what a task is: a name, a DET, a code z, and labels with descriptions.
+//! Layer 2: what a task is: a name, a DET, a code z, labels with descriptions, and optionally a
+//! head that learns what descriptions cannot (class priors, tuned label prototypes).
 //!
 //! One validation serves TASK.json files, the server's uploads and the trainer's outputs, so a
-//! task that loads anywhere loads everywhere. A task carries no weights: θ = base + U z is rebuilt
-//! from z in the graph, and label embeddings come from the frozen model.
+//! task that loads anywhere loads everywhere. A task carries no weights of the model: θ = base +
+//! U z is rebuilt from z in the graph, and label embeddings come from the frozen model.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -18,7 +19,21 @@ pub struct Label {
     pub description: String,
 }
 
-/// A task as stored and uploaded: `{name, det, z, labels, subspace}`.
+/// A task's head: what it adds to the cosine between a text's embedding and each label's
+/// description. Label c scores `logit_scale · cos(e, p_c) + bias_c`, where p_c is the label's
+/// tuned prototype, or its description's embedding when the head has none. A head with
+/// prototypes and z = 0 is a linear probe on the frozen model's embeddings (cosine form).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Head {
+    /// One bias per label, in label order: the class priors descriptions cannot express.
+    pub bias: Vec<f32>,
+    /// One prototype per label (H values each, any norm), replacing the description embeddings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prototypes: Option<Vec<Vec<f32>>>,
+}
+
+/// A task as stored and uploaded: `{name, det, z, labels, head, subspace}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Task {
@@ -28,6 +43,9 @@ pub struct Task {
     /// The task's code in the subspace: d floats.
     pub z: Vec<f32>,
     pub labels: Vec<Label>,
+    /// Class priors and tuned prototypes; without one, labels score by description alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Head>,
     /// Name or id of the subspace z belongs to; checked against the loaded one when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subspace: Option<String>,
@@ -42,6 +60,8 @@ pub struct TaskLimits {
     pub max_labels: usize,
     /// Longest label name or description, in characters.
     pub max_label_chars: usize,
+    /// Largest |bias| of a head, in logit units (the cosine part spans ±logit_scale).
+    pub max_head_bias: f32,
 }
 
 impl Default for TaskLimits {
@@ -50,6 +70,7 @@ impl Default for TaskLimits {
             max_z_norm: 1.0e4,
             max_labels: 1024,
             max_label_chars: 1000,
+            max_head_bias: 100.0,
         }
     }
 }
@@ -77,6 +98,8 @@ pub enum TaskError {
         field: &'static str,
         max: usize,
     },
+    #[error("head: {0}")]
+    Head(String),
     #[error("task is for subspace {task:?} but the server has {loaded:?}")]
     Subspace { task: String, loaded: String },
 }
@@ -107,7 +130,11 @@ impl Task {
     pub fn validate(&self, d: usize, limits: &TaskLimits) -> Result<(), TaskError> {
         validate_name(&self.name)?;
         validate_z(&self.z, d, limits)?;
-        validate_labels(&self.labels, limits)
+        validate_labels(&self.labels, limits)?;
+        match &self.head {
+            Some(head) => validate_head(head, self.labels.len(), limits),
+            None => Ok(()),
+        }
     }
 
     /// Label names in order.
@@ -133,6 +160,52 @@ pub fn validate_z(z: &[f32], d: usize, limits: &TaskLimits) -> Result<(), TaskEr
             norm,
             max: limits.max_z_norm,
         });
+    }
+    Ok(())
+}
+
+/// Checks a head against its task's label count: one finite bounded bias per label, and one
+/// finite non-zero prototype per label, all of one length (the model's H, checked where the model
+/// is known).
+pub fn validate_head(head: &Head, labels: usize, limits: &TaskLimits) -> Result<(), TaskError> {
+    let fail = |message: String| Err(TaskError::Head(message));
+    if head.bias.len() != labels {
+        return fail(format!(
+            "bias has {} values for {labels} labels",
+            head.bias.len()
+        ));
+    }
+    if let Some(index) = head
+        .bias
+        .iter()
+        .position(|b| !b.is_finite() || b.abs() > limits.max_head_bias)
+    {
+        return fail(format!(
+            "bias[{index}] is not a finite number within ±{}",
+            limits.max_head_bias
+        ));
+    }
+    let Some(prototypes) = &head.prototypes else {
+        return Ok(());
+    };
+    if prototypes.len() != labels {
+        return fail(format!(
+            "{} prototypes for {labels} labels",
+            prototypes.len()
+        ));
+    }
+    let width = prototypes[0].len();
+    for (index, prototype) in prototypes.iter().enumerate() {
+        let norm = prototype.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if prototype.len() != width || width == 0 {
+            return fail(format!(
+                "prototypes[{index}] has {} values, prototypes[0] {width}",
+                prototype.len()
+            ));
+        }
+        if !norm.is_finite() || norm == 0.0 {
+            return fail(format!("prototypes[{index}] must be finite and non-zero"));
+        }
     }
     Ok(())
 }
@@ -186,8 +259,16 @@ mod tests {
                     description: "A positive review.".into(),
                 },
             ],
+            head: Some(Head {
+                bias: vec![0.5, -0.5],
+                prototypes: Some(vec![vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0]]),
+            }),
             subspace: None,
         }
+    }
+
+    fn head(task: &mut Task) -> &mut Head {
+        task.head.as_mut().unwrap()
     }
 
     #[test]
@@ -208,6 +289,24 @@ mod tests {
             (Box::new(|t| t.z[0] = f32::INFINITY), "z[0]"),
             (Box::new(|t| t.z[0] = 1e5), "bound"),
             (Box::new(|t| t.labels.truncate(1)), "at least 2"),
+            (
+                Box::new(|t| head(t).bias.push(0.0)),
+                "3 values for 2 labels",
+            ),
+            (Box::new(|t| head(t).bias[1] = f32::NAN), "bias[1]"),
+            (Box::new(|t| head(t).bias[0] = 1e3), "bias[0]"),
+            (
+                Box::new(|t| head(t).prototypes.as_mut().unwrap().truncate(1)),
+                "1 prototypes for 2 labels",
+            ),
+            (
+                Box::new(|t| head(t).prototypes.as_mut().unwrap()[1] = vec![0.0; 3]),
+                "prototypes[1] must be finite and non-zero",
+            ),
+            (
+                Box::new(|t| head(t).prototypes.as_mut().unwrap()[1].push(1.0)),
+                "prototypes[1] has 4 values",
+            ),
             (
                 Box::new(|t| t.labels[1].name = "negative".into()),
                 "more than once",

@@ -109,6 +109,12 @@ pub fn admit(
         .into());
     }
     task.validate(subspace.d(), limits)?;
+    if task.head.is_some() {
+        // Served as if it had none would be silently wrong: refuse it until the server stores heads.
+        return Err(ApiError::InvalidTask(
+            "task heads are not served yet: tune without --head to serve this task".into(),
+        ));
+    }
     task.det
         .column(manifest)
         .map_err(|e| ApiError::InvalidTask(e.to_string()))?;

@@ -17,6 +17,7 @@ use deltaspace_core::subspace::Subspace;
 use deltaspace_core::tuning::batch::TrainTask;
 use deltaspace_core::tuning::data::Split;
 use deltaspace_core::tuning::fit::{Space, Unit, evaluate_values};
+use deltaspace_core::tuning::head::HeadTuning;
 
 /// A plane in the subspace: z(x, y) = centre + x·e1 + y·e2.
 #[derive(Debug, Clone, Serialize)]
@@ -143,7 +144,10 @@ pub fn evaluate_grid(
         encoder,
         tasks,
         &units,
-        &Space::Subspace { subspace },
+        &Space::Subspace {
+            subspace,
+            head: HeadTuning::None,
+        },
         &codes,
         split,
         limit,

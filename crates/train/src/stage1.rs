@@ -23,6 +23,7 @@ use deltaspace_core::subspace::Subspace;
 use deltaspace_core::tuning::batch::{self, Row, TrainTask};
 use deltaspace_core::tuning::data::{Split, epoch_indices};
 use deltaspace_core::tuning::fit::{Space, Unit, evaluate_values};
+use deltaspace_core::tuning::head::HeadTuning;
 use deltaspace_core::tuning::optim::{Adam, Optimizer};
 use deltaspace_core::tuning::progress::Progress;
 
@@ -215,6 +216,7 @@ pub fn find_subspace(
         let candidate = make(u)?;
         let space = Space::Subspace {
             subspace: &candidate,
+            head: HeadTuning::None,
         };
         let dev = evaluate_values(
             encoder,
@@ -257,6 +259,7 @@ pub fn find_subspace(
                         det,
                         z: &mixes[t].1,
                         weight: 1.0 / options.batch as f32,
+                        classes: &task.descriptions,
                     });
                     row_task.push(t);
                 }
@@ -269,7 +272,7 @@ pub fn find_subspace(
             .chunks(options.run_rows.max(1))
             .zip(row_task.chunks(options.run_rows.max(1)))
         {
-            let output = batch::gradients(encoder, tasks, chunk, subspace.params())?;
+            let output = batch::gradients(encoder, chunk, subspace.params())?.output;
             loss += output.loss;
             for (k, g) in output.grad_u.iter().enumerate() {
                 grad_u[k] += g;

@@ -114,6 +114,8 @@ pub struct GradBatch<'a> {
     pub targets: ArrayView2<'a, f32>,
     /// 1 where a class belongs to the row's task, 0 elsewhere: [rows, classes].
     pub class_mask: ArrayView2<'a, f32>,
+    /// Added to each row's logits: its task head's class priors (0 without a head): [rows, classes].
+    pub logit_bias: ArrayView2<'a, f32>,
     /// The true class of each row, an index into `targets`: [rows].
     pub labels: ArrayView1<'a, i64>,
     /// Each row's weight in the loss Σ_b w_b · CE_b: [rows].
@@ -318,14 +320,17 @@ impl Encoder {
         let classes = batch.targets.nrows();
         if batch.targets.ncols() != manifest.hidden()
             || batch.class_mask.dim() != (rows, classes)
+            || batch.logit_bias.dim() != (rows, classes)
             || batch.labels.len() != rows
             || batch.row_weight.len() != rows
         {
             return Err(ModelError::Shape(format!(
-                "targets [{classes}, {}] (H = {}), class_mask {:?}, labels [{}], row_weight [{}] for {rows} rows",
+                "targets [{classes}, {}] (H = {}), class_mask {:?}, logit_bias {:?}, labels [{}], row_weight [{}] \
+                 for {rows} rows",
                 batch.targets.ncols(),
                 manifest.hidden(),
                 batch.class_mask.dim(),
+                batch.logit_bias.dim(),
                 batch.labels.len(),
                 batch.row_weight.len()
             )));
@@ -348,6 +353,10 @@ impl Encoder {
             inputs.push((
                 "class_mask".into(),
                 TensorRef::from_array_view(batch.class_mask)?.into(),
+            ));
+            inputs.push((
+                "logit_bias".into(),
+                TensorRef::from_array_view(batch.logit_bias)?.into(),
             ));
             inputs.push((
                 "labels".into(),
@@ -488,7 +497,16 @@ fn serve_input_names(manifest: &Manifest) -> Vec<String> {
 
 fn grad_input_names(manifest: &Manifest) -> Vec<String> {
     let mut names = serve_input_names(manifest);
-    names.extend(["targets", "class_mask", "labels", "row_weight"].map(String::from));
+    names.extend(
+        [
+            "targets",
+            "class_mask",
+            "logit_bias",
+            "labels",
+            "row_weight",
+        ]
+        .map(String::from),
+    );
     names
 }
 

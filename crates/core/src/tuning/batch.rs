@@ -1,14 +1,14 @@
 //! Assembling encoder batches from rows of many tasks, DETs and codes: the one mechanism every
-//! stage uses. A row names its task, example, DET and code z; the batch concatenates the label
-//! embeddings of the tasks present and masks each row to its own task's labels.
+//! stage uses. A row names its task, example, DET, code z and the classes it is scored against;
+//! the batch concatenates the classes present and masks each row to its own.
 
 use std::path::Path;
 
 use anyhow::Context;
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use super::data::{Example, TaskData};
-use crate::classifier::{code_matrices, embed_labels};
+use crate::classifier::{Classes, code_matrices, embed_labels};
 use crate::det::DetKind;
 use crate::model::{Batch, DeltaParams, Encoder, GradBatch, Gradients, Tokens};
 
@@ -16,8 +16,8 @@ use crate::model::{Batch, DeltaParams, Encoder, GradBatch, Gradients, Tokens};
 #[derive(Debug, Clone)]
 pub struct TrainTask {
     pub data: TaskData,
-    /// [labels, H]
-    pub label_embeddings: Array2<f32>,
+    /// The descriptions as classes: what a task without a head is scored against.
+    pub descriptions: Classes,
 }
 
 impl TrainTask {
@@ -32,7 +32,7 @@ impl TrainTask {
             .with_context(|| format!("embedding the labels of {}", data.name))?;
         Ok(Self {
             data,
-            label_embeddings,
+            descriptions: Classes::descriptions(label_embeddings),
         })
     }
 }
@@ -48,6 +48,8 @@ pub struct Row<'a> {
     pub z: &'a [f32],
     /// The row's weight in the loss; 1/n over a unit's n rows gives each unit a mean loss.
     pub weight: f32,
+    /// The classes the row is scored against (its task's descriptions, or its unit's head).
+    pub classes: &'a Classes,
 }
 
 /// Tokens, z and DET selector of some rows.
@@ -79,45 +81,52 @@ impl EncodedRows {
     }
 }
 
-/// Loss and exact gradients of `rows` under `params`: targets are the label embeddings of every
-/// task present, and each row's logits are masked to its own task's labels.
+/// The gradient graph's outputs for some rows, with where each row's classes sit in `logits`.
+pub struct RowGradients {
+    pub output: Gradients,
+    /// The column of `output.logits` where each row's first class is.
+    pub class_offset: Vec<usize>,
+}
+
+/// Loss and exact gradients of `rows` under `params`: the targets are the prototypes of every
+/// distinct [`Classes`] present, each row's logits get its classes' biases and are masked to
+/// its own classes.
 pub fn gradients(
     encoder: &Encoder,
-    tasks: &[TrainTask],
     rows: &[Row<'_>],
     params: &DeltaParams,
-) -> anyhow::Result<Gradients> {
+) -> anyhow::Result<RowGradients> {
     let encoded = EncodedRows::new(encoder, rows, params.d())?;
-    // Offsets of each task's labels inside the concatenated targets.
-    let mut offsets = vec![usize::MAX; tasks.len()];
+    // Each distinct Classes once, in order of first use; rows refer to theirs by address.
+    let mut present: Vec<(&Classes, usize)> = Vec::new();
+    let mut class_offset = Vec::with_capacity(rows.len());
     let mut classes = 0;
     for row in rows {
-        if offsets[row.task] == usize::MAX {
-            offsets[row.task] = classes;
-            classes += tasks[row.task].label_embeddings.nrows();
-        }
+        let offset = match present.iter().find(|(c, _)| std::ptr::eq(*c, row.classes)) {
+            Some(&(_, offset)) => offset,
+            None => {
+                present.push((row.classes, classes));
+                classes += row.classes.len();
+                classes - row.classes.len()
+            }
+        };
+        class_offset.push(offset);
     }
     let hidden = encoder.manifest().hidden();
     let mut targets = Array2::zeros((classes, hidden));
-    for (task, &offset) in tasks
-        .iter()
-        .zip(&offsets)
-        .filter(|(_, o)| **o != usize::MAX)
-    {
-        let n = task.label_embeddings.nrows();
+    for (block, offset) in &present {
         targets
-            .slice_mut(ndarray::s![offset..offset + n, ..])
-            .assign(&task.label_embeddings);
+            .slice_mut(ndarray::s![*offset..*offset + block.len(), ..])
+            .assign(&block.prototypes);
     }
     let mut class_mask = Array2::zeros((rows.len(), classes));
+    let mut logit_bias = Array2::zeros((rows.len(), classes));
     let mut labels = Array1::zeros(rows.len());
     let mut row_weight = Array1::zeros(rows.len());
-    for (index, row) in rows.iter().enumerate() {
-        let offset = offsets[row.task];
-        let n = tasks[row.task].label_embeddings.nrows();
-        class_mask
-            .slice_mut(ndarray::s![index, offset..offset + n])
-            .fill(1.0);
+    for (index, (row, &offset)) in rows.iter().zip(&class_offset).enumerate() {
+        let span = ndarray::s![index, offset..offset + row.classes.len()];
+        class_mask.slice_mut(span).fill(1.0);
+        logit_bias.slice_mut(span).assign(&row.classes.bias);
         labels[index] = (offset + row.example.label) as i64;
         row_weight[index] = row.weight;
     }
@@ -125,23 +134,22 @@ pub fn gradients(
         batch: encoded.batch(),
         targets: targets.view(),
         class_mask: class_mask.view(),
+        logit_bias: logit_bias.view(),
         labels: labels.view(),
         row_weight: row_weight.view(),
     };
-    Ok(encoder.gradients(batch, params)?)
+    Ok(RowGradients {
+        output: encoder.gradients(batch, params)?,
+        class_offset,
+    })
 }
 
-/// Cross-entropy of each row of `embeddings` against its task's labels (scaled cosine logits).
-pub fn row_losses(
-    embeddings: ArrayView2<f32>,
-    tasks: &[TrainTask],
-    rows: &[Row<'_>],
-    logit_scale: f32,
-) -> Vec<f32> {
+/// Cross-entropy of each row of `embeddings` against its classes.
+pub fn row_losses(embeddings: ArrayView2<f32>, rows: &[Row<'_>], logit_scale: f32) -> Vec<f32> {
     rows.iter()
-        .zip(embeddings.rows())
+        .zip(embeddings.axis_iter(Axis(0)))
         .map(|(row, embedding)| {
-            let logits = tasks[row.task].label_embeddings.dot(&embedding) * logit_scale;
+            let logits = row.classes.logits(embedding, logit_scale);
             let max = logits.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             let log_sum = logits.mapv(|l| (l - max).exp()).sum().ln() + max;
             log_sum - logits[row.example.label]

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::batch::{EncodedRows, Row, TrainTask};
 use super::data::Split;
+use crate::classifier::Classes;
 use crate::det::DetKind;
 use crate::model::{DeltaParams, Encoder};
 
@@ -17,12 +18,13 @@ pub struct Metrics {
     pub n: usize,
 }
 
-/// A task decoded through one DET from one code z.
+/// A task decoded through one DET from one code z, scored against its classes.
 #[derive(Debug, Clone, Copy)]
 pub struct Unit<'a> {
     pub task: usize,
     pub det: DetKind,
     pub z: &'a [f32],
+    pub classes: &'a Classes,
 }
 
 /// Metrics of every unit on `split`, in unit order. `limit` caps the examples per unit.
@@ -48,18 +50,20 @@ pub fn evaluate(
                     det: unit.det,
                     z: unit.z,
                     weight: 1.0,
+                    classes: unit.classes,
                 },
             ));
         }
     }
     rows.sort_by_key(|(_, row)| row.example.input.char_len());
+    let logit_scale = encoder.manifest().logit_scale;
     let mut predictions: Vec<Vec<(usize, usize)>> = vec![Vec::new(); units.len()];
     for chunk in rows.chunks(batch_rows.max(1)) {
         let chunk_rows: Vec<Row> = chunk.iter().map(|(_, row)| *row).collect();
         let encoded = EncodedRows::new(encoder, &chunk_rows, params.d())?;
         let embeddings = encoder.embed(encoded.batch(), params)?;
         for ((unit_index, row), embedding) in chunk.iter().zip(embeddings.rows()) {
-            let predicted = argmax(tasks[row.task].label_embeddings.dot(&embedding).view());
+            let predicted = argmax(row.classes.logits(embedding, logit_scale).view());
             predictions[*unit_index].push((row.example.label, predicted));
         }
     }

@@ -1,6 +1,7 @@
 //! The training loop every gradient stage shares. A *unit* is one task decoded through one DET;
 //! each unit owns a parameter vector: δ = θ − θ⁰ in the original space (stage 0) or the code z
-//! in a frozen subspace (stage 2). All units train together: every step draws rows of every
+//! in a frozen subspace, followed by its head's parameters when one is tuned (stage 2; see
+//! [`super::head`]). All units train together: every step draws rows of every
 //! unit into shared encoder runs, each unit's loss is its rows' mean, and each unit gets exactly
 //! its own gradient back.
 //!
@@ -12,14 +13,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, Axis};
 use serde::Serialize;
 
 use super::batch::{self, Row, TrainTask};
 use super::data::{Split, epoch_indices};
 use super::eval::{self, Metrics};
+use super::head::HeadTuning;
 use super::optim::{Optimizer, OptimizerKind};
 use super::progress::Progress;
+use crate::classifier::Classes;
 use crate::det::{DetKind, Theta0};
 use crate::model::{DeltaParams, DetParams, Encoder};
 use crate::subspace::Subspace;
@@ -30,8 +33,28 @@ use crate::tensor_file::{Storage, TensorFile};
 pub enum Space<'a> {
     /// Each unit trains δ (length D of its DET): θ = θ⁰ + δ.
     Original { theta0: &'a Theta0 },
-    /// Each unit trains z (length d) through the subspace's frozen U.
-    Subspace { subspace: &'a Subspace },
+    /// Each unit trains z (length d) through the subspace's frozen U, and the head `head` asks
+    /// for after it.
+    Subspace {
+        subspace: &'a Subspace,
+        head: HeadTuning,
+    },
+}
+
+/// What a space makes of the units' values for one encoder run.
+pub struct Realised {
+    pub params: DeltaParams,
+    /// Each unit's row code z.
+    pub codes: Vec<Vec<f32>>,
+    /// Each unit's classes when it tunes a head (None: its task's descriptions).
+    pub classes: Vec<Option<Classes>>,
+}
+
+impl Realised {
+    /// The classes unit `index` (of task `task`) is scored against.
+    pub fn classes_of<'a>(&'a self, index: usize, task: &'a TrainTask) -> &'a Classes {
+        self.classes[index].as_ref().unwrap_or(&task.descriptions)
+    }
 }
 
 /// A task trained through a DET.
@@ -79,58 +102,98 @@ pub struct FitResult {
 }
 
 impl Space<'_> {
-    /// Length of one unit's parameter vector.
+    /// Length of one unit's δ or z (without its head).
     pub fn len(&self, det: DetKind, encoder: &Encoder) -> anyhow::Result<usize> {
         Ok(match self {
             Space::Original { .. } => encoder.manifest().dets[det.column(encoder.manifest())?].size,
-            Space::Subspace { subspace } => subspace.d(),
+            Space::Subspace { subspace, .. } => subspace.d(),
         })
     }
 
-    /// The encoder inputs that realise `values`, and each unit's row code z.
+    /// What of the head trains (none in the original space).
+    pub fn head(&self) -> HeadTuning {
+        match self {
+            Space::Original { .. } => HeadTuning::None,
+            Space::Subspace { head, .. } => *head,
+        }
+    }
+
+    /// The encoder inputs that realise `values`, each unit's row code z and its classes.
     pub fn realise(
         &self,
         encoder: &Encoder,
+        tasks: &[TrainTask],
         units: &[Unit],
         values: &[Vec<f32>],
-    ) -> anyhow::Result<(DeltaParams, Vec<Vec<f32>>)> {
+    ) -> anyhow::Result<Realised> {
         match self {
-            Space::Subspace { subspace } => Ok((subspace.params().clone(), values.to_vec())),
-            Space::Original { theta0 } => {
-                let manifest = encoder.manifest();
-                // Position of each unit among the units of its DET: its one-hot column.
-                let mut counts = vec![0usize; manifest.dets.len()];
-                let mut position = Vec::with_capacity(units.len());
-                for unit in units {
-                    let column = unit.det.column(manifest)?;
-                    position.push(counts[column]);
-                    counts[column] += 1;
-                }
-                let d = counts.iter().copied().max().unwrap_or(1).max(1);
-                let mut dets: Vec<DetParams> = manifest
-                    .dets
+            Space::Subspace { subspace, head } => {
+                let d = subspace.d();
+                let classes = units
                     .iter()
-                    .enumerate()
-                    .map(|(column, layout)| DetParams {
-                        u: Array2::zeros((layout.size, d)),
-                        base: theta0.det(column).clone(),
+                    .zip(values)
+                    .map(|(unit, value)| {
+                        (*head != HeadTuning::None)
+                            .then(|| head.classes(&tasks[unit.task].descriptions, &value[d..]))
                     })
                     .collect();
-                let mut codes = Vec::with_capacity(units.len());
-                for ((unit, &j), delta) in units.iter().zip(&position).zip(values) {
-                    let column = unit.det.column(manifest)?;
-                    dets[column]
-                        .u
-                        .column_mut(j)
-                        .assign(&Array1::from(delta.clone()));
-                    let mut code = vec![0.0; d];
-                    code[j] = 1.0;
-                    codes.push(code);
-                }
-                Ok((DeltaParams::new(manifest, dets)?, codes))
+                Ok(Realised {
+                    params: subspace.params().clone(),
+                    codes: values.iter().map(|v| v[..d].to_vec()).collect(),
+                    classes,
+                })
+            }
+            Space::Original { theta0 } => {
+                let (params, codes) = one_hot(encoder, theta0, units, values)?;
+                Ok(Realised {
+                    params,
+                    codes,
+                    classes: vec![None; units.len()],
+                })
             }
         }
     }
+}
+
+/// Original space through the z-graph: U_det's column j holds δ of the j-th unit of that DET,
+/// base = θ⁰, and that unit's code is e_j.
+fn one_hot(
+    encoder: &Encoder,
+    theta0: &Theta0,
+    units: &[Unit],
+    values: &[Vec<f32>],
+) -> anyhow::Result<(DeltaParams, Vec<Vec<f32>>)> {
+    let manifest = encoder.manifest();
+    // Position of each unit among the units of its DET: its one-hot column.
+    let mut counts = vec![0usize; manifest.dets.len()];
+    let mut position = Vec::with_capacity(units.len());
+    for unit in units {
+        let column = unit.det.column(manifest)?;
+        position.push(counts[column]);
+        counts[column] += 1;
+    }
+    let d = counts.iter().copied().max().unwrap_or(1).max(1);
+    let mut dets: Vec<DetParams> = manifest
+        .dets
+        .iter()
+        .enumerate()
+        .map(|(column, layout)| DetParams {
+            u: Array2::zeros((layout.size, d)),
+            base: theta0.det(column).clone(),
+        })
+        .collect();
+    let mut codes = Vec::with_capacity(units.len());
+    for ((unit, &j), delta) in units.iter().zip(&position).zip(values) {
+        let column = unit.det.column(manifest)?;
+        dets[column]
+            .u
+            .column_mut(j)
+            .assign(&Array1::from(delta.clone()));
+        let mut code = vec![0.0; d];
+        code[j] = 1.0;
+        codes.push(code);
+    }
+    Ok((DeltaParams::new(manifest, dets)?, codes))
 }
 
 /// Where a run of [`fit`] stands, shown to an observer ([`fit_observed`]).
@@ -241,21 +304,27 @@ pub fn fit_observed(
             break;
         }
         let step_started = Instant::now();
-        let (params, codes) = space.realise(encoder, units, &values)?;
-        let (rows, unit_of_row) = step_rows(tasks, units, &codes, &active, options, step);
+        let realised = space.realise(encoder, tasks, units, &values)?;
+        let (rows, unit_of_row) = step_rows(tasks, units, &realised, &active, options, step);
         let mut gradients: Vec<Vec<f32>> = values.iter().map(|v| vec![0.0; v.len()]).collect();
         let mut loss = 0.0;
         let run_rows = options.run_rows.max(1);
         for (chunk, chunk_units) in rows.chunks(run_rows).zip(unit_of_row.chunks(run_rows)) {
-            let output = batch::gradients(encoder, tasks, chunk, &params)?;
-            loss += output.loss;
+            let run = batch::gradients(encoder, chunk, &realised.params)?;
+            loss += run.output.loss;
+            let ran = Ran {
+                rows: chunk,
+                units: chunk_units,
+                gradients: &run,
+            };
             accumulate(
                 &space,
                 encoder,
+                tasks,
                 units,
-                &codes,
-                chunk_units,
-                &output,
+                &realised,
+                &values,
+                &ran,
                 &mut gradients,
             )?;
         }
@@ -338,7 +407,7 @@ pub fn fit_observed(
 fn step_rows<'a>(
     tasks: &'a [TrainTask],
     units: &[Unit],
-    codes: &'a [Vec<f32>],
+    realised: &'a Realised,
     active: &[usize],
     options: &FitOptions,
     step: usize,
@@ -347,15 +416,21 @@ fn step_rows<'a>(
     let mut unit_of_row = Vec::with_capacity(active.len() * options.batch);
     for &index in active {
         let unit = units[index];
-        let train = &tasks[unit.task].data.train;
+        let task = &tasks[unit.task];
         let unit_seed = options.seed ^ ((index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
-        for example in epoch_indices(train.len(), unit_seed, step * options.batch, options.batch) {
+        for example in epoch_indices(
+            task.data.train.len(),
+            unit_seed,
+            step * options.batch,
+            options.batch,
+        ) {
             rows.push(Row {
                 task: unit.task,
-                example: &train[example],
+                example: &task.data.train[example],
                 det: unit.det,
-                z: &codes[index],
+                z: &realised.codes[index],
                 weight: 1.0 / options.batch as f32,
+                classes: realised.classes_of(index, task),
             });
             unit_of_row.push(index);
         }
@@ -363,32 +438,57 @@ fn step_rows<'a>(
     (rows, unit_of_row)
 }
 
+/// One encoder run's rows, the unit of each row, and what the gradient graph gave for them.
+struct Ran<'r, 'a> {
+    rows: &'r [Row<'a>],
+    units: &'r [usize],
+    gradients: &'r batch::RowGradients,
+}
+
 /// Adds each unit's gradient from one run to `gradients`.
+#[allow(clippy::too_many_arguments)]
 fn accumulate(
     space: &Space<'_>,
     encoder: &Encoder,
+    tasks: &[TrainTask],
     units: &[Unit],
-    codes: &[Vec<f32>],
-    row_units: &[usize],
-    output: &crate::model::Gradients,
+    realised: &Realised,
+    values: &[Vec<f32>],
+    ran: &Ran<'_, '_>,
     gradients: &mut [Vec<f32>],
 ) -> anyhow::Result<()> {
+    let output = &ran.gradients.output;
     match space {
-        Space::Subspace { .. } => {
-            for (row, &unit) in row_units.iter().enumerate() {
-                for (g, v) in gradients[unit].iter_mut().zip(output.grad_z.row(row)) {
+        Space::Subspace { subspace, head } => {
+            let d = subspace.d();
+            let logit_scale = encoder.manifest().logit_scale;
+            for (index, (row, &unit)) in ran.rows.iter().zip(ran.units).enumerate() {
+                let gradient = &mut gradients[unit];
+                for (g, v) in gradient.iter_mut().zip(output.grad_z.row(index)) {
                     *g += v;
                 }
+                let offset = ran.gradients.class_offset[index];
+                let logits = output.logits.row(index);
+                head.accumulate(
+                    &tasks[units[unit].task].descriptions,
+                    &values[unit][d..],
+                    logits.slice(ndarray::s![offset..offset + row.classes.len()]),
+                    output.embeddings.index_axis(Axis(0), index),
+                    row.example.label,
+                    row.weight,
+                    logit_scale,
+                    ndarray::ArrayViewMut1::from(&mut gradient[d..]),
+                );
             }
         }
         Space::Original { .. } => {
             let mut seen = vec![false; units.len()];
-            for &unit in row_units {
+            for &unit in ran.units {
                 if std::mem::replace(&mut seen[unit], true) {
                     continue;
                 }
                 let column = units[unit].det.column(encoder.manifest())?;
-                let j = codes[unit]
+                let j = realised.codes[unit]
                     .iter()
                     .position(|&c| c == 1.0)
                     .context("a one-hot code. This is a bug.")?;
@@ -414,17 +514,26 @@ pub fn evaluate_values(
     split: Split,
     limit: Option<usize>,
 ) -> anyhow::Result<Vec<Metrics>> {
-    let (params, codes) = space.realise(encoder, units, values)?;
+    let realised = space.realise(encoder, tasks, units, values)?;
     let eval_units: Vec<eval::Unit> = units
         .iter()
-        .zip(&codes)
-        .map(|(unit, code)| eval::Unit {
+        .enumerate()
+        .map(|(index, unit)| eval::Unit {
             task: unit.task,
             det: unit.det,
-            z: code,
+            z: &realised.codes[index],
+            classes: realised.classes_of(index, &tasks[unit.task]),
         })
         .collect();
-    eval::evaluate(encoder, tasks, &eval_units, &params, split, 64, limit)
+    eval::evaluate(
+        encoder,
+        tasks,
+        &eval_units,
+        &realised.params,
+        split,
+        64,
+        limit,
+    )
 }
 
 /// Everything needed to continue a run where it stopped.

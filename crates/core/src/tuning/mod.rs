@@ -9,6 +9,7 @@ pub mod batch;
 pub mod data;
 pub mod eval;
 pub mod fit;
+pub mod head;
 pub mod optim;
 pub mod progress;
 pub mod tune;

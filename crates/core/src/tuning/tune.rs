@@ -17,11 +17,13 @@ use super::batch::{EncodedRows, Row, TrainTask, row_losses};
 use super::data::{Split, epoch_indices};
 use super::eval::Metrics;
 use super::fit::{FitOptions, Space, StepReport, Unit, evaluate_values, fit_observed};
+use super::head::HeadTuning;
 use super::optim::CmaEs;
 use super::progress::Progress;
 use crate::det::DetKind;
 use crate::model::Encoder;
 use crate::subspace::Subspace;
+use crate::task::Head;
 
 /// The code found for one task, with its scores through the DET it was found with.
 #[derive(Debug, Clone)]
@@ -29,6 +31,8 @@ pub struct Tuned {
     pub task: usize,
     pub det: DetKind,
     pub z: Vec<f32>,
+    /// The head tuned with z, if one was asked for.
+    pub head: Option<Head>,
     pub dev: Metrics,
     pub test: Metrics,
     /// Wall time of the search (all tasks of the run share it).
@@ -42,20 +46,33 @@ fn initial_z(d: usize, seed: u64) -> Vec<f32> {
     (0..d).map(|_| normal.sample(&mut rng)).collect()
 }
 
-/// Gradient tuning of z for every task through `det`, all tasks in shared runs. With `trace`,
-/// every task's current z is scored between steps (that time is left out of `seconds`).
+/// Gradient tuning of z, and of the head `head` asks for, for every task through `det`, all
+/// tasks in shared runs. A head starts at the descriptions with zero biases. With `trace`, every
+/// task's current z is scored between steps (that time is left out of `seconds`).
+#[allow(clippy::too_many_arguments)]
 pub fn tune_gradient(
     encoder: &Encoder,
     subspace: &Subspace,
     tasks: &[TrainTask],
     det: DetKind,
+    head: HeadTuning,
     options: &FitOptions,
     mut trace: Option<&mut Trace>,
 ) -> anyhow::Result<Vec<Tuned>> {
     let units: Vec<Unit> = (0..tasks.len()).map(|task| Unit { task, det }).collect();
-    let space = Space::Subspace { subspace };
-    let init = (0..tasks.len())
-        .map(|t| initial_z(subspace.d(), options.seed + t as u64))
+    let space = Space::Subspace { subspace, head };
+    let hidden = encoder.manifest().hidden();
+    let init = tasks
+        .iter()
+        .enumerate()
+        .map(|(t, task)| {
+            let mut values = initial_z(subspace.d(), options.seed + t as u64);
+            values.resize(
+                values.len() + head.len(task.descriptions.len(), hidden),
+                0.0,
+            );
+            values
+        })
         .collect();
     let mut observe = |report: StepReport<'_>| -> anyhow::Result<()> {
         match trace.as_deref_mut() {
@@ -76,7 +93,7 @@ pub fn tune_gradient(
         encoder,
         tasks,
         &units,
-        Space::Subspace { subspace },
+        space,
         init,
         options,
         &label,
@@ -84,7 +101,7 @@ pub fn tune_gradient(
     )?;
     finish(
         encoder,
-        subspace,
+        space,
         tasks,
         &units,
         result.best,
@@ -122,7 +139,10 @@ pub fn tune_cmaes(
 ) -> anyhow::Result<Vec<Tuned>> {
     let started = Instant::now();
     let d = subspace.d();
-    let space = Space::Subspace { subspace };
+    let space = Space::Subspace {
+        subspace,
+        head: HeadTuning::None,
+    };
     let mut best = Vec::new();
     for (task_index, task) in tasks.iter().enumerate() {
         let unit = [Unit {
@@ -167,17 +187,13 @@ pub fn tune_cmaes(
                         det,
                         z,
                         weight: 1.0,
+                        classes: &task.descriptions,
                     })
                 })
                 .collect();
             let encoded = EncodedRows::new(encoder, &rows, d)?;
             let embeddings = encoder.embed(encoded.batch(), subspace.params())?;
-            let per_row = row_losses(
-                embeddings.view(),
-                tasks,
-                &rows,
-                encoder.manifest().logit_scale,
-            );
+            let per_row = row_losses(embeddings.view(), &rows, encoder.manifest().logit_scale);
             let losses: Vec<f32> = per_row
                 .chunks(picks.len())
                 .map(|c| c.iter().sum::<f32>() / c.len().max(1) as f32)
@@ -229,7 +245,7 @@ pub fn tune_cmaes(
     let seconds = started.elapsed().saturating_sub(scoring);
     finish(
         encoder,
-        subspace,
+        space,
         tasks,
         &units,
         best,
@@ -238,30 +254,37 @@ pub fn tune_cmaes(
     )
 }
 
-/// Full dev and test scores of the chosen codes.
+/// Full dev and test scores of the chosen codes (and heads).
 fn finish(
     encoder: &Encoder,
-    subspace: &Subspace,
+    space: Space<'_>,
     tasks: &[TrainTask],
     units: &[Unit],
     best: Vec<Vec<f32>>,
     seconds: f64,
     limit: Option<usize>,
 ) -> anyhow::Result<Vec<Tuned>> {
-    let space = Space::Subspace { subspace };
     let dev = evaluate_values(encoder, tasks, units, &space, &best, Split::Dev, limit)?;
     let test = evaluate_values(encoder, tasks, units, &space, &best, Split::Test, limit)?;
+    let d = space.len(DetKind::Lora, encoder)?;
     Ok(units
         .iter()
         .zip(best)
         .enumerate()
-        .map(|(i, (unit, z))| Tuned {
-            task: unit.task,
-            det: unit.det,
-            z,
-            dev: dev[i],
-            test: test[i],
-            seconds,
+        .map(|(i, (unit, mut values))| {
+            let head = space
+                .head()
+                .head(&tasks[unit.task].descriptions, &values[d..]);
+            values.truncate(d);
+            Tuned {
+                task: unit.task,
+                det: unit.det,
+                z: values,
+                head,
+                dev: dev[i],
+                test: test[i],
+                seconds,
+            }
         })
         .collect())
 }

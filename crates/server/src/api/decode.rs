@@ -124,6 +124,7 @@ impl TaskBody {
             det,
             z: body.z,
             labels: body.labels,
+            head: None,
             subspace: body.subspace,
         })
     }

@@ -364,6 +364,7 @@ pub(super) mod tests {
                     description: format!("{n}."),
                 })
                 .to_vec(),
+            head: None,
             subspace: Some("s@1".into()),
         }
     }

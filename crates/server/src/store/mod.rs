@@ -109,6 +109,7 @@ impl StoredTask {
             det: self.det,
             z: self.z.to_vec(),
             labels: self.labels.labels.clone(),
+            head: None,
             subspace: Some(subspace_id.to_string()),
         }
     }
