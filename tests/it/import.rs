@@ -103,13 +103,13 @@ fn a_bad_task_stops_the_import_before_anything_is_written() {
 
     let mut wrong_d = task(7);
     wrong_d["z"] = json!([1.0, 2.0]);
-    // A head the server cannot serve yet is refused, not served as if it were not there.
+    // A head is checked as an upload's is.
     let mut headed = task(8);
-    headed["head"] = json!({"bias": [0.5, -0.5]});
+    headed["head"] = json!({"bias": [0.5, -0.5, 0.0]});
     let cases = [
         (wrong_d.to_string(), "bulk-007"),
         ("{\"name\": \"half".to_string(), "bad.jsonl:3"),
-        (headed.to_string(), "heads are not served yet"),
+        (headed.to_string(), "bias has 3 values for 2 labels"),
     ];
     for (bad_line, named) in cases {
         let bad = setup.dir.path().join("bad.jsonl");

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use ndarray::Array2;
 
-use super::store::{Database, Precondition, TaskStore, labels_key};
+use super::store::{Database, Precondition, ServedHead, TaskStore, labels_key};
 use super::{Core, Options, ServerError};
 use deltaspace_core::classifier::{self, LabelSet, Row, embed_labels};
 use deltaspace_core::model::{Encoder, EncoderOptions, Manifest, ModelError, TextInput};
@@ -109,11 +109,15 @@ pub fn admit(
         .into());
     }
     task.validate(subspace.d(), limits)?;
-    if task.head.is_some() {
-        // Served as if it had none would be silently wrong: refuse it until the server stores heads.
-        return Err(ApiError::InvalidTask(
-            "task heads are not served yet: tune without --head to serve this task".into(),
-        ));
+    if let Some(head) = task.head.take() {
+        let hidden = manifest.hidden();
+        if let Some(wrong) = head.prototypes.iter().flatten().find(|p| p.len() != hidden) {
+            return Err(ApiError::InvalidTask(format!(
+                "head: a prototype has {} values, the model's embeddings {hidden}",
+                wrong.len()
+            )));
+        }
+        task.head = Some(ServedHead::round(head));
     }
     task.det
         .column(manifest)

@@ -367,3 +367,75 @@ async fn shutdown_finishes_requests_in_flight() {
     assert_eq!(answer["predictions"].as_array().unwrap().len(), 1);
     app.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_task_head_is_stored_served_and_survives_a_restart() {
+    let fixture = Fixture::new();
+    let app = TestApp::spawn(fixture.options()).await;
+    let request = json!({"inputs": ["a warm day", "snow"]});
+    let plain = task_body("lora", [0.0; D], &["cold", "warm"]);
+    ok_json(app.put_task("plain", &plain).await).await;
+    // Strong priors for "cold": every text goes there, whatever its cosines say.
+    let mut headed = plain.clone();
+    headed["head"] = json!({"bias": [12.0, -12.0]});
+    ok_json(app.put_task("priors", &headed).await).await;
+    let answer = app.predict("priors", &request).await;
+    for prediction in answer["predictions"].as_array().unwrap() {
+        assert_eq!(prediction["label"], "cold", "{answer}");
+        assert!(prediction["score"].as_f64().unwrap() > 0.99, "{answer}");
+    }
+    assert_ne!(
+        answer["predictions"],
+        app.predict("plain", &request).await["predictions"]
+    );
+    // Prototypes: unit rows of the model's width (32 for the tiny model), rounded to f16 when stored.
+    let mut prototyped = plain.clone();
+    let (mut first, mut second) = (vec![0.0f32; 32], vec![0.0f32; 32]);
+    first[0] = 3.0;
+    second[1] = 0.1;
+    prototyped["head"] = json!({"bias": [0.0, 0.0], "prototypes": [first, second]});
+    ok_json(app.put_task("prototyped", &prototyped).await).await;
+    let stored = ok_json(app.get("/v1/tasks/prototyped").await).await;
+    assert_eq!(stored["head"]["prototypes"][0][0], 1.0, "{stored}");
+    assert_eq!(stored["head"]["prototypes"][1][1], 1.0, "{stored}");
+    app.predict("prototyped", &request).await;
+
+    for (head, status, code, needle) in [
+        (
+            json!({"bias": [1.0]}),
+            422,
+            "invalid_task",
+            "1 values for 2 labels",
+        ),
+        (json!({"bias": [1.0, 1e6]}), 422, "invalid_task", "bias[1]"),
+        (
+            json!({"bias": [0.0, 0.0], "prototypes": [[1.0], [1.0]]}),
+            422,
+            "invalid_task",
+            "the model's embeddings 32",
+        ),
+        (
+            json!({"bias": [0.0, 0.0], "extra": 1}),
+            400,
+            "invalid_json",
+            "extra",
+        ),
+    ] {
+        let mut bad = plain.clone();
+        bad["head"] = head;
+        let message = assert_error(app.put_task("bad", &bad).await, status, code).await;
+        assert!(message.contains(needle), "{message} should name {needle}");
+    }
+    app.stop().await.unwrap();
+
+    let app = TestApp::spawn(fixture.options()).await;
+    assert_eq!(
+        ok_json(app.get("/v1/tasks/priors").await).await["head"]["bias"],
+        json!([12.0, -12.0])
+    );
+    assert_eq!(
+        app.predict("priors", &request).await["predictions"],
+        answer["predictions"]
+    );
+    app.stop().await.unwrap();
+}

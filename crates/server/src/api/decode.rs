@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 use deltaspace_core::det::DetKind;
 use deltaspace_core::model::TextInput;
-use deltaspace_core::task::{Label, Task};
+use deltaspace_core::task::{Head, Label, Task};
 
 /// Tasks per page of `GET /v1/tasks` unless `limit` says otherwise.
 pub const PAGE_DEFAULT: usize = 100;
@@ -57,6 +57,9 @@ pub struct TaskBody {
     pub det: String,
     pub z: Vec<f32>,
     pub labels: Vec<Label>,
+    /// Class priors and tuned prototypes (optional).
+    #[serde(default)]
+    pub head: Option<Head>,
     #[serde(default)]
     pub subspace: Option<String>,
 }
@@ -124,7 +127,7 @@ impl TaskBody {
             det,
             z: body.z,
             labels: body.labels,
-            head: None,
+            head: body.head,
             subspace: body.subspace,
         })
     }

@@ -59,18 +59,25 @@ pub(super) async fn predict(
     let core = state.core()?;
     let (stored, det, embeddings) = encode(&state, core, &name, body.inputs, det).await?;
     let logit_scale = core.encoder.manifest().logit_scale;
-    let predictions: Vec<Prediction> =
-        classifier::score(embeddings.view(), &stored.labels, logit_scale)
-            .into_iter()
-            .map(|mut ranked| {
-                ranked.scores.truncate(body.top_k.unwrap_or(usize::MAX));
-                Prediction {
-                    label: ranked.label,
-                    score: ranked.score,
-                    scores: ranked.scores,
-                }
-            })
-            .collect();
+    let ranked = match &stored.head {
+        Some(head) => head.classes(&stored.labels.embeddings).score(
+            embeddings.view(),
+            &stored.labels.names(),
+            logit_scale,
+        ),
+        None => classifier::score(embeddings.view(), &stored.labels, logit_scale),
+    };
+    let predictions: Vec<Prediction> = ranked
+        .into_iter()
+        .map(|mut ranked| {
+            ranked.scores.truncate(body.top_k.unwrap_or(usize::MAX));
+            Prediction {
+                label: ranked.label,
+                score: ranked.score,
+                scores: ranked.scores,
+            }
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(Answer {
         task: &stored.name,
         generation: stored.generation,

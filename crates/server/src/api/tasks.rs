@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::load::{admit, label_set};
 use crate::store::{Precondition, StoreError, StoredTask, labels_key};
 use deltaspace_core::det::DetKind;
-use deltaspace_core::task::{Label, validate_name};
+use deltaspace_core::task::{Head, Label, validate_name};
 
 /// `PUT /v1/tasks/{name}` answer.
 #[derive(Debug, Serialize)]
@@ -33,6 +33,8 @@ struct TaskView<'a> {
     det: DetKind,
     z: &'a [f32],
     labels: &'a [Label],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head: Option<Head>,
     subspace: Option<&'a str>,
     generation: u64,
     etag: &'a str,
@@ -168,6 +170,7 @@ pub(super) async fn get_task(
             det: stored.det,
             z: &stored.z,
             labels: &stored.labels.labels,
+            head: stored.head.as_ref().map(|h| h.to_head()),
             subspace: Some(&core.subspace.id()),
             generation: stored.generation,
             etag: &stored.etag,

@@ -8,8 +8,10 @@
 //! database, keyed by the model that made them: a restart does not recompute them.
 
 mod db;
+mod head;
 
 pub use db::{Database, Record};
+pub use head::ServedHead;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
@@ -81,6 +83,8 @@ pub struct StoredTask {
     pub z: Arc<[f32]>,
     /// Labels and their embeddings, shared by every task with the same labels.
     pub labels: Arc<LabelSet>,
+    /// Class priors and tuned prototypes, when the task has a head.
+    pub head: Option<Box<ServedHead>>,
     /// 1 for a new task, +1 per replacement.
     pub generation: u64,
     /// Names this exact generation; `If-Match` takes it.
@@ -96,6 +100,7 @@ impl StoredTask {
             det: task.det,
             z: task.z.into(),
             labels,
+            head: task.head.as_ref().map(|h| Box::new(ServedHead::new(h))),
             generation: record.generation,
             etag: record.etag.clone(),
             updated_at_ms: record.updated_at_ms,
@@ -109,7 +114,7 @@ impl StoredTask {
             det: self.det,
             z: self.z.to_vec(),
             labels: self.labels.labels.clone(),
-            head: None,
+            head: self.head.as_ref().map(|h| h.to_head()),
             subspace: Some(subspace_id.to_string()),
         }
     }
