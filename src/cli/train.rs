@@ -1,5 +1,6 @@
 //! `deltaspace train det|subspace`, `tune`, `eval` and `transfer`: the offline trainer.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -23,26 +24,28 @@ use crate::tuning::head::HeadTuning;
 use crate::tuning::optim::OptimizerKind;
 use crate::tuning::tune::{CmaOptions, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient};
 
-/// Options shared by every training command.
+/// Options shared by every training command. The schedule flags (steps, lr, eval-every,
+/// patience) default per command: see [`TRAINING`] and [`TUNING`].
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainingArgs {
     /// Model directory [default: [model] dir].
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Optimizer steps (CMA-ES: generations).
-    #[arg(long, default_value_t = 300)]
-    pub steps: usize,
+    /// Optimizer steps (CMA-ES: generations) [default: 300; tune: 500].
+    #[arg(long)]
+    pub steps: Option<usize>,
     /// Training rows per task (and DET) per step.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    /// Learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f32,
-    /// Evaluate on dev, keep the best, and checkpoint every this many steps.
-    #[arg(long, default_value_t = 50)]
-    pub eval_every: usize,
+    /// Learning rate [default: 1e-3; tune: 0.05].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Evaluate on dev, keep the best, and checkpoint every this many steps [default: 50; tune: 25].
+    #[arg(long)]
+    pub eval_every: Option<usize>,
     /// Early stopping: a task (and DET) stops training once this many evaluations in a row
-    /// have not improved its dev accuracy; the others go on [default: train every step].
+    /// have not improved its dev accuracy; the others go on. 0: never stop early
+    /// [default: 0; tune: 4].
     #[arg(long)]
     pub patience: Option<usize>,
     /// Dev examples per task in those evaluations [default: all].
@@ -68,15 +71,53 @@ pub struct TrainingArgs {
     pub checkpoint: Option<PathBuf>,
 }
 
+/// How long and how fast a command trains, when its flags do not say.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub steps: usize,
+    pub lr: f32,
+    pub eval_every: usize,
+    /// Evaluations without improvement before a unit stops (0: never).
+    pub patience: usize,
+}
+
+/// Stages 0 and 1 (`train det`, `train subspace`): fixed budgets, the scripts give their own.
+pub const TRAINING: Schedule = Schedule {
+    steps: 300,
+    lr: 1e-3,
+    eval_every: 50,
+    patience: 0,
+};
+
+/// Stage 2 (`tune`): a learning rate that moves z (its init is N(0, 0.02²)), and early stopping on
+/// dev, so that a task stops when it stops improving rather than after a fixed budget.
+pub const TUNING: Schedule = Schedule {
+    steps: 500,
+    lr: 0.05,
+    eval_every: 25,
+    patience: 4,
+};
+
 impl TrainingArgs {
-    fn fit_options(&self, optimizer: OptimizerKind) -> FitOptions {
+    /// The schedule: the flags given, `defaults` for the others.
+    fn schedule(&self, defaults: Schedule) -> Schedule {
+        Schedule {
+            steps: self.steps.unwrap_or(defaults.steps),
+            lr: self.lr.unwrap_or(defaults.lr),
+            eval_every: self.eval_every.unwrap_or(defaults.eval_every),
+            patience: self.patience.unwrap_or(defaults.patience),
+        }
+    }
+
+    fn fit_options(&self, optimizer: OptimizerKind, defaults: Schedule) -> FitOptions {
+        let schedule = self.schedule(defaults);
         FitOptions {
-            steps: self.steps,
+            steps: schedule.steps,
             batch: self.batch.max(1),
-            lr: self.lr,
+            lr: schedule.lr,
             optimizer,
-            eval_every: self.eval_every,
-            patience: self.patience,
+            eval_every: schedule.eval_every,
+            patience: (schedule.patience > 0).then_some(schedule.patience),
             eval_limit: self.eval_limit,
             run_rows: self.run_rows,
             seed: self.seed,
@@ -165,9 +206,10 @@ pub struct TuneArgs {
     /// Task directories; repeat to tune several tasks in shared runs.
     #[arg(long, required = true, num_args = 1..)]
     pub data: Vec<PathBuf>,
-    /// The DET whose frozen U decodes z.
+    /// The DET whose frozen U decodes z [default: each of lora, adapter and prefix in shared runs,
+    /// keeping per task the one that scores best on dev; cmaes needs one].
     #[arg(long)]
-    pub det: DetKind,
+    pub det: Option<DetKind>,
     /// What of a task head trains with z (gradient optimizers): none (labels score by their
     /// descriptions, the paper's setting), bias (class priors), or prototypes (priors and label
     /// prototypes, which start at the descriptions' embeddings).
@@ -305,8 +347,9 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
         }
     }
     let grouped = collect_solutions(&solutions, manifest)?;
+    let schedule = args.training.schedule(TRAINING);
     let steps = if args.data_root.is_some() {
-        args.training.steps
+        schedule.steps
     } else {
         0
     };
@@ -321,9 +364,9 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
         d: args.dim,
         steps,
         batch: args.training.batch.max(1),
-        lr: args.training.lr,
+        lr: schedule.lr,
         rec_alpha: args.rec_alpha,
-        eval_every: args.training.eval_every,
+        eval_every: schedule.eval_every,
         eval_limit: args.training.eval_limit,
         run_rows: args.training.run_rows,
         seed: args.training.seed,
@@ -385,7 +428,7 @@ fn train_det(config: &Config, args: DetArgs) -> anyhow::Result<()> {
         &theta0,
         &tasks,
         &dets,
-        &args.training.fit_options(args.optimizer),
+        &args.training.fit_options(args.optimizer, TRAINING),
     )?;
     for solution in &solutions {
         let path = if single_file {
@@ -419,7 +462,9 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
         Some(path) => Some(Trace::open(
             TraceOptions {
                 path: path.clone(),
-                every: args.trace_every.unwrap_or(args.training.eval_every),
+                every: args
+                    .trace_every
+                    .unwrap_or(args.training.schedule(TUNING).eval_every),
                 split: args.trace_split,
                 limit: args.trace_limit.or(args.training.final_limit),
             },
@@ -435,34 +480,32 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                     args.head
                 );
             }
+            let Some(det) = args.det else {
+                bail!("--optimizer cmaes tunes through one DET: give --det");
+            };
+            let schedule = args.training.schedule(TUNING);
             let options = CmaOptions {
-                generations: args.training.steps,
+                generations: schedule.steps,
                 population: args.population,
                 batch: args.training.batch.max(1),
                 sigma: args.sigma,
-                eval_every: args.training.eval_every,
+                eval_every: schedule.eval_every,
                 eval_limit: args.training.eval_limit,
                 final_limit: args.training.final_limit,
                 seed: args.training.seed,
             };
-            tune_cmaes(
-                &encoder,
-                &subspace,
-                &tasks,
-                args.det,
-                &options,
-                trace.as_mut(),
-            )?
+            tune_cmaes(&encoder, &subspace, &tasks, det, &options, trace.as_mut())?
         }
         other => {
             let kind: OptimizerKind = other.parse().map_err(anyhow::Error::msg)?;
+            let dets = args.det.map_or(DetKind::ALL.to_vec(), |det| vec![det]);
             tune_gradient(
                 &encoder,
                 &subspace,
                 &tasks,
-                args.det,
+                &dets,
                 args.head,
-                &args.training.fit_options(kind),
+                &args.training.fit_options(kind, TUNING),
                 trace.as_mut(),
             )?
         }
@@ -477,8 +520,10 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
         write_task(&path, data.name.clone(), &result, &data.labels, &subspace)?;
         println!(
             "{}",
-            json!({"task": data.name, "det": result.det, "optimizer": args.optimizer, "dev": result.dev,
-                   "test": result.test, "seconds": result.seconds, "file": path})
+            json!({"task": data.name, "det": result.det, "head": args.head, "optimizer": args.optimizer,
+                   "dev": result.dev, "test": result.test, "dev_by_det": result.candidates.iter()
+                       .map(|(det, dev)| (det.to_string(), dev.accuracy)).collect::<BTreeMap<_, _>>(),
+                   "seconds": result.seconds, "file": path})
         );
     }
     Ok(())

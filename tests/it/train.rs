@@ -727,3 +727,41 @@ fn tune_with_a_head_writes_it_and_every_command_scores_through_it() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("gradient optimizer"));
 }
+
+#[test]
+fn tune_without_a_det_tunes_all_three_and_keeps_the_best_on_dev() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let model = tiny_dir().display().to_string();
+    let sst2 = data("sst2").display().to_string();
+    let subspace = out("random.safetensors");
+    deltaspace(&[
+        "subspace", "random", "--model", &model, "--dim", "3", "--out", &subspace,
+    ]);
+    let task = out("sst2.json");
+    let common = ["--model", &model, "--subspace", &subspace, "--data", &sst2];
+    let lines = json_lines(&deltaspace(
+        &[&["tune"][..], &common, &["--steps", "12", "--out", &task]].concat(),
+    ));
+    let by_det = lines[0]["dev_by_det"].as_object().unwrap();
+    assert_eq!(by_det.len(), 3, "{}", lines[0]);
+    let best = by_det
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    let chosen = lines[0]["det"].as_str().unwrap();
+    assert_eq!(by_det[chosen].as_f64().unwrap(), best, "{}", lines[0]);
+    assert_eq!(lines[0]["dev"]["accuracy"].as_f64().unwrap(), best);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&task).unwrap()).unwrap();
+    assert_eq!(written["det"], chosen);
+    // CMA-ES searches through one DET.
+    let refused = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+        .arg("tune")
+        .args(common)
+        .args(["--optimizer", "cmaes", "--out", &task, "--provider", "cpu"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("give --det"));
+}

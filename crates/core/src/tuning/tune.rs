@@ -35,6 +35,8 @@ pub struct Tuned {
     pub head: Option<Head>,
     pub dev: Metrics,
     pub test: Metrics,
+    /// The dev score of every DET the task was tuned through; `det` is the best.
+    pub candidates: Vec<(DetKind, Metrics)>,
     /// Wall time of the search (all tasks of the run share it).
     pub seconds: f64,
 }
@@ -46,27 +48,32 @@ fn initial_z(d: usize, seed: u64) -> Vec<f32> {
     (0..d).map(|_| normal.sample(&mut rng)).collect()
 }
 
-/// Gradient tuning of z, and of the head `head` asks for, for every task through `det`, all
-/// tasks in shared runs. A head starts at the descriptions with zero biases. With `trace`, every
-/// task's current z is scored between steps (that time is left out of `seconds`).
+/// Gradient tuning of z, and of the head `head` asks for, for every task through each DET of
+/// `dets`, all (task, DET) units in shared runs; each task keeps the DET whose unit scores best
+/// on dev. A head starts at the descriptions with zero biases. With `trace`, every unit's current
+/// values are scored between steps (that time is left out of `seconds`).
 #[allow(clippy::too_many_arguments)]
 pub fn tune_gradient(
     encoder: &Encoder,
     subspace: &Subspace,
     tasks: &[TrainTask],
-    det: DetKind,
+    dets: &[DetKind],
     head: HeadTuning,
     options: &FitOptions,
     mut trace: Option<&mut Trace>,
 ) -> anyhow::Result<Vec<Tuned>> {
-    let units: Vec<Unit> = (0..tasks.len()).map(|task| Unit { task, det }).collect();
+    anyhow::ensure!(!dets.is_empty(), "tune through at least one DET");
+    let units: Vec<Unit> = (0..tasks.len())
+        .flat_map(|task| dets.iter().map(move |&det| Unit { task, det }))
+        .collect();
     let space = Space::Subspace { subspace, head };
     let hidden = encoder.manifest().hidden();
-    let init = tasks
+    // Every DET of a task starts from the same z, so the choice compares DETs, not inits.
+    let init = units
         .iter()
-        .enumerate()
-        .map(|(t, task)| {
-            let mut values = initial_z(subspace.d(), options.seed + t as u64);
+        .map(|unit| {
+            let task = &tasks[unit.task];
+            let mut values = initial_z(subspace.d(), options.seed + unit.task as u64);
             values.resize(
                 values.len() + head.len(task.descriptions.len(), hidden),
                 0.0,
@@ -88,7 +95,8 @@ pub fn tune_gradient(
             _ => Ok(()),
         }
     };
-    let label = format!("tune {det}");
+    let names: Vec<String> = dets.iter().map(ToString::to_string).collect();
+    let label = format!("tune {}", names.join("+"));
     let result = fit_observed(
         encoder,
         tasks,
@@ -254,7 +262,8 @@ pub fn tune_cmaes(
     )
 }
 
-/// Full dev and test scores of the chosen codes (and heads).
+/// Full dev scores of every unit; per task, the unit with the best dev accuracy (the first of
+/// equals), with its test score.
 fn finish(
     encoder: &Encoder,
     space: Space<'_>,
@@ -265,24 +274,50 @@ fn finish(
     limit: Option<usize>,
 ) -> anyhow::Result<Vec<Tuned>> {
     let dev = evaluate_values(encoder, tasks, units, &space, &best, Split::Dev, limit)?;
-    let test = evaluate_values(encoder, tasks, units, &space, &best, Split::Test, limit)?;
+    let mut chosen: Vec<usize> = Vec::new();
+    for (index, unit) in units.iter().enumerate() {
+        match chosen.iter_mut().find(|c| units[**c].task == unit.task) {
+            Some(current) if dev[index].accuracy > dev[*current].accuracy => *current = index,
+            Some(_) => {}
+            None => chosen.push(index),
+        }
+    }
+    let chosen_units: Vec<Unit> = chosen.iter().map(|&i| units[i]).collect();
+    let chosen_values: Vec<Vec<f32>> = chosen.iter().map(|&i| best[i].clone()).collect();
+    let test = evaluate_values(
+        encoder,
+        tasks,
+        &chosen_units,
+        &space,
+        &chosen_values,
+        Split::Test,
+        limit,
+    )?;
     let d = space.len(DetKind::Lora, encoder)?;
-    Ok(units
+    Ok(chosen
         .iter()
-        .zip(best)
-        .enumerate()
-        .map(|(i, (unit, mut values))| {
+        .zip(chosen_values)
+        .zip(test)
+        .map(|((&index, mut values), test)| {
+            let unit = units[index];
             let head = space
                 .head()
                 .head(&tasks[unit.task].descriptions, &values[d..]);
             values.truncate(d);
+            let candidates = units
+                .iter()
+                .zip(&dev)
+                .filter(|(other, _)| other.task == unit.task)
+                .map(|(other, metrics)| (other.det, *metrics))
+                .collect();
             Tuned {
                 task: unit.task,
                 det: unit.det,
                 z: values,
                 head,
-                dev: dev[i],
-                test: test[i],
+                dev: dev[index],
+                test,
+                candidates,
                 seconds,
             }
         })
