@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use super::ServerError;
-use super::load::{DATABASE_FILE, admit};
-use super::store::Database;
+use super::load::admit;
+use super::store;
 use deltaspace_core::model::Manifest;
 use deltaspace_core::subspace::Subspace;
 use deltaspace_core::task::{Task, TaskLimits};
@@ -44,7 +44,7 @@ where
         check(task?, manifest, subspace, limits)?;
         count += 1;
     }
-    let mut db = Database::open(&data_dir.join(DATABASE_FILE)).map_err(ServerError::from)?;
+    let mut db = store::open(data_dir).map_err(ServerError::from)?;
     let subspace_id = subspace.id();
     let mut summary = ImportSummary {
         written: 0,

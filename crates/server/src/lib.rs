@@ -18,9 +18,11 @@ pub use api::decode::{
 pub use batcher::{BatchLimits, Cost, take_batch};
 pub use error::ApiError;
 pub use import::{ImportError, ImportSummary, import_tasks};
-pub use load::DATABASE_FILE;
 pub use metrics::Metrics;
-pub use store::{Database, LabelSets, Precondition, StoreError, StoredTask, TaskStore, labels_key};
+pub use store::{
+    Backend, DATABASE_FILE, Database, LabelSets, Precondition, StoreError, StoredTask, TaskStore,
+    labels_key,
+};
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -11,16 +11,13 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use ndarray::Array2;
 
-use super::store::{Database, Precondition, ServedHead, TaskStore, labels_key};
+use super::store::{self, Precondition, ServedHead, StoreError, TaskStore, labels_key};
 use super::{Core, Options, ServerError};
 use deltaspace_core::classifier::{self, LabelSet, Row, embed_labels};
 use deltaspace_core::model::{Encoder, EncoderOptions, Manifest, ModelError, TextInput};
 use deltaspace_core::runtime::Runtime;
 use deltaspace_core::subspace::Subspace;
 use deltaspace_core::task::{Label, Task, TaskError, TaskLimits};
-
-/// The database file inside the data directory.
-pub const DATABASE_FILE: &str = "tasks.sqlite3";
 
 /// Loads everything, warms up and starts the batcher; the second value drains it when awaited.
 pub async fn load(
@@ -79,8 +76,7 @@ fn load_blocking(options: &Options) -> Result<(Encoder, Subspace, TaskStore), Se
         }
     })?;
     tracing::info!(subspace = %subspace.id(), d = subspace.d(), "subspace loaded");
-    let store = TaskStore::new(Database::open(&options.data_dir.join(DATABASE_FILE))?)
-        .with_max_tasks(options.max_tasks);
+    let store = TaskStore::new(store::open(&options.data_dir)?).with_max_tasks(options.max_tasks);
     load_tasks(&store, &encoder, &subspace, &options.task_limits)?;
     if let Some(dir) = options.seed_tasks_dir.as_deref() {
         seed_tasks(dir, &store, &encoder, &subspace, &options.task_limits)?;
@@ -160,7 +156,7 @@ fn load_tasks(
     // Label sets the encoder embedded now, or restored from version-1 rows; tasks not served.
     let (mut embedded, mut migrated, mut other_subspace, mut invalid) = (0, 0, 0, 0);
     store.with_db(|db| {
-        db.each(|record| -> Result<(), ServerError> {
+        db.each(&mut |record| -> Result<(), StoreError> {
             let parsed = serde_json::from_str::<Task>(&record.task_json);
             let key: Option<String> = parsed.as_ref().ok().map(|task| labels_key(&task.labels));
             if record.subspace_id != subspace_id {
@@ -207,7 +203,7 @@ fn load_tasks(
                             None => {
                                 embedded += 1;
                                 embed_labels(&task.labels, encoder)
-                                    .map_err(|e| ServerError::Labels(e.to_string()))?
+                                    .map_err(|e| StoreError::Visit(Box::new(e)))?
                             }
                         },
                     };
@@ -229,17 +225,22 @@ fn load_tasks(
     // One transaction for every set made or restored in the scan; then the version-1 copies in
     // the served rows are dropped, since the table holds them now.
     store.with_db(|db| {
-        let sets = to_cache
+        let sets: Vec<(&str, &Array2<f32>)> = to_cache
             .iter()
-            .map(|(key, set)| (key.as_str(), &set.embeddings));
-        db.save_label_embeddings(&model_key, sets)?;
+            .map(|(key, set)| (key.as_str(), &set.embeddings))
+            .collect();
+        db.save_label_embeddings(&model_key, &sets)?;
         db.drop_row_embeddings(&model_key, &subspace_id)
     })?;
     // What is left of the cache and not kept belongs to label sets no stored task has any more
     // (deleted or replaced since the last start): forget them, so the table does not grow with
     // churn.
-    let unused = cached.keys().filter(|key| !kept.contains(*key));
-    let forgotten = store.with_db(|db| db.forget_label_embeddings(&model_key, unused))?;
+    let unused: Vec<String> = cached
+        .keys()
+        .filter(|key| !kept.contains(*key))
+        .cloned()
+        .collect();
+    let forgotten = store.with_db(|db| db.forget_label_embeddings(&model_key, &unused))?;
     tracing::info!(
         served = store.len(),
         label_sets = store.label_sets().len(),

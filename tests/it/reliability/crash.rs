@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deltaspace::server::{Database, labels_key};
+use deltaspace::server::{Backend, Database, labels_key};
 use deltaspace::task::Task;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -150,9 +150,9 @@ fn check_database(setup: &Setup) -> usize {
     let mut records = Vec::new();
     Database::open(&setup.database())
         .unwrap()
-        .each(|record| {
+        .each(&mut |record| {
             records.push(record);
-            Ok::<_, deltaspace::server::StoreError>(())
+            Ok(())
         })
         .unwrap();
     for record in &records {

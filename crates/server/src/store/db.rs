@@ -15,7 +15,7 @@ use ndarray::Array2;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
-use super::{Precondition, StoreError};
+use super::{Backend, Precondition, StoreError};
 use deltaspace_core::task::Task;
 
 /// Writes take the write lock when they begin, so a read-then-write transaction never meets
@@ -92,44 +92,35 @@ impl Database {
         connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self { connection })
     }
+}
 
-    /// Calls `f` on every stored task, in name order, one row at a time (a million tasks never
-    /// sit in memory as rows).
-    pub fn each<E: From<StoreError>>(
+impl Backend for Database {
+    fn each(
         &self,
-        mut f: impl FnMut(Record) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let sqlite = |e: rusqlite::Error| E::from(StoreError::from(e));
-        let mut statement = self
-            .connection
-            .prepare(
-                "SELECT name, task_json, generation, etag, subspace_id, updated_at_ms,
-                    embeddings_model, embeddings FROM tasks ORDER BY name",
-            )
-            .map_err(sqlite)?;
-        let mut rows = statement.query([]).map_err(sqlite)?;
-        while let Some(row) = rows.next().map_err(sqlite)? {
-            let record = (|| {
-                let model: Option<String> = row.get(6)?;
-                let blob: Option<Vec<u8>> = row.get(7)?;
-                Ok(Record {
-                    name: row.get(0)?,
-                    task_json: row.get(1)?,
-                    generation: row.get(2)?,
-                    etag: row.get(3)?,
-                    subspace_id: row.get(4)?,
-                    updated_at_ms: row.get(5)?,
-                    embeddings: model.zip(blob).map(|(m, b)| (m, from_le_bytes(&b))),
-                })
-            })()
-            .map_err(sqlite)?;
-            f(record)?;
+        visit: &mut dyn FnMut(Record) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut statement = self.connection.prepare(
+            "SELECT name, task_json, generation, etag, subspace_id, updated_at_ms,
+                embeddings_model, embeddings FROM tasks ORDER BY name",
+        )?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let model: Option<String> = row.get(6)?;
+            let blob: Option<Vec<u8>> = row.get(7)?;
+            visit(Record {
+                name: row.get(0)?,
+                task_json: row.get(1)?,
+                generation: row.get(2)?,
+                etag: row.get(3)?,
+                subspace_id: row.get(4)?,
+                updated_at_ms: row.get(5)?,
+                embeddings: model.zip(blob).map(|(m, b)| (m, from_le_bytes(&b))),
+            })?;
         }
         Ok(())
     }
 
-    /// Every cached label-embedding set made by `model`, by label-set key.
-    pub fn label_embeddings(&self, model: &str) -> Result<HashMap<String, Vec<f32>>, StoreError> {
+    fn label_embeddings(&self, model: &str) -> Result<HashMap<String, Vec<f32>>, StoreError> {
         let mut statement = self
             .connection
             .prepare("SELECT labels_key, embeddings FROM label_embeddings WHERE model = ?1")?;
@@ -140,11 +131,10 @@ impl Database {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Drops cached label embeddings of `model` that no stored task uses any more.
-    pub fn forget_label_embeddings<'k>(
+    fn forget_label_embeddings(
         &mut self,
         model: &str,
-        keys: impl IntoIterator<Item = &'k String>,
+        keys: &[String],
     ) -> Result<usize, StoreError> {
         let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
         let mut forgotten = 0;
@@ -158,15 +148,13 @@ impl Database {
         Ok(forgotten)
     }
 
-    /// Caches label embeddings made outside a write (at start-up), replacing any copy of the same
-    /// key (a damaged one), in one transaction.
-    pub fn save_label_embeddings<'s>(
+    fn save_label_embeddings(
         &mut self,
         model: &str,
-        sets: impl IntoIterator<Item = (&'s str, &'s Array2<f32>)>,
+        sets: &[(&str, &Array2<f32>)],
     ) -> Result<(), StoreError> {
         let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
-        for (key, values) in sets {
+        for &(key, values) in sets {
             let values: Vec<f32> = values.iter().copied().collect();
             transaction.execute(
                 "INSERT OR REPLACE INTO label_embeddings (model, labels_key, embeddings)
@@ -178,13 +166,7 @@ impl Database {
         Ok(())
     }
 
-    /// Drops the label embeddings a version-1 database kept in the rows of `subspace_id` made by
-    /// `model`, once `label_embeddings` holds them.
-    pub fn drop_row_embeddings(
-        &mut self,
-        model: &str,
-        subspace_id: &str,
-    ) -> Result<(), StoreError> {
+    fn drop_row_embeddings(&mut self, model: &str, subspace_id: &str) -> Result<(), StoreError> {
         self.connection.execute(
             "UPDATE tasks SET embeddings_model = NULL, embeddings = NULL
              WHERE embeddings_model = ?1 AND subspace_id = ?2",
@@ -193,9 +175,7 @@ impl Database {
         Ok(())
     }
 
-    /// Commits `task` as the next generation if `expect` holds, with its label embeddings;
-    /// returns the committed row and whether the task is new.
-    pub fn write(
+    fn write(
         &mut self,
         task: &Task,
         subspace_id: &str,
@@ -209,13 +189,7 @@ impl Database {
         Ok((record, created))
     }
 
-    /// Commits many tasks in one transaction (each replaces any task of its name), for bulk
-    /// imports; label embeddings are made when a server next loads them. Returns how many were new.
-    pub fn write_many<'t>(
-        &mut self,
-        tasks: impl IntoIterator<Item = &'t Task>,
-        subspace_id: &str,
-    ) -> Result<usize, StoreError> {
+    fn write_many(&mut self, tasks: &[Task], subspace_id: &str) -> Result<usize, StoreError> {
         let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
         let mut created = 0;
         for task in tasks {
@@ -225,8 +199,7 @@ impl Database {
         Ok(created)
     }
 
-    /// Deletes a task if `expect` holds.
-    pub fn delete(&mut self, name: &str, expect: &Precondition) -> Result<(), StoreError> {
+    fn delete(&mut self, name: &str, expect: &Precondition) -> Result<(), StoreError> {
         let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
         let current: Option<String> = transaction
             .query_row("SELECT etag FROM tasks WHERE name = ?1", [name], |row| {
@@ -242,8 +215,7 @@ impl Database {
         Ok(())
     }
 
-    /// Records that the seed task `name` was imported; false if it had been before.
-    pub fn mark_seeded(&self, name: &str) -> Result<bool, StoreError> {
+    fn mark_seeded(&self, name: &str) -> Result<bool, StoreError> {
         let inserted = self.connection.execute(
             "INSERT OR IGNORE INTO seeded (name, at_ms) VALUES (?1, ?2)",
             params![name, now_ms()],
@@ -251,8 +223,7 @@ impl Database {
         Ok(inserted == 1)
     }
 
-    /// True when the seed task `name` was imported before (even if since deleted).
-    pub fn was_seeded(&self, name: &str) -> Result<bool, StoreError> {
+    fn was_seeded(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self
             .connection
             .query_row("SELECT 1 FROM seeded WHERE name = ?1", [name], |_| Ok(()))
@@ -440,9 +411,9 @@ pub(super) mod tests {
         }
         let db = Database::open(&path).unwrap();
         let mut records = Vec::new();
-        db.each(|record| {
+        db.each(&mut |record| {
             records.push(record);
-            Ok::<_, StoreError>(())
+            Ok(())
         })
         .unwrap();
         assert_eq!(
@@ -473,9 +444,9 @@ pub(super) mod tests {
         assert_eq!(db.write_many(&tasks, "s@1").unwrap(), 100);
         assert_eq!(db.write_many(&tasks[..10], "s@1").unwrap(), 0);
         let mut generations = Vec::new();
-        db.each(|r| {
+        db.each(&mut |r| {
             generations.push(r.generation);
-            Ok::<_, StoreError>(())
+            Ok(())
         })
         .unwrap();
         assert_eq!(generations.len(), 100);
@@ -507,9 +478,9 @@ pub(super) mod tests {
         }
         let db = Database::open(&path).unwrap();
         let mut records = Vec::new();
-        db.each(|r| {
+        db.each(&mut |r| {
             records.push(r);
-            Ok::<_, StoreError>(())
+            Ok(())
         })
         .unwrap();
         assert_eq!(records[0].embeddings, Some(("m".into(), vec![1.0, 2.0])));

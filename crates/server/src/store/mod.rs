@@ -7,9 +7,11 @@
 //! tasks with the same labels share one set in memory ([`LabelSets`]) and one row in the
 //! database, keyed by the model that made them: a restart does not recompute them.
 
+mod backend;
 mod db;
 mod head;
 
+pub use backend::{Backend, DATABASE_FILE, open};
 pub use db::{Database, Record};
 pub use head::ServedHead;
 
@@ -41,6 +43,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("the server already serves max_tasks = {max} tasks; delete one first")]
     Full { max: usize },
+    /// What a visitor of [`Backend::each`] stopped the scan with.
+    #[error(transparent)]
+    Visit(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A condition on the stored task for a write, from `If-Match` / `If-None-Match`.
@@ -188,12 +193,12 @@ impl LabelSets {
     }
 }
 
-/// The served tasks: a sorted map (for paging) behind a lock, and the database behind another.
+/// The served tasks: a sorted map (for paging) behind a lock, and the backend behind another.
 ///
 /// Both are std locks: neither is held across an await, and writes take the database lock first,
 /// then the map's, so a reader never sees a task that is not committed.
 pub struct TaskStore {
-    db: Mutex<Database>,
+    db: Mutex<Box<dyn Backend>>,
     tasks: RwLock<BTreeMap<Arc<str>, Arc<StoredTask>>>,
     labels: LabelSets,
     /// New tasks beyond this many are refused (tasks loaded at start are served regardless).
@@ -201,8 +206,8 @@ pub struct TaskStore {
 }
 
 impl TaskStore {
-    /// Wraps an open database; tasks are added with [`TaskStore::insert_loaded`].
-    pub fn new(db: Database) -> Self {
+    /// Wraps an open backend; tasks are added with [`TaskStore::insert_loaded`].
+    pub fn new(db: Box<dyn Backend>) -> Self {
         Self {
             db: Mutex::new(db),
             tasks: RwLock::new(BTreeMap::new()),
@@ -218,9 +223,13 @@ impl TaskStore {
         self
     }
 
-    /// Runs `f` on the database (blocking: call from a blocking thread).
-    pub fn with_db<T>(&self, f: impl FnOnce(&mut Database) -> T) -> T {
-        f(&mut self.db.lock().unwrap_or_else(PoisonError::into_inner))
+    /// Runs `f` on the backend (blocking: call from a blocking thread).
+    pub fn with_db<T>(&self, f: impl FnOnce(&mut dyn Backend) -> T) -> T {
+        f(self
+            .db
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut())
     }
 
     /// The label sets of the served tasks.
@@ -336,7 +345,9 @@ mod tests {
     }
 
     fn store(dir: &tempfile::TempDir) -> TaskStore {
-        TaskStore::new(Database::open(&dir.path().join("t.sqlite3")).unwrap())
+        TaskStore::new(Box::new(
+            Database::open(&dir.path().join("t.sqlite3")).unwrap(),
+        ))
     }
 
     #[test]
