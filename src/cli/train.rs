@@ -13,6 +13,7 @@ use crate::model::{Encoder, EncoderOptions, ModelFiles};
 use crate::subspace::Subspace;
 use crate::task::{Task, TaskLimits};
 use crate::tensor_file::Storage;
+use crate::train::probe::{L2_GRID, linear_probe};
 use crate::train::solution::Solution;
 use crate::train::stage0::train_dets;
 use crate::train::stage1::{SubspaceOptions, collect_solutions, find_subspace};
@@ -22,7 +23,9 @@ use crate::tuning::eval::Metrics;
 use crate::tuning::fit::{FitOptions, Space, Unit, evaluate_values};
 use crate::tuning::head::HeadTuning;
 use crate::tuning::optim::OptimizerKind;
-use crate::tuning::tune::{CmaOptions, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient};
+use crate::tuning::tune::{
+    CmaOptions, Target, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient,
+};
 
 /// Options shared by every training command. The schedule flags (steps, lr, eval-every,
 /// patience) default per command: see [`TRAINING`] and [`TUNING`].
@@ -60,6 +63,10 @@ pub struct TrainingArgs {
     /// Use at most this many examples of each split (files are shuffled and stratified).
     #[arg(long)]
     pub max_examples: Option<usize>,
+    /// Few-shot: train and choose (on dev) with this many examples per label from each of train
+    /// and dev, drawn with --seed; test stays whole.
+    #[arg(long)]
+    pub shots: Option<usize>,
     /// Truncate inputs to this many tokens (the model's limit when absent).
     #[arg(long)]
     pub max_seq_len: Option<usize>,
@@ -99,6 +106,11 @@ pub const TUNING: Schedule = Schedule {
 };
 
 impl TrainingArgs {
+    /// (examples per label, seed) of a few-shot run.
+    fn shots(&self) -> Option<(usize, u64)> {
+        self.shots.map(|k| (k, self.seed))
+    }
+
     /// The schedule: the flags given, `defaults` for the others.
     fn schedule(&self, defaults: Schedule) -> Schedule {
         Schedule {
@@ -215,6 +227,10 @@ pub struct TuneArgs {
     /// prototypes, which start at the descriptions' embeddings).
     #[arg(long, default_value = "none")]
     pub head: HeadTuning,
+    /// Keep z at 0 and train only the head (the head-only baseline; with --det lora, whose θ⁰
+    /// is a no-op, a head on the frozen model).
+    #[arg(long)]
+    pub freeze_z: bool,
     /// adam, adafactor (exact gradients) or cmaes (derivative-free).
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
@@ -263,6 +279,13 @@ pub struct ScoringArgs {
     /// Truncate inputs to this many tokens.
     #[arg(long)]
     pub max_seq_len: Option<usize>,
+    /// Few-shot: what trains (the probe) sees this many examples per label of train and of dev,
+    /// drawn with --seed; test stays whole.
+    #[arg(long)]
+    pub shots: Option<usize>,
+    /// Seed of the few-shot draw and of the probe.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
 }
 
 impl ScoringArgs {
@@ -281,7 +304,8 @@ impl ScoringArgs {
 
     /// The task data, as the only task of a one-element list (what `fit::evaluate_values` takes).
     fn task(&self, encoder: &Encoder) -> anyhow::Result<Vec<TrainTask>> {
-        load_tasks(encoder, std::slice::from_ref(&self.data), None)
+        let shots = self.shots.map(|k| (k, self.seed));
+        load_tasks(encoder, std::slice::from_ref(&self.data), None, shots)
     }
 }
 
@@ -291,17 +315,21 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub scoring: ScoringArgs,
     /// A task vector (TASK.json) to evaluate through the subspace.
-    #[arg(long, conflicts_with_all = ["solution", "zero_shot"])]
+    #[arg(long, conflicts_with_all = ["solution", "zero_shot", "probe"])]
     pub task: Option<PathBuf>,
     /// Decode --task's z with this DET (default: its own).
     #[arg(long)]
     pub det: Option<DetKind>,
     /// A stage-0 solution file to evaluate in the original space.
-    #[arg(long, conflicts_with = "zero_shot")]
+    #[arg(long, conflicts_with_all = ["zero_shot", "probe"])]
     pub solution: Option<PathBuf>,
     /// The frozen model with no delta (label descriptions only).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "probe")]
     pub zero_shot: bool,
+    /// The linear probe: logistic regression on the frozen model's embeddings of train (or of
+    /// --shots per label), its L2 strength chosen on dev; prints it as `l2`.
+    #[arg(long)]
+    pub probe: bool,
     /// dev or test.
     #[arg(long, default_value = "test")]
     pub split: Split,
@@ -356,7 +384,12 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
     let tasks = match &args.data_root {
         Some(root) => {
             let dirs: Vec<PathBuf> = grouped.iter().map(|g| root.join(&g.task)).collect();
-            load_tasks(&encoder, &dirs, args.training.max_examples)?
+            load_tasks(
+                &encoder,
+                &dirs,
+                args.training.max_examples,
+                args.training.shots(),
+            )?
         }
         None => Vec::new(),
     };
@@ -398,15 +431,22 @@ fn parse_dets(names: &[String]) -> anyhow::Result<Vec<DetKind>> {
     Ok(dets)
 }
 
+/// Task data and label embeddings; with `shots = Some((k, seed))`, k examples per label in train
+/// and in dev, drawn with seed.
 fn load_tasks(
     encoder: &Encoder,
     dirs: &[PathBuf],
     max_examples: Option<usize>,
+    shots: Option<(usize, u64)>,
 ) -> anyhow::Result<Vec<TrainTask>> {
     dirs.iter()
         .map(|dir| {
-            TrainTask::load(encoder, dir, max_examples)
-                .with_context(|| format!("loading task data {}", dir.display()))
+            let mut task = TrainTask::load(encoder, dir, max_examples)
+                .with_context(|| format!("loading task data {}", dir.display()))?;
+            if let Some((per_label, seed)) = shots {
+                task.data = task.data.few_shot(per_label, seed);
+            }
+            Ok(task)
         })
         .collect()
 }
@@ -422,7 +462,12 @@ fn train_det(config: &Config, args: DetArgs) -> anyhow::Result<()> {
     }
     let encoder = args.training.encoder(config)?;
     let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
-    let tasks = load_tasks(&encoder, &args.data, args.training.max_examples)?;
+    let tasks = load_tasks(
+        &encoder,
+        &args.data,
+        args.training.max_examples,
+        args.training.shots(),
+    )?;
     let solutions = train_dets(
         &encoder,
         &theta0,
@@ -457,7 +502,12 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
     }
     let encoder = args.training.encoder(config)?;
     let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
-    let tasks = load_tasks(&encoder, &args.data, args.training.max_examples)?;
+    let tasks = load_tasks(
+        &encoder,
+        &args.data,
+        args.training.max_examples,
+        args.training.shots(),
+    )?;
     let mut trace = match &args.trace {
         Some(path) => Some(Trace::open(
             TraceOptions {
@@ -498,13 +548,20 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
         }
         other => {
             let kind: OptimizerKind = other.parse().map_err(anyhow::Error::msg)?;
+            if args.freeze_z && args.head == HeadTuning::None {
+                bail!("--freeze-z trains only the head: give --head bias or --head prototypes");
+            }
             let dets = args.det.map_or(DetKind::ALL.to_vec(), |det| vec![det]);
+            let target = Target {
+                dets: &dets,
+                head: args.head,
+                train_z: !args.freeze_z,
+            };
             tune_gradient(
                 &encoder,
                 &subspace,
                 &tasks,
-                &dets,
-                args.head,
+                target,
                 &args.training.fit_options(kind, TUNING),
                 trace.as_mut(),
             )?
@@ -557,6 +614,20 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
     let tasks = args.scoring.task(&encoder)?;
     let limit = args.scoring.limit;
     let name = tasks[0].data.name.clone();
+    if args.probe {
+        let probe = linear_probe(&encoder, &tasks[0], &L2_GRID)?;
+        let metrics = match args.split {
+            Split::Test => probe.test,
+            _ => probe.dev,
+        };
+        println!(
+            "{}",
+            json!({"task": name, "method": "probe", "l2": probe.l2, "split": args.split,
+                   "accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1, "n": metrics.n,
+                   "dev": probe.dev, "shots": args.scoring.shots, "seed": args.scoring.seed})
+        );
+        return Ok(());
+    }
     let (det, metrics): (Option<DetKind>, Metrics) = if let Some(path) = &args.solution {
         let solution = Solution::load(path, encoder.manifest())?;
         let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
@@ -588,6 +659,7 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
             &Space::Subspace {
                 subspace: &subspace,
                 head,
+                train_z: true,
             },
             &[values],
             args.split,
@@ -614,7 +686,7 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
         )?;
         (None, metrics[0])
     } else {
-        bail!("give one of --task, --solution or --zero-shot");
+        bail!("give one of --task, --solution, --zero-shot or --probe");
     };
     println!(
         "{}",
@@ -644,6 +716,7 @@ pub fn transfer(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
         &Space::Subspace {
             subspace: &subspace,
             head,
+            train_z: true,
         },
         &codes,
         args.split,

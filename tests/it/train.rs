@@ -765,3 +765,70 @@ fn tune_without_a_det_tunes_all_three_and_keeps_the_best_on_dev() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("give --det"));
 }
+
+#[test]
+fn the_baselines_run_on_few_shot_draws_the_probe_and_a_head_on_a_frozen_z() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let model = tiny_dir().display().to_string();
+    let sst2 = data("sst2").display().to_string();
+    // The probe on 4 examples per label of train and dev, its L2 chosen on dev.
+    let probe = json_lines(&deltaspace(&[
+        "eval", "--model", &model, "--data", &sst2, "--probe", "--shots", "4", "--seed", "3",
+    ]));
+    assert_eq!(probe[0]["method"], "probe");
+    assert_eq!(probe[0]["dev"]["n"], 8, "4 per label of dev");
+    assert_eq!(probe[0]["n"], 16, "the whole test split");
+    let accuracy = probe[0]["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy));
+    assert!(probe[0]["l2"].as_f64().unwrap() > 0.0);
+    // Head only: z stays 0 while the head trains.
+    let subspace = out("random.safetensors");
+    deltaspace(&[
+        "subspace", "random", "--model", &model, "--dim", "3", "--out", &subspace,
+    ]);
+    let task = out("head-only.json");
+    let common = ["--model", &model, "--subspace", &subspace, "--data", &sst2];
+    deltaspace(
+        &[
+            &["tune"][..],
+            &common,
+            &[
+                "--det",
+                "lora",
+                "--head",
+                "bias",
+                "--freeze-z",
+                "--shots",
+                "4",
+                "--steps",
+                "6",
+            ],
+            &["--out", &task],
+        ]
+        .concat(),
+    );
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&task).unwrap()).unwrap();
+    assert_eq!(written["z"], serde_json::json!([0.0, 0.0, 0.0]));
+    assert!(
+        written["head"]["bias"][0].as_f64().unwrap() != 0.0,
+        "{written}"
+    );
+    let refused = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+        .arg("tune")
+        .args(common)
+        .args([
+            "--det",
+            "lora",
+            "--freeze-z",
+            "--out",
+            &task,
+            "--provider",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--freeze-z trains only the head"));
+}

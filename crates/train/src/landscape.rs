@@ -147,6 +147,7 @@ pub fn evaluate_grid(
         &Space::Subspace {
             subspace,
             head: HeadTuning::None,
+            train_z: true,
         },
         &codes,
         split,

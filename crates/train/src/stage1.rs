@@ -217,6 +217,7 @@ pub fn find_subspace(
         let space = Space::Subspace {
             subspace: &candidate,
             head: HeadTuning::None,
+            train_z: true,
         };
         let dev = evaluate_values(
             encoder,

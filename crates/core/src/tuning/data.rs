@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{Context, bail};
+use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::Deserialize;
 
@@ -106,6 +107,35 @@ impl TaskData {
         })
     }
 
+    /// The few-shot version of the task: at most `per_label` examples of each label in train and
+    /// in dev, drawn with `seed`; test stays whole. Every method compared on a task gets the same
+    /// draw for the same seed.
+    pub fn few_shot(mut self, per_label: usize, seed: u64) -> Self {
+        let labels = self.labels.len();
+        let draw = |examples: Vec<Example>, salt: u64| -> Vec<Example> {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ salt);
+            let mut order: Vec<usize> = (0..examples.len()).collect();
+            order.shuffle(&mut rng);
+            let mut taken = vec![0usize; labels];
+            let mut keep = vec![false; examples.len()];
+            for index in order {
+                let label = examples[index].label;
+                if taken[label] < per_label {
+                    taken[label] += 1;
+                    keep[index] = true;
+                }
+            }
+            examples
+                .into_iter()
+                .zip(keep)
+                .filter_map(|(example, kept)| kept.then_some(example))
+                .collect()
+        };
+        self.train = draw(std::mem::take(&mut self.train), 0x0074_7261_696e);
+        self.dev = draw(std::mem::take(&mut self.dev), 0x0064_6576);
+        self
+    }
+
     /// The examples of one split.
     pub fn split(&self, split: Split) -> &[Example] {
         match split {
@@ -192,6 +222,35 @@ mod tests {
             epoch_indices(10, 3, 10, 10),
             first,
             "a new epoch is a new order"
+        );
+    }
+
+    #[test]
+    fn a_few_shot_draw_keeps_k_per_label_in_train_and_dev_and_all_of_test() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/data/sst2");
+        let full = TaskData::load(&dir, None).unwrap();
+        let few = full.clone().few_shot(3, 7);
+        for split in [&few.train, &few.dev] {
+            let mut counts = vec![0; few.labels.len()];
+            for example in split.iter() {
+                counts[example.label] += 1;
+            }
+            assert!(counts.iter().all(|&c| c == 3), "{counts:?}");
+        }
+        assert_eq!(few.test.len(), full.test.len());
+        let again = full.clone().few_shot(3, 7);
+        let texts = |d: &TaskData| {
+            d.train
+                .iter()
+                .map(|e| format!("{:?}", e.input))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(texts(&few), texts(&again), "same seed, same draw");
+        assert_ne!(
+            texts(&few),
+            texts(&full.few_shot(3, 8)),
+            "another seed, another draw"
         );
     }
 }

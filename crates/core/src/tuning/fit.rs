@@ -34,10 +34,11 @@ pub enum Space<'a> {
     /// Each unit trains δ (length D of its DET): θ = θ⁰ + δ.
     Original { theta0: &'a Theta0 },
     /// Each unit trains z (length d) through the subspace's frozen U, and the head `head` asks
-    /// for after it.
+    /// for after it. With `train_z` false, z keeps its initial value: only the head trains.
     Subspace {
         subspace: &'a Subspace,
         head: HeadTuning,
+        train_z: bool,
     },
 }
 
@@ -127,7 +128,7 @@ impl Space<'_> {
         values: &[Vec<f32>],
     ) -> anyhow::Result<Realised> {
         match self {
-            Space::Subspace { subspace, head } => {
+            Space::Subspace { subspace, head, .. } => {
                 let d = subspace.d();
                 let classes = units
                     .iter()
@@ -459,13 +460,19 @@ fn accumulate(
 ) -> anyhow::Result<()> {
     let output = &ran.gradients.output;
     match space {
-        Space::Subspace { subspace, head } => {
+        Space::Subspace {
+            subspace,
+            head,
+            train_z,
+        } => {
             let d = subspace.d();
             let logit_scale = encoder.manifest().logit_scale;
             for (index, (row, &unit)) in ran.rows.iter().zip(ran.units).enumerate() {
                 let gradient = &mut gradients[unit];
-                for (g, v) in gradient.iter_mut().zip(output.grad_z.row(index)) {
-                    *g += v;
+                if *train_z {
+                    for (g, v) in gradient.iter_mut().zip(output.grad_z.row(index)) {
+                        *g += v;
+                    }
                 }
                 let offset = ran.gradients.class_offset[index];
                 let logits = output.logits.row(index);

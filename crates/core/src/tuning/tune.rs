@@ -48,32 +48,50 @@ fn initial_z(d: usize, seed: u64) -> Vec<f32> {
     (0..d).map(|_| normal.sample(&mut rng)).collect()
 }
 
-/// Gradient tuning of z, and of the head `head` asks for, for every task through each DET of
-/// `dets`, all (task, DET) units in shared runs; each task keeps the DET whose unit scores best
-/// on dev. A head starts at the descriptions with zero biases. With `trace`, every unit's current
-/// values are scored between steps (that time is left out of `seconds`).
-#[allow(clippy::too_many_arguments)]
+/// What stage 2 tunes for each task.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The DETs to tune through; each task keeps the one that scores best on dev.
+    pub dets: &'a [DetKind],
+    /// The head trained with z.
+    pub head: HeadTuning,
+    /// False: z stays 0 and only the head trains (with LoRA, whose θ⁰ is a no-op, that is a
+    /// head on the frozen model).
+    pub train_z: bool,
+}
+
+/// Gradient tuning of z, and of the head the target asks for, for every task through each DET
+/// of the target, all (task, DET) units in shared runs; each task keeps the DET whose unit scores
+/// best on dev. A head starts at the descriptions with zero biases. With `trace`, every unit's
+/// current values are scored between steps (that time is left out of `seconds`).
 pub fn tune_gradient(
     encoder: &Encoder,
     subspace: &Subspace,
     tasks: &[TrainTask],
-    dets: &[DetKind],
-    head: HeadTuning,
+    target: Target<'_>,
     options: &FitOptions,
     mut trace: Option<&mut Trace>,
 ) -> anyhow::Result<Vec<Tuned>> {
-    anyhow::ensure!(!dets.is_empty(), "tune through at least one DET");
+    anyhow::ensure!(!target.dets.is_empty(), "tune through at least one DET");
     let units: Vec<Unit> = (0..tasks.len())
-        .flat_map(|task| dets.iter().map(move |&det| Unit { task, det }))
+        .flat_map(|task| target.dets.iter().map(move |&det| Unit { task, det }))
         .collect();
-    let space = Space::Subspace { subspace, head };
+    let (head, dets) = (target.head, target.dets);
+    let space = Space::Subspace {
+        subspace,
+        head,
+        train_z: target.train_z,
+    };
     let hidden = encoder.manifest().hidden();
     // Every DET of a task starts from the same z, so the choice compares DETs, not inits.
     let init = units
         .iter()
         .map(|unit| {
             let task = &tasks[unit.task];
-            let mut values = initial_z(subspace.d(), options.seed + unit.task as u64);
+            let mut values = match target.train_z {
+                true => initial_z(subspace.d(), options.seed + unit.task as u64),
+                false => vec![0.0; subspace.d()],
+            };
             values.resize(
                 values.len() + head.len(task.descriptions.len(), hidden),
                 0.0,
@@ -150,6 +168,7 @@ pub fn tune_cmaes(
     let space = Space::Subspace {
         subspace,
         head: HeadTuning::None,
+        train_z: true,
     };
     let mut best = Vec::new();
     for (task_index, task) in tasks.iter().enumerate() {

@@ -85,7 +85,10 @@ mod tests {
             prototypes: Some(vec![vec![3.0, 4.0], vec![0.1, 0.0]]),
         });
         let first = &head.prototypes.as_ref().unwrap()[0];
-        assert!((first[0] - 0.6).abs() < 1e-3 && (first[1] - 0.8).abs() < 1e-3, "{first:?}");
+        assert!(
+            (first[0] - 0.6).abs() < 1e-3 && (first[1] - 0.8).abs() < 1e-3,
+            "{first:?}"
+        );
         let served = ServedHead::new(&head);
         assert_eq!(served.to_head(), head);
         let descriptions = ndarray::arr2(&[[1.0, 0.0], [0.0, 1.0]]);
