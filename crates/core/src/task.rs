@@ -136,11 +136,6 @@ impl Task {
             None => Ok(()),
         }
     }
-
-    /// Label names in order.
-    pub fn label_names(&self) -> Vec<String> {
-        self.labels.iter().map(|l| l.name.clone()).collect()
-    }
 }
 
 /// Checks a code: length d, finite, within the norm bound.

@@ -81,11 +81,6 @@ impl Tokens {
     pub fn seq_len(&self) -> usize {
         self.input_ids.ncols()
     }
-
-    /// Real (unpadded) tokens in the batch.
-    pub fn real_tokens(&self) -> usize {
-        self.attention_mask.iter().filter(|&&m| m != 0).count()
-    }
 }
 
 /// The model's tokenizer with batch-longest padding and truncation at `max_seq_len`.

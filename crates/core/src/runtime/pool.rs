@@ -112,11 +112,6 @@ impl SessionPool {
         self.run(|s| s.inputs().iter().map(|i| i.name().to_string()).collect())
     }
 
-    /// Names of the graph's outputs, in graph order.
-    pub fn output_names(&self) -> Vec<String> {
-        self.run(|s| s.outputs().iter().map(|o| o.name().to_string()).collect())
-    }
-
     /// Runs `f` with exclusive use of one session, waiting for one to be free.
     pub fn run<T>(&self, f: impl FnOnce(&mut Session) -> T) -> T {
         self.sessions.run(f)
