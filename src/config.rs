@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::{ProviderChoice, RuntimeOptions};
+use crate::secret::Secret;
 use crate::task::TaskLimits;
 
 /// The whole configuration file. Every key has a default, so an empty file is valid.
@@ -64,7 +65,7 @@ impl Default for ModelConfig {
 }
 
 /// `[server]`: `deltaspace serve` (docs/API.md lists every key).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on, `host:port`.
@@ -98,7 +99,7 @@ pub struct ServerConfig {
     /// Longest label name or description, in characters.
     pub max_label_chars: usize,
     /// Bearer tokens, comma-separated; empty = no authorization. Never logged.
-    pub tokens: String,
+    pub tokens: Secret,
     /// Require a token for predictions, embeddings and task reads too (writes always need one
     /// when tokens are set).
     pub protect_reads: bool,
@@ -124,22 +125,10 @@ impl Default for ServerConfig {
             max_z_norm: crate::task::TaskLimits::default().max_z_norm,
             max_labels: crate::task::TaskLimits::default().max_labels,
             max_label_chars: crate::task::TaskLimits::default().max_label_chars,
-            tokens: String::new(),
+            tokens: Secret::default(),
             protect_reads: false,
             shutdown_timeout_s: 30,
         }
-    }
-}
-
-impl std::fmt::Debug for ServerConfig {
-    /// Like a derived `Debug`, with the tokens redacted.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut shown = self.clone();
-        if !shown.tokens.is_empty() {
-            shown.tokens = "<redacted>".into();
-        }
-        let fields = toml::Value::try_from(&shown).map_err(|_| std::fmt::Error)?;
-        write!(f, "ServerConfig {fields}")
     }
 }
 
@@ -291,7 +280,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.server.max_wait_ms, 7);
-        assert_eq!(config.server.tokens, "alpha,beta");
+        assert_eq!(config.server.tokens.expose(), "alpha,beta");
         assert_eq!(config.server.bind, "0.0.0.0:9000");
         assert!(!format!("{config:?}").contains("alpha"));
     }

@@ -21,7 +21,9 @@
 //! the other crates under one name, so a user of the library writes `deltaspace::model::Encoder`,
 //! `deltaspace::server::run` or `deltaspace::train::stage1`.
 
-pub use deltaspace_core::{classifier, det, model, runtime, subspace, task, tensor_file, tuning};
+pub use deltaspace_core::{
+    classifier, det, model, runtime, secret, subspace, task, tensor_file, tuning,
+};
 pub use deltaspace_server as server;
 pub use deltaspace_train as train;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::secret::Secret;
 use crate::server::{self, BatchLimits, Options};
 
 /// Arguments of `deltaspace serve`; each overrides its `[server]` or `[model]` key.
@@ -71,9 +72,11 @@ fn options(config: &Config, args: ServeArgs) -> Options {
         task_limits: config.task_limits(),
         tokens: server
             .tokens
+            .expose()
             .split(',')
-            .map(|t| t.trim().to_string())
+            .map(str::trim)
             .filter(|t| !t.is_empty())
+            .map(Secret::new)
             .collect(),
         protect_reads: server.protect_reads,
         shutdown_timeout: Duration::from_secs(server.shutdown_timeout_s),

@@ -21,11 +21,13 @@
 //!   stage shares, evaluation, optimizers (Adam, Adafactor, CMA-ES), and stage 2 itself (tuning
 //!   z for a new task), which both the trainer and the server run.
 //! - [`tensor_file`]: named f32 tensors in safetensors files (θ⁰, subspaces, solutions).
+//! - [`secret`]: values that never show in logs (tokens, credentials).
 
 pub mod classifier;
 pub mod det;
 pub mod model;
 pub mod runtime;
+pub mod secret;
 pub mod subspace;
 pub mod task;
 pub mod tensor_file;

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 use super::error::ApiError;
+use deltaspace_core::secret::Secret;
 
 /// What a route does, for deciding whether it needs a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,10 +36,10 @@ impl std::fmt::Debug for Auth {
 
 impl Auth {
     /// Keeps digests of the non-empty `tokens`.
-    pub fn new(tokens: &[String], protect_reads: bool) -> Self {
+    pub fn new(tokens: &[Secret], protect_reads: bool) -> Self {
         let digests = tokens
             .iter()
-            .map(|t| t.trim())
+            .map(|t| t.expose().trim())
             .filter(|t| !t.is_empty())
             .map(digest)
             .collect();
@@ -117,7 +118,8 @@ mod tests {
 
     #[test]
     fn writes_need_one_of_the_tokens_and_reads_only_when_protected() {
-        let auth = Auth::new(&["alpha".into(), " beta ".into(), String::new()], false);
+        let tokens = ["alpha", " beta ", ""].map(Secret::new);
+        let auth = Auth::new(&tokens, false);
         assert!(
             auth.require(&request(Some("Bearer alpha")), Access::Write)
                 .is_ok()
@@ -138,7 +140,7 @@ mod tests {
             );
         }
         assert!(auth.require(&request(None), Access::Read).is_ok());
-        let strict = Auth::new(&["alpha".into()], true);
+        let strict = Auth::new(&[Secret::new("alpha")], true);
         assert!(strict.require(&request(None), Access::Read).is_err());
         assert!(!format!("{strict:?}").contains("alpha"));
     }

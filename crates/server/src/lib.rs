@@ -35,11 +35,12 @@ use actix_web::{App, HttpServer, web};
 
 use deltaspace_core::model::{Encoder, ModelError};
 use deltaspace_core::runtime::{RuntimeError, RuntimeOptions};
+use deltaspace_core::secret::Secret;
 use deltaspace_core::subspace::{Subspace, SubspaceError};
 use deltaspace_core::task::TaskLimits;
 
 /// Everything the server needs, typed; `cli::serve` builds it from the configuration.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// How to load ONNX Runtime.
     pub runtime: RuntimeOptions,
@@ -68,34 +69,11 @@ pub struct Options {
     /// Bounds on uploaded tasks.
     pub task_limits: TaskLimits,
     /// Bearer tokens; empty = no authorization.
-    pub tokens: Vec<String>,
+    pub tokens: Vec<Secret>,
     /// Require a token for predictions, embeddings and task reads too.
     pub protect_reads: bool,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
-}
-
-impl std::fmt::Debug for Options {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Options")
-            .field("runtime", &self.runtime)
-            .field("sessions", &self.sessions)
-            .field("model_dir", &self.model_dir)
-            .field("subspace", &self.subspace)
-            .field("data_dir", &self.data_dir)
-            .field("seed_tasks_dir", &self.seed_tasks_dir)
-            .field("workers", &self.workers)
-            .field("batch", &self.batch)
-            .field("max_inputs", &self.max_inputs)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("max_text_chars", &self.max_text_chars)
-            .field("max_tasks", &self.max_tasks)
-            .field("task_limits", &self.task_limits)
-            .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
-            .field("protect_reads", &self.protect_reads)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .finish()
-    }
 }
 
 /// Why the server could not start or stopped with an error.

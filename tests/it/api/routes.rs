@@ -4,6 +4,7 @@
 use deltaspace::classifier::{self, PreparedTask};
 use deltaspace::det::DetKind;
 use deltaspace::model::{Encoder, EncoderOptions, TextInput};
+use deltaspace::secret::Secret;
 use deltaspace::subspace::Subspace;
 use deltaspace::task::Task;
 use serde_json::{Value, json};
@@ -348,7 +349,7 @@ async fn predict_and_embed_answer_for_the_task_through_any_det() {
 async fn writes_need_a_token_once_tokens_are_configured() {
     let fixture = Fixture::new();
     let mut options = fixture.options();
-    options.tokens = vec!["s3cret".into(), "other".into()];
+    options.tokens = vec![Secret::new("s3cret"), Secret::new("other")];
     let app = TestApp::spawn(options.clone()).await;
     let body = task_body("lora", [0.0; D], &["a", "b"]);
     let put = |token: Option<&str>| {

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Issue 10's measurement: on the 5 unseen tasks, for k = 16 and 64 examples per label and for the whole training
+# set, the test accuracy (whole test sets) of every row a user would compare:
+#   zero-shot   the frozen model with description prototypes
+#   probe       logistic regression on frozen embeddings, L2 chosen on dev
+#   head-only   z = 0 (LoRA, whose θ⁰ is a no-op), the head tuned as in the product
+#   z           z only, through the DET chosen on dev (the paper's setting)
+#   z+head      z and the head together (the product's setting)
+#   random      z and the head in a random subspace of the same d (the control)
+#   lora, adapter, prefix   trained in their original space until dev stops improving
+# With k per label, every row trains on the same k per label and chooses (early stopping, DET, L2) on the same
+# k per label of dev. Seeds 1 2 3 for the rows that decide the targets (z+head, probe, random), seed 1 for the rest.
+#
+#   scripts/quality.sh DATA_DIR [SUBSPACE]     # SUBSPACE: the subspace file [default: the shipped one]
+#
+# Resumable: one JSON line per (row, task, shots, seed) in docs/results/quality/<subspace name>.jsonl, and a line
+# that is there is not run again; so the runs of many sessions add up. Cheap rows and small k come first.
+# A line: {row, task, shots ("full" or k), seed, subspace, det, dev, test: {accuracy, macro_f1, n}, seconds}.
+# DELTASPACE_RUNTIME_INTRA_THREADS sets ONNX Runtime's threads.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${1:?usage: scripts/quality.sh DATA_DIR [SUBSPACE]}
+model=models/all-MiniLM-L6-v2
+subspace_file=${2:-$model/subspaces/default.safetensors}
+runs=runs/quality
+mkdir -p "$runs" docs/results/quality
+# Own copies of the binary and the model, so a rebuild or a re-export cannot swap them mid-run.
+cp target/release/deltaspace "$runs/deltaspace"
+rm -rf "$runs/model" && cp -r "$model" "$runs/model"
+bin=$runs/deltaspace
+common=(--model "$runs/model" --max-seq-len 64)
+info=$("$bin" subspace info "$subspace_file")
+name=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["name"])')
+d=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["d"])')
+results=docs/results/quality/$name.jsonl
+random=$runs/random-d$d.safetensors
+[ -f "$random" ] || "$bin" subspace random "${common[@]}" --dim "$d" --seed 7 --out "$random" > /dev/null
+touch "$results"
+tasks="mpqa rte mrpc tweet_offensive trec"
+
+# done ROW TASK SHOTS SEED: whether the line is in the results already.
+done_before() {
+  grep -q "\"row\":\"$1\",\"task\":\"$2\",\"shots\":\"$3\",\"seed\":$4," "$results"
+}
+
+# record ROW TASK SHOTS SEED SECONDS JSON: appends one line from a command's JSON output.
+record() {
+  python3 - "$@" >> "$results" <<'PY'
+import json, sys
+row, task, shots, seed, seconds, output, subspace = sys.argv[1:8]
+out = json.loads(output.strip().splitlines()[-1])
+test = out.get("test") or {k: out[k] for k in ("accuracy", "macro_f1", "n")}
+line = {"row": row, "task": task, "shots": shots, "seed": int(seed), "subspace": subspace,
+        "det": out.get("det"), "dev": out.get("dev"), "test": test, "seconds": int(seconds)}
+print(json.dumps(line, separators=(",", ":")))
+PY
+}
+
+# run ROW TASK SHOTS SEED: one measurement.
+run() {
+  local row=$1 task=$2 shots=$3 seed=$4
+  done_before "$row" "$task" "$shots" "$seed" && return
+  local few=(); [ "$shots" = full ] || few=(--shots "$shots")
+  local tune=(tune "${common[@]}" --data "$data/$task" --seed "$seed" "${few[@]}")
+  local output started=$SECONDS
+  echo "== $row $task shots=$shots seed=$seed: $(date -u +%FT%TZ)"
+  case $row in
+    zero-shot) output=$("$bin" eval "${common[@]}" --data "$data/$task" --zero-shot --split test) ;;
+    probe) output=$("$bin" eval "${common[@]}" --data "$data/$task" --probe --split test --seed "$seed" "${few[@]}") ;;
+    head-only) output=$("${tune[@]}" --subspace "$subspace_file" --det lora --head prototypes --freeze-z \
+      --out "$runs/$row-$task-$shots-$seed.json") ;;
+    z) output=$("${tune[@]}" --subspace "$subspace_file" --out "$runs/$row-$task-$shots-$seed.json") ;;
+    z+head) output=$("${tune[@]}" --subspace "$subspace_file" --head prototypes \
+      --out "$runs/$row-$task-$shots-$seed.json") ;;
+    random) output=$("${tune[@]}" --subspace "$random" --head prototypes --out "$runs/$row-$task-$shots-$seed.json") ;;
+    lora|adapter|prefix) output=$("$bin" train det "${common[@]}" --data "$data/$task" --det "$row" --seed "$seed" \
+      "${few[@]}" --steps 1500 --lr 3e-3 --eval-every 25 --patience 4 --out "$runs/$row-$task-$shots-$seed.safetensors") ;;
+  esac
+  record "$row" "$task" "$shots" "$seed" "$((SECONDS - started))" "$output" "$name"
+}
+
+for t in $tasks; do run zero-shot "$t" full 1; done
+for shots in 16 64 full; do
+  for seed in 1 2 3; do
+    for t in $tasks; do
+      for row in probe z+head random; do run "$row" "$t" "$shots" "$seed"; done
+      if [ "$seed" = 1 ]; then
+        for row in head-only z lora adapter prefix; do run "$row" "$t" "$shots" "$seed"; done
+      fi
+    done
+  done
+done
+echo "== quality: every line is in $results"
