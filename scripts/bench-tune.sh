@@ -62,7 +62,7 @@ run_benchmark() {
   tune() {
     local task=$1 optimizer=$2 steps=$3 every=$4; shift 4
     echo "== $task $optimizer: $(date -u +%T)" >&2
-    "$bin" tune --model "$model" --subspace "$subspace" --data "$data/$task" --det "$det" --optimizer "$optimizer" \
+    "$bin" tune --model "$model" --subspace "$subspace" --data "$data/$task" --det "$det" --head none --optimizer "$optimizer" \
       --steps "$steps" --batch "$batch" --eval-every "$steps" --eval-limit 150 --final-limit "$test_limit" \
       --max-examples "$max_examples" --max-seq-len "$max_seq_len" --seed "$seed" --threads "$threads" \
       --trace "$out/trace.jsonl" --trace-every "$every" --trace-split test --trace-limit "$test_limit" \

@@ -67,7 +67,7 @@ step zero-shot sh -c "for t in $unseen; do '$bin' eval ${common[*]} --data $data
 tune() {
   local space=$1 file=$2 optimizer=$3 det=$4; shift 4
   step "tune-$space-$optimizer-$det" sh -c "'$bin' tune ${common[*]} --subspace $file --data $(dirs "$unseen") \
-    --det $det --optimizer $optimizer --steps 30 --batch 8 --eval-every 15 --eval-limit 150 --final-limit $test_limit \
+    --det $det --head none --optimizer $optimizer --steps 30 --batch 8 --eval-every 15 --eval-limit 150 --final-limit $test_limit \
     --max-examples 2000 $* \
     --out $out/tasks/$space-$optimizer-$det > $results/tune/$space-$optimizer-$det.jsonl"
 }
@@ -86,7 +86,7 @@ for det in adapter lora prefix; do
 done
 
 # Publish the default subspace and example tasks (tuned through Adapter) for `deltaspace serve`.
-step examples "$bin" tune "${common[@]}" --subspace "$main_subspace" --data "$data/sst2" --det adapter \
+step examples "$bin" tune "${common[@]}" --subspace "$main_subspace" --data "$data/sst2" --det adapter --head none \
   --steps 40 --batch 8 --lr 0.1 --eval-every 20 --eval-limit 200 --final-limit "$test_limit" --max-examples 2000 \
   --out "$out/tasks/examples"
 mkdir -p "$model/subspaces" "$model/tasks"

@@ -223,9 +223,10 @@ pub struct TuneArgs {
     #[arg(long)]
     pub det: Option<DetKind>,
     /// What of a task head trains with z (gradient optimizers): none (labels score by their
-    /// descriptions, the paper's setting), bias (class priors), or prototypes (priors and label
-    /// prototypes, which start at the descriptions' embeddings).
-    #[arg(long, default_value = "none")]
+    /// descriptions, the paper's setting; cmaes needs it), bias (class priors), or prototypes
+    /// (priors and label prototypes, which start at the descriptions' embeddings: the best of
+    /// the three in docs/results/screen-head.jsonl).
+    #[arg(long, default_value = "prototypes")]
     pub head: HeadTuning,
     /// Keep z at 0 and train only the head (the head-only baseline; with --det lora, whose θ⁰
     /// is a no-op, a head on the frozen model).
@@ -526,7 +527,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
         "cmaes" => {
             if args.head != HeadTuning::None {
                 bail!(
-                    "--head {} needs a gradient optimizer (adam or adafactor), not cmaes",
+                    "cmaes tunes z alone: give --head none (--head {} needs adam or adafactor)",
                     args.head
                 );
             }

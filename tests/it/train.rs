@@ -284,6 +284,8 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
             &sst2,
             "--det",
             "adapter",
+            "--head",
+            "none",
             "--optimizer",
             "cmaes",
             "--out",
@@ -489,6 +491,8 @@ fn tune_traces_accuracy_per_task_and_step_without_changing_the_result() {
             &[
                 "--det",
                 "adapter",
+                "--head",
+                "none",
                 "--optimizer",
                 optimizer,
                 "--steps",
@@ -725,7 +729,7 @@ fn tune_with_a_head_writes_it_and_every_command_scores_through_it() {
         .output()
         .unwrap();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("gradient optimizer"));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("give --head none"));
 }
 
 #[test]
@@ -759,7 +763,8 @@ fn tune_without_a_det_tunes_all_three_and_keeps_the_best_on_dev() {
     let refused = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
         .arg("tune")
         .args(common)
-        .args(["--optimizer", "cmaes", "--out", &task, "--provider", "cpu"])
+        .args(["--head", "none", "--optimizer", "cmaes", "--out", &task])
+        .args(["--provider", "cpu"])
         .output()
         .unwrap();
     assert!(!refused.status.success());
@@ -821,12 +826,13 @@ fn the_baselines_run_on_few_shot_draws_the_probe_and_a_head_on_a_frozen_z() {
         .args([
             "--det",
             "lora",
+            "--head",
+            "none",
             "--freeze-z",
             "--out",
             &task,
-            "--provider",
-            "cpu",
         ])
+        .args(["--provider", "cpu"])
         .output()
         .unwrap();
     assert!(!refused.status.success());
