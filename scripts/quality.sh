@@ -34,7 +34,7 @@ name=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.s
 d=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["d"])')
 results=docs/results/quality/$name.jsonl
 random=$runs/random-d$d.safetensors
-[ -f "$random" ] || "$bin" subspace random "${common[@]}" --dim "$d" --seed 7 --out "$random" > /dev/null
+[ -f "$random" ] || "$bin" subspace random --model "$runs/model" --dim "$d" --seed 7 --out "$random" > /dev/null
 touch "$results"
 tasks="mpqa rte mrpc tweet_offensive trec"
 
@@ -61,7 +61,7 @@ run() {
   local row=$1 task=$2 shots=$3 seed=$4
   done_before "$row" "$task" "$shots" "$seed" && return
   local few=(); [ "$shots" = full ] || few=(--shots "$shots")
-  local tune=(tune "${common[@]}" --data "$data/$task" --seed "$seed" "${few[@]}")
+  local tune=("$bin" tune "${common[@]}" --data "$data/$task" --seed "$seed" "${few[@]}")
   local output started=$SECONDS
   echo "== $row $task shots=$shots seed=$seed: $(date -u +%FT%TZ)"
   case $row in
