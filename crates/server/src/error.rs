@@ -27,8 +27,9 @@ pub enum ApiError {
     TaskNotFound(String),
     #[error("no route {0}")]
     RouteNotFound(String),
-    #[error("method {0} is not allowed here")]
-    MethodNotAllowed(String),
+    /// A known route asked with another method; `allow` lists the ones it takes (RFC 9110 `Allow`).
+    #[error("method {method} is not allowed here; allowed: {allow}")]
+    MethodNotAllowed { method: String, allow: &'static str },
     /// `If-Match` named another generation than the stored one.
     #[error("{0}")]
     EtagMismatch(String),
@@ -59,7 +60,7 @@ impl ApiError {
             Self::InvalidTask(_) => "invalid_task",
             Self::TaskNotFound(_) => "task_not_found",
             Self::RouteNotFound(_) => "route_not_found",
-            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::EtagMismatch(_) => "etag_mismatch",
             Self::TooManyTasks(_) => "too_many_tasks",
             Self::Unauthorized => "unauthorized",
@@ -78,7 +79,7 @@ impl ResponseError for ApiError {
             Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
             Self::InvalidRequest(_) | Self::InvalidTask(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TaskNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::EtagMismatch(_) | Self::TooManyTasks(_) => StatusCode::CONFLICT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -109,6 +110,9 @@ impl ResponseError for ApiError {
             }
             Self::Overloaded | Self::NotReady => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            Self::MethodNotAllowed { allow, .. } => {
+                response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
             }
             _ => {}
         }

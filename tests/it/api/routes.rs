@@ -456,6 +456,7 @@ async fn health_info_openapi_and_unknown_routes() {
 
     assert_error(app.get("/v2/nothing").await, 404, "route_not_found").await;
     let wrong = app.client.delete(app.url("/v1/info")).send().await.unwrap();
+    assert_eq!(wrong.headers()["allow"], "GET");
     assert_error(wrong, 405, "method_not_allowed").await;
     let wrong = app
         .client
@@ -463,6 +464,15 @@ async fn health_info_openapi_and_unknown_routes() {
         .send()
         .await
         .unwrap();
+    assert_eq!(wrong.headers()["allow"], "POST");
+    assert_error(wrong, 405, "method_not_allowed").await;
+    let wrong = app
+        .client
+        .post(app.url("/v1/tasks/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.headers()["allow"], "PUT, GET, DELETE");
     assert_error(wrong, 405, "method_not_allowed").await;
     app.stop().await.unwrap();
 }

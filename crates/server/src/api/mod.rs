@@ -25,31 +25,30 @@ const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
 pub(super) type State = web::Data<AppState>;
 
-/// The route table.
+/// The route table. Every route answers other methods with 405 and an `Allow` header.
 pub fn routes(config: &mut web::ServiceConfig) {
-    let wrong_method = || web::to(method_not_allowed);
     config
         .service(
             web::resource("/v1/tasks")
                 .route(web::get().to(list_tasks))
-                .default_service(wrong_method()),
+                .default_service(wrong_method("GET")),
         )
         .service(
             web::resource("/v1/tasks/{name}")
                 .route(web::put().to(put_task))
                 .route(web::get().to(get_task))
                 .route(web::delete().to(delete_task))
-                .default_service(wrong_method()),
+                .default_service(wrong_method("PUT, GET, DELETE")),
         )
         .service(
             web::resource("/v1/tasks/{name}/predict")
                 .route(web::post().to(predict))
-                .default_service(wrong_method()),
+                .default_service(wrong_method("POST")),
         )
         .service(
             web::resource("/v1/tasks/{name}/embed")
                 .route(web::post().to(embed))
-                .default_service(wrong_method()),
+                .default_service(wrong_method("POST")),
         );
     for (path, handler) in [
         ("/v1/info", web::get().to(info)),
@@ -61,10 +60,20 @@ pub fn routes(config: &mut web::ServiceConfig) {
         config.service(
             web::resource(path)
                 .route(handler)
-                .default_service(wrong_method()),
+                .default_service(wrong_method("GET")),
         );
     }
     config.default_service(web::to(not_found));
+}
+
+/// The answer of a route to a method it does not take: 405 with `Allow: allow`.
+fn wrong_method(allow: &'static str) -> actix_web::Route {
+    web::to(move |request: HttpRequest| async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed {
+            method: request.method().to_string(),
+            allow,
+        })
+    })
 }
 
 async fn info(state: State) -> Result<HttpResponse, ApiError> {
@@ -130,10 +139,6 @@ async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::RouteNotFound(
         request.path().chars().take(200).collect(),
     ))
-}
-
-async fn method_not_allowed(request: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(request.method().to_string()))
 }
 
 pub(super) fn find(core: &Core, name: &str) -> Result<Arc<StoredTask>, ApiError> {
