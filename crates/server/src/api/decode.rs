@@ -34,8 +34,29 @@ pub struct PredictRequest {
     #[serde(default)]
     pub det: Option<String>,
     /// Keep only the best `top_k` labels in `scores`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral")]
     pub top_k: Option<usize>,
+}
+
+/// An optional non-negative integer, also written as an integral number such as `251.0`: JSON
+/// Schema counts that as an integer, so the OpenAPI description allows it.
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(value) = number.as_u64() {
+        return usize::try_from(value)
+            .map(Some)
+            .map_err(serde::de::Error::custom);
+    }
+    match number.as_f64() {
+        Some(value) if value >= 0.0 && value.fract() == 0.0 && value <= u32::MAX as f64 => {
+            Ok(Some(value as usize))
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a non-negative integer, got {number}"
+        ))),
+    }
 }
 
 /// `POST /v1/tasks/{name}/embed`.
@@ -227,6 +248,13 @@ mod tests {
         }
         // Five characters, not five bytes.
         assert!(predict(r#"{"inputs": ["ééééé"]}"#).is_ok());
+        // An integral number is an integer, as JSON Schema counts; a fraction is not.
+        let (request, _) = predict(r#"{"inputs": ["a"], "top_k": 251.0}"#).unwrap();
+        assert_eq!(request.top_k, Some(251));
+        for bad in ["1.5", "-1", "\"2\""] {
+            let body = format!(r#"{{"inputs": ["a"], "top_k": {bad}}}"#);
+            assert_eq!(predict(&body).unwrap_err().code(), "invalid_json", "{body}");
+        }
     }
 
     #[test]
