@@ -35,7 +35,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Parser;
 use common::median_min;
-use deltaspace::classifier::{PreparedTask, Row, embed_rows, score};
+use deltaspace::classifier::{PreparedTask, TextRow, embed_rows, score};
 use deltaspace::det::DetKind;
 use deltaspace::model::{Encoder, EncoderOptions, TextInput};
 use deltaspace::runtime::{ProviderChoice, Runtime, RuntimeOptions};
@@ -151,11 +151,11 @@ impl Server {
             Case::MixedLap | Case::MixedLora => batch.tasks.clone(),
             Case::OneTask => vec![batch.tasks[0]; batch.tasks.len()],
         };
-        let rows: Vec<Row<'_>> = batch
+        let rows: Vec<TextRow<'_>> = batch
             .inputs
             .iter()
             .zip(&row_tasks)
-            .map(|(input, &task)| Row {
+            .map(|(input, &task)| TextRow {
                 input,
                 z: &self.tasks[task].task.z,
                 det: case.det(task),

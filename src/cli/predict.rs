@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use super::{load_encoder, load_subspace};
-use crate::classifier::{self, PreparedTask, Row};
+use crate::classifier::{self, PreparedTask, TextRow};
 use crate::config::Config;
 use crate::det::DetKind;
 use crate::model::{EncoderOptions, TextInput};
@@ -90,9 +90,9 @@ pub fn embed(config: &Config, args: EmbedArgs) -> anyhow::Result<()> {
             let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
             let task = load_task(path, &subspace)?;
             let det = args.det.unwrap_or(task.det);
-            let rows: Vec<Row> = inputs
+            let rows: Vec<TextRow> = inputs
                 .iter()
-                .map(|input| Row {
+                .map(|input| TextRow {
                     input,
                     z: &task.z,
                     det,

@@ -19,7 +19,7 @@ use crate::train::stage0::train_dets;
 use crate::train::stage1::{SubspaceOptions, collect_solutions, find_subspace};
 use crate::tuning::batch::TrainTask;
 use crate::tuning::data::Split;
-use crate::tuning::eval::Metrics;
+use crate::tuning::eval::Scores;
 use crate::tuning::fit::{FitOptions, Space, Unit, evaluate_values};
 use crate::tuning::head::HeadTuning;
 use crate::tuning::optim::OptimizerKind;
@@ -629,7 +629,7 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let (det, metrics): (Option<DetKind>, Metrics) = if let Some(path) = &args.solution {
+    let (det, metrics): (Option<DetKind>, Scores) = if let Some(path) = &args.solution {
         let solution = Solution::load(path, encoder.manifest())?;
         let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
         let units = [Unit {

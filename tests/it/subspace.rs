@@ -157,7 +157,7 @@ fn prediction_through_every_det_gives_probabilities_over_the_task_labels() {
 
 #[test]
 fn rows_split_into_runs_by_length_embed_as_one_run_does() {
-    use deltaspace::classifier::{Row, length_groups};
+    use deltaspace::classifier::{TextRow, length_groups};
     use deltaspace::model::Batch;
 
     let encoder = tiny_encoder();
@@ -172,10 +172,10 @@ fn rows_split_into_runs_by_length_embed_as_one_run_does() {
         TextInput::single("brief"),
     ];
     let codes = [[0.5, -1.0, 0.25, 2.0], [1.0, 0.0, -0.5, 0.3]];
-    let rows: Vec<Row> = inputs
+    let rows: Vec<TextRow> = inputs
         .iter()
         .enumerate()
-        .map(|(i, input)| Row {
+        .map(|(i, input)| TextRow {
             input,
             z: &codes[i % 2],
             det: DetKind::ALL[i % 3],

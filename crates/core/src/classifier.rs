@@ -156,7 +156,7 @@ pub fn embed_labels(labels: &[Label], encoder: &Encoder) -> Result<Array2<f32>, 
 
 /// One row to encode: a text, the code z it is decoded with, and the DET that decodes it.
 #[derive(Debug, Clone, Copy)]
-pub struct Row<'a> {
+pub struct TextRow<'a> {
     pub input: &'a TextInput,
     pub z: &'a [f32],
     pub det: DetKind,
@@ -194,7 +194,7 @@ pub const CPU_RUN_COST_TOKENS: usize = 32;
 pub fn embed_rows(
     encoder: &Encoder,
     subspace: &Subspace,
-    rows: &[Row<'_>],
+    rows: &[TextRow<'_>],
 ) -> Result<Array2<f32>, ClassifyError> {
     let inputs: Vec<TextInput> = rows.iter().map(|r| r.input.clone()).collect();
     let tokens = encoder.tokenize(&inputs)?;
@@ -305,9 +305,9 @@ pub fn predict(
     inputs: &[TextInput],
 ) -> Result<Vec<LabelScores>, ClassifyError> {
     let det = det.unwrap_or(task.task.det);
-    let rows: Vec<Row> = inputs
+    let rows: Vec<TextRow> = inputs
         .iter()
-        .map(|input| Row {
+        .map(|input| TextRow {
             input,
             z: &task.task.z,
             det,

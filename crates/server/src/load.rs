@@ -13,7 +13,7 @@ use ndarray::Array2;
 
 use super::store::{self, Precondition, ServedHead, StoreError, TaskStore, labels_key};
 use super::{Core, Options, ServerError};
-use deltaspace_core::classifier::{self, LabelSet, Row, embed_labels};
+use deltaspace_core::classifier::{self, LabelSet, TextRow, embed_labels};
 use deltaspace_core::model::{Encoder, EncoderOptions, Manifest, ModelError, TextInput};
 use deltaspace_core::runtime::Runtime;
 use deltaspace_core::subspace::Subspace;
@@ -40,7 +40,7 @@ pub async fn load(
     );
     let runner: Runner = {
         let (encoder, subspace) = (encoder.clone(), subspace.clone());
-        Arc::new(move |rows: &[Row<'_>]| classifier::embed_rows(&encoder, &subspace, rows))
+        Arc::new(move |rows: &[TextRow<'_>]| classifier::embed_rows(&encoder, &subspace, rows))
     };
     warm_up(&runner, &encoder, &subspace).await?;
     let mut limits = options.batch;
@@ -328,9 +328,9 @@ async fn warm_up(
     let z = vec![0.0f32; subspace.d()];
     tokio::task::spawn_blocking(move || {
         let input = TextInput::single("warm-up");
-        let rows: Vec<Row<'_>> = dets
+        let rows: Vec<TextRow<'_>> = dets
             .iter()
-            .map(|&det| Row {
+            .map(|&det| TextRow {
                 input: &input,
                 z: &z,
                 det,

@@ -9,7 +9,7 @@ use ndarray016 as nd;
 use deltaspace_core::model::{Encoder, TextInput};
 use deltaspace_core::tuning::batch::TrainTask;
 use deltaspace_core::tuning::data::Example;
-use deltaspace_core::tuning::eval::{Metrics, metrics};
+use deltaspace_core::tuning::eval::{Scores, score_pairs};
 
 /// L2 strengths tried, weakest first (linfa's `alpha`: the penalty's weight).
 pub const L2_GRID: [f64; 5] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0];
@@ -18,8 +18,8 @@ pub const L2_GRID: [f64; 5] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0];
 #[derive(Debug, Clone, Copy)]
 pub struct Probe {
     pub l2: f64,
-    pub dev: Metrics,
-    pub test: Metrics,
+    pub dev: Scores,
+    pub test: Scores,
 }
 
 /// Fits the probe on the task's train split for every strength of `grid`, keeps the best on dev
@@ -35,7 +35,7 @@ pub fn linear_probe(encoder: &Encoder, task: &TrainTask, grid: &[f64]) -> anyhow
     let truth = |examples: &[Example]| examples.iter().map(|e| e.label).collect::<Vec<_>>();
     let targets = nd::Array1::from(truth(&data.train));
     let dataset = Dataset::new(train, targets);
-    let mut best: Option<(f64, Metrics, MultiFittedLogisticRegression<f64, usize>)> = None;
+    let mut best: Option<(f64, Scores, MultiFittedLogisticRegression<f64, usize>)> = None;
     for &l2 in grid {
         let model = MultiLogisticRegression::default()
             .alpha(l2)
@@ -64,14 +64,14 @@ fn score(
     features: &nd::Array2<f64>,
     truth: &[usize],
     labels: usize,
-) -> Metrics {
+) -> Scores {
     let predicted = model.predict(features);
     let pairs: Vec<(usize, usize)> = truth
         .iter()
         .copied()
         .zip(predicted.iter().copied())
         .collect();
-    metrics(&pairs, labels)
+    score_pairs(&pairs, labels)
 }
 
 /// The frozen model's embeddings of `examples`, as the probe's features.

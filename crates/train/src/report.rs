@@ -17,7 +17,7 @@ use serde_json::Value;
 use deltaspace_core::det::DetKind;
 
 /// Test accuracy keyed by (task, det).
-type Scores = BTreeMap<(String, DetKind), f64>;
+type TestAccuracy = BTreeMap<(String, DetKind), f64>;
 
 /// Everything the tables are made of.
 #[derive(Debug, Default, Serialize)]
@@ -66,9 +66,9 @@ fn test_accuracy(line: &Value) -> Option<f64> {
 }
 
 /// (task, det) → test accuracy of every tune line in `path`, with the mean seconds.
-fn tuned(path: &Path) -> anyhow::Result<(Scores, f64)> {
+fn tuned(path: &Path) -> anyhow::Result<(TestAccuracy, f64)> {
     let lines = read_lines(path)?;
-    let mut scores = Scores::new();
+    let mut scores = TestAccuracy::new();
     let mut seconds = Vec::new();
     for line in &lines {
         if let (Some(task), Some(det), Some(acc)) = (
@@ -97,7 +97,7 @@ pub fn build(dir: &Path, space: &str) -> anyhow::Result<Report> {
         space: space.to_string(),
         ..Report::default()
     };
-    let mut original = Scores::new();
+    let mut original = TestAccuracy::new();
     for line in read_lines(&dir.join("original.jsonl"))? {
         if let (Some(task), Some(det), Some(acc)) = (
             line["task"].as_str(),
@@ -118,7 +118,7 @@ pub fn build(dir: &Path, space: &str) -> anyhow::Result<Report> {
             report.zero_shot.insert(task.to_string(), 100.0 * acc);
         }
     }
-    let relative = |scores: &Scores| -> BTreeMap<String, BTreeMap<String, f64>> {
+    let relative = |scores: &TestAccuracy| -> BTreeMap<String, BTreeMap<String, f64>> {
         let mut out: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
         for ((task, det), acc) in scores {
             if let Some(base) = original.get(&(task.clone(), *det)).filter(|b| **b > 0.0) {
@@ -133,7 +133,7 @@ pub fn build(dir: &Path, space: &str) -> anyhow::Result<Report> {
         dir.join("tune")
             .join(format!("{space}-{optimizer}-{det}.jsonl"))
     };
-    let mut default_scores = Scores::new();
+    let mut default_scores = TestAccuracy::new();
     let mut gradient_seconds = Vec::new();
     for det in DetKind::ALL {
         let (scores, seconds) = tuned(&tune_file(space, "adam", det))?;
@@ -143,7 +143,7 @@ pub fn build(dir: &Path, space: &str) -> anyhow::Result<Report> {
         default_scores.extend(scores);
     }
     report.optimization = relative(&default_scores);
-    let mut random_scores = Scores::new();
+    let mut random_scores = TestAccuracy::new();
     for det in DetKind::ALL {
         random_scores.extend(tuned(&tune_file(&format!("random-{space}"), "adam", det))?.0);
     }
@@ -204,7 +204,7 @@ pub fn build(dir: &Path, space: &str) -> anyhow::Result<Report> {
             continue;
         }
         let cma = relative(&scores);
-        let gradient: Scores = default_scores
+        let gradient: TestAccuracy = default_scores
             .iter()
             .filter(|((t, d), _)| *d == det && scores.contains_key(&(t.clone(), *d)))
             .map(|(k, v)| (k.clone(), *v))

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use deltaspace_core::det::DetKind;
 use deltaspace_core::model::Manifest;
 use deltaspace_core::tensor_file::{Storage, TensorFile};
-use deltaspace_core::tuning::eval::Metrics;
+use deltaspace_core::tuning::eval::Scores;
 
 /// The `format` metadata value of a solution file.
 pub const FORMAT: &str = "deltaspace.solution";
@@ -23,8 +23,8 @@ pub struct Solution {
     pub det: DetKind,
     /// δ = θ − θ⁰ of the DET, in the manifest's flat layout.
     pub delta: Vec<f32>,
-    pub dev: Metrics,
-    pub test: Metrics,
+    pub dev: Scores,
+    pub test: Scores,
     /// The training step whose θ this is (best on dev).
     pub step: usize,
 }
@@ -36,7 +36,7 @@ impl Solution {
     }
 
     pub fn save(&self, path: &Path, manifest: &Manifest, storage: Storage) -> anyhow::Result<()> {
-        let metric = |m: &Metrics| {
+        let metric = |m: &Scores| {
             [
                 m.accuracy.to_string(),
                 m.macro_f1.to_string(),
@@ -95,8 +95,8 @@ impl Solution {
                 .parse()
                 .with_context(|| format!("{}: metadata {key:?} is not a number", path.display()))
         };
-        let metrics = |split: &str| -> anyhow::Result<Metrics> {
-            Ok(Metrics {
+        let metrics = |split: &str| -> anyhow::Result<Scores> {
+            Ok(Scores {
                 accuracy: number(&format!("{split}_accuracy"))?,
                 macro_f1: number(&format!("{split}_macro_f1"))?,
                 n: number(&format!("{split}_n"))? as usize,

@@ -23,7 +23,7 @@ pub struct Manifest {
     pub source: String,
     /// sha256 of the weights the graphs were exported from; subspaces record it.
     pub base_model_sha256: String,
-    pub config: ModelConfig,
+    pub config: Architecture,
     /// Longest token sequence a row may have; longer inputs are truncated.
     pub max_seq_len: usize,
     /// s in score_c = s · cos(embedding(text), embedding(description_c)).
@@ -44,7 +44,7 @@ pub struct Manifest {
 
 /// The model's shape, as read from its config.json at export time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelConfig {
+pub struct Architecture {
     pub layers: usize,
     pub hidden: usize,
     pub heads: usize,

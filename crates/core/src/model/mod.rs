@@ -14,7 +14,7 @@ mod tokenize;
 pub use classify::{LabelScore, LabelScores, cosine_logits, softmax_rows};
 pub use encoder::{Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch, Gradients};
 pub use manifest::{
-    DetLayout, FORMAT_VERSION, Graphs, Manifest, ModelConfig, ModelFiles, TensorSlot,
+    Architecture, DetLayout, FORMAT_VERSION, Graphs, Manifest, ModelFiles, TensorSlot,
 };
 pub use resident::{Placement, ResidentEncoder, ResidentOptions};
 pub use tokenize::{TextInput, TextTokenizer, Tokens};

@@ -12,7 +12,7 @@ use crate::model::{DeltaParams, Encoder};
 
 /// What `deltaspace eval` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
-pub struct Metrics {
+pub struct Scores {
     pub accuracy: f32,
     pub macro_f1: f32,
     pub n: usize,
@@ -20,23 +20,23 @@ pub struct Metrics {
 
 /// A task decoded through one DET from one code z, scored against its classes.
 #[derive(Debug, Clone, Copy)]
-pub struct Unit<'a> {
+pub struct CodedUnit<'a> {
     pub task: usize,
     pub det: DetKind,
     pub z: &'a [f32],
     pub classes: &'a Classes,
 }
 
-/// Metrics of every unit on `split`, in unit order. `limit` caps the examples per unit.
+/// Scores of every unit on `split`, in unit order. `limit` caps the examples per unit.
 pub fn evaluate(
     encoder: &Encoder,
     tasks: &[TrainTask],
-    units: &[Unit<'_>],
+    units: &[CodedUnit<'_>],
     params: &DeltaParams,
     split: Split,
     batch_rows: usize,
     limit: Option<usize>,
-) -> anyhow::Result<Vec<Metrics>> {
+) -> anyhow::Result<Vec<Scores>> {
     let mut rows: Vec<(usize, Row)> = Vec::new();
     for (unit_index, unit) in units.iter().enumerate() {
         let examples = tasks[unit.task].data.split(split);
@@ -70,7 +70,7 @@ pub fn evaluate(
     Ok(units
         .iter()
         .zip(predictions)
-        .map(|(unit, pairs)| metrics(&pairs, tasks[unit.task].data.labels.len()))
+        .map(|(unit, pairs)| score_pairs(&pairs, tasks[unit.task].data.labels.len()))
         .collect())
 }
 
@@ -85,10 +85,10 @@ fn argmax(values: ArrayView1<f32>) -> usize {
 }
 
 /// Accuracy and macro-F1 (over the labels that occur as truth or prediction) of (truth, predicted) pairs.
-pub fn metrics(pairs: &[(usize, usize)], labels: usize) -> Metrics {
+pub fn score_pairs(pairs: &[(usize, usize)], labels: usize) -> Scores {
     let n = pairs.len();
     if n == 0 {
-        return Metrics {
+        return Scores {
             accuracy: 0.0,
             macro_f1: 0.0,
             n,
@@ -112,7 +112,7 @@ pub fn metrics(pairs: &[(usize, usize)], labels: usize) -> Metrics {
         .filter(|&c| tp[c] + fp[c] + fneg[c] > 0)
         .map(|c| 2.0 * tp[c] as f32 / (2 * tp[c] + fp[c] + fneg[c]) as f32)
         .collect();
-    Metrics {
+    Scores {
         accuracy: correct as f32 / n as f32,
         macro_f1: f1s.iter().sum::<f32>() / f1s.len().max(1) as f32,
         n,
@@ -126,7 +126,7 @@ mod tests {
     #[test]
     fn accuracy_and_macro_f1_match_hand_counts() {
         // truth, predicted: class 0 has tp 2 fp 1 fn 0 → F1 0.8; class 1 tp 1 fp 0 fn 1 → F1 2/3.
-        let m = metrics(&[(0, 0), (0, 0), (1, 1), (1, 0)], 3);
+        let m = score_pairs(&[(0, 0), (0, 0), (1, 1), (1, 0)], 3);
         assert_eq!(m.n, 4);
         assert!((m.accuracy - 0.75).abs() < 1e-6);
         assert!(

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::batch::{self, Row, TrainTask};
 use super::data::{Split, epoch_indices};
-use super::eval::{self, Metrics};
+use super::eval::{self, Scores};
 use super::head::HeadTuning;
 use super::optim::{Optimizer, OptimizerKind};
 use super::progress::Progress;
@@ -95,7 +95,7 @@ pub struct FitOptions {
 pub struct FitResult {
     /// The parameters with the best dev accuracy.
     pub best: Vec<Vec<f32>>,
-    pub best_dev: Vec<Metrics>,
+    pub best_dev: Vec<Scores>,
     pub best_step: Vec<usize>,
     /// (step, mean training loss over the units still training) at every step.
     pub losses: Vec<(usize, f32)>,
@@ -261,7 +261,7 @@ pub fn fit_observed(
         .collect();
     let mut best = values.clone();
     let mut best_dev = vec![
-        Metrics {
+        Scores {
             accuracy: -1.0,
             macro_f1: 0.0,
             n: 0
@@ -511,7 +511,7 @@ fn accumulate(
     Ok(())
 }
 
-/// Metrics of every unit with parameters `values`.
+/// Scores of every unit with parameters `values`.
 pub fn evaluate_values(
     encoder: &Encoder,
     tasks: &[TrainTask],
@@ -520,12 +520,12 @@ pub fn evaluate_values(
     values: &[Vec<f32>],
     split: Split,
     limit: Option<usize>,
-) -> anyhow::Result<Vec<Metrics>> {
+) -> anyhow::Result<Vec<Scores>> {
     let realised = space.realise(encoder, tasks, units, values)?;
-    let eval_units: Vec<eval::Unit> = units
+    let eval_units: Vec<eval::CodedUnit> = units
         .iter()
         .enumerate()
-        .map(|(index, unit)| eval::Unit {
+        .map(|(index, unit)| eval::CodedUnit {
             task: unit.task,
             det: unit.det,
             z: &realised.codes[index],
@@ -548,7 +548,7 @@ struct Checkpoint {
     step: usize,
     values: Vec<Vec<f32>>,
     best: Vec<Vec<f32>>,
-    best_dev: Vec<Metrics>,
+    best_dev: Vec<Scores>,
     best_step: Vec<usize>,
     /// Evaluations since each unit's last improvement on dev (early stopping).
     stale: Vec<usize>,
@@ -606,7 +606,7 @@ impl Checkpoint {
             path.display()
         );
         let step = meta("step")?.parse()?;
-        let best_dev: Vec<Metrics> = serde_json::from_str(&meta("best_dev")?)?;
+        let best_dev: Vec<Scores> = serde_json::from_str(&meta("best_dev")?)?;
         let best_step = serde_json::from_str(&meta("best_step")?)?;
         // Checkpoints from before early stopping have no "stale": every unit still trains.
         let stale = match file.metadata.get("stale") {

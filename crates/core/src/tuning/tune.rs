@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::batch::{EncodedRows, Row, TrainTask, row_losses};
 use super::data::{Split, epoch_indices};
-use super::eval::Metrics;
+use super::eval::Scores;
 use super::fit::{FitOptions, Space, StepReport, Unit, evaluate_values, fit_observed};
 use super::head::HeadTuning;
 use super::optim::CmaEs;
@@ -33,10 +33,10 @@ pub struct Tuned {
     pub z: Vec<f32>,
     /// The head tuned with z, if one was asked for.
     pub head: Option<Head>,
-    pub dev: Metrics,
-    pub test: Metrics,
+    pub dev: Scores,
+    pub test: Scores,
     /// The dev score of every DET the task was tuned through; `det` is the best.
-    pub candidates: Vec<(DetKind, Metrics)>,
+    pub candidates: Vec<(DetKind, Scores)>,
     /// Wall time of the search (all tasks of the run share it).
     pub seconds: f64,
 }

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::metrics::Metrics;
-use deltaspace_core::classifier::{ClassifyError, Row};
+use deltaspace_core::classifier::{ClassifyError, TextRow};
 use deltaspace_core::det::DetKind;
 use deltaspace_core::model::TextInput;
 use policy::is_full;
@@ -54,7 +54,7 @@ impl Job {
 }
 
 /// Runs one batch of rows through the model: embeddings [rows, H].
-pub type Runner = Arc<dyn Fn(&[Row<'_>]) -> Result<Array2<f32>, ClassifyError> + Send + Sync>;
+pub type Runner = Arc<dyn Fn(&[TextRow<'_>]) -> Result<Array2<f32>, ClassifyError> + Send + Sync>;
 
 /// The handlers' side of the batcher: submit rows, await their embeddings.
 #[derive(Clone)]
@@ -267,10 +267,10 @@ async fn run_batch(batch: Vec<Job>, runner: Runner, metrics: Arc<Metrics>) {
     let (batch, result) = match tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
         let result = {
-            let rows: Vec<Row<'_>> = batch
+            let rows: Vec<TextRow<'_>> = batch
                 .iter()
                 .flat_map(|job| {
-                    job.inputs.iter().map(|input| Row {
+                    job.inputs.iter().map(|input| TextRow {
                         input,
                         z: &job.z,
                         det: job.det,
@@ -333,7 +333,7 @@ mod tests {
     fn recording_runner() -> (Runner, Arc<Mutex<Vec<usize>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let runner: Runner = Arc::new(move |rows: &[Row<'_>]| {
+        let runner: Runner = Arc::new(move |rows: &[TextRow<'_>]| {
             log.lock().unwrap().push(rows.len());
             Ok(Array2::from_shape_fn((rows.len(), 2), |(r, _)| {
                 rows[r].z[0]
@@ -480,7 +480,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let lowest = Arc::new(Mutex::new(i64::MAX));
         let (gauge, low) = (metrics.clone(), lowest.clone());
-        let runner: Runner = Arc::new(move |rows: &[Row<'_>]| {
+        let runner: Runner = Arc::new(move |rows: &[TextRow<'_>]| {
             let mut low = low.lock().unwrap();
             *low = (*low).min(gauge.queue_requests.get());
             Ok(Array2::zeros((rows.len(), 2)))
