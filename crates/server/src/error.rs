@@ -11,6 +11,8 @@ use super::batcher::BatchError;
 use super::store::StoreError;
 use deltaspace_core::task::TaskError;
 
+use crate::admit::AdmitError;
+
 /// What a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -133,6 +135,12 @@ fn truncate(message: String) -> String {
 
 impl From<TaskError> for ApiError {
     fn from(error: TaskError) -> Self {
+        Self::InvalidTask(error.to_string())
+    }
+}
+
+impl From<AdmitError> for ApiError {
+    fn from(error: AdmitError) -> Self {
         Self::InvalidTask(error.to_string())
     }
 }

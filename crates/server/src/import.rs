@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::ServerError;
-use super::load::admit;
+use super::admit::admit;
 use super::store;
 use deltaspace_core::model::Manifest;
 use deltaspace_core::subspace::Subspace;

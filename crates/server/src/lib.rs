@@ -3,6 +3,7 @@
 //! tasks and DETs into shared encoder calls, and drains in-flight requests on shutdown.
 //! Routes and wire types are in `api`, the one error-to-status table in `error`.
 
+mod admit;
 mod api;
 mod auth;
 mod batcher;
@@ -10,7 +11,10 @@ mod error;
 mod import;
 mod load;
 mod metrics;
+mod state;
 mod store;
+
+use state::{AppState, Core};
 
 pub use api::decode::{
     EmbedRequest, PredictRequest, RequestLimits, TaskBody, check_inputs, decode_page_query,
@@ -33,10 +37,11 @@ use std::time::{Duration, Instant};
 use actix_web::dev::Service as _;
 use actix_web::{App, HttpServer, web};
 
-use deltaspace_core::model::{Encoder, ModelError};
+use deltaspace_core::classifier::ClassifyError;
+use deltaspace_core::model::ModelError;
 use deltaspace_core::runtime::{RuntimeError, RuntimeOptions};
 use deltaspace_core::secret::Secret;
-use deltaspace_core::subspace::{Subspace, SubspaceError};
+use deltaspace_core::subspace::SubspaceError;
 use deltaspace_core::task::TaskLimits;
 
 /// Everything the server needs, typed; `cli::serve` builds it from the configuration.
@@ -92,43 +97,12 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("embedding label descriptions: {0}")]
-    Labels(String),
-    #[error("warm-up: {0}")]
-    WarmUp(String),
+    #[error("embedding label descriptions")]
+    Labels(#[source] ModelError),
+    #[error("warm-up")]
+    WarmUp(#[source] ClassifyError),
     #[error("start-up was interrupted")]
     Interrupted,
-}
-
-/// What every handler shares: set up before the model loads, completed by [`Core`] after.
-pub(crate) struct AppState {
-    metrics: Arc<Metrics>,
-    auth: auth::Auth,
-    options: Options,
-    core: OnceLock<Core>,
-    shutting_down: AtomicBool,
-}
-
-/// The loaded half of the state: present once the server is ready.
-pub(crate) struct Core {
-    encoder: Arc<Encoder>,
-    subspace: Arc<Subspace>,
-    store: Arc<TaskStore>,
-    batcher: batcher::BatcherHandle,
-    /// Identifies the model that made cached label embeddings.
-    model_key: String,
-}
-
-impl AppState {
-    /// The loaded model, store and batcher, or 503 while loading.
-    fn core(&self) -> Result<&Core, ApiError> {
-        self.core.get().ok_or(ApiError::NotReady)
-    }
-
-    /// True once loaded and warmed, and not shutting down.
-    fn ready(&self) -> bool {
-        self.core.get().is_some() && !self.shutting_down.load(Ordering::Relaxed)
-    }
 }
 
 /// Serves on `listener` until `shutdown` completes, then drains: stops accepting, lets in-flight

@@ -6,18 +6,18 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::admit::{admit, label_set};
 use super::batcher::{self, Runner};
-use super::error::ApiError;
 use super::metrics::Metrics;
 use ndarray::Array2;
 
-use super::store::{self, Precondition, ServedHead, StoreError, TaskStore, labels_key};
+use super::store::{self, Precondition, StoreError, TaskStore, labels_key};
 use super::{Core, Options, ServerError};
 use deltaspace_core::classifier::{self, LabelSet, TextRow, embed_labels};
-use deltaspace_core::model::{Encoder, EncoderOptions, Manifest, ModelError, TextInput};
+use deltaspace_core::model::{Encoder, EncoderOptions, Manifest, TextInput};
 use deltaspace_core::runtime::Runtime;
 use deltaspace_core::subspace::Subspace;
-use deltaspace_core::task::{Label, Task, TaskError, TaskLimits};
+use deltaspace_core::task::{Task, TaskLimits};
 
 /// Loads everything, warms up and starts the batcher; the second value drains it when awaited.
 pub async fn load(
@@ -87,52 +87,6 @@ fn load_blocking(options: &Options) -> Result<(Encoder, Subspace, TaskStore), Se
 /// Names the model that made label embeddings, so a cache from another model is ignored.
 pub fn model_key(manifest: &Manifest) -> String {
     format!("{}:{}", manifest.name, manifest.base_model_sha256)
-}
-
-/// Checks an incoming task against the loaded model and subspace, and records the subspace's
-/// full id in it. Shared by uploads, seed imports, start-up and `deltaspace import`.
-pub fn admit(
-    mut task: Task,
-    manifest: &Manifest,
-    subspace: &Subspace,
-    limits: &TaskLimits,
-) -> Result<Task, ApiError> {
-    if let Some(reference) = task.subspace.as_ref().filter(|r| !subspace.matches(r)) {
-        return Err(TaskError::Subspace {
-            task: reference.clone(),
-            loaded: subspace.id(),
-        }
-        .into());
-    }
-    task.validate(subspace.d(), limits)?;
-    if let Some(head) = task.head.take() {
-        let hidden = manifest.hidden();
-        if let Some(wrong) = head.prototypes.iter().flatten().find(|p| p.len() != hidden) {
-            return Err(ApiError::InvalidTask(format!(
-                "head: a prototype has {} values, the model's embeddings {hidden}",
-                wrong.len()
-            )));
-        }
-        task.head = Some(ServedHead::round(head));
-    }
-    task.det
-        .column(manifest)
-        .map_err(|e| ApiError::InvalidTask(e.to_string()))?;
-    task.subspace = Some(subspace.id());
-    Ok(task)
-}
-
-/// The label set for `labels`: the one in use when a served task has the same labels, else
-/// embedded now by the frozen model (a blocking encoder run).
-pub fn label_set(
-    store: &TaskStore,
-    encoder: &Encoder,
-    labels: &[Label],
-) -> Result<Arc<LabelSet>, ModelError> {
-    match store.label_sets().get(&labels_key(labels)) {
-        Some(set) => Ok(set),
-        None => Ok(Arc::new(LabelSet::embed(labels.to_vec(), encoder)?)),
-    }
 }
 
 /// Serves every stored task made for this subspace; others stay stored but are not served.
@@ -293,8 +247,7 @@ fn seed_tasks(
         if seen {
             continue;
         }
-        let labels = label_set(store, encoder, &task.labels)
-            .map_err(|e| ServerError::Labels(e.to_string()))?;
+        let labels = label_set(store, encoder, &task.labels).map_err(ServerError::Labels)?;
         let name = task.name.clone();
         // Only an imported task counts as seeded: one refused now (at max_tasks, say) is tried
         // again at the next start.
@@ -343,5 +296,5 @@ async fn warm_up(
     })
     .await
     .map_err(|_| ServerError::Interrupted)?
-    .map_err(|e| ServerError::WarmUp(e.to_string()))
+    .map_err(ServerError::WarmUp)
 }

@@ -1,0 +1,69 @@
+//! What a task must be to be served, checked in one place for uploads, seed tasks, start-up and
+//! `deltaspace import`: [`admit`] checks it against the loaded model and subspace, and
+//! [`label_set`] finds or makes the embeddings of its labels. Errors are this module's own
+//! ([`AdmitError`]); the HTTP layer maps them to statuses, start-up logs them.
+
+use std::sync::Arc;
+
+use deltaspace_core::classifier::LabelSet;
+use deltaspace_core::det::DetError;
+use deltaspace_core::model::{Encoder, Manifest, ModelError};
+use deltaspace_core::subspace::Subspace;
+use deltaspace_core::task::{Label, Task, TaskError, TaskLimits};
+
+use crate::store::{ServedHead, TaskStore, labels_key};
+
+/// Why a task cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error(transparent)]
+    Det(#[from] DetError),
+    #[error("head: a prototype has {got} values, the model's embeddings {hidden}")]
+    PrototypeWidth { got: usize, hidden: usize },
+}
+
+/// Checks an incoming task against the loaded model and subspace, rounds its head to what is
+/// served, and records the subspace's full id in it.
+pub fn admit(
+    mut task: Task,
+    manifest: &Manifest,
+    subspace: &Subspace,
+    limits: &TaskLimits,
+) -> Result<Task, AdmitError> {
+    if let Some(reference) = task.subspace.as_ref().filter(|r| !subspace.matches(r)) {
+        return Err(TaskError::Subspace {
+            task: reference.clone(),
+            loaded: subspace.id(),
+        }
+        .into());
+    }
+    task.validate(subspace.d(), limits)?;
+    if let Some(head) = task.head.take() {
+        let hidden = manifest.hidden();
+        if let Some(wrong) = head.prototypes.iter().flatten().find(|p| p.len() != hidden) {
+            return Err(AdmitError::PrototypeWidth {
+                got: wrong.len(),
+                hidden,
+            });
+        }
+        task.head = Some(ServedHead::round(head));
+    }
+    task.det.column(manifest)?;
+    task.subspace = Some(subspace.id());
+    Ok(task)
+}
+
+/// The label set for `labels`: the one in use when a served task has the same labels, else
+/// embedded now by the frozen model (a blocking encoder run).
+pub fn label_set(
+    store: &TaskStore,
+    encoder: &Encoder,
+    labels: &[Label],
+) -> Result<Arc<LabelSet>, ModelError> {
+    match store.label_sets().get(&labels_key(labels)) {
+        Some(set) => Ok(set),
+        None => Ok(Arc::new(LabelSet::embed(labels.to_vec(), encoder)?)),
+    }
+}

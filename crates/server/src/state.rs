@@ -1,0 +1,44 @@
+//! What the handlers share: [`AppState`], set up before the model loads, and [`Core`], the
+//! loaded half (model, subspace, store, batcher), present once the server is ready.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use deltaspace_core::model::Encoder;
+use deltaspace_core::subspace::Subspace;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::store::TaskStore;
+use crate::{Options, auth, batcher};
+
+/// What every handler shares: set up before the model loads, completed by [`Core`] after.
+pub(crate) struct AppState {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) auth: auth::Auth,
+    pub(crate) options: Options,
+    pub(crate) core: OnceLock<Core>,
+    pub(crate) shutting_down: AtomicBool,
+}
+
+/// The loaded half of the state: present once the server is ready.
+pub(crate) struct Core {
+    pub(crate) encoder: Arc<Encoder>,
+    pub(crate) subspace: Arc<Subspace>,
+    pub(crate) store: Arc<TaskStore>,
+    pub(crate) batcher: batcher::BatcherHandle,
+    /// Identifies the model that made cached label embeddings.
+    pub(crate) model_key: String,
+}
+
+impl AppState {
+    /// The loaded model, store and batcher, or 503 while loading.
+    pub(crate) fn core(&self) -> Result<&Core, ApiError> {
+        self.core.get().ok_or(ApiError::NotReady)
+    }
+
+    /// True once loaded and warmed, and not shutting down.
+    pub(crate) fn ready(&self) -> bool {
+        self.core.get().is_some() && !self.shutting_down.load(Ordering::Relaxed)
+    }
+}
