@@ -14,6 +14,7 @@ use crate::subspace::Subspace;
 use crate::task::{Task, TaskLimits};
 use crate::tensor_file::Storage;
 use crate::train::probe::{L2_GRID, linear_probe};
+use crate::train::quality;
 use crate::train::solution::Solution;
 use crate::train::stage0::train_dets;
 use crate::train::stage1::{SubspaceOptions, collect_solutions, find_subspace};
@@ -766,8 +767,12 @@ pub struct LandscapeArgs {
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// Results directory (JSON lines laid out by scripts/pipeline.sh).
-    #[arg(long)]
-    pub results: PathBuf,
+    #[arg(long, required_unless_present = "quality")]
+    pub results: Option<PathBuf>,
+    /// Instead: the comparison against a user's alternatives, from the JSON lines of
+    /// scripts/quality.sh (docs/results/quality/<subspace>.jsonl), as one table per data size.
+    #[arg(long, conflicts_with_all = ["results", "json"])]
+    pub quality: Option<PathBuf>,
     /// The subspace the main tables are about, as named in the results (e.g. d16).
     #[arg(long, default_value = "d16")]
     pub space: String,
@@ -855,11 +860,19 @@ pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
 }
 
 pub fn report(args: ReportArgs) -> anyhow::Result<()> {
-    let report = crate::train::report::build(&args.results, &args.space)?;
+    if let Some(path) = &args.quality {
+        print!("{}", quality::markdown(&quality::read(path)?));
+        return Ok(());
+    }
+    let results = args
+        .results
+        .as_deref()
+        .context("give --results DIR or --quality FILE")?;
+    let report = crate::train::report::build(results, &args.space)?;
     anyhow::ensure!(
         !report.tasks.is_empty(),
         "{} has no original.jsonl results",
-        args.results.display()
+        results.display()
     );
     print!("{}", crate::train::report::markdown(&report));
     if let Some(path) = &args.json {

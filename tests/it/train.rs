@@ -469,6 +469,21 @@ fn the_report_prints_the_papers_tables_from_results() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
     assert_eq!(report["transfer"]["sst2"].as_object().unwrap().len(), 6);
+    // The comparison against a user's alternatives, from scripts/quality.sh's lines.
+    let quality = results.join("quality.jsonl");
+    let line = |row: &str, seed: u64, accuracy: f64| {
+        format!(
+            "{{\"row\":\"{row}\",\"task\":\"sst2\",\"shots\":\"16\",\"seed\":{seed},\"subspace\":\"d4\",\
+             \"det\":null,\"dev\":null,\"test\":{{\"accuracy\":{accuracy},\"macro_f1\":0.5,\"n\":16}},\"seconds\":1}}\n"
+        )
+    };
+    std::fs::write(&quality, line("probe", 1, 0.75) + &line("probe", 2, 0.25)).unwrap();
+    let output = deltaspace(&["report", "--quality", quality.to_str().unwrap()]);
+    let tables = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        tables.contains("| probe | 50.0 ± 35.4 (2) | 50.0 |"),
+        "{tables}"
+    );
 }
 
 #[test]
