@@ -107,9 +107,10 @@ pub const TUNING: Schedule = Schedule {
 };
 
 impl TrainingArgs {
-    /// (examples per label, seed) of a few-shot run.
-    fn shots(&self) -> Option<(usize, u64)> {
-        self.shots.map(|k| (k, self.seed))
+    /// The tasks of `dirs`, cut to --max-examples and drawn to --shots per label.
+    fn tasks(&self, encoder: &Encoder, dirs: &[PathBuf]) -> anyhow::Result<Vec<TrainTask>> {
+        let shots = self.shots.map(|k| (k, self.seed));
+        load_tasks(encoder, dirs, self.max_examples, shots)
     }
 
     /// The schedule: the flags given, `defaults` for the others.
@@ -386,12 +387,7 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
     let tasks = match &args.data_root {
         Some(root) => {
             let dirs: Vec<PathBuf> = grouped.iter().map(|g| root.join(&g.task)).collect();
-            load_tasks(
-                &encoder,
-                &dirs,
-                args.training.max_examples,
-                args.training.shots(),
-            )?
+            args.training.tasks(&encoder, &dirs)?
         }
         None => Vec::new(),
     };
@@ -464,12 +460,7 @@ fn train_det(config: &Config, args: DetArgs) -> anyhow::Result<()> {
     }
     let encoder = args.training.encoder(config)?;
     let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
-    let tasks = load_tasks(
-        &encoder,
-        &args.data,
-        args.training.max_examples,
-        args.training.shots(),
-    )?;
+    let tasks = args.training.tasks(&encoder, &args.data)?;
     let solutions = train_dets(
         &encoder,
         &theta0,
@@ -504,12 +495,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
     }
     let encoder = args.training.encoder(config)?;
     let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
-    let tasks = load_tasks(
-        &encoder,
-        &args.data,
-        args.training.max_examples,
-        args.training.shots(),
-    )?;
+    let tasks = args.training.tasks(&encoder, &args.data)?;
     let mut trace = match &args.trace {
         Some(path) => Some(Trace::open(
             TraceOptions {

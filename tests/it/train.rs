@@ -34,6 +34,18 @@ fn deltaspace(args: &[&str]) -> Output {
     output
 }
 
+/// Runs the binary with `args`, which must fail, and returns what it wrote on stderr.
+fn deltaspace_refuses(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+        .args(args)
+        .args(["--provider", "cpu", "--threads", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 fn json_lines(output: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -389,34 +401,30 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
         let bytes = std::fs::read(image.as_str().unwrap()).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     }
-    // The font comes from --font (or DELTASPACE_FONT, read by the command line), never from the
-    // trainer itself; a missing one is named.
-    let unfontable = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
-        .args([
-            "landscape",
-            "--model",
-            &model,
-            "--subspace",
-            &subspace,
-            "--data",
-            &sst2,
-        ])
-        .args([
-            "--tasks",
-            &per_det[0],
-            &per_det[1],
-            &per_det[2],
-            "--grid",
-            "2",
-            "--limit",
-            "2",
-        ])
-        .args(["--out", &pictures, "--provider", "cpu", "--threads", "1"])
-        .env("DELTASPACE_FONT", "no-such-font.ttf")
-        .output()
-        .unwrap();
-    assert!(!unfontable.status.success());
-    assert!(String::from_utf8_lossy(&unfontable.stderr).contains("no-such-font.ttf"));
+    // The font comes from --font (or DELTASPACE_FONT, which the command line reads), never from
+    // the trainer itself; a missing one is named.
+    let message = deltaspace_refuses(&[
+        "landscape",
+        "--model",
+        &model,
+        "--subspace",
+        &subspace,
+        "--data",
+        &sst2,
+        "--tasks",
+        &per_det[0],
+        &per_det[1],
+        &per_det[2],
+        "--grid",
+        "2",
+        "--limit",
+        "2",
+        "--out",
+        &pictures,
+        "--font",
+        "no-such-font.ttf",
+    ]);
+    assert!(message.contains("no-such-font.ttf"), "{message}");
 }
 
 #[test]
@@ -727,24 +735,11 @@ fn tune_with_a_head_writes_it_and_every_command_scores_through_it() {
     std::fs::write(&plain_path, plain.to_string()).unwrap();
     assert_ne!(with_head[0]["scores"], predict(&plain_path)[0]["scores"]);
     // CMA-ES tunes z only.
-    let refused = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
-        .args(["tune"])
-        .args(common)
-        .args([
-            "--det",
-            "lora",
-            "--head",
-            "bias",
-            "--optimizer",
-            "cmaes",
-            "--out",
-        ])
-        .arg(out("cma.json"))
-        .args(["--provider", "cpu", "--threads", "1"])
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("give --head none"));
+    let cma = out("cma.json");
+    let args = [&["tune"][..], &common, &["--det", "lora", "--head", "bias"]].concat();
+    let message =
+        deltaspace_refuses(&[&args[..], &["--optimizer", "cmaes", "--out", &cma]].concat());
+    assert!(message.contains("give --head none"), "{message}");
 }
 
 #[test]
@@ -775,15 +770,14 @@ fn tune_without_a_det_tunes_all_three_and_keeps_the_best_on_dev() {
         serde_json::from_str(&std::fs::read_to_string(&task).unwrap()).unwrap();
     assert_eq!(written["det"], chosen);
     // CMA-ES searches through one DET.
-    let refused = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
-        .arg("tune")
-        .args(common)
-        .args(["--head", "none", "--optimizer", "cmaes", "--out", &task])
-        .args(["--provider", "cpu"])
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("give --det"));
+    let args = [
+        &["tune"][..],
+        &common,
+        &["--head", "none", "--optimizer", "cmaes"],
+    ]
+    .concat();
+    let message = deltaspace_refuses(&[&args[..], &["--out", &task]].concat());
+    assert!(message.contains("give --det"), "{message}");
 }
 
 #[test]
@@ -835,21 +829,15 @@ fn the_baselines_run_on_few_shot_draws_the_probe_and_a_head_on_a_frozen_z() {
         written["head"]["bias"][0].as_f64().unwrap() != 0.0,
         "{written}"
     );
-    let refused = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
-        .arg("tune")
-        .args(common)
-        .args([
-            "--det",
-            "lora",
-            "--head",
-            "none",
-            "--freeze-z",
-            "--out",
-            &task,
-        ])
-        .args(["--provider", "cpu"])
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--freeze-z trains only the head"));
+    let args = [
+        &["tune"][..],
+        &common,
+        &["--det", "lora", "--head", "none", "--freeze-z"],
+    ]
+    .concat();
+    let message = deltaspace_refuses(&[&args[..], &["--out", &task]].concat());
+    assert!(
+        message.contains("--freeze-z trains only the head"),
+        "{message}"
+    );
 }
