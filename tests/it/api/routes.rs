@@ -433,7 +433,24 @@ async fn health_info_openapi_and_unknown_routes() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(served, committed);
+    assert_eq!(served["paths"], committed["paths"]);
+    // The limits in force, not the defaults: this server takes 16 inputs, d = 4, H = 32.
+    let schemas = &served["components"]["schemas"];
+    assert_eq!(
+        schemas["PredictRequest"]["properties"]["inputs"]["maxItems"],
+        16
+    );
+    assert_eq!(schemas["TextInput"]["oneOf"][0]["maxLength"], 10_000);
+    assert_eq!(schemas["TaskUpload"]["properties"]["z"]["minItems"], D);
+    assert_eq!(schemas["TaskUpload"]["properties"]["z"]["maxItems"], D);
+    assert_eq!(
+        schemas["Head"]["properties"]["prototypes"]["items"]["maxItems"],
+        32
+    );
+    assert_eq!(
+        committed["components"]["schemas"]["PredictRequest"]["properties"]["inputs"]["maxItems"],
+        32
+    );
     let paths = served["paths"].as_object().unwrap();
     for (path, methods) in [
         ("/v1/tasks", &["get"][..]),

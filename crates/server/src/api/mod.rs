@@ -5,6 +5,7 @@
 //! only with [`ApiError`]; docs/openapi.json describes the same routes.
 
 pub(crate) mod decode;
+mod openapi;
 mod predict;
 mod tasks;
 
@@ -19,9 +20,6 @@ use super::{AppState, Core, Options};
 use decode::RequestLimits;
 use predict::{embed, predict};
 use tasks::{delete_task, get_task, list_tasks, put_task};
-
-/// The committed OpenAPI description, served at `/openapi.json`.
-const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
 pub(super) type State = web::Data<AppState>;
 
@@ -129,10 +127,12 @@ async fn metrics(state: State) -> HttpResponse {
         .body(state.metrics.render())
 }
 
-async fn openapi() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(OPENAPI)
+async fn openapi(state: State) -> HttpResponse {
+    let sizes = state.core.get().map(|core| openapi::Sizes {
+        d: core.subspace.d(),
+        hidden: core.encoder.manifest().hidden(),
+    });
+    HttpResponse::Ok().json(openapi::render(&state.options, sizes))
 }
 
 async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -1,0 +1,58 @@
+//! `/openapi.json`: the committed description (docs/openapi.json) with the limits in force written
+//! into it, so a client or a contract tester reads the bounds the server applies: text lengths,
+//! item counts, z's length d and a prototype's width H once the model is loaded.
+//!
+//! What JSON Schema cannot say is checked by the server alone and documented in the description:
+//! a body `name` equal to the path's, unique label names, ‖z‖ ≤ max_z_norm, and the token budget.
+
+use serde_json::{Value, json};
+
+use crate::Options;
+
+/// The committed description, as shipped.
+const COMMITTED: &str = include_str!("../../../../docs/openapi.json");
+
+/// The model's sizes, once it is loaded.
+pub struct Sizes {
+    pub d: usize,
+    pub hidden: usize,
+}
+
+/// The description with `options`' limits (and, when known, the model's sizes) in it.
+pub fn render(options: &Options, sizes: Option<Sizes>) -> Value {
+    let mut doc: Value =
+        serde_json::from_str(COMMITTED).expect("docs/openapi.json is JSON. This is a bug.");
+    let schemas = &mut doc["components"]["schemas"];
+    let max_inputs = options.max_inputs.min(options.batch.max_rows);
+    let text = json!({"type": "string", "minLength": 1, "maxLength": options.max_text_chars, "pattern": "\\S"});
+    schemas["TextInput"]["oneOf"][0] = text.clone();
+    for field in ["text", "text_pair"] {
+        let described =
+            schemas["TextInput"]["oneOf"][1]["properties"][field]["description"].clone();
+        let mut schema = text.clone();
+        if !described.is_null() {
+            schema["description"] = described;
+        }
+        schemas["TextInput"]["oneOf"][1]["properties"][field] = schema;
+    }
+    for request in ["PredictRequest", "EmbedRequest"] {
+        schemas[request]["properties"]["inputs"]["maxItems"] = json!(max_inputs);
+    }
+    let limits = &options.task_limits;
+    for field in ["name", "description"] {
+        schemas["Label"]["properties"][field]["maxLength"] = json!(limits.max_label_chars);
+    }
+    schemas["TaskUpload"]["properties"]["labels"]["maxItems"] = json!(limits.max_labels);
+    let bias = &mut schemas["Head"]["properties"]["bias"];
+    bias["maxItems"] = json!(limits.max_labels);
+    bias["items"] = json!({"type": "number", "minimum": -limits.max_head_bias, "maximum": limits.max_head_bias});
+    if let Some(sizes) = sizes {
+        let z = &mut schemas["TaskUpload"]["properties"]["z"];
+        z["minItems"] = json!(sizes.d);
+        z["maxItems"] = json!(sizes.d);
+        let prototype = &mut schemas["Head"]["properties"]["prototypes"]["items"];
+        prototype["minItems"] = json!(sizes.hidden);
+        prototype["maxItems"] = json!(sizes.hidden);
+    }
+    doc
+}
