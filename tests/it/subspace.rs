@@ -55,6 +55,59 @@ fn a_random_subspace_round_trips_in_f32_and_f16_with_a_stable_id() {
 }
 
 #[test]
+fn drawn_columns_are_stored_as_a_seed_and_drawn_again_at_load() {
+    use deltaspace::model::DetParams;
+    use deltaspace::subspace::RandomColumns;
+    use deltaspace::tensor_file::TensorFile;
+    let files = tiny_files();
+    let theta0 = Theta0::load(&files).unwrap();
+    // Two "learned" columns (any values), completed by three seeded random ones up to d = 5.
+    let learned = Subspace::random(&files.manifest, &theta0, 2, 3).unwrap();
+    let dets: Vec<DetParams> = learned.params().dets().to_vec();
+    let learned = Subspace::new("hybrid", &files.manifest, dets).unwrap();
+    let columns = RandomColumns { count: 3, seed: 9 };
+    let hybrid = learned
+        .with_random_columns(&files.manifest, columns)
+        .unwrap();
+    assert_eq!(hybrid.d(), 5);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hybrid.safetensors");
+    hybrid.save(&path, Storage::F16).unwrap();
+    // The file holds U's two learned columns, not five.
+    let file = TensorFile::read(&path).unwrap();
+    let size = files.manifest.dets[0].size;
+    assert_eq!(file.get("U.lora").unwrap().shape, vec![size, 2]);
+    assert_eq!(file.metadata["random_columns"], "3");
+    let loaded = Subspace::load(&path, &files.manifest).unwrap();
+    assert_eq!(loaded.d(), 5);
+    let (a, b) = (&hybrid.params().det(2).u, &loaded.params().det(2).u);
+    for column in 2..5 {
+        assert_eq!(
+            a.column(column),
+            b.column(column),
+            "drawn columns are drawn exactly again"
+        );
+    }
+    // Another seed draws other columns, which the content hash catches.
+    let mut tampered = TensorFile::read(&path).unwrap();
+    tampered.metadata.insert("random_seed".into(), "10".into());
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = tampered
+        .tensors
+        .iter()
+        .map(|(name, t)| (name.clone(), t.shape.clone(), t.values.clone()))
+        .collect();
+    let views: Vec<(&str, &[usize], &[f32])> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice()))
+        .collect();
+    TensorFile::write(&path, &views, tampered.metadata.clone(), Storage::F32).unwrap();
+    let error = Subspace::load(&path, &files.manifest)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("content hash mismatch"), "{error}");
+}
+
+#[test]
 fn a_subspace_for_another_layout_or_model_is_refused() {
     let files = tiny_files();
     let theta0 = Theta0::load(&files).unwrap();

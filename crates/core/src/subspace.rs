@@ -4,6 +4,11 @@
 //! trainer). Stored as safetensors (`U.<det>`, `base.<det>`) with metadata naming the subspace,
 //! d, and the hashes of the DET layout and base model it was made for, plus a content hash that
 //! is checked on load. A subspace only loads against a model with the same layout and weights.
+//!
+//! The last columns of U may be seeded random directions ([`Subspace::with_random_columns`]): the
+//! file then stores only the learned columns and the seed, and loading draws the rest again, so
+//! a subspace of large d stays small on disk. The content hash covers every column, drawn ones
+//! included, so a draw that came out differently would be caught.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -51,6 +56,32 @@ pub struct Subspace {
     base_model_sha256: String,
     content_sha256: String,
     params: DeltaParams,
+    /// The last columns of every U, when they are seeded random draws rather than stored values.
+    random: Option<RandomColumns>,
+}
+
+/// Random columns at the end of every U: `count` columns per DET with i.i.d. N(0, 1/D) entries,
+/// drawn from ChaCha8(`seed`) DET by DET in column order, row-major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RandomColumns {
+    pub count: usize,
+    pub seed: u64,
+}
+
+impl RandomColumns {
+    /// The columns themselves, one [D, count] matrix per DET of `manifest`.
+    fn draw(self, manifest: &Manifest) -> Vec<Array2<f32>> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
+        manifest
+            .dets
+            .iter()
+            .map(|layout| {
+                let normal = Normal::new(0.0f32, 1.0 / (layout.size as f32).sqrt())
+                    .expect("finite std. This is a bug.");
+                Array2::from_shape_simple_fn((layout.size, self.count), || normal.sample(&mut rng))
+            })
+            .collect()
+    }
 }
 
 impl Subspace {
@@ -69,32 +100,85 @@ impl Subspace {
             base_model_sha256: manifest.base_model_sha256.clone(),
             content_sha256,
             params,
+            random: None,
         })
     }
 
+    /// This subspace with `columns.count` seeded random columns appended to every U: a learned
+    /// basis completed up to d.
+    pub fn with_random_columns(
+        self,
+        manifest: &Manifest,
+        columns: RandomColumns,
+    ) -> Result<Self, SubspaceError> {
+        if self.random.is_some() {
+            return Err(SubspaceError::Invalid {
+                path: self.name.clone(),
+                message: "a subspace takes random columns once".into(),
+            });
+        }
+        let learned = self.params.dets().to_vec();
+        Self::from_parts(&self.name, manifest, learned, Some(columns))
+    }
+
     /// A random subspace through θ⁰: base = θ⁰, U with i.i.d. N(0, 1/D) entries (unit-norm,
-    /// nearly orthogonal columns). The control of the paper's precursor (IPT), and a start for z.
+    /// nearly orthogonal columns), all of them seeded draws. The control of the paper's
+    /// precursor (IPT), and a start for z.
     pub fn random(
         manifest: &Manifest,
         theta0: &Theta0,
         d: usize,
         seed: u64,
     ) -> Result<Self, SubspaceError> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let dets = manifest
+        let learned = manifest
             .dets
             .iter()
             .enumerate()
-            .map(|(column, layout)| {
-                let normal = Normal::new(0.0f32, 1.0 / (layout.size as f32).sqrt())
-                    .expect("finite std. This is a bug.");
-                DetParams {
-                    u: Array2::from_shape_simple_fn((layout.size, d), || normal.sample(&mut rng)),
-                    base: theta0.det(column).clone(),
-                }
+            .map(|(column, layout)| DetParams {
+                u: Array2::zeros((layout.size, 0)),
+                base: theta0.det(column).clone(),
             })
             .collect();
-        Self::new(&format!("random-d{d}-seed{seed}"), manifest, dets)
+        let columns = RandomColumns { count: d, seed };
+        Self::from_parts(
+            &format!("random-d{d}-seed{seed}"),
+            manifest,
+            learned,
+            Some(columns),
+        )
+    }
+
+    /// Learned columns (any number, 0 included) followed by the drawn ones.
+    fn from_parts(
+        name: &str,
+        manifest: &Manifest,
+        learned: Vec<DetParams>,
+        random: Option<RandomColumns>,
+    ) -> Result<Self, SubspaceError> {
+        let dets = match random {
+            None => learned,
+            Some(columns) => learned
+                .into_iter()
+                .zip(columns.draw(manifest))
+                .map(|(det, drawn)| {
+                    let u = ndarray::concatenate(ndarray::Axis(1), &[det.u.view(), drawn.view()])
+                        .expect("U and its random columns have D rows. This is a bug.");
+                    // Row-major, as the encoder hands U to ONNX Runtime.
+                    DetParams {
+                        u: u.as_standard_layout().into_owned(),
+                        base: det.base,
+                    }
+                })
+                .collect(),
+        };
+        let mut subspace = Self::new(name, manifest, dets)?;
+        subspace.random = random;
+        Ok(subspace)
+    }
+
+    /// How many columns of U are stored values (the rest are seeded draws).
+    fn learned_columns(&self) -> usize {
+        self.d() - self.random.map_or(0, |r| r.count)
     }
 
     /// Reads a subspace file and checks it against `manifest`.
@@ -139,61 +223,93 @@ impl Subspace {
                 expected: manifest.base_model_sha256.clone(),
             });
         }
-        let mut dets = Vec::new();
+        // Seeded random columns, when the file has them, are drawn again rather than read.
+        let random = match file.metadata.get("random_columns") {
+            None => None,
+            Some(count) => Some(RandomColumns {
+                count: count
+                    .parse()
+                    .map_err(|_| invalid("metadata \"random_columns\" is not a number".into()))?,
+                seed: meta("random_seed")?
+                    .parse()
+                    .map_err(|_| invalid("metadata \"random_seed\" is not a number".into()))?,
+            }),
+        };
+        let stored = d
+            .checked_sub(random.map_or(0, |r| r.count))
+            .ok_or_else(|| invalid("more random columns than d".into()))?;
+        let mut learned = Vec::new();
         for layout in &manifest.dets {
-            let u = file.take(&format!("U.{}", layout.name))?;
             let base = file.take(&format!("base.{}", layout.name))?;
-            if u.shape != [layout.size, d] || base.shape != [layout.size] {
+            let u = match stored {
+                0 => Array2::zeros((layout.size, 0)),
+                _ => {
+                    let u = file.take(&format!("U.{}", layout.name))?;
+                    if u.shape != [layout.size, stored] {
+                        return Err(invalid(format!(
+                            "DET {}: U is {:?}, expected [{}, {stored}]",
+                            layout.name, u.shape, layout.size
+                        )));
+                    }
+                    Array2::from_shape_vec((layout.size, stored), u.values)
+                        .map_err(|e| invalid(e.to_string()))?
+                }
+            };
+            if base.shape != [layout.size] {
                 return Err(invalid(format!(
-                    "DET {}: U is {:?} and base {:?}, expected [{}, {d}] and [{}]",
-                    layout.name, u.shape, base.shape, layout.size, layout.size
+                    "DET {}: base is {:?}, expected [{}]",
+                    layout.name, base.shape, layout.size
                 )));
             }
-            if !u.values.iter().chain(&base.values).all(|v| v.is_finite()) {
+            if !u.iter().chain(&base.values).all(|v| v.is_finite()) {
                 return Err(invalid(format!(
                     "DET {} has non-finite values",
                     layout.name
                 )));
             }
-            let u = Array2::from_shape_vec((layout.size, d), u.values)
-                .map_err(|e| invalid(e.to_string()))?;
-            dets.push(DetParams {
+            learned.push(DetParams {
                 u,
                 base: Array1::from(base.values),
             });
         }
-        let subspace = Self::new(&name, manifest, dets)?;
+        let subspace = Self::from_parts(&name, manifest, learned, random)?;
         if subspace.content_sha256 != stored_hash {
             return Err(invalid("content hash mismatch: the file is corrupt".into()));
         }
         Ok(subspace)
     }
 
-    /// Writes the subspace; `Storage::F16` halves the file (values are rounded, the hash follows).
+    /// Writes the subspace: base and the learned columns of U (seeded random columns are
+    /// recorded by their seed); `Storage::F16` halves the stored values (they are rounded, the
+    /// hash follows).
     pub fn save(&self, path: &Path, storage: Storage) -> Result<(), SubspaceError> {
         let stored = match storage {
             Storage::F32 => self.clone(),
             Storage::F16 => self.rounded_to_f16(),
         };
+        let learned = self.learned_columns();
         let mut names = Vec::new();
         for (index, det) in stored.params.dets().iter().enumerate() {
             let det_name = &self.det_names[index];
-            names.push((
-                format!("U.{det_name}"),
-                det.u.shape().to_vec(),
-                det.u.as_slice().unwrap_or_default(),
-            ));
+            if learned > 0 {
+                let u = det.u.slice(ndarray::s![.., ..learned]).to_owned();
+                names.push((
+                    format!("U.{det_name}"),
+                    vec![u.nrows(), learned],
+                    u.into_raw_vec_and_offset().0,
+                ));
+            }
             names.push((
                 format!("base.{det_name}"),
                 det.base.shape().to_vec(),
-                det.base.as_slice().unwrap_or_default(),
+                det.base.to_vec(),
             ));
         }
         let tensors: Vec<(&str, &[usize], &[f32])> = names
             .iter()
-            .map(|(n, s, v)| (n.as_str(), s.as_slice(), *v))
+            .map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice()))
             .collect();
-        let metadata = HashMap::from([
+        let mut metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("format_version".to_string(), "1".to_string()),
             ("name".to_string(), self.name.clone()),
@@ -206,6 +322,10 @@ impl Subspace {
             ),
             ("content_sha256".to_string(), stored.content_sha256.clone()),
         ]);
+        if let Some(random) = self.random {
+            metadata.insert("random_columns".into(), random.count.to_string());
+            metadata.insert("random_seed".into(), random.seed.to_string());
+        }
         TensorFile::write(path, &tensors, metadata, storage)?;
         Ok(())
     }
@@ -241,9 +361,12 @@ impl Subspace {
         &det.base + &det.u.dot(&z)
     }
 
+    /// Stored values rounded to f16; drawn columns stay as drawn, since loading draws them again.
     fn rounded_to_f16(&self) -> Self {
+        let learned = self.learned_columns();
+        let round = |v: f32| half::f16::from_f32(v).to_f32();
         let mut rounded = self.clone();
-        rounded.params = self.params.map_values(|v| half::f16::from_f32(v).to_f32());
+        rounded.params = self.params.map_columns(learned, round);
         rounded.content_sha256 = content_hash(&rounded.params);
         rounded
     }

@@ -69,14 +69,19 @@ impl DeltaParams {
         Self { dets }
     }
 
-    /// The same shapes with `f` applied to every value (e.g. rounding to f16).
-    pub fn map_values(&self, f: impl Fn(f32) -> f32) -> Self {
+    /// The same shapes with `f` applied to base and to the first `columns` columns of every U
+    /// (e.g. rounding stored values to f16).
+    pub fn map_columns(&self, columns: usize, f: impl Fn(f32) -> f32) -> Self {
         let dets = self
             .dets
             .iter()
-            .map(|det| DetParams {
-                u: det.u.mapv(&f),
-                base: det.base.mapv(&f),
+            .map(|det| {
+                let mut u = det.u.clone();
+                u.slice_mut(ndarray::s![.., ..columns]).mapv_inplace(&f);
+                DetParams {
+                    u,
+                    base: det.base.mapv(&f),
+                }
             })
             .collect();
         Self { dets }
