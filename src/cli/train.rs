@@ -10,7 +10,7 @@ use super::{load_encoder, load_subspace};
 use crate::config::Config;
 use crate::det::{DetKind, Theta0};
 use crate::model::{Encoder, EncoderOptions, ModelFiles};
-use crate::subspace::Subspace;
+use crate::subspace::{RandomColumns, Subspace};
 use crate::task::{Task, TaskLimits};
 use crate::tensor_file::Storage;
 use crate::train::probe::{L2_GRID, linear_probe};
@@ -170,9 +170,14 @@ pub struct SubspaceArgs {
     /// Directory holding each solution's task data as <data-root>/<task>/ (for the refinement).
     #[arg(long)]
     pub data_root: Option<PathBuf>,
-    /// Subspace dimension d.
+    /// Subspace dimension d: the learned directions (at most one per task, beyond that random
+    /// ones, stored).
     #[arg(long)]
     pub dim: usize,
+    /// Complete the learned basis with seeded random directions up to this d; the file stores them
+    /// as their seed (--seed), so a subspace of large d stays small.
+    #[arg(long)]
+    pub complete_to: Option<usize>,
     /// Weight α_rec of the reconstruction term.
     #[arg(long, default_value_t = 1.0)]
     pub rec_alpha: f32,
@@ -406,7 +411,19 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| format!("{}-d{}", manifest.name, args.dim)),
     };
-    let subspace = find_subspace(&encoder, &theta0, &grouped, &tasks, &options)?;
+    let mut subspace = find_subspace(&encoder, &theta0, &grouped, &tasks, &options)?;
+    if let Some(d) = args.complete_to {
+        anyhow::ensure!(
+            d > args.dim,
+            "--complete-to {d} must exceed --dim {}",
+            args.dim
+        );
+        let columns = RandomColumns {
+            count: d - args.dim,
+            seed: args.training.seed,
+        };
+        subspace = subspace.with_random_columns(manifest, columns)?;
+    }
     let storage = if args.f16 { Storage::F16 } else { Storage::F32 };
     subspace
         .save(&args.out, storage)

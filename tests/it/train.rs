@@ -257,6 +257,29 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
     let made = json_lines(&deltaspace(&args));
     assert_eq!(made[0]["d"], 3);
     assert_eq!(made[0]["tasks"].as_array().unwrap().len(), 2);
+    // The decomposition alone, completed by seeded random directions up to d = 7.
+    let completed = out("completed.safetensors");
+    let made = json_lines(&deltaspace(&[
+        "train",
+        "subspace",
+        "--model",
+        &model,
+        "--solutions",
+        &solutions,
+        "--dim",
+        "2",
+        "--complete-to",
+        "7",
+        "--out",
+        &completed,
+    ]));
+    assert_eq!(made[0]["d"], 7);
+    let file = deltaspace::tensor_file::TensorFile::read(Path::new(&completed)).unwrap();
+    assert_eq!(
+        file.get("U.lora").unwrap().shape[1],
+        2,
+        "only learned columns are stored"
+    );
 
     // Stage 2: gradient and CMA-ES, then every way of scoring.
     let tasks_dir = out("tasks");
