@@ -406,10 +406,14 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
         eval_limit: args.training.eval_limit,
         run_rows: args.training.run_rows,
         seed: args.training.seed,
-        name: args
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("{}-d{}", manifest.name, args.dim)),
+        // Named by the d it ends with, completed or not.
+        name: args.name.clone().unwrap_or_else(|| {
+            format!(
+                "{}-d{}",
+                manifest.name,
+                args.complete_to.unwrap_or(args.dim)
+            )
+        }),
     };
     let mut subspace = find_subspace(&encoder, &theta0, &grouped, &tasks, &options)?;
     if let Some(d) = args.complete_to {

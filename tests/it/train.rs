@@ -194,6 +194,13 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     .unwrap();
     assert_eq!(resumed.best, straight.best);
     assert_eq!(resumed.losses.last(), straight.losses.last());
+    // A checkpoint resumes only the run that wrote it: another seed is refused, not continued.
+    let mut other = interrupted.clone();
+    other.seed = 2;
+    let error = fit(&encoder, &tasks, &units, space, init(), &other, "other")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("another run"), "{error}");
 }
 
 #[test]

@@ -274,7 +274,11 @@ impl Subspace {
         }
         let subspace = Self::from_parts(&name, manifest, learned, random)?;
         if subspace.content_sha256 != stored_hash {
-            return Err(invalid("content hash mismatch: the file is corrupt".into()));
+            return Err(invalid(
+                "content hash mismatch: the file is corrupt, or its seeded columns were drawn \
+                 differently (another version of the random-number crates)"
+                    .into(),
+            ));
         }
         Ok(subspace)
     }

@@ -11,8 +11,9 @@ use deltaspace_core::tuning::batch::TrainTask;
 use deltaspace_core::tuning::data::Example;
 use deltaspace_core::tuning::eval::{Scores, score_pairs};
 
-/// L2 strengths tried, weakest first (linfa's `alpha`: the penalty's weight).
-pub const L2_GRID: [f64; 5] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+/// L2 strengths tried, weakest first, per training example (linfa's `alpha` is this times the
+/// number of examples, since its objective sums the loss over them).
+pub const L2_GRID: [f64; 6] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1];
 
 /// What the probe found on one task.
 #[derive(Debug, Clone, Copy)]
@@ -36,9 +37,11 @@ pub fn linear_probe(encoder: &Encoder, task: &TrainTask, grid: &[f64]) -> anyhow
     let targets = nd::Array1::from(truth(&data.train));
     let dataset = Dataset::new(train, targets);
     let mut best: Option<(f64, Scores, MultiFittedLogisticRegression<f64, usize>)> = None;
+    // linfa's objective sums the loss over examples, so a strength per example scales with them.
+    let examples = data.train.len() as f64;
     for &l2 in grid {
         let model = MultiLogisticRegression::default()
-            .alpha(l2)
+            .alpha(l2 * examples)
             .max_iterations(200)
             .fit(&dataset)
             .map_err(|e| anyhow::anyhow!("fitting the probe on {} (l2 {l2}): {e}", data.name))?;

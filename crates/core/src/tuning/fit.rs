@@ -111,6 +111,18 @@ impl Space<'_> {
         })
     }
 
+    /// The space in words, recorded in checkpoints so a run resumes only its own.
+    pub fn describe(&self) -> String {
+        match self {
+            Space::Original { .. } => "original space".into(),
+            Space::Subspace {
+                subspace,
+                head,
+                train_z,
+            } => format!("subspace {} head {head} train_z {train_z}", subspace.id()),
+        }
+    }
+
     /// What of the head trains (none in the original space).
     pub fn head(&self) -> HeadTuning {
         match self {
@@ -255,6 +267,8 @@ pub fn fit_observed(
         Ok(())
     };
     let mut values = init;
+    // What a checkpoint must have been written by to be resumed here.
+    let run = format!("{} seed {}", space.describe(), options.seed);
     let mut optimizers: Vec<Box<dyn Optimizer>> = values
         .iter()
         .map(|v| options.optimizer.build(v.len(), options.lr))
@@ -273,7 +287,7 @@ pub fn fit_observed(
     let mut losses = Vec::new();
     let mut start_step = 0;
     if let Some(path) = options.checkpoint.as_ref().filter(|p| p.is_file()) {
-        let state = Checkpoint::read(path, units)?;
+        let state = Checkpoint::read(path, units, &run)?;
         tracing::info!(step = state.step, checkpoint = %path.display(), "resuming");
         start_step = state.step;
         values = state.values;
@@ -390,7 +404,7 @@ pub fn fit_observed(
                 stale: stale.clone(),
                 optimizers: optimizers.iter().map(|o| o.state()).collect(),
             };
-            state.write(path, units)?;
+            state.write(path, units, &run)?;
         }
     }
     progress.finish();
@@ -556,7 +570,7 @@ struct Checkpoint {
 }
 
 impl Checkpoint {
-    fn write(&self, path: &std::path::Path, units: &[Unit]) -> anyhow::Result<()> {
+    fn write(&self, path: &std::path::Path, units: &[Unit], run: &str) -> anyhow::Result<()> {
         let mut names = Vec::new();
         for (index, ((value, best), optimizer)) in self
             .values
@@ -587,12 +601,13 @@ impl Checkpoint {
                 serde_json::to_string(&self.best_step)?,
             ),
             ("stale".to_string(), serde_json::to_string(&self.stale)?),
+            ("run".to_string(), run.to_string()),
         ]);
         TensorFile::write(path, &tensors, metadata, Storage::F32)?;
         Ok(())
     }
 
-    fn read(path: &std::path::Path, units: &[Unit]) -> anyhow::Result<Self> {
+    fn read(path: &std::path::Path, units: &[Unit], run: &str) -> anyhow::Result<Self> {
         let mut file = TensorFile::read(path)?;
         let meta = |key: &str| {
             file.metadata
@@ -605,14 +620,27 @@ impl Checkpoint {
             "checkpoint {} is for other tasks or DETs; delete it to start over",
             path.display()
         );
+        // Checkpoints written before runs were recorded have no "run" and are taken as they are.
+        if let Some(found) = file.metadata.get("run").filter(|found| *found != run) {
+            anyhow::bail!(
+                "checkpoint {} was written by another run ({found}, not {run}); delete it to start over",
+                path.display()
+            );
+        }
         let step = meta("step")?.parse()?;
         let best_dev: Vec<Scores> = serde_json::from_str(&meta("best_dev")?)?;
-        let best_step = serde_json::from_str(&meta("best_step")?)?;
+        let best_step: Vec<usize> = serde_json::from_str(&meta("best_step")?)?;
         // Checkpoints from before early stopping have no "stale": every unit still trains.
-        let stale = match file.metadata.get("stale") {
+        let stale: Vec<usize> = match file.metadata.get("stale") {
             Some(text) => serde_json::from_str(text)?,
             None => vec![0; units.len()],
         };
+        anyhow::ensure!(
+            [best_dev.len(), best_step.len(), stale.len()] == [units.len(); 3],
+            "checkpoint {} is damaged: its per-unit records do not match its {} units",
+            path.display(),
+            units.len()
+        );
         let mut take = |name: String| file.take(&name).map(|t| t.values);
         let (mut values, mut best, mut optimizers) = (Vec::new(), Vec::new(), Vec::new());
         for index in 0..units.len() {

@@ -89,7 +89,7 @@ pub fn tune_gradient(
         .map(|unit| {
             let task = &tasks[unit.task];
             let mut values = match target.train_z {
-                true => initial_z(subspace.d(), options.seed + unit.task as u64),
+                true => initial_z(subspace.d(), options.seed.wrapping_add(unit.task as u64)),
                 false => vec![0.0; subspace.d()],
             };
             values.resize(
@@ -177,7 +177,7 @@ pub fn tune_cmaes(
             det,
         }];
         let mut search = CmaEs::new(
-            &initial_z(d, options.seed + task_index as u64),
+            &initial_z(d, options.seed.wrapping_add(task_index as u64)),
             options.sigma,
             options.population,
             options.seed,
