@@ -871,3 +871,54 @@ fn the_baselines_run_on_few_shot_draws_the_probe_and_a_head_on_a_frozen_z() {
         "{message}"
     );
 }
+
+#[test]
+fn a_trace_of_a_run_that_stops_early_ends_at_its_last_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let model = tiny_dir().display().to_string();
+    let sst2 = data("sst2").display().to_string();
+    let subspace = out("random.safetensors");
+    deltaspace(&[
+        "subspace", "random", "--model", &model, "--dim", "3", "--out", &subspace,
+    ]);
+    let trace = out("trace.jsonl");
+    deltaspace(&[
+        "tune",
+        "--model",
+        &model,
+        "--subspace",
+        &subspace,
+        "--data",
+        &sst2,
+        "--det",
+        "lora",
+        "--steps",
+        "60",
+        "--eval-every",
+        "1",
+        "--patience",
+        "1",
+        "--lr",
+        "0.05",
+        "--trace",
+        &trace,
+        "--trace-every",
+        "100",
+        "--out",
+        &out("t.json"),
+    ]);
+    let steps: Vec<u64> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    // Dev accuracy on 16 examples cannot improve at every one of 60 evaluations.
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!(steps[0], 0);
+    assert!(steps[1] > 0 && steps[1] < 60, "{steps:?}");
+}

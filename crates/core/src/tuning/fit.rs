@@ -219,6 +219,9 @@ pub struct StepReport<'a> {
     /// Time in optimizer steps so far (encoder runs on training rows and updates), without the
     /// dev evaluations and the observer.
     pub optimizing: Duration,
+    /// True for one last report when every unit has stopped early, before the step budget: the
+    /// same step was reported before, when it was not yet known to be the last.
+    pub stopped: bool,
 }
 
 /// Trains every unit from `init` and returns the best parameters on dev.
@@ -309,6 +312,7 @@ pub fn fit_observed(
         step: start_step,
         values: &values,
         optimizing,
+        stopped: false,
     })?;
     let training =
         |stale: &[usize], index: usize| options.patience.is_none_or(|p| stale[index] < p);
@@ -316,6 +320,12 @@ pub fn fit_observed(
         let active: Vec<usize> = (0..units.len()).filter(|&u| training(&stale, u)).collect();
         if active.is_empty() {
             tracing::info!(step, "every unit has stopped early");
+            timed_observe(StepReport {
+                step,
+                values: &values,
+                optimizing,
+                stopped: true,
+            })?;
             break;
         }
         let step_started = Instant::now();
@@ -354,6 +364,7 @@ pub fn fit_observed(
             step: done,
             values: &values,
             optimizing,
+            stopped: false,
         })?;
         if !(done.is_multiple_of(options.eval_every.max(1)) || done == options.steps) {
             progress.report(done as u64, mean_loss, None);

@@ -100,8 +100,10 @@ pub fn tune_gradient(
         })
         .collect();
     let mut observe = |report: StepReport<'_>| -> anyhow::Result<()> {
+        // A run that stops early ends its trace at its last step, unless that step was due anyway.
+        let due = |trace: &Trace| trace.due(report.step, options.steps) != report.stopped;
         match trace.as_deref_mut() {
-            Some(trace) if trace.due(report.step, options.steps) => {
+            Some(trace) if due(trace) => {
                 let at = Position {
                     step: report.step,
                     optimizing: report.optimizing,
