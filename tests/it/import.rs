@@ -191,3 +191,32 @@ async fn a_damaged_cached_label_set_is_embedded_again_and_rewritten() {
     let answer = predict(&server, "bulk-000").await;
     assert!(answer["predictions"][0]["label"].is_string(), "{answer}");
 }
+
+#[tokio::test]
+async fn tasks_of_another_subspace_are_kept_and_the_log_says_how_to_serve_them() {
+    let setup = Setup::new();
+    let lines = setup.dir.path().join("two.jsonl");
+    write_lines(&lines, (0..2).map(task));
+    assert!(import(&setup, &[&lines]).status.success());
+    // As if bulk-000 had been tuned for an older default subspace.
+    rusqlite::Connection::open(setup.database())
+        .unwrap()
+        .execute(
+            "UPDATE tasks SET subspace_id = 'old-default@0123456789ab' WHERE name = 'bulk-000'",
+            [],
+        )
+        .unwrap();
+    let server = Server::start(&setup, "info").await;
+    let log = server.log_text();
+    assert!(
+        log.contains("made for another subspace") && log.contains("old-default@0123456789ab"),
+        "{log}"
+    );
+    let missing = reqwest::get(server.url("/v1/tasks/bulk-000"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    get_json(&server.url("/v1/tasks/bulk-001")).await;
+    drop(server);
+    assert_eq!(count_tasks(&setup), 2, "the other subspace's task is kept");
+}

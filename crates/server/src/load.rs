@@ -108,13 +108,15 @@ fn load_tasks(
     // rows stay.
     let mut kept: HashSet<String> = HashSet::new();
     // Label sets the encoder embedded now, or restored from version-1 rows; tasks not served.
-    let (mut embedded, mut migrated, mut other_subspace, mut invalid) = (0, 0, 0, 0);
+    let (mut embedded, mut migrated, mut invalid) = (0, 0, 0);
+    // Stored tasks of other subspaces (an older default, say), by subspace id: kept, not served.
+    let mut other_subspaces: std::collections::BTreeMap<String, usize> = Default::default();
     store.with_db(|db| {
         db.each(&mut |record| -> Result<(), StoreError> {
             let parsed = serde_json::from_str::<Task>(&record.task_json);
             let key: Option<String> = parsed.as_ref().ok().map(|task| labels_key(&task.labels));
             if record.subspace_id != subspace_id {
-                other_subspace += 1;
+                *other_subspaces.entry(record.subspace_id.clone()).or_default() += 1;
                 kept.extend(key);
                 return Ok(());
             }
@@ -198,13 +200,23 @@ fn load_tasks(
     tracing::info!(
         served = store.len(),
         label_sets = store.label_sets().len(),
-        other_subspace,
+        other_subspace = other_subspaces.values().sum::<usize>(),
         invalid,
         embedded,
         migrated,
         forgotten,
         "tasks loaded"
     );
+    for (other, count) in &other_subspaces {
+        tracing::warn!(
+            tasks = count,
+            subspace = %other,
+            loaded = %subspace_id,
+            "stored tasks made for another subspace are kept but not served: serve them with that \
+             subspace ([model] subspace), or tune them again for the loaded one (deltaspace tune) and \
+             upload them (docs/API.md, \"Changing the subspace\")"
+        );
+    }
     Ok(())
 }
 
