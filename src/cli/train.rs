@@ -13,7 +13,7 @@ use crate::model::{Encoder, EncoderOptions, ModelFiles};
 use crate::subspace::{RandomColumns, Subspace};
 use crate::task::{Task, TaskLimits};
 use crate::tensor_file::Storage;
-use crate::train::probe::{L2_GRID, linear_probe};
+use crate::train::probe::{L2_GRID, linear_probe, zero_shot};
 use crate::train::quality;
 use crate::train::solution::Solution;
 use crate::train::stage0::train_dets;
@@ -371,17 +371,7 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
     let encoder = args.training.encoder(config)?;
     let manifest = encoder.manifest();
     let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
-    let mut solutions = Vec::new();
-    let entries = std::fs::read_dir(&args.solutions)
-        .with_context(|| format!("reading {}", args.solutions.display()))?;
-    for entry in entries {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "safetensors")
-            && !path.to_string_lossy().contains("checkpoint")
-        {
-            solutions.push(Solution::load(&path, manifest)?);
-        }
-    }
+    let solutions = Solution::load_dir(&args.solutions, manifest)?;
     let grouped = collect_solutions(&solutions, manifest)?;
     let schedule = args.training.schedule(TRAINING);
     let steps = if args.data_root.is_some() {
@@ -676,24 +666,11 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
         )?;
         (Some(det), metrics[0])
     } else if args.zero_shot {
-        // No DET on any row: the frozen model against the label descriptions.
         let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
-        let units = [Unit {
-            task: 0,
-            det: DetKind::Lora,
-        }];
-        let lora = encoder.manifest().dets[DetKind::Lora.column(encoder.manifest())?].size;
-        // LoRA's θ⁰ has B = 0, so θ⁰ is an exact no-op: this is the frozen model.
-        let metrics = evaluate_values(
-            &encoder,
-            &tasks,
-            &units,
-            &Space::Original { theta0: &theta0 },
-            &[vec![0.0; lora]],
-            args.split,
-            limit,
-        )?;
-        (None, metrics[0])
+        (
+            None,
+            zero_shot(&encoder, &theta0, &tasks[0], args.split, limit)?,
+        )
     } else {
         bail!("give one of --task, --solution, --zero-shot or --probe");
     };

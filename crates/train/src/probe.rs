@@ -1,19 +1,50 @@
-//! The linear probe, the baseline a user would train first: multinomial logistic regression on
-//! the frozen model's embeddings (mean-pooled, unit-norm: what the serving graph gives with no
-//! DET), with its L2 strength chosen on dev. linfa-logistic fits it (L-BFGS).
+//! The baselines a tuned task is compared with, both on the frozen model: [`zero_shot`], label
+//! descriptions alone, and [`linear_probe`], the classifier a user would train first:
+//! multinomial logistic regression on the frozen model's embeddings (mean-pooled, unit-norm: what
+//! the serving graph gives with no DET), with its L2 strength chosen on dev. linfa-logistic fits
+//! it (L-BFGS).
 
 use linfa::prelude::*;
 use linfa_logistic::{MultiFittedLogisticRegression, MultiLogisticRegression};
 use ndarray016 as nd;
 
+use deltaspace_core::det::{DetKind, Theta0};
 use deltaspace_core::model::{Encoder, TextInput};
 use deltaspace_core::tuning::batch::TrainTask;
 use deltaspace_core::tuning::data::Example;
+use deltaspace_core::tuning::data::Split;
 use deltaspace_core::tuning::eval::{Scores, score_pairs};
+use deltaspace_core::tuning::fit::{Space, Unit, evaluate_values};
 
 /// L2 strengths tried, weakest first, per training example (linfa's `alpha` is this times the
 /// number of examples, since its objective sums the loss over them).
 pub const L2_GRID: [f64; 6] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1];
+
+/// The frozen model scoring `task`'s `split` by its label descriptions alone. LoRA's θ⁰ has
+/// B = 0, so decoding δ = 0 through LoRA from θ⁰ is an exact no-op: that is the frozen model.
+pub fn zero_shot(
+    encoder: &Encoder,
+    theta0: &Theta0,
+    task: &TrainTask,
+    split: Split,
+    limit: Option<usize>,
+) -> anyhow::Result<Scores> {
+    let units = [Unit {
+        task: 0,
+        det: DetKind::Lora,
+    }];
+    let lora = encoder.manifest().dets[DetKind::Lora.column(encoder.manifest())?].size;
+    let scores = evaluate_values(
+        encoder,
+        std::slice::from_ref(task),
+        &units,
+        &Space::Original { theta0 },
+        &[vec![0.0; lora]],
+        split,
+        limit,
+    )?;
+    Ok(scores[0])
+}
 
 /// What the probe found on one task.
 #[derive(Debug, Clone, Copy)]

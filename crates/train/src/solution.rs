@@ -35,6 +35,24 @@ impl Solution {
         dir.join(format!("{task}.{det}.safetensors"))
     }
 
+    /// Every solution in `dir` (`*.safetensors`, checkpoints left out), in name order.
+    pub fn load_dir(dir: &Path, manifest: &Manifest) -> anyhow::Result<Vec<Self>> {
+        let mut paths = Vec::new();
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "safetensors")
+                && !path.to_string_lossy().contains("checkpoint")
+            {
+                paths.push(path);
+            }
+        }
+        paths.sort();
+        paths
+            .iter()
+            .map(|path| Self::load(path, manifest))
+            .collect()
+    }
+
     pub fn save(&self, path: &Path, manifest: &Manifest, storage: Storage) -> anyhow::Result<()> {
         let metric = |m: &Scores| {
             [
