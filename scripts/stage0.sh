@@ -10,7 +10,9 @@
 # each) are copied to models/all-MiniLM-L6-v2/stage0/upstream/ or .../stage0/unseen/ (stage 1 reads
 # only the first), which are committed, and their scores are
 # appended to docs/results/stage0.jsonl. A task whose three solutions are there is skipped; a task
-# that was interrupted resumes from its checkpoint under runs/stage0/. Log: runs/stage0/log.txt.
+# that was interrupted resumes from its checkpoint under runs/stage0/, or from one parked under
+# models/all-MiniLM-L6-v2/stage0/checkpoints/ (before a session ends, copy the running task's
+# runs/stage0/TASK.checkpoint.safetensors there and commit it). Log: runs/stage0/log.txt.
 #
 # Budget per (task, DET): Adam at lr 3e-3, 16 training rows per step, dev accuracy on 300 dev
 # examples every 25 steps, stop after 4 evaluations (100 steps) without improvement, at most
@@ -49,12 +51,18 @@ for task in $tasks; do
     continue
   fi
   echo "== $task: $(date -u +%FT%TZ)"
+  # A task a session left half-trained resumes from the checkpoint it committed (see below).
+  parked=$committed/checkpoints/$task.checkpoint.safetensors
+  if [ ! -f "$runs/$task.checkpoint.safetensors" ] && [ -f "$parked" ]; then
+    cp "$parked" "$runs/$task.checkpoint.safetensors"
+  fi
   started=$SECONDS
   "$bin" train det --model "$runs/model" --max-seq-len 64 --data "$data/$task" --det all \
     --steps 1500 --batch 16 --lr 3e-3 --eval-every 25 --eval-limit 300 --patience 4 \
     --f16 --checkpoint "$runs/$task.checkpoint.safetensors" --out "$runs/$task" > "$runs/$task.jsonl"
   seconds=$((SECONDS - started))
   cp "$runs/$task"/*.safetensors "$dir/"
+  rm -f "$parked"
   # One line per (task, DET): the scores of the solution, with the wall time of the whole task.
   sed "s/}\$/,\"seconds\":$seconds,\"threads\":\"${DELTASPACE_RUNTIME_INTRA_THREADS:-all}\"}/" \
     "$runs/$task.jsonl" >> "$results"
