@@ -33,7 +33,7 @@ use deltaspace::det::DetKind;
 use deltaspace::model::ModelFiles;
 use deltaspace::server::import_tasks;
 use deltaspace::subspace::Subspace;
-use deltaspace::task::{Label, Task, TaskLimits};
+use deltaspace::task::{Head, Label, Task, TaskLimits};
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -82,6 +82,10 @@ struct Args {
     /// Seed of the codes z, the label draws and the request stream.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Give every registered task a head with a bias and a prototype per label (random unit
+    /// vectors of the model's width), to measure what a head costs per task.
+    #[arg(long)]
+    heads: bool,
     /// Passed by `cargo bench` to every bench binary; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -195,17 +199,27 @@ fn register(
     let files = ModelFiles::open(&args.model)?;
     let subspace = Subspace::load(&args.subspace, &files.manifest)?;
     let d = subspace.d();
+    let hidden = files.manifest.hidden();
     let dets = [DetKind::Lora, DetKind::Adapter, DetKind::Prefix];
     let make = || {
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
         (0..count).map(move |i| {
-            let labels = label_sets.choose(&mut rng).cloned().unwrap_or_default();
+            let labels: Vec<Label> = label_sets.choose(&mut rng).cloned().unwrap_or_default();
+            let head = args.heads.then(|| Head {
+                bias: labels.iter().map(|_| rng.sample(StandardNormal)).collect(),
+                prototypes: Some(
+                    labels
+                        .iter()
+                        .map(|_| (0..hidden).map(|_| rng.sample(StandardNormal)).collect())
+                        .collect(),
+                ),
+            });
             Ok(Task {
                 name: task_name(i),
                 det: dets[i % dets.len()],
                 z: (0..d).map(|_| rng.sample(StandardNormal)).collect(),
                 labels,
-                head: None,
+                head,
                 subspace: None,
             })
         })
