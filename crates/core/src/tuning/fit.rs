@@ -270,8 +270,18 @@ pub fn fit_observed(
         Ok(())
     };
     let mut values = init;
-    // What a checkpoint must have been written by to be resumed here.
-    let run = format!("{} seed {}", space.describe(), options.seed);
+    // What a checkpoint must have been written by to be resumed here: the space, the seed, and
+    // each task's training set size (which --shots and --max-examples change).
+    let sizes: Vec<String> = tasks
+        .iter()
+        .map(|t| format!("{}:{}", t.data.name, t.data.train.len()))
+        .collect();
+    let run = format!(
+        "{} seed {} train {}",
+        space.describe(),
+        options.seed,
+        sizes.join(",")
+    );
     let mut optimizers: Vec<Box<dyn Optimizer>> = values
         .iter()
         .map(|v| options.optimizer.build(v.len(), options.lr))
