@@ -408,7 +408,7 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
         per_det.push(path);
     }
     let pictures = out("landscape");
-    let drawn = json_lines(&deltaspace(&[
+    let landscape = [
         "landscape",
         "--model",
         &model,
@@ -426,34 +426,15 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
         "4",
         "--out",
         &pictures,
-    ]));
+    ];
+    let drawn = json_lines(&deltaspace(&landscape));
     for image in drawn[0]["images"].as_array().unwrap() {
         let bytes = std::fs::read(image.as_str().unwrap()).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     }
     // The font comes from --font (or DELTASPACE_FONT, which the command line reads), never from
     // the trainer itself; a missing one is named.
-    let message = deltaspace_refuses(&[
-        "landscape",
-        "--model",
-        &model,
-        "--subspace",
-        &subspace,
-        "--data",
-        &sst2,
-        "--tasks",
-        &per_det[0],
-        &per_det[1],
-        &per_det[2],
-        "--grid",
-        "2",
-        "--limit",
-        "2",
-        "--out",
-        &pictures,
-        "--font",
-        "no-such-font.ttf",
-    ]);
+    let message = deltaspace_refuses(&[&landscape[..], &["--font", "no-such-font.ttf"]].concat());
     assert!(message.contains("no-such-font.ttf"), "{message}");
 }
 

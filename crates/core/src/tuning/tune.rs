@@ -314,13 +314,13 @@ fn finish(
         Split::Test,
         limit,
     )?;
-    let d = space.len(DetKind::Lora, encoder)?;
-    Ok(chosen
+    chosen
         .iter()
         .zip(chosen_values)
         .zip(test)
         .map(|((&index, mut values), test)| {
             let unit = units[index];
+            let d = space.len(unit.det, encoder)?;
             let head = space
                 .head()
                 .head(&tasks[unit.task].descriptions, &values[d..]);
@@ -331,7 +331,7 @@ fn finish(
                 .filter(|(other, _)| other.task == unit.task)
                 .map(|(other, metrics)| (other.det, *metrics))
                 .collect();
-            Tuned {
+            Ok(Tuned {
                 task: unit.task,
                 det: unit.det,
                 z: values,
@@ -340,9 +340,9 @@ fn finish(
                 test,
                 candidates,
                 seconds,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Where and how often `tune --trace` scores the current z.
