@@ -13,10 +13,17 @@
 #
 #   scripts/quality.sh DATA_DIR [SUBSPACE]     # SUBSPACE: the subspace file [default: the shipped one]
 #
-# Resumable: one JSON line per (row, task, shots, seed) in docs/results/quality/<subspace name>.jsonl, and a line
-# that is there is not run again; so the runs of many sessions add up. Cheap rows and small k come first.
+# Resumable: one JSON line per (row, task, shots, seed), and a line that is there is not run again; so the runs of
+# many sessions add up. Cheap rows and small k come first. The rows that use no subspace (zero-shot, probe,
+# head-only, the DETs) go to docs/results/quality/baselines.jsonl, shared by every subspace; z, z+head and random go
+# to docs/results/quality/<subspace name>.jsonl. The DETs on the whole training set are stage 0's solutions of the
+# unseen tasks (scripts/stage0.sh trains them the same way); their lines are copied from docs/results/stage0.jsonl
+# once stage 0 has them.
 # A line: {row, task, shots ("full" or k), seed, subspace, det, dev, test: {accuracy, macro_f1, n}, seconds}.
-# DELTASPACE_RUNTIME_INTRA_THREADS sets ONNX Runtime's threads.
+# DELTASPACE_RUNTIME_INTRA_THREADS sets ONNX Runtime's threads; QUALITY_ROWS="probe head-only ..." runs only those
+# rows (for example the baselines while a new subspace is still being built).
+#
+#   deltaspace report --quality docs/results/quality/baselines.jsonl docs/results/quality/<subspace>.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:?usage: scripts/quality.sh DATA_DIR [SUBSPACE]}
@@ -24,59 +31,83 @@ model=models/all-MiniLM-L6-v2
 subspace_file=${2:-$model/subspaces/default.safetensors}
 runs=runs/quality
 mkdir -p "$runs" docs/results/quality
-# Own copies of the binary and the model, so a rebuild or a re-export cannot swap them mid-run.
+# Own copies of the binary, its configuration and the model, so a rebuild, an edit or a re-export
+# cannot swap them mid-run.
 cp target/release/deltaspace "$runs/deltaspace"
 rm -rf "$runs/model" && cp -r "$model" "$runs/model"
-bin=$runs/deltaspace
+cp config/deltaspace.toml "$runs/deltaspace.toml"
+bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 common=(--model "$runs/model" --max-seq-len 64)
-info=$("$bin" subspace info "$subspace_file")
+info=$("${bin[@]}" subspace info "$subspace_file")
 name=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["name"])')
 d=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["d"])')
 results=docs/results/quality/$name.jsonl
+baselines=docs/results/quality/baselines.jsonl
+rows=${QUALITY_ROWS:-zero-shot probe head-only z z+head random lora adapter prefix}
 random=$runs/random-d$d.safetensors
-[ -f "$random" ] || "$bin" subspace random --model "$runs/model" --dim "$d" --seed 7 --out "$random" > /dev/null
-touch "$results"
+[ -f "$random" ] || "${bin[@]}" subspace random --model "$runs/model" --dim "$d" --seed 7 --out "$random" > /dev/null
+touch "$results" "$baselines"
 tasks="mpqa rte mrpc tweet_offensive trec"
+
+# results_of ROW: where the row's lines go.
+results_of() {
+  case $1 in z|z+head|random) echo "$results" ;; *) echo "$baselines" ;; esac
+}
 
 # done ROW TASK SHOTS SEED: whether the line is in the results already.
 done_before() {
-  grep -q "\"row\":\"$1\",\"task\":\"$2\",\"shots\":\"$3\",\"seed\":$4," "$results"
+  grep -q "\"row\":\"$1\",\"task\":\"$2\",\"shots\":\"$3\",\"seed\":$4," "$(results_of "$1")"
 }
 
 # record ROW TASK SHOTS SEED SECONDS JSON: appends one line from a command's JSON output.
 record() {
-  python3 - "$@" >> "$results" <<'PY'
+  local subspace=null
+  [ "$(results_of "$1")" = "$results" ] && subspace=$name
+  python3 - "$@" "$subspace" >> "$(results_of "$1")" <<'PY'
 import json, sys
 row, task, shots, seed, seconds, output, subspace = sys.argv[1:8]
 out = json.loads(output.strip().splitlines()[-1])
 test = out.get("test") or {k: out[k] for k in ("accuracy", "macro_f1", "n")}
-line = {"row": row, "task": task, "shots": shots, "seed": int(seed), "subspace": subspace,
+line = {"row": row, "task": task, "shots": shots, "seed": int(seed),
+        "subspace": None if subspace == "null" else subspace,
         "det": out.get("det"), "dev": out.get("dev"), "test": test, "seconds": int(seconds)}
 print(json.dumps(line, separators=(",", ":")))
 PY
 }
 
+# stage0_line TASK DET: stage 0's line for an unseen task's DET, if it has finished.
+stage0_line() {
+  grep -s "\"det\":\"$2\"," docs/results/stage0.jsonl | grep "\"task\":\"$1\"," | tail -1
+}
+
 # run ROW TASK SHOTS SEED: one measurement.
 run() {
   local row=$1 task=$2 shots=$3 seed=$4
+  case " $rows " in *" $row "*) ;; *) return ;; esac
   done_before "$row" "$task" "$shots" "$seed" && return
+  case $row/$shots in lora/full|adapter/full|prefix/full)
+    local line; line=$(stage0_line "$task" "$row")
+    [ -n "$line" ] && record "$row" "$task" "$shots" "$seed" \
+      "$(printf '%s' "$line" | python3 -c 'import json, sys; print(json.load(sys.stdin)["seconds"])')" "$line"
+    return ;;
+  esac
   local few=(); [ "$shots" = full ] || few=(--shots "$shots")
-  local tune=("$bin" tune "${common[@]}" --data "$data/$task" --seed "$seed" "${few[@]}")
+  local tune=("${bin[@]}" tune "${common[@]}" --data "$data/$task" --seed "$seed" "${few[@]}")
   local output started=$SECONDS
   echo "== $row $task shots=$shots seed=$seed: $(date -u +%FT%TZ)"
   case $row in
-    zero-shot) output=$("$bin" eval "${common[@]}" --data "$data/$task" --zero-shot --split test) ;;
-    probe) output=$("$bin" eval "${common[@]}" --data "$data/$task" --probe --split test --seed "$seed" "${few[@]}") ;;
+    zero-shot) output=$("${bin[@]}" eval "${common[@]}" --data "$data/$task" --zero-shot --split test) ;;
+    probe) output=$("${bin[@]}" eval "${common[@]}" --data "$data/$task" --probe --split test --seed "$seed" "${few[@]}") ;;
     head-only) output=$("${tune[@]}" --subspace "$subspace_file" --det lora --head prototypes --freeze-z \
       --out "$runs/$row-$task-$shots-$seed.json") ;;
-    z) output=$("${tune[@]}" --subspace "$subspace_file" --out "$runs/$row-$task-$shots-$seed.json") ;;
+    z) output=$("${tune[@]}" --subspace "$subspace_file" --head none --out "$runs/$row-$task-$shots-$seed.json") ;;
     z+head) output=$("${tune[@]}" --subspace "$subspace_file" --head prototypes \
       --out "$runs/$row-$task-$shots-$seed.json") ;;
     random) output=$("${tune[@]}" --subspace "$random" --head prototypes --out "$runs/$row-$task-$shots-$seed.json") ;;
-    lora|adapter|prefix) output=$("$bin" train det "${common[@]}" --data "$data/$task" --det "$row" --seed "$seed" \
+    lora|adapter|prefix) output=$("${bin[@]}" train det "${common[@]}" --data "$data/$task" --det "$row" --seed "$seed" \
       "${few[@]}" --steps 1500 --lr 3e-3 --eval-every 25 --patience 4 --out "$runs/$row-$task-$shots-$seed.safetensors") ;;
   esac
-  record "$row" "$task" "$shots" "$seed" "$((SECONDS - started))" "$output" "$name"
+  record "$row" "$task" "$shots" "$seed" "$((SECONDS - started))" "$output"
 }
 
 for t in $tasks; do run zero-shot "$t" full 1; done

@@ -16,19 +16,21 @@ model=models/all-MiniLM-L6-v2
 runs=runs/screen
 results=docs/results/screen-head.jsonl
 mkdir -p "$runs"
-# Own copies of the binary and the model, so a rebuild or a re-export cannot swap them mid-run.
+# Own copies of the binary, its configuration and the model, so a rebuild, an edit or a re-export
+# cannot swap them mid-run.
 cp target/release/deltaspace "$runs/deltaspace"
+cp config/deltaspace.toml "$runs/deltaspace.toml"
 rm -rf "$runs/model" && cp -r "$model" "$runs/model"
-bin=$runs/deltaspace
+bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 dirs=(); for t in $tasks; do dirs+=("$data/$t"); done
 settings='"steps":100,"batch":16,"lr":0.05,"seed":42,"subspace":"default"'
 for t in $tasks; do
-  "$bin" eval --model "$runs/model" --max-seq-len 64 --data "$data/$t" --zero-shot --split test \
+  "${bin[@]}" eval --model "$runs/model" --max-seq-len 64 --data "$data/$t" --zero-shot --split test \
     | sed "s/^{/{\"head\":\"zero-shot\",/" >> "$results"
 done
 for head in none bias prototypes; do
   echo "== head $head: $(date -u +%FT%TZ)"
-  "$bin" tune --model "$runs/model" --max-seq-len 64 --data "${dirs[@]}" --det adapter --head "$head" \
+  "${bin[@]}" tune --model "$runs/model" --max-seq-len 64 --data "${dirs[@]}" --det adapter --head "$head" \
     --steps 100 --batch 16 --lr 0.05 --eval-every 25 --eval-limit 200 --seed 42 --out "$runs/$head" \
     | sed "s/^{/{\"head\":\"$head\",$settings,/" >> "$results"
 done

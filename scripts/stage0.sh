@@ -19,9 +19,10 @@
 # 1,500 steps (24,000 rows, about 5 epochs of a 5,000-example task); the final dev and test scores
 # use the whole splits (at most 1,000 each). Inputs are cut at 64 tokens.
 #
-# A long run uses its own copies of the binary and of the model directory, made at start, so that a
-# rebuild or a re-export cannot swap either mid-run. DELTASPACE_RUNTIME_INTRA_THREADS sets the ONNX
-# Runtime threads (give training one while something else builds on a 2-core machine).
+# A long run uses its own copies of the binary, its configuration and the model directory, made at
+# start, so that a rebuild, an edit or a re-export cannot swap them mid-run.
+# DELTASPACE_RUNTIME_INTRA_THREADS sets the ONNX Runtime threads (give training one while something
+# else builds on a 2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:?usage: scripts/stage0.sh DATA_DIR [TASK...]}
@@ -37,8 +38,9 @@ tasks=${*:-$upstream $unseen}
 mkdir -p "$runs" "$(dirname "$results")"
 exec > >(tee -a "$runs/log.txt") 2>&1
 
-bin=$runs/deltaspace
-cp target/release/deltaspace "$bin"
+cp target/release/deltaspace "$runs/deltaspace"
+cp config/deltaspace.toml "$runs/deltaspace.toml"
+bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 rm -rf "$runs/model"
 cp -r "$model" "$runs/model"
 
@@ -57,7 +59,7 @@ for task in $tasks; do
     cp "$parked" "$runs/$task.checkpoint.safetensors"
   fi
   started=$SECONDS
-  "$bin" train det --model "$runs/model" --max-seq-len 64 --data "$data/$task" --det all \
+  "${bin[@]}" train det --model "$runs/model" --max-seq-len 64 --data "$data/$task" --det all \
     --steps 1500 --batch 16 --lr 3e-3 --eval-every 25 --eval-limit 300 --patience 4 \
     --f16 --checkpoint "$runs/$task.checkpoint.safetensors" --out "$runs/$task" > "$runs/$task.jsonl"
   seconds=$((SECONDS - started))

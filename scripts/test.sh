@@ -7,5 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-ort.sh
 scripts/setup-export-venv.sh
+scripts/setup-browser.sh
 cargo test --workspace --locked
 .venv-export/bin/python -m pytest export/tests -q

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::{ProviderChoice, RuntimeOptions};
 use crate::secret::Secret;
+use crate::server::TuneLimits;
 use crate::task::TaskLimits;
 
 /// The whole configuration file. Every key has a default, so an empty file is valid.
@@ -105,6 +106,18 @@ pub struct ServerConfig {
     pub protect_reads: bool,
     /// Seconds shutdown waits for in-flight requests.
     pub shutdown_timeout_s: u64,
+    /// Tune jobs that run at once (`POST /v1/tasks/{name}/tune`).
+    pub max_tune_jobs: usize,
+    /// Tune jobs that may wait for a slot; one more answers 429.
+    pub max_queued_tune_jobs: usize,
+    /// Most examples in one tune request (train, dev and test together).
+    pub max_tune_examples: usize,
+    /// Longest budget a tune request may ask for, in seconds; also the budget of one that asks none.
+    pub max_tune_seconds: u64,
+    /// Rows per encoder run of a tune job: the most a prediction may wait behind.
+    pub tune_run_rows: usize,
+    /// Names this replica in the tune jobs it records [default: the host name].
+    pub replica: String,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +141,12 @@ impl Default for ServerConfig {
             tokens: Secret::default(),
             protect_reads: false,
             shutdown_timeout_s: 30,
+            max_tune_jobs: TuneLimits::default().max_jobs,
+            max_queued_tune_jobs: TuneLimits::default().max_queued,
+            max_tune_examples: TuneLimits::default().max_examples,
+            max_tune_seconds: TuneLimits::default().max_seconds,
+            tune_run_rows: TuneLimits::default().run_rows,
+            replica: String::new(),
         }
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::secret::Secret;
-use crate::server::{self, BatchLimits, Options};
+use crate::server::{self, BatchLimits, Options, TuneLimits};
 
 /// Arguments of `deltaspace serve`; each overrides its `[server]` or `[model]` key.
 #[derive(Debug, clap::Args)]
@@ -80,7 +80,28 @@ fn options(config: &Config, args: ServeArgs) -> Options {
             .collect(),
         protect_reads: server.protect_reads,
         shutdown_timeout: Duration::from_secs(server.shutdown_timeout_s),
+        tune: TuneLimits {
+            max_jobs: server.max_tune_jobs.max(1),
+            max_queued: server.max_queued_tune_jobs,
+            max_examples: server.max_tune_examples.max(1),
+            max_seconds: server.max_tune_seconds.max(1),
+            run_rows: server.tune_run_rows.max(1),
+        },
+        replica: match server.replica.trim() {
+            "" => host_name(),
+            name => name.to_string(),
+        },
     }
+}
+
+/// This machine's name (a pod's name under Kubernetes), for `[server] replica`.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM (what container runtimes send).

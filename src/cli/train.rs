@@ -21,11 +21,11 @@ use crate::train::stage1::{SubspaceOptions, collect_solutions, find_subspace};
 use crate::tuning::batch::TrainTask;
 use crate::tuning::data::Split;
 use crate::tuning::eval::Scores;
-use crate::tuning::fit::{FitOptions, Space, Unit, evaluate_values};
+use crate::tuning::fit::{self, FitOptions, Schedule, Space, Unit, evaluate_values};
 use crate::tuning::head::HeadTuning;
 use crate::tuning::optim::OptimizerKind;
 use crate::tuning::tune::{
-    CmaOptions, Target, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient,
+    CmaOptions, TUNING, Target, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient,
 };
 
 /// Options shared by every training command. The schedule flags (steps, lr, eval-every,
@@ -39,7 +39,7 @@ pub struct TrainingArgs {
     #[arg(long)]
     pub steps: Option<usize>,
     /// Training rows per task (and DET) per step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = fit::BATCH)]
     pub batch: usize,
     /// Learning rate [default: 1e-3; tune: 0.05].
     #[arg(long)]
@@ -59,8 +59,12 @@ pub struct TrainingArgs {
     #[arg(long)]
     pub final_limit: Option<usize>,
     /// Rows per ONNX Runtime run; larger steps are split and their gradients summed.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = fit::RUN_ROWS)]
     pub run_rows: usize,
+    /// Stop training after this many seconds of wall time: the step that ends past it is
+    /// evaluated and ends the run [default: no limit].
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
     /// Use at most this many examples of each split (files are shuffled and stratified).
     #[arg(long)]
     pub max_examples: Option<usize>,
@@ -79,31 +83,12 @@ pub struct TrainingArgs {
     pub checkpoint: Option<PathBuf>,
 }
 
-/// How long and how fast a command trains, when its flags do not say.
-#[derive(Debug, Clone, Copy)]
-pub struct Schedule {
-    pub steps: usize,
-    pub lr: f32,
-    pub eval_every: usize,
-    /// Evaluations without improvement before a unit stops (0: never).
-    pub patience: usize,
-}
-
 /// Stages 0 and 1 (`train det`, `train subspace`): fixed budgets, the scripts give their own.
 pub const TRAINING: Schedule = Schedule {
     steps: 300,
     lr: 1e-3,
     eval_every: 50,
     patience: 0,
-};
-
-/// Stage 2 (`tune`): a learning rate that moves z (its init is N(0, 0.02²)), and early stopping on
-/// dev, so that a task stops when it stops improving rather than after a fixed budget.
-pub const TUNING: Schedule = Schedule {
-    steps: 500,
-    lr: 0.05,
-    eval_every: 25,
-    patience: 4,
 };
 
 impl TrainingArgs {
@@ -124,19 +109,15 @@ impl TrainingArgs {
     }
 
     fn fit_options(&self, optimizer: OptimizerKind, defaults: Schedule) -> FitOptions {
-        let schedule = self.schedule(defaults);
         FitOptions {
-            steps: schedule.steps,
             batch: self.batch.max(1),
-            lr: schedule.lr,
             optimizer,
-            eval_every: schedule.eval_every,
-            patience: (schedule.patience > 0).then_some(schedule.patience),
             eval_limit: self.eval_limit,
             run_rows: self.run_rows,
-            seed: self.seed,
             checkpoint: self.checkpoint.clone(),
             final_limit: self.final_limit,
+            max_seconds: self.max_seconds,
+            ..FitOptions::new(self.schedule(defaults), self.seed)
         }
     }
 
@@ -563,6 +544,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                 target,
                 &args.training.fit_options(kind, TUNING),
                 trace.as_mut(),
+                None,
             )?
         }
     };
@@ -754,9 +736,10 @@ pub struct ReportArgs {
     #[arg(long, required_unless_present = "quality")]
     pub results: Option<PathBuf>,
     /// Instead: the comparison against a user's alternatives, from the JSON lines of
-    /// scripts/quality.sh (docs/results/quality/<subspace>.jsonl), as one table per data size.
-    #[arg(long, conflicts_with_all = ["results", "json"])]
-    pub quality: Option<PathBuf>,
+    /// scripts/quality.sh (docs/results/quality/baselines.jsonl and <subspace>.jsonl), as one
+    /// table per data size.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["results", "json"])]
+    pub quality: Vec<PathBuf>,
     /// The subspace the main tables are about, as named in the results (e.g. d16).
     #[arg(long, default_value = "d16")]
     pub space: String,
@@ -844,8 +827,12 @@ pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
 }
 
 pub fn report(args: ReportArgs) -> anyhow::Result<()> {
-    if let Some(path) = &args.quality {
-        print!("{}", quality::markdown(&quality::read(path)?));
+    if !args.quality.is_empty() {
+        let mut lines = Vec::new();
+        for path in &args.quality {
+            lines.extend(quality::read(path)?);
+        }
+        print!("{}", quality::markdown(&lines));
         return Ok(());
     }
     let results = args

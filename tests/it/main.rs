@@ -8,6 +8,7 @@ mod cli;
 mod helpers;
 mod import;
 mod layers;
+mod page;
 mod parity;
 mod reliability;
 mod subspace;

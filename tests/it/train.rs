@@ -66,6 +66,7 @@ fn options(steps: usize) -> FitOptions {
         seed: 1,
         checkpoint: None,
         final_limit: None,
+        max_seconds: None,
     }
 }
 

@@ -1,7 +1,8 @@
-//! What a task must be to be served, checked in one place for uploads, seed tasks, start-up and
-//! `deltaspace import`: [`admit`] checks it against the loaded model and subspace, and
-//! [`label_set`] finds or makes the embeddings of its labels. Errors are this module's own
-//! ([`AdmitError`]); the HTTP layer maps them to statuses, start-up logs them.
+//! What a task must be to be served, checked in one place for uploads, tune jobs, seed tasks,
+//! start-up and `deltaspace import`: [`admit`] checks it against the loaded model and subspace,
+//! [`label_set`] finds or makes the embeddings of its labels, and [`commit`] serves an admitted
+//! task as an upload is served. Admission errors are this module's own ([`AdmitError`]); the HTTP
+//! layer maps them to statuses, start-up logs them.
 
 use std::sync::Arc;
 
@@ -11,7 +12,9 @@ use deltaspace_core::model::{Encoder, Manifest, ModelError};
 use deltaspace_core::subspace::Subspace;
 use deltaspace_core::task::{Label, Task, TaskError, TaskLimits};
 
-use crate::store::{ServedHead, TaskStore, labels_key};
+use crate::error::ApiError;
+use crate::state::Core;
+use crate::store::{Precondition, ServedHead, StoreError, StoredTask, TaskStore, labels_key};
 
 /// Why a task cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -66,4 +69,32 @@ pub fn label_set(
         Some(set) => Ok(set),
         None => Ok(Arc::new(LabelSet::embed(labels.to_vec(), encoder)?)),
     }
+}
+
+/// Serves an admitted task as an upload is served: a stale `If-Match` fails before any label is
+/// embedded, the label set is found or made, and the write is committed (checking `expect` again)
+/// before the task is served. Returns the stored task and whether it is new. Blocking.
+pub fn commit(
+    core: &Core,
+    task: Task,
+    expect: &Precondition,
+) -> Result<(Arc<StoredTask>, bool), ApiError> {
+    let current = core.store.get(&task.name);
+    if let Precondition::Etag(etag) = expect
+        && current.as_ref().is_some_and(|c| &c.etag != etag)
+    {
+        return Err(StoreError::EtagMismatch {
+            name: task.name.clone(),
+            expected: etag.clone(),
+            found: current.map(|c| c.etag.clone()).unwrap_or_default(),
+        }
+        .into());
+    }
+    // Tasks with the same labels share their embeddings: only new labels cost an encoder run.
+    let labels = label_set(&core.store, &core.encoder, &task.labels)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let subspace_id = core.subspace.id();
+    Ok(core
+        .store
+        .put(task, labels, &subspace_id, &core.model_key, expect)?)
 }

@@ -27,6 +27,14 @@ pub enum ApiError {
     InvalidTask(String),
     #[error("no task named {0:?}")]
     TaskNotFound(String),
+    #[error("no tune job {0:?}")]
+    JobNotFound(String),
+    /// The tune request is well-formed JSON but cannot make a task (labels, examples, budget).
+    #[error("{0}")]
+    InvalidTune(String),
+    /// Accepting the tune job would exceed `max_tune_jobs` + `max_queued_tune_jobs`.
+    #[error("{0}")]
+    TooManyJobs(String),
     #[error("no route {0}")]
     RouteNotFound(String),
     /// A known route asked with another method; `allow` lists the ones it takes (RFC 9110 `Allow`).
@@ -61,6 +69,9 @@ impl ApiError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::InvalidTask(_) => "invalid_task",
             Self::TaskNotFound(_) => "task_not_found",
+            Self::JobNotFound(_) => "job_not_found",
+            Self::InvalidTune(_) => "invalid_tune",
+            Self::TooManyJobs(_) => "too_many_jobs",
             Self::RouteNotFound(_) => "route_not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::EtagMismatch(_) => "etag_mismatch",
@@ -79,13 +90,17 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
-            Self::InvalidRequest(_) | Self::InvalidTask(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TaskNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::InvalidRequest(_) | Self::InvalidTask(_) | Self::InvalidTune(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::TaskNotFound(_) | Self::RouteNotFound(_) | Self::JobNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::EtagMismatch(_) | Self::TooManyTasks(_) => StatusCode::CONFLICT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded | Self::TooManyJobs(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotReady | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -110,7 +125,7 @@ impl ResponseError for ApiError {
                 response
                     .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
-            Self::Overloaded | Self::NotReady => {
+            Self::Overloaded | Self::NotReady | Self::TooManyJobs(_) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Self::MethodNotAllowed { allow, .. } => {

@@ -9,6 +9,7 @@ mod auth;
 mod batcher;
 mod error;
 mod import;
+mod jobs;
 mod load;
 mod metrics;
 mod state;
@@ -17,15 +18,17 @@ mod store;
 use state::{AppState, Core};
 
 pub use api::decode::{
-    EmbedRequest, PredictRequest, RequestLimits, TaskBody, check_inputs, decode_page_query,
+    EmbedRequest, PredictRequest, RequestLimits, TaskBody, TuneOrder, TuneRequest, check_inputs,
+    decode_page_query,
 };
 pub use batcher::{BatchLimits, Cost, take_batch};
 pub use error::ApiError;
 pub use import::{ImportError, ImportSummary, import_tasks};
+pub use jobs::{MAX_YIELD, TuneLimits};
 pub use metrics::Metrics;
 pub use store::{
-    Backend, DATABASE_FILE, Database, LabelSets, Precondition, StoreError, StoredTask, TaskStore,
-    labels_key,
+    Backend, DATABASE_FILE, Database, JobRecord, JobResult, JobState, LabelSets, Precondition,
+    StoreError, StoredTask, TaskStore, labels_key,
 };
 
 use std::future::Future;
@@ -73,6 +76,11 @@ pub struct Options {
     pub max_tasks: usize,
     /// Bounds on uploaded tasks.
     pub task_limits: TaskLimits,
+    /// Bounds on tune jobs.
+    pub tune: TuneLimits,
+    /// Names this replica in the tune jobs it records; a restart fails only its own unfinished
+    /// jobs.
+    pub replica: String,
     /// Bearer tokens; empty = no authorization.
     pub tokens: Vec<Secret>,
     /// Require a token for predictions, embeddings and task reads too.
@@ -148,6 +156,10 @@ pub async fn run(
 
     tracing::info!("shutting down: draining in-flight requests");
     state.shutting_down.store(true, Ordering::Relaxed);
+    if let Some(core) = state.core.get() {
+        // Running tune jobs end at their next run and are recorded as interrupted.
+        core.jobs.shut_down(options.shutdown_timeout).await;
+    }
     http.stop(true).await;
     match serving.await {
         Ok(Ok(())) => {}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::admit::{admit, label_set};
 use super::batcher::{self, Runner};
+use super::jobs::{INTERRUPTED, Jobs};
 use super::metrics::Metrics;
 use ndarray::Array2;
 
@@ -25,7 +26,7 @@ pub async fn load(
     metrics: Arc<Metrics>,
 ) -> Result<(Core, tokio::task::JoinHandle<()>), ServerError> {
     let blocking_options = options.clone();
-    let (encoder, subspace, store) =
+    let (runtime, encoder, subspace, store) =
         tokio::task::spawn_blocking(move || load_blocking(&blocking_options))
             .await
             .map_err(|_| ServerError::Interrupted)??;
@@ -45,18 +46,28 @@ pub async fn load(
     warm_up(&runner, &encoder, &subspace).await?;
     let mut limits = options.batch;
     limits.concurrency = encoder.sessions();
+    let jobs = Jobs::new(
+        options.tune,
+        options.task_limits,
+        options.replica.clone(),
+        metrics.clone(),
+    );
     let (batcher, task) = batcher::spawn(limits, runner, metrics);
     let core = Core {
+        runtime,
         encoder,
         subspace,
         store: Arc::new(store),
         batcher,
         model_key,
+        jobs: Arc::new(jobs),
     };
     Ok((core, task))
 }
 
-fn load_blocking(options: &Options) -> Result<(Encoder, Subspace, TaskStore), ServerError> {
+fn load_blocking(
+    options: &Options,
+) -> Result<(Runtime, Encoder, Subspace, TaskStore), ServerError> {
     let runtime = Runtime::load(options.runtime.clone())?;
     let encoder_options = EncoderOptions {
         sessions: options.sessions.max(1),
@@ -81,7 +92,16 @@ fn load_blocking(options: &Options) -> Result<(Encoder, Subspace, TaskStore), Se
     if let Some(dir) = options.seed_tasks_dir.as_deref() {
         seed_tasks(dir, &store, &encoder, &subspace, &options.task_limits)?;
     }
-    Ok((encoder, subspace, store))
+    // A job this replica was running when it stopped is over: nothing resumes it.
+    let interrupted = store.with_db(|db| db.fail_unfinished_jobs(&options.replica, INTERRUPTED))?;
+    if interrupted > 0 {
+        tracing::warn!(
+            jobs = interrupted,
+            replica = %options.replica,
+            "tune jobs cut short by the last stop are marked failed (interrupted)"
+        );
+    }
+    Ok((runtime, encoder, subspace, store))
 }
 
 /// Names the model that made label embeddings, so a cache from another model is ignored.

@@ -3,8 +3,8 @@
 //! values come from small fixed sets (routes, methods, statuses, DETs, reasons), never task names.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder, exponential_buckets,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, exponential_buckets,
 };
 
 use deltaspace_core::det::DetKind;
@@ -39,6 +39,14 @@ pub struct Metrics {
     pub task_uploads: IntCounterVec,
     /// `deltaspace_build_info{version, execution_provider, model, subspace}`, always 1.
     pub build_info: IntGaugeVec,
+    /// `deltaspace_tune_jobs{state}`: this replica's tune jobs queued and running.
+    pub tune_jobs: IntGaugeVec,
+    /// `deltaspace_tune_jobs_total{result}`: tune jobs ended: succeeded, failed, cancelled.
+    pub tune_jobs_total: IntCounterVec,
+    /// `deltaspace_tune_duration_seconds`: a tune job's run, from start to its end.
+    pub tune_duration: Histogram,
+    /// `deltaspace_tune_steps_total`: optimizer steps of tune jobs.
+    pub tune_steps: IntCounter,
 }
 
 impl Default for Metrics {
@@ -123,6 +131,26 @@ impl Metrics {
                 &["version", "execution_provider", "model", "subspace"],
             )
             .expect("valid metric. This is a bug."),
+            tune_jobs: IntGaugeVec::new(
+                Opts::new("deltaspace_tune_jobs", "Tune jobs queued and running."),
+                &["state"],
+            )
+            .expect("valid metric. This is a bug."),
+            tune_jobs_total: IntCounterVec::new(
+                Opts::new("deltaspace_tune_jobs_total", "Tune jobs ended, by result."),
+                &["result"],
+            )
+            .expect("valid metric. This is a bug."),
+            tune_duration: histogram(
+                "deltaspace_tune_duration_seconds",
+                "Time a tune job ran.",
+                exponential_buckets(0.5, 2.0, 14).expect("valid buckets. This is a bug."),
+            ),
+            tune_steps: IntCounter::new(
+                "deltaspace_tune_steps_total",
+                "Optimizer steps of tune jobs.",
+            )
+            .expect("valid metric. This is a bug."),
             registry,
         };
         metrics.register_all();
@@ -144,6 +172,10 @@ impl Metrics {
             Box::new(self.tasks_registered.clone()),
             Box::new(self.task_uploads.clone()),
             Box::new(self.build_info.clone()),
+            Box::new(self.tune_jobs.clone()),
+            Box::new(self.tune_jobs_total.clone()),
+            Box::new(self.tune_duration.clone()),
+            Box::new(self.tune_steps.clone()),
         ];
         for collector in collectors {
             self.registry

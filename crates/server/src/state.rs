@@ -5,9 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use deltaspace_core::model::Encoder;
+use deltaspace_core::runtime::Runtime;
 use deltaspace_core::subspace::Subspace;
 
 use crate::error::ApiError;
+use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::store::TaskStore;
 use crate::{Options, auth, batcher};
@@ -21,14 +23,18 @@ pub(crate) struct AppState {
     pub(crate) shutting_down: AtomicBool,
 }
 
-/// The loaded half of the state: present once the server is ready.
+/// The loaded half of the state: present once the server is ready. Cloning shares it.
+#[derive(Clone)]
 pub(crate) struct Core {
+    /// ONNX Runtime, for the tune jobs' encoder.
+    pub(crate) runtime: Runtime,
     pub(crate) encoder: Arc<Encoder>,
     pub(crate) subspace: Arc<Subspace>,
     pub(crate) store: Arc<TaskStore>,
     pub(crate) batcher: batcher::BatcherHandle,
     /// Identifies the model that made cached label embeddings.
     pub(crate) model_key: String,
+    pub(crate) jobs: Arc<Jobs>,
 }
 
 impl AppState {

@@ -19,7 +19,8 @@ pub struct QualityLine {
     /// "16", "64" or "full".
     pub shots: String,
     pub seed: u64,
-    pub subspace: String,
+    /// The subspace of the z rows; none for the rows that use no subspace.
+    pub subspace: Option<String>,
     pub test: Scores,
 }
 
@@ -89,13 +90,17 @@ pub fn markdown(lines: &[QualityLine]) -> String {
     tasks.sort();
     tasks.dedup();
     let mut out = String::new();
-    if let Some(first) = lines.first() {
-        let _ = writeln!(
-            out,
-            "Subspace: {}. Test accuracy (%), mean ± spread over seeds (n).\n",
-            first.subspace
-        );
-    }
+    let mut subspaces: Vec<&str> = lines.iter().filter_map(|l| l.subspace.as_deref()).collect();
+    subspaces.sort();
+    subspaces.dedup();
+    let subspaces = match subspaces.as_slice() {
+        [] => "none".to_string(),
+        names => names.join(", "),
+    };
+    let _ = writeln!(
+        out,
+        "Subspace: {subspaces}. Test accuracy (%), mean ± spread over seeds (n).\n"
+    );
     for shots in ["16", "64", "full"] {
         let title = match shots {
             "full" => "the whole training set of each task".to_string(),
@@ -142,7 +147,7 @@ mod tests {
             task: task.into(),
             shots: shots.into(),
             seed,
-            subspace: "minilm-d16".into(),
+            subspace: Some("minilm-d16".into()),
             test: Scores {
                 accuracy,
                 macro_f1: accuracy,

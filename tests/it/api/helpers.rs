@@ -8,7 +8,7 @@ use std::time::Duration;
 use deltaspace::det::Theta0;
 use deltaspace::model::ModelFiles;
 use deltaspace::runtime::{ProviderChoice, RuntimeOptions};
-use deltaspace::server::{self, BatchLimits, Options, ServerError};
+use deltaspace::server::{self, BatchLimits, Options, ServerError, TuneLimits};
 use deltaspace::subspace::Subspace;
 use deltaspace::task::TaskLimits;
 use deltaspace::tensor_file::Storage;
@@ -77,6 +77,8 @@ impl Fixture {
             tokens: Vec::new(),
             protect_reads: false,
             shutdown_timeout: Duration::from_secs(10),
+            tune: TuneLimits::default(),
+            replica: "test".into(),
         }
     }
 }

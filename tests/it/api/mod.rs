@@ -3,5 +3,6 @@
 //! parallel.
 
 pub(crate) mod helpers;
+mod jobs;
 mod routes;
 mod serving;

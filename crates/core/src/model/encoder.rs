@@ -4,6 +4,7 @@
 //! `det_select` switches on, so one run mixes tasks and DETs (docs/design/z-graph.md).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Ix1, Ix2};
 use ort::session::{SessionInputValue, SessionOutputs};
@@ -171,6 +172,11 @@ impl Default for EncoderOptions {
 /// Rows per run when embedding a long list (label descriptions), to bound memory.
 const CHUNK_ROWS: usize = 64;
 
+/// Called before every run of an encoder that does background work (a server's tune job), so
+/// that its runs go between the foreground's: it may wait for its turn, and it may end the work
+/// by returning why (the work was cancelled, or the server is stopping).
+pub type Pace = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// The frozen PLM: its manifest, tokenizer and graphs.
 pub struct Encoder {
     files: ModelFiles,
@@ -180,6 +186,8 @@ pub struct Encoder {
     plain: Option<SessionPool>,
     /// Zero U and base, for the frozen model's embeddings (label descriptions).
     frozen: DeltaParams,
+    /// Asked before each run (see [`Pace`]); none for foreground encoders.
+    pace: Option<Pace>,
 }
 
 impl Encoder {
@@ -228,7 +236,24 @@ impl Encoder {
             grad,
             plain,
             frozen,
+            pace: None,
         })
+    }
+
+    /// The same encoder for background work: `pace` is asked before each of its runs.
+    pub fn paced(self, pace: Pace) -> Self {
+        Self {
+            pace: Some(pace),
+            ..self
+        }
+    }
+
+    /// Waits for this encoder's turn to run, or fails with the reason its work ended.
+    fn take_turn(&self) -> Result<(), ModelError> {
+        match &self.pace {
+            Some(pace) => pace().map_err(ModelError::Halted),
+            None => Ok(()),
+        }
     }
 
     /// The model's manifest.
@@ -268,6 +293,7 @@ impl Encoder {
         params: &'a DeltaParams,
     ) -> Result<Array2<f32>, ModelError> {
         check_batch(batch, params, self.manifest())?;
+        self.take_turn()?;
         self.serve.run(|session| {
             let mut inputs = token_inputs(batch.tokens)?;
             inputs.extend(delta_inputs(batch, params, self.manifest())?);
@@ -349,6 +375,7 @@ impl Encoder {
                 "label {bad} is outside 0..{classes}"
             )));
         }
+        self.take_turn()?;
         pool.run(|session| -> Result<Gradients, ModelError> {
             let mut inputs = token_inputs(batch.batch.tokens)?;
             inputs.push((

@@ -12,7 +12,9 @@ mod resident;
 mod tokenize;
 
 pub use classify::{LabelScore, LabelScores, cosine_logits, softmax_rows};
-pub use encoder::{Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch, Gradients};
+pub use encoder::{
+    Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch, Gradients, Pace,
+};
 pub use manifest::{
     Architecture, DetLayout, FORMAT_VERSION, Graphs, Manifest, ModelFiles, TensorSlot,
 };
@@ -60,6 +62,9 @@ pub enum ModelError {
     Shape(String),
     #[error("the gradient graph was not loaded (EncoderOptions::with_grad)")]
     NoGradGraph,
+    /// A background encoder's pace ended its work (see [`Pace`]).
+    #[error("stopped: {0}")]
+    Halted(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("ONNX Runtime run: {0}")]

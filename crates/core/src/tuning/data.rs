@@ -107,6 +107,31 @@ impl TaskData {
         })
     }
 
+    /// A task from examples in memory (a server's tune job); `dir` stays empty. Without `dev`,
+    /// [`held_out`] draws one from `train`. Without `test`, the test split is empty (its scores
+    /// have n = 0).
+    pub fn from_examples(
+        name: &str,
+        labels: Vec<Label>,
+        train: Vec<Example>,
+        dev: Option<Vec<Example>>,
+        test: Vec<Example>,
+        seed: u64,
+    ) -> Self {
+        let (train, dev) = match dev {
+            Some(dev) => (train, dev),
+            None => held_out(train, labels.len(), seed),
+        };
+        Self {
+            name: name.to_string(),
+            dir: PathBuf::new(),
+            labels,
+            train,
+            dev,
+            test,
+        }
+    }
+
     /// The few-shot version of the task: at most `per_label` examples of each label in train and
     /// in dev, drawn with `seed`; test stays whole. Every method compared on a task gets the same
     /// draw for the same seed.
@@ -144,6 +169,39 @@ impl TaskData {
             Split::Test => &self.test,
         }
     }
+}
+
+/// The share of each label's examples that [`held_out`] keeps for dev.
+pub const DEV_SHARE: f64 = 0.2;
+
+/// Splits `examples` into (train, dev), stratified: of each label's examples, drawn with `seed`,
+/// [`DEV_SHARE`] rounded (at least one when the label has two or more, never its last one) go
+/// to dev. Order within each part follows `examples`.
+pub fn held_out(examples: Vec<Example>, labels: usize, seed: u64) -> (Vec<Example>, Vec<Example>) {
+    let mut by_label: Vec<Vec<usize>> = vec![Vec::new(); labels];
+    for (index, example) in examples.iter().enumerate() {
+        if let Some(indices) = by_label.get_mut(example.label) {
+            indices.push(index);
+        }
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x0064_6576);
+    let mut to_dev = vec![false; examples.len()];
+    for mut indices in by_label {
+        let count = indices.len();
+        let share = ((count as f64 * DEV_SHARE).round() as usize).max(usize::from(count >= 2));
+        indices.shuffle(&mut rng);
+        for &index in indices.iter().take(share.min(count.saturating_sub(1))) {
+            to_dev[index] = true;
+        }
+    }
+    let (mut train, mut dev) = (Vec::new(), Vec::new());
+    for (example, dev_bound) in examples.into_iter().zip(to_dev) {
+        match dev_bound {
+            true => dev.push(example),
+            false => train.push(example),
+        }
+    }
+    (train, dev)
 }
 
 fn read_split(path: &Path, labels: &[Label], max: Option<usize>) -> anyhow::Result<Vec<Example>> {
@@ -250,6 +308,42 @@ mod tests {
         assert_ne!(
             texts(&few),
             texts(&full.few_shot(3, 8)),
+            "another seed, another draw"
+        );
+    }
+
+    #[test]
+    fn a_held_out_dev_set_takes_a_fifth_of_each_label_and_leaves_each_label_in_train() {
+        let example = |label: usize, i: usize| Example {
+            input: TextInput::pair(format!("text {label} {i}"), None),
+            label,
+        };
+        // Label 0: 10 examples (2 to dev); label 1: 3 (1 to dev); label 2: 1 (stays in train).
+        let examples: Vec<Example> = (0..10)
+            .map(|i| example(0, i))
+            .chain((0..3).map(|i| example(1, i)))
+            .chain(std::iter::once(example(2, 0)))
+            .collect();
+        let (train, dev) = held_out(examples.clone(), 3, 5);
+        let count = |part: &[Example], label| part.iter().filter(|e| e.label == label).count();
+        assert_eq!([count(&dev, 0), count(&dev, 1), count(&dev, 2)], [2, 1, 0]);
+        assert_eq!(
+            [count(&train, 0), count(&train, 1), count(&train, 2)],
+            [8, 2, 1]
+        );
+        let texts = |part: &[Example]| {
+            part.iter()
+                .map(|e| format!("{:?}", e.input))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            texts(&held_out(examples.clone(), 3, 5).1),
+            texts(&dev),
+            "same seed, same draw"
+        );
+        assert_ne!(
+            texts(&held_out(examples, 3, 6).1),
+            texts(&dev),
             "another seed, another draw"
         );
     }

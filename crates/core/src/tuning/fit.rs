@@ -65,6 +65,22 @@ pub struct Unit {
     pub det: DetKind,
 }
 
+/// How long and how fast a run trains, the part of [`FitOptions`] that differs between stages.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub steps: usize,
+    pub lr: f32,
+    pub eval_every: usize,
+    /// Evaluations without improvement before a unit stops (0: never).
+    pub patience: usize,
+}
+
+/// Training rows per unit per step, unless a command says otherwise.
+pub const BATCH: usize = 16;
+
+/// Rows per encoder run, unless a command says otherwise.
+pub const RUN_ROWS: usize = 64;
+
 /// How to train.
 #[derive(Debug, Clone)]
 pub struct FitOptions {
@@ -88,6 +104,31 @@ pub struct FitOptions {
     pub checkpoint: Option<PathBuf>,
     /// Examples per unit in the final dev and test scores (None: all).
     pub final_limit: Option<usize>,
+    /// Wall-clock budget in seconds: the first step that ends past it is evaluated and ends the
+    /// run (None: no limit). The final scores come after it.
+    pub max_seconds: Option<f64>,
+}
+
+impl FitOptions {
+    /// `schedule` with what every stage shares unless told otherwise: Adam, [`BATCH`] rows per
+    /// unit per step, [`RUN_ROWS`] rows per run, whole dev and test splits, no checkpoint, no
+    /// time limit.
+    pub fn new(schedule: Schedule, seed: u64) -> Self {
+        Self {
+            steps: schedule.steps,
+            batch: BATCH,
+            lr: schedule.lr,
+            optimizer: OptimizerKind::Adam,
+            eval_every: schedule.eval_every,
+            patience: (schedule.patience > 0).then_some(schedule.patience),
+            eval_limit: None,
+            run_rows: RUN_ROWS,
+            seed,
+            checkpoint: None,
+            final_limit: None,
+            max_seconds: None,
+        }
+    }
 }
 
 /// What training found, per unit.
@@ -219,6 +260,10 @@ pub struct StepReport<'a> {
     /// Time in optimizer steps so far (encoder runs on training rows and updates), without the
     /// dev evaluations and the observer.
     pub optimizing: Duration,
+    /// The step's mean training loss over the units still training (none before the first).
+    pub loss: Option<f32>,
+    /// Every unit's dev scores, when this step was evaluated.
+    pub dev: Option<&'a [Scores]>,
     /// True for one last report when every unit has stopped early, before the step budget: the
     /// same step was reported before, when it was not yet known to be the last.
     pub stopped: bool,
@@ -247,8 +292,9 @@ pub fn fit(
     )
 }
 
-/// [`fit`], calling `observe` before the first step and after every step. Time spent in `observe`
-/// counts in neither [`FitResult::seconds`] nor [`StepReport::optimizing`].
+/// [`fit`], calling `observe` before the first step and after every step (after its evaluation,
+/// when it has one). Time spent in `observe` counts in neither [`FitResult::seconds`] nor
+/// [`StepReport::optimizing`].
 #[allow(clippy::too_many_arguments)]
 pub fn fit_observed(
     encoder: &Encoder,
@@ -322,6 +368,8 @@ pub fn fit_observed(
         step: start_step,
         values: &values,
         optimizing,
+        loss: None,
+        dev: None,
         stopped: false,
     })?;
     let training =
@@ -334,6 +382,8 @@ pub fn fit_observed(
                 step,
                 values: &values,
                 optimizing,
+                loss: None,
+                dev: None,
                 stopped: true,
             })?;
             break;
@@ -370,14 +420,20 @@ pub fn fit_observed(
         let mean_loss = loss / active.len() as f32;
         losses.push((step + 1, mean_loss));
         let done = step + 1;
-        timed_observe(StepReport {
-            step: done,
-            values: &values,
-            optimizing,
-            stopped: false,
-        })?;
-        if !(done.is_multiple_of(options.eval_every.max(1)) || done == options.steps) {
+        let out_of_time = options
+            .max_seconds
+            .is_some_and(|limit| started.elapsed().as_secs_f64() >= limit);
+        if !(done.is_multiple_of(options.eval_every.max(1)) || done == options.steps || out_of_time)
+        {
             progress.report(done as u64, mean_loss, None);
+            timed_observe(StepReport {
+                step: done,
+                values: &values,
+                optimizing,
+                loss: Some(mean_loss),
+                dev: None,
+                stopped: false,
+            })?;
             continue;
         }
         let dev = evaluate_values(
@@ -426,6 +482,18 @@ pub fn fit_observed(
                 optimizers: optimizers.iter().map(|o| o.state()).collect(),
             };
             state.write(path, units, &run)?;
+        }
+        timed_observe(StepReport {
+            step: done,
+            values: &values,
+            optimizing,
+            loss: Some(mean_loss),
+            dev: Some(&dev),
+            stopped: false,
+        })?;
+        if out_of_time {
+            tracing::info!(step = done, "out of time: the run ends here");
+            break;
         }
     }
     progress.finish();
@@ -641,8 +709,18 @@ impl Checkpoint {
             "checkpoint {} is for other tasks or DETs; delete it to start over",
             path.display()
         );
-        // Checkpoints written before runs were recorded have no "run" and are taken as they are.
-        if let Some(found) = file.metadata.get("run").filter(|found| *found != run) {
+        // Checkpoints written before runs were recorded have no "run", and those written before
+        // the run named its training set sizes lack the " train ..." part: both are taken as
+        // they are.
+        let older = |found: &str| {
+            run.strip_prefix(found)
+                .is_some_and(|rest| rest.starts_with(" train "))
+        };
+        if let Some(found) = file
+            .metadata
+            .get("run")
+            .filter(|found| *found != run && !older(found))
+        {
             anyhow::bail!(
                 "checkpoint {} was written by another run ({found}, not {run}); delete it to start over",
                 path.display()

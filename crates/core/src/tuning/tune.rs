@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::batch::{EncodedRows, Row, TrainTask, row_losses};
 use super::data::{Split, epoch_indices};
 use super::eval::Scores;
-use super::fit::{FitOptions, Space, StepReport, Unit, evaluate_values, fit_observed};
+use super::fit::{FitOptions, Schedule, Space, StepReport, Unit, evaluate_values, fit_observed};
 use super::head::HeadTuning;
 use super::optim::CmaEs;
 use super::progress::Progress;
@@ -48,6 +48,16 @@ fn initial_z(d: usize, seed: u64) -> Vec<f32> {
     (0..d).map(|_| normal.sample(&mut rng)).collect()
 }
 
+/// Stage 2's schedule, for `deltaspace tune` and the server's tune jobs alike: a learning rate
+/// that moves z (its init is N(0, 0.02²)), and early stopping on dev, so that a task stops when
+/// it stops improving rather than after a fixed budget.
+pub const TUNING: Schedule = Schedule {
+    steps: 500,
+    lr: 0.05,
+    eval_every: 25,
+    patience: 4,
+};
+
 /// What stage 2 tunes for each task.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
@@ -60,10 +70,25 @@ pub struct Target<'a> {
     pub train_z: bool,
 }
 
+impl Target<'static> {
+    /// What stage 2 tunes unless told otherwise: z and a prototypes head together, through every
+    /// DET, each task keeping the DET that scores best on dev.
+    pub const DEFAULT: Self = Self {
+        dets: &DetKind::ALL,
+        head: HeadTuning::Prototypes,
+        train_z: true,
+    };
+}
+
+/// Something shown every step of a run (a server's tune job shows its progress this way); an
+/// error it returns ends the run with that error.
+pub type Watch<'w> = &'w mut dyn FnMut(StepReport<'_>) -> anyhow::Result<()>;
+
 /// Gradient tuning of z, and of the head the target asks for, for every task through each DET
 /// of the target, all (task, DET) units in shared runs; each task keeps the DET whose unit scores
 /// best on dev. A head starts at the descriptions with zero biases. With `trace`, every unit's
-/// current values are scored between steps (that time is left out of `seconds`).
+/// current values are scored between steps (that time is left out of `seconds`); `watch` sees
+/// every step.
 pub fn tune_gradient(
     encoder: &Encoder,
     subspace: &Subspace,
@@ -71,6 +96,7 @@ pub fn tune_gradient(
     target: Target<'_>,
     options: &FitOptions,
     mut trace: Option<&mut Trace>,
+    mut watch: Option<Watch<'_>>,
 ) -> anyhow::Result<Vec<Tuned>> {
     anyhow::ensure!(!target.dets.is_empty(), "tune through at least one DET");
     let units: Vec<Unit> = (0..tasks.len())
@@ -102,6 +128,9 @@ pub fn tune_gradient(
     let mut observe = |report: StepReport<'_>| -> anyhow::Result<()> {
         // A run that stops early ends its trace at its last step, unless that step was due anyway.
         let due = |trace: &Trace| trace.due(report.step, options.steps) != report.stopped;
+        if let Some(watch) = watch.as_deref_mut() {
+            watch(report)?;
+        }
         match trace.as_deref_mut() {
             Some(trace) if due(trace) => {
                 let at = Position {

@@ -7,9 +7,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::jobs::TuneLimits;
 use deltaspace_core::det::DetKind;
 use deltaspace_core::model::TextInput;
-use deltaspace_core::task::{Head, Label, Task};
+use deltaspace_core::task::{Head, Label, Task, TaskLimits, validate_labels};
+use deltaspace_core::tuning::data::Example;
+use deltaspace_core::tuning::tune::TUNING;
 
 /// Tasks per page of `GET /v1/tasks` unless `limit` says otherwise.
 pub const PAGE_DEFAULT: usize = 100;
@@ -85,6 +88,74 @@ pub struct TaskBody {
     pub subspace: Option<String>,
 }
 
+/// `POST /v1/tasks/{name}/tune`: labeled examples for a new task.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuneRequest {
+    pub labels: Vec<Label>,
+    pub examples: Vec<LabeledText>,
+    /// Tune through this DET only (default: every DET, keeping the best on dev).
+    #[serde(default)]
+    pub det: Option<String>,
+    /// Examples for early stopping and the choice of DET (default: held out of `examples`).
+    #[serde(default)]
+    pub dev_examples: Option<Vec<LabeledText>>,
+    /// Examples scored once at the end, for the job's `test_accuracy`.
+    #[serde(default)]
+    pub test_examples: Option<Vec<LabeledText>>,
+    #[serde(default)]
+    pub budget: Option<Budget>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// One labeled example of a tune request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabeledText {
+    pub text: String,
+    #[serde(default)]
+    pub text_pair: Option<String>,
+    pub label: String,
+}
+
+/// How long a tune job may train.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    #[serde(default, deserialize_with = "integral")]
+    pub steps: Option<usize>,
+    #[serde(default)]
+    pub seconds: Option<f64>,
+    /// Early stopping, as `deltaspace tune --patience`: evaluations without improvement before
+    /// a DET stops; 0 never stops early.
+    #[serde(default, deserialize_with = "integral")]
+    pub patience: Option<usize>,
+}
+
+/// The most optimizer steps a tune request may ask for.
+pub const MAX_TUNE_STEPS: usize = 10_000;
+
+/// The seed of a tune request that gives none (the CLI's default too).
+pub const DEFAULT_TUNE_SEED: u64 = 42;
+
+/// A checked tune request: what a job tunes.
+#[derive(Debug, Clone)]
+pub struct TuneOrder {
+    pub labels: Vec<Label>,
+    pub train: Vec<Example>,
+    /// None: hold a stratified part of `train` out for dev.
+    pub dev: Option<Vec<Example>>,
+    /// Empty when the request gave no test examples.
+    pub test: Vec<Example>,
+    pub det: Option<DetKind>,
+    pub steps: usize,
+    pub seconds: f64,
+    /// Evaluations without improvement before a DET stops (0: never).
+    pub patience: usize,
+    pub seed: u64,
+}
+
 /// `GET /v1/tasks` query.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -154,6 +225,110 @@ impl TaskBody {
     }
 }
 
+impl TuneRequest {
+    /// Parses and checks a tune body: labels, every example's text and label, the sizes and
+    /// the budget, so that an accepted job can only fail for reasons the client could not see.
+    pub fn decode(
+        bytes: &[u8],
+        limits: &TuneLimits,
+        max_text_chars: usize,
+        task_limits: &TaskLimits,
+    ) -> Result<TuneOrder, ApiError> {
+        let request: Self = decode_json(bytes)?;
+        validate_labels(&request.labels, task_limits)
+            .map_err(|e| ApiError::InvalidTune(format!("labels: {e}")))?;
+        let total = request.examples.len()
+            + request.dev_examples.as_ref().map_or(0, Vec::len)
+            + request.test_examples.as_ref().map_or(0, Vec::len);
+        if total > limits.max_examples {
+            return Err(ApiError::InvalidTune(format!(
+                "{total} examples in all; the limit is max_tune_examples = {}",
+                limits.max_examples
+            )));
+        }
+        let examples = |field: &str, list: Vec<LabeledText>| {
+            if list.is_empty() {
+                return Err(ApiError::InvalidTune(format!(
+                    "{field} is empty; give at least one example per label"
+                )));
+            }
+            list.into_iter()
+                .enumerate()
+                .map(|(index, example)| {
+                    example.check(
+                        &format!("{field}[{index}]"),
+                        &request.labels,
+                        max_text_chars,
+                    )
+                })
+                .collect::<Result<Vec<Example>, ApiError>>()
+        };
+        let train = examples("examples", request.examples)?;
+        if let Some(missing) =
+            (0..request.labels.len()).find(|&label| !train.iter().any(|e| e.label == label))
+        {
+            return Err(ApiError::InvalidTune(format!(
+                "label {:?} has no example in examples",
+                request.labels[missing].name
+            )));
+        }
+        let dev = request
+            .dev_examples
+            .map(|list| examples("dev_examples", list))
+            .transpose()?;
+        let test = request
+            .test_examples
+            .map(|list| examples("test_examples", list))
+            .transpose()?
+            .unwrap_or_default();
+        let budget = request.budget.unwrap_or_default();
+        let steps = budget.steps.unwrap_or(TUNING.steps);
+        if !(1..=MAX_TUNE_STEPS).contains(&steps) {
+            return Err(ApiError::InvalidTune(format!(
+                "budget.steps must be 1-{MAX_TUNE_STEPS}, got {steps}"
+            )));
+        }
+        let max_seconds = limits.max_seconds as f64;
+        let seconds = budget.seconds.unwrap_or(max_seconds);
+        if !(seconds > 0.0 && seconds <= max_seconds) {
+            return Err(ApiError::InvalidTune(format!(
+                "budget.seconds must be above 0 and at most max_tune_seconds = {max_seconds}, got {seconds}"
+            )));
+        }
+        let det = request
+            .det
+            .map(|det| det.parse::<DetKind>())
+            .transpose()
+            .map_err(|e| ApiError::InvalidTune(e.to_string()))?;
+        Ok(TuneOrder {
+            labels: request.labels,
+            train,
+            dev,
+            test,
+            det,
+            steps,
+            seconds,
+            patience: budget.patience.unwrap_or(TUNING.patience),
+            seed: request.seed.unwrap_or(DEFAULT_TUNE_SEED),
+        })
+    }
+}
+
+impl LabeledText {
+    /// The example, its texts checked as predict inputs are and its label found in `labels`.
+    fn check(self, at: &str, labels: &[Label], max_text_chars: usize) -> Result<Example, ApiError> {
+        let Some(label) = labels.iter().position(|l| l.name == self.label) else {
+            return Err(ApiError::InvalidTune(format!(
+                "{at}: label {:?} is not one of the labels",
+                self.label
+            )));
+        };
+        let input = TextInput::pair(self.text, self.text_pair);
+        check_text(at, &input, max_text_chars).map_err(|e| ApiError::InvalidTune(e.to_string()))?;
+        Ok(Example { input, label })
+    }
+}
+
 /// `GET /v1/tasks?limit=&after=`: the cursor and the page size.
 pub fn decode_page_query(query: &str) -> Result<(Option<String>, usize), ApiError> {
     let query = actix_web::web::Query::<ListQuery>::from_query(query)
@@ -177,24 +352,27 @@ pub fn check_inputs(inputs: &[TextInput], limits: &RequestLimits) -> Result<(), 
         )));
     }
     for (index, input) in inputs.iter().enumerate() {
-        let texts = [
-            ("text", Some(input.text())),
-            ("text_pair", input.text_pair()),
-        ];
-        for (field, text) in texts {
-            let Some(text) = text else { continue };
-            if text.trim().is_empty() {
-                return Err(ApiError::InvalidRequest(format!(
-                    "inputs[{index}]: {field} is empty"
-                )));
-            }
-            // Counting stops past the limit, so a huge text costs no more than a long one.
-            if text.chars().nth(limits.max_text_chars).is_some() {
-                return Err(ApiError::InvalidRequest(format!(
-                    "inputs[{index}]: {field} is longer than max_text_chars = {}",
-                    limits.max_text_chars
-                )));
-            }
+        check_text(&format!("inputs[{index}]"), input, limits.max_text_chars)?;
+    }
+    Ok(())
+}
+
+/// An input's text (and text_pair) non-blank and at most `max_text_chars`; `at` names it.
+fn check_text(at: &str, input: &TextInput, max_text_chars: usize) -> Result<(), ApiError> {
+    let texts = [
+        ("text", Some(input.text())),
+        ("text_pair", input.text_pair()),
+    ];
+    for (field, text) in texts {
+        let Some(text) = text else { continue };
+        if text.trim().is_empty() {
+            return Err(ApiError::InvalidRequest(format!("{at}: {field} is empty")));
+        }
+        // Counting stops past the limit, so a huge text costs no more than a long one.
+        if text.chars().nth(max_text_chars).is_some() {
+            return Err(ApiError::InvalidRequest(format!(
+                "{at}: {field} is longer than max_text_chars = {max_text_chars}"
+            )));
         }
     }
     Ok(())

@@ -5,6 +5,7 @@
 //! only with [`ApiError`]; docs/openapi.json describes the same routes.
 
 pub(crate) mod decode;
+mod jobs;
 mod openapi;
 mod predict;
 mod tasks;
@@ -18,8 +19,12 @@ use super::error::ApiError;
 use super::store::StoredTask;
 use super::{AppState, Core, Options};
 use decode::RequestLimits;
+use jobs::{cancel_job, get_job, list_jobs, tune};
 use predict::{embed, predict};
 use tasks::{delete_task, get_task, list_tasks, put_task};
+
+/// The page at `/`: plain HTML and JavaScript, compiled into the binary.
+const PAGE: &str = include_str!("../page/index.html");
 
 pub(super) type State = web::Data<AppState>;
 
@@ -47,8 +52,21 @@ pub fn routes(config: &mut web::ServiceConfig) {
             web::resource("/v1/tasks/{name}/embed")
                 .route(web::post().to(embed))
                 .default_service(wrong_method("POST")),
+        )
+        .service(
+            web::resource("/v1/tasks/{name}/tune")
+                .route(web::post().to(tune))
+                .default_service(wrong_method("POST")),
+        )
+        .service(
+            web::resource("/v1/jobs/{id}")
+                .route(web::get().to(get_job))
+                .route(web::delete().to(cancel_job))
+                .default_service(wrong_method("GET, DELETE")),
         );
     for (path, handler) in [
+        ("/", web::get().to(page)),
+        ("/v1/jobs", web::get().to(list_jobs)),
         ("/v1/info", web::get().to(info)),
         ("/health/live", web::get().to(live)),
         ("/health/ready", web::get().to(ready)),
@@ -103,8 +121,20 @@ async fn info(state: State) -> Result<HttpResponse, ApiError> {
             "max_z_norm": options.task_limits.max_z_norm,
             "max_labels": options.task_limits.max_labels,
             "max_label_chars": options.task_limits.max_label_chars,
+            "max_head_bias": options.task_limits.max_head_bias,
+            "max_tune_jobs": options.tune.max_jobs,
+            "max_queued_tune_jobs": options.tune.max_queued,
+            "max_tune_examples": options.tune.max_examples,
+            "max_tune_seconds": options.tune.max_seconds,
+            "tune_run_rows": options.tune.run_rows,
         },
     })))
+}
+
+async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(PAGE)
 }
 
 async fn live() -> HttpResponse {
@@ -165,7 +195,7 @@ pub(super) fn request_limits(options: &Options) -> RequestLimits {
 }
 
 /// Runs blocking work (ORT, SQLite) on tokio's blocking pool.
-pub(super) async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     web::block(work)

@@ -38,6 +38,15 @@ pub fn render(options: &Options, sizes: Option<Sizes>) -> Value {
     for request in ["PredictRequest", "EmbedRequest"] {
         schemas[request]["properties"]["inputs"]["maxItems"] = json!(max_inputs);
     }
+    for field in ["text", "text_pair"] {
+        schemas["LabeledText"]["properties"][field]["maxLength"] = json!(options.max_text_chars);
+    }
+    let tune = &mut schemas["TuneRequest"]["properties"];
+    for list in ["examples", "dev_examples", "test_examples"] {
+        tune[list]["maxItems"] = json!(options.tune.max_examples);
+    }
+    tune["budget"]["properties"]["seconds"]["maximum"] = json!(options.tune.max_seconds);
+    tune["labels"]["maxItems"] = json!(options.task_limits.max_labels);
     let limits = &options.task_limits;
     for field in ["name", "description"] {
         schemas["Label"]["properties"][field]["maxLength"] = json!(limits.max_label_chars);

@@ -11,10 +11,10 @@ use serde::Serialize;
 use super::decode::{TaskBody, decode_page_query};
 use super::{State, blocking, find, read_body};
 use crate::AppState;
-use crate::admit::{admit, label_set};
+use crate::admit::{admit, commit};
 use crate::auth::Access;
 use crate::error::ApiError;
-use crate::store::{Precondition, StoreError, StoredTask, labels_key};
+use crate::store::{Precondition, StoredTask};
 use deltaspace_core::det::DetKind;
 use deltaspace_core::task::{Head, Label, validate_name};
 
@@ -120,39 +120,8 @@ async fn upload(
         &core.subspace,
         &state.options.task_limits,
     )?;
-    // Fail a stale If-Match before paying for label embeddings; the commit checks it again.
-    let current = core.store.get(name);
-    if let Precondition::Etag(etag) = &expect
-        && current.as_ref().is_some_and(|c| &c.etag != etag)
-    {
-        return Err(StoreError::EtagMismatch {
-            name: name.to_string(),
-            expected: etag.clone(),
-            found: current.map(|c| c.etag.clone()).unwrap_or_default(),
-        }
-        .into());
-    }
-    // Tasks with the same labels share their embeddings: only new labels cost an encoder run.
-    let labels = match core.store.label_sets().get(&labels_key(&task.labels)) {
-        Some(labels) => labels,
-        None => {
-            let (store, encoder, labels) = (
-                core.store.clone(),
-                core.encoder.clone(),
-                task.labels.clone(),
-            );
-            blocking(move || {
-                label_set(&store, &encoder, &labels).map_err(|e| ApiError::Internal(e.to_string()))
-            })
-            .await?
-        }
-    };
-    let (store, subspace_id, key) = (
-        core.store.clone(),
-        core.subspace.id(),
-        core.model_key.clone(),
-    );
-    blocking(move || Ok(store.put(task, labels, &subspace_id, &key, &expect)?)).await
+    let core = core.clone();
+    blocking(move || commit(&core, task, &expect)).await
 }
 
 pub(super) async fn get_task(
@@ -220,7 +189,7 @@ pub(super) async fn delete_task(
 }
 
 /// `If-Match: "etag"` or `*`, or `If-None-Match: *`.
-fn precondition(request: &HttpRequest) -> Result<Precondition, ApiError> {
+pub(super) fn precondition(request: &HttpRequest) -> Result<Precondition, ApiError> {
     let header_text = |name: header::HeaderName| {
         request
             .headers()

@@ -7,6 +7,7 @@ mod policy;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ndarray::{Array2, s};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
@@ -62,6 +63,25 @@ pub struct BatcherHandle {
     queue: mpsc::Sender<Job>,
     stop: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// Requests submitted and not yet answered (queued or running): background work (tune jobs)
+    /// waits for none before each of its runs.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a request in flight until dropped, however its future ends.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl BatcherHandle {
@@ -75,6 +95,7 @@ impl BatcherHandle {
         det: DetKind,
         seq_len: usize,
     ) -> Result<Array2<f32>, BatchError> {
+        let _in_flight = InFlight::new(&self.in_flight);
         let (reply, answer) = oneshot::channel();
         let job = Job {
             task,
@@ -102,6 +123,11 @@ impl BatcherHandle {
             .unwrap_or_else(|_| Err(BatchError::Inference("the batch was lost".into())))
     }
 
+    /// True when no request is queued or running.
+    pub fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0
+    }
+
     /// Stops taking requests; those already queued still run. The batcher task then ends.
     pub fn close(&self) {
         self.stop.notify_one();
@@ -120,6 +146,7 @@ pub fn spawn(
         queue,
         stop: stop.clone(),
         metrics: metrics.clone(),
+        in_flight: Arc::new(AtomicUsize::new(0)),
     };
     let batcher = Batcher {
         limits,

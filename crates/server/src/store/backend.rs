@@ -11,6 +11,7 @@ use ndarray::Array2;
 use deltaspace_core::task::Task;
 
 use super::db::{Database, LabelCache, Record};
+use super::jobs::JobRecord;
 use super::{Precondition, StoreError};
 
 /// The durable side of the task store. Blocking: call from a blocking thread.
@@ -66,6 +67,19 @@ pub trait Backend: Send {
 
     /// True when the seed task `name` was imported before (even if since deleted).
     fn was_seeded(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Records a tune job, replacing its previous record; its place in the list stays.
+    fn save_job(&mut self, job: &JobRecord) -> Result<(), StoreError>;
+
+    /// The job `id`, if recorded.
+    fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+
+    /// Up to `limit` jobs, newest first, after the job `after` (a cursor from the previous page).
+    fn jobs(&self, after: Option<&str>, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Marks every job of `owner` that is queued or running as failed with `reason` (a restart
+    /// ends what the replica was doing); returns how many.
+    fn fail_unfinished_jobs(&mut self, owner: &str, reason: &str) -> Result<usize, StoreError>;
 }
 
 /// The database file of the embedded store, under the data directory.

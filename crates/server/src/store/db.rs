@@ -15,6 +15,7 @@ use ndarray::Array2;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
+use super::jobs::{JobRecord, JobState};
 use super::{Backend, Precondition, StoreError};
 use deltaspace_core::task::Task;
 
@@ -87,6 +88,13 @@ impl Database {
             CREATE TABLE IF NOT EXISTS seeded (
                 name TEXT PRIMARY KEY,
                 at_ms INTEGER NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS jobs (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                id TEXT NOT NULL UNIQUE,
+                owner TEXT NOT NULL,
+                state TEXT NOT NULL,
+                record TEXT NOT NULL
             );",
         )?;
         connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -230,6 +238,80 @@ impl Backend for Database {
             .optional()?
             .is_some())
     }
+
+    fn save_job(&mut self, job: &JobRecord) -> Result<(), StoreError> {
+        let record = serde_json::to_string(job).map_err(|e| StoreError::CorruptJob {
+            id: job.job.clone(),
+            message: e.to_string(),
+        })?;
+        self.connection.execute(
+            "INSERT INTO jobs (id, owner, state, record) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET owner = ?2, state = ?3, record = ?4",
+            params![job.job, job.owner, job.state.name(), record],
+        )?;
+        Ok(())
+    }
+
+    fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.connection
+            .query_row("SELECT record FROM jobs WHERE id = ?1", [id], |row| {
+                row.get::<_, String>(0)
+            })
+            .optional()?
+            .map(|text| parse_job(id, &text))
+            .transpose()
+    }
+
+    fn jobs(&self, after: Option<&str>, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        let mut statement = self.connection.prepare(
+            "SELECT id, record FROM jobs
+             WHERE ?1 IS NULL OR seq < (SELECT seq FROM jobs WHERE id = ?1)
+             ORDER BY seq DESC LIMIT ?2",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement.query_map(params![after, limit], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut jobs = Vec::new();
+        for row in rows {
+            let (id, text) = row?;
+            jobs.push(parse_job(&id, &text)?);
+        }
+        Ok(jobs)
+    }
+
+    fn fail_unfinished_jobs(&mut self, owner: &str, reason: &str) -> Result<usize, StoreError> {
+        let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
+        let unfinished: Vec<(String, String)> = {
+            let mut statement = transaction.prepare(
+                "SELECT id, record FROM jobs WHERE owner = ?1 AND state IN ('queued', 'running')",
+            )?;
+            let rows = statement.query_map([owner], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (id, text) in &unfinished {
+            let mut job = parse_job(id, text)?;
+            job.state = JobState::Failed;
+            job.error = Some(reason.to_string());
+            let record = serde_json::to_string(&job).map_err(|e| StoreError::CorruptJob {
+                id: id.clone(),
+                message: e.to_string(),
+            })?;
+            transaction.execute(
+                "UPDATE jobs SET state = ?2, record = ?3 WHERE id = ?1",
+                params![id, job.state.name(), record],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(unfinished.len())
+    }
+}
+
+fn parse_job(id: &str, text: &str) -> Result<JobRecord, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::CorruptJob {
+        id: id.to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Writes `task` as its next generation inside `transaction` if `expect` holds.
@@ -301,7 +383,7 @@ fn etag(task_json: &str, generation: u64, updated_at_ms: i64) -> String {
     format!("{:x}", hasher.finalize())[..16].to_string()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

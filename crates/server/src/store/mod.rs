@@ -10,10 +10,13 @@
 mod backend;
 mod db;
 mod head;
+mod jobs;
 
 pub use backend::{Backend, DATABASE_FILE, open};
+pub(crate) use db::now_ms;
 pub use db::{Database, Record};
 pub use head::ServedHead;
+pub use jobs::{JobRecord, JobResult, JobState};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
@@ -41,6 +44,8 @@ pub enum StoreError {
     },
     #[error("no task named {0:?}")]
     NotFound(String),
+    #[error("stored job {id:?} is unreadable: {message}")]
+    CorruptJob { id: String, message: String },
     #[error("the server already serves max_tasks = {max} tasks; delete one first")]
     Full { max: usize },
     /// What a visitor of [`Backend::each`] stopped the scan with.
@@ -62,7 +67,7 @@ pub enum Precondition {
 }
 
 impl Precondition {
-    pub(super) fn check(&self, name: &str, current: Option<&str>) -> Result<(), StoreError> {
+    pub(crate) fn check(&self, name: &str, current: Option<&str>) -> Result<(), StoreError> {
         let mismatch = |expected: &str| StoreError::EtagMismatch {
             name: name.to_string(),
             expected: expected.to_string(),

@@ -1,0 +1,500 @@
+//! Tune jobs: labeled examples in, a served task out. `POST /v1/tasks/{name}/tune` hands a checked
+//! [`TuneOrder`] to [`Jobs::submit`], which records the job and answers at once; the job then waits
+//! for one of `max_tune_jobs` slots, runs stage 2 ([`tune_gradient`], the same code as
+//! `deltaspace tune`) on a blocking thread, and serves the task it found as `PUT` would.
+//!
+//! A job's encoder is its own (the serving graph once more, and the gradient graph), loaded on
+//! first use, and *paced*: before each of its runs it waits until no prediction is queued or
+//! running (at most [`MAX_YIELD`]), so predictions wait for at most one small run of a job. Jobs
+//! are recorded in the task store when accepted, at every evaluation and when they end; a restart
+//! marks the jobs it cut short as failed (`interrupted`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::admit::{admit, commit};
+use crate::api::decode::TuneOrder;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::state::Core;
+use crate::store::{JobRecord, JobResult, JobState, Precondition, TaskStore, now_ms};
+use deltaspace_core::classifier::{Classes, embed_labels};
+use deltaspace_core::det::DetKind;
+use deltaspace_core::model::{Encoder, EncoderOptions, Pace};
+use deltaspace_core::task::{Task, TaskLimits};
+use deltaspace_core::tuning::batch::TrainTask;
+use deltaspace_core::tuning::data::TaskData;
+use deltaspace_core::tuning::fit::{FitOptions, Schedule, StepReport};
+use deltaspace_core::tuning::tune::{TUNING, Target, Tuned, tune_gradient};
+
+/// The longest a job's run waits for predictions to finish before it runs anyway, so that a job
+/// still advances under a steady load.
+pub const MAX_YIELD: Duration = Duration::from_secs(1);
+
+/// Why a job that a restart or shutdown cut short failed.
+pub const INTERRUPTED: &str = "interrupted";
+
+/// Bounds on tune jobs (`[server]` in the configuration, reported by `/v1/info`).
+#[derive(Debug, Clone, Copy)]
+pub struct TuneLimits {
+    /// Jobs that run at once.
+    pub max_jobs: usize,
+    /// Jobs that may wait for a slot; one more answers 429.
+    pub max_queued: usize,
+    /// Examples in one request, train, dev and test together.
+    pub max_examples: usize,
+    /// The longest budget a request may ask for, and the budget of one that asks none.
+    pub max_seconds: u64,
+    /// Rows per encoder run of a job: what a prediction may have to wait behind.
+    pub run_rows: usize,
+}
+
+impl Default for TuneLimits {
+    fn default() -> Self {
+        Self {
+            max_jobs: 1,
+            max_queued: 8,
+            max_examples: 2_000,
+            max_seconds: 600,
+            run_rows: 16,
+        }
+    }
+}
+
+/// This replica's tune jobs.
+pub struct Jobs {
+    limits: TuneLimits,
+    /// Bounds on the task a job makes, as on uploads.
+    task_limits: TaskLimits,
+    /// Names this replica in the jobs it records (`[server] replica`).
+    owner: String,
+    metrics: Arc<Metrics>,
+    /// Jobs queued or running here.
+    live: Mutex<HashMap<String, Arc<LiveJob>>>,
+    slots: Arc<Semaphore>,
+    /// The jobs' own encoder, loaded by the first job.
+    encoder: Mutex<Option<Arc<Encoder>>>,
+    stopping: Arc<AtomicBool>,
+}
+
+/// A job queued or running: its record as it changes, and whether it was asked to stop.
+struct LiveJob {
+    record: Mutex<JobRecord>,
+    cancelled: AtomicBool,
+    /// Wakes the job from its wait for a slot when it is cancelled.
+    wake: tokio::sync::Notify,
+}
+
+impl LiveJob {
+    fn record(&self) -> std::sync::MutexGuard<'_, JobRecord> {
+        self.record.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Jobs {
+    pub fn new(
+        limits: TuneLimits,
+        task_limits: TaskLimits,
+        owner: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limits.max_jobs.max(1))),
+            limits,
+            task_limits,
+            owner,
+            metrics,
+            live: Mutex::new(HashMap::new()),
+            encoder: Mutex::new(None),
+            stopping: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Records a new job for task `name` and starts it; answers once it is recorded.
+    pub async fn submit(
+        self: &Arc<Self>,
+        core: &Core,
+        name: &str,
+        order: TuneOrder,
+        expect: Precondition,
+    ) -> Result<JobRecord, ApiError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(ApiError::ShuttingDown);
+        }
+        let record = JobRecord::queued(
+            new_job_id(),
+            name.to_string(),
+            order.steps,
+            self.owner.clone(),
+            now_ms(),
+        );
+        let job = Arc::new(LiveJob {
+            record: Mutex::new(record.clone()),
+            cancelled: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+        });
+        {
+            let mut live = self.live();
+            let capacity = self.limits.max_jobs + self.limits.max_queued;
+            if live.len() >= capacity {
+                return Err(ApiError::TooManyJobs(format!(
+                    "{} tune jobs are queued or running, the most this server takes \
+                     (max_tune_jobs + max_queued_tune_jobs); retry later",
+                    live.len()
+                )));
+            }
+            live.insert(record.job.clone(), job.clone());
+        }
+        if let Err(error) = save(&core.store, record.clone()).await {
+            self.live().remove(&record.job);
+            return Err(error);
+        }
+        self.count(JobState::Queued, 1);
+        tracing::info!(job = %record.job, task = name, examples = order.train.len(), "tune job queued");
+        let (jobs, core) = (self.clone(), core.clone());
+        tokio::spawn(async move { jobs.run(core, job, order, expect).await });
+        Ok(record)
+    }
+
+    /// The job `id`: live from memory, else as the store recorded it.
+    pub async fn get(&self, store: &Arc<TaskStore>, id: &str) -> Result<JobRecord, ApiError> {
+        if let Some(job) = self.live().get(id) {
+            return Ok(job.record().clone());
+        }
+        let (store, key) = (store.clone(), id.to_string());
+        crate::api::blocking(move || Ok(store.with_db(|db| db.job(&key))?))
+            .await?
+            .ok_or_else(|| ApiError::JobNotFound(id.chars().take(160).collect()))
+    }
+
+    /// Up to `limit` recorded jobs, newest first, after the job `after`; live ones as they are now.
+    pub async fn page(
+        &self,
+        store: &Arc<TaskStore>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<JobRecord>, Option<String>), ApiError> {
+        let store = store.clone();
+        let mut page = crate::api::blocking(move || {
+            Ok(store.with_db(|db| db.jobs(after.as_deref(), limit + 1))?)
+        })
+        .await?;
+        let next = (page.len() > limit).then(|| {
+            page.truncate(limit);
+            page.last().map(|j| j.job.clone()).unwrap_or_default()
+        });
+        let live = self.live();
+        for record in &mut page {
+            if let Some(job) = live.get(&record.job) {
+                *record = job.record().clone();
+            }
+        }
+        Ok((page, next))
+    }
+
+    /// Asks the job `id` to stop; a queued job ends at once, a running one at its next step.
+    /// A job that has ended is left as it is.
+    pub async fn cancel(&self, store: &Arc<TaskStore>, id: &str) -> Result<JobRecord, ApiError> {
+        if let Some(job) = self.live().get(id) {
+            job.cancelled.store(true, Ordering::SeqCst);
+            job.wake.notify_one();
+            tracing::info!(job = id, "tune job cancel asked");
+            return Ok(job.record().clone());
+        }
+        self.get(store, id).await
+    }
+
+    /// Stops taking jobs, stops the running ones (each fails as `interrupted` at its next run)
+    /// and waits up to `timeout` for them to record it.
+    pub async fn shut_down(&self, timeout: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.slots.close();
+        let started = Instant::now();
+        while !self.live().is_empty() && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Runs a job from its slot to its record's last state.
+    async fn run(
+        self: Arc<Self>,
+        core: Core,
+        job: Arc<LiveJob>,
+        order: TuneOrder,
+        expect: Precondition,
+    ) {
+        // A cancelled job leaves the queue at once, without waiting for a slot.
+        let permit = tokio::select! {
+            permit = self.slots.clone().acquire_owned() => Some(permit),
+            () = job.wake.notified() => None,
+        };
+        self.count(JobState::Queued, -1);
+        let outcome = match permit {
+            Some(Err(_)) => Err(INTERRUPTED.to_string()),
+            None | Some(Ok(_)) if job.cancelled.load(Ordering::SeqCst) => {
+                Err("cancelled".to_string())
+            }
+            None => Err("woken without a cancel. This is a bug.".to_string()),
+            Some(Ok(permit)) => {
+                let started = Instant::now();
+                self.mark_running(&core, &job).await;
+                let outcome = self.tune_and_serve(&core, &job, order, expect).await;
+                self.metrics
+                    .tune_duration
+                    .observe(started.elapsed().as_secs_f64());
+                self.count(JobState::Running, -1);
+                drop(permit);
+                outcome
+            }
+        };
+        self.finish(&core, &job, outcome).await;
+    }
+
+    async fn mark_running(&self, core: &Core, job: &LiveJob) {
+        let record = {
+            let mut record = job.record();
+            record.state = JobState::Running;
+            record.clone()
+        };
+        self.count(JobState::Running, 1);
+        tracing::info!(job = %record.job, task = %record.task, "tune job running");
+        if let Err(error) = save(&core.store, record).await {
+            tracing::warn!(%error, "recording a running tune job");
+        }
+    }
+
+    /// Tunes on a blocking thread, then serves the task; the result or why it failed.
+    async fn tune_and_serve(
+        self: &Arc<Self>,
+        core: &Core,
+        job: &Arc<LiveJob>,
+        order: TuneOrder,
+        expect: Precondition,
+    ) -> Result<JobResult, String> {
+        let (jobs, blocking_core, blocking_job) = (self.clone(), core.clone(), job.clone());
+        let name = job.record().task.clone();
+        let tuned = tokio::task::spawn_blocking(move || {
+            jobs.tune(&blocking_core, &blocking_job, &name, order)
+        })
+        .await
+        .map_err(|e| format!("the tune thread failed: {e}"))?;
+        let (task, tuned, has_test) = tuned.map_err(|e| {
+            if self.stopping.load(Ordering::SeqCst) {
+                INTERRUPTED.to_string()
+            } else if job.cancelled.load(Ordering::SeqCst) {
+                "cancelled".to_string()
+            } else {
+                format!("tuning failed: {e:#}")
+            }
+        })?;
+        let serving = core.clone();
+        let (stored, _) = crate::api::blocking(move || commit(&serving, task, &expect))
+            .await
+            .map_err(|e| match e {
+                ApiError::EtagMismatch(why) => format!("the task changed while the job ran: {why}"),
+                other => format!("serving the task failed: {other}"),
+            })?;
+        self.metrics.tasks_registered.set(core.store.len() as i64);
+        Ok(JobResult {
+            generation: stored.generation,
+            etag: stored.etag.clone(),
+            det: tuned.det.to_string(),
+            dev_accuracy: tuned.dev.accuracy,
+            test_accuracy: has_test.then_some(tuned.test.accuracy),
+        })
+    }
+
+    /// Stage 2 for one job, blocking: the admitted task, what tuning found, and whether it was
+    /// scored on test examples.
+    fn tune(
+        &self,
+        core: &Core,
+        job: &Arc<LiveJob>,
+        name: &str,
+        order: TuneOrder,
+    ) -> anyhow::Result<(Task, Tuned, bool)> {
+        let encoder = self.encoder(core)?;
+        let has_test = !order.test.is_empty();
+        let data = TaskData::from_examples(
+            name,
+            order.labels.clone(),
+            order.train,
+            order.dev,
+            order.test,
+            order.seed,
+        );
+        let descriptions = Classes::descriptions(embed_labels(&data.labels, &encoder)?);
+        let tasks = [TrainTask { data, descriptions }];
+        let schedule = Schedule {
+            steps: order.steps,
+            patience: order.patience,
+            ..TUNING
+        };
+        let options = FitOptions {
+            max_seconds: Some(order.seconds),
+            run_rows: self.limits.run_rows.max(1),
+            ..FitOptions::new(schedule, order.seed)
+        };
+        let one = order.det.map(|det| [det]);
+        let target = Target {
+            dets: one.as_ref().map_or(&DetKind::ALL[..], |d| &d[..]),
+            ..Target::DEFAULT
+        };
+        let started = Instant::now();
+        let mut best_dev: Option<f32> = None;
+        let mut watch = |report: StepReport<'_>| -> anyhow::Result<()> {
+            if job.cancelled.load(Ordering::SeqCst) {
+                anyhow::bail!("cancelled");
+            }
+            if let Some(dev) = report.dev {
+                let best = dev.iter().map(|s| s.accuracy).fold(f32::MIN, f32::max);
+                best_dev = Some(best_dev.map_or(best, |b| b.max(best)));
+            }
+            if report.loss.is_some() {
+                self.metrics.tune_steps.inc();
+            }
+            let record = progress(job, &report, best_dev, started, order.seconds);
+            if report.dev.is_some() {
+                core.store.with_db(|db| db.save_job(&record))?;
+            }
+            Ok(())
+        };
+        let subspace = &core.subspace;
+        let tuned = tune_gradient(
+            &encoder,
+            subspace,
+            &tasks,
+            target,
+            &options,
+            None,
+            Some(&mut watch),
+        )?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("stage 2 returned no task. This is a bug."))?;
+        let task = Task {
+            name: name.to_string(),
+            det: tuned.det,
+            z: tuned.z.clone(),
+            labels: order.labels,
+            head: tuned.head.clone(),
+            subspace: Some(subspace.id()),
+        };
+        let task = admit(task, core.encoder.manifest(), subspace, &self.task_limits)?;
+        Ok((task, tuned, has_test))
+    }
+
+    /// The jobs' encoder, loaded on first use and paced behind predictions.
+    fn encoder(&self, core: &Core) -> anyhow::Result<Arc<Encoder>> {
+        let mut slot = self.encoder.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(encoder) = slot.as_ref() {
+            return Ok(encoder.clone());
+        }
+        let options = EncoderOptions {
+            sessions: 1,
+            with_grad: true,
+            ..EncoderOptions::default()
+        };
+        let (batcher, stopping) = (core.batcher.clone(), self.stopping.clone());
+        let pace: Pace = Arc::new(move || {
+            let waiting = Instant::now();
+            while !batcher.idle() && waiting.elapsed() < MAX_YIELD {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            match stopping.load(Ordering::SeqCst) {
+                true => Err(INTERRUPTED.to_string()),
+                false => Ok(()),
+            }
+        });
+        let encoder = Encoder::load(&core.runtime, core.encoder.dir(), &options)?.paced(pace);
+        tracing::info!("tune jobs' encoder loaded (serving and gradient graphs)");
+        Ok(slot.insert(Arc::new(encoder)).clone())
+    }
+
+    /// Records how a job ended, and forgets it as live.
+    async fn finish(&self, core: &Core, job: &LiveJob, outcome: Result<JobResult, String>) {
+        let record = {
+            let mut record = job.record();
+            match outcome {
+                Ok(result) => {
+                    record.state = JobState::Succeeded;
+                    record.dev_accuracy = Some(result.dev_accuracy);
+                    record.result = Some(result);
+                }
+                Err(_) if job.cancelled.load(Ordering::SeqCst) => {
+                    record.state = JobState::Cancelled;
+                    record.error = Some("cancelled by DELETE /v1/jobs/{id}".into());
+                }
+                Err(reason) => {
+                    record.state = JobState::Failed;
+                    record.error = Some(reason);
+                }
+            }
+            record.eta_s = None;
+            record.clone()
+        };
+        let result = record.state.name();
+        self.metrics
+            .tune_jobs_total
+            .with_label_values(&[result])
+            .inc();
+        match &record.error {
+            None => {
+                tracing::info!(job = %record.job, task = %record.task, result, "tune job ended")
+            }
+            Some(error) => {
+                tracing::warn!(job = %record.job, task = %record.task, result, %error, "tune job ended")
+            }
+        }
+        if let Err(error) = save(&core.store, record.clone()).await {
+            tracing::error!(%error, job = %record.job, "recording the end of a tune job");
+        }
+        self.live().remove(&record.job);
+    }
+
+    fn count(&self, state: JobState, by: i64) {
+        self.metrics
+            .tune_jobs
+            .with_label_values(&[state.name()])
+            .add(by);
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveJob>>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Updates a running job's record from a step report; returns the record as it now is.
+fn progress(
+    job: &LiveJob,
+    report: &StepReport<'_>,
+    best_dev: Option<f32>,
+    started: Instant,
+    seconds: f64,
+) -> JobRecord {
+    let mut record = job.record();
+    let elapsed = started.elapsed().as_secs_f64();
+    record.step = report.step;
+    record.loss = report.loss.or(record.loss);
+    record.dev_accuracy = best_dev;
+    record.elapsed_s = elapsed;
+    record.eta_s = (report.step > 0).then(|| {
+        let by_steps = elapsed / report.step as f64 * (record.steps - report.step) as f64;
+        by_steps.min((seconds - elapsed).max(0.0))
+    });
+    record.clone()
+}
+
+/// Records `job` in the store.
+async fn save(store: &Arc<TaskStore>, job: JobRecord) -> Result<(), ApiError> {
+    let store = store.clone();
+    crate::api::blocking(move || Ok(store.with_db(|db| db.save_job(&job))?)).await
+}
+
+/// A job id: 16 random hex digits, unique across replicas that share a store.
+fn new_job_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}

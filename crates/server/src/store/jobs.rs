@@ -1,0 +1,105 @@
+//! Tune jobs as the store keeps them: one [`JobRecord`] per job, written when the job is accepted,
+//! at each of its evaluations and when it ends, so that `GET /v1/jobs/{id}` answers after a
+//! restart and a job that a restart cut short is marked failed rather than left running.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    /// The name in the API, the database and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// True once the job can change no more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// What a job that succeeded made: the task it served, as `PUT` reports it, and its scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub generation: u64,
+    pub etag: String,
+    /// The DET z was tuned through (the best on dev when the request named none).
+    pub det: String,
+    pub dev_accuracy: f32,
+    /// Only when the request gave `test_examples`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_accuracy: Option<f32>,
+}
+
+/// A job as `GET /v1/jobs/{id}` shows it and the store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job: String,
+    pub task: String,
+    pub state: JobState,
+    /// Optimizer steps done, of at most `steps`.
+    pub step: usize,
+    pub steps: usize,
+    /// The last step's mean training loss.
+    pub loss: Option<f32>,
+    /// The best dev accuracy so far (over the DETs tuned).
+    pub dev_accuracy: Option<f32>,
+    /// Seconds since the job started running (0 while queued).
+    pub elapsed_s: f64,
+    /// Seconds left at the current pace, if the step budget is what ends the job.
+    pub eta_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResult>,
+    pub created_at_ms: i64,
+    /// The replica that runs the job (`[server] replica`); only it may end the job.
+    pub owner: String,
+}
+
+impl JobRecord {
+    /// A job just accepted.
+    pub fn queued(job: String, task: String, steps: usize, owner: String, now_ms: i64) -> Self {
+        Self {
+            job,
+            task,
+            state: JobState::Queued,
+            step: 0,
+            steps,
+            loss: None,
+            dev_accuracy: None,
+            elapsed_s: 0.0,
+            eta_s: None,
+            error: None,
+            result: None,
+            created_at_ms: now_ms,
+            owner,
+        }
+    }
+}

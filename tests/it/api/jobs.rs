@@ -1,0 +1,403 @@
+//! Tune jobs over HTTP on the tiny model: labeled examples in, a served task out; progress,
+//! listing, cancelling, preconditions at acceptance and at completion, every bad input, the
+//! queue bound, and a restart that cuts a job short.
+
+use std::time::Duration;
+
+use deltaspace::server::{Backend, DATABASE_FILE, Database, JobRecord, JobState, TuneLimits};
+use serde_json::{Value, json};
+
+use super::helpers::{Fixture, TestApp, assert_error, ok_json, task_body};
+
+/// A two-label task: `per_label` short examples of each label.
+fn tune_body(per_label: usize) -> Value {
+    let examples: Vec<Value> = (0..per_label)
+        .flat_map(|i| {
+            [
+                json!({"text": format!("the match ended {i} to nil in the final"), "label": "sports"}),
+                json!({"text": format!("the band played song number {i} on stage"), "label": "music"}),
+            ]
+        })
+        .collect();
+    json!({
+        "labels": [
+            {"name": "sports", "description": "The text is about sports."},
+            {"name": "music", "description": "The text is about music."},
+        ],
+        "examples": examples,
+    })
+}
+
+/// A job that trains until `seconds` have passed (or it is cancelled): no early stopping.
+fn long_body(seconds: u64) -> Value {
+    let mut body = tune_body(8);
+    body["budget"] = json!({"steps": 10_000, "seconds": seconds, "patience": 0});
+    body
+}
+
+/// Posts a tune request; returns the response.
+async fn post_tune(app: &TestApp, name: &str, body: &Value) -> reqwest::Response {
+    app.post(&format!("/v1/tasks/{name}/tune"), body).await
+}
+
+/// Posts a tune request that must be accepted; returns the job id.
+async fn start(app: &TestApp, name: &str, body: &Value) -> String {
+    let response = post_tune(app, name, body).await;
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let accepted = ok_json(response).await;
+    let job = accepted["job"].as_str().unwrap().to_string();
+    assert_eq!(location, format!("/v1/jobs/{job}"));
+    assert_eq!(accepted["status_url"], location);
+    job
+}
+
+/// Polls a job until it has ended (60 s at most); returns its last record.
+async fn wait_for_end(app: &TestApp, job: &str) -> Value {
+    for _ in 0..1200 {
+        let record = ok_json(app.get(&format!("/v1/jobs/{job}")).await).await;
+        if ["succeeded", "failed", "cancelled"].contains(&record["state"].as_str().unwrap()) {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {job} did not end in 60 s");
+}
+
+/// Polls a job until it runs.
+async fn wait_running(app: &TestApp, job: &str) {
+    for _ in 0..1200 {
+        let record = ok_json(app.get(&format!("/v1/jobs/{job}")).await).await;
+        if record["state"] == "running" && record["step"].as_u64().unwrap() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("job {job} did not start in 30 s");
+}
+
+#[tokio::test]
+async fn a_tune_job_turns_labeled_examples_into_a_served_task() {
+    let fixture = Fixture::new();
+    let app = TestApp::spawn(fixture.options()).await;
+    let mut body = tune_body(8);
+    body["test_examples"] = tune_body(3)["examples"].clone();
+    body["budget"] = json!({"steps": 20});
+    body["seed"] = json!(3);
+    let job = start(&app, "topic", &body).await;
+    let record = wait_for_end(&app, &job).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    assert_eq!(record["task"], "topic");
+    assert!(record["step"].as_u64().unwrap() > 0, "{record}");
+    assert_eq!(record["steps"], 20);
+    let result = &record["result"];
+    assert_eq!(result["generation"], 1);
+    assert!(result["test_accuracy"].as_f64().is_some(), "{record}");
+    assert!(result["dev_accuracy"].as_f64().is_some(), "{record}");
+
+    // Served as PUT serves: the etag, a head, and predictions at once.
+    let task = ok_json(app.get("/v1/tasks/topic").await).await;
+    assert_eq!(task["etag"], result["etag"]);
+    assert_eq!(task["det"], result["det"]);
+    assert_eq!(task["head"]["bias"].as_array().unwrap().len(), 2);
+    let prediction = app
+        .predict("topic", &json!({"inputs": ["the band played on"]}))
+        .await;
+    assert_eq!(prediction["generation"], 1);
+    assert_eq!(
+        prediction["predictions"][0]["scores"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // The list has it; the metrics counted it.
+    let page = ok_json(app.get("/v1/jobs").await).await;
+    assert_eq!(page["jobs"][0]["job"], job.as_str());
+    assert_eq!(page["jobs"][0]["state"], "succeeded");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metrics.get(r#"deltaspace_tune_jobs_total{result="succeeded"}"#),
+        1.0
+    );
+    assert!(metrics.get("deltaspace_tune_steps_total") > 0.0);
+    assert_eq!(metrics.get(r#"deltaspace_tune_jobs{state="running"}"#), 0.0);
+    assert_eq!(metrics.get("deltaspace_tune_duration_seconds_count"), 1.0);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_same_examples_and_seed_make_the_same_task() {
+    let fixture = Fixture::new();
+    let app = TestApp::spawn(fixture.options()).await;
+    let mut body = tune_body(6);
+    body["budget"] = json!({"steps": 10});
+    body["det"] = json!("adapter");
+    let first = start(&app, "a", &body).await;
+    assert_eq!(wait_for_end(&app, &first).await["state"], "succeeded");
+    let second = start(&app, "b", &body).await;
+    assert_eq!(wait_for_end(&app, &second).await["state"], "succeeded");
+    let (a, b) = (
+        ok_json(app.get("/v1/tasks/a").await).await,
+        ok_json(app.get("/v1/tasks/b").await).await,
+    );
+    assert_eq!(a["det"], "adapter");
+    assert_eq!(a["z"], b["z"]);
+    assert_eq!(a["head"], b["head"]);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_tune_requests_are_refused_with_the_reason() {
+    let fixture = Fixture::new();
+    let mut options = fixture.options();
+    options.tune = TuneLimits {
+        max_examples: 20,
+        max_seconds: 30,
+        ..TuneLimits::default()
+    };
+    let app = TestApp::spawn(options).await;
+    let good = tune_body(2);
+    let with = |change: &dyn Fn(&mut Value)| {
+        let mut body = good.clone();
+        change(&mut body);
+        body
+    };
+    let cases: Vec<(Value, u16, &str, &str)> = vec![
+        (
+            with(&|b| b["labels"] = json!([{"name": "a", "description": "A."}])),
+            422,
+            "invalid_tune",
+            "labels",
+        ),
+        (
+            with(&|b| b["examples"][0]["label"] = json!("chess")),
+            422,
+            "invalid_tune",
+            "examples[0]: label \"chess\"",
+        ),
+        (
+            with(&|b| b["examples"] = json!([{"text": "goal!", "label": "sports"}])),
+            422,
+            "invalid_tune",
+            "\"music\" has no example",
+        ),
+        (tune_body(11), 422, "invalid_tune", "max_tune_examples = 20"),
+        (
+            with(&|b| b["examples"][1]["text"] = json!(" ")),
+            422,
+            "invalid_tune",
+            "examples[1]: text is empty",
+        ),
+        (
+            with(&|b| b["examples"][1]["text"] = json!("x".repeat(10_001))),
+            422,
+            "invalid_tune",
+            "max_text_chars",
+        ),
+        (
+            with(&|b| b["budget"] = json!({"seconds": 31})),
+            422,
+            "invalid_tune",
+            "max_tune_seconds = 30",
+        ),
+        (
+            with(&|b| b["budget"] = json!({"steps": 0})),
+            422,
+            "invalid_tune",
+            "budget.steps",
+        ),
+        (
+            with(&|b| b["det"] = json!("bitfit")),
+            422,
+            "invalid_tune",
+            "bitfit",
+        ),
+        (
+            with(&|b| b["dev_examples"] = json!([])),
+            422,
+            "invalid_tune",
+            "dev_examples is empty",
+        ),
+        (
+            with(&|b| b["extra"] = json!(1)),
+            400,
+            "invalid_json",
+            "extra",
+        ),
+        (json!("not an object"), 400, "invalid_json", ""),
+    ];
+    for (body, status, code, says) in cases {
+        let message = assert_error(post_tune(&app, "t", &body).await, status, code).await;
+        assert!(message.contains(says), "{message} should say {says}");
+    }
+    assert_error(
+        post_tune(&app, "no*stars", &good).await,
+        422,
+        "invalid_task",
+    )
+    .await;
+    assert_error(
+        app.get("/v1/jobs/0123456789abcdef").await,
+        404,
+        "job_not_found",
+    )
+    .await;
+    let wrong = app
+        .client
+        .put(app.url("/v1/tasks/t/tune"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.headers()["allow"], "POST");
+    assert_error(wrong, 405, "method_not_allowed").await;
+    assert_error(app.get("/v1/jobs?limit=0").await, 422, "invalid_request").await;
+    // Nothing was accepted, so nothing was recorded or served.
+    assert_eq!(ok_json(app.get("/v1/jobs").await).await["jobs"], json!([]));
+    assert_error(app.get("/v1/tasks/t").await, 404, "task_not_found").await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_and_cancelling_ends_a_job_without_a_task() {
+    let fixture = Fixture::new();
+    let mut options = fixture.options();
+    options.tune = TuneLimits {
+        max_jobs: 1,
+        max_queued: 1,
+        ..TuneLimits::default()
+    };
+    let app = TestApp::spawn(options).await;
+    let long = long_body(60);
+    let running = start(&app, "first", &long).await;
+    let queued = start(&app, "second", &long).await;
+    wait_running(&app, &running).await;
+    let refused = post_tune(&app, "third", &long).await;
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_error(refused, 429, "too_many_jobs").await;
+    assert_eq!(
+        ok_json(app.get(&format!("/v1/jobs/{queued}")).await).await["state"],
+        "queued"
+    );
+
+    // A queued job ends at once, a running one at its next step; neither serves a task.
+    for job in [&queued, &running] {
+        let cancelled = app
+            .client
+            .delete(app.url(&format!("/v1/jobs/{job}")))
+            .send()
+            .await
+            .unwrap();
+        ok_json(cancelled).await;
+        let record = wait_for_end(&app, job).await;
+        assert_eq!(record["state"], "cancelled", "{record}");
+        assert!(record["error"].as_str().unwrap().contains("cancelled"));
+    }
+    for name in ["first", "second"] {
+        assert_error(
+            app.get(&format!("/v1/tasks/{name}")).await,
+            404,
+            "task_not_found",
+        )
+        .await;
+    }
+    // Cancelling an ended job leaves it as it is.
+    let again = app
+        .client
+        .delete(app.url(&format!("/v1/jobs/{running}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok_json(again).await["state"], "cancelled");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metrics.get(r#"deltaspace_tune_jobs_total{result="cancelled"}"#),
+        2.0
+    );
+    // With both slots free, a job is taken again.
+    let page = ok_json(app.get("/v1/jobs?limit=1").await).await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
+    let next = page["next"].as_str().unwrap();
+    let rest = ok_json(app.get(&format!("/v1/jobs?after={next}")).await).await;
+    assert_eq!(rest["jobs"].as_array().unwrap().len(), 1);
+    assert!(rest["next"].is_null());
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn if_match_is_checked_when_a_job_is_accepted_and_again_when_it_serves() {
+    let fixture = Fixture::new();
+    let app = TestApp::spawn(fixture.options()).await;
+    let put = app
+        .put_task("topic", &task_body("lora", [0.0; 4], &["sports", "music"]))
+        .await;
+    let first_etag = ok_json(put).await["etag"].as_str().unwrap().to_string();
+    // The job trains for 5 s (no early stopping), then serves: long enough to change the task.
+    let body = long_body(5);
+    let tune = |etag: &str| {
+        app.client
+            .post(app.url("/v1/tasks/topic/tune"))
+            .header("If-Match", format!("\"{etag}\""))
+            .json(&body)
+            .send()
+    };
+    assert_error(tune("stale").await.unwrap(), 409, "etag_mismatch").await;
+    let response = tune(&first_etag).await.unwrap();
+    assert_eq!(response.status(), 202);
+    let job = ok_json(response).await["job"].as_str().unwrap().to_string();
+    wait_running(&app, &job).await;
+    // The task changes while the job runs: the job fails, the newer task stays.
+    let newer = app
+        .put_task(
+            "topic",
+            &task_body("prefix", [0.1; 4], &["sports", "music"]),
+        )
+        .await;
+    let newer_etag = ok_json(newer).await["etag"].as_str().unwrap().to_string();
+    let record = wait_for_end(&app, &job).await;
+    assert_eq!(record["state"], "failed", "{record}");
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("changed while the job ran"),
+        "{record}"
+    );
+    let task = ok_json(app.get("/v1/tasks/topic").await).await;
+    assert_eq!(task["etag"], newer_etag.as_str());
+    assert_eq!(task["generation"], 2);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restart_marks_the_jobs_it_cut_short_as_failed() {
+    let fixture = Fixture::new();
+    let app = TestApp::spawn(fixture.options()).await;
+    let long = long_body(60);
+    let job = start(&app, "topic", &long).await;
+    wait_running(&app, &job).await;
+    app.stop().await.unwrap();
+
+    // A crash leaves a job recorded as running; this replica's restart ends it, another's stays.
+    let mut db = Database::open(&fixture.path("data").join(DATABASE_FILE)).unwrap();
+    let mut crashed = JobRecord::queued("c0ffee".into(), "other".into(), 10, "test".into(), 1);
+    crashed.state = JobState::Running;
+    db.save_job(&crashed).unwrap();
+    let foreign = JobRecord::queued("beef".into(), "x".into(), 10, "replica-2".into(), 2);
+    db.save_job(&foreign).unwrap();
+    drop(db);
+
+    let app = TestApp::spawn(fixture.options()).await;
+    for id in [&job, "c0ffee"] {
+        let record = ok_json(app.get(&format!("/v1/jobs/{id}")).await).await;
+        assert_eq!(record["state"], "failed", "{record}");
+        assert_eq!(record["error"], "interrupted", "{record}");
+    }
+    assert_eq!(
+        ok_json(app.get("/v1/jobs/beef").await).await["state"],
+        "queued"
+    );
+    assert_error(app.get("/v1/tasks/topic").await, 404, "task_not_found").await;
+    app.stop().await.unwrap();
+}

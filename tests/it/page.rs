@@ -1,0 +1,360 @@
+//! The page served at `/` (crates/server/src/page/index.html) in a real browser: headless Chromium
+//! driven through chromedriver (WebDriver), against a real server on the tiny model. The page is
+//! read and clicked as a person would, through the stable ids listed at the top of the page.
+//! Chromium and chromedriver are Debian's packages: scripts/setup-browser.sh installs them, and
+//! without them these tests fail, saying so.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+use crate::api::helpers::{Fixture, TestApp, assert_error, ok_json, task_body};
+
+const INSTALL: &str =
+    "run scripts/setup-browser.sh to install Debian's chromium and chromium-driver";
+
+#[tokio::test]
+async fn the_page_shows_the_server_lists_tasks_and_predicts() {
+    let fixture = Fixture::new();
+    let app = TestApp::spawn(fixture.options()).await;
+    let labels = ["negative", "positive"];
+    let body = task_body("lora", [0.5, -0.5, 1.0, 0.0], &labels);
+    assert_eq!(app.put_task("sentiment", &body).await.status(), 201);
+    let info = ok_json(app.get("/v1/info").await).await;
+    let page = Page::open(&fixture, &app).await;
+
+    // The server's state, as /v1/info tells it.
+    let provider = info["execution_provider"].as_str().unwrap();
+    let subspace = info["subspace"]["name"].as_str().unwrap();
+    let state = page
+        .until_text("#server-state", |s| s.contains("1 task"))
+        .await;
+    assert!(state.contains(provider), "{state}");
+    assert!(state.contains(&format!("{subspace} (d = 4)")), "{state}");
+
+    // Picking the task in the list fills the predict box.
+    page.click("#tasks button[data-task='sentiment']").await;
+    assert_eq!(page.value("#predict-task").await, "sentiment");
+
+    // Every label's score for every line, as the API gives them.
+    let texts = ["a wonderful, moving film", "the plot was dull"];
+    let expected = app.predict("sentiment", &json!({"inputs": texts})).await;
+    page.type_into("#predict-input", &texts.join("\n")).await;
+    page.click("#predict-button").await;
+    let shown = page.predictions(texts.len()).await;
+    let answers = expected["predictions"].as_array().unwrap();
+    for (prediction, answer) in shown.iter().zip(answers) {
+        assert_eq!(prediction.len(), labels.len(), "{shown:?}");
+        for score in answer["scores"].as_array().unwrap() {
+            let label = score["label"].as_str().unwrap();
+            let percent = prediction
+                .iter()
+                .find(|(l, _)| l == label)
+                .unwrap_or_else(|| panic!("no score for {label}: {shown:?}"))
+                .1;
+            let want = score["score"].as_f64().unwrap() * 100.0;
+            assert!(
+                (percent - want).abs() < 0.051,
+                "{label}: {percent} vs {want}"
+            );
+        }
+    }
+
+    // An error is shown in the server's words.
+    let missing = app
+        .post("/v1/tasks/nope/predict", &json!({"inputs": ["x"]}))
+        .await;
+    let message = assert_error(missing, 404, "task_not_found").await;
+    page.type_into("#predict-task", "nope").await;
+    page.click("#predict-button").await;
+    page.until_text("#error", |e| e.contains(&message)).await;
+
+    page.close().await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_page_tunes_a_task_from_examples_and_predicts_with_it() {
+    let fixture = Fixture::new();
+    let app = TestApp::spawn(fixture.options()).await;
+    let page = Page::open(&fixture, &app).await;
+    page.until_text("#server-state", |s| s.contains("0 tasks"))
+        .await;
+
+    page.type_into("#tune-name", "topic").await;
+    page.type_into(
+        "#tune-labels",
+        "sports: The text is about sports.\nmusic: The text is about music.",
+    )
+    .await;
+    page.type_into("#tune-examples", &EXAMPLES.join("\n")).await;
+    page.type_into("#tune-seconds", "20").await;
+    page.click("#tune-button").await;
+
+    // The job runs to the end; a failure (or a refused request) stops the wait with its message.
+    let limit = Duration::from_secs(120);
+    let outcome = until("the tune job", limit, async || page.job_outcome().await).await;
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
+    const BAR: &str = "const bar = document.getElementById('job-progress');
+        return [bar.value, bar.max];";
+    let progress = page.script(BAR).await;
+    assert_eq!(progress[0], progress[1], "a finished job's bar is full");
+    assert!(
+        page.text("#job-cancel").await.is_empty(),
+        "Cancel is hidden once done"
+    );
+
+    // The new task is listed and picked, so predicting with it needs only a text.
+    page.until_text("#tasks", |t| t.contains("topic")).await;
+    assert_eq!(page.value("#predict-task").await, "topic");
+    let texts = ["The goalkeeper saved a penalty.", "The choir sang a hymn."];
+    page.type_into("#predict-input", &texts.join("\n")).await;
+    page.click("#predict-button").await;
+    for prediction in page.predictions(texts.len()).await {
+        let mut labels: Vec<&str> = prediction.iter().map(|(l, _)| l.as_str()).collect();
+        labels.sort_unstable();
+        assert_eq!(labels, ["music", "sports"]);
+        let total: f64 = prediction.iter().map(|(_, p)| p).sum();
+        assert!((total - 100.0).abs() < 0.2, "{prediction:?}");
+    }
+
+    page.close().await;
+    app.stop().await.unwrap();
+}
+
+/// Eight short examples per label, in the page's `label: text` format.
+const EXAMPLES: [&str; 16] = [
+    "sports: The striker scored twice in the final.",
+    "sports: The team won the league on goal difference.",
+    "sports: She ran the marathon in under three hours.",
+    "sports: The referee showed him a red card.",
+    "sports: The tennis match went to a fifth set.",
+    "sports: Our goalkeeper saved two penalties.",
+    "sports: The cyclists climbed the mountain stage.",
+    "sports: He hit a home run in the ninth inning.",
+    "music: The band played their new song to a full hall.",
+    "music: She sang the aria with the orchestra.",
+    "music: The album topped the charts for weeks.",
+    "music: He practises the violin every morning.",
+    "music: The choir rehearsed a new hymn.",
+    "music: The drummer kept a steady beat.",
+    "music: The pianist played a sonata by Mozart.",
+    "music: Their concert tour sold out in a day.",
+];
+
+/// The page in headless Chromium, and the chromedriver that drives it.
+struct Page {
+    client: Client,
+    /// Killed, with the browser it started, when the page is dropped.
+    _driver: Chromedriver,
+}
+
+impl Page {
+    /// Starts chromedriver and a headless Chromium whose profile and temporary files live in
+    /// the fixture's directory (removed with it, even after a failure), and opens the app's `/`.
+    async fn open(fixture: &Fixture, app: &TestApp) -> Self {
+        let chromium =
+            on_path("chromium").unwrap_or_else(|| panic!("chromium is not on PATH: {INSTALL}"));
+        let driver = Chromedriver::start(&fixture.path("browser-tmp")).await;
+        let profile = fixture.path("browser-profile");
+        let mut capabilities = fantoccini::wd::Capabilities::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({"binary": chromium, "args": chromium_args(&profile)}),
+        );
+        let client = ClientBuilder::native()
+            .capabilities(capabilities)
+            .connect(&driver.url)
+            .await
+            .unwrap_or_else(|e| panic!("chromedriver did not start Chromium: {e}"));
+        client.goto(&app.url("/")).await.unwrap();
+        Self {
+            client,
+            _driver: driver,
+        }
+    }
+
+    /// Ends the browser session: Chromium exits (its profile goes with the fixture).
+    async fn close(self) {
+        self.client.close().await.unwrap();
+    }
+
+    /// Runs `script` in the page and returns what it returns.
+    async fn script(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.unwrap()
+    }
+
+    async fn element(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+    }
+
+    /// The element's rendered text ("" when it is hidden).
+    async fn text(&self, css: &str) -> String {
+        self.element(css).await.text().await.unwrap()
+    }
+
+    /// A form field's current value.
+    async fn value(&self, css: &str) -> String {
+        let value = self.element(css).await.prop("value").await.unwrap();
+        value.unwrap_or_default()
+    }
+
+    async fn click(&self, css: &str) {
+        self.element(css).await.click().await.unwrap();
+    }
+
+    /// Replaces a field's value by typing `text` (a newline is an Enter key).
+    async fn type_into(&self, css: &str, text: &str) {
+        let field = self.element(css).await;
+        field.clear().await.unwrap();
+        field.send_keys(text).await.unwrap();
+    }
+
+    /// `Some(Ok(()))` once the job shown has succeeded; `Some(Err(why))` once it has failed, was
+    /// cancelled or could not start; `None` while it is queued or running.
+    async fn job_outcome(&self) -> Option<Result<(), String>> {
+        let state = self.text("#job-state").await;
+        let error = self.text("#error").await;
+        match state.as_str() {
+            "succeeded" => Some(Ok(())),
+            "failed" | "cancelled" => Some(Err(format!("the job {state}: {error}"))),
+            _ if !error.is_empty() => Some(Err(format!("job {state:?}: {error}"))),
+            _ => None,
+        }
+    }
+
+    /// Waits (10 s at most) until the element's text passes `check`, and returns it.
+    async fn until_text(&self, css: &str, check: impl Fn(&str) -> bool) -> String {
+        let what = format!("the text of {css} to be right");
+        until(&what, Duration::from_secs(10), async || {
+            let text = self.text(css).await;
+            check(&text).then_some(text)
+        })
+        .await
+    }
+
+    /// Waits for `count` predictions in `#predict-result`, and returns each one's
+    /// `(label, percent shown)` pairs, in the page's order.
+    async fn predictions(&self, count: usize) -> Vec<Vec<(String, f64)>> {
+        const READ: &str = "return [...document.querySelectorAll('#predict-result .prediction')]
+            .map((p) => [...p.querySelectorAll('.score')]
+                .map((s) => [s.dataset.label, s.querySelector('.value').textContent]));";
+        let shown = until("the predictions", Duration::from_secs(10), async || {
+            let shown = self.script(READ).await;
+            (shown.as_array().map(Vec::len) == Some(count)).then_some(shown)
+        })
+        .await;
+        let pair = |score: &Value| {
+            let label = score[0].as_str().unwrap().to_string();
+            let percent = score[1].as_str().unwrap().trim_end_matches('%').trim();
+            (label, percent.parse::<f64>().unwrap())
+        };
+        let rows = |prediction: &Value| prediction.as_array().unwrap().iter().map(pair).collect();
+        shown.as_array().unwrap().iter().map(rows).collect()
+    }
+}
+
+/// Polls `probe` every 100 ms until it answers `Some`, for at most `limit`.
+async fn until<T>(what: &str, limit: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Headless, without the sandbox (tests may run as root), and without the background
+/// connections that a machine with no network refuses.
+fn chromium_args(profile: &Path) -> Vec<String> {
+    [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1024",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .chain([format!("--user-data-dir={}", profile.display())])
+    .collect()
+}
+
+/// A chromedriver on a free local port, in a process group of its own so that dropping it kills
+/// it and every browser process it started, even when a test fails half-way.
+struct Chromedriver {
+    child: Child,
+    url: String,
+}
+
+impl Chromedriver {
+    /// Starts chromedriver, with `tmp` as its and the browser's TMPDIR, and waits (10 s at most)
+    /// until it answers.
+    async fn start(tmp: &Path) -> Self {
+        use std::os::unix::process::CommandExt;
+        std::fs::create_dir_all(tmp).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .env("TMPDIR", tmp)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start chromedriver ({e}): {INSTALL}"));
+        let mut driver = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let limit = Duration::from_secs(10);
+        until("chromedriver", limit, async || {
+            driver.answers(&client).await
+        })
+        .await;
+        driver
+    }
+
+    /// `Some(())` once chromedriver answers its status route; panics if it has exited.
+    async fn answers(&mut self, client: &reqwest::Client) -> Option<()> {
+        if let Some(exit) = self.child.try_wait().unwrap() {
+            panic!("chromedriver exited at start ({exit})");
+        }
+        let answer = client.get(format!("{}/status", self.url)).send().await;
+        answer.is_ok_and(|a| a.status() == 200).then_some(())
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first executable called `name` on PATH (what `which name` prints).
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
