@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use deltaspace::model::{DeltaParams, DetParams, Encoder, EncoderOptions, TextInput};
+use deltaspace::model::{DeltaParams, DetParams, Encoder, EncoderOptions, TextInput, input};
 use deltaspace::runtime::{ProviderChoice, Runtime, RuntimeOptions};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use safetensors::tensor::{Dtype, SafeTensors};
@@ -125,8 +125,8 @@ impl Reference {
             .dets
             .iter()
             .map(|det| DetParams {
-                u: self.f2(&format!("U_{}", det.name)),
-                base: self.f1(&format!("base_{}", det.name)),
+                u: self.f2(&input::u(&det.name)),
+                base: self.f1(&input::base(&det.name)),
             })
             .collect();
         DeltaParams::new(encoder.manifest(), dets).unwrap()

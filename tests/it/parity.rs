@@ -1,7 +1,7 @@
 //! Rust through ONNX Runtime vs the PyTorch reference of the tiny model (relative error ≤ 1e-4),
 //! and batch invariance: a mixed batch equals one-by-one runs.
 
-use deltaspace::model::{Batch, DeltaParams, GradBatch};
+use deltaspace::model::{Batch, DeltaParams, GradBatch, input};
 use ndarray::{Array2, s};
 
 use crate::helpers::{Reference, relative_error, tiny_encoder};
@@ -13,9 +13,9 @@ fn tokenization_matches_the_python_tokenizer_exactly() {
     let encoder = tiny_encoder();
     let reference = Reference::load();
     let tokens = encoder.tokenize(&reference.inputs()).unwrap();
-    assert_eq!(tokens.input_ids, reference.i2("input_ids"));
-    assert_eq!(tokens.attention_mask, reference.i2("attention_mask"));
-    assert_eq!(tokens.token_type_ids, reference.i2("token_type_ids"));
+    assert_eq!(tokens.input_ids, reference.i2(input::INPUT_IDS));
+    assert_eq!(tokens.attention_mask, reference.i2(input::ATTENTION_MASK));
+    assert_eq!(tokens.token_type_ids, reference.i2(input::TOKEN_TYPE_IDS));
     // The long row was truncated to the model's limit and still ends with [SEP].
     assert_eq!(tokens.seq_len(), encoder.manifest().max_seq_len);
 }
@@ -25,7 +25,7 @@ fn serving_and_plain_graphs_match_pytorch() {
     let encoder = tiny_encoder();
     let reference = Reference::load();
     let tokens = encoder.tokenize(&reference.inputs()).unwrap();
-    let (z, det_select) = (reference.f2("z"), reference.f2("det_select"));
+    let (z, det_select) = (reference.f2(input::Z), reference.f2(input::DET_SELECT));
     let batch = Batch {
         tokens: &tokens,
         z: z.view(),
@@ -55,14 +55,17 @@ fn gradient_graph_matches_pytorch_loss_and_every_gradient() {
     let encoder = tiny_encoder();
     let reference = Reference::load();
     let tokens = encoder.tokenize(&reference.inputs()).unwrap();
-    let (z, det_select) = (reference.f2("z"), reference.f2("det_select"));
-    let (targets, class_mask) = (reference.f2("targets"), reference.f2("class_mask"));
-    let logit_bias = reference.f2("logit_bias");
-    let labels = reference.i64s["labels"]
+    let (z, det_select) = (reference.f2(input::Z), reference.f2(input::DET_SELECT));
+    let (targets, class_mask) = (
+        reference.f2(input::TARGETS),
+        reference.f2(input::CLASS_MASK),
+    );
+    let logit_bias = reference.f2(input::LOGIT_BIAS);
+    let labels = reference.i64s[input::LABELS]
         .clone()
         .into_dimensionality()
         .unwrap();
-    let row_weight = reference.f1("row_weight");
+    let row_weight = reference.f1(input::ROW_WEIGHT);
     let batch = GradBatch {
         batch: Batch {
             tokens: &tokens,
@@ -128,7 +131,7 @@ fn a_batch_mixing_tasks_and_dets_equals_one_by_one_runs() {
     let reference = Reference::load();
     let params = reference.params(&encoder);
     let inputs = reference.inputs();
-    let (z, det_select) = (reference.f2("z"), reference.f2("det_select"));
+    let (z, det_select) = (reference.f2(input::Z), reference.f2(input::DET_SELECT));
     let tokens = encoder.tokenize(&inputs).unwrap();
     let together = encoder
         .embed(

@@ -17,8 +17,12 @@ pub enum TensorFileError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not a valid safetensors file: {message}")]
-    Format { path: PathBuf, message: String },
+    #[error("{path} is not a valid safetensors file")]
+    Format {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
     #[error("{path}: tensor {name:?} has dtype {dtype}; expected F32, F16 or BF16")]
     Dtype {
         path: PathBuf,
@@ -60,12 +64,12 @@ impl TensorFile {
             path: path.to_path_buf(),
             source,
         })?;
-        let format = |message: String| TensorFileError::Format {
+        let format = |source| TensorFileError::Format {
             path: path.to_path_buf(),
-            message,
+            source,
         };
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
-        let parsed = SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(format)?;
+        let parsed = SafeTensors::deserialize(&bytes).map_err(format)?;
         let mut tensors = BTreeMap::new();
         for (name, view) in parsed.tensors() {
             let values = widen(&view).ok_or_else(|| TensorFileError::Dtype {
@@ -144,15 +148,16 @@ impl TensorFile {
                 TensorView::new(*dtype, shape.clone(), bytes).map(|view| (name.clone(), view))
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TensorFileError::Format {
+            .map_err(|source| TensorFileError::Format {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                source,
             })?;
-        let bytes =
-            safetensors::serialize(views, Some(metadata)).map_err(|e| TensorFileError::Format {
+        let bytes = safetensors::serialize(views, Some(metadata)).map_err(|source| {
+            TensorFileError::Format {
                 path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+                source,
+            }
+        })?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }

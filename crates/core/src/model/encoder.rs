@@ -11,7 +11,7 @@ use ort::session::{SessionInputValue, SessionOutputs};
 use ort::value::TensorRef;
 
 use super::ModelError;
-use super::manifest::{Manifest, ModelFiles};
+use super::manifest::{Manifest, ModelFiles, input};
 use super::tokenize::{TextInput, TextTokenizer, Tokens};
 use crate::runtime::{Provider, Runtime, SessionPool};
 
@@ -209,10 +209,10 @@ impl Encoder {
             Ok(runtime.open_pool(&path, count)?)
         };
         let serve = open(&manifest.graphs.serve, options.sessions)?;
-        check_inputs(&serve, &manifest.graphs.serve, &serve_input_names(manifest))?;
+        check_inputs(&serve, &manifest.graphs.serve, &manifest.serve_inputs())?;
         let grad = if options.with_grad {
             let pool = open(&manifest.graphs.grad, 1)?;
-            check_inputs(&pool, &manifest.graphs.grad, &grad_input_names(manifest))?;
+            check_inputs(&pool, &manifest.graphs.grad, &manifest.grad_inputs())?;
             Some(pool)
         } else {
             None
@@ -321,7 +321,10 @@ impl Encoder {
             chunks.push(self.embed(batch, &self.frozen)?);
         }
         let views: Vec<_> = chunks.iter().map(|c| c.view()).collect();
-        ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| ModelError::Shape(e.to_string()))
+        ndarray::concatenate(ndarray::Axis(0), &views).map_err(|source| ModelError::ArrayShape {
+            what: "label embeddings, joined".into(),
+            source,
+        })
     }
 
     /// Embeddings through the plain graph (no DET plug points); needs `EncoderOptions::with_plain`.
@@ -379,23 +382,23 @@ impl Encoder {
         pool.run(|session| -> Result<Gradients, ModelError> {
             let mut inputs = token_inputs(batch.batch.tokens)?;
             inputs.push((
-                "targets".into(),
+                input::TARGETS.into(),
                 TensorRef::from_array_view(batch.targets)?.into(),
             ));
             inputs.push((
-                "class_mask".into(),
+                input::CLASS_MASK.into(),
                 TensorRef::from_array_view(batch.class_mask)?.into(),
             ));
             inputs.push((
-                "logit_bias".into(),
+                input::LOGIT_BIAS.into(),
                 TensorRef::from_array_view(batch.logit_bias)?.into(),
             ));
             inputs.push((
-                "labels".into(),
+                input::LABELS.into(),
                 TensorRef::from_array_view(batch.labels)?.into(),
             ));
             inputs.push((
-                "row_weight".into(),
+                input::ROW_WEIGHT.into(),
                 TensorRef::from_array_view(batch.row_weight)?.into(),
             ));
             inputs.extend(delta_inputs(batch.batch, params, manifest)?);
@@ -424,15 +427,15 @@ type Inputs<'v> = Vec<(Cow<'static, str>, SessionInputValue<'v>)>;
 fn token_inputs(tokens: &Tokens) -> Result<Inputs<'_>, ModelError> {
     Ok(vec![
         (
-            "input_ids".into(),
+            input::INPUT_IDS.into(),
             TensorRef::from_array_view(&tokens.input_ids)?.into(),
         ),
         (
-            "attention_mask".into(),
+            input::ATTENTION_MASK.into(),
             TensorRef::from_array_view(&tokens.attention_mask)?.into(),
         ),
         (
-            "token_type_ids".into(),
+            input::TOKEN_TYPE_IDS.into(),
             TensorRef::from_array_view(&tokens.token_type_ids)?.into(),
         ),
     ])
@@ -446,19 +449,19 @@ fn delta_inputs<'v>(
     manifest: &Manifest,
 ) -> Result<Inputs<'v>, ModelError> {
     let mut inputs: Inputs<'v> = vec![
-        ("z".into(), TensorRef::from_array_view(batch.z)?.into()),
+        (input::Z.into(), TensorRef::from_array_view(batch.z)?.into()),
         (
-            "det_select".into(),
+            input::DET_SELECT.into(),
             TensorRef::from_array_view(batch.det_select)?.into(),
         ),
     ];
     for (layout, det) in manifest.dets.iter().zip(params.dets()) {
         inputs.push((
-            format!("U_{}", layout.name).into(),
+            input::u(&layout.name).into(),
             TensorRef::from_array_view(&det.u)?.into(),
         ));
         inputs.push((
-            format!("base_{}", layout.name).into(),
+            input::base(&layout.name).into(),
             TensorRef::from_array_view(&det.base)?.into(),
         ));
     }
@@ -500,46 +503,20 @@ fn extract2(outputs: &SessionOutputs<'_>, name: &str) -> Result<Array2<f32>, Mod
     let view = output(outputs, name)?.try_extract_array::<f32>()?;
     view.into_dimensionality::<Ix2>()
         .map(|v| v.to_owned())
-        .map_err(|e| ModelError::Shape(format!("{name}: {e}")))
+        .map_err(|source| ModelError::ArrayShape {
+            what: name.to_string(),
+            source,
+        })
 }
 
 fn extract1(outputs: &SessionOutputs<'_>, name: &str) -> Result<Array1<f32>, ModelError> {
     let view = output(outputs, name)?.try_extract_array::<f32>()?;
     view.into_dimensionality::<Ix1>()
         .map(|v| v.to_owned())
-        .map_err(|e| ModelError::Shape(format!("{name}: {e}")))
-}
-
-fn serve_input_names(manifest: &Manifest) -> Vec<String> {
-    let mut names: Vec<String> = [
-        "input_ids",
-        "attention_mask",
-        "token_type_ids",
-        "z",
-        "det_select",
-    ]
-    .map(String::from)
-    .to_vec();
-    for det in &manifest.dets {
-        names.push(format!("U_{}", det.name));
-        names.push(format!("base_{}", det.name));
-    }
-    names
-}
-
-fn grad_input_names(manifest: &Manifest) -> Vec<String> {
-    let mut names = serve_input_names(manifest);
-    names.extend(
-        [
-            "targets",
-            "class_mask",
-            "logit_bias",
-            "labels",
-            "row_weight",
-        ]
-        .map(String::from),
-    );
-    names
+        .map_err(|source| ModelError::ArrayShape {
+            what: name.to_string(),
+            source,
+        })
 }
 
 /// Fails early, with the graph's name, when an export predates the interface this build speaks.

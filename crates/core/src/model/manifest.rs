@@ -103,7 +103,68 @@ impl TensorSlot {
     }
 }
 
+/// The graphs' input names, in one place: the interface export/export.py writes and the
+/// encoders bind (docs/design/z-graph.md).
+pub mod input {
+    pub const INPUT_IDS: &str = "input_ids";
+    pub const ATTENTION_MASK: &str = "attention_mask";
+    pub const TOKEN_TYPE_IDS: &str = "token_type_ids";
+    /// What every graph takes, the plain one included: the tokens.
+    pub const TOKENS: [&str; 3] = [INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS];
+    /// Every row's code z [rows, d].
+    pub const Z: &str = "z";
+    /// Every row's one-hot DET [rows, DETs].
+    pub const DET_SELECT: &str = "det_select";
+    /// The gradient graph's class embeddings [classes, H].
+    pub const TARGETS: &str = "targets";
+    /// Which classes each row is scored against [rows, classes].
+    pub const CLASS_MASK: &str = "class_mask";
+    /// Each row's per-class logit offset (a head's biases) [rows, classes].
+    pub const LOGIT_BIAS: &str = "logit_bias";
+    /// Each row's true class [rows].
+    pub const LABELS: &str = "labels";
+    /// Each row's weight in the loss [rows].
+    pub const ROW_WEIGHT: &str = "row_weight";
+
+    /// U of one DET [D, d].
+    pub fn u(det: &str) -> String {
+        format!("U_{det}")
+    }
+
+    /// θ⁰ (base) of one DET [D].
+    pub fn base(det: &str) -> String {
+        format!("base_{det}")
+    }
+}
+
 impl Manifest {
+    /// The serving graph's inputs: tokens, z, det_select, then U and base of every DET.
+    pub fn serve_inputs(&self) -> Vec<String> {
+        let mut names: Vec<String> = input::TOKENS.map(String::from).to_vec();
+        names.extend([input::Z, input::DET_SELECT].map(String::from));
+        for det in &self.dets {
+            names.push(input::u(&det.name));
+            names.push(input::base(&det.name));
+        }
+        names
+    }
+
+    /// The gradient graph's inputs: the serving graph's, then the loss's.
+    pub fn grad_inputs(&self) -> Vec<String> {
+        let mut names = self.serve_inputs();
+        names.extend(
+            [
+                input::TARGETS,
+                input::CLASS_MASK,
+                input::LOGIT_BIAS,
+                input::LABELS,
+                input::ROW_WEIGHT,
+            ]
+            .map(String::from),
+        );
+        names
+    }
+
     /// Reads and checks `<dir>/manifest.json`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("manifest.json");

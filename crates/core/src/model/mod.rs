@@ -16,7 +16,7 @@ pub use encoder::{
     Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch, Gradients, Pace,
 };
 pub use manifest::{
-    Architecture, DetLayout, FORMAT_VERSION, Graphs, Manifest, ModelFiles, TensorSlot,
+    Architecture, DetLayout, FORMAT_VERSION, Graphs, Manifest, ModelFiles, TensorSlot, input,
 };
 pub use resident::{Placement, ResidentEncoder, ResidentOptions};
 pub use tokenize::{TextInput, TextTokenizer, Tokens};
@@ -54,12 +54,23 @@ pub enum ModelError {
         "the run of a graph returned no output {output:?}; it was exported for another interface, re-export it"
     )]
     MissingOutput { output: String },
-    #[error("tokenizer: {message}")]
-    Tokenizer { message: String },
+    #[error("tokenizer: {context}")]
+    Tokenizer {
+        context: String,
+        #[source]
+        source: tokenizers::Error,
+    },
     #[error("an empty batch has nothing to encode")]
     EmptyBatch,
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// An array the runtime returned (or the encoder assembled) has another shape than expected.
+    #[error("shape of {what}")]
+    ArrayShape {
+        what: String,
+        #[source]
+        source: ndarray::ShapeError,
+    },
     #[error("the gradient graph was not loaded (EncoderOptions::with_grad)")]
     NoGradGraph,
     /// A background encoder's pace ended its work (see [`Pace`]).

@@ -35,7 +35,7 @@ use ort::value::Tensor;
 
 use super::ModelError;
 use super::encoder::{Batch, DeltaParams};
-use super::manifest::{Manifest, ModelFiles};
+use super::manifest::{Manifest, ModelFiles, input};
 use super::tokenize::Tokens;
 use crate::runtime::{Pool, Provider, Runtime};
 
@@ -325,8 +325,8 @@ impl Slot {
             let u = Tensor::from_array(det.u.as_standard_layout().into_owned())?;
             let base = Tensor::from_array(det.base.as_standard_layout().into_owned())?;
             for (name, host) in [
-                (format!("U_{}", layout.name), u),
-                (format!("base_{}", layout.name), base),
+                (input::u(&layout.name), u),
+                (input::base(&layout.name), base),
             ] {
                 if provider == Provider::Cpu {
                     binding.bind_input(name, &host)?;
@@ -357,23 +357,25 @@ impl Slot {
     /// Per-run inputs as fresh host tensors; the embeddings come back in host memory.
     fn run_fresh(&mut self, rows: Rows<'_>, cuda_graphs: bool) -> Result<Array2<f32>, ModelError> {
         let tokens = rows.tokens;
-        self.binding
-            .bind_input("input_ids", &Tensor::from_array(tokens.input_ids.clone())?)?;
         self.binding.bind_input(
-            "attention_mask",
+            input::INPUT_IDS,
+            &Tensor::from_array(tokens.input_ids.clone())?,
+        )?;
+        self.binding.bind_input(
+            input::ATTENTION_MASK,
             &Tensor::from_array(tokens.attention_mask.clone())?,
         )?;
         self.binding.bind_input(
-            "token_type_ids",
+            input::TOKEN_TYPE_IDS,
             &Tensor::from_array(tokens.token_type_ids.clone())?,
         )?;
         if let Some((z, det_select)) = rows.delta {
             self.binding.bind_input(
-                "z",
+                input::Z,
                 &Tensor::from_array(z.as_standard_layout().into_owned())?,
             )?;
             self.binding.bind_input(
-                "det_select",
+                input::DET_SELECT,
                 &Tensor::from_array(det_select.as_standard_layout().into_owned())?,
             )?;
         }
@@ -404,7 +406,10 @@ impl Slot {
         embeddings
             .into_dimensionality::<Ix2>()
             .map(|view| view.to_owned())
-            .map_err(|e| ModelError::Shape(format!("embeddings: {e}")))
+            .map_err(|source| ModelError::ArrayShape {
+                what: "embeddings".into(),
+                source,
+            })
     }
 
     /// The bucket a batch goes to, made on first use; `None`: run it fresh.
@@ -457,16 +462,17 @@ impl Slot {
         fill(&mut bucket.token_type_ids, padded.token_type_ids)?;
         // Re-binding the bucket's own tensors is free (same device, no copy) and keeps each
         // graph's addresses fixed: a captured graph replays on exactly these buffers.
-        self.binding.bind_input("input_ids", &bucket.input_ids)?;
         self.binding
-            .bind_input("attention_mask", &bucket.attention_mask)?;
+            .bind_input(input::INPUT_IDS, &bucket.input_ids)?;
         self.binding
-            .bind_input("token_type_ids", &bucket.token_type_ids)?;
+            .bind_input(input::ATTENTION_MASK, &bucket.attention_mask)?;
+        self.binding
+            .bind_input(input::TOKEN_TYPE_IDS, &bucket.token_type_ids)?;
         if let (Some((z, det_select)), Some((pz, pselect))) = (&mut bucket.delta, padded.delta) {
             fill(z, pz)?;
             fill(det_select, pselect)?;
-            self.binding.bind_input("z", z)?;
-            self.binding.bind_input("det_select", det_select)?;
+            self.binding.bind_input(input::Z, z)?;
+            self.binding.bind_input(input::DET_SELECT, det_select)?;
         }
         self.binding.clear_outputs();
         self.binding
@@ -487,7 +493,10 @@ impl Slot {
         };
         let host = host
             .into_dimensionality::<Ix2>()
-            .map_err(|e| ModelError::Shape(format!("embeddings: {e}")))?;
+            .map_err(|source| ModelError::ArrayShape {
+                what: "embeddings".into(),
+                source,
+            })?;
         Ok(host.slice(s![..rows.tokens.rows(), ..]).to_owned())
     }
 }
@@ -618,16 +627,10 @@ fn check_inputs(
     delta: bool,
 ) -> Result<(), ModelError> {
     let present: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-    let mut expected: Vec<String> = ["input_ids", "attention_mask", "token_type_ids"]
-        .map(String::from)
-        .to_vec();
-    if delta {
-        expected.extend(["z", "det_select"].map(String::from));
-        for det in &manifest.dets {
-            expected.push(format!("U_{}", det.name));
-            expected.push(format!("base_{}", det.name));
-        }
-    }
+    let expected: Vec<String> = match delta {
+        true => manifest.serve_inputs(),
+        false => input::TOKENS.map(String::from).to_vec(),
+    };
     match expected
         .iter()
         .find(|name| !present.contains(&name.as_str()))

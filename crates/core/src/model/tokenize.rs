@@ -93,9 +93,11 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Loads `tokenizer.json` and sets padding and truncation for this model.
     pub fn load(path: &Path, max_seq_len: usize) -> Result<Self, ModelError> {
-        let tokenizer_error = |message: String| ModelError::Tokenizer { message };
+        let tokenizer_error = |context: String| {
+            move |source: tokenizers::Error| ModelError::Tokenizer { context, source }
+        };
         let mut inner = Tokenizer::from_file(path)
-            .map_err(|e| tokenizer_error(format!("loading {}: {e}", path.display())))?;
+            .map_err(tokenizer_error(format!("loading {}", path.display())))?;
         // The file ships `padding: Fixed(128)`; pad to the longest row instead.
         let mut padding = inner
             .get_padding()
@@ -111,7 +113,9 @@ impl TextTokenizer {
                 max_length: max_seq_len,
                 ..Default::default()
             }))
-            .map_err(|e| tokenizer_error(e.to_string()))?;
+            .map_err(tokenizer_error(format!(
+                "truncating at {max_seq_len} tokens"
+            )))?;
         Ok(Self { inner, max_seq_len })
     }
 
@@ -132,12 +136,13 @@ impl TextTokenizer {
                 None => input.text().to_string().into(),
             })
             .collect();
-        let encodings =
-            self.inner
-                .encode_batch(encode_inputs, true)
-                .map_err(|e| ModelError::Tokenizer {
-                    message: e.to_string(),
-                })?;
+        let encodings = self
+            .inner
+            .encode_batch(encode_inputs, true)
+            .map_err(|source| ModelError::Tokenizer {
+                context: format!("encoding {} texts", inputs.len()),
+                source,
+            })?;
         let rows = encodings.len();
         let seq = encodings
             .iter()

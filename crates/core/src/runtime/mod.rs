@@ -30,8 +30,12 @@ pub enum RuntimeError {
          or set ORT_DYLIB_PATH to a libonnxruntime.so 1.31"
     )]
     LibraryNotFound { searched: String },
-    #[error("loading ONNX Runtime from {path}: {message}")]
-    LibraryLoad { path: PathBuf, message: String },
+    #[error("loading ONNX Runtime from {path}")]
+    LibraryLoad {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the CUDA execution provider was required (provider = \"cuda\") but failed: {0}")]
     CudaUnavailable(String),
     #[error("loading graph {path}: {source}")]
@@ -267,17 +271,17 @@ fn environment(
         return Ok((env, path));
     }
     let library = find_library(explicit)?;
-    let load_error = |message: String| RuntimeError::LibraryLoad {
+    let load_error = |source: Box<dyn std::error::Error + Send + Sync>| RuntimeError::LibraryLoad {
         path: library.clone(),
-        message,
+        source,
     };
     // `init_from` returns an error where `ort::init` would panic on a missing library.
-    let builder = ort::init_from(&library).map_err(|e| load_error(e.to_string()))?;
+    let builder = ort::init_from(&library).map_err(|e| load_error(Box::new(e)))?;
     let env = builder
         .with_name("deltaspace")
         .with_telemetry(false)
         .build()
-        .map_err(|e| load_error(e.to_string()))?;
+        .map_err(|e| load_error(Box::new(e)))?;
     tracing::debug!(library = %library.display(), "ONNX Runtime loaded");
     let (env, path) = ENVIRONMENT.get_or_init(|| (env, library));
     Ok((env, path))
