@@ -1,10 +1,8 @@
 //! `deltaspace train det|subspace`, `tune`, `eval` and `transfer`: the offline trainer.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use serde_json::json;
 
 use super::{load_encoder, load_subspace};
 use crate::config::Config;
@@ -13,6 +11,9 @@ use crate::model::{Encoder, EncoderOptions, ModelFiles};
 use crate::subspace::{RandomColumns, Subspace};
 use crate::task::{Task, TaskLimits};
 use crate::tensor_file::Storage;
+use crate::train::lines::{
+    self, EvalLine, LandscapeLine, ProbeLine, SolutionLine, SubspaceLine, TransferLine, TuneLine,
+};
 use crate::train::probe::{L2_GRID, linear_probe, zero_shot};
 use crate::train::quality;
 use crate::train::solution::Solution;
@@ -405,11 +406,13 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", args.out.display()))?;
     let saved = Subspace::load(&args.out, manifest)?;
     let names: Vec<&str> = grouped.iter().map(|g| g.task.as_str()).collect();
-    println!(
-        "{}",
-        json!({"id": saved.id(), "d": saved.d(), "tasks": names, "refinement_steps": steps, "file": args.out})
-    );
-    Ok(())
+    lines::print(&SubspaceLine {
+        id: saved.id(),
+        d: saved.d(),
+        tasks: names.iter().map(ToString::to_string).collect(),
+        refinement_steps: steps,
+        file: args.out.clone(),
+    })
 }
 
 fn parse_dets(names: &[String]) -> anyhow::Result<Vec<DetKind>> {
@@ -468,11 +471,14 @@ fn train_det(config: &Config, args: DetArgs) -> anyhow::Result<()> {
         };
         let storage = if args.f16 { Storage::F16 } else { Storage::F32 };
         solution.save(&path, encoder.manifest(), storage)?;
-        println!(
-            "{}",
-            json!({"task": solution.task, "det": solution.det, "dev": solution.dev, "test": solution.test,
-                   "step": solution.step, "file": path})
-        );
+        lines::print(&SolutionLine {
+            task: solution.task.clone(),
+            det: solution.det,
+            dev: solution.dev,
+            test: solution.test,
+            step: solution.step,
+            file: path,
+        })?;
     }
     Ok(())
 }
@@ -556,13 +562,21 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
             args.out.join(format!("{}.json", data.name))
         };
         write_task(&path, data.name.clone(), &result, &data.labels, &subspace)?;
-        println!(
-            "{}",
-            json!({"task": data.name, "det": result.det, "head": args.head, "optimizer": args.optimizer,
-                   "dev": result.dev, "test": result.test, "dev_by_det": result.candidates.iter()
-                       .map(|(det, dev)| (det.to_string(), dev.accuracy)).collect::<BTreeMap<_, _>>(),
-                   "seconds": result.seconds, "file": path})
-        );
+        lines::print(&TuneLine {
+            task: data.name.clone(),
+            det: result.det,
+            head: args.head,
+            optimizer: args.optimizer.clone(),
+            dev: result.dev,
+            test: result.test,
+            dev_by_det: result
+                .candidates
+                .iter()
+                .map(|(det, dev)| (det.to_string(), dev.accuracy))
+                .collect(),
+            seconds: result.seconds,
+            file: path,
+        })?;
     }
     Ok(())
 }
@@ -601,13 +615,16 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
             Split::Test => probe.test,
             _ => probe.dev,
         };
-        println!(
-            "{}",
-            json!({"task": name, "method": "probe", "l2": probe.l2, "split": args.split,
-                   "accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1, "n": metrics.n,
-                   "dev": probe.dev, "shots": args.scoring.shots, "seed": args.scoring.seed})
-        );
-        return Ok(());
+        return lines::print(&ProbeLine {
+            task: name,
+            method: "probe".into(),
+            l2: probe.l2,
+            split: args.split,
+            scores: metrics,
+            dev: probe.dev,
+            shots: args.scoring.shots,
+            seed: args.scoring.seed,
+        });
     }
     let (det, metrics): (Option<DetKind>, Scores) = if let Some(path) = &args.solution {
         let solution = Solution::load(path, encoder.manifest())?;
@@ -656,12 +673,12 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
     } else {
         bail!("give one of --task, --solution, --zero-shot or --probe");
     };
-    println!(
-        "{}",
-        json!({"task": name, "det": det, "split": args.split, "accuracy": metrics.accuracy,
-               "macro_f1": metrics.macro_f1, "n": metrics.n})
-    );
-    Ok(())
+    lines::print(&EvalLine {
+        task: name,
+        det,
+        split: args.split,
+        scores: metrics,
+    })
 }
 
 pub fn transfer(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
@@ -691,11 +708,13 @@ pub fn transfer(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
         limit,
     )?;
     for (unit, metrics) in units.iter().zip(metrics) {
-        println!(
-            "{}",
-            json!({"task": tasks[0].data.name, "source_det": task.det, "target_det": unit.det, "split": args.split,
-                   "accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1, "n": metrics.n})
-        );
+        lines::print(&TransferLine {
+            task: tasks[0].data.name.clone(),
+            source_det: task.det,
+            target_det: unit.det,
+            split: args.split,
+            scores: metrics,
+        })?;
     }
     Ok(())
 }
@@ -819,11 +838,11 @@ pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
     let files = draw(&landscape, &args.out, args.font.as_deref())?;
     let json_path = args.out.join(format!("{}.landscape.json", landscape.task));
     std::fs::write(&json_path, serde_json::to_string_pretty(&landscape)?)?;
-    println!(
-        "{}",
-        json!({"task": landscape.task, "images": files, "grid": json_path})
-    );
-    Ok(())
+    lines::print(&LandscapeLine {
+        task: landscape.task.clone(),
+        images: files,
+        grid: json_path,
+    })
 }
 
 pub fn report(args: ReportArgs) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ use deltaspace::model::ModelFiles;
 use deltaspace::tuning::batch::TrainTask;
 use deltaspace::tuning::fit::{FitOptions, Space, Unit, fit};
 use deltaspace::tuning::optim::OptimizerKind;
+use serde_json::json;
 
 use crate::helpers::{tiny_dir, tiny_encoder};
 
@@ -445,25 +446,38 @@ fn the_report_prints_the_papers_tables_from_results() {
     let results = dir.path();
     std::fs::create_dir_all(results.join("tune")).unwrap();
     std::fs::create_dir_all(results.join("transfer")).unwrap();
+    // The lines `train det`, `tune`, `transfer` and `eval` print (crates/train/src/lines.rs).
+    let scores = |accuracy: f32| json!({"accuracy": accuracy, "macro_f1": accuracy, "n": 10});
+    let line = |value: serde_json::Value| value.to_string() + "\n";
     let mut original = String::new();
     for det in ["adapter", "lora", "prefix"] {
-        original +=
-            &format!("{{\"task\":\"sst2\",\"det\":\"{det}\",\"test\":{{\"accuracy\":0.8}}}}\n");
+        original += &line(
+            json!({"task": "sst2", "det": det, "dev": scores(0.8), "test": scores(0.8),
+                                 "step": 50, "file": "s.safetensors"}),
+        );
         std::fs::write(
             results.join(format!("tune/d4-adam-{det}.jsonl")),
-            format!("{{\"task\":\"sst2\",\"det\":\"{det}\",\"test\":{{\"accuracy\":0.76}},\"seconds\":2}}\n"),
+            line(
+                json!({"task": "sst2", "det": det, "optimizer": "adam", "dev": scores(0.76),
+                        "test": scores(0.76), "seconds": 2.0, "file": "t.json"}),
+            ),
         )
         .unwrap();
         let transfer: String = ["adapter", "lora", "prefix"]
             .iter()
-            .map(|target| format!("{{\"task\":\"sst2\",\"source_det\":\"{det}\",\"target_det\":\"{target}\",\"accuracy\":0.72}}\n"))
+            .map(|target| {
+                line(
+                    json!({"task": "sst2", "source_det": det, "target_det": target, "split": "test",
+                            "accuracy": 0.72, "macro_f1": 0.72, "n": 10}),
+                )
+            })
             .collect();
         std::fs::write(results.join(format!("transfer/d4-{det}.jsonl")), transfer).unwrap();
     }
     std::fs::write(results.join("original.jsonl"), original).unwrap();
     std::fs::write(
         results.join("zero_shot.jsonl"),
-        "{\"task\":\"sst2\",\"accuracy\":0.7}\n",
+        line(json!({"task": "sst2", "det": null, "split": "test", "accuracy": 0.7, "macro_f1": 0.7, "n": 10})),
     )
     .unwrap();
     let json_path = results.join("report.json");
