@@ -8,5 +8,8 @@ cd "$(dirname "$0")/.."
 scripts/setup-ort.sh
 scripts/setup-export-venv.sh
 scripts/setup-browser.sh
+scripts/setup-postgres.sh
 cargo test --workspace --locked
+scripts/contract.sh target/debug/deltaspace   # the OpenAPI contract: schemathesis against a live server (issue 13)
+scripts/check-deploy.sh                       # deploy/: hadolint, manifests validated offline (issue 12)
 .venv-export/bin/python -m pytest export/tests -q

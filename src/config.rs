@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::{ProviderChoice, RuntimeOptions};
 use crate::secret::Secret;
-use crate::server::TuneLimits;
+use crate::server::{StoreLocation, TuneLimits};
 use crate::task::TaskLimits;
 
 /// The whole configuration file. Every key has a default, so an empty file is valid.
@@ -19,6 +19,17 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub model: ModelConfig,
     pub server: ServerConfig,
+    pub store: StoreConfig,
+}
+
+/// `[store]`: where tasks are stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Empty: SQLite under `[server] data_dir`; `sqlite://PATH`: that SQLite file;
+    /// `postgres://…`: a PostgreSQL database that replicas share. It may hold a password, so it
+    /// is a secret: never logged.
+    pub url: Secret,
 }
 
 /// `[runtime]`: ONNX Runtime.
@@ -201,6 +212,13 @@ impl Config {
         }
     }
 
+    /// The store `[store] url` names, SQLite in `data_dir` when it is empty; a bad URL is an
+    /// error that says what is accepted.
+    pub fn store_location(&self, data_dir: Option<&Path>) -> anyhow::Result<StoreLocation> {
+        let data_dir = data_dir.unwrap_or(&self.server.data_dir);
+        Ok(StoreLocation::parse(self.store.url.expose(), data_dir)?)
+    }
+
     /// Options for [`crate::runtime::Runtime::load`].
     pub fn runtime_options(&self) -> RuntimeOptions {
         RuntimeOptions {
@@ -302,6 +320,25 @@ mod tests {
         assert_eq!(config.server.tokens.expose(), "alpha,beta");
         assert_eq!(config.server.bind, "0.0.0.0:9000");
         assert!(!format!("{config:?}").contains("alpha"));
+    }
+
+    #[test]
+    fn the_store_url_picks_the_backend_and_stays_secret() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(
+            config.store_location(None).unwrap(),
+            StoreLocation::Sqlite(PathBuf::from("data/tasks.sqlite3"))
+        );
+        let config = load(
+            "",
+            &[("DELTASPACE_STORE_URL", "postgres://ds:hunter2@db/ds")],
+        )
+        .unwrap();
+        assert_eq!(config.store_location(None).unwrap().backend(), "postgres");
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let config = load("[store]\nurl = \"redis://cache\"\n", &[]).unwrap();
+        let error = config.store_location(None).unwrap_err().to_string();
+        assert!(error.contains("postgres://"), "{error}");
     }
 
     #[test]

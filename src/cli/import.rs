@@ -1,6 +1,7 @@
 //! `deltaspace import`: bulk-loads tasks (TASK.json files, JSON-lines files, or directories of
-//! them) into a server's task database, checked as uploads are; the server serves them from its
-//! next start. For many tasks at once, where one HTTP upload per task would take hours.
+//! them) into the task store (`[store] url`: SQLite or PostgreSQL), checked as uploads are. A
+//! SQLite server serves them from its next start; PostgreSQL replicas as they follow the store.
+//! For many tasks at once, where one HTTP upload per task would take hours.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ pub struct ImportArgs {
     /// TASK.json files, JSON-lines files (`.jsonl`, one task per line), or directories of them.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// Directory of the task database [default: [server] data_dir].
+    /// Directory of the SQLite task database when `[store] url` is empty [default: [server] data_dir].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Model directory [default: [model] dir].
@@ -38,10 +39,10 @@ pub fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
     let subspace = Subspace::load(subspace_path, &files.manifest)
         .with_context(|| format!("loading subspace {}", subspace_path.display()))?;
     let sources = task_files(&args.paths)?;
-    let data_dir = args.data_dir.as_deref().unwrap_or(&config.server.data_dir);
+    let store = config.store_location(args.data_dir.as_deref())?;
     let started = std::time::Instant::now();
     let summary = import_tasks(
-        data_dir,
+        &store,
         &files.manifest,
         &subspace,
         &config.task_limits(),
@@ -52,8 +53,9 @@ pub fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
         written = summary.written,
         created = summary.created,
         seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
-        data_dir = %data_dir.display(),
-        "tasks imported; a running server serves them after its next start"
+        store = store.backend(),
+        "tasks imported; a SQLite server serves them after its next start, PostgreSQL replicas \
+         as they follow the store"
     );
     Ok(())
 }

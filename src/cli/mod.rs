@@ -1,6 +1,7 @@
 //! The edge: clap commands. Each command group has its own file; this one holds the global
 //! options and the shared set-up (config, runtime, model, subspace).
 
+mod export;
 mod import;
 mod predict;
 mod serve;
@@ -60,6 +61,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Bulk-load tasks (TASK.json, JSON lines, directories) into the server's task database.
     Import(import::ImportArgs),
+    /// Write every stored task as JSON lines (what `import` reads), from SQLite or PostgreSQL.
+    Export(export::ExportArgs),
     /// Offline training: stage 0 (DETs in their original space) and stage 1 (the subspace).
     #[command(subcommand)]
     Train(train::TrainCommand),
@@ -91,6 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(args) => predict::info(&config, args),
         Command::Serve(args) => serve::serve(&config, args),
         Command::Import(args) => import::import(&config, args),
+        Command::Export(args) => export::export(&config, args),
         Command::Train(command) => train::train(&config, command),
         Command::Tune(args) => train::tune(&config, args),
         Command::Eval(args) => train::eval(&config, args),

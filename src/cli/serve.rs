@@ -22,7 +22,7 @@ pub struct ServeArgs {
     /// Subspace file [default: [model] subspace].
     #[arg(long)]
     pub subspace: Option<PathBuf>,
-    /// Directory of the task database [default: [server] data_dir].
+    /// Directory of the SQLite task database when `[store] url` is empty [default: [server] data_dir].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
@@ -32,7 +32,7 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         .bind
         .clone()
         .unwrap_or_else(|| config.server.bind.clone());
-    let options = options(config, args);
+    let options = options(config, args)?;
     let listener = std::net::TcpListener::bind(&bind).with_context(|| format!("binding {bind}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -43,19 +43,20 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The server's options: `[server]`, `[model]` and `[runtime]`, with flags on top.
-fn options(config: &Config, args: ServeArgs) -> Options {
+/// The server's options: `[server]`, `[model]`, `[runtime]` and `[store]`, with flags on top.
+fn options(config: &Config, args: ServeArgs) -> anyhow::Result<Options> {
     let server = &config.server;
+    let store = config.store_location(args.data_dir.as_deref())?;
     let seed_tasks_dir =
         (!server.seed_tasks_dir.as_os_str().is_empty()).then(|| server.seed_tasks_dir.clone());
-    Options {
+    Ok(Options {
         runtime: config.runtime_options(),
         sessions: config.runtime.sessions,
         model_dir: args.model.unwrap_or_else(|| config.model.dir.clone()),
         subspace: args
             .subspace
             .unwrap_or_else(|| config.model.subspace.clone()),
-        data_dir: args.data_dir.unwrap_or_else(|| server.data_dir.clone()),
+        store,
         seed_tasks_dir,
         workers: server.workers,
         batch: BatchLimits {
@@ -91,7 +92,7 @@ fn options(config: &Config, args: ServeArgs) -> Options {
             "" => host_name(),
             name => name.to_string(),
         },
-    }
+    })
 }
 
 /// This machine's name (a pod's name under Kubernetes), for `[server] replica`.

@@ -214,8 +214,9 @@ fn prediction_through_every_det_gives_probabilities_over_the_task_labels() {
 
 #[test]
 fn rows_split_into_runs_by_length_embed_as_one_run_does() {
-    use deltaspace::classifier::{TextRow, length_groups};
+    use deltaspace::classifier::TextRow;
     use deltaspace::model::Batch;
+    use deltaspace::model::{CPU_RUN_COST_TOKENS, length_groups};
 
     let encoder = tiny_encoder();
     let files = tiny_files();
@@ -245,7 +246,7 @@ fn rows_split_into_runs_by_length_embed_as_one_run_does() {
         .into_iter()
         .map(|r| r.sum() as usize)
         .collect();
-    let groups = length_groups(&lengths, classifier::CPU_RUN_COST_TOKENS);
+    let groups = length_groups(&lengths, CPU_RUN_COST_TOKENS);
     assert!(groups.len() > 1, "the lengths {lengths:?} should split");
 
     let split = classifier::embed_rows(&encoder, &subspace, &rows).unwrap();

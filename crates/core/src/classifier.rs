@@ -4,14 +4,13 @@
 
 use std::sync::Arc;
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use crate::det::{DetError, DetKind};
 use crate::model::{
     Batch, Encoder, LabelScores, Manifest, ModelError, TextInput, Tokens, cosine_logits,
-    softmax_rows,
+    length_groups, softmax_rows,
 };
-use crate::runtime::Provider;
 use crate::subspace::Subspace;
 use crate::task::{Head, Label, Task};
 
@@ -181,16 +180,8 @@ pub fn code_matrices<'a>(
     Ok((z, det_select))
 }
 
-/// What one more encoder run costs on the CPU, in padded tokens: splitting a batch by length
-/// must save more than this many token positions per extra run. A MiniLM run's fixed cost (input
-/// binding, kernel set-up) is about that of 10–30 tokens on a CPU core.
-pub const CPU_RUN_COST_TOKENS: usize = 32;
-
-/// Embeds rows of any tasks and DETs: [rows, H], in the rows' order.
-///
-/// Rows are padded to the longest row of their run. On the CPU, where time grows with padded
-/// tokens, rows of very different lengths go in separate runs ([`length_groups`]); on a GPU, where
-/// a run's fixed cost dominates, they go in one.
+/// Embeds rows of any tasks and DETs: [rows, H], in the rows' order. Tokenizes the texts, then
+/// [`embed_tokens`].
 pub fn embed_rows(
     encoder: &Encoder,
     subspace: &Subspace,
@@ -198,36 +189,39 @@ pub fn embed_rows(
 ) -> Result<Array2<f32>, ClassifyError> {
     let inputs: Vec<TextInput> = rows.iter().map(|r| r.input.clone()).collect();
     let tokens = encoder.tokenize(&inputs)?;
-    let codes = rows.iter().map(|row| (row.z, row.det));
-    let (z, det_select) = code_matrices(encoder.manifest(), subspace.d(), codes)?;
-    let run_cost = match encoder.provider() {
-        Provider::Cpu => CPU_RUN_COST_TOKENS,
-        Provider::Cuda => usize::MAX,
-    };
-    let lengths: Vec<usize> = tokens
-        .attention_mask
-        .rows()
-        .into_iter()
-        .map(|mask| mask.iter().filter(|&&m| m != 0).count())
-        .collect();
-    let groups = length_groups(&lengths, run_cost);
+    let codes: Vec<Code<'_>> = rows.iter().map(|row| (row.z, row.det)).collect();
+    embed_tokens(encoder, subspace, &tokens, &codes)
+}
+
+/// One row's code z and the DET that decodes it.
+pub type Code<'a> = (&'a [f32], DetKind);
+
+/// Embeds tokenized rows, each with its own code: [rows, H], in the rows' order.
+///
+/// Rows are padded to the longest row of their run. Where a run's fixed cost is small next to
+/// its padded tokens (the CPU), rows of very different lengths go in separate runs
+/// ([`length_groups`]); where it dominates (a GPU), they go in one.
+pub fn embed_tokens(
+    encoder: &Encoder,
+    subspace: &Subspace,
+    tokens: &Tokens,
+    codes: &[Code<'_>],
+) -> Result<Array2<f32>, ClassifyError> {
+    let (z, det_select) = code_matrices(encoder.manifest(), subspace.d(), codes.iter().copied())?;
+    let lengths = tokens.lengths();
+    let groups = length_groups(&lengths, encoder.run_cost_tokens());
     if groups.len() == 1 {
         let batch = Batch {
-            tokens: &tokens,
+            tokens,
             z: z.view(),
             det_select: det_select.view(),
         };
         return Ok(encoder.embed(batch, subspace.params())?);
     }
-    let mut embeddings = Array2::zeros((rows.len(), encoder.manifest().hidden()));
+    let mut embeddings = Array2::zeros((tokens.rows(), encoder.manifest().hidden()));
     for group in groups {
         let seq = group.iter().map(|&i| lengths[i]).max().unwrap_or(1);
-        let take = |a: &Array2<i64>| a.select(Axis(0), &group).slice(s![.., ..seq]).to_owned();
-        let group_tokens = Tokens {
-            input_ids: take(&tokens.input_ids),
-            attention_mask: take(&tokens.attention_mask),
-            token_type_ids: take(&tokens.token_type_ids),
-        };
+        let group_tokens = tokens.select(&group, seq);
         let (group_z, group_select) = (
             z.select(Axis(0), &group),
             det_select.select(Axis(0), &group),
@@ -243,42 +237,6 @@ pub fn embed_rows(
         }
     }
     Ok(embeddings)
-}
-
-/// Most rows in one run of [`length_groups`]; it also bounds the search to O(rows × this).
-pub const MAX_RUN_ROWS: usize = 512;
-
-/// Splits rows into runs that cost the fewest padded token positions, counting `run_cost` for
-/// each run: rows sorted by length, cut into contiguous groups of at most [`MAX_RUN_ROWS`] by
-/// dynamic programming (exact under that bound). Each group lists row indices, shortest first.
-pub fn length_groups(lengths: &[usize], run_cost: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
-    order.sort_by_key(|&i| lengths[i]);
-    let n = order.len();
-    // cost[i]: the least cost of the i shortest rows; start[i]: where their last group starts.
-    let mut cost = vec![0usize; n + 1];
-    let mut start = vec![0usize; n + 1];
-    for end in 1..=n {
-        let longest = lengths[order[end - 1]];
-        (cost[end], start[end]) = (end.saturating_sub(MAX_RUN_ROWS)..end)
-            .map(|begin| {
-                let run = (end - begin) * longest;
-                (
-                    cost[begin].saturating_add(run).saturating_add(run_cost),
-                    begin,
-                )
-            })
-            .min()
-            .unwrap_or((0, 0));
-    }
-    let mut groups = Vec::new();
-    let mut end = n;
-    while end > 0 {
-        groups.push(order[start[end]..end].to_vec());
-        end = start[end];
-    }
-    groups.reverse();
-    groups
 }
 
 /// Label probabilities of each embedding row against a task's label descriptions.
@@ -319,57 +277,4 @@ pub fn predict(
         Some(classes) => classes.score(embeddings.view(), &task.labels.names(), logit_scale),
         None => score(embeddings.view(), &task.labels, logit_scale),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn padded_cost(groups: &[Vec<usize>], lengths: &[usize], run_cost: usize) -> usize {
-        groups
-            .iter()
-            .map(|g| g.len() * g.iter().map(|&i| lengths[i]).max().unwrap_or(0) + run_cost)
-            .sum()
-    }
-
-    #[test]
-    fn rows_of_like_length_share_a_run() {
-        let lengths = [12, 200, 14, 190, 13, 11];
-        let groups = length_groups(&lengths, 32);
-        assert_eq!(groups, vec![vec![5, 0, 4, 2], vec![3, 1]]);
-        assert_eq!(padded_cost(&groups, &lengths, 32), 4 * 14 + 2 * 200 + 64);
-    }
-
-    #[test]
-    fn a_costly_run_keeps_one_batch() {
-        let lengths = [12, 200, 14];
-        assert_eq!(length_groups(&lengths, usize::MAX).len(), 1);
-        assert_eq!(length_groups(&[7], 32), vec![vec![0]]);
-        assert!(length_groups(&[], 32).is_empty());
-    }
-
-    #[test]
-    fn no_run_holds_more_than_max_run_rows() {
-        let lengths = vec![20; 3 * MAX_RUN_ROWS + 5];
-        for run_cost in [32, usize::MAX] {
-            let groups = length_groups(&lengths, run_cost);
-            assert_eq!(groups.len(), 4);
-            assert!(groups.iter().all(|g| g.len() <= MAX_RUN_ROWS));
-        }
-    }
-
-    #[test]
-    fn the_partition_is_never_worse_than_one_run_and_covers_every_row() {
-        let lengths: Vec<usize> = (0..40).map(|i| 5 + (i * 37) % 120).collect();
-        for run_cost in [0, 8, 32, 256, 100_000] {
-            let groups = length_groups(&lengths, run_cost);
-            let mut rows: Vec<usize> = groups.concat();
-            rows.sort_unstable();
-            assert_eq!(rows, (0..40).collect::<Vec<_>>());
-            let one = vec![(0..40).collect::<Vec<_>>()];
-            assert!(
-                padded_cost(&groups, &lengths, run_cost) <= padded_cost(&one, &lengths, run_cost)
-            );
-        }
-    }
 }

@@ -72,14 +72,22 @@ pub fn label_set(
 }
 
 /// Serves an admitted task as an upload is served: a stale `If-Match` fails before any label is
-/// embedded, the label set is found or made, and the write is committed (checking `expect` again)
-/// before the task is served. Returns the stored task and whether it is new. Blocking.
+/// embedded (with a store only this process writes), the label set is found or made, and the
+/// write is committed (checking `expect` again) before the task is served. Returns the stored task
+/// and whether it is new. Blocking.
 pub fn commit(
     core: &Core,
     task: Task,
     expect: &Precondition,
 ) -> Result<(Arc<StoredTask>, bool), ApiError> {
-    let current = core.store.get(&task.name);
+    // Only a store this process alone writes is sure to be current in memory: a replica that has
+    // not yet applied another's write would refuse an etag the database accepts.
+    let current = core
+        .store
+        .loaded_at()
+        .is_none()
+        .then(|| core.store.get(&task.name))
+        .flatten();
     if let Precondition::Etag(etag) = expect
         && current.as_ref().is_some_and(|c| &c.etag != etag)
     {

@@ -8,7 +8,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use super::batcher::BatchError;
-use super::store::StoreError;
+use super::store::{StoreError, error_chain};
 use deltaspace_core::task::TaskError;
 
 use crate::admit::AdmitError;
@@ -56,6 +56,10 @@ pub enum ApiError {
     NotReady,
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The shared task store cannot be reached: writes are refused (nothing was acknowledged),
+    /// predictions go on from memory.
+    #[error("the task store is unavailable, so writes are refused for now ({0}); retry later")]
+    StoreUnavailable(String),
     /// Anything the client cannot fix; the message is logged, the client sees a generic one.
     #[error("{0}")]
     Internal(String),
@@ -81,6 +85,7 @@ impl ApiError {
             Self::Overloaded => "overloaded",
             Self::NotReady => "not_ready",
             Self::ShuttingDown => "shutting_down",
+            Self::StoreUnavailable(_) => "store_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -101,7 +106,9 @@ impl ResponseError for ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded | Self::TooManyJobs(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::NotReady | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady | Self::ShuttingDown | Self::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -125,7 +132,10 @@ impl ResponseError for ApiError {
                 response
                     .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
-            Self::Overloaded | Self::NotReady | Self::TooManyJobs(_) => {
+            Self::Overloaded
+            | Self::NotReady
+            | Self::TooManyJobs(_)
+            | Self::StoreUnavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             Self::MethodNotAllowed { allow, .. } => {
@@ -172,6 +182,12 @@ impl From<BatchError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
+        if let StoreError::Unavailable { reason, .. } = &error {
+            // The client learns the reason; the log gets the cause too.
+            let cause = error_chain(&error);
+            tracing::warn!(error = %cause, "a write is refused: the task store is unavailable");
+            return Self::StoreUnavailable(reason.clone());
+        }
         match error {
             StoreError::EtagMismatch { .. } => Self::EtagMismatch(error.to_string()),
             StoreError::NotFound(name) => Self::TaskNotFound(name),

@@ -3,11 +3,9 @@
 //! the server embeds each new label set once at its next start. Uploading through HTTP commits
 //! (and fsyncs) one task per request; this is how a million tasks get in.
 
-use std::path::Path;
-
 use super::ServerError;
 use super::admit::admit;
-use super::store;
+use super::store::{self, StoreLocation};
 use deltaspace_core::model::Manifest;
 use deltaspace_core::subspace::Subspace;
 use deltaspace_core::task::{Task, TaskLimits};
@@ -25,12 +23,13 @@ pub struct ImportSummary {
     pub created: usize,
 }
 
-/// Writes `tasks` into `data_dir`'s database after checking each (as an upload is checked); a
+/// Writes `tasks` into the store at `location` (a data directory names its SQLite database)
+/// after checking each (as an upload is checked); a
 /// task replaces any stored task of its name. `tasks` is called twice, to check and then to write,
 /// so a bad task stops the import before anything is written and no more than one transaction of
 /// tasks is ever held in memory. Errors name the failing item (`source` says how).
 pub fn import_tasks<I>(
-    data_dir: &Path,
+    location: impl Into<StoreLocation>,
     manifest: &Manifest,
     subspace: &Subspace,
     limits: &TaskLimits,
@@ -44,7 +43,7 @@ where
         check(task?, manifest, subspace, limits)?;
         count += 1;
     }
-    let mut db = store::open(data_dir).map_err(ServerError::from)?;
+    let mut db = store::open(&location.into()).map_err(ServerError::from)?;
     let subspace_id = subspace.id();
     let mut summary = ImportSummary {
         written: 0,

@@ -1,11 +1,12 @@
 //! Tune jobs: labeled examples in, a served task out. `POST /v1/tasks/{name}/tune` hands a checked
 //! [`TuneOrder`] to [`Jobs::submit`], which records the job and answers at once; the job then waits
 //! for one of `max_tune_jobs` slots, runs stage 2 ([`tune_gradient`], the same code as
-//! `deltaspace tune`) on a blocking thread, and serves the task it found as `PUT` would.
+//! `deltaspace tune`) on a thread of its own, and serves the task it found as `PUT` would.
 //!
 //! A job's encoder is its own (the serving graph once more, and the gradient graph), loaded on
-//! first use, and *paced*: before each of its runs it waits until no prediction is queued or
-//! running (at most [`MAX_YIELD`]), so predictions wait for at most one small run of a job. Jobs
+//! first use, and yields to predictions twice over: its threads run at the lowest CPU priority,
+//! and it is *paced*: before each of its runs it waits until no prediction is queued or running
+//! (at most [`MAX_YIELD`]), so predictions wait for at most one small run of a job. Jobs
 //! are recorded in the task store when accepted, at every evaluation and when they end; a restart
 //! marks the jobs it cut short as failed (`interrupted`).
 
@@ -267,7 +268,7 @@ impl Jobs {
         }
     }
 
-    /// Tunes on a blocking thread, then serves the task; the result or why it failed.
+    /// Tunes on a thread of its own, then serves the task; the result or why it failed.
     async fn tune_and_serve(
         self: &Arc<Self>,
         core: &Core,
@@ -275,13 +276,21 @@ impl Jobs {
         order: TuneOrder,
         expect: Precondition,
     ) -> Result<JobResult, String> {
-        let (jobs, blocking_core, blocking_job) = (self.clone(), core.clone(), job.clone());
+        let (jobs, thread_core, thread_job) = (self.clone(), core.clone(), job.clone());
         let name = job.record().task.clone();
-        let tuned = tokio::task::spawn_blocking(move || {
-            jobs.tune(&blocking_core, &blocking_job, &name, order)
-        })
-        .await
-        .map_err(|e| format!("the tune thread failed: {e}"))?;
+        let (done, tuned) = tokio::sync::oneshot::channel();
+        // A thread of its own at the lowest CPU priority (the encoder's threads, made on the first
+        // job's thread, inherit it): when predictions need the cores, the kernel gives them first.
+        std::thread::Builder::new()
+            .name("tune-job".into())
+            .spawn(move || {
+                lower_priority();
+                let _ = done.send(jobs.tune(&thread_core, &thread_job, &name, order));
+            })
+            .map_err(|e| format!("starting the tune thread: {e}"))?;
+        let tuned = tuned
+            .await
+            .map_err(|_| "the tune thread failed".to_string())?;
         let (task, tuned, has_test) = tuned.map_err(|e| {
             if self.stopping.load(Ordering::SeqCst) {
                 INTERRUPTED.to_string()
@@ -486,6 +495,17 @@ fn progress(
         by_steps.min((seconds - elapsed).max(0.0))
     });
     record.clone()
+}
+
+/// Gives the calling thread the lowest CPU priority (nice 19), so that a job takes only the CPU
+/// that predictions leave; threads it starts inherit it. Linux sets it per thread.
+fn lower_priority() {
+    // SAFETY: setpriority reads no memory of ours; `0` names the calling thread.
+    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0;
+    if failed {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, "tune job: could not lower the thread's priority");
+    }
 }
 
 /// Records `job` in the store.

@@ -16,6 +16,7 @@ mod state;
 mod store;
 
 use state::{AppState, Core};
+use store::follow::{Follower, StoreStatus};
 
 pub use api::decode::{
     EmbedRequest, PredictRequest, RequestLimits, TaskBody, TuneOrder, TuneRequest, check_inputs,
@@ -27,8 +28,9 @@ pub use import::{ImportError, ImportSummary, import_tasks};
 pub use jobs::{MAX_YIELD, TuneLimits};
 pub use metrics::Metrics;
 pub use store::{
-    Backend, DATABASE_FILE, Database, JobRecord, JobResult, JobState, LabelSets, Precondition,
-    StoreError, StoredTask, TaskStore, labels_key,
+    Backend, Changes, DATABASE_FILE, Database, JobRecord, JobResult, JobState, LabelSets,
+    LocationError, POSTGRES_SCHEMA_VERSION, PostgresStore, Precondition, Record, StoreError,
+    StoreLocation, StoredTask, TaskStore, export_tasks, labels_key, open as open_store,
 };
 
 use std::future::Future;
@@ -58,8 +60,9 @@ pub struct Options {
     pub model_dir: PathBuf,
     /// The subspace file every task's z belongs to.
     pub subspace: PathBuf,
-    /// Where the task database (`tasks.sqlite3`) lives.
-    pub data_dir: PathBuf,
+    /// Where tasks are stored: the SQLite database (`[server] data_dir`/tasks.sqlite3 unless
+    /// `[store] url` says otherwise) or a PostgreSQL database shared by replicas.
+    pub store: StoreLocation,
     /// TASK.json files imported once at start (each name at most once, ever); skipped if absent.
     pub seed_tasks_dir: Option<PathBuf>,
     /// HTTP worker threads; 0 = one per core.
@@ -123,8 +126,14 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let store_status = Arc::new(StoreStatus::new(options.store.backend()));
+    let metrics = Arc::new(Metrics::new());
+    metrics
+        .store_connected
+        .set(i64::from(store_status.connected.load(Ordering::Relaxed)));
     let state = Arc::new(AppState {
-        metrics: Arc::new(Metrics::new()),
+        metrics,
+        store_status,
         auth: auth::Auth::new(&options.tokens, options.protect_reads),
         options: options.clone(),
         core: OnceLock::new(),
@@ -139,10 +148,12 @@ pub async fn run(
     tokio::pin!(shutdown);
     let started = Instant::now();
     let mut batcher_task = None;
+    let mut follower = None;
     let outcome = tokio::select! {
         loaded = load::load(&options, state.metrics.clone()) => match loaded {
             Ok((core, task)) => {
                 batcher_task = Some(task);
+                follower = follow(&state, &core);
                 let tasks = core.store.len();
                 let _ = state.core.set(core);
                 tracing::info!(%address, tasks, seconds = started.elapsed().as_secs_f32(), "ready");
@@ -156,6 +167,9 @@ pub async fn run(
 
     tracing::info!("shutting down: draining in-flight requests");
     state.shutting_down.store(true, Ordering::Relaxed);
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     if let Some(core) = state.core.get() {
         // Running tune jobs end at their next run and are recorded as interrupted.
         core.jobs.shut_down(options.shutdown_timeout).await;
@@ -174,6 +188,23 @@ pub async fn run(
     }
     tracing::info!("stopped");
     outcome
+}
+
+/// Starts following the other replicas' writes when the store is shared (PostgreSQL), from the
+/// change the tasks were loaded at.
+fn follow(state: &AppState, core: &Core) -> Option<tokio::task::JoinHandle<()>> {
+    let StoreLocation::Postgres(url) = &state.options.store else {
+        return None;
+    };
+    let since = core.store.loaded_at()?;
+    let follower = Follower {
+        url: url.clone(),
+        store: core.store.clone(),
+        prepare: load::prepare(core, state.options.task_limits),
+        status: state.store_status.clone(),
+        metrics: state.metrics.clone(),
+    };
+    Some(tokio::spawn(follower.run(since)))
 }
 
 /// The HTTP server with its route table, not yet polled.

@@ -14,8 +14,8 @@ use ndarray::Array2;
 
 use super::store::{self, Precondition, StoreError, TaskStore, labels_key};
 use super::{Core, Options, ServerError};
-use deltaspace_core::classifier::{self, LabelSet, TextRow, embed_labels};
-use deltaspace_core::model::{Encoder, EncoderOptions, Manifest, TextInput};
+use deltaspace_core::classifier::{self, Code, LabelSet, embed_labels};
+use deltaspace_core::model::{Encoder, EncoderOptions, Manifest, TextInput, Tokens};
 use deltaspace_core::runtime::Runtime;
 use deltaspace_core::subspace::Subspace;
 use deltaspace_core::task::{Task, TaskLimits};
@@ -41,7 +41,9 @@ pub async fn load(
     );
     let runner: Runner = {
         let (encoder, subspace) = (encoder.clone(), subspace.clone());
-        Arc::new(move |rows: &[TextRow<'_>]| classifier::embed_rows(&encoder, &subspace, rows))
+        Arc::new(move |tokens: &Tokens, codes: &[Code<'_>]| {
+            classifier::embed_tokens(&encoder, &subspace, tokens, codes)
+        })
     };
     warm_up(&runner, &encoder, &subspace).await?;
     let mut limits = options.batch;
@@ -87,7 +89,13 @@ fn load_blocking(
         }
     })?;
     tracing::info!(subspace = %subspace.id(), d = subspace.d(), "subspace loaded");
-    let store = TaskStore::new(store::open(&options.data_dir)?).with_max_tasks(options.max_tasks);
+    let backend = store::open(&options.store)?;
+    // Read before the scan: a replica follows the others from here, so a write committed while
+    // the tasks load is applied after (once, whichever way it arrives).
+    let loaded_at = backend.last_change()?;
+    let store = TaskStore::new(backend)
+        .with_max_tasks(options.max_tasks)
+        .with_loaded_at(loaded_at);
     load_tasks(&store, &encoder, &subspace, &options.task_limits)?;
     if let Some(dir) = options.seed_tasks_dir.as_deref() {
         seed_tasks(dir, &store, &encoder, &subspace, &options.task_limits)?;
@@ -288,6 +296,10 @@ fn seed_tasks(
                 imported += 1;
                 store.with_db(|db| db.mark_seeded(&name))?;
             }
+            // Another replica starting at the same time imported it first.
+            Err(StoreError::EtagMismatch { .. }) => {
+                store.with_db(|db| db.mark_seeded(&name))?;
+            }
             Err(error) => tracing::warn!(task = %name, %error, "seed task not imported"),
         }
     }
@@ -295,6 +307,67 @@ fn seed_tasks(
         tracing::info!(imported, dir = %dir.display(), "seed tasks imported");
     }
     Ok(())
+}
+
+/// How a replica serves a row another replica wrote: parsed and admitted as at start-up, its
+/// label set from memory, else the store's cache, else the encoder (and then cached). `None` for
+/// a row this replica does not serve (another subspace, invalid), as at start-up.
+pub(crate) fn prepare(core: &Core, limits: TaskLimits) -> store::follow::Prepare {
+    let core = core.clone();
+    Arc::new(move |record: &store::Record| {
+        if record.subspace_id != core.subspace.id() {
+            return None;
+        }
+        let admitted = serde_json::from_str::<Task>(&record.task_json)
+            .map_err(|e| e.to_string())
+            .and_then(|task| {
+                admit(task, core.encoder.manifest(), &core.subspace, &limits)
+                    .map_err(|e| e.to_string())
+            });
+        let task = match admitted {
+            Ok(task) => task,
+            Err(error) => {
+                tracing::warn!(task = %record.name, %error, "stored task is invalid; not served");
+                return None;
+            }
+        };
+        match shared_label_set(&core, &task) {
+            Ok(labels) => Some((task, labels)),
+            Err(error) => {
+                // Served again at the next change of the task or the next start.
+                tracing::warn!(task = %record.name, %error, "no label embeddings; not served");
+                None
+            }
+        }
+    })
+}
+
+/// The label set of `task`: in use here, cached by another replica, or embedded now and cached.
+fn shared_label_set(core: &Core, task: &Task) -> Result<Arc<LabelSet>, ServerError> {
+    let key = labels_key(&task.labels);
+    if let Some(set) = core.store.label_sets().get(&key) {
+        return Ok(set);
+    }
+    let shape = (task.labels.len(), core.encoder.manifest().hidden());
+    let cached = core
+        .store
+        .with_db(|db| db.label_embedding(&core.model_key, &key))?
+        .and_then(|values| Array2::from_shape_vec(shape, values).ok());
+    let embeddings = match cached {
+        Some(embeddings) => embeddings,
+        None => {
+            let embeddings =
+                embed_labels(&task.labels, &core.encoder).map_err(ServerError::Labels)?;
+            core.store
+                .with_db(|db| db.save_label_embeddings(&core.model_key, &[(&key, &embeddings)]))?;
+            embeddings
+        }
+    };
+    let set = LabelSet {
+        labels: task.labels.clone(),
+        embeddings,
+    };
+    Ok(core.store.label_sets().intern(&key, Arc::new(set)))
 }
 
 /// One short batch with a row per DET, so the first request does not pay for ORT's first run.
@@ -311,20 +384,15 @@ async fn warm_up(
         .filter_map(|layout| layout.name.parse().ok())
         .collect();
     let z = vec![0.0f32; subspace.d()];
+    let encoder = encoder.clone();
     tokio::task::spawn_blocking(move || {
-        let input = TextInput::single("warm-up");
-        let rows: Vec<TextRow<'_>> = dets
-            .iter()
-            .map(|&det| TextRow {
-                input: &input,
-                z: &z,
-                det,
-            })
-            .collect();
-        if rows.is_empty() {
+        if dets.is_empty() {
             return Ok(());
         }
-        runner(&rows).map(|_| ())
+        let inputs = vec![TextInput::single("warm-up"); dets.len()];
+        let tokens = encoder.tokenize(&inputs)?;
+        let codes: Vec<Code<'_>> = dets.iter().map(|&det| (&z[..], det)).collect();
+        runner(&tokens, &codes).map(|_| ())
     })
     .await
     .map_err(|_| ServerError::Interrupted)?

@@ -47,6 +47,13 @@ pub struct Metrics {
     pub tune_duration: Histogram,
     /// `deltaspace_tune_steps_total`: optimizer steps of tune jobs.
     pub tune_steps: IntCounter,
+    /// `deltaspace_store_connected`: 1 while a shared store's change feed is connected (always 1
+    /// for SQLite).
+    pub store_connected: IntGauge,
+    /// `deltaspace_store_reconnects_total`: times the change feed was lost and sought again.
+    pub store_reconnects: IntCounter,
+    /// `deltaspace_store_change`: the last store-wide change applied to the served tasks.
+    pub store_change: IntGauge,
 }
 
 impl Default for Metrics {
@@ -151,6 +158,21 @@ impl Metrics {
                 "Optimizer steps of tune jobs.",
             )
             .expect("valid metric. This is a bug."),
+            store_connected: IntGauge::new(
+                "deltaspace_store_connected",
+                "1 while the task store's change feed is connected (always 1 for SQLite).",
+            )
+            .expect("valid metric. This is a bug."),
+            store_reconnects: IntCounter::new(
+                "deltaspace_store_reconnects_total",
+                "Times the task store's change feed was lost and sought again.",
+            )
+            .expect("valid metric. This is a bug."),
+            store_change: IntGauge::new(
+                "deltaspace_store_change",
+                "The last task store change applied to the served tasks.",
+            )
+            .expect("valid metric. This is a bug."),
             registry,
         };
         metrics.register_all();
@@ -176,6 +198,9 @@ impl Metrics {
             Box::new(self.tune_jobs_total.clone()),
             Box::new(self.tune_duration.clone()),
             Box::new(self.tune_steps.clone()),
+            Box::new(self.store_connected.clone()),
+            Box::new(self.store_reconnects.clone()),
+            Box::new(self.store_change.clone()),
         ];
         for collector in collectors {
             self.registry

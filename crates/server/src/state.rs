@@ -12,11 +12,14 @@ use crate::error::ApiError;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::store::TaskStore;
+use crate::store::follow::StoreStatus;
 use crate::{Options, auth, batcher};
 
 /// What every handler shares: set up before the model loads, completed by [`Core`] after.
 pub(crate) struct AppState {
     pub(crate) metrics: Arc<Metrics>,
+    /// The store's backend and, when shared, its change feed: `/health/ready` reports it.
+    pub(crate) store_status: Arc<StoreStatus>,
     pub(crate) auth: auth::Auth,
     pub(crate) options: Options,
     pub(crate) core: OnceLock<Core>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use deltaspace::det::Theta0;
 use deltaspace::model::ModelFiles;
 use deltaspace::runtime::{ProviderChoice, RuntimeOptions};
-use deltaspace::server::{self, BatchLimits, Options, ServerError, TuneLimits};
+use deltaspace::server::{self, BatchLimits, Options, ServerError, StoreLocation, TuneLimits};
 use deltaspace::subspace::Subspace;
 use deltaspace::task::TaskLimits;
 use deltaspace::tensor_file::Storage;
@@ -59,7 +59,7 @@ impl Fixture {
             sessions: 1,
             model_dir: tiny_dir(),
             subspace: self.subspace_path.clone(),
-            data_dir: self.path("data"),
+            store: StoreLocation::sqlite_in(&self.path("data")),
             seed_tasks_dir: None,
             workers: 1,
             batch: BatchLimits {

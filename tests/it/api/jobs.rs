@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::helpers::{Fixture, TestApp, assert_error, ok_json, task_body};
 
 /// A two-label task: `per_label` short examples of each label.
-fn tune_body(per_label: usize) -> Value {
+pub(crate) fn tune_body(per_label: usize) -> Value {
     let examples: Vec<Value> = (0..per_label)
         .flat_map(|i| {
             [

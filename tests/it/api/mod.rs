@@ -3,6 +3,6 @@
 //! parallel.
 
 pub(crate) mod helpers;
-mod jobs;
+pub(crate) mod jobs;
 mod routes;
 mod serving;

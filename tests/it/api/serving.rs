@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use deltaspace::server::StoreLocation;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
@@ -74,7 +75,7 @@ async fn a_batch_mixing_tasks_and_dets_matches_one_by_one_requests() {
 
     // Together: a batch runs only when all rows are in, so the six requests share one run.
     let mut mixed_options = fixture.options();
-    mixed_options.data_dir = fixture.path("data-mixed");
+    mixed_options.store = StoreLocation::sqlite_in(&fixture.path("data-mixed"));
     mixed_options.seed_tasks_dir = Some(seeds);
     mixed_options.batch.max_rows = rows;
     mixed_options.batch.max_wait = Duration::from_secs(20);

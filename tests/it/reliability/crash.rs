@@ -4,19 +4,26 @@
 //! (and each row stored) is exactly one of the states a client sent, the last acknowledged one
 //! unless a later write to it was in flight at the kill.
 //!
+//! The same soak runs on the embedded SQLite store and on PostgreSQL (`[store] url`), where the
+//! store outlives the killed replica.
+//!
 //! `DELTASPACE_CRASH_KILLS` sets the number of kills (CI: 5; `scripts/soak-crash.sh`: 200).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deltaspace::server::{Backend, Database, labels_key};
+use std::collections::HashMap;
+
+use deltaspace::secret::Secret;
+use deltaspace::server::{Backend, Database, StoreLocation, labels_key, open_store};
 use deltaspace::task::Task;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
 use super::process::{Server, Setup, env_number};
+use crate::pg;
 
 /// Concurrent uploading clients.
 const CLIENTS: usize = 4;
@@ -138,8 +145,7 @@ fn check_database(setup: &Setup) -> usize {
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap();
     assert_eq!(integrity, "ok");
-    // Every task's label set has its embeddings, committed in the same transaction as the task.
-    let label_sets: std::collections::HashMap<String, usize> = connection
+    let label_sets: HashMap<String, usize> = connection
         .prepare("SELECT labels_key, length(embeddings) FROM label_embeddings")
         .unwrap()
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -147,9 +153,27 @@ fn check_database(setup: &Setup) -> usize {
         .map(Result::unwrap)
         .collect();
     drop(connection);
+    check_rows(&Database::open(&setup.database()).unwrap(), &label_sets)
+}
+
+/// Checks the PostgreSQL store at `url` after a kill, as [`check_database`] checks SQLite.
+fn check_postgres(url: &str) -> usize {
+    let query = "SELECT labels_key, length(embeddings) FROM label_embeddings";
+    let label_sets: HashMap<String, usize> = pg::with_client(url, |admin| {
+        let rows = admin.query(query, &[]).unwrap();
+        rows.iter()
+            .map(|row| (row.get(0), usize::try_from(row.get::<_, i32>(1)).unwrap()))
+            .collect()
+    });
+    let location = StoreLocation::Postgres(Secret::new(url));
+    pg::off_runtime(|| check_rows(open_store(&location).unwrap().as_ref(), &label_sets))
+}
+
+/// Every stored row is a whole task, and its label set has its embeddings (committed in the same
+/// transaction as the task), given the bytes of each cached set. Returns how many rows.
+fn check_rows(store: &dyn Backend, label_sets: &HashMap<String, usize>) -> usize {
     let mut records = Vec::new();
-    Database::open(&setup.database())
-        .unwrap()
+    store
         .each(&mut |record| {
             records.push(record);
             Ok(())
@@ -234,9 +258,22 @@ async fn check_and_resolve(server: &Server, logs: &Logs) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_uploads_survive_sigkill_and_nothing_half_written_is_served() {
+    let setup = Setup::new().server("tokens", "crash-token");
+    soak(&setup, &check_database).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_acknowledged_uploads_survive_sigkill_of_a_replica() {
+    let url = pg::off_runtime(|| pg::shared().database());
+    let setup = Setup::new().server("tokens", "crash-token").store_url(&url);
+    soak(&setup, &|_| check_postgres(&url)).await;
+}
+
+/// Kills the server on `setup` during uploads, again and again; `check_store` looks at the store
+/// after each kill and returns how many rows it holds.
+async fn soak(setup: &Setup, check_store: &dyn Fn(&Setup) -> usize) {
     let kills: usize = env_number("DELTASPACE_CRASH_KILLS", 5);
     let seed: u64 = env_number("DELTASPACE_CRASH_SEED", 1);
-    let setup = Setup::new().server("tokens", "crash-token");
     let logs: Logs = Arc::default();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let started = Instant::now();
@@ -246,7 +283,7 @@ async fn acknowledged_uploads_survive_sigkill_and_nothing_half_written_is_served
     let probe = json!({"inputs": ["a probe sentence", {"text": "a", "text_pair": "b"}]});
     let mut probe_answer: Option<Value> = None;
     for kill in 0..kills {
-        let server = Server::start(&setup, "warn").await;
+        let server = Server::start(setup, "warn").await;
         if kill > 0 {
             let (committed, unknown) = check_and_resolve(&server, &logs).await;
             total_committed += committed;
@@ -310,7 +347,7 @@ async fn acknowledged_uploads_survive_sigkill_and_nothing_half_written_is_served
             client.await.unwrap();
         }
         total_acked += *acked.lock().unwrap();
-        let rows = check_database(&setup);
+        let rows = check_store(setup);
         if kills <= 10 || (kill + 1) % 20 == 0 {
             eprintln!(
                 "kill {}/{kills}: {} acknowledged writes so far, {rows} rows, {:.0} s",
@@ -320,7 +357,7 @@ async fn acknowledged_uploads_survive_sigkill_and_nothing_half_written_is_served
             );
         }
     }
-    let server = Server::start(&setup, "warn").await;
+    let server = Server::start(setup, "warn").await;
     let (committed, unknown) = check_and_resolve(&server, &logs).await;
     total_committed += committed;
     total_unknown += unknown;

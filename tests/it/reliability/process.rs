@@ -89,6 +89,13 @@ impl Setup {
         self
     }
 
+    /// Stores tasks at `url` (`[store] url`) in servers and commands started from now on.
+    pub fn store_url(mut self, url: &str) -> Self {
+        self.env
+            .push(("DELTASPACE_STORE_URL".to_string(), url.to_string()));
+        self
+    }
+
     /// `deltaspace --config … ARGS… --model … --subspace … --data-dir …` on this setup (ARGS: a
     /// subcommand and its own arguments), with only this setup's `DELTASPACE_*` settings.
     pub fn command<S: AsRef<std::ffi::OsStr>>(

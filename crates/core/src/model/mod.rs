@@ -9,6 +9,7 @@ mod classify;
 mod encoder;
 mod manifest;
 mod resident;
+mod runs;
 mod tokenize;
 
 pub use classify::{LabelScore, LabelScores, cosine_logits, softmax_rows};
@@ -19,6 +20,7 @@ pub use manifest::{
     Architecture, DetLayout, FORMAT_VERSION, Graphs, Manifest, ModelFiles, TensorSlot, input,
 };
 pub use resident::{Placement, ResidentEncoder, ResidentOptions};
+pub use runs::{CPU_RUN_COST_TOKENS, MAX_RUN_ROWS, length_groups};
 pub use tokenize::{TextInput, TextTokenizer, Tokens};
 
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use ndarray::Array2;
+use ndarray::{Array2, Axis, s};
 use serde::{Deserialize, Serialize};
 use tokenizers::{
     EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams,
@@ -80,6 +80,54 @@ impl Tokens {
     /// Padded sequence length.
     pub fn seq_len(&self) -> usize {
         self.input_ids.ncols()
+    }
+
+    /// Each row's real tokens (its attention mask's ones).
+    pub fn lengths(&self) -> Vec<usize> {
+        self.attention_mask
+            .rows()
+            .into_iter()
+            .map(|mask| mask.iter().filter(|&&m| m != 0).count())
+            .collect()
+    }
+
+    /// The rows `rows`, cut to their first `seq` positions (padding is on the right, so no real
+    /// token is lost when `seq` is at least their longest length).
+    pub fn select(&self, rows: &[usize], seq: usize) -> Self {
+        let take = |a: &Array2<i64>| a.select(Axis(0), rows).slice(s![.., ..seq]).to_owned();
+        Self {
+            input_ids: take(&self.input_ids),
+            attention_mask: take(&self.attention_mask),
+            token_type_ids: take(&self.token_type_ids),
+        }
+    }
+
+    /// Batches tokenized apart as one: their rows in order, each padded on the right (id 0, mask
+    /// 0) to the longest.
+    pub fn concat(parts: &[&Tokens]) -> Self {
+        let rows = parts.iter().map(|t| t.rows()).sum();
+        let seq = parts.iter().map(|t| t.seq_len()).max().unwrap_or(0);
+        let mut joined = Self {
+            input_ids: Array2::zeros((rows, seq)),
+            attention_mask: Array2::zeros((rows, seq)),
+            token_type_ids: Array2::zeros((rows, seq)),
+        };
+        let mut start = 0;
+        for part in parts {
+            let (end, width) = (start + part.rows(), part.seq_len());
+            let region = s![start..end, ..width];
+            joined.input_ids.slice_mut(region).assign(&part.input_ids);
+            joined
+                .attention_mask
+                .slice_mut(region)
+                .assign(&part.attention_mask);
+            joined
+                .token_type_ids
+                .slice_mut(region)
+                .assign(&part.token_type_ids);
+            start = end;
+        }
+        joined
     }
 }
 
@@ -177,6 +225,30 @@ impl TextTokenizer {
 
 #[cfg(test)]
 mod tests {
+    use ndarray::array;
+
+    #[test]
+    fn batches_tokenized_apart_join_padded_on_the_right_and_select_back() {
+        let part = |ids: Array2<i64>| Tokens {
+            attention_mask: ids.mapv(|id| i64::from(id != 0)),
+            token_type_ids: Array2::zeros(ids.dim()),
+            input_ids: ids,
+        };
+        let (short, long) = (
+            part(array![[101, 7, 102]]),
+            part(array![[101, 8, 9, 102], [101, 5, 102, 0]]),
+        );
+        let joined = Tokens::concat(&[&short, &long]);
+        assert_eq!(
+            joined.input_ids,
+            array![[101, 7, 102, 0], [101, 8, 9, 102], [101, 5, 102, 0]]
+        );
+        assert_eq!(joined.lengths(), vec![3, 4, 3]);
+        let back = joined.select(&[0, 2], 3);
+        assert_eq!(back.input_ids, array![[101, 7, 102], [101, 5, 102]]);
+        assert_eq!(back.attention_mask, array![[1, 1, 1], [1, 1, 1]]);
+    }
+
     use super::*;
 
     #[test]

@@ -41,23 +41,35 @@ pub struct PredictRequest {
     pub top_k: Option<usize>,
 }
 
-/// An optional non-negative integer, also written as an integral number such as `251.0`: JSON
-/// Schema counts that as an integer, so the OpenAPI description allows it.
+/// An optional non-negative integer up to `u32::MAX` (a count), also written as an integral number
+/// such as `251.0`: JSON Schema counts that as an integer, so the OpenAPI description allows it.
 fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    integral_at_most(deserializer, u32::MAX as usize)
+}
+
+/// [`integral`] for a seed: up to 2^53 − 1, the largest integer every JSON parser reads exactly.
+fn seed<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    integral_at_most(deserializer, MAX_TUNE_SEED)
+}
+
+fn integral_at_most<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    max: usize,
+) -> Result<Option<usize>, D::Error> {
     let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
         return Ok(None);
     };
-    if let Some(value) = number.as_u64() {
-        return usize::try_from(value)
-            .map(Some)
-            .map_err(serde::de::Error::custom);
-    }
-    match number.as_f64() {
-        Some(value) if value >= 0.0 && value.fract() == 0.0 && value <= u32::MAX as f64 => {
-            Ok(Some(value as usize))
+    let value = match (number.as_u64(), number.as_f64()) {
+        (Some(value), _) => usize::try_from(value).ok(),
+        (None, Some(value)) if value >= 0.0 && value.fract() == 0.0 && value <= max as f64 => {
+            Some(value as usize)
         }
-        _ => Err(serde::de::Error::custom(format!(
-            "expected a non-negative integer, got {number}"
+        _ => None,
+    };
+    match value.filter(|&v| v <= max) {
+        Some(value) => Ok(Some(value)),
+        None => Err(serde::de::Error::custom(format!(
+            "expected an integer from 0 to {max}, got {number}"
         ))),
     }
 }
@@ -105,9 +117,13 @@ pub struct TuneRequest {
     pub test_examples: Option<Vec<LabeledText>>,
     #[serde(default)]
     pub budget: Option<Budget>,
-    #[serde(default)]
-    pub seed: Option<u64>,
+    #[serde(default, deserialize_with = "seed")]
+    pub seed: Option<usize>,
 }
+
+/// The largest seed a tune request takes: 2^53 − 1, the largest integer every JSON parser reads
+/// exactly.
+pub const MAX_TUNE_SEED: usize = (1 << 53) - 1;
 
 /// One labeled example of a tune request.
 #[derive(Debug, Deserialize)]
@@ -137,7 +153,7 @@ pub struct Budget {
 pub const MAX_TUNE_STEPS: usize = 10_000;
 
 /// The seed of a tune request that gives none (the CLI's default too).
-pub const DEFAULT_TUNE_SEED: u64 = 42;
+pub const DEFAULT_TUNE_SEED: usize = 42;
 
 /// A checked tune request: what a job tunes.
 #[derive(Debug, Clone)]
@@ -295,6 +311,7 @@ impl TuneRequest {
                 "budget.seconds must be above 0 and at most max_tune_seconds = {max_seconds}, got {seconds}"
             )));
         }
+        let seed = request.seed.unwrap_or(DEFAULT_TUNE_SEED);
         let det = request
             .det
             .map(|det| det.parse::<DetKind>())
@@ -309,7 +326,7 @@ impl TuneRequest {
             steps,
             seconds,
             patience: budget.patience.unwrap_or(TUNING.patience),
-            seed: request.seed.unwrap_or(DEFAULT_TUNE_SEED),
+            seed: seed as u64,
         })
     }
 }

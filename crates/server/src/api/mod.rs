@@ -143,7 +143,9 @@ async fn live() -> HttpResponse {
 
 async fn ready(state: State) -> Result<HttpResponse, ApiError> {
     if state.ready() {
-        Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+        // Ready while a shared store is down too: predictions are served from memory.
+        let store = state.store_status.to_json();
+        Ok(HttpResponse::Ok().json(json!({"status": "ready", "store": store})))
     } else if state.core.get().is_some() {
         Err(ApiError::ShuttingDown)
     } else {
@@ -161,6 +163,7 @@ async fn openapi(state: State) -> HttpResponse {
     let sizes = state.core.get().map(|core| openapi::Sizes {
         d: core.subspace.d(),
         hidden: core.encoder.manifest().hidden(),
+        subspace: [core.subspace.name().to_string(), core.subspace.id()],
     });
     HttpResponse::Ok().json(openapi::render(&state.options, sizes))
 }

@@ -118,14 +118,14 @@ async fn encode(
     let det = det.unwrap_or(stored.det);
     det.column(core.encoder.manifest())
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    // Tokenized here (cheap next to the model) only to size the request; the batch re-tokenizes.
-    let seq_len = core
+    // Tokenized once, here: the tokens size the request and travel with it into the batch.
+    let tokens = core
         .encoder
         .tokenize(&inputs)
-        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?
-        .seq_len();
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let seq_len = tokens.seq_len();
     let cost = Cost {
-        rows: inputs.len(),
+        rows: tokens.rows(),
         seq_len,
     };
     let max_tokens = state.options.batch.max_tokens;
@@ -137,7 +137,7 @@ async fn encode(
     }
     let embeddings = core
         .batcher
-        .embed(Arc::from(name), inputs, stored.z.clone(), det, seq_len)
+        .embed(Arc::from(name), tokens, stored.z.clone(), det)
         .await?;
     Ok((stored, det, embeddings))
 }

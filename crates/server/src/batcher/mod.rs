@@ -14,9 +14,9 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::metrics::Metrics;
-use deltaspace_core::classifier::{ClassifyError, TextRow};
+use deltaspace_core::classifier::{ClassifyError, Code};
 use deltaspace_core::det::DetKind;
-use deltaspace_core::model::TextInput;
+use deltaspace_core::model::Tokens;
 use policy::is_full;
 pub use policy::{BatchLimits, Cost, take_batch};
 
@@ -31,16 +31,15 @@ pub enum BatchError {
     Inference(String),
 }
 
-/// One request's rows: its texts, decoded with one z through one DET.
+/// One request's rows: its texts, tokenized once (by the handler, which sized the request with
+/// them), decoded with one z through one DET.
 #[derive(Debug)]
 pub struct Job {
     /// The task's name, for logs and the per-batch task count.
     pub task: Arc<str>,
-    pub inputs: Vec<TextInput>,
+    pub tokens: Tokens,
     pub z: Arc<[f32]>,
     pub det: DetKind,
-    /// Longest input in tokens (after truncation).
-    pub seq_len: usize,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Array2<f32>, BatchError>>,
 }
@@ -48,14 +47,15 @@ pub struct Job {
 impl Job {
     fn cost(&self) -> Cost {
         Cost {
-            rows: self.inputs.len(),
-            seq_len: self.seq_len,
+            rows: self.tokens.rows(),
+            seq_len: self.tokens.seq_len(),
         }
     }
 }
 
-/// Runs one batch of rows through the model: embeddings [rows, H].
-pub type Runner = Arc<dyn Fn(&[TextRow<'_>]) -> Result<Array2<f32>, ClassifyError> + Send + Sync>;
+/// Runs one batch through the model, each row with its code: embeddings [rows, H].
+pub type Runner =
+    Arc<dyn Fn(&Tokens, &[Code<'_>]) -> Result<Array2<f32>, ClassifyError> + Send + Sync>;
 
 /// The handlers' side of the batcher: submit rows, await their embeddings.
 #[derive(Clone)]
@@ -85,24 +85,23 @@ impl Drop for InFlight {
 }
 
 impl BatcherHandle {
-    /// Queues `inputs` (decoded with `z` through `det`) and waits for their embeddings [rows, H].
-    /// Refuses at once when the queue is full; dropping the future withdraws the request.
+    /// Queues tokenized texts (decoded with `z` through `det`) and waits for their embeddings
+    /// [rows, H]. Refuses at once when the queue is full; dropping the future withdraws the
+    /// request.
     pub async fn embed(
         &self,
         task: Arc<str>,
-        inputs: Vec<TextInput>,
+        tokens: Tokens,
         z: Arc<[f32]>,
         det: DetKind,
-        seq_len: usize,
     ) -> Result<Array2<f32>, BatchError> {
         let _in_flight = InFlight::new(&self.in_flight);
         let (reply, answer) = oneshot::channel();
         let job = Job {
             task,
-            inputs,
+            tokens,
             z,
             det,
-            seq_len,
             enqueued: Instant::now(),
             reply,
         };
@@ -277,8 +276,12 @@ impl Batcher {
 /// Runs one batch on a blocking thread and answers each request with its rows.
 async fn run_batch(batch: Vec<Job>, runner: Runner, metrics: Arc<Metrics>) {
     let started = Instant::now();
-    let rows: usize = batch.iter().map(|job| job.inputs.len()).sum();
-    let seq_len = batch.iter().map(|job| job.seq_len).max().unwrap_or(0);
+    let rows: usize = batch.iter().map(|job| job.tokens.rows()).sum();
+    let seq_len = batch
+        .iter()
+        .map(|job| job.tokens.seq_len())
+        .max()
+        .unwrap_or(0);
     let mut tasks: Vec<&str> = batch.iter().map(|job| &*job.task).collect();
     tasks.sort_unstable();
     tasks.dedup();
@@ -287,24 +290,19 @@ async fn run_batch(batch: Vec<Job>, runner: Runner, metrics: Arc<Metrics>) {
         metrics
             .queue_duration
             .observe((started - job.enqueued).as_secs_f64());
-        metrics.rows_by_det(job.det, job.inputs.len());
+        metrics.rows_by_det(job.det, job.tokens.rows());
     }
     let span = tracing::debug_span!("batch", rows, tokens = rows * seq_len, tasks = tasks.len());
     drop(tasks);
     let (batch, result) = match tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
         let result = {
-            let rows: Vec<TextRow<'_>> = batch
+            let parts: Vec<&Tokens> = batch.iter().map(|job| &job.tokens).collect();
+            let codes: Vec<Code<'_>> = batch
                 .iter()
-                .flat_map(|job| {
-                    job.inputs.iter().map(|input| TextRow {
-                        input,
-                        z: &job.z,
-                        det: job.det,
-                    })
-                })
+                .flat_map(|job| std::iter::repeat_n((&job.z[..], job.det), job.tokens.rows()))
                 .collect();
-            runner(&rows)
+            runner(&Tokens::concat(&parts), &codes)
         };
         (batch, result)
     })
@@ -324,7 +322,7 @@ async fn run_batch(batch: Vec<Job>, runner: Runner, metrics: Arc<Metrics>) {
         Ok(embeddings) if embeddings.nrows() == rows => {
             let mut start = 0;
             for job in batch {
-                let end = start + job.inputs.len();
+                let end = start + job.tokens.rows();
                 let _ = job
                     .reply
                     .send(Ok(embeddings.slice(s![start..end, ..]).to_owned()));
@@ -360,13 +358,22 @@ mod tests {
     fn recording_runner() -> (Runner, Arc<Mutex<Vec<usize>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let runner: Runner = Arc::new(move |rows: &[TextRow<'_>]| {
-            log.lock().unwrap().push(rows.len());
-            Ok(Array2::from_shape_fn((rows.len(), 2), |(r, _)| {
-                rows[r].z[0]
+        let runner: Runner = Arc::new(move |tokens: &Tokens, codes: &[Code<'_>]| {
+            log.lock().unwrap().push(tokens.rows());
+            Ok(Array2::from_shape_fn((codes.len(), 2), |(r, _)| {
+                codes[r].0[0]
             }))
         });
         (runner, seen)
+    }
+
+    /// `rows` texts of 4 tokens, as a tokenizer would give them.
+    fn tokens(rows: usize) -> Tokens {
+        Tokens {
+            input_ids: Array2::ones((rows, 4)),
+            attention_mask: Array2::ones((rows, 4)),
+            token_type_ids: Array2::zeros((rows, 4)),
+        }
     }
 
     fn submit(
@@ -376,9 +383,8 @@ mod tests {
     ) -> tokio::task::JoinHandle<Result<Array2<f32>, BatchError>> {
         let handle = handle.clone();
         tokio::spawn(async move {
-            let inputs = vec![TextInput::single("x"); rows];
             handle
-                .embed("t".into(), inputs, vec![z].into(), DetKind::Lora, 4)
+                .embed("t".into(), tokens(rows), vec![z].into(), DetKind::Lora)
                 .await
         })
     }
@@ -465,13 +471,7 @@ mod tests {
             let handle = handle.clone();
             async move {
                 handle
-                    .embed(
-                        "t".into(),
-                        vec![TextInput::single("x")],
-                        vec![i as f32].into(),
-                        DetKind::Lora,
-                        4,
-                    )
+                    .embed("t".into(), tokens(1), vec![i as f32].into(), DetKind::Lora)
                     .await
             }
         }))
@@ -491,13 +491,7 @@ mod tests {
         task.await.unwrap();
         assert!(!seen.lock().unwrap().is_empty());
         let late = handle
-            .embed(
-                "t".into(),
-                vec![TextInput::single("x")],
-                vec![0.0].into(),
-                DetKind::Lora,
-                4,
-            )
+            .embed("t".into(), tokens(1), vec![0.0].into(), DetKind::Lora)
             .await;
         assert!(matches!(late, Err(BatchError::ShuttingDown)));
     }
@@ -507,10 +501,10 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let lowest = Arc::new(Mutex::new(i64::MAX));
         let (gauge, low) = (metrics.clone(), lowest.clone());
-        let runner: Runner = Arc::new(move |rows: &[TextRow<'_>]| {
+        let runner: Runner = Arc::new(move |tokens: &Tokens, _: &[Code<'_>]| {
             let mut low = low.lock().unwrap();
             *low = (*low).min(gauge.queue_requests.get());
-            Ok(Array2::zeros((rows.len(), 2)))
+            Ok(Array2::zeros((tokens.rows(), 2)))
         });
         let mut eager = limits(1, 10_000);
         eager.max_wait = Duration::ZERO;

@@ -1,10 +1,10 @@
 //! Where the task store keeps tasks durably: a [`Backend`]. [`super::TaskStore`] holds one behind
 //! a lock and does not know which: the embedded SQLite database ([`super::Database`]) for one
 //! machine, and, for replicas that share tasks, a database server. Every write a backend returns
-//! from is committed; the precondition of a write is checked in the same transaction.
+//! from is committed; the precondition of a write (and the `max_tasks` bound) is checked in the
+//! same transaction.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use ndarray::Array2;
 
@@ -12,6 +12,8 @@ use deltaspace_core::task::Task;
 
 use super::db::{Database, LabelCache, Record};
 use super::jobs::JobRecord;
+use super::location::StoreLocation;
+use super::postgres::PostgresStore;
 use super::{Precondition, StoreError};
 
 /// The durable side of the task store. Blocking: call from a blocking thread.
@@ -23,25 +25,31 @@ pub trait Backend: Send {
         visit: &mut dyn FnMut(Record) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
 
-    /// Commits `task` as the next generation if `expect` holds, with its label embeddings;
-    /// returns the committed row and whether the task is new.
+    /// Commits `task` as the next generation if `expect` holds and, when the task is new, fewer
+    /// than `max_tasks` tasks of `subspace_id` are stored; with its label embeddings. Returns the
+    /// committed row and whether the task is new.
     fn write(
         &mut self,
         task: &Task,
         subspace_id: &str,
         labels: LabelCache<'_>,
         expect: &Precondition,
+        max_tasks: usize,
     ) -> Result<(Record, bool), StoreError>;
 
     /// Commits many tasks in one transaction (each replaces any task of its name), for bulk
     /// imports; label embeddings are made when a server next loads them. Returns how many were new.
     fn write_many(&mut self, tasks: &[Task], subspace_id: &str) -> Result<usize, StoreError>;
 
-    /// Deletes a task if `expect` holds.
-    fn delete(&mut self, name: &str, expect: &Precondition) -> Result<(), StoreError>;
+    /// Deletes a task if `expect` holds; returns the change number of the deletion (0 for a store
+    /// that counts no changes).
+    fn delete(&mut self, name: &str, expect: &Precondition) -> Result<u64, StoreError>;
 
     /// Every cached label-embedding set made by `model`, by label-set key.
     fn label_embeddings(&self, model: &str) -> Result<HashMap<String, Vec<f32>>, StoreError>;
+
+    /// One cached label-embedding set, if `model` made it.
+    fn label_embedding(&self, model: &str, key: &str) -> Result<Option<Vec<f32>>, StoreError>;
 
     /// Caches label embeddings made outside a write (at start-up), replacing any copy of the same
     /// key (a damaged one), in one transaction.
@@ -80,13 +88,40 @@ pub trait Backend: Send {
     /// Marks every job of `owner` that is queued or running as failed with `reason` (a restart
     /// ends what the replica was doing); returns how many.
     fn fail_unfinished_jobs(&mut self, owner: &str, reason: &str) -> Result<usize, StoreError>;
+
+    /// The last change committed to a store that other processes write too (every task write
+    /// and delete is one change, numbered in commit order); `None` for a store only this process
+    /// writes, which nothing needs to follow.
+    fn last_change(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    /// What changed after change `since`: the rows written (with their change numbers) and the
+    /// names deleted, for a replica to catch up with the others.
+    fn changes_since(&self, since: u64) -> Result<Changes, StoreError> {
+        let _ = since;
+        Ok(Changes::default())
+    }
+}
+
+/// The tasks changed after some change number, as [`Backend::changes_since`] reads them.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Rows written since, each at its latest change.
+    pub written: Vec<Record>,
+    /// Names deleted since, each with the change that deleted it.
+    pub deleted: Vec<(String, u64)>,
+    /// The last change the answer covers.
+    pub last: u64,
 }
 
 /// The database file of the embedded store, under the data directory.
 pub const DATABASE_FILE: &str = "tasks.sqlite3";
 
-/// Opens the backend the server is configured with: today the embedded SQLite database in
-/// `data_dir`.
-pub fn open(data_dir: &Path) -> Result<Box<dyn Backend>, StoreError> {
-    Ok(Box::new(Database::open(&data_dir.join(DATABASE_FILE))?))
+/// Opens the backend `location` names; the caller does not learn which kind it got.
+pub fn open(location: &StoreLocation) -> Result<Box<dyn Backend>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Box::new(Database::open(path)?),
+        StoreLocation::Postgres(url) => Box::new(PostgresStore::open(url)?),
+    })
 }

@@ -38,6 +38,9 @@ pub struct Record {
     pub updated_at_ms: i64,
     /// (model key, values) of label embeddings a version-1 database kept in the row.
     pub embeddings: Option<(String, Vec<f32>)>,
+    /// The store-wide change that wrote this row ([`super::Backend::last_change`]); 0 in a store
+    /// that counts no changes.
+    pub change: u64,
 }
 
 /// Label embeddings to cache with a write: (model key, label-set key, [labels, H]).
@@ -46,6 +49,9 @@ pub type LabelCache<'a> = (&'a str, &'a str, &'a Array2<f32>);
 /// The SQLite side: one connection; writes run in a transaction that checks the precondition.
 pub struct Database {
     connection: Connection,
+    /// Stored tasks per subspace id, for `max_tasks` (a concurrent `deltaspace import` is not
+    /// bounded by it anyway).
+    counts: Counts,
 }
 
 impl Database {
@@ -98,7 +104,45 @@ impl Database {
             );",
         )?;
         connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        Ok(Self { connection })
+        Ok(Self {
+            connection,
+            counts: Counts::default(),
+        })
+    }
+}
+
+/// Stored tasks per subspace id: counted on first need, then moved by this connection's writes.
+#[derive(Debug, Default)]
+struct Counts(HashMap<String, usize>);
+
+impl Counts {
+    /// How many tasks of `subspace_id` are stored.
+    fn of(&mut self, connection: &Connection, subspace_id: &str) -> rusqlite::Result<usize> {
+        if let Some(&count) = self.0.get(subspace_id) {
+            return Ok(count);
+        }
+        let count: i64 = connection.query_row(
+            "SELECT count(*) FROM tasks WHERE subspace_id = ?1",
+            [subspace_id],
+            |row| row.get(0),
+        )?;
+        let count = usize::try_from(count).unwrap_or(0);
+        self.0.insert(subspace_id.to_string(), count);
+        Ok(count)
+    }
+
+    /// A committed write moved one task from subspace `from` (none: it was new) to `to` (none:
+    /// deleted).
+    fn moved(&mut self, from: Option<&str>, to: Option<&str>) {
+        if from == to {
+            return;
+        }
+        if let Some(count) = from.and_then(|id| self.0.get_mut(id)) {
+            *count = count.saturating_sub(1);
+        }
+        if let Some(count) = to.and_then(|id| self.0.get_mut(id)) {
+            *count += 1;
+        }
     }
 }
 
@@ -123,6 +167,7 @@ impl Backend for Database {
                 subspace_id: row.get(4)?,
                 updated_at_ms: row.get(5)?,
                 embeddings: model.zip(blob).map(|(m, b)| (m, from_le_bytes(&b))),
+                change: 0,
             })?;
         }
         Ok(())
@@ -137,6 +182,18 @@ impl Backend for Database {
             Ok((row.get(0)?, from_le_bytes(&blob)))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn label_embedding(&self, model: &str, key: &str) -> Result<Option<Vec<f32>>, StoreError> {
+        let blob: Option<Vec<u8>> = self
+            .connection
+            .query_row(
+                "SELECT embeddings FROM label_embeddings WHERE model = ?1 AND labels_key = ?2",
+                params![model, key],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(blob.map(|b| from_le_bytes(&b)))
     }
 
     fn forget_label_embeddings(
@@ -189,11 +246,21 @@ impl Backend for Database {
         subspace_id: &str,
         labels: LabelCache<'_>,
         expect: &Precondition,
+        max_tasks: usize,
     ) -> Result<(Record, bool), StoreError> {
         let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
-        let (record, created) = upsert(&transaction, task, subspace_id, expect)?;
+        let current = current_row(&transaction, &task.name)?;
+        let joins = current
+            .as_ref()
+            .is_none_or(|row| row.subspace_id != subspace_id);
+        if joins && self.counts.of(&transaction, subspace_id)? >= max_tasks {
+            return Err(StoreError::Full { max: max_tasks });
+        }
+        let (record, created) = upsert(&transaction, task, subspace_id, expect, current.as_ref())?;
         insert_label_embeddings(&transaction, labels)?;
         transaction.commit()?;
+        let from = current.as_ref().map(|row| row.subspace_id.as_str());
+        self.counts.moved(from, Some(subspace_id));
         Ok((record, created))
     }
 
@@ -201,26 +268,27 @@ impl Backend for Database {
         let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
         let mut created = 0;
         for task in tasks {
-            created += usize::from(upsert(&transaction, task, subspace_id, &Precondition::None)?.1);
+            let current = current_row(&transaction, &task.name)?;
+            let none = &Precondition::None;
+            created +=
+                usize::from(upsert(&transaction, task, subspace_id, none, current.as_ref())?.1);
         }
         transaction.commit()?;
+        // Bulk writes move tasks between subspaces too: count again when next needed.
+        self.counts = Counts::default();
         Ok(created)
     }
 
-    fn delete(&mut self, name: &str, expect: &Precondition) -> Result<(), StoreError> {
+    fn delete(&mut self, name: &str, expect: &Precondition) -> Result<u64, StoreError> {
         let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
-        let current: Option<String> = transaction
-            .query_row("SELECT etag FROM tasks WHERE name = ?1", [name], |row| {
-                row.get(0)
-            })
-            .optional()?;
-        if current.is_none() {
+        let Some(current) = current_row(&transaction, name)? else {
             return Err(StoreError::NotFound(name.to_string()));
-        }
-        expect.check(name, current.as_deref())?;
+        };
+        expect.check(name, Some(&current.etag))?;
         transaction.execute("DELETE FROM tasks WHERE name = ?1", [name])?;
         transaction.commit()?;
-        Ok(())
+        self.counts.moved(Some(&current.subspace_id), None);
+        Ok(0)
     }
 
     fn mark_seeded(&self, name: &str) -> Result<bool, StoreError> {
@@ -307,36 +375,73 @@ impl Backend for Database {
     }
 }
 
-fn parse_job(id: &str, text: &str) -> Result<JobRecord, StoreError> {
+pub(super) fn parse_job(id: &str, text: &str) -> Result<JobRecord, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::CorruptJob {
         id: id.to_string(),
         message: e.to_string(),
     })
 }
 
-/// Writes `task` as its next generation inside `transaction` if `expect` holds.
+/// What a write needs to know of the row it replaces.
+pub(super) struct CurrentRow {
+    pub(super) generation: u64,
+    pub(super) etag: String,
+    pub(super) subspace_id: String,
+}
+
+/// The committed row of `name`, read inside the write's transaction.
+fn current_row(connection: &Connection, name: &str) -> rusqlite::Result<Option<CurrentRow>> {
+    connection
+        .query_row(
+            "SELECT generation, etag, subspace_id FROM tasks WHERE name = ?1",
+            [name],
+            |row| {
+                Ok(CurrentRow {
+                    generation: row.get(0)?,
+                    etag: row.get(1)?,
+                    subspace_id: row.get(2)?,
+                })
+            },
+        )
+        .optional()
+}
+
+/// A task's row as its next generation: its JSON, generation, etag and time, once `expect` holds
+/// against `current`. Both backends write what this makes.
+pub(super) fn next_generation(
+    task: &Task,
+    subspace_id: &str,
+    expect: &Precondition,
+    current: Option<&CurrentRow>,
+) -> Result<Record, StoreError> {
+    let task_json = serde_json::to_string(task).map_err(|e| StoreError::Corrupt {
+        name: task.name.clone(),
+        message: e.to_string(),
+    })?;
+    expect.check(&task.name, current.map(|row| row.etag.as_str()))?;
+    let generation = current.map_or(1, |row| row.generation + 1);
+    let updated_at_ms = now_ms();
+    Ok(Record {
+        name: task.name.clone(),
+        etag: etag(&task_json, generation, updated_at_ms),
+        task_json,
+        generation,
+        subspace_id: subspace_id.to_string(),
+        updated_at_ms,
+        embeddings: None,
+        change: 0,
+    })
+}
+
+/// Writes `task` as its next generation inside `transaction` if `expect` holds against `current`.
 fn upsert(
     transaction: &Transaction<'_>,
     task: &Task,
     subspace_id: &str,
     expect: &Precondition,
+    current: Option<&CurrentRow>,
 ) -> Result<(Record, bool), StoreError> {
-    let task_json = serde_json::to_string(task).map_err(|e| StoreError::Corrupt {
-        name: task.name.clone(),
-        message: e.to_string(),
-    })?;
-    let current: Option<(u64, String)> = transaction
-        .query_row(
-            "SELECT generation, etag FROM tasks WHERE name = ?1",
-            [&task.name],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()?;
-    expect.check(&task.name, current.as_ref().map(|(_, etag)| etag.as_str()))?;
-    let created = current.is_none();
-    let generation = current.map_or(1, |(generation, _)| generation + 1);
-    let updated_at_ms = now_ms();
-    let etag = etag(&task_json, generation, updated_at_ms);
+    let record = next_generation(task, subspace_id, expect, current)?;
     transaction.execute(
         "INSERT INTO tasks (name, generation, etag, subspace_id, task_json, updated_at_ms,
                             embeddings_model, embeddings)
@@ -344,24 +449,15 @@ fn upsert(
          ON CONFLICT(name) DO UPDATE SET generation = ?2, etag = ?3, subspace_id = ?4,
             task_json = ?5, updated_at_ms = ?6, embeddings_model = NULL, embeddings = NULL",
         params![
-            task.name,
-            generation,
-            etag,
-            subspace_id,
-            task_json,
-            updated_at_ms
+            record.name,
+            record.generation,
+            record.etag,
+            record.subspace_id,
+            record.task_json,
+            record.updated_at_ms
         ],
     )?;
-    let record = Record {
-        name: task.name.clone(),
-        task_json,
-        generation,
-        etag,
-        subspace_id: subspace_id.to_string(),
-        updated_at_ms,
-        embeddings: None,
-    };
-    Ok((record, created))
+    Ok((record, current.is_none()))
 }
 
 fn insert_label_embeddings(
@@ -389,11 +485,11 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn to_le_bytes(values: &[f32]) -> Vec<u8> {
+pub(super) fn to_le_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-fn from_le_bytes(bytes: &[u8]) -> Vec<f32> {
+pub(super) fn from_le_bytes(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -426,114 +522,8 @@ pub(super) mod tests {
         Array2::from_shape_fn((2, 3), |(r, c)| (r * 3 + c) as f32)
     }
 
-    #[test]
-    fn writes_make_generations_and_if_match_guards_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Database::open(&dir.path().join("t.sqlite3")).unwrap();
-        let e = embeddings();
-        let (first, created) = db
-            .write(&task("a", 1.0), "s@1", ("m", "k", &e), &Precondition::None)
-            .unwrap();
-        assert!(created);
-        assert_eq!(first.generation, 1);
-        let stale = Precondition::Etag("0000".into());
-        assert!(matches!(
-            db.write(&task("a", 2.0), "s@1", ("m", "k", &e), &stale),
-            Err(StoreError::EtagMismatch { .. })
-        ));
-        let fresh = Precondition::Etag(first.etag.clone());
-        let (second, created) = db
-            .write(&task("a", 2.0), "s@1", ("m", "k", &e), &fresh)
-            .unwrap();
-        assert!(!created);
-        assert_eq!(second.generation, 2);
-        assert_ne!(second.etag, first.etag);
-        assert!(
-            db.write(
-                &task("a", 3.0),
-                "s@1",
-                ("m", "k", &e),
-                &Precondition::Absent
-            )
-            .is_err()
-        );
-        assert!(
-            db.write(
-                &task("b", 3.0),
-                "s@1",
-                ("m", "k", &e),
-                &Precondition::Exists
-            )
-            .is_err()
-        );
-        assert!(matches!(
-            db.delete("a", &Precondition::Etag(first.etag)),
-            Err(StoreError::EtagMismatch { .. })
-        ));
-        db.delete("a", &Precondition::Etag(second.etag)).unwrap();
-        assert!(matches!(
-            db.delete("a", &Precondition::None),
-            Err(StoreError::NotFound(_))
-        ));
-    }
-
-    #[test]
-    fn rows_and_embeddings_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.sqlite3");
-        let e = embeddings();
-        {
-            let mut db = Database::open(&path).unwrap();
-            db.write(&task("b", 1.0), "s@1", ("m", "k", &e), &Precondition::None)
-                .unwrap();
-            db.write(&task("a", 1.0), "s@1", ("m", "k", &e), &Precondition::None)
-                .unwrap();
-            assert!(db.mark_seeded("a").unwrap());
-            assert!(!db.mark_seeded("a").unwrap());
-        }
-        let db = Database::open(&path).unwrap();
-        let mut records = Vec::new();
-        db.each(&mut |record| {
-            records.push(record);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(
-            records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-            ["a", "b"]
-        );
-        let parsed: Task = serde_json::from_str(&records[1].task_json).unwrap();
-        assert_eq!(parsed, task("b", 1.0));
-        let cached = db.label_embeddings("m").unwrap();
-        assert_eq!(
-            cached.len(),
-            1,
-            "one row for the label set both tasks share"
-        );
-        assert_eq!(cached["k"], e.iter().copied().collect::<Vec<_>>());
-        assert!(db.label_embeddings("other-model").unwrap().is_empty());
-        assert!(db.was_seeded("a").unwrap());
-        assert!(!db.was_seeded("b").unwrap());
-    }
-
-    #[test]
-    fn write_many_commits_generations_in_one_go() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = Database::open(&dir.path().join("t.sqlite3")).unwrap();
-        let tasks: Vec<Task> = (0..100)
-            .map(|i| task(&format!("t{i:03}"), i as f32))
-            .collect();
-        assert_eq!(db.write_many(&tasks, "s@1").unwrap(), 100);
-        assert_eq!(db.write_many(&tasks[..10], "s@1").unwrap(), 0);
-        let mut generations = Vec::new();
-        db.each(&mut |r| {
-            generations.push(r.generation);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(generations.len(), 100);
-        assert_eq!(generations.iter().filter(|&&g| g == 2).count(), 10);
-    }
+    // Generations, preconditions, reopening, label sets, bulk writes, max_tasks and jobs: the
+    // shared store suite (tests/it/store.rs) runs them on this backend and on PostgreSQL.
 
     #[test]
     fn a_version_1_database_opens_and_keeps_its_row_embeddings() {

@@ -1,6 +1,7 @@
-//! The task store: every task in memory for serving, each write committed to SQLite (WAL,
-//! `synchronous = FULL`) before it is acknowledged or served. Each write makes a new generation
-//! with a fresh etag; `If-Match` compares against the committed row.
+//! The task store: every task in memory for serving, each write committed to the backend (SQLite
+//! with WAL and `synchronous = FULL`, or PostgreSQL shared by replicas) before it is acknowledged
+//! or served. Each write makes a new generation with a fresh etag; `If-Match` compares against
+//! the committed row. With PostgreSQL, [`follow`] applies what other replicas commit.
 //!
 //! A served task is small: its name, DET, z, generation, etag and time, plus a shared
 //! [`LabelSet`]. Label embeddings (1.5 KB per label at H = 384) depend only on the labels, so
@@ -9,14 +10,21 @@
 
 mod backend;
 mod db;
+mod export;
+pub(crate) mod follow;
 mod head;
 mod jobs;
+mod location;
+mod postgres;
 
-pub use backend::{Backend, DATABASE_FILE, open};
+pub use backend::{Backend, Changes, DATABASE_FILE, open};
 pub(crate) use db::now_ms;
 pub use db::{Database, Record};
+pub use export::export_tasks;
 pub use head::ServedHead;
 pub use jobs::{JobRecord, JobResult, JobState};
+pub use location::{LocationError, StoreLocation};
+pub use postgres::{PostgresStore, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
@@ -34,6 +42,28 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("task database {path}: {message}")]
     Open { path: String, message: String },
+    /// PostgreSQL refused a statement (not a lost connection: that is [`StoreError::Unavailable`]).
+    #[error("task store (PostgreSQL)")]
+    Postgres(#[source] ::postgres::Error),
+    /// The shared store cannot be reached now; nothing was committed by the call that met it, or
+    /// its commit was not confirmed. Writes are refused until it is back.
+    #[error("the task store is unavailable ({reason})")]
+    Unavailable {
+        reason: String,
+        #[source]
+        source: Option<::postgres::Error>,
+    },
+    /// The store's schema is newer than this build can use.
+    #[error(
+        "the task store's schema is at version {found} and needs a deltaspace that knows version \
+         {needs} or later; this build knows {ours}: upgrade this replica"
+    )]
+    SchemaTooNew { found: i32, needs: i32, ours: i32 },
+    #[error(transparent)]
+    Location(#[from] LocationError),
+    /// A TLS connector for PostgreSQL could not be made.
+    #[error("TLS for the task store")]
+    Tls(#[source] native_tls::Error),
     #[error("stored task {name:?} is unreadable: {message}")]
     Corrupt { name: String, message: String },
     #[error("task {name:?} is at etag {found}, not {expected}")]
@@ -51,6 +81,18 @@ pub enum StoreError {
     /// What a visitor of [`Backend::each`] stopped the scan with.
     #[error(transparent)]
     Visit(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// An error with its causes, for one log line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A condition on the stored task for a write, from `If-Match` / `If-None-Match`.
@@ -101,6 +143,9 @@ pub struct StoredTask {
     pub etag: String,
     /// When this generation was committed, in milliseconds since the Unix epoch.
     pub updated_at_ms: i64,
+    /// The store-wide change that committed it (0 for a store that counts none): a replica
+    /// applies another's change only over an older one.
+    pub change: u64,
 }
 
 impl StoredTask {
@@ -114,6 +159,7 @@ impl StoredTask {
             generation: record.generation,
             etag: record.etag.clone(),
             updated_at_ms: record.updated_at_ms,
+            change: record.change,
         }
     }
 
@@ -201,13 +247,30 @@ impl LabelSets {
 /// The served tasks: a sorted map (for paging) behind a lock, and the backend behind another.
 ///
 /// Both are std locks: neither is held across an await, and writes take the database lock first,
-/// then the map's, so a reader never sees a task that is not committed.
+/// then the map's, so a reader never sees a task that is not committed. Changes other replicas
+/// commit are applied under the database lock too ([`TaskStore::apply`]), so they never overtake
+/// this replica's own writes.
 pub struct TaskStore {
     db: Mutex<Box<dyn Backend>>,
     tasks: RwLock<BTreeMap<Arc<str>, Arc<StoredTask>>>,
     labels: LabelSets,
     /// New tasks beyond this many are refused (tasks loaded at start are served regardless).
     max_tasks: usize,
+    /// Names this replica deleted, with the deleting change, until the follower has applied
+    /// everything up to it: an older write of the name read before the delete must not bring it
+    /// back.
+    deleted: Mutex<HashMap<Arc<str>, u64>>,
+    /// The store's last change when the tasks were loaded, for a store other replicas write.
+    loaded_at: Option<u64>,
+}
+
+/// A change from another replica, ready to serve: the row and, for a task this replica can
+/// serve, the task and its labels ([`follow`] makes them outside the database lock).
+pub struct Applicable {
+    pub record: Record,
+    /// `None` when the row cannot be served here (another subspace, invalid): the name stops
+    /// being served, as at start-up.
+    pub served: Option<(Task, Arc<LabelSet>)>,
 }
 
 impl TaskStore {
@@ -218,7 +281,23 @@ impl TaskStore {
             tasks: RwLock::new(BTreeMap::new()),
             labels: LabelSets::default(),
             max_tasks: usize::MAX,
+            deleted: Mutex::new(HashMap::new()),
+            loaded_at: None,
         }
+    }
+
+    /// Records the store's last change before the tasks were loaded: following other replicas
+    /// starts there.
+    #[must_use]
+    pub fn with_loaded_at(mut self, change: Option<u64>) -> Self {
+        self.loaded_at = change;
+        self
+    }
+
+    /// The store's last change before the tasks were loaded; `None` for a store that only this
+    /// process writes.
+    pub fn loaded_at(&self) -> Option<u64> {
+        self.loaded_at
     }
 
     /// Refuses to create tasks beyond `max` ([`StoreError::Full`]); replacing one still works.
@@ -289,20 +368,12 @@ impl TaskStore {
         expect: &Precondition,
     ) -> Result<(Arc<StoredTask>, bool), StoreError> {
         let mut db = self.db.lock().unwrap_or_else(PoisonError::into_inner);
-        // Checked under the database lock, which every writer holds, so racing uploads cannot
-        // overshoot the bound.
-        {
-            let tasks = self.read();
-            if tasks.len() >= self.max_tasks && !tasks.contains_key(task.name.as_str()) {
-                return Err(StoreError::Full {
-                    max: self.max_tasks,
-                });
-            }
-        }
         let key = labels_key(&labels.labels);
         let labels = self.labels.intern(&key, labels);
         let cache = (model_key, key.as_str(), &labels.embeddings);
-        let (record, created) = db.write(&task, subspace_id, cache, expect)?;
+        // The backend counts stored tasks inside the write's transaction, so racing uploads (to
+        // this replica or another) cannot overshoot the bound.
+        let (record, created) = db.write(&task, subspace_id, cache, expect, self.max_tasks)?;
         let stored = Arc::new(StoredTask::new(task, labels, &record));
         self.write().insert(stored.name.clone(), stored.clone());
         Ok((stored, created))
@@ -311,9 +382,55 @@ impl TaskStore {
     /// Deletes a task from the database, then stops serving it.
     pub fn delete(&self, name: &str, expect: &Precondition) -> Result<(), StoreError> {
         let mut db = self.db.lock().unwrap_or_else(PoisonError::into_inner);
-        db.delete(name, expect)?;
-        self.write().remove(name);
+        let change = db.delete(name, expect)?;
+        if let Some((name, _)) = self.write().remove_entry(name)
+            && change > 0
+        {
+            self.deleted_names().insert(name, change);
+        }
         Ok(())
+    }
+
+    /// Applies changes other replicas committed (and this one's, which it skips), up to change
+    /// `last`: a row is served unless this replica already serves the name at that change or
+    /// later, or deleted it since; a name deleted is dropped unless served at a later change.
+    /// Returns how many served tasks changed.
+    pub fn apply(&self, written: Vec<Applicable>, deleted: &[(String, u64)], last: u64) -> usize {
+        let _db = self.db.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tombstones = self.deleted_names();
+        let mut tasks = self.write();
+        let mut applied = 0;
+        for Applicable { record, served } in written {
+            let newer = |at: u64| at >= record.change;
+            let current = tasks.get(record.name.as_str()).map(|t| t.change);
+            if current.is_some_and(newer)
+                || tombstones
+                    .get(record.name.as_str())
+                    .is_some_and(|&c| newer(c))
+            {
+                continue;
+            }
+            applied += 1;
+            match served {
+                Some((task, labels)) => {
+                    let stored = Arc::new(StoredTask::new(task, labels, &record));
+                    tasks.insert(stored.name.clone(), stored);
+                }
+                None => {
+                    tasks.remove(record.name.as_str());
+                }
+            }
+        }
+        for (name, change) in deleted {
+            if tasks.get(name.as_str()).is_some_and(|t| t.change < *change) {
+                tasks.remove(name.as_str());
+                applied += 1;
+            }
+        }
+        // A tombstone at or below `last` has done its work: every change read from now on is
+        // later than it.
+        tombstones.retain(|_, change| *change > last);
+        applied
     }
 
     /// Serves a task read from the database at start-up, with its label set from
@@ -321,6 +438,10 @@ impl TaskStore {
     pub fn insert_loaded(&self, record: &Record, task: Task, labels: Arc<LabelSet>) {
         let stored = Arc::new(StoredTask::new(task, labels, record));
         self.write().insert(stored.name.clone(), stored);
+    }
+
+    fn deleted_names(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u64>> {
+        self.deleted.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Arc<str>, Arc<StoredTask>>> {
@@ -417,6 +538,57 @@ mod tests {
         let (stored, created) = put(&store, task("a", 1.5)).unwrap();
         assert!(created);
         assert_eq!(stored.to_task("s@1"), task("a", 1.5));
+    }
+
+    /// A row another replica committed at `change`.
+    fn record(name: &str, generation: u64, change: u64) -> Record {
+        Record {
+            name: name.into(),
+            task_json: String::new(),
+            generation,
+            etag: format!("e{change}"),
+            subspace_id: "s@1".into(),
+            updated_at_ms: 0,
+            embeddings: None,
+            change,
+        }
+    }
+
+    fn served(name: &str, generation: u64, change: u64) -> Applicable {
+        let task = task(name, generation as f32);
+        let labels = label_set(&task);
+        Applicable {
+            record: record(name, generation, change),
+            served: Some((task, labels)),
+        }
+    }
+
+    #[test]
+    fn changes_apply_in_change_order_whatever_order_they_arrive_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        assert_eq!(
+            store.apply(vec![served("a", 2, 5), served("b", 1, 6)], &[], 6),
+            2
+        );
+        assert_eq!(store.get("a").unwrap().generation, 2);
+        // An older change of a name read late does not replace a newer one.
+        assert_eq!(store.apply(vec![served("a", 1, 3)], &[], 6), 0);
+        assert_eq!(store.get("a").unwrap().change, 5);
+        // A deletion removes what it follows, not what came after it.
+        assert_eq!(
+            store.apply(vec![], &[("a".into(), 4), ("b".into(), 7)], 7),
+            1
+        );
+        assert_eq!(store.get("a").unwrap().generation, 2);
+        assert!(store.get("b").is_none());
+        // A row this replica cannot serve stops being served.
+        let unserved = Applicable {
+            record: record("a", 3, 8),
+            served: None,
+        };
+        assert_eq!(store.apply(vec![unserved], &[], 8), 1);
+        assert!(store.is_empty());
     }
 
     #[test]

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the PostgreSQL store's tests (tests/it/pg.rs, tests/it/postgres.rs, tests/it/store.rs)
+# need: Debian's PostgreSQL server binaries (/usr/lib/postgresql/*/bin) and openssl (a self-signed
+# certificate for the TLS test). Nothing is started here: each test run starts its own servers
+# with initdb and pg_ctl in a temporary directory, as the `postgres` user when run as root.
+#   scripts/setup-postgres.sh      as root, or as a user who may run sudo
+# Idempotent: returns at once when both are present.
+set -euo pipefail
+if compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null && command -v openssl >/dev/null; then
+  exit 0
+fi
+sudo=()
+[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends postgresql openssl >/dev/null
+ls -d /usr/lib/postgresql/*/bin
