@@ -185,14 +185,15 @@ impl From<StoreError> for ApiError {
         if let StoreError::Unavailable { reason, .. } = &error {
             // The client learns the reason; the log gets the cause too.
             let cause = error_chain(&error);
-            tracing::warn!(error = %cause, "a write is refused: the task store is unavailable");
+            tracing::warn!(error = %cause, "refused: the task store is unavailable");
             return Self::StoreUnavailable(reason.clone());
         }
         match error {
             StoreError::EtagMismatch { .. } => Self::EtagMismatch(error.to_string()),
             StoreError::NotFound(name) => Self::TaskNotFound(name),
             StoreError::Full { .. } => Self::TooManyTasks(error.to_string()),
-            other => Self::Internal(other.to_string()),
+            // The log gets the whole chain (SQLSTATE and message); the client a generic line.
+            other => Self::Internal(error_chain(&other)),
         }
     }
 }

@@ -39,6 +39,13 @@ pub const MAX_YIELD: Duration = Duration::from_secs(1);
 /// Why a job that a restart or shutdown cut short failed.
 pub const INTERRUPTED: &str = "interrupted";
 
+/// How often a replica renews the leases of its jobs (and looks for cancels asked elsewhere).
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// How long a job's lease lasts without renewal: past it, any replica fails the job (its owner
+/// is gone, for good or under another name).
+pub const LEASE: Duration = Duration::from_secs(300);
+
 /// Bounds on tune jobs (`[server]` in the configuration, reported by `/v1/info`).
 #[derive(Debug, Clone, Copy)]
 pub struct TuneLimits {
@@ -93,6 +100,13 @@ struct LiveJob {
 impl LiveJob {
     fn record(&self) -> std::sync::MutexGuard<'_, JobRecord> {
         self.record.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the job to stop: at once while it waits for a slot, at its next step while it runs.
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        tracing::info!(job = %self.record().job, "tune job cancel asked");
     }
 }
 
@@ -166,8 +180,7 @@ impl Jobs {
         if let Some(job) = self.live().get(id) {
             return Ok(job.record().clone());
         }
-        let (store, key) = (store.clone(), id.to_string());
-        crate::api::blocking(move || Ok(store.with_db(|db| db.job(&key))?))
+        self.get_stored(store, id)
             .await?
             .ok_or_else(|| ApiError::JobNotFound(id.chars().take(160).collect()))
     }
@@ -198,15 +211,89 @@ impl Jobs {
     }
 
     /// Asks the job `id` to stop; a queued job ends at once, a running one at its next step.
-    /// A job that has ended is left as it is.
+    /// A job another replica runs is marked, and its owner stops it at its next heartbeat. A job
+    /// that has ended is left as it is.
     pub async fn cancel(&self, store: &Arc<TaskStore>, id: &str) -> Result<JobRecord, ApiError> {
         if let Some(job) = self.live().get(id) {
-            job.cancelled.store(true, Ordering::SeqCst);
-            job.wake.notify_one();
-            tracing::info!(job = id, "tune job cancel asked");
+            job.cancel();
             return Ok(job.record().clone());
         }
-        self.get(store, id).await
+        let mut record = self.get(store, id).await?;
+        if !record.state.is_final() && !record.cancel_requested {
+            record.cancel_requested = true;
+            save(store, record.clone()).await?;
+            tracing::info!(job = id, owner = %record.owner, "tune job cancel asked of its replica");
+        }
+        Ok(record)
+    }
+
+    /// Renews the leases of this replica's jobs every [`HEARTBEAT`], stops those whose cancel was
+    /// asked on another replica, and fails jobs whose lease has expired; until shutdown.
+    pub fn keep_leases(self: &Arc<Self>, store: Arc<TaskStore>) {
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            // The first tick is at once: leases that expired while no replica ran end at start.
+            let mut ticks = tokio::time::interval(HEARTBEAT);
+            while !jobs.stopping.load(Ordering::SeqCst) {
+                ticks.tick().await;
+                if let Err(error) = jobs.heartbeat(&store).await {
+                    tracing::warn!(%error, "tune jobs: renewing leases");
+                }
+            }
+        });
+    }
+
+    async fn heartbeat(&self, store: &Arc<TaskStore>) -> Result<(), ApiError> {
+        let live: Vec<Arc<LiveJob>> = self.live().values().cloned().collect();
+        for job in live {
+            let id = job.record().job.clone();
+            let asked = self
+                .get_stored(store, &id)
+                .await?
+                .is_some_and(|r| r.cancel_requested);
+            if asked {
+                job.cancel();
+            }
+            let record = {
+                let mut record = job.record();
+                record.heartbeat_ms = now_ms();
+                record.cancel_requested |= asked;
+                record.clone()
+            };
+            save(store, record).await?;
+        }
+        self.expire(store).await
+    }
+
+    /// Fails the queued or running jobs of any replica whose lease has expired.
+    async fn expire(&self, store: &Arc<TaskStore>) -> Result<(), ApiError> {
+        let reader = store.clone();
+        let unfinished =
+            crate::api::blocking(move || Ok(reader.with_db(|db| db.unfinished_jobs())?)).await?;
+        let deadline = now_ms() - LEASE.as_millis() as i64;
+        for mut record in unfinished {
+            if record.heartbeat_ms >= deadline || self.live().contains_key(&record.job) {
+                continue;
+            }
+            tracing::warn!(job = %record.job, owner = %record.owner, "tune job lease expired");
+            record.state = JobState::Failed;
+            record.error = Some(format!(
+                "{INTERRUPTED}: its replica {} stopped renewing the job's lease",
+                record.owner
+            ));
+            save(store, record).await?;
+        }
+        Ok(())
+    }
+
+    /// The job `id` as the store has it.
+    async fn get_stored(
+        &self,
+        store: &Arc<TaskStore>,
+        id: &str,
+    ) -> Result<Option<JobRecord>, ApiError> {
+        let (store, key) = (store.clone(), id.to_string());
+        crate::api::blocking(move || Ok(store.with_db(|db| db.job(&key))?)).await
     }
 
     /// Stops taking jobs, stops the running ones (each fails as `interrupted` at its next run)
@@ -259,6 +346,7 @@ impl Jobs {
         let record = {
             let mut record = job.record();
             record.state = JobState::Running;
+            record.heartbeat_ms = now_ms();
             record.clone()
         };
         self.count(JobState::Running, 1);
@@ -487,6 +575,7 @@ fn progress(
     let mut record = job.record();
     let elapsed = started.elapsed().as_secs_f64();
     record.step = report.step;
+    record.heartbeat_ms = now_ms();
     record.loss = report.loss.or(record.loss);
     record.dev_accuracy = best_dev;
     record.elapsed_s = elapsed;

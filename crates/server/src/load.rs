@@ -64,6 +64,7 @@ pub async fn load(
         model_key,
         jobs: Arc::new(jobs),
     };
+    core.jobs.keep_leases(core.store.clone());
     Ok((core, task))
 }
 
@@ -316,7 +317,7 @@ pub(crate) fn prepare(core: &Core, limits: TaskLimits) -> store::follow::Prepare
     let core = core.clone();
     Arc::new(move |record: &store::Record| {
         if record.subspace_id != core.subspace.id() {
-            return None;
+            return Ok(None);
         }
         let admitted = serde_json::from_str::<Task>(&record.task_json)
             .map_err(|e| e.to_string())
@@ -328,17 +329,12 @@ pub(crate) fn prepare(core: &Core, limits: TaskLimits) -> store::follow::Prepare
             Ok(task) => task,
             Err(error) => {
                 tracing::warn!(task = %record.name, %error, "stored task is invalid; not served");
-                return None;
+                return Ok(None);
             }
         };
-        match shared_label_set(&core, &task) {
-            Ok(labels) => Some((task, labels)),
-            Err(error) => {
-                // Served again at the next change of the task or the next start.
-                tracing::warn!(task = %record.name, %error, "no label embeddings; not served");
-                None
-            }
-        }
+        // A failure here is transient (the store or the encoder): the change is read again.
+        let labels = shared_label_set(&core, &task).map_err(Box::new)?;
+        Ok(Some((task, labels)))
     })
 }
 

@@ -379,13 +379,20 @@ async fn a_restart_marks_the_jobs_it_cut_short_as_failed() {
     wait_running(&app, &job).await;
     app.stop().await.unwrap();
 
-    // A crash leaves a job recorded as running; this replica's restart ends it, another's stays.
+    // A crash leaves a job recorded as running; this replica's restart ends it.
     let mut db = Database::open(&fixture.path("data").join(DATABASE_FILE)).unwrap();
     let mut crashed = JobRecord::queued("c0ffee".into(), "other".into(), 10, "test".into(), 1);
     crashed.state = JobState::Running;
     db.save_job(&crashed).unwrap();
-    let foreign = JobRecord::queued("beef".into(), "x".into(), 10, "replica-2".into(), 2);
-    db.save_job(&foreign).unwrap();
+    // Another replica's jobs: one renewing its lease, one whose replica is gone.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let alive = JobRecord::queued("beef".into(), "x".into(), 10, "replica-2".into(), now);
+    db.save_job(&alive).unwrap();
+    let gone = JobRecord::queued("dead".into(), "y".into(), 10, "replica-3".into(), 2);
+    db.save_job(&gone).unwrap();
     drop(db);
 
     let app = TestApp::spawn(fixture.options()).await;
@@ -394,10 +401,35 @@ async fn a_restart_marks_the_jobs_it_cut_short_as_failed() {
         assert_eq!(record["state"], "failed", "{record}");
         assert_eq!(record["error"], "interrupted", "{record}");
     }
+    let mut expired = Value::Null;
+    for _ in 0..200 {
+        expired = ok_json(app.get("/v1/jobs/dead").await).await;
+        if expired["state"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(expired["state"], "failed", "{expired}");
+    assert!(
+        expired["error"].as_str().unwrap().contains("lease"),
+        "{expired}"
+    );
+    // A live lease is left alone; a cancel is passed to its replica through the store.
     assert_eq!(
         ok_json(app.get("/v1/jobs/beef").await).await["state"],
         "queued"
     );
+    let cancel = app
+        .client
+        .delete(app.url("/v1/jobs/beef"))
+        .send()
+        .await
+        .unwrap();
+    let asked = ok_json(cancel).await;
+    assert_eq!(asked["state"], "queued");
+    assert_eq!(asked["cancel_requested"], true);
+    let stored = ok_json(app.get("/v1/jobs/beef").await).await;
+    assert_eq!(stored["cancel_requested"], true);
     assert_error(app.get("/v1/tasks/topic").await, 404, "task_not_found").await;
     app.stop().await.unwrap();
 }

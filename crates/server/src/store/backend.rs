@@ -85,6 +85,9 @@ pub trait Backend: Send {
     /// Up to `limit` jobs, newest first, after the job `after` (a cursor from the previous page).
     fn jobs(&self, after: Option<&str>, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
 
+    /// Every job queued or running, on any replica (to find those whose lease has expired).
+    fn unfinished_jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
+
     /// Marks every job of `owner` that is queued or running as failed with `reason` (a restart
     /// ends what the replica was doing); returns how many.
     fn fail_unfinished_jobs(&mut self, owner: &str, reason: &str) -> Result<usize, StoreError>;

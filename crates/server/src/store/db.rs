@@ -348,6 +348,21 @@ impl Backend for Database {
         Ok(jobs)
     }
 
+    fn unfinished_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let mut statement = self.connection.prepare(
+            "SELECT id, record FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut jobs = Vec::new();
+        for row in rows {
+            let (id, text) = row?;
+            jobs.push(parse_job(&id, &text)?);
+        }
+        Ok(jobs)
+    }
+
     fn fail_unfinished_jobs(&mut self, owner: &str, reason: &str) -> Result<usize, StoreError> {
         let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
         let unfinished: Vec<(String, String)> = {

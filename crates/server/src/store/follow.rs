@@ -26,9 +26,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Catch up at least this often even without notifications: a safety net, never the main path.
 const POLL: Duration = Duration::from_secs(30);
 
-/// Turns a stored row into a task this replica serves, with its label set; `None` when this
-/// replica cannot serve it (another subspace, invalid). Blocking (it may run the encoder).
-pub type Prepare = Arc<dyn Fn(&Record) -> Option<(Task, Arc<LabelSet>)> + Send + Sync>;
+/// Turns a stored row into a task this replica serves, with its label set. Blocking (it may run
+/// the encoder).
+///
+/// `Ok(None)`: a row this replica does not serve (another subspace, invalid), for good. `Err`:
+/// it could not be made now (the store or the encoder failed); the catch-up stops there, so that
+/// change is read again at the next one rather than skipped.
+pub type Prepare = Arc<
+    dyn Fn(
+            &Record,
+        )
+            -> Result<Option<(Task, Arc<LabelSet>)>, Box<dyn std::error::Error + Send + Sync>>
+        + Send
+        + Sync,
+>;
 
 /// Where the store stands, as `/health/ready` reports it.
 #[derive(Debug)]
@@ -190,11 +201,11 @@ fn apply_since(
                 .get(&record.name)
                 .is_none_or(|task| task.change < record.change)
         })
-        .map(|record| Applicable {
-            served: prepare(&record),
-            record,
+        .map(|record| {
+            let served = prepare(&record).map_err(StoreError::Visit)?;
+            Ok(Applicable { served, record })
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
     let applied = store.apply(written, &changes.deleted, changes.last);
     Ok((changes.last, applied))
 }

@@ -81,6 +81,14 @@ pub struct JobRecord {
     pub created_at_ms: i64,
     /// The replica that runs the job (`[server] replica`); only it may end the job.
     pub owner: String,
+    /// When the owner last renewed the job's lease (records from before leases: 0). A queued
+    /// or running job whose lease has expired is failed by whichever replica notices.
+    #[serde(default)]
+    pub heartbeat_ms: i64,
+    /// Set by `DELETE /v1/jobs/{id}` on a replica that does not run the job; the owner stops it
+    /// when it next renews the lease.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
 }
 
 impl JobRecord {
@@ -100,6 +108,8 @@ impl JobRecord {
             result: None,
             created_at_ms: now_ms,
             owner,
+            heartbeat_ms: now_ms,
+            cancel_requested: false,
         }
     }
 }

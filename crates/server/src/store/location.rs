@@ -24,7 +24,7 @@ pub enum StoreLocation {
 pub enum LocationError {
     #[error(
         "[store] url must be empty (SQLite under the data directory), sqlite://PATH or \
-         postgres://…; it starts with {0:?}"
+         postgres://…; its scheme is {0:?}"
     )]
     Scheme(String),
     #[error("[store] url sqlite:// names no file")]
@@ -51,14 +51,18 @@ impl StoreLocation {
             tokio_postgres::Config::from_str(url).map_err(LocationError::Postgres)?;
             return Ok(Self::Postgres(Secret::new(url)));
         }
-        let scheme: String = url
-            .split("://")
-            .next()
-            .unwrap_or(url)
-            .chars()
-            .take(20)
-            .collect();
-        Err(LocationError::Scheme(scheme))
+        // Only a scheme is echoed: anything else may hold a password (libpq's `password=…` form).
+        let scheme = url
+            .split_once("://")
+            .map(|(scheme, _)| scheme)
+            .filter(|scheme| {
+                scheme.len() <= 20
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+            })
+            .unwrap_or("(none)");
+        Err(LocationError::Scheme(scheme.to_string()))
     }
 
     /// The embedded database under `data_dir` (`tasks.sqlite3`), as before `[store] url` existed.

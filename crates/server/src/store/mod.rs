@@ -383,10 +383,11 @@ impl TaskStore {
     pub fn delete(&self, name: &str, expect: &Precondition) -> Result<(), StoreError> {
         let mut db = self.db.lock().unwrap_or_else(PoisonError::into_inner);
         let change = db.delete(name, expect)?;
-        if let Some((name, _)) = self.write().remove_entry(name)
-            && change > 0
-        {
-            self.deleted_names().insert(name, change);
+        self.write().remove(name);
+        // Remembered even when this replica did not serve the name yet: a catch-up that read
+        // another replica's create before this delete must not bring the task back.
+        if change > 0 {
+            self.deleted_names().insert(Arc::from(name), change);
         }
         Ok(())
     }

@@ -56,6 +56,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// 503 after this rather than after the kernel's retransmissions (about 15 minutes).
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Server-side bounds of every session, when the URL sets no `options`: a statement waits at most
+/// 10 s for a lock (the change counter's, held by a replica cut off mid-write) and runs at most
+/// 60 s, and a transaction left idle is ended after 30 s. Past them a write answers 503.
+const SESSION_TIMEOUTS: &str =
+    "-c lock_timeout=10s -c statement_timeout=60s -c idle_in_transaction_session_timeout=30s";
+
+/// TCP keepalive idle time, unless the URL sets one: a connection whose peer vanished in silence
+/// (the LISTEN connection sends nothing) is found dead within a minute or so, not 2 hours.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+
 /// One step of the schema.
 struct Migration {
     version: i32,
@@ -251,6 +261,14 @@ pub(crate) fn connection_config(url: &Secret) -> Result<tokio_postgres::Config, 
     if config.get_application_name().is_none() {
         config.application_name("deltaspace");
     }
+    // A replica cut off mid-write must not hold the change counter's lock for good, nor a
+    // silent connection look alive: bounded waits and keepalives, unless the URL says otherwise.
+    if config.get_options().is_none() {
+        config.options(SESSION_TIMEOUTS);
+    }
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(KEEPALIVE_IDLE);
+    }
     Ok(config)
 }
 
@@ -290,7 +308,8 @@ impl From<postgres::Error> for StoreError {
 }
 
 /// True when `error` is about the connection rather than the statement: closed, an I/O error, a
-/// server shutting down, a standby that cannot write, or too many connections.
+/// server shutting down, a standby that cannot write, too many connections, or a session bound
+/// (a lock or statement timeout).
 pub(crate) fn connection_lost(error: &postgres::Error) -> bool {
     if error.is_closed() {
         return true;
@@ -306,6 +325,10 @@ pub(crate) fn connection_lost(error: &postgres::Error) -> bool {
                     SqlState::CANNOT_CONNECT_NOW,
                     SqlState::READ_ONLY_SQL_TRANSACTION,
                     SqlState::TOO_MANY_CONNECTIONS,
+                    // The session bounds above: a lock or a statement that waited too long.
+                    SqlState::LOCK_NOT_AVAILABLE,
+                    SqlState::QUERY_CANCELED,
+                    SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
                 ]
                 .contains(code)
         }
@@ -691,6 +714,18 @@ impl Backend for PostgresStore {
                  WHERE $1::TEXT IS NULL OR seq < (SELECT seq FROM jobs WHERE id = $1)
                  ORDER BY seq DESC LIMIT $2",
                 &[&after, &i64::try_from(limit).unwrap_or(i64::MAX)],
+            )?)
+        })?;
+        rows.iter()
+            .map(|row| parse_job(row.get(0), row.get(1)))
+            .collect()
+    }
+
+    fn unfinished_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = self.run(|client| {
+            Ok(client.query(
+                "SELECT id, record FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq",
+                &[],
             )?)
         })?;
         rows.iter()
