@@ -346,6 +346,18 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
 }
 
 fn migrate_locked(client: &mut Client) -> Result<(), StoreError> {
+    // Created only when missing: CREATE ... IF NOT EXISTS would need the right to create tables
+    // even on a migrated database, which a runtime role may lack.
+    let exists: bool = client
+        .query_one("SELECT to_regclass('deltaspace_schema') IS NOT NULL", &[])?
+        .get(0);
+    if !exists {
+        create_schema_table(client)?;
+    }
+    read_and_migrate(client)
+}
+
+fn create_schema_table(client: &mut Client) -> Result<(), StoreError> {
     client.batch_execute(
         "CREATE TABLE IF NOT EXISTS deltaspace_schema (
             singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
@@ -353,6 +365,10 @@ fn migrate_locked(client: &mut Client) -> Result<(), StoreError> {
             oldest_reader INTEGER NOT NULL
         )",
     )?;
+    Ok(())
+}
+
+fn read_and_migrate(client: &mut Client) -> Result<(), StoreError> {
     let stored = client.query_opt("SELECT version, oldest_reader FROM deltaspace_schema", &[])?;
     let (found, oldest_reader): (i32, i32) = stored.map_or((0, 0), |row| (row.get(0), row.get(1)));
     let mut version = found;
@@ -635,9 +651,13 @@ impl Backend for PostgresStore {
         model: &str,
         sets: &[(&str, &Array2<f32>)],
     ) -> Result<(), StoreError> {
+        // In key order, so two replicas caching overlapping sets at start take their row locks
+        // in the same order and cannot deadlock.
+        let mut sets = sets.to_vec();
+        sets.sort_by_key(|&(key, _)| key);
         self.run(|client| {
             let mut transaction = client.transaction()?;
-            for &(key, values) in sets {
+            for &(key, values) in &sets {
                 let values: Vec<f32> = values.iter().copied().collect();
                 transaction.execute(
                     "INSERT INTO label_embeddings (model, labels_key, embeddings) VALUES ($1, $2, $3)
