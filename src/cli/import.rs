@@ -83,25 +83,25 @@ fn task_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 
 /// The tasks of one file: a whole-file TASK.json, or one task per non-empty line of a `.jsonl`.
 fn read_tasks(path: &Path) -> Box<dyn Iterator<Item = Result<Task, ImportError>>> {
-    let unreadable = |at: String, message: String| ImportError::Unreadable { at, message };
+    let unreadable = |at: String, source: Box<dyn std::error::Error + Send + Sync>| {
+        ImportError::Unreadable { at, source }
+    };
     let shown = path.display().to_string();
     if path.extension().is_some_and(|e| e != "jsonl") {
-        let task = Task::load(path).map_err(|e| unreadable(shown, format!("{e:#}")));
+        let task = Task::load(path).map_err(|e| unreadable(shown, e.into()));
         return Box::new(std::iter::once(task));
     }
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
-        Err(error) => return Box::new(std::iter::once(Err(unreadable(shown, error.to_string())))),
+        Err(error) => return Box::new(std::iter::once(Err(unreadable(shown, error.into())))),
     };
     let lines = std::io::BufReader::new(file).lines().enumerate();
     Box::new(lines.filter_map(move |(index, line)| {
         let at = format!("{shown}:{}", index + 1);
         match line {
-            Err(error) => Some(Err(unreadable(at, error.to_string()))),
+            Err(error) => Some(Err(unreadable(at, error.into()))),
             Ok(line) if line.trim().is_empty() => None,
-            Ok(line) => {
-                Some(serde_json::from_str(&line).map_err(|e| unreadable(at, e.to_string())))
-            }
+            Ok(line) => Some(serde_json::from_str(&line).map_err(|e| unreadable(at, e.into()))),
         }
     }))
 }

@@ -4,7 +4,7 @@
 //! (and fsyncs) one task per request; this is how a million tasks get in.
 
 use super::ServerError;
-use super::admit::admit;
+use super::admit::{AdmitError, admit};
 use super::store::{self, StoreLocation};
 use deltaspace_core::model::Manifest;
 use deltaspace_core::subspace::Subspace;
@@ -71,20 +71,27 @@ fn check(
     limits: &TaskLimits,
 ) -> Result<Task, ImportError> {
     let name = task.name.clone();
-    admit(task, manifest, subspace, limits).map_err(|error| ImportError::Invalid {
-        task: name,
-        message: error.to_string(),
-    })
+    admit(task, manifest, subspace, limits)
+        .map_err(|source| ImportError::Invalid { task: name, source })
 }
 
 /// Why an import stopped. A bad task found while checking stops it before anything is written;
 /// `Store` errors (and files changed while importing) may leave the transactions before them.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("{at}: {message}")]
-    Unreadable { at: String, message: String },
-    #[error("task {task:?}: {message}")]
-    Invalid { task: String, message: String },
+    /// A file or line that is not a task (`at` names it: `FILE` or `FILE:LINE`).
+    #[error("{at}")]
+    Unreadable {
+        at: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("task {task:?}")]
+    Invalid {
+        task: String,
+        #[source]
+        source: AdmitError,
+    },
     #[error(transparent)]
     Store(#[from] ServerError),
 }

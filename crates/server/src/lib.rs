@@ -18,6 +18,7 @@ mod store;
 use state::{AppState, Core};
 use store::follow::{Follower, StoreStatus};
 
+pub use admit::AdmitError;
 pub use api::decode::{
     EmbedRequest, PredictRequest, RequestLimits, TaskBody, TuneOrder, TuneRequest, check_inputs,
     decode_page_query,
