@@ -6,13 +6,13 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::admit::{admit, label_set};
+use super::admit::{AdmitError, admit, label_set};
 use super::batcher::{self, Runner};
 use super::jobs::{INTERRUPTED, Jobs};
 use super::metrics::Metrics;
 use ndarray::Array2;
 
-use super::store::{self, Precondition, StoreError, TaskStore, labels_key};
+use super::store::{self, Precondition, StoreError, TaskStore, error_chain, labels_key};
 use super::{Core, Options, ServerError};
 use deltaspace_core::classifier::{self, Code, LabelSet, embed_labels};
 use deltaspace_core::model::{Encoder, EncoderOptions, Manifest, TextInput, Tokens};
@@ -113,6 +113,15 @@ fn load_blocking(
     Ok((runtime, encoder, subspace, store))
 }
 
+/// Why a stored row or a seed file is not served; logged, never fatal.
+#[derive(Debug, thiserror::Error)]
+enum Unservable {
+    #[error("not a task")]
+    Unreadable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Invalid(#[from] AdmitError),
+}
+
 /// Names the model that made label embeddings, so a cache from another model is ignored.
 pub fn model_key(manifest: &Manifest) -> String {
     format!("{}:{}", manifest.name, manifest.base_model_sha256)
@@ -150,13 +159,12 @@ fn load_tasks(
                 return Ok(());
             }
             let task = parsed
-                .map_err(|e| e.to_string())
-                .and_then(|task| {
-                    admit(task, manifest, subspace, limits).map_err(|e| e.to_string())
-                });
+                .map_err(|e| Unservable::Unreadable(e.into()))
+                .and_then(|task| Ok(admit(task, manifest, subspace, limits)?));
             let task = match task {
                 Ok(task) => task,
                 Err(error) => {
+                    let error = error_chain(&error);
                     tracing::warn!(task = %record.name, %error, "stored task is invalid; not served");
                     invalid += 1;
                     kept.extend(key);
@@ -272,13 +280,12 @@ fn seed_tasks(
     let mut imported = 0;
     for path in paths {
         let task = Task::load(&path)
-            .map_err(|e| format!("{e:#}"))
-            .and_then(|t| {
-                admit(t, encoder.manifest(), subspace, limits).map_err(|e| e.to_string())
-            });
+            .map_err(|e| Unservable::Unreadable(e.into()))
+            .and_then(|t| Ok(admit(t, encoder.manifest(), subspace, limits)?));
         let task = match task {
             Ok(task) => task,
             Err(error) => {
+                let error = error_chain(&error);
                 tracing::warn!(file = %path.display(), %error, "seed task skipped");
                 continue;
             }
@@ -320,14 +327,19 @@ pub(crate) fn prepare(core: &Core, limits: TaskLimits) -> store::follow::Prepare
             return Ok(None);
         }
         let admitted = serde_json::from_str::<Task>(&record.task_json)
-            .map_err(|e| e.to_string())
+            .map_err(|e| Unservable::Unreadable(e.into()))
             .and_then(|task| {
-                admit(task, core.encoder.manifest(), &core.subspace, &limits)
-                    .map_err(|e| e.to_string())
+                Ok(admit(
+                    task,
+                    core.encoder.manifest(),
+                    &core.subspace,
+                    &limits,
+                )?)
             });
         let task = match admitted {
             Ok(task) => task,
             Err(error) => {
+                let error = error_chain(&error);
                 tracing::warn!(task = %record.name, %error, "stored task is invalid; not served");
                 return Ok(None);
             }
