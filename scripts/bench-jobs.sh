@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib/bench.sh
 task=${1:?usage: scripts/bench-jobs.sh TASK_DIR [bench_jobs.py flags]}
 shift
-command="scripts/bench-jobs.sh $task $*"
+# The task by name, not by this machine's path: the page says what it held.
+command="scripts/bench-jobs.sh DATA_DIR/$(basename "$task") $*"
 out=bench-out/jobs
 mkdir -p "$out" docs/performance
 scripts/setup-ort.sh >/dev/null

@@ -224,7 +224,7 @@ def main():
 
 
 def report(args, sizes, latency):
-    print(f"Task: `{args.data}`; {args.steps} steps at most (early stopping on), seed {args.seed}, "
+    print(f"Task: `{Path(args.data).name}`; {args.steps} steps at most (early stopping on), seed {args.seed}, "
           f"{args.test} test examples at most, 16 dev examples per label; ONNX Runtime threads: {args.threads}.\n")
     print("| training examples | POST → served (s) | steps | DET | job test accuracy | CLI `tune` (s) | CLI DET | CLI test accuracy |")
     print("|---|---|---|---|---|---|---|---|")

@@ -337,30 +337,14 @@ impl Backend for Database {
              ORDER BY seq DESC LIMIT ?2",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = statement.query_map(params![after, limit], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut jobs = Vec::new();
-        for row in rows {
-            let (id, text) = row?;
-            jobs.push(parse_job(&id, &text)?);
-        }
-        Ok(jobs)
+        read_jobs(&mut statement, params![after, limit])
     }
 
     fn unfinished_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         let mut statement = self.connection.prepare(
             "SELECT id, record FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq",
         )?;
-        let rows = statement.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut jobs = Vec::new();
-        for row in rows {
-            let (id, text) = row?;
-            jobs.push(parse_job(&id, &text)?);
-        }
-        Ok(jobs)
+        read_jobs(&mut statement, [])
     }
 
     fn fail_unfinished_jobs(&mut self, owner: &str, reason: &str) -> Result<usize, StoreError> {
@@ -388,6 +372,22 @@ impl Backend for Database {
         transaction.commit()?;
         Ok(unfinished.len())
     }
+}
+
+/// The jobs a `SELECT id, record` statement returns, parsed.
+fn read_jobs(
+    statement: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let rows = statement.query_map(params, |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut jobs = Vec::new();
+    for row in rows {
+        let (id, text) = row?;
+        jobs.push(parse_job(&id, &text)?);
+    }
+    Ok(jobs)
 }
 
 pub(super) fn parse_job(id: &str, text: &str) -> Result<JobRecord, StoreError> {
