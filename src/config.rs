@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::model::ResidentChoice;
 use crate::runtime::{ProviderChoice, RuntimeOptions};
 use crate::secret::Secret;
 use crate::server::{StoreLocation, TuneLimits};
@@ -42,6 +43,11 @@ pub struct RuntimeConfig {
     pub intra_threads: usize,
     /// Sessions of the serving graph (concurrent runs); sessions × threads ≈ cores.
     pub sessions: usize,
+    /// `auto` (U and base resident in the sessions' memory on CUDA, sent with each run on the
+    /// CPU), `always`, `never`.
+    pub resident: ResidentChoice,
+    /// With a resident model on CUDA, capture a CUDA graph per batch shape.
+    pub cuda_graphs: bool,
     /// libonnxruntime.so to load; empty = ORT_DYLIB_PATH, beside the binary, third_party/.
     pub library: String,
 }
@@ -52,6 +58,8 @@ impl Default for RuntimeConfig {
             provider: ProviderChoice::Auto,
             intra_threads: 0,
             sessions: 1,
+            resident: ResidentChoice::Auto,
+            cuda_graphs: false,
             library: String::new(),
         }
     }
@@ -294,6 +302,20 @@ mod tests {
         assert_eq!(config.runtime.provider, ProviderChoice::Cpu);
         assert_eq!(config.runtime.intra_threads, 3);
         assert_eq!(config.runtime.sessions, 2);
+    }
+
+    #[test]
+    fn where_u_and_base_live_is_a_choice_of_three() {
+        assert_eq!(
+            load("", &[]).unwrap().runtime.resident,
+            ResidentChoice::Auto
+        );
+        let config = load(
+            "[runtime]\nresident = \"never\"\n",
+            &[("DELTASPACE_RUNTIME_RESIDENT", "always")],
+        );
+        assert_eq!(config.unwrap().runtime.resident, ResidentChoice::Always);
+        assert!(load("[runtime]\nresident = \"gpu\"\n", &[]).is_err());
     }
 
     #[test]

@@ -52,6 +52,8 @@ fn options(config: &Config, args: ServeArgs) -> anyhow::Result<Options> {
     Ok(Options {
         runtime: config.runtime_options(),
         sessions: config.runtime.sessions,
+        resident: config.runtime.resident,
+        cuda_graphs: config.runtime.cuda_graphs,
         model_dir: args.model.unwrap_or_else(|| config.model.dir.clone()),
         subspace: args
             .subspace

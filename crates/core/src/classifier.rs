@@ -8,7 +8,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use crate::det::{DetError, DetKind};
 use crate::model::{
-    Batch, Encoder, LabelScores, Manifest, ModelError, TextInput, Tokens, cosine_logits,
+    Batch, Embedder, Encoder, LabelScores, Manifest, ModelError, TextInput, Tokens, cosine_logits,
     length_groups, softmax_rows,
 };
 use crate::subspace::Subspace;
@@ -181,7 +181,7 @@ pub fn code_matrices<'a>(
 }
 
 /// Embeds rows of any tasks and DETs: [rows, H], in the rows' order. Tokenizes the texts, then
-/// [`embed_tokens`].
+/// [`embed_tokens`] through `encoder` with the subspace's U and base.
 pub fn embed_rows(
     encoder: &Encoder,
     subspace: &Subspace,
@@ -190,35 +190,34 @@ pub fn embed_rows(
     let inputs: Vec<TextInput> = rows.iter().map(|r| r.input.clone()).collect();
     let tokens = encoder.tokenize(&inputs)?;
     let codes: Vec<Code<'_>> = rows.iter().map(|row| (row.z, row.det)).collect();
-    embed_tokens(encoder, subspace, &tokens, &codes)
+    embed_tokens(&encoder.with_params(subspace.params()), &tokens, &codes)
 }
 
 /// One row's code z and the DET that decodes it.
 pub type Code<'a> = (&'a [f32], DetKind);
 
-/// Embeds tokenized rows, each with its own code: [rows, H], in the rows' order.
+/// Embeds tokenized rows, each with its own code, through `model`: [rows, H], in the rows' order.
 ///
 /// Rows are padded to the longest row of their run. Where a run's fixed cost is small next to
 /// its padded tokens (the CPU), rows of very different lengths go in separate runs
 /// ([`length_groups`]); where it dominates (a GPU), they go in one.
 pub fn embed_tokens(
-    encoder: &Encoder,
-    subspace: &Subspace,
+    model: &impl Embedder,
     tokens: &Tokens,
     codes: &[Code<'_>],
 ) -> Result<Array2<f32>, ClassifyError> {
-    let (z, det_select) = code_matrices(encoder.manifest(), subspace.d(), codes.iter().copied())?;
+    let (z, det_select) = code_matrices(model.manifest(), model.d(), codes.iter().copied())?;
     let lengths = tokens.lengths();
-    let groups = length_groups(&lengths, encoder.run_cost_tokens());
+    let groups = length_groups(&lengths, model.run_cost_tokens());
     if groups.len() == 1 {
         let batch = Batch {
             tokens,
             z: z.view(),
             det_select: det_select.view(),
         };
-        return Ok(encoder.embed(batch, subspace.params())?);
+        return Ok(model.embed(batch)?);
     }
-    let mut embeddings = Array2::zeros((tokens.rows(), encoder.manifest().hidden()));
+    let mut embeddings = Array2::zeros((tokens.rows(), model.manifest().hidden()));
     for group in groups {
         let seq = group.iter().map(|&i| lengths[i]).max().unwrap_or(1);
         let group_tokens = tokens.select(&group, seq);
@@ -231,7 +230,7 @@ pub fn embed_tokens(
             z: group_z.view(),
             det_select: group_select.view(),
         };
-        let group_embeddings = encoder.embed(batch, subspace.params())?;
+        let group_embeddings = model.embed(batch)?;
         for (&row, embedding) in group.iter().zip(group_embeddings.rows()) {
             embeddings.row_mut(row).assign(&embedding);
         }

@@ -44,7 +44,7 @@ use actix_web::dev::Service as _;
 use actix_web::{App, HttpServer, web};
 
 use deltaspace_core::classifier::ClassifyError;
-use deltaspace_core::model::ModelError;
+use deltaspace_core::model::{ModelError, ResidentChoice};
 use deltaspace_core::runtime::{RuntimeError, RuntimeOptions};
 use deltaspace_core::secret::Secret;
 use deltaspace_core::subspace::SubspaceError;
@@ -57,6 +57,11 @@ pub struct Options {
     pub runtime: RuntimeOptions,
     /// Sessions of the serving graph, i.e. batches in flight at once.
     pub sessions: usize,
+    /// Whether batches run with U and base resident in the sessions' memory.
+    pub resident: ResidentChoice,
+    /// With a resident model on CUDA: capture one CUDA graph per batch shape (at most 32 shapes
+    /// per session; others run without).
+    pub cuda_graphs: bool,
     /// The exported model directory.
     pub model_dir: PathBuf,
     /// The subspace file every task's z belongs to.

@@ -12,10 +12,13 @@ use super::jobs::{INTERRUPTED, Jobs};
 use super::metrics::Metrics;
 use ndarray::Array2;
 
+use super::state::Serving;
 use super::store::{self, Precondition, StoreError, TaskStore, error_chain, labels_key};
 use super::{Core, Options, ServerError};
 use deltaspace_core::classifier::{self, Code, LabelSet, embed_labels};
-use deltaspace_core::model::{Encoder, EncoderOptions, Manifest, TextInput, Tokens};
+use deltaspace_core::model::{
+    Encoder, EncoderOptions, Manifest, ResidentEncoder, ResidentOptions, TextInput, Tokens,
+};
 use deltaspace_core::runtime::Runtime;
 use deltaspace_core::subspace::Subspace;
 use deltaspace_core::task::{Task, TaskLimits};
@@ -34,20 +37,21 @@ pub async fn load(
     let subspace = Arc::new(subspace);
     let model_key = model_key(encoder.manifest());
     metrics.tasks_registered.set(store.len() as i64);
+    let (runner, serving) = {
+        let (runtime, options) = (runtime.clone(), options.clone());
+        let (encoder, subspace) = (encoder.clone(), subspace.clone());
+        tokio::task::spawn_blocking(move || serving_model(&runtime, &options, encoder, subspace))
+            .await
+            .map_err(|_| ServerError::Interrupted)??
+    };
     metrics.set_build_info(
-        &encoder.provider().to_string(),
+        &serving.provider.to_string(),
         &encoder.manifest().name,
         &subspace.id(),
     );
-    let runner: Runner = {
-        let (encoder, subspace) = (encoder.clone(), subspace.clone());
-        Arc::new(move |tokens: &Tokens, codes: &[Code<'_>]| {
-            classifier::embed_tokens(&encoder, &subspace, tokens, codes)
-        })
-    };
     warm_up(&runner, &encoder, &subspace).await?;
     let mut limits = options.batch;
-    limits.concurrency = encoder.sessions();
+    limits.concurrency = serving.sessions;
     let jobs = Jobs::new(
         options.tune,
         options.task_limits,
@@ -58,6 +62,7 @@ pub async fn load(
     let core = Core {
         runtime,
         encoder,
+        serving,
         subspace,
         store: Arc::new(store),
         batcher,
@@ -111,6 +116,52 @@ fn load_blocking(
         );
     }
     Ok((runtime, encoder, subspace, store))
+}
+
+/// The model the batcher's runs go through, and what `/v1/info` says of it: a
+/// [`ResidentEncoder`] holding the subspace's U and base in its sessions' memory when
+/// `options.resident` asks for one on this provider, else `encoder` sending them with each run.
+fn serving_model(
+    runtime: &Runtime,
+    options: &Options,
+    encoder: Arc<Encoder>,
+    subspace: Arc<Subspace>,
+) -> Result<(Runner, Serving), ServerError> {
+    if !options.resident.resident_on(encoder.provider()) {
+        let serving = Serving {
+            provider: encoder.provider(),
+            sessions: encoder.sessions(),
+            resident: false,
+        };
+        let runner: Runner = Arc::new(move |tokens: &Tokens, codes: &[Code<'_>]| {
+            classifier::embed_tokens(&encoder.with_params(subspace.params()), tokens, codes)
+        });
+        return Ok((runner, serving));
+    }
+    let resident_options = ResidentOptions {
+        sessions: options.sessions.max(1),
+        buckets: Vec::new(),
+        cuda_graphs: options.cuda_graphs,
+    };
+    let model = ResidentEncoder::load(
+        runtime,
+        &options.model_dir,
+        subspace.params(),
+        &resident_options,
+    )
+    .map_err(|source| ServerError::Model {
+        dir: options.model_dir.clone(),
+        source,
+    })?;
+    let serving = Serving {
+        provider: model.provider(),
+        sessions: model.sessions(),
+        resident: true,
+    };
+    let runner: Runner = Arc::new(move |tokens: &Tokens, codes: &[Code<'_>]| {
+        classifier::embed_tokens(&model, tokens, codes)
+    });
+    Ok((runner, serving))
 }
 
 /// Why a stored row or a seed file is not served; logged, never fatal.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use deltaspace_core::model::Encoder;
-use deltaspace_core::runtime::Runtime;
+use deltaspace_core::runtime::{Provider, Runtime};
 use deltaspace_core::subspace::Subspace;
 
 use crate::error::ApiError;
@@ -31,13 +31,28 @@ pub(crate) struct AppState {
 pub(crate) struct Core {
     /// ONNX Runtime, for the tune jobs' encoder.
     pub(crate) runtime: Runtime,
+    /// Tokenizes requests and embeds label descriptions (and, unless `serving.resident`, runs
+    /// the batches).
     pub(crate) encoder: Arc<Encoder>,
+    /// The model the batches run through.
+    pub(crate) serving: Serving,
     pub(crate) subspace: Arc<Subspace>,
     pub(crate) store: Arc<TaskStore>,
     pub(crate) batcher: batcher::BatcherHandle,
     /// Identifies the model that made cached label embeddings.
     pub(crate) model_key: String,
     pub(crate) jobs: Arc<Jobs>,
+}
+
+/// The model the batcher's runs go through (see `load::serving_model`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Serving {
+    pub(crate) provider: Provider,
+    /// Runs at once.
+    pub(crate) sessions: usize,
+    /// U and base resident in the sessions' memory (`model::ResidentEncoder`), rather than sent
+    /// with each run.
+    pub(crate) resident: bool,
 }
 
 impl AppState {

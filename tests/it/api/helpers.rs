@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deltaspace::det::Theta0;
-use deltaspace::model::ModelFiles;
+use deltaspace::model::{ModelFiles, ResidentChoice};
 use deltaspace::runtime::{ProviderChoice, RuntimeOptions};
 use deltaspace::server::{self, BatchLimits, Options, ServerError, StoreLocation, TuneLimits};
 use deltaspace::subspace::Subspace;
@@ -57,6 +57,8 @@ impl Fixture {
                 library: None,
             },
             sessions: 1,
+            resident: ResidentChoice::Auto,
+            cuda_graphs: false,
             model_dir: tiny_dir(),
             subspace: self.subspace_path.clone(),
             store: StoreLocation::sqlite_in(&self.path("data")),

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use deltaspace::model::ResidentChoice;
 use deltaspace::server::StoreLocation;
 use futures::future::join_all;
 use serde_json::{Value, json};
@@ -96,14 +97,20 @@ async fn a_batch_mixing_tasks_and_dets_matches_one_by_one_requests() {
     assert_eq!(metrics.get("deltaspace_batch_tasks_sum"), 6.0);
     assert!(metrics.get(r#"deltaspace_inference_rows_total{det="prefix"}"#) > 0.0);
 
-    for ((alone, together), (task, _)) in alone.iter().zip(&together).zip(&requests) {
-        assert_eq!(alone["task"], together["task"]);
-        assert_eq!(alone["det"], together["det"], "{task}");
-        let pairs = alone["predictions"]
+    assert_same_predictions(&alone, &together, &requests);
+    mixed_app.stop().await.unwrap();
+}
+
+/// Each answer of `a` has the labels and scores (within 1e-4) of the same answer of `b`.
+fn assert_same_predictions(a: &[Value], b: &[Value], requests: &[(String, Value)]) {
+    for ((a, b), (task, _)) in a.iter().zip(b).zip(requests) {
+        assert_eq!(a["task"], b["task"]);
+        assert_eq!(a["det"], b["det"], "{task}");
+        let pairs = a["predictions"]
             .as_array()
             .unwrap()
             .iter()
-            .zip(together["predictions"].as_array().unwrap());
+            .zip(b["predictions"].as_array().unwrap());
         for (a, b) in pairs {
             for (sa, sb) in a["scores"]
                 .as_array()
@@ -112,7 +119,7 @@ async fn a_batch_mixing_tasks_and_dets_matches_one_by_one_requests() {
                 .zip(b["scores"].as_array().unwrap())
             {
                 let (x, y) = (sa["score"].as_f64().unwrap(), sb["score"].as_f64().unwrap());
-                assert!((x - y).abs() < 1e-4, "{task}: {sa} alone vs {sb} batched");
+                assert!((x - y).abs() < 1e-4, "{task}: {sa} vs {sb}");
             }
             if a["scores"][0]["score"].as_f64().unwrap() - a["scores"][1]["score"].as_f64().unwrap()
                 > 1e-3
@@ -121,7 +128,36 @@ async fn a_batch_mixing_tasks_and_dets_matches_one_by_one_requests() {
             }
         }
     }
-    mixed_app.stop().await.unwrap();
+}
+
+/// The GPU path's model (U and base resident in the session, `resident = "always"`) run on the
+/// CPU: the same answers as the encoder that sends them with each run, batched the same way.
+#[tokio::test]
+async fn the_resident_model_serves_what_the_host_path_serves() {
+    let fixture = Fixture::new();
+    let seeds = seed_mixed_tasks(&fixture);
+    let requests = mixed_requests();
+    let mut answers = Vec::new();
+    for (resident, data) in [
+        (ResidentChoice::Never, "data-host"),
+        (ResidentChoice::Always, "data-resident"),
+    ] {
+        let mut options = fixture.options();
+        options.store = StoreLocation::sqlite_in(&fixture.path(data));
+        options.seed_tasks_dir = Some(seeds.clone());
+        options.resident = resident;
+        let app = TestApp::spawn(options).await;
+        let info = ok_json(app.get("/v1/info").await).await;
+        assert_eq!(
+            info["resident"],
+            resident == ResidentChoice::Always,
+            "{info}"
+        );
+        assert_eq!(info["execution_provider"], "CPUExecutionProvider");
+        answers.push(join_all(requests.iter().map(|(task, body)| app.predict(task, body))).await);
+        app.stop().await.unwrap();
+    }
+    assert_same_predictions(&answers[0], &answers[1], &requests);
 }
 
 #[tokio::test]

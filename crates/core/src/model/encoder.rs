@@ -271,16 +271,6 @@ impl Encoder {
         self.serve.provider()
     }
 
-    /// What one more encoder run costs, in padded tokens, when a batch's rows are split by
-    /// length ([`super::length_groups`]): [`super::CPU_RUN_COST_TOKENS`] on the CPU; on CUDA a
-    /// run's fixed cost dominates, so a batch stays one run.
-    pub fn run_cost_tokens(&self) -> usize {
-        match self.provider() {
-            Provider::Cpu => super::CPU_RUN_COST_TOKENS,
-            Provider::Cuda => usize::MAX,
-        }
-    }
-
     /// Sessions of the serving graph.
     pub fn sessions(&self) -> usize {
         self.serve.size()

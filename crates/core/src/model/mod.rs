@@ -1,11 +1,14 @@
 //! Layer 1: the frozen PLM as a function.
 //!
 //! [`Encoder`] turns rows (tokens, a code z and a DET selector each) into embeddings through the
-//! serving graph, and into a loss with exact gradients through the gradient graph. What a DET
+//! serving graph, and into a loss with exact gradients through the gradient graph;
+//! [`ResidentEncoder`] runs the serving graph with U and base resident in its sessions' memory
+//! (the GPU path). Both serve through one seam, [`Embedder`]. What a DET
 //! *means* lives in `det`; here a DET is only a `det_select` column and the matching U and base
 //! inputs. ORT types stop here: callers see ndarray arrays. Must not import layers 2 and up.
 
 mod classify;
+mod embedder;
 mod encoder;
 mod manifest;
 mod resident;
@@ -13,6 +16,7 @@ mod runs;
 mod tokenize;
 
 pub use classify::{LabelScore, LabelScores, cosine_logits, softmax_rows};
+pub use embedder::{Embedder, ResidentChoice, WithParams};
 pub use encoder::{
     Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch, Gradients, Pace,
 };

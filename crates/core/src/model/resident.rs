@@ -201,6 +201,11 @@ impl ResidentEncoder {
         })
     }
 
+    /// The model's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
     /// The execution provider the sessions run on.
     pub fn provider(&self) -> Provider {
         self.provider

@@ -1,6 +1,6 @@
 //! How a batch's rows are cut into encoder runs. On the CPU a run's time grows with its padded
 //! tokens (rows × its longest row), so rows of very different lengths are cheaper in separate
-//! runs; each extra run has a fixed cost ([`crate::model::Encoder::run_cost_tokens`]).
+//! runs; each extra run has a fixed cost ([`crate::model::Embedder::run_cost_tokens`]).
 
 /// What one more encoder run costs on the CPU, in padded tokens: splitting a batch by length
 /// must save more than this many token positions per extra run. A MiniLM run's fixed cost (input
