@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use deltaspace::det::{DetKind, Theta0};
 use deltaspace::model::ModelFiles;
 use deltaspace::tuning::batch::TrainTask;
-use deltaspace::tuning::fit::{FitOptions, Space, Unit, fit};
+use deltaspace::tuning::fit::{FitOptions, Space, Training, Unit, fit};
 use deltaspace::tuning::optim::OptimizerKind;
 use serde_json::json;
 
@@ -83,6 +83,12 @@ fn original_space_training_lowers_the_loss_of_every_det_on_two_tasks_at_once() {
         .flat_map(|task| DetKind::ALL.map(|det| Unit { task, det }))
         .collect();
     let space = Space::Original { theta0: &theta0 };
+    let training = Training {
+        encoder: &encoder,
+        tasks: &tasks,
+        units: &units,
+        space,
+    };
     let init: Vec<Vec<f32>> = units
         .iter()
         .map(|u| vec![0.0; space.len(u.det, &encoder).unwrap()])
@@ -90,7 +96,7 @@ fn original_space_training_lowers_the_loss_of_every_det_on_two_tasks_at_once() {
     // 6 steps of 8 rows are one epoch of the 48 training examples: compare whole epochs.
     let mut fast = options(60);
     fast.lr = 0.05;
-    let result = fit(&encoder, &tasks, &units, space, init, &fast, "test").unwrap();
+    let result = fit(training, init, &fast, "test").unwrap();
     let mean =
         |slice: &[(usize, f32)]| slice.iter().map(|(_, l)| l).sum::<f32>() / slice.len() as f32;
     let (first, last) = (mean(&result.losses[..6]), mean(&result.losses[54..]));
@@ -124,6 +130,12 @@ fn early_stopping_ends_the_run_once_no_unit_improves_on_dev_and_keeps_each_best(
         },
     ];
     let space = Space::Original { theta0: &theta0 };
+    let training = Training {
+        encoder: &encoder,
+        tasks: &tasks,
+        units: &units,
+        space,
+    };
     let init: Vec<Vec<f32>> = units
         .iter()
         .map(|u| vec![0.0; space.len(u.det, &encoder).unwrap()])
@@ -134,7 +146,7 @@ fn early_stopping_ends_the_run_once_no_unit_improves_on_dev_and_keeps_each_best(
     patient.eval_every = 1;
     patient.patience = Some(1);
     patient.lr = 0.05;
-    let result = fit(&encoder, &tasks, &units, space, init, &patient, "test").unwrap();
+    let result = fit(training, init, &patient, "test").unwrap();
     assert!(
         result.losses.len() < 60,
         "ran {} steps",
@@ -159,47 +171,26 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
         det: DetKind::Adapter,
     }];
     let space = Space::Original { theta0: &theta0 };
+    let training = Training {
+        encoder: &encoder,
+        tasks: &tasks,
+        units: &units,
+        space,
+    };
     let init = || vec![vec![0.0; space.len(DetKind::Adapter, &encoder).unwrap()]];
     let dir = tempfile::tempdir().unwrap();
-    let straight = fit(
-        &encoder,
-        &tasks,
-        &units,
-        space,
-        init(),
-        &options(10),
-        "straight",
-    )
-    .unwrap();
+    let straight = fit(training, init(), &options(10), "straight").unwrap();
     let mut interrupted = options(5);
     interrupted.checkpoint = Some(dir.path().join("checkpoint.safetensors"));
-    fit(
-        &encoder,
-        &tasks,
-        &units,
-        space,
-        init(),
-        &interrupted,
-        "first half",
-    )
-    .unwrap();
+    fit(training, init(), &interrupted, "first half").unwrap();
     interrupted.steps = 10;
-    let resumed = fit(
-        &encoder,
-        &tasks,
-        &units,
-        space,
-        init(),
-        &interrupted,
-        "second half",
-    )
-    .unwrap();
+    let resumed = fit(training, init(), &interrupted, "second half").unwrap();
     assert_eq!(resumed.best, straight.best);
     assert_eq!(resumed.losses.last(), straight.losses.last());
     // A checkpoint resumes only the run that wrote it: another seed is refused, not continued.
     let mut other = interrupted.clone();
     other.seed = 2;
-    let error = fit(&encoder, &tasks, &units, space, init(), &other, "other")
+    let error = fit(training, init(), &other, "other")
         .unwrap_err()
         .to_string();
     assert!(error.contains("another run"), "{error}");

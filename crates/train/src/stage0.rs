@@ -6,7 +6,7 @@ use deltaspace_core::det::{DetKind, Theta0};
 use deltaspace_core::model::Encoder;
 use deltaspace_core::tuning::batch::TrainTask;
 use deltaspace_core::tuning::data::Split;
-use deltaspace_core::tuning::fit::{FitOptions, Space, Unit, evaluate_values, fit};
+use deltaspace_core::tuning::fit::{FitOptions, Space, Training, Unit, evaluate_values, fit};
 
 /// Trains every DET in `dets` on every task, returning the best-on-dev θ of each with its dev
 /// and test scores, task-major (task 0's DETs first).
@@ -25,7 +25,13 @@ pub fn train_dets(
         .iter()
         .map(|u| space.len(u.det, encoder).map(|len| vec![0.0; len]))
         .collect::<anyhow::Result<_>>()?;
-    let result = fit(encoder, tasks, &units, space, init, options, "train det")?;
+    let training = Training {
+        encoder,
+        tasks,
+        units: &units,
+        space,
+    };
+    let result = fit(training, init, options, "train det")?;
     let test = evaluate_values(
         encoder,
         tasks,

@@ -21,7 +21,7 @@ use deltaspace_core::det::{DetKind, Theta0};
 use deltaspace_core::model::{DetParams, Encoder, Manifest};
 use deltaspace_core::subspace::Subspace;
 use deltaspace_core::tuning::batch::{self, Row, TrainTask};
-use deltaspace_core::tuning::data::{Split, epoch_indices};
+use deltaspace_core::tuning::data::{Split, minibatch};
 use deltaspace_core::tuning::fit::{Space, Unit, evaluate_values};
 use deltaspace_core::tuning::head::HeadTuning;
 use deltaspace_core::tuning::optim::{Adam, Optimizer};
@@ -155,110 +155,186 @@ pub fn find_subspace(
     tasks: &[TrainTask],
     options: &SubspaceOptions,
 ) -> anyhow::Result<Subspace> {
-    let manifest = encoder.manifest();
     let started = Instant::now();
-    let (mut u, codes) = decompose(solutions, options.d, options.seed);
-    let make = |u: &[Array2<f32>]| -> anyhow::Result<Subspace> {
-        let dets = u
-            .iter()
-            .enumerate()
-            .map(|(c, u)| DetParams {
-                u: u.clone(),
-                base: theta0.det(c).clone(),
-            })
-            .collect();
-        Ok(Subspace::new(&options.name, manifest, dets)?)
-    };
+    let (u, codes) = decompose(solutions, options.d, options.seed);
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         d = options.d,
         tasks = solutions.len(),
         "decomposed"
     );
-    if options.steps == 0 {
-        return make(&u);
+    let stage = Refinement {
+        encoder,
+        theta0,
+        solutions,
+        tasks,
+        options,
+        dets: encoder
+            .manifest()
+            .dets
+            .iter()
+            .map(|l| l.name.parse())
+            .collect::<Result<_, _>>()?,
+    };
+    let u = match options.steps {
+        0 => u,
+        _ => stage.refine(u, &codes)?,
+    };
+    stage.subspace(&u)
+}
+
+/// Refinement with the paper's objective (module docs, step 2): what it reads.
+struct Refinement<'a> {
+    encoder: &'a Encoder,
+    theta0: &'a Theta0,
+    solutions: &'a [TaskSolutions],
+    tasks: &'a [TrainTask],
+    options: &'a SubspaceOptions,
+    /// The DETs in column order.
+    dets: Vec<DetKind>,
+}
+
+/// One task's random convex mix of its per-DET codes.
+struct Mix {
+    /// Each DET's weight, in column order.
+    weights: Vec<f32>,
+    /// Σ_k weights[k] z_{t,k}.
+    code: Vec<f32>,
+}
+
+/// The task loss of one refinement step and its gradients.
+struct TaskGradients {
+    loss: f32,
+    /// d loss / d U, per DET.
+    grad_u: Vec<Array2<f32>>,
+    /// d loss / d mix code, per task.
+    grad_mix: Vec<Vec<f32>>,
+}
+
+impl Refinement<'_> {
+    /// The subspace with these U (base = θ⁰).
+    fn subspace(&self, u: &[Array2<f32>]) -> anyhow::Result<Subspace> {
+        let dets = u
+            .iter()
+            .enumerate()
+            .map(|(c, u)| DetParams {
+                u: u.clone(),
+                base: self.theta0.det(c).clone(),
+            })
+            .collect();
+        Ok(Subspace::new(
+            &self.options.name,
+            self.encoder.manifest(),
+            dets,
+        )?)
     }
-    let n_dets = manifest.dets.len();
-    let dets: Vec<DetKind> = manifest
-        .dets
-        .iter()
-        .map(|l| l.name.parse())
-        .collect::<Result<_, _>>()?;
-    // z_{t,det}, flattened per (task, det).
-    let mut z: Vec<Vec<f32>> = (0..tasks.len() * n_dets)
-        .map(|i| codes[i / n_dets].clone())
-        .collect();
-    // Adam steps are about lr per value whatever the gradient's scale, and U's entries are tiny
-    // (unit columns over 3D values) while codes are O(‖δ‖): so --lr is relative, and each group
-    // steps by lr × its own RMS.
-    let rms = |values: &mut dyn Iterator<Item = f32>| {
-        let (sum, n) = values.fold((0.0f64, 0usize), |(s, n), v| (s + f64::from(v * v), n + 1));
-        ((sum / n.max(1) as f64).sqrt() as f32).max(1e-12)
-    };
-    let u_lr = options.lr * rms(&mut u.iter().flat_map(|m| m.iter().copied()));
-    let z_lr = options.lr * rms(&mut z.iter().flatten().copied());
-    let mut u_optimizers: Vec<Adam> = u.iter().map(|m| Adam::new(m.len(), u_lr)).collect();
-    let mut z_optimizers: Vec<Adam> = z.iter().map(|c| Adam::new(c.len(), z_lr)).collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(options.seed);
-    // Selection as in the paper: mean dev accuracy of every DET decoding the task's mixed code
-    // (here the mix centre). The decomposition itself is the first candidate, so refinement
-    // is kept only where it helps.
-    let units: Vec<Unit> = (0..tasks.len())
-        .flat_map(|task| dets.iter().map(move |&det| Unit { task, det }))
-        .collect();
-    let dev_accuracy = |u: &[Array2<f32>], z: &[Vec<f32>]| -> anyhow::Result<f32> {
-        let centre = |t: usize| -> Vec<f32> {
-            (0..options.d)
-                .map(|i| (0..n_dets).map(|k| z[t * n_dets + k][i]).sum::<f32>() / n_dets as f32)
-                .collect()
-        };
-        let codes: Vec<Vec<f32>> = units.iter().map(|unit| centre(unit.task)).collect();
-        let candidate = make(u)?;
-        let space = Space::Subspace {
-            subspace: &candidate,
-            head: HeadTuning::None,
-            train_z: true,
-        };
-        let dev = evaluate_values(
-            encoder,
-            tasks,
-            &units,
-            &space,
-            &codes,
-            Split::Dev,
-            options.eval_limit,
-        )?;
-        Ok(dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len() as f32)
-    };
-    let mut best = (dev_accuracy(&u, &z)?, u.clone());
-    tracing::info!(dev_accuracy = best.0, "the decomposition alone");
-    let progress = Progress::new("train subspace", options.steps as u64);
-    for step in 0..options.steps {
-        let subspace = make(&u)?;
-        // The random convex mix of each task's three codes: α to Adapter, which the paper favours.
-        let mixes: Vec<(Vec<f32>, Vec<f32>)> = (0..tasks.len())
+
+    /// Trains U and the per-(task, DET) codes z (flattened task-major) from the decomposition,
+    /// and returns the U of the best mean dev accuracy: the decomposition itself is the first
+    /// candidate, so refinement is kept only where it helps.
+    fn refine(
+        &self,
+        mut u: Vec<Array2<f32>>,
+        codes: &[Vec<f32>],
+    ) -> anyhow::Result<Vec<Array2<f32>>> {
+        let (options, n_dets) = (self.options, self.dets.len());
+        let mut z: Vec<Vec<f32>> = (0..self.tasks.len() * n_dets)
+            .map(|i| codes[i / n_dets].clone())
+            .collect();
+        // Adam steps are about lr per value whatever the gradient's scale, and U's entries are
+        // tiny (unit columns over 3D values) while codes are O(‖δ‖): so --lr is relative, and
+        // each group steps by lr × its own RMS.
+        let u_lr = options.lr * rms(u.iter().flat_map(|m| m.iter().copied()));
+        let z_lr = options.lr * rms(z.iter().flatten().copied());
+        let mut u_optimizers: Vec<Adam> = u.iter().map(|m| Adam::new(m.len(), u_lr)).collect();
+        let mut z_optimizers: Vec<Adam> = z.iter().map(|c| Adam::new(c.len(), z_lr)).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(options.seed);
+        let mut best = (self.dev_accuracy(&u, &z)?, u.clone());
+        tracing::info!(dev_accuracy = best.0, "the decomposition alone");
+        let progress = Progress::new("train subspace", options.steps as u64);
+        for step in 0..options.steps {
+            let mixes = self.convex_mixes(&mut rng, &z);
+            let TaskGradients {
+                loss: task_loss,
+                mut grad_u,
+                grad_mix,
+            } = self.task_gradients(&u, &mixes, step)?;
+            // The task loss reaches z_{t,k} through the mix, with weight w_k.
+            let mut grad_z: Vec<Vec<f32>> = (0..z.len())
+                .map(|i| {
+                    let (t, k) = (i / n_dets, i % n_dets);
+                    grad_mix[t]
+                        .iter()
+                        .map(|g| mixes[t].weights[k] * g)
+                        .collect()
+                })
+                .collect();
+            let rec_loss = self.reconstruction(&u, &z, &mut grad_u, &mut grad_z);
+            for ((matrix, gradient), optimizer) in u.iter_mut().zip(&grad_u).zip(&mut u_optimizers)
+            {
+                let values = matrix
+                    .as_slice_mut()
+                    .context("U is contiguous. This is a bug.")?;
+                optimizer.step(values, gradient.as_slice().context("contiguous gradient")?);
+            }
+            for ((code, gradient), optimizer) in z.iter_mut().zip(&grad_z).zip(&mut z_optimizers) {
+                optimizer.step(code, gradient);
+            }
+            let done = step + 1;
+            let mean_loss = (task_loss + rec_loss) / self.tasks.len() as f32;
+            if done.is_multiple_of(options.eval_every.max(1)) || done == options.steps {
+                let mean = self.dev_accuracy(&u, &z)?;
+                if mean > best.0 {
+                    best = (mean, u.clone());
+                }
+                progress.report(done as u64, mean_loss, Some(mean));
+            } else {
+                progress.report(done as u64, mean_loss, None);
+            }
+        }
+        progress.finish();
+        Ok(best.1)
+    }
+
+    /// Each task's random convex mix α z_A + β z_L + (1−α−β) z_P, α ~ U(0, 1), β ~ U(0, 1−α):
+    /// α to Adapter, which the paper favours.
+    fn convex_mixes(&self, rng: &mut impl Rng, z: &[Vec<f32>]) -> Vec<Mix> {
+        let n_dets = self.dets.len();
+        (0..self.tasks.len())
             .map(|t| {
                 let alpha: f32 = rng.random();
                 let beta: f32 = rng.random_range(0.0..=(1.0 - alpha).max(0.0));
-                let weights = mix_weights(&dets, alpha, beta);
-                let mix = (0..options.d)
+                let weights = mix_weights(&self.dets, alpha, beta);
+                let code = (0..self.options.d)
                     .map(|i| (0..n_dets).map(|k| weights[k] * z[t * n_dets + k][i]).sum())
                     .collect();
-                (weights, mix)
+                Mix { weights, code }
             })
-            .collect();
+            .collect()
+    }
+
+    /// The task loss of one step: every DET of every task decodes the task's mix on a minibatch
+    /// of its training rows.
+    fn task_gradients(
+        &self,
+        u: &[Array2<f32>],
+        mixes: &[Mix],
+        step: usize,
+    ) -> anyhow::Result<TaskGradients> {
+        let options = self.options;
+        let subspace = self.subspace(u)?;
         let mut rows: Vec<Row> = Vec::new();
         let mut row_task = Vec::new();
-        for (t, task) in tasks.iter().enumerate() {
+        for (t, task) in self.tasks.iter().enumerate() {
             let train = &task.data.train;
-            for (k, &det) in dets.iter().enumerate() {
-                let seed = options.seed ^ ((t * n_dets + k) as u64 + 1).wrapping_mul(0x9E37_79B9);
-                for i in epoch_indices(train.len(), seed, step * options.batch, options.batch) {
+            for (k, &det) in self.dets.iter().enumerate() {
+                let stream = t * self.dets.len() + k;
+                for i in minibatch(train.len(), options.seed, stream, step, options.batch) {
                     rows.push(Row {
                         task: t,
                         example: &train[i],
                         det,
-                        z: &mixes[t].1,
+                        z: &mixes[t].code,
                         weight: 1.0 / options.batch as f32,
                         classes: &task.descriptions,
                     });
@@ -267,13 +343,11 @@ pub fn find_subspace(
             }
         }
         let mut grad_u: Vec<Array2<f32>> = u.iter().map(|m| Array2::zeros(m.dim())).collect();
-        let mut grad_mix = vec![vec![0.0f32; options.d]; tasks.len()];
+        let mut grad_mix = vec![vec![0.0f32; options.d]; self.tasks.len()];
         let mut loss = 0.0;
-        for (chunk, chunk_tasks) in rows
-            .chunks(options.run_rows.max(1))
-            .zip(row_task.chunks(options.run_rows.max(1)))
-        {
-            let output = batch::gradients(encoder, chunk, subspace.params())?.output;
+        let run_rows = options.run_rows.max(1);
+        for (chunk, chunk_tasks) in rows.chunks(run_rows).zip(row_task.chunks(run_rows)) {
+            let output = batch::gradients(self.encoder, chunk, subspace.params())?.output;
             loss += output.loss;
             for (k, g) in output.grad_u.iter().enumerate() {
                 grad_u[k] += g;
@@ -284,15 +358,31 @@ pub fn find_subspace(
                 }
             }
         }
-        // Reconstruction: r = δ − U z, d‖r‖/dU = −r zᵀ/‖r‖, d‖r‖/dz = −Uᵀ r/‖r‖.
-        let mut grad_z: Vec<Vec<f32>> = vec![vec![0.0; options.d]; z.len()];
-        for (t, solution) in solutions.iter().enumerate() {
+        Ok(TaskGradients {
+            loss,
+            grad_u,
+            grad_mix,
+        })
+    }
+
+    /// The reconstruction term α_rec Σ ‖r‖, r = δ − U z, added to the gradients
+    /// (d‖r‖/dU = −r zᵀ/‖r‖, d‖r‖/dz = −Uᵀ r/‖r‖); returns its value.
+    fn reconstruction(
+        &self,
+        u: &[Array2<f32>],
+        z: &[Vec<f32>],
+        grad_u: &mut [Array2<f32>],
+        grad_z: &mut [Vec<f32>],
+    ) -> f32 {
+        let (n_dets, rec_alpha) = (self.dets.len(), self.options.rec_alpha);
+        let mut loss = 0.0;
+        for (t, solution) in self.solutions.iter().enumerate() {
             for k in 0..n_dets {
                 let code = Array1::from(z[t * n_dets + k].clone());
                 let residual = Array1::from(solution.deltas[k].clone()) - u[k].dot(&code);
                 let norm = residual.dot(&residual).sqrt().max(1e-12);
-                loss += options.rec_alpha * norm;
-                let scale = -options.rec_alpha / norm;
+                loss += rec_alpha * norm;
+                let scale = -rec_alpha / norm;
                 for (mut row, r) in grad_u[k].rows_mut().into_iter().zip(residual.iter()) {
                     row.scaled_add(scale * r, &code);
                 }
@@ -300,35 +390,47 @@ pub fn find_subspace(
                 for (out, g) in grad_z[t * n_dets + k].iter_mut().zip(g.iter()) {
                     *out += g;
                 }
-                // The task loss reaches z_{t,k} through the mix with weight w_k.
-                for (out, m) in grad_z[t * n_dets + k].iter_mut().zip(&grad_mix[t]) {
-                    *out += mixes[t].0[k] * m;
-                }
             }
         }
-        for ((matrix, gradient), optimizer) in u.iter_mut().zip(&grad_u).zip(&mut u_optimizers) {
-            let values = matrix
-                .as_slice_mut()
-                .context("U is contiguous. This is a bug.")?;
-            optimizer.step(values, gradient.as_slice().context("contiguous gradient")?);
-        }
-        for ((code, gradient), optimizer) in z.iter_mut().zip(&grad_z).zip(&mut z_optimizers) {
-            optimizer.step(code, gradient);
-        }
-        let done = step + 1;
-        let mean_loss = loss / tasks.len() as f32;
-        if done.is_multiple_of(options.eval_every.max(1)) || done == options.steps {
-            let mean = dev_accuracy(&u, &z)?;
-            if mean > best.0 {
-                best = (mean, u.clone());
-            }
-            progress.report(done as u64, mean_loss, Some(mean));
-        } else {
-            progress.report(done as u64, mean_loss, None);
-        }
+        loss
     }
-    progress.finish();
-    make(&best.1)
+
+    /// Selection as in the paper: the mean dev accuracy of every DET decoding its task's mixed
+    /// code (here the mix's centre, the mean of the task's codes).
+    fn dev_accuracy(&self, u: &[Array2<f32>], z: &[Vec<f32>]) -> anyhow::Result<f32> {
+        let n_dets = self.dets.len();
+        let centre = |t: usize| -> Vec<f32> {
+            (0..self.options.d)
+                .map(|i| (0..n_dets).map(|k| z[t * n_dets + k][i]).sum::<f32>() / n_dets as f32)
+                .collect()
+        };
+        let units: Vec<Unit> = (0..self.tasks.len())
+            .flat_map(|task| self.dets.iter().map(move |&det| Unit { task, det }))
+            .collect();
+        let codes: Vec<Vec<f32>> = units.iter().map(|unit| centre(unit.task)).collect();
+        let candidate = self.subspace(u)?;
+        let space = Space::Subspace {
+            subspace: &candidate,
+            head: HeadTuning::None,
+            train_z: true,
+        };
+        let dev = evaluate_values(
+            self.encoder,
+            self.tasks,
+            &units,
+            &space,
+            &codes,
+            Split::Dev,
+            self.options.eval_limit,
+        )?;
+        Ok(dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len() as f32)
+    }
+}
+
+/// The root mean square of `values` (at least 1e-12).
+fn rms(values: impl Iterator<Item = f32>) -> f32 {
+    let (sum, n) = values.fold((0.0f64, 0usize), |(s, n), v| (s + f64::from(v * v), n + 1));
+    ((sum / n.max(1) as f64).sqrt() as f32).max(1e-12)
 }
 
 /// The weight of each DET's code in the paper's random convex mix α z_A + β z_L + (1−α−β) z_P,

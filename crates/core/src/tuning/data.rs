@@ -237,10 +237,18 @@ fn read_split(path: &Path, labels: &[Label], max: Option<usize>) -> anyhow::Resu
     Ok(examples)
 }
 
+/// The `batch` training examples that stream `stream` (a unit, a task: whatever draws its own
+/// rows) takes at step `step` of a run seeded `seed`: [`epoch_indices`] of its own seed. Every
+/// training loop draws its minibatches here.
+pub fn minibatch(len: usize, seed: u64, stream: usize, step: usize, batch: usize) -> Vec<usize> {
+    let stream_seed = seed ^ (stream as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407);
+    epoch_indices(len, stream_seed, step * batch, batch)
+}
+
 /// Example indices for training step after step, in shuffled epochs: every example once per
 /// epoch. Stateless (a function of seed and position), so a resumed run draws what an
 /// uninterrupted one would.
-pub fn epoch_indices(len: usize, seed: u64, start: usize, count: usize) -> Vec<usize> {
+fn epoch_indices(len: usize, seed: u64, start: usize, count: usize) -> Vec<usize> {
     use rand::SeedableRng;
     if len == 0 {
         return Vec::new();

@@ -17,7 +17,7 @@ use ndarray::{Array1, Array2, Axis};
 use serde::Serialize;
 
 use super::batch::{self, Row, TrainTask};
-use super::data::{Split, epoch_indices};
+use super::data::{Split, minibatch};
 use super::eval::{self, Scores};
 use super::head::HeadTuning;
 use super::optim::{Optimizer, OptimizerKind};
@@ -269,300 +269,228 @@ pub struct StepReport<'a> {
     pub stopped: bool,
 }
 
+/// What [`fit`] trains: units of tasks, decoded through DETs in a space, on an encoder.
+#[derive(Clone, Copy)]
+pub struct Training<'a> {
+    pub encoder: &'a Encoder,
+    pub tasks: &'a [TrainTask],
+    pub units: &'a [Unit],
+    pub space: Space<'a>,
+}
+
 /// Trains every unit from `init` and returns the best parameters on dev.
 pub fn fit(
-    encoder: &Encoder,
-    tasks: &[TrainTask],
-    units: &[Unit],
-    space: Space<'_>,
+    training: Training<'_>,
     init: Vec<Vec<f32>>,
     options: &FitOptions,
     label: &str,
 ) -> anyhow::Result<FitResult> {
-    let mut ignore = |_: StepReport<'_>| Ok(());
-    fit_observed(
-        encoder,
-        tasks,
-        units,
-        space,
-        init,
-        options,
-        label,
-        &mut ignore,
-    )
+    fit_observed(training, init, options, label, &mut |_| Ok(()))
 }
 
 /// [`fit`], calling `observe` before the first step and after every step (after its evaluation,
 /// when it has one). Time spent in `observe` counts in neither [`FitResult::seconds`] nor
 /// [`StepReport::optimizing`].
-#[allow(clippy::too_many_arguments)]
 pub fn fit_observed(
-    encoder: &Encoder,
-    tasks: &[TrainTask],
-    units: &[Unit],
-    space: Space<'_>,
+    training: Training<'_>,
     init: Vec<Vec<f32>>,
     options: &FitOptions,
     label: &str,
     observe: &mut dyn FnMut(StepReport<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<FitResult> {
     let started = Instant::now();
-    let mut observing = Duration::ZERO;
-    let mut optimizing = Duration::ZERO;
-    let mut timed_observe = |report: StepReport<'_>| -> anyhow::Result<()> {
-        let observe_started = Instant::now();
-        observe(report)?;
-        observing += observe_started.elapsed();
-        Ok(())
-    };
-    let mut values = init;
-    // What a checkpoint must have been written by to be resumed here: the space, the seed, and
-    // each task's training set size (which --shots and --max-examples change).
-    let sizes: Vec<String> = tasks
-        .iter()
-        .map(|t| format!("{}:{}", t.data.name, t.data.train.len()))
-        .collect();
-    let run = format!(
-        "{} seed {} train {}",
-        space.describe(),
-        options.seed,
-        sizes.join(",")
-    );
-    let mut optimizers: Vec<Box<dyn Optimizer>> = values
-        .iter()
-        .map(|v| options.optimizer.build(v.len(), options.lr))
-        .collect();
-    let mut best = values.clone();
-    let mut best_dev = vec![
-        Scores {
-            accuracy: -1.0,
-            macro_f1: 0.0,
-            n: 0
-        };
-        units.len()
-    ];
-    let mut best_step = vec![0; units.len()];
-    let mut stale = vec![0; units.len()];
-    let mut losses = Vec::new();
-    let mut start_step = 0;
-    if let Some(path) = options.checkpoint.as_ref().filter(|p| p.is_file()) {
-        let state = Checkpoint::read(path, units, &run)?;
-        tracing::info!(step = state.step, checkpoint = %path.display(), "resuming");
-        start_step = state.step;
-        values = state.values;
-        best = state.best;
-        best_dev = state.best_dev;
-        best_step = state.best_step;
-        stale = state.stale;
-        for (optimizer, saved) in optimizers.iter_mut().zip(&state.optimizers) {
-            anyhow::ensure!(
-                optimizer.restore(saved),
-                "checkpoint {} has another optimizer state",
-                path.display()
-            );
-        }
-    }
-    let progress = Progress::new(label, options.steps as u64);
-    progress.set_position(start_step as u64);
-    timed_observe(StepReport {
-        step: start_step,
-        values: &values,
-        optimizing,
-        loss: None,
-        dev: None,
-        stopped: false,
-    })?;
-    let training =
-        |stale: &[usize], index: usize| options.patience.is_none_or(|p| stale[index] < p);
-    for step in start_step..options.steps {
-        let active: Vec<usize> = (0..units.len()).filter(|&u| training(&stale, u)).collect();
-        if active.is_empty() {
-            tracing::info!(step, "every unit has stopped early");
-            timed_observe(StepReport {
+    let (mut observing, mut optimizing) = (Duration::ZERO, Duration::ZERO);
+    let mut report =
+        |step, values: &[Vec<f32>], optimizing, loss, dev: Option<&[Scores]>, stopped| {
+            let observe_started = Instant::now();
+            observe(StepReport {
                 step,
-                values: &values,
+                values,
                 optimizing,
-                loss: None,
-                dev: None,
-                stopped: true,
+                loss,
+                dev,
+                stopped,
             })?;
+            observing += observe_started.elapsed();
+            anyhow::Ok(())
+        };
+    let run = run_id(&training, options);
+    let mut state = FitState::new(init, options);
+    if let Some(path) = options.checkpoint.as_ref().filter(|p| p.is_file()) {
+        state.resume(path, training.units, &run)?;
+        tracing::info!(step = state.step, checkpoint = %path.display(), "resuming");
+    }
+    let mut losses = Vec::new();
+    let progress = Progress::new(label, options.steps as u64);
+    progress.set_position(state.step as u64);
+    report(state.step, &state.values, optimizing, None, None, false)?;
+    while state.step < options.steps {
+        let active = state.active(options.patience);
+        if active.is_empty() {
+            tracing::info!(step = state.step, "every unit has stopped early");
+            report(state.step, &state.values, optimizing, None, None, true)?;
             break;
         }
         let step_started = Instant::now();
-        let realised = space.realise(encoder, tasks, units, &values)?;
-        let (rows, unit_of_row) = step_rows(tasks, units, &realised, &active, options, step);
-        let mut gradients: Vec<Vec<f32>> = values.iter().map(|v| vec![0.0; v.len()]).collect();
-        let mut loss = 0.0;
-        let run_rows = options.run_rows.max(1);
-        for (chunk, chunk_units) in rows.chunks(run_rows).zip(unit_of_row.chunks(run_rows)) {
-            let run = batch::gradients(encoder, chunk, &realised.params)?;
-            loss += run.output.loss;
-            let ran = Ran {
-                rows: chunk,
-                units: chunk_units,
-                gradients: &run,
-            };
-            accumulate(
-                &space,
-                encoder,
-                tasks,
-                units,
-                &realised,
-                &values,
-                &ran,
-                &mut gradients,
-            )?;
-        }
-        for &index in &active {
-            optimizers[index].step(&mut values[index], &gradients[index]);
-        }
+        let loss = train_step(&training, &mut state, &active, options)?;
         optimizing += step_started.elapsed();
-        let mean_loss = loss / active.len() as f32;
-        losses.push((step + 1, mean_loss));
-        let done = step + 1;
+        losses.push((state.step, loss));
         let out_of_time = options
             .max_seconds
             .is_some_and(|limit| started.elapsed().as_secs_f64() >= limit);
-        if !(done.is_multiple_of(options.eval_every.max(1)) || done == options.steps || out_of_time)
-        {
-            progress.report(done as u64, mean_loss, None);
-            timed_observe(StepReport {
-                step: done,
-                values: &values,
+        let due = state.step.is_multiple_of(options.eval_every.max(1));
+        if !(due || state.step == options.steps || out_of_time) {
+            progress.report(state.step as u64, loss, None);
+            report(
+                state.step,
+                &state.values,
                 optimizing,
-                loss: Some(mean_loss),
-                dev: None,
-                stopped: false,
-            })?;
+                Some(loss),
+                None,
+                false,
+            )?;
             continue;
         }
         let dev = evaluate_values(
-            encoder,
-            tasks,
-            units,
-            &space,
-            &values,
+            training.encoder,
+            training.tasks,
+            training.units,
+            &training.space,
+            &state.values,
             Split::Dev,
             options.eval_limit,
         )?;
-        for &index in &active {
-            if dev[index].accuracy > best_dev[index].accuracy {
-                best_dev[index] = dev[index];
-                best[index] = values[index].clone();
-                best_step[index] = done;
-                stale[index] = 0;
-            } else {
-                stale[index] += 1;
-                if !training(&stale, index) {
-                    tracing::info!(
-                        unit = index,
-                        step = done,
-                        best_step = best_step[index],
-                        "stopped early"
-                    );
-                }
-            }
-        }
+        state.record_dev(&active, &dev, options.patience);
         let mean_dev = dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len().max(1) as f32;
-        progress.report(done as u64, mean_loss, Some(mean_dev));
-        tracing::debug!(
-            step = done,
-            loss = mean_loss,
-            dev_accuracy = mean_dev,
-            "evaluated"
-        );
+        progress.report(state.step as u64, loss, Some(mean_dev));
         if let Some(path) = &options.checkpoint {
-            let state = Checkpoint {
-                step: done,
-                values: values.clone(),
-                best: best.clone(),
-                best_dev: best_dev.clone(),
-                best_step: best_step.clone(),
-                stale: stale.clone(),
-                optimizers: optimizers.iter().map(|o| o.state()).collect(),
-            };
-            state.write(path, units, &run)?;
+            state.write(path, training.units, &run)?;
         }
-        timed_observe(StepReport {
-            step: done,
-            values: &values,
+        report(
+            state.step,
+            &state.values,
             optimizing,
-            loss: Some(mean_loss),
-            dev: Some(&dev),
-            stopped: false,
-        })?;
+            Some(loss),
+            Some(&dev),
+            false,
+        )?;
         if out_of_time {
-            tracing::info!(step = done, "out of time: the run ends here");
+            tracing::info!(step = state.step, "out of time: the run ends here");
             break;
         }
     }
     progress.finish();
     Ok(FitResult {
-        best,
-        best_dev,
-        best_step,
+        best: state.best,
+        best_dev: state.best_dev,
+        best_step: state.best_step,
         losses,
         seconds: started.elapsed().saturating_sub(observing).as_secs_f64(),
     })
 }
 
-/// The training rows of one step: `options.batch` rows of every active unit, drawn by a
-/// stateless function of (seed, unit, step), each with the index of the unit it belongs to.
+/// Names what a checkpoint must have been written by to be resumed: the space, the seed, and
+/// each task's training set size (which --shots and --max-examples change).
+fn run_id(training: &Training<'_>, options: &FitOptions) -> String {
+    let sizes: Vec<String> = training
+        .tasks
+        .iter()
+        .map(|t| format!("{}:{}", t.data.name, t.data.train.len()))
+        .collect();
+    format!(
+        "{} seed {} train {}",
+        training.space.describe(),
+        options.seed,
+        sizes.join(",")
+    )
+}
+
+/// One optimizer step of the `active` units: their rows through the encoder in runs of
+/// `options.run_rows`, each unit's gradient summed over its rows, one update each. Returns the
+/// mean training loss over the active units.
+fn train_step(
+    training: &Training<'_>,
+    state: &mut FitState,
+    active: &[usize],
+    options: &FitOptions,
+) -> anyhow::Result<f32> {
+    let realised = training.space.realise(
+        training.encoder,
+        training.tasks,
+        training.units,
+        &state.values,
+    )?;
+    let rows = step_rows(training, &realised, active, options, state.step);
+    let mut gradients: Vec<Vec<f32>> = state.values.iter().map(|v| vec![0.0; v.len()]).collect();
+    let mut loss = 0.0;
+    for chunk in rows.chunks(options.run_rows.max(1)) {
+        let run_rows: Vec<Row<'_>> = chunk.iter().map(|row| row.row).collect();
+        let run = batch::gradients(training.encoder, &run_rows, &realised.params)?;
+        loss += run.output.loss;
+        accumulate(
+            training,
+            &realised,
+            &state.values,
+            chunk,
+            &run,
+            &mut gradients,
+        )?;
+    }
+    for &index in active {
+        state.optimizers[index].step(&mut state.values[index], &gradients[index]);
+    }
+    state.step += 1;
+    Ok(loss / active.len() as f32)
+}
+
+/// A training row and the unit it belongs to.
+#[derive(Clone, Copy)]
+struct UnitRow<'a> {
+    unit: usize,
+    row: Row<'a>,
+}
+
+/// The training rows of one step: `options.batch` rows of every active unit
+/// ([`minibatch`], one stream per unit).
 fn step_rows<'a>(
-    tasks: &'a [TrainTask],
-    units: &[Unit],
+    training: &Training<'a>,
     realised: &'a Realised,
     active: &[usize],
     options: &FitOptions,
     step: usize,
-) -> (Vec<Row<'a>>, Vec<usize>) {
+) -> Vec<UnitRow<'a>> {
     let mut rows = Vec::with_capacity(active.len() * options.batch);
-    let mut unit_of_row = Vec::with_capacity(active.len() * options.batch);
     for &index in active {
-        let unit = units[index];
-        let task = &tasks[unit.task];
-        let unit_seed = options.seed ^ ((index as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
-        for example in epoch_indices(
-            task.data.train.len(),
-            unit_seed,
-            step * options.batch,
-            options.batch,
-        ) {
-            rows.push(Row {
+        let unit = training.units[index];
+        let task = &training.tasks[unit.task];
+        let train = &task.data.train;
+        for example in minibatch(train.len(), options.seed, index, step, options.batch) {
+            let row = Row {
                 task: unit.task,
-                example: &task.data.train[example],
+                example: &train[example],
                 det: unit.det,
                 z: &realised.codes[index],
                 weight: 1.0 / options.batch as f32,
                 classes: realised.classes_of(index, task),
-            });
-            unit_of_row.push(index);
+            };
+            rows.push(UnitRow { unit: index, row });
         }
     }
-    (rows, unit_of_row)
+    rows
 }
 
-/// One encoder run's rows, the unit of each row, and what the gradient graph gave for them.
-struct Ran<'r, 'a> {
-    rows: &'r [Row<'a>],
-    units: &'r [usize],
-    gradients: &'r batch::RowGradients,
-}
-
-/// Adds each unit's gradient from one run to `gradients`.
-#[allow(clippy::too_many_arguments)]
+/// Adds each unit's gradient from one encoder run of `rows` to `gradients`.
 fn accumulate(
-    space: &Space<'_>,
-    encoder: &Encoder,
-    tasks: &[TrainTask],
-    units: &[Unit],
+    training: &Training<'_>,
     realised: &Realised,
     values: &[Vec<f32>],
-    ran: &Ran<'_, '_>,
+    rows: &[UnitRow<'_>],
+    run: &batch::RowGradients,
     gradients: &mut [Vec<f32>],
 ) -> anyhow::Result<()> {
-    let output = &ran.gradients.output;
-    match space {
+    let (encoder, units) = (training.encoder, training.units);
+    let output = &run.output;
+    match training.space {
         Space::Subspace {
             subspace,
             head,
@@ -570,18 +498,18 @@ fn accumulate(
         } => {
             let d = subspace.d();
             let logit_scale = encoder.manifest().logit_scale;
-            for (index, (row, &unit)) in ran.rows.iter().zip(ran.units).enumerate() {
-                let gradient = &mut gradients[unit];
-                if *train_z {
+            for (index, UnitRow { unit, row }) in rows.iter().enumerate() {
+                let gradient = &mut gradients[*unit];
+                if train_z {
                     for (g, v) in gradient.iter_mut().zip(output.grad_z.row(index)) {
                         *g += v;
                     }
                 }
-                let offset = ran.gradients.class_offset[index];
+                let offset = run.class_offset[index];
                 let logits = output.logits.row(index);
                 head.accumulate(
-                    &tasks[units[unit].task].descriptions,
-                    &values[unit][d..],
+                    &training.tasks[units[*unit].task].descriptions,
+                    &values[*unit][d..],
                     logits.slice(ndarray::s![offset..offset + row.classes.len()]),
                     output.embeddings.index_axis(Axis(0), index),
                     row.example.label,
@@ -593,7 +521,7 @@ fn accumulate(
         }
         Space::Original { .. } => {
             let mut seen = vec![false; units.len()];
-            for &unit in ran.units {
+            for &UnitRow { unit, .. } in rows {
                 if std::mem::replace(&mut seen[unit], true) {
                     continue;
                 }
@@ -646,19 +574,72 @@ pub fn evaluate_values(
     )
 }
 
-/// Everything needed to continue a run where it stopped.
-struct Checkpoint {
+/// Where a run of [`fit`] stands, and so its checkpoint: everything needed to continue it.
+struct FitState {
+    /// Steps done.
     step: usize,
+    /// Every unit's current parameters.
     values: Vec<Vec<f32>>,
+    /// Every unit's parameters at its best dev accuracy so far, that accuracy, and its step.
     best: Vec<Vec<f32>>,
     best_dev: Vec<Scores>,
     best_step: Vec<usize>,
     /// Evaluations since each unit's last improvement on dev (early stopping).
     stale: Vec<usize>,
-    optimizers: Vec<Vec<f32>>,
+    optimizers: Vec<Box<dyn Optimizer>>,
 }
 
-impl Checkpoint {
+impl FitState {
+    /// A run about to take its first step from `init`.
+    fn new(init: Vec<Vec<f32>>, options: &FitOptions) -> Self {
+        let units = init.len();
+        let never = Scores {
+            accuracy: -1.0,
+            macro_f1: 0.0,
+            n: 0,
+        };
+        Self {
+            step: 0,
+            optimizers: init
+                .iter()
+                .map(|v| options.optimizer.build(v.len(), options.lr))
+                .collect(),
+            best: init.clone(),
+            values: init,
+            best_dev: vec![never; units],
+            best_step: vec![0; units],
+            stale: vec![0; units],
+        }
+    }
+
+    /// The units still training: those whose dev accuracy improved within `patience`
+    /// evaluations (all of them when there is no patience).
+    fn active(&self, patience: Option<usize>) -> Vec<usize> {
+        (0..self.values.len())
+            .filter(|&unit| patience.is_none_or(|p| self.stale[unit] < p))
+            .collect()
+    }
+
+    /// Keeps each active unit's values if `dev` is its best accuracy so far, and counts an
+    /// evaluation without improvement otherwise.
+    fn record_dev(&mut self, active: &[usize], dev: &[Scores], patience: Option<usize>) {
+        for &unit in active {
+            if dev[unit].accuracy > self.best_dev[unit].accuracy {
+                self.best_dev[unit] = dev[unit];
+                self.best[unit] = self.values[unit].clone();
+                self.best_step[unit] = self.step;
+                self.stale[unit] = 0;
+                continue;
+            }
+            self.stale[unit] += 1;
+            if patience == Some(self.stale[unit]) {
+                let (step, best_step) = (self.step, self.best_step[unit]);
+                tracing::info!(unit, step, best_step, "stopped early");
+            }
+        }
+    }
+
+    /// Writes the checkpoint of run `run` (see `run_id`).
     fn write(&self, path: &std::path::Path, units: &[Unit], run: &str) -> anyhow::Result<()> {
         let mut names = Vec::new();
         for (index, ((value, best), optimizer)) in self
@@ -670,7 +651,7 @@ impl Checkpoint {
         {
             names.push((format!("value.{index}"), value.clone()));
             names.push((format!("best.{index}"), best.clone()));
-            names.push((format!("optimizer.{index}"), optimizer.clone()));
+            names.push((format!("optimizer.{index}"), optimizer.state()));
         }
         let shapes: Vec<[usize; 1]> = names.iter().map(|(_, v)| [v.len()]).collect();
         let tensors: Vec<(&str, &[usize], &[f32])> = names
@@ -696,7 +677,8 @@ impl Checkpoint {
         Ok(())
     }
 
-    fn read(path: &std::path::Path, units: &[Unit], run: &str) -> anyhow::Result<Self> {
+    /// Continues from the checkpoint at `path`, which run `run` must have written.
+    fn resume(&mut self, path: &std::path::Path, units: &[Unit], run: &str) -> anyhow::Result<()> {
         let mut file = TensorFile::read(path)?;
         let meta = |key: &str| {
             file.metadata
@@ -741,20 +723,17 @@ impl Checkpoint {
             units.len()
         );
         let mut take = |name: String| file.take(&name).map(|t| t.values);
-        let (mut values, mut best, mut optimizers) = (Vec::new(), Vec::new(), Vec::new());
         for index in 0..units.len() {
-            values.push(take(format!("value.{index}"))?);
-            best.push(take(format!("best.{index}"))?);
-            optimizers.push(take(format!("optimizer.{index}"))?);
+            self.values[index] = take(format!("value.{index}"))?;
+            self.best[index] = take(format!("best.{index}"))?;
+            let optimizer = take(format!("optimizer.{index}"))?;
+            anyhow::ensure!(
+                self.optimizers[index].restore(&optimizer),
+                "checkpoint {} has another optimizer state",
+                path.display()
+            );
         }
-        Ok(Self {
-            step,
-            values,
-            best,
-            best_dev,
-            best_step,
-            stale,
-            optimizers,
-        })
+        (self.step, self.best_dev, self.best_step, self.stale) = (step, best_dev, best_step, stale);
+        Ok(())
     }
 }

@@ -14,9 +14,11 @@ use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 
 use super::batch::{EncodedRows, Row, TrainTask, row_losses};
-use super::data::{Split, epoch_indices};
+use super::data::{Split, minibatch};
 use super::eval::Scores;
-use super::fit::{FitOptions, Schedule, Space, StepReport, Unit, evaluate_values, fit_observed};
+use super::fit::{
+    FitOptions, Schedule, Space, StepReport, Training, Unit, evaluate_values, fit_observed,
+};
 use super::head::HeadTuning;
 use super::optim::CmaEs;
 use super::progress::Progress;
@@ -146,16 +148,13 @@ pub fn tune_gradient(
     };
     let names: Vec<String> = dets.iter().map(ToString::to_string).collect();
     let label = format!("tune {}", names.join("+"));
-    let result = fit_observed(
+    let training = Training {
         encoder,
         tasks,
-        &units,
+        units: &units,
         space,
-        init,
-        options,
-        &label,
-        &mut observe,
-    )?;
+    };
+    let result = fit_observed(training, init, options, &label, &mut observe)?;
     finish(
         encoder,
         space,
@@ -230,10 +229,11 @@ pub fn tune_cmaes(
             let generation_started = Instant::now();
             let candidates = search.ask();
             let train = &task.data.train;
-            let picks = epoch_indices(
+            let picks = minibatch(
                 train.len(),
-                options.seed ^ task_index as u64,
-                generation * options.batch,
+                options.seed,
+                task_index,
+                generation,
                 options.batch,
             );
             let rows: Vec<Row> = candidates
