@@ -100,7 +100,7 @@ pub fn commit(
     }
     // Tasks with the same labels share their embeddings: only new labels cost an encoder run.
     let labels = label_set(&core.store, &core.encoder, &task.labels)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(|e| ApiError::Internal(e.into()))?;
     let subspace_id = core.subspace.id();
     Ok(core
         .store

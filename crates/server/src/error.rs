@@ -60,9 +60,9 @@ pub enum ApiError {
     /// predictions go on from memory.
     #[error("the task store is unavailable, so writes are refused for now ({0}); retry later")]
     StoreUnavailable(String),
-    /// Anything the client cannot fix; the message is logged, the client sees a generic one.
-    #[error("{0}")]
-    Internal(String),
+    /// Anything the client cannot fix; its causes are logged, the client sees a generic message.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ApiError {
@@ -116,8 +116,8 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         let message = if status.is_server_error() {
-            if let Self::Internal(detail) = self {
-                tracing::error!(error = %detail, "request failed");
+            if let Self::Internal(cause) = self {
+                tracing::error!(error = %error_chain(cause.as_ref()), "request failed");
             }
             match self {
                 Self::Internal(_) => "internal error; see the server log".to_string(),
@@ -175,7 +175,7 @@ impl From<BatchError> for ApiError {
         match error {
             BatchError::QueueFull => Self::Overloaded,
             BatchError::ShuttingDown => Self::ShuttingDown,
-            BatchError::Inference(message) => Self::Internal(message),
+            other => Self::Internal(other.into()),
         }
     }
 }
@@ -193,7 +193,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(name) => Self::TaskNotFound(name),
             StoreError::Full { .. } => Self::TooManyTasks(error.to_string()),
             // The log gets the whole chain (SQLSTATE and message); the client a generic line.
-            other => Self::Internal(error_chain(&other)),
+            other => Self::Internal(other.into()),
         }
     }
 }
@@ -224,7 +224,8 @@ mod tests {
                 .unwrap_or_default()
                 .contains("sst2")
         );
-        let internal = ApiError::Internal("disk /secret/path is full".into());
+        let internal =
+            ApiError::Internal(std::io::Error::other("disk /secret/path is full").into());
         let message = body(&internal)["error"]["message"].to_string();
         assert!(!message.contains("secret"), "{message}");
         let echo = ApiError::InvalidRequest(format!("unknown DET {:?}", "é".repeat(100_000)));

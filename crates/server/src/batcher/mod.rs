@@ -27,8 +27,15 @@ pub enum BatchError {
     QueueFull,
     #[error("the server is shutting down")]
     ShuttingDown,
-    #[error("inference failed: {0}")]
-    Inference(String),
+    /// The batch's encoder run failed; every request of the batch gets the same cause.
+    #[error("inference failed")]
+    Inference(#[source] Arc<ClassifyError>),
+    /// The run returned another number of embeddings than the batch had rows.
+    #[error("the encoder run gave {got} embeddings for {rows} rows")]
+    WrongRows { got: usize, rows: usize },
+    /// The batch went down with its thread before answering.
+    #[error("the batch was lost")]
+    Lost,
 }
 
 /// One request's rows: its texts, tokenized once (by the handler, which sized the request with
@@ -117,9 +124,7 @@ impl BatcherHandle {
                 mpsc::error::TrySendError::Closed(_) => BatchError::ShuttingDown,
             });
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(BatchError::Inference("the batch was lost".into())))
+        answer.await.unwrap_or_else(|_| Err(BatchError::Lost))
     }
 
     /// True when no request is queued or running.
@@ -329,20 +334,20 @@ async fn run_batch(batch: Vec<Job>, runner: Runner, metrics: Arc<Metrics>) {
                 start = end;
             }
         }
-        Ok(embeddings) => fail(
-            batch,
-            &format!("{} embeddings for {rows} rows", embeddings.nrows()),
-        ),
-        Err(error) => fail(batch, &error.to_string()),
+        Ok(embeddings) => {
+            let got = embeddings.nrows();
+            fail(batch, BatchError::WrongRows { got, rows })
+        }
+        Err(error) => fail(batch, BatchError::Inference(Arc::new(error))),
     }
 }
 
-fn fail(batch: Vec<Job>, message: &str) {
-    tracing::error!(error = message, rows = batch.len(), "batch failed");
+/// Answers every request of `batch` with `error`, logged once with its causes.
+fn fail(batch: Vec<Job>, error: BatchError) {
+    let chain = crate::store::error_chain(&error);
+    tracing::error!(error = %chain, rows = batch.len(), "batch failed");
     for job in batch {
-        let _ = job
-            .reply
-            .send(Err(BatchError::Inference(message.to_string())));
+        let _ = job.reply.send(Err(error.clone()));
     }
 }
 
@@ -353,6 +358,7 @@ mod tests {
 
     use super::policy::tests::limits;
     use super::*;
+    use deltaspace_core::model::ModelError;
 
     /// A runner that records each batch's row count and returns zeros.
     fn recording_runner() -> (Runner, Arc<Mutex<Vec<usize>>>) {
@@ -417,6 +423,21 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), vec![5]);
         assert_eq!(first.column(0).to_vec(), vec![1.0; 2]);
         assert_eq!(second.column(0).to_vec(), vec![2.0; 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_run_answers_every_request_of_its_batch_with_its_cause() {
+        let runner: Runner = Arc::new(|_: &Tokens, _: &[Code<'_>]| {
+            Err(ModelError::Shape("three rows, two embeddings".into()).into())
+        });
+        let (handle, _task) = spawn(limits(8, 10_000), runner, Arc::new(Metrics::new()));
+        let answers = [submit(&handle, 1.0, 2), submit(&handle, 2.0, 1)];
+        for answer in answers {
+            let error = answer.await.unwrap().unwrap_err();
+            assert!(matches!(error, BatchError::Inference(_)), "{error:?}");
+            let chain = crate::store::error_chain(&error);
+            assert!(chain.contains("three rows, two embeddings"), "{chain}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
