@@ -539,7 +539,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = Runtime::load(RuntimeOptions {
         provider: args.provider,
         intra_threads: args.threads,
-        library: None,
+        library: deltaspace::config::ort_library_from_env(),
     })?;
     let dir = ModelDir::new(
         &args.model,
@@ -685,7 +685,7 @@ fn parity(
     let reference_runtime = Runtime::load(RuntimeOptions {
         provider: args.reference_provider,
         intra_threads: 0,
-        library: None,
+        library: deltaspace::config::ort_library_from_env(),
     })?;
     let reference_dir = ModelDir::new(
         &args.model,

@@ -279,7 +279,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = Runtime::load(RuntimeOptions {
         provider: ProviderChoice::Cpu,
         intra_threads: args.threads,
-        library: None,
+        library: deltaspace::config::ort_library_from_env(),
     })?;
     let encoder = Encoder::load(&runtime, &args.model, &EncoderOptions::default())
         .with_context(|| format!("loading {}", args.model.display()))?;

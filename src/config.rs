@@ -229,13 +229,22 @@ impl Config {
 
     /// Options for [`crate::runtime::Runtime::load`].
     pub fn runtime_options(&self) -> RuntimeOptions {
+        let library = match self.runtime.library.as_str() {
+            "" => ort_library_from_env(),
+            path => Some(PathBuf::from(path)),
+        };
         RuntimeOptions {
             provider: self.runtime.provider,
             intra_threads: self.runtime.intra_threads,
-            library: (!self.runtime.library.is_empty())
-                .then(|| PathBuf::from(&self.runtime.library)),
+            library,
         }
     }
+}
+
+/// `ORT_DYLIB_PATH`, ONNX Runtime's own variable for its library, when set: the library to load
+/// unless `[runtime] library` names one (the benches read it here too).
+pub fn ort_library_from_env() -> Option<PathBuf> {
+    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from)
 }
 
 /// Applies `DELTASPACE_<SECTION>_<KEY>=value` overrides. A value is read as TOML when it parses

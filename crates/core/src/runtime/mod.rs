@@ -96,7 +96,8 @@ pub struct RuntimeOptions {
     pub provider: ProviderChoice,
     /// ORT intra-op threads per session; 0 lets ORT decide (one per core).
     pub intra_threads: usize,
-    /// Explicit library path; otherwise ORT_DYLIB_PATH, beside the binary, then the repo's copy.
+    /// Explicit library path (the edge fills it from `[runtime] library` or `ORT_DYLIB_PATH`);
+    /// otherwise beside the binary, then the repo's copy.
     pub library: Option<PathBuf>,
 }
 
@@ -287,15 +288,13 @@ fn environment(
     Ok((env, path))
 }
 
-/// An explicit path, else ORT_DYLIB_PATH when set, else `libonnxruntime.so` beside the binary (and in `lib/` beside it), then the
-/// repository's own copy (relative to the working directory, then to this crate's source).
+/// An explicit path (the only place to look), else `libonnxruntime.so` beside the binary (and in
+/// `lib/` beside it), then the repository's own copy (relative to the working directory, then to
+/// this crate's source).
 fn find_library(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(path) = explicit {
         candidates.push(path.to_path_buf());
-    } else if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
-        // Set by the user: the only place to look.
-        candidates.push(PathBuf::from(path));
     } else {
         if let Some(dir) = std::env::current_exe()
             .ok()
