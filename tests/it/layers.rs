@@ -202,3 +202,42 @@ fn a_grouped_use_of_a_module_to_the_right_is_caught() {
         .collect();
     assert_eq!(names.crate_modules, expected);
 }
+
+/// Finds reads of the process environment (`std::env::var`, `env::vars_os`, …).
+#[derive(Default)]
+struct EnvReads(usize);
+
+impl<'ast> Visit<'ast> for EnvReads {
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        let names: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+        let reads = names.windows(2).any(|pair| {
+            pair[0] == "env" && ["var", "var_os", "vars", "vars_os"].contains(&pair[1].as_str())
+        });
+        self.0 += usize::from(reads);
+        syn::visit::visit_path(self, path);
+    }
+}
+
+#[test]
+fn only_the_edge_reads_the_environment() {
+    let mut files = Vec::new();
+    for dir in ["crates/core/src", "crates/server/src", "crates/train/src"] {
+        sources(&root().join(dir), &mut files);
+    }
+    assert!(files.len() > 30, "the crates' sources were found");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let syntax = syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let mut reads = EnvReads::default();
+        reads.visit_file(&syntax);
+        assert_eq!(
+            reads.0,
+            0,
+            "{} reads the environment; only config and cli may",
+            file.display()
+        );
+    }
+    let mut probe = EnvReads::default();
+    probe.visit_file(&syn::parse_str("fn f() { std::env::var_os(\"X\"); }").unwrap());
+    assert_eq!(probe.0, 1, "the probe finds a read");
+}
