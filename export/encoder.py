@@ -152,16 +152,18 @@ def init_theta0(layout: Layout, seed: int) -> dict[str, torch.Tensor]:
 
 @dataclass
 class RowDets:
-    """Every row's DET parameters: {slot: [batch, layers, *shape]} per DET (see Layout.slots)."""
+    """Every row's DET parameters: {slot: [batch, layers, *shape]} per DET (see Layout.slots). A DET that is None
+    has no plug points in the graph at all (the one-DET serving graphs)."""
 
-    lora: dict[str, torch.Tensor]
-    adapter: dict[str, torch.Tensor]
-    prefix: dict[str, torch.Tensor]
+    lora: dict[str, torch.Tensor] | None
+    adapter: dict[str, torch.Tensor] | None
+    prefix: dict[str, torch.Tensor] | None
     prefix_on: torch.Tensor  # [batch] 1.0 = attend to the row's prefix slots, 0.0 = mask them out
 
     def layer(self, l: int) -> dict[str, torch.Tensor]:
-        """The tensors of layer l as {"lora.q_a": [batch, r, H], ...}."""
-        return {f"{det}.{slot}": t[:, l] for det in DETS for slot, t in getattr(self, det).items()}
+        """The tensors of layer l as {"lora.q_a": [batch, r, H], ...}, for the DETs present."""
+        present = [det for det in DETS if getattr(self, det) is not None]
+        return {f"{det}.{slot}": t[:, l] for det in present for slot, t in getattr(self, det).items()}
 
 
 # Checkpoint tensors the encoder does not use: position_ids is 0..n-1, and mean pooling replaces BERT's pooler.
@@ -254,7 +256,7 @@ class Bert(torch.nn.Module):
         )  # [B, S, H]
         x = self._layer_norm(x, "embeddings.LayerNorm")
         keep = attention_mask.to(x.dtype)  # [B, S] 1 = attend to this key
-        if dets is not None:
+        if dets is not None and dets.prefix is not None:
             prefix_keep = dets.prefix_on[:, None].expand(B, self.det.prefix_length)  # [B, P]
             keep = torch.cat([prefix_keep, keep], dim=1)  # [B, P + S]: the prefix keys come first
         bias = ((1.0 - keep) * -1e9)[:, None, None, :]  # [B, 1, 1, keys], added to the attention scores
@@ -267,6 +269,16 @@ class Bert(torch.nn.Module):
         """Serving: each row's code z [batch, d] and det_select [batch, 3] -> embeddings [batch, H]."""
         dets = self.decode_z(z, det_select, U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix)
         return self.encode(input_ids, attention_mask, token_type_ids, dets)
+
+    def encode_one_det(self, det: str, input_ids, attention_mask, token_type_ids, z, U, base) -> torch.Tensor:
+        """Serving a batch whose rows all use one DET: each row's code z [batch, d] decoded through that DET's U and
+        base -> embeddings [batch, H]. The same as encode_z with det_select one-hot on det, without the other DETs'
+        plug points (so without their cost)."""
+        theta = base + z @ U.T  # [B, D]
+        parts = {other: None for other in DETS}
+        parts[det] = self.layout.unflatten(det, theta)
+        prefix_on = torch.ones_like(z[:, 0])  # [B]: every row of the prefix graph attends to its prefix
+        return self.encode(input_ids, attention_mask, token_type_ids, RowDets(**parts, prefix_on=prefix_on))
 
     def loss_and_grads(self, input_ids, attention_mask, token_type_ids, targets, class_mask, logit_bias, labels,
                        row_weight, z, det_select, U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix,
@@ -304,17 +316,19 @@ class Bert(torch.nn.Module):
         q = self._linear(x, p + "attention.self.query")  # [B, S, H]
         k = self._linear(x, p + "attention.self.key")
         v = self._linear(x, p + "attention.self.value")
-        if det is not None:
+        det = det or {}
+        if "lora.q_a" in det:
             q = q + self.det.lora_scale * low_rank(x, det["lora.q_a"], det["lora.q_b"])
             v = v + self.det.lora_scale * low_rank(x, det["lora.v_a"], det["lora.v_b"])
+        if "prefix.k" in det:
             k = torch.cat([det["prefix.k"], k], dim=1)  # [B, P + S, H]
             v = torch.cat([det["prefix.v"], v], dim=1)
         a = self._linear(self._attention(q, k, v, bias), p + "attention.output.dense")  # [B, S, H]
-        if det is not None:
+        if "adapter.att_down" in det:
             a = adapter(a, det["adapter.att_down"], det["adapter.att_up"])
         a = self._layer_norm(a + x, p + "attention.output.LayerNorm")
         f = self._linear(F.gelu(self._linear(a, p + "intermediate.dense")), p + "output.dense")  # [B, S, H]
-        if det is not None:
+        if "adapter.ffn_down" in det:
             f = adapter(f, det["adapter.ffn_down"], det["adapter.ffn_up"])
         return self._layer_norm(f + a, p + "output.LayerNorm")
 

@@ -1,8 +1,12 @@
-"""The three ONNX graphs: their inputs and outputs, the modules that are traced, and the export itself.
+"""The ONNX graphs: their inputs and outputs, the modules that are traced, and the export itself.
 
-    serve  tokens + z-level inputs                                   -> embeddings
+    serve        tokens + z-level inputs                                   -> embeddings
+    serve_<det>  tokens + z, U_<det>, base_<det>: every row through one DET -> embeddings (no other DET's ops)
     grad   tokens + targets, class_mask, logit_bias, labels, row_weight + z-level -> loss, logits, embeddings, gradients
     plain  tokens                                                     -> embeddings (no DET ops: the baseline)
+
+serve takes any mix of DETs per row but runs every DET's plug points on every row; a batch whose rows share one DET
+runs its serve_<det> graph instead, at nearly the plain graph's cost (issue 14).
 
 The recipe is the verified one of docs/design/gradient-export.md: serve and plain are plain dynamo exports; grad is first
 traced to one joint forward+backward graph with make_fx, which is then exported.
@@ -26,6 +30,7 @@ Z_LEVEL = ["z", "det_select", "U_lora", "base_lora", "U_adapter", "base_adapter"
 LOSS = ["targets", "class_mask", "logit_bias", "labels", "row_weight"]
 IO = {
     "serve": {"inputs": TOKENS + Z_LEVEL, "outputs": ["embeddings"]},
+    **{f"serve_{det}": {"inputs": TOKENS + ["z", f"U_{det}", f"base_{det}"], "outputs": ["embeddings"]} for det in DETS},
     "grad": {
         "inputs": TOKENS + LOSS + Z_LEVEL,
         "outputs": ["loss", "logits", "embeddings", "grad_z"] + [f"grad_{name}" for name in Z_LEVEL[2:]],
@@ -64,6 +69,17 @@ class Serve(torch.nn.Module):
                 U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix):
         return self.bert.encode_z(input_ids, attention_mask, token_type_ids, z, det_select,
                                   U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix)
+
+
+class ServeOneDet(torch.nn.Module):
+    """serve_<det>.onnx: tokens, z and one DET's U and base -> embeddings, every row through that DET."""
+
+    def __init__(self, bert: Bert, det: str):
+        super().__init__()
+        self.bert, self.det = bert, det
+
+    def forward(self, input_ids, attention_mask, token_type_ids, z, U, base):
+        return self.bert.encode_one_det(self.det, input_ids, attention_mask, token_type_ids, z, U, base)
 
 
 class Grad(torch.nn.Module):
@@ -116,6 +132,8 @@ def export_graph(bert: Bert, graph: str, path: Path, logit_scale: float) -> floa
             tracing_mode="symbolic",
             _allow_non_fake_inputs=True,
         )(*args)
+    elif graph.startswith("serve_"):
+        module = ServeOneDet(bert, graph.removeprefix("serve_"))
     else:
         module = Serve(bert) if graph == "serve" else Plain(bert)
     module.eval()  # nothing depends on it (no dropout); it silences the exporter's training-mode warning

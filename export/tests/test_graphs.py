@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from common import IO, assert_close, float64
+from encoder import DETS
 from graphs import DIMS, random_inputs
 
 # Run-time sizes, all different from the trace sizes (5, 37, 11, 7), including d = 1 and classes = 2.
@@ -22,6 +23,20 @@ def test_serve_matches_torch(model, sizes):
     inputs = inputs_for(model, "serve", sizes)
     expected = model.bert64.encode_z(*float64(inputs, "serve"))
     assert_close(f"{model.name} serve embeddings", model.run("serve", inputs)["embeddings"], expected)
+
+
+@pytest.mark.parametrize("det", DETS)
+@pytest.mark.parametrize("sizes", SIZES, ids=str)
+def test_one_det_graph_matches_torch_and_serve(model, det, sizes):
+    """serve_<det> gives every row what serve gives a row of that DET, and what PyTorch gives."""
+    inputs = inputs_for(model, "serve", sizes)
+    inputs["det_select"] = torch.zeros_like(inputs["det_select"])
+    inputs["det_select"][:, DETS.index(det)] = 1.0
+    graph = f"serve_{det}"
+    actual = model.run(graph, inputs)["embeddings"]
+    assert_close(f"{model.name} {graph} vs serve", actual, model.run("serve", inputs)["embeddings"])
+    expected = model.bert64.encode_one_det(det, *float64(inputs, graph))
+    assert_close(f"{model.name} {graph} embeddings", actual, expected)
 
 
 @pytest.mark.parametrize("sizes", SIZES, ids=str)

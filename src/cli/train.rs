@@ -124,10 +124,9 @@ impl TrainingArgs {
 
     fn encoder(&self, config: &Config) -> anyhow::Result<Encoder> {
         let options = EncoderOptions {
-            sessions: 1,
             with_grad: true,
-            with_plain: false,
             max_seq_len: self.max_seq_len,
+            ..EncoderOptions::default()
         };
         load_encoder(config, self.model.as_deref(), options)
     }

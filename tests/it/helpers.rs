@@ -26,10 +26,9 @@ pub fn runtime() -> Runtime {
 /// The tiny model with every graph loaded.
 pub fn tiny_encoder() -> Encoder {
     let options = EncoderOptions {
-        sessions: 1,
         with_grad: true,
         with_plain: true,
-        max_seq_len: None,
+        ..EncoderOptions::default()
     };
     Encoder::load(&runtime(), &tiny_dir(), &options).unwrap()
 }

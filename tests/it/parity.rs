@@ -1,10 +1,10 @@
 //! Rust through ONNX Runtime vs the PyTorch reference of the tiny model (relative error ≤ 1e-4),
 //! and batch invariance: a mixed batch equals one-by-one runs.
 
-use deltaspace::model::{Batch, DeltaParams, GradBatch, input};
+use deltaspace::model::{Batch, DeltaParams, Encoder, EncoderOptions, GradBatch, input};
 use ndarray::{Array2, s};
 
-use crate::helpers::{Reference, relative_error, tiny_encoder};
+use crate::helpers::{Reference, relative_error, runtime, tiny_dir, tiny_encoder};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -166,6 +166,42 @@ fn a_batch_mixing_tasks_and_dets_equals_one_by_one_runs() {
         assert!(
             error <= 1e-5,
             "row {row}: alone vs in a mixed batch, relative error {error}"
+        );
+    }
+}
+
+#[test]
+fn a_batch_of_one_det_runs_that_dets_own_graph_and_gets_what_serve_gives() {
+    let encoder = tiny_encoder();
+    assert_eq!(encoder.one_det_graphs(), ["lora", "adapter", "prefix"]);
+    let options = EncoderOptions {
+        one_det_graphs: false,
+        ..EncoderOptions::default()
+    };
+    let serve_only = Encoder::load(&runtime(), &tiny_dir(), &options).unwrap();
+    assert!(serve_only.one_det_graphs().is_empty());
+    let reference = Reference::load();
+    let params = reference.params(&encoder);
+    let inputs = reference.inputs();
+    let tokens = encoder.tokenize(&inputs).unwrap();
+    let z = reference.f2(input::Z);
+    let frozen = encoder.embed_frozen(&inputs).unwrap();
+    for column in 0..3 {
+        let mut det_select = Array2::<f32>::zeros((inputs.len(), 3));
+        det_select.column_mut(column).fill(1.0);
+        let batch = Batch {
+            tokens: &tokens,
+            z: z.view(),
+            det_select: det_select.view(),
+        };
+        let own = encoder.embed(batch, &params).unwrap();
+        let serve = serve_only.embed(batch, &params).unwrap();
+        let error = relative_error(own.as_slice().unwrap(), serve.as_slice().unwrap());
+        assert!(error <= 1e-5, "DET column {column}: relative error {error}");
+        let moved = relative_error(own.as_slice().unwrap(), frozen.as_slice().unwrap());
+        assert!(
+            moved > 1e-3,
+            "DET column {column} left the frozen model as it was"
         );
     }
 }

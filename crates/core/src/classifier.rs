@@ -199,8 +199,8 @@ pub type Code<'a> = (&'a [f32], DetKind);
 /// Embeds tokenized rows, each with its own code, through `model`: [rows, H], in the rows' order.
 ///
 /// Rows are padded to the longest row of their run. Where a run's fixed cost is small next to
-/// its padded tokens (the CPU), rows of very different lengths go in separate runs
-/// ([`length_groups`]); where it dominates (a GPU), they go in one.
+/// its padded tokens (the CPU), a batch is cut into runs ([`runs`]); where it dominates (a GPU),
+/// it stays one.
 pub fn embed_tokens(
     model: &impl Embedder,
     tokens: &Tokens,
@@ -208,7 +208,7 @@ pub fn embed_tokens(
 ) -> Result<Array2<f32>, ClassifyError> {
     let (z, det_select) = code_matrices(model.manifest(), model.d(), codes.iter().copied())?;
     let lengths = tokens.lengths();
-    let groups = length_groups(&lengths, model.run_cost_tokens());
+    let groups = runs(model, codes, &lengths);
     if groups.len() == 1 {
         let batch = Batch {
             tokens,
@@ -236,6 +236,29 @@ pub fn embed_tokens(
         }
     }
     Ok(embeddings)
+}
+
+/// The runs a batch is cut into, as lists of row indices. Where runs are cheap (the CPU) and the
+/// model has one-DET graphs, rows go by DET first, so that each run skips the other DETs' plug
+/// points; then by length ([`length_groups`]).
+fn runs(model: &impl Embedder, codes: &[Code<'_>], lengths: &[usize]) -> Vec<Vec<usize>> {
+    let cost = model.run_cost_tokens();
+    let split = model.has_one_det_graphs() && cost != usize::MAX;
+    let mut by_det: Vec<(DetKind, Vec<usize>)> = Vec::new();
+    for (row, &(_, det)) in codes.iter().enumerate() {
+        match by_det.iter_mut().find(|(kind, _)| !split || *kind == det) {
+            Some((_, rows)) => rows.push(row),
+            None => by_det.push((det, vec![row])),
+        }
+    }
+    let mut runs = Vec::new();
+    for (_, rows) in by_det {
+        let row_lengths: Vec<usize> = rows.iter().map(|&row| lengths[row]).collect();
+        for group in length_groups(&row_lengths, cost) {
+            runs.push(group.iter().map(|&i| rows[i]).collect());
+        }
+    }
+    runs
 }
 
 /// Label probabilities of each embedding row against a task's label descriptions.

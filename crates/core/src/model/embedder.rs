@@ -33,6 +33,12 @@ pub trait Embedder: Send + Sync {
     /// Embeddings [rows, H] of a batch, in its rows' order.
     fn embed(&self, batch: Batch<'_>) -> Result<Array2<f32>, ModelError>;
 
+    /// Whether a batch whose rows share one DET runs a graph without the other DETs' plug
+    /// points (so that splitting a mixed batch by DET saves work).
+    fn has_one_det_graphs(&self) -> bool {
+        false
+    }
+
     /// What one more run costs, in padded tokens, when a batch's rows are split by length
     /// ([`super::length_groups`]): [`CPU_RUN_COST_TOKENS`] on the CPU; on CUDA a run's fixed cost
     /// dominates, so a batch stays one run.
@@ -101,6 +107,10 @@ impl Embedder for WithParams<'_> {
 
     fn sessions(&self) -> usize {
         self.encoder.sessions()
+    }
+
+    fn has_one_det_graphs(&self) -> bool {
+        !self.encoder.one_det_graphs().is_empty()
     }
 
     fn embed(&self, batch: Batch<'_>) -> Result<Array2<f32>, ModelError> {

@@ -154,6 +154,9 @@ pub struct EncoderOptions {
     pub with_grad: bool,
     /// Load the plain graph (no DET plug points), for benchmarks.
     pub with_plain: bool,
+    /// Load the one-DET serving graphs the export has, so that a batch whose rows share one DET
+    /// skips the other DETs' plug points ([`Encoder::embed`]).
+    pub one_det_graphs: bool,
     /// Truncate rows to fewer tokens than the model's `max_seq_len` (training on CPUs).
     pub max_seq_len: Option<usize>,
 }
@@ -164,6 +167,7 @@ impl Default for EncoderOptions {
             sessions: 1,
             with_grad: false,
             with_plain: false,
+            one_det_graphs: true,
             max_seq_len: None,
         }
     }
@@ -182,6 +186,8 @@ pub struct Encoder {
     files: ModelFiles,
     tokenizer: TextTokenizer,
     serve: SessionPool,
+    /// `serve_<det>` of each DET column, when loaded ([`EncoderOptions::one_det_graphs`]).
+    one_det: Vec<Option<SessionPool>>,
     grad: Option<SessionPool>,
     plain: Option<SessionPool>,
     /// Zero U and base, for the frozen model's embeddings (label descriptions).
@@ -221,6 +227,21 @@ impl Encoder {
             (Some(name), true) => Some(open(name, 1)?),
             _ => None,
         };
+        let mut one_det = Vec::new();
+        for det in &manifest.dets {
+            let graph = manifest
+                .graphs
+                .one_det(&det.name)
+                .filter(|_| options.one_det_graphs);
+            one_det.push(match graph {
+                Some(name) => {
+                    let pool = open(name, options.sessions)?;
+                    check_inputs(&pool, name, &Manifest::one_det_inputs(&det.name))?;
+                    Some(pool)
+                }
+                None => None,
+            });
+        }
         let frozen = DeltaParams::zeros(manifest, 1);
         tracing::info!(
             model = %manifest.name,
@@ -233,6 +254,7 @@ impl Encoder {
             files,
             tokenizer,
             serve,
+            one_det,
             grad,
             plain,
             frozen,
@@ -271,6 +293,14 @@ impl Encoder {
         self.serve.provider()
     }
 
+    /// The DETs whose one-DET serving graph is loaded, in column order.
+    pub fn one_det_graphs(&self) -> Vec<&str> {
+        let dets = self.manifest().dets.iter().zip(&self.one_det);
+        dets.filter(|(_, pool)| pool.is_some())
+            .map(|(det, _)| det.name.as_str())
+            .collect()
+    }
+
     /// Sessions of the serving graph.
     pub fn sessions(&self) -> usize {
         self.serve.size()
@@ -294,12 +324,35 @@ impl Encoder {
     ) -> Result<Array2<f32>, ModelError> {
         check_batch(batch, params, self.manifest())?;
         self.take_turn()?;
+        if let Some((column, pool)) = self.one_det_graph(batch.det_select) {
+            return pool.run(|session| {
+                let mut inputs = token_inputs(batch.tokens)?;
+                inputs.extend(one_det_inputs(batch, params, self.manifest(), column)?);
+                let outputs = session.run(inputs)?;
+                extract2(&outputs, "embeddings")
+            });
+        }
         self.serve.run(|session| {
             let mut inputs = token_inputs(batch.tokens)?;
             inputs.extend(delta_inputs(batch, params, self.manifest())?);
             let outputs = session.run(inputs)?;
             extract2(&outputs, "embeddings")
         })
+    }
+
+    /// The one-DET graph of a batch whose rows all select the same single DET, if loaded: with
+    /// that DET's column.
+    fn one_det_graph(&self, det_select: ArrayView2<'_, f32>) -> Option<(usize, &SessionPool)> {
+        let column = det_select.row(0).iter().position(|&v| v == 1.0)?;
+        let one_hot = |row: ndarray::ArrayView1<'_, f32>| {
+            row.iter()
+                .enumerate()
+                .all(|(k, &v)| v == if k == column { 1.0 } else { 0.0 })
+        };
+        if !det_select.rows().into_iter().all(one_hot) {
+            return None;
+        }
+        Some((column, self.one_det.get(column)?.as_ref()?))
     }
 
     /// Embeddings of the frozen model (no DET on any row), in chunks: label descriptions use this.
@@ -466,6 +519,27 @@ fn delta_inputs<'v>(
         ));
     }
     Ok(inputs)
+}
+
+/// A one-DET graph's inputs beyond the tokens: z, and U and base of the DET in `column`.
+fn one_det_inputs<'v>(
+    batch: Batch<'v>,
+    params: &'v DeltaParams,
+    manifest: &Manifest,
+    column: usize,
+) -> Result<Inputs<'v>, ModelError> {
+    let (name, det) = (&manifest.dets[column].name, params.det(column));
+    Ok(vec![
+        (input::Z.into(), TensorRef::from_array_view(batch.z)?.into()),
+        (
+            input::u(name).into(),
+            TensorRef::from_array_view(&det.u)?.into(),
+        ),
+        (
+            input::base(name).into(),
+            TensorRef::from_array_view(&det.base)?.into(),
+        ),
+    ])
 }
 
 fn check_batch(

@@ -66,6 +66,20 @@ pub struct Graphs {
     /// The same encoder with no DET plug points (a baseline for benchmarks).
     #[serde(default)]
     pub plain: Option<String>,
+    /// `serve_<det>`: embeddings of rows that all use one DET, without the other DETs' plug
+    /// points (see [`Graphs::one_det`]); absent from older exports.
+    #[serde(flatten)]
+    pub one_det: std::collections::BTreeMap<String, String>,
+}
+
+impl Graphs {
+    /// The graph that serves rows which all use DET `det` (tokens, z, U and base of that DET),
+    /// when the export has one.
+    pub fn one_det(&self, det: &str) -> Option<&str> {
+        self.one_det
+            .get(&format!("serve_{det}"))
+            .map(String::as_str)
+    }
 }
 
 /// Where one DET's parameters sit in its flat vector θ.
@@ -146,6 +160,13 @@ impl Manifest {
             names.push(input::u(&det.name));
             names.push(input::base(&det.name));
         }
+        names
+    }
+
+    /// A one-DET serving graph's inputs ([`Graphs::one_det`]): tokens, z, U and base of `det`.
+    pub fn one_det_inputs(det: &str) -> Vec<String> {
+        let mut names: Vec<String> = input::TOKENS.map(String::from).to_vec();
+        names.extend([input::Z.to_string(), input::u(det), input::base(det)]);
         names
     }
 
