@@ -34,7 +34,8 @@
 # `run` settings (environment): GPU_CHECK_DIR (/tmp/gc), GPU_CHECK_PROVIDER (cuda), GPU_CHECK_SHAPES
 # (1x64,8x64,32x64,128x64,256x64,64x128), GPU_CHECK_PARITY_SHAPES (8x64,64x128,256x64), GPU_CHECK_ROUNDS (20),
 # GPU_CHECK_STEPS (parity-fp32,parity-fp16,time-fp32,time-fp16), GPU_CHECK_STEP_TIMEOUT (150 s),
-# GPU_CHECK_THREADS (8). Results: $OUT (default ./gpu-check-out): gpu-check.md, results.jsonl, one log per step.
+# GPU_CHECK_THREADS (8), GPU_CHECK_SITE_PACKAGES (the site-packages whose nvidia/ holds CUDA 13's libraries;
+# default: the lent machine's PyTorch). Results: $OUT (default ./gpu-check-out): gpu-check.md, results.jsonl, one log per step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -250,8 +251,9 @@ run() {
     cp "$dir/payload.sha256" "$x/payload.sha256"
   fi
   export ORT_DYLIB_PATH=$x/ort/libonnxruntime.so.$ort_version
-  # The CUDA 13 libraries of the machine's PyTorch (docs/design/gpu.md), the toolkit's copies as a fallback.
-  local sp=/opt/torch/.venv/lib/python3.12/site-packages
+  # The CUDA 13 libraries of a PyTorch install (docs/design/gpu.md), the toolkit's copies as a fallback.
+  # GPU_CHECK_SITE_PACKAGES names that install's site-packages; the default is where the lent GPU machine has it.
+  local sp=${GPU_CHECK_SITE_PACKAGES:-/opt/torch/.venv/lib/python3.12/site-packages}
   export LD_LIBRARY_PATH=$sp/nvidia/cu13/lib:$sp/nvidia/cudnn/lib:/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   local card="no GPU (provider $provider)"
   if command -v nvidia-smi > /dev/null; then
