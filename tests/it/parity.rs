@@ -1,7 +1,7 @@
 //! Rust through ONNX Runtime vs the PyTorch reference of the tiny model (relative error ≤ 1e-4),
 //! and batch invariance: a mixed batch equals one-by-one runs.
 
-use deltaspace::model::{Batch, DeltaParams, Encoder, EncoderOptions, GradBatch, input};
+use deltaspace::model::{Batch, DeltaParams, Encoder, EncoderOptions, GradBatch, Wrt, input};
 use ndarray::{Array2, s};
 
 use crate::helpers::{Reference, relative_error, runtime, tiny_dir, tiny_encoder};
@@ -78,9 +78,8 @@ fn gradient_graph_matches_pytorch_loss_and_every_gradient() {
         labels: labels.view(),
         row_weight: row_weight.view(),
     };
-    let gradients = encoder
-        .gradients(batch, &reference.params(&encoder))
-        .unwrap();
+    let params = reference.params(&encoder);
+    let gradients = encoder.gradients(batch, &params, Wrt::All).unwrap();
     let check = |name: &str, actual: &[f32]| {
         let expected = &reference.f32s[name];
         let error = relative_error(actual, expected.as_slice().unwrap());
@@ -104,6 +103,12 @@ fn gradient_graph_matches_pytorch_loss_and_every_gradient() {
     );
     check("embeddings", gradients.embeddings.as_slice().unwrap());
     check("grad_z", gradients.grad_z.as_slice().unwrap());
+    // Stage 2's graph: the same loss, embeddings and grad_z, and no gradients of U or base.
+    let z_only = encoder.gradients(batch, &params, Wrt::Z).unwrap();
+    check("loss", &[z_only.loss]);
+    check("embeddings", z_only.embeddings.as_slice().unwrap());
+    check("grad_z", z_only.grad_z.as_slice().unwrap());
+    assert!(z_only.grad_u.is_empty() && z_only.grad_base.is_empty());
     for (index, det) in encoder.manifest().dets.iter().enumerate() {
         check(
             &format!("grad_U_{}", det.name),

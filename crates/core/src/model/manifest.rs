@@ -66,19 +66,23 @@ pub struct Graphs {
     /// The same encoder with no DET plug points (a baseline for benchmarks).
     #[serde(default)]
     pub plain: Option<String>,
-    /// `serve_<det>`: embeddings of rows that all use one DET, without the other DETs' plug
-    /// points (see [`Graphs::one_det`]); absent from older exports.
+    /// Graphs that make some runs cheaper, absent from older exports: `serve_<det>`
+    /// ([`Graphs::one_det`]) and `grad_z` ([`Graphs::grad_z`]).
     #[serde(flatten)]
-    pub one_det: std::collections::BTreeMap<String, String>,
+    pub faster: std::collections::BTreeMap<String, String>,
 }
 
 impl Graphs {
     /// The graph that serves rows which all use DET `det` (tokens, z, U and base of that DET),
-    /// when the export has one.
+    /// without the other DETs' plug points, when the export has one.
     pub fn one_det(&self, det: &str) -> Option<&str> {
-        self.one_det
-            .get(&format!("serve_{det}"))
-            .map(String::as_str)
+        self.faster.get(&format!("serve_{det}")).map(String::as_str)
+    }
+
+    /// The gradient graph's inputs → loss, logits, embeddings and the gradient w.r.t. z only
+    /// (stage 2), when the export has it.
+    pub fn grad_z(&self) -> Option<&str> {
+        self.faster.get("grad_z").map(String::as_str)
     }
 }
 

@@ -18,7 +18,7 @@ mod tokenize;
 pub use classify::{LabelScore, LabelScores, cosine_logits, softmax_rows};
 pub use embedder::{Embedder, ResidentChoice, WithParams};
 pub use encoder::{
-    Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch, Gradients, Pace,
+    Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch, Gradients, Pace, Wrt,
 };
 pub use manifest::{
     Architecture, DetLayout, FORMAT_VERSION, Graphs, Manifest, ModelFiles, TensorSlot, input,

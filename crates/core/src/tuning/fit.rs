@@ -24,7 +24,7 @@ use super::optim::{Optimizer, OptimizerKind};
 use super::progress::Progress;
 use crate::classifier::Classes;
 use crate::det::{DetKind, Theta0};
-use crate::model::{DeltaParams, DetParams, Encoder};
+use crate::model::{DeltaParams, DetParams, Encoder, Wrt};
 use crate::subspace::Subspace;
 use crate::tensor_file::{Storage, TensorFile};
 
@@ -423,9 +423,14 @@ fn train_step(
     let rows = step_rows(training, &realised, active, options, state.step);
     let mut gradients: Vec<Vec<f32>> = state.values.iter().map(|v| vec![0.0; v.len()]).collect();
     let mut loss = 0.0;
+    // The original space trains δ through U's columns; a subspace trains z (and a head).
+    let wrt = match training.space {
+        Space::Original { .. } => Wrt::All,
+        Space::Subspace { .. } => Wrt::Z,
+    };
     for chunk in rows.chunks(options.run_rows.max(1)) {
         let run_rows: Vec<Row<'_>> = chunk.iter().map(|row| row.row).collect();
-        let run = batch::gradients(training.encoder, &run_rows, &realised.params)?;
+        let run = batch::gradients(training.encoder, &run_rows, &realised.params, wrt)?;
         loss += run.output.loss;
         accumulate(
             training,
