@@ -238,12 +238,25 @@ pub fn embed_tokens(
     Ok(embeddings)
 }
 
-/// The runs a batch is cut into, as lists of row indices. Where runs are cheap (the CPU) and the
-/// model has one-DET graphs, rows go by DET first, so that each run skips the other DETs' plug
+/// What the all-DET serving graph costs beyond a one-DET graph, as a share of the padded tokens
+/// it runs: its kernels take about 15 % longer than the plain graph's at 32 × 64 on the CPU
+/// (docs/performance/serve-overhead.md), and a one-DET graph runs close to plain.
+const ALL_DET_OVERHEAD: f64 = 0.15;
+
+/// The runs a batch is cut into, as lists of row indices. Where the model has one-DET graphs and
+/// the all-DET graph's extra work on the batch outweighs the fixed cost of the extra runs (a CPU
+/// and a batch big enough), rows go by DET first, so that each run skips the other DETs' plug
 /// points; then by length ([`length_groups`]).
 fn runs(model: &impl Embedder, codes: &[Code<'_>], lengths: &[usize]) -> Vec<Vec<usize>> {
     let cost = model.run_cost_tokens();
-    let split = model.has_one_det_graphs() && cost != usize::MAX;
+    let mut dets: Vec<DetKind> = codes.iter().map(|&(_, det)| det).collect();
+    dets.sort();
+    dets.dedup();
+    let padded = lengths.len() * lengths.iter().copied().max().unwrap_or(0);
+    let saved = ALL_DET_OVERHEAD * padded as f64;
+    let split = model.has_one_det_graphs()
+        && dets.len() > 1
+        && saved > (dets.len() - 1) as f64 * cost as f64;
     let mut by_det: Vec<(DetKind, Vec<usize>)> = Vec::new();
     for (row, &(_, det)) in codes.iter().enumerate() {
         match by_det.iter_mut().find(|(kind, _)| !split || *kind == det) {
