@@ -251,6 +251,7 @@ impl Engines {
     ) -> anyhow::Result<Self> {
         let options = EncoderOptions {
             with_plain: true,
+            one_det_graphs: true,
             ..EncoderOptions::default()
         };
         let encoder = Encoder::load(runtime, dir, &options)

@@ -48,6 +48,8 @@ pub struct RuntimeConfig {
     pub resident: ResidentChoice,
     /// With a resident model on CUDA, capture a CUDA graph per batch shape.
     pub cuda_graphs: bool,
+    /// Serve batches of one DET through that DET's own graph (`model::EncoderOptions`).
+    pub one_det_graphs: bool,
     /// libonnxruntime.so to load; empty = ORT_DYLIB_PATH, beside the binary, third_party/.
     pub library: String,
 }
@@ -60,6 +62,7 @@ impl Default for RuntimeConfig {
             sessions: 1,
             resident: ResidentChoice::Auto,
             cuda_graphs: false,
+            one_det_graphs: false,
             library: String::new(),
         }
     }

@@ -54,6 +54,7 @@ fn options(config: &Config, args: ServeArgs) -> anyhow::Result<Options> {
         sessions: config.runtime.sessions,
         resident: config.runtime.resident,
         cuda_graphs: config.runtime.cuda_graphs,
+        one_det_graphs: config.runtime.one_det_graphs,
         model_dir: args.model.unwrap_or_else(|| config.model.dir.clone()),
         subspace: args
             .subspace

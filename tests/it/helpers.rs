@@ -28,6 +28,7 @@ pub fn tiny_encoder() -> Encoder {
     let options = EncoderOptions {
         with_grad: true,
         with_plain: true,
+        one_det_graphs: true,
         ..EncoderOptions::default()
     };
     Encoder::load(&runtime(), &tiny_dir(), &options).unwrap()

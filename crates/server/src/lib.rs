@@ -62,6 +62,9 @@ pub struct Options {
     /// With a resident model on CUDA: capture one CUDA graph per batch shape (at most 32 shapes
     /// per session; others run without).
     pub cuda_graphs: bool,
+    /// Batches whose rows share one DET run that DET's own graph (off by default: see
+    /// `model::EncoderOptions::one_det_graphs`).
+    pub one_det_graphs: bool,
     /// The exported model directory.
     pub model_dir: PathBuf,
     /// The subspace file every task's z belongs to.

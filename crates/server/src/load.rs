@@ -79,6 +79,7 @@ fn load_blocking(
     let runtime = Runtime::load(options.runtime.clone())?;
     let encoder_options = EncoderOptions {
         sessions: options.sessions.max(1),
+        one_det_graphs: options.one_det_graphs,
         ..EncoderOptions::default()
     };
     let encoder =

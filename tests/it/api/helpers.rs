@@ -59,6 +59,7 @@ impl Fixture {
             sessions: 1,
             resident: ResidentChoice::Auto,
             cuda_graphs: false,
+            one_det_graphs: false,
             model_dir: tiny_dir(),
             subspace: self.subspace_path.clone(),
             store: StoreLocation::sqlite_in(&self.path("data")),

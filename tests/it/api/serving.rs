@@ -131,21 +131,24 @@ fn assert_same_predictions(a: &[Value], b: &[Value], requests: &[(String, Value)
 }
 
 /// The GPU path's model (U and base resident in the session, `resident = "always"`) run on the
-/// CPU: the same answers as the encoder that sends them with each run, batched the same way.
+/// CPU, and the one-DET graphs (`one_det_graphs = true`): the same answers as the encoder that
+/// sends U and base with each run through the all-DET graph, batched the same way.
 #[tokio::test]
-async fn the_resident_model_serves_what_the_host_path_serves() {
+async fn the_resident_model_and_the_one_det_graphs_serve_what_the_host_path_serves() {
     let fixture = Fixture::new();
     let seeds = seed_mixed_tasks(&fixture);
     let requests = mixed_requests();
     let mut answers = Vec::new();
-    for (resident, data) in [
-        (ResidentChoice::Never, "data-host"),
-        (ResidentChoice::Always, "data-resident"),
+    for (resident, one_det_graphs, data) in [
+        (ResidentChoice::Never, false, "data-host"),
+        (ResidentChoice::Always, false, "data-resident"),
+        (ResidentChoice::Never, true, "data-one-det"),
     ] {
         let mut options = fixture.options();
         options.store = StoreLocation::sqlite_in(&fixture.path(data));
         options.seed_tasks_dir = Some(seeds.clone());
         options.resident = resident;
+        options.one_det_graphs = one_det_graphs;
         let app = TestApp::spawn(options).await;
         let info = ok_json(app.get("/v1/info").await).await;
         assert_eq!(
@@ -158,6 +161,7 @@ async fn the_resident_model_serves_what_the_host_path_serves() {
         app.stop().await.unwrap();
     }
     assert_same_predictions(&answers[0], &answers[1], &requests);
+    assert_same_predictions(&answers[0], &answers[2], &requests);
 }
 
 #[tokio::test]

@@ -165,7 +165,9 @@ pub struct EncoderOptions {
     /// Load the plain graph (no DET plug points), for benchmarks.
     pub with_plain: bool,
     /// Load the one-DET serving graphs the export has, so that a batch whose rows share one DET
-    /// skips the other DETs' plug points ([`Encoder::embed`]).
+    /// skips the other DETs' plug points ([`Encoder::embed`]). Off by default: each graph is a
+    /// session with its own ONNX Runtime thread pool, and when runs alternate between sessions
+    /// their pools contend (docs/PERFORMANCE.md measured the server at half its throughput).
     pub one_det_graphs: bool,
     /// Truncate rows to fewer tokens than the model's `max_seq_len` (training on CPUs).
     pub max_seq_len: Option<usize>,
@@ -177,7 +179,7 @@ impl Default for EncoderOptions {
             sessions: 1,
             with_grad: false,
             with_plain: false,
-            one_det_graphs: true,
+            one_det_graphs: false,
             max_seq_len: None,
         }
     }
