@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A screen of the subspace (issue 10), before the full matrix: z and the head (prototypes) tuned together on two
+# unseen tasks with k = 64 examples per label, one seed, one DET (LoRA) to keep it cheap, in
+#   random   a random subspace through θ⁰ of dimension d (`subspace random`, seed 7): needs no stage 0;
+#   hybrid   the stage-0 decomposition of the upstream solutions finished so far (one learned direction per
+#            task) completed by seeded random directions up to d (`train subspace --steps 0 --complete-to d`).
+# It chooses d, the learning rate and learned-vs-random on dev; the test column is printed for the record, not for
+# choosing. The hybrid is rebuilt whenever stage 0 has finished more tasks (its line records how many it learned).
+#
+#   scripts/screen-d.sh DATA_DIR [TASK...]     # default tasks: trec tweet_offensive
+#
+# Resumable: one JSON line per (task, kind, d, lr, learned) in docs/results/screen-d.jsonl, and a line that is there
+# is not run again. SCREEN_GRID="kind:d:lr ..." replaces the grid. DELTASPACE_RUNTIME_INTRA_THREADS sets ONNX
+# Runtime's threads.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${1:?usage: scripts/screen-d.sh DATA_DIR [TASK...]}
+shift
+tasks=${*:-trec tweet_offensive}
+grid=${SCREEN_GRID:-random:16:0.05 random:64:0.05 random:256:0.05 random:1024:0.05 random:256:0.01 random:1024:0.01
+  hybrid:64:0.05 hybrid:256:0.05 hybrid:1024:0.05}
+model=models/all-MiniLM-L6-v2
+upstream=$model/stage0/upstream
+runs=runs/screen-d
+results=docs/results/screen-d.jsonl
+mkdir -p "$runs" "$(dirname "$results")"
+touch "$results"
+# Own copies of the binary, its configuration and the model, so a rebuild, an edit or a re-export
+# cannot swap them mid-run.
+cp target/release/deltaspace "$runs/deltaspace"
+cp config/deltaspace.toml "$runs/deltaspace.toml"
+rm -rf "$runs/model" && cp -r "$model" "$runs/model"
+bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
+# Upstream tasks with all three stage-0 solutions: the hybrid's learned directions.
+learned=$(ls "$upstream"/*.prefix.safetensors 2>/dev/null | wc -l)
+for cell in $grid; do
+  IFS=: read -r kind d lr <<< "$cell"
+  case $kind in
+    random)
+      subspace=$runs/random-d$d.safetensors n=0
+      [ -f "$subspace" ] || "${bin[@]}" subspace random --model "$runs/model" --dim "$d" --seed 7 --out "$subspace" >/dev/null ;;
+    hybrid)
+      subspace=$runs/hybrid-$learned-d$d.safetensors n=$learned
+      [ -f "$subspace" ] || "${bin[@]}" train subspace --model "$runs/model" --solutions "$upstream" --dim "$learned" \
+        --steps 0 --complete-to "$d" --seed 7 --name "hybrid$learned-d$d" --out "$subspace" >/dev/null ;;
+  esac
+  for t in $tasks; do
+    key="\"task\":\"$t\",\"kind\":\"$kind\",\"d\":$d,\"lr\":$(python3 -c "print(float('$lr'))"),\"learned\":$n,"
+    grep -qF "$key" "$results" && continue
+    echo "== $t $kind d=$d lr=$lr learned=$n: $(date -u +%FT%TZ)"
+    started=$SECONDS
+    output=$("${bin[@]}" tune --model "$runs/model" --max-seq-len 64 --data "$data/$t" --shots 64 --seed 1 \
+      --subspace "$subspace" --det lora --head prototypes --lr "$lr" --out "$runs/$t-$kind$n-d$d-lr$lr.json" | tail -1)
+    python3 -c 'import json, sys
+out = json.loads(sys.argv[1])
+task, kind, d, lr, learned, seconds = sys.argv[2:8]
+line = {"task": task, "kind": kind, "d": int(d), "lr": float(lr), "learned": int(learned), "det": out.get("det"),
+        "dev": out.get("dev"), "test": out.get("test"), "seconds": int(seconds)}
+print(json.dumps(line, separators=(",", ":")))' "$output" "$t" "$kind" "$d" "$lr" "$n" "$((SECONDS - started))" >> "$results"
+  done
+done
+echo "== screen-d: every line is in $results"
