@@ -110,7 +110,7 @@ impl Embedder for WithParams<'_> {
     }
 
     fn has_one_det_graphs(&self) -> bool {
-        !self.encoder.one_det_graphs().is_empty()
+        self.encoder.has_one_det_graphs()
     }
 
     fn embed(&self, batch: Batch<'_>) -> Result<Array2<f32>, ModelError> {

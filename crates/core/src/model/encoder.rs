@@ -316,6 +316,11 @@ impl Encoder {
         self.serve.provider()
     }
 
+    /// Whether any one-DET serving graph is loaded (asked once per batch: no allocation).
+    pub fn has_one_det_graphs(&self) -> bool {
+        self.one_det.iter().any(Option::is_some)
+    }
+
     /// The DETs whose one-DET serving graph is loaded, in column order.
     pub fn one_det_graphs(&self) -> Vec<&str> {
         let dets = self.manifest().dets.iter().zip(&self.one_det);
