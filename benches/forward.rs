@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench --bench forward -- [--threads 2] [--rounds 12] [--shapes 32x64,1x64,8x64,64x16]
 //!     [--provider cpu|cuda|auto] [--cases plain,serve_one,serve_32_lora,serve_mixed]
-//!     [--resident] [--cuda-graphs] [--paths host,resident,graph]
+//!     [--resident] [--cuda-graphs] [--paths host,decoded,resident,graph]
 //!     [--serve-graph serve_fp16.onnx --plain-graph plain_fp16.onnx --label fp16]
 //!     [--parity [--reference-provider cpu] [--reference-serve-graph F --reference-plain-graph F]]
 //! ```
@@ -22,6 +22,9 @@
 //!   from host memory each run); `resident` (`ResidentEncoder`: U and base bound once in the
 //!   session's device memory through IoBinding, tokens, z and det_select per run); `graph` (the
 //!   resident path with fixed buffers per shape and, on CUDA, one CUDA graph per shape).
+//!   `decoded` is the host path through a warm `DeltaCache` (the server's CPU path: a batch of
+//!   fewer tasks than d binds one-hot codes and each task's U z instead of U; the plain case runs
+//!   the host path there).
 //!   `--resident` and `--cuda-graphs` add the last two; the plain case runs through each path
 //!   too (resident plain = IoBinding without U), so every ratio compares like with like. JSON
 //!   lines name a non-host path in the case (`serve_mixed+resident`) and in `path`.
@@ -50,8 +53,8 @@ use clap::Parser;
 use common::median_min;
 use deltaspace::det::{DetKind, Theta0};
 use deltaspace::model::{
-    Batch, DeltaParams, Encoder, EncoderOptions, ModelFiles, ResidentEncoder, ResidentOptions,
-    TextInput, Tokens,
+    Batch, DeltaCache, DeltaParams, Encoder, EncoderOptions, ModelFiles, ResidentEncoder,
+    ResidentOptions, TextInput, Tokens,
 };
 use deltaspace::runtime::{ProviderChoice, Runtime, RuntimeOptions};
 use deltaspace::subspace::Subspace;
@@ -67,6 +70,9 @@ const TOKEN_IDS: std::ops::Range<i64> = 1000..30000;
 /// Extra untimed runs of the `graph` path: ORT's CUDA provider captures a graph after a couple of
 /// plain runs of its id, and the capture run itself is slow.
 const GRAPH_WARMUP: usize = 3;
+
+/// The `decoded` path's cache: room for every task of every case (the server's default).
+const DELTA_CACHE_BYTES: usize = 64 << 20;
 
 #[derive(Parser, Debug)]
 #[command(about = "Forward time: plain graph vs serving graph (ORT), CPU or CUDA")]
@@ -195,6 +201,7 @@ impl Case {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path_ {
     Host,
+    Decoded,
     Resident,
     Graph,
 }
@@ -203,16 +210,19 @@ impl Path_ {
     fn name(self) -> &'static str {
         match self {
             Path_::Host => "host",
+            Path_::Decoded => "decoded",
             Path_::Resident => "resident",
             Path_::Graph => "graph",
         }
     }
 
     fn parse(text: &str) -> Result<Path_, String> {
-        [Path_::Host, Path_::Resident, Path_::Graph]
+        [Path_::Host, Path_::Decoded, Path_::Resident, Path_::Graph]
             .into_iter()
             .find(|path| path.name() == text)
-            .ok_or_else(|| format!("unknown path {text:?}: expected host, resident or graph"))
+            .ok_or_else(|| {
+                format!("unknown path {text:?}: expected host, decoded, resident or graph")
+            })
     }
 }
 
@@ -237,6 +247,8 @@ impl Column {
 struct Engines {
     encoder: Encoder,
     params: DeltaParams,
+    /// The `decoded` path's cache, warm after the first run of each case.
+    deltas: DeltaCache,
     resident: Option<(ResidentEncoder, ResidentEncoder)>,
     graph: Option<(ResidentEncoder, ResidentEncoder)>,
 }
@@ -291,9 +303,11 @@ impl Engines {
                 ..ResidentOptions::default()
             },
         );
+        let deltas = DeltaCache::new(encoder.manifest(), DELTA_CACHE_BYTES);
         Ok(Self {
             encoder,
             params,
+            deltas,
             resident,
             graph,
         })
@@ -301,7 +315,7 @@ impl Engines {
 
     fn has(&self, path: Path_) -> bool {
         match path {
-            Path_::Host => true,
+            Path_::Host | Path_::Decoded => true,
             Path_::Resident => self.resident.is_some(),
             Path_::Graph => self.graph.is_some(),
         }
@@ -404,7 +418,7 @@ impl Inputs {
         let (z, det_select) = match column.case {
             Case::Plain => {
                 return Ok(match column.path {
-                    Path_::Host => engines.encoder.embed_plain(&self.tokens)?,
+                    Path_::Host | Path_::Decoded => engines.encoder.embed_plain(&self.tokens)?,
                     Path_::Resident => resident(&engines.resident)?.1.embed_tokens(&self.tokens)?,
                     Path_::Graph => resident(&engines.graph)?.1.embed_tokens(&self.tokens)?,
                 });
@@ -420,6 +434,9 @@ impl Inputs {
         };
         Ok(match column.path {
             Path_::Host => engines.encoder.embed(batch, &engines.params)?,
+            Path_::Decoded => {
+                (engines.encoder).embed_decoding(batch, &engines.params, &engines.deltas)?
+            }
             Path_::Resident => resident(&engines.resident)?.0.embed(batch)?,
             Path_::Graph => resident(&engines.graph)?.0.embed(batch)?,
         })

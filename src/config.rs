@@ -50,6 +50,8 @@ pub struct RuntimeConfig {
     pub cuda_graphs: bool,
     /// Serve batches of one DET through that DET's own graph (`model::EncoderOptions`).
     pub one_det_graphs: bool,
+    /// MiB of decoded deltas U z kept for recent tasks (`model::DeltaCache`); 0 = none.
+    pub delta_cache_mb: usize,
     /// libonnxruntime.so to load; empty = ORT_DYLIB_PATH, beside the binary, third_party/.
     pub library: String,
 }
@@ -63,6 +65,7 @@ impl Default for RuntimeConfig {
             resident: ResidentChoice::Auto,
             cuda_graphs: false,
             one_det_graphs: false,
+            delta_cache_mb: 64,
             library: String::new(),
         }
     }

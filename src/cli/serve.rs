@@ -55,6 +55,7 @@ fn options(config: &Config, args: ServeArgs) -> anyhow::Result<Options> {
         resident: config.runtime.resident,
         cuda_graphs: config.runtime.cuda_graphs,
         one_det_graphs: config.runtime.one_det_graphs,
+        delta_cache_bytes: config.runtime.delta_cache_mb.saturating_mul(1 << 20),
         model_dir: args.model.unwrap_or_else(|| config.model.dir.clone()),
         subspace: args
             .subspace

@@ -1,7 +1,9 @@
 //! Rust through ONNX Runtime vs the PyTorch reference of the tiny model (relative error ≤ 1e-4),
 //! and batch invariance: a mixed batch equals one-by-one runs.
 
-use deltaspace::model::{Batch, DeltaParams, Encoder, EncoderOptions, GradBatch, Wrt, input};
+use deltaspace::model::{
+    Batch, DeltaCache, DeltaCacheStats, DeltaParams, Encoder, EncoderOptions, GradBatch, Wrt, input,
+};
 use ndarray::{Array2, s};
 
 use crate::helpers::{Reference, relative_error, runtime, tiny_dir, tiny_encoder};
@@ -209,6 +211,119 @@ fn a_batch_of_one_det_runs_that_dets_own_graph_and_gets_what_serve_gives() {
             "DET column {column} left the frozen model as it was"
         );
     }
+}
+
+/// Rows of few distinct codes, decoded through a [`DeltaCache`] (z' one-hot, U' = [U z_1 … U z_T]),
+/// embed as they do through U itself: mixed DETs and a frozen row in the all-DET graph, one DET in
+/// its own graph; a second pass finds every delta cached; and a batch of d or more distinct codes
+/// goes through U untouched.
+#[test]
+fn rows_decoded_through_cached_deltas_embed_as_through_u() {
+    let encoder = tiny_encoder();
+    let reference = Reference::load();
+    let params = reference.params(&encoder);
+    let inputs = reference.inputs();
+    let tokens = encoder.tokenize(&inputs).unwrap();
+    let rows = inputs.len();
+    let codes = reference.f2(input::Z);
+    let deltas = DeltaCache::new(encoder.manifest(), 1 << 20);
+    // Two distinct codes over six rows (d = 5): rows 0, 2, 4 take code 0, the others code 1.
+    let mut z = Array2::<f32>::zeros((rows, params.d()));
+    for row in 0..rows {
+        z.row_mut(row).assign(&codes.row(row % 2));
+    }
+    let mixed = reference.f2(input::DET_SELECT);
+    let mut lora_only = Array2::<f32>::zeros((rows, 3));
+    lora_only.column_mut(0).fill(1.0);
+    let mut expected_misses = 0;
+    for (what, det_select) in [("mixed DETs", &mixed), ("LoRA only", &lora_only)] {
+        let batch = Batch {
+            tokens: &tokens,
+            z: z.view(),
+            det_select: det_select.view(),
+        };
+        let through_u = encoder.embed(batch, &params).unwrap();
+        for pass in ["first", "second"] {
+            let decoded = encoder.embed_decoding(batch, &params, &deltas).unwrap();
+            let error = relative_error(decoded.as_slice().unwrap(), through_u.as_slice().unwrap());
+            assert!(error <= 1e-5, "{what}, {pass} pass: relative error {error}");
+        }
+        // The (code, DET) pairs the rows use, each computed once: mixed has code 0 on LoRA and
+        // Prefix, code 1 on Adapter and LoRA (row 3 is frozen); LoRA only has both codes on LoRA,
+        // cached by then.
+        expected_misses += if what == "mixed DETs" { 4 } else { 0 };
+        let stats = deltas.stats();
+        assert_eq!(stats.misses, expected_misses, "{what}: {stats:?}");
+        assert!(stats.hits >= expected_misses, "{what}: {stats:?}");
+    }
+    let before = deltas.stats();
+    let distinct = Batch {
+        tokens: &tokens,
+        z: codes.view(),
+        det_select: mixed.view(),
+    };
+    let through_u = encoder.embed(distinct, &params).unwrap();
+    let decoded = encoder.embed_decoding(distinct, &params, &deltas).unwrap();
+    assert_eq!(
+        decoded, through_u,
+        "six distinct codes at d = 5 go through U"
+    );
+    assert_eq!(deltas.stats(), before, "the cache was not asked");
+}
+
+/// The cache holds at most its budget in deltas, evicting the least recently used, and a budget
+/// of 0 turns it off.
+#[test]
+fn the_delta_cache_keeps_to_its_budget() {
+    let encoder = tiny_encoder();
+    let reference = Reference::load();
+    let params = reference.params(&encoder);
+    let inputs = reference.inputs();
+    let tokens = encoder.tokenize(&inputs[..1]).unwrap();
+    let codes = reference.f2(input::Z);
+    let size = encoder
+        .manifest()
+        .dets
+        .iter()
+        .map(|det| det.size)
+        .max()
+        .unwrap();
+    let select = ndarray::arr2(&[[1.0f32, 0.0, 0.0]]);
+    let embed_each = |deltas: &DeltaCache| {
+        for row in 0..codes.nrows() {
+            let batch = Batch {
+                tokens: &tokens,
+                z: codes.slice(s![row..row + 1, ..]),
+                det_select: select.view(),
+            };
+            encoder.embed_decoding(batch, &params, deltas).unwrap();
+        }
+    };
+    let two = DeltaCache::new(encoder.manifest(), 2 * size * 4);
+    embed_each(&two);
+    let stats = two.stats();
+    assert_eq!((stats.entries, stats.capacity), (2, 2), "{stats:?}");
+    assert_eq!(stats.misses, codes.nrows() as u64);
+    // The last code is still there; the first was evicted.
+    for (row, hit) in [(codes.nrows() - 1, true), (0, false)] {
+        let before = two.stats();
+        let batch = Batch {
+            tokens: &tokens,
+            z: codes.slice(s![row..row + 1, ..]),
+            det_select: select.view(),
+        };
+        encoder.embed_decoding(batch, &params, &two).unwrap();
+        assert_eq!(two.stats().hits - before.hits, u64::from(hit), "code {row}");
+    }
+    let off = DeltaCache::new(encoder.manifest(), 0);
+    embed_each(&off);
+    let expected = DeltaCacheStats {
+        entries: 0,
+        capacity: 0,
+        hits: 0,
+        misses: 0,
+    };
+    assert_eq!(off.stats(), expected);
 }
 
 #[test]

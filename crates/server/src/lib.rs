@@ -65,6 +65,9 @@ pub struct Options {
     /// Batches whose rows share one DET run that DET's own graph (off by default: see
     /// `model::EncoderOptions::one_det_graphs`).
     pub one_det_graphs: bool,
+    /// Bytes of decoded deltas U z kept for recent tasks, so that a batch of few tasks does not
+    /// read U (`model::DeltaCache`; the CPU path); 0 = none.
+    pub delta_cache_bytes: usize,
     /// The exported model directory.
     pub model_dir: PathBuf,
     /// The subspace file every task's z belongs to.

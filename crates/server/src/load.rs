@@ -17,7 +17,8 @@ use super::store::{self, Precondition, StoreError, TaskStore, error_chain, label
 use super::{Core, Options, ServerError};
 use deltaspace_core::classifier::{self, Code, LabelSet, embed_labels};
 use deltaspace_core::model::{
-    Encoder, EncoderOptions, Manifest, ResidentEncoder, ResidentOptions, TextInput, Tokens,
+    DeltaCache, Encoder, EncoderOptions, Manifest, ResidentEncoder, ResidentOptions, TextInput,
+    Tokens,
 };
 use deltaspace_core::runtime::Runtime;
 use deltaspace_core::subspace::Subspace;
@@ -129,13 +130,19 @@ fn serving_model(
     subspace: Arc<Subspace>,
 ) -> Result<(Runner, Serving), ServerError> {
     if !options.resident.resident_on(encoder.provider()) {
+        let deltas = Arc::new(DeltaCache::new(
+            encoder.manifest(),
+            options.delta_cache_bytes,
+        ));
         let serving = Serving {
             provider: encoder.provider(),
             sessions: encoder.sessions(),
             resident: false,
+            deltas: Some(deltas.clone()),
         };
         let runner: Runner = Arc::new(move |tokens: &Tokens, codes: &[Code<'_>]| {
-            classifier::embed_tokens(&encoder.with_params(subspace.params()), tokens, codes)
+            let model = encoder.with_params(subspace.params()).decoding(&deltas);
+            classifier::embed_tokens(&model, tokens, codes)
         });
         return Ok((runner, serving));
     }
@@ -158,6 +165,7 @@ fn serving_model(
         provider: model.provider(),
         sessions: model.sessions(),
         resident: true,
+        deltas: None,
     };
     let runner: Runner = Arc::new(move |tokens: &Tokens, codes: &[Code<'_>]| {
         classifier::embed_tokens(&model, tokens, codes)

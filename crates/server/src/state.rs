@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use deltaspace_core::model::Encoder;
+use deltaspace_core::model::{DeltaCache, Encoder};
 use deltaspace_core::runtime::{Provider, Runtime};
 use deltaspace_core::subspace::Subspace;
 
@@ -45,7 +45,7 @@ pub(crate) struct Core {
 }
 
 /// The model the batcher's runs go through (see `load::serving_model`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Serving {
     pub(crate) provider: Provider,
     /// Runs at once.
@@ -53,6 +53,8 @@ pub(crate) struct Serving {
     /// U and base resident in the sessions' memory (`model::ResidentEncoder`), rather than sent
     /// with each run.
     pub(crate) resident: bool,
+    /// The decoded deltas of recent tasks (the host path only: resident U is on the device).
+    pub(crate) deltas: Option<Arc<DeltaCache>>,
 }
 
 impl AppState {

@@ -60,6 +60,7 @@ impl Fixture {
             resident: ResidentChoice::Auto,
             cuda_graphs: false,
             one_det_graphs: false,
+            delta_cache_bytes: 1 << 20,
             model_dir: tiny_dir(),
             subspace: self.subspace_path.clone(),
             store: StoreLocation::sqlite_in(&self.path("data")),

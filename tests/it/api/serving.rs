@@ -131,24 +131,27 @@ fn assert_same_predictions(a: &[Value], b: &[Value], requests: &[(String, Value)
 }
 
 /// The GPU path's model (U and base resident in the session, `resident = "always"`) run on the
-/// CPU, and the one-DET graphs (`one_det_graphs = true`): the same answers as the encoder that
-/// sends U and base with each run through the all-DET graph, batched the same way.
+/// CPU, the one-DET graphs (`one_det_graphs = true`) and the decoded form (each task's U z from
+/// the cache, `delta_cache_bytes`): the same answers as the encoder that sends U and base with
+/// each run through the all-DET graph, batched the same way.
 #[tokio::test]
 async fn the_resident_model_and_the_one_det_graphs_serve_what_the_host_path_serves() {
     let fixture = Fixture::new();
     let seeds = seed_mixed_tasks(&fixture);
     let requests = mixed_requests();
     let mut answers = Vec::new();
-    for (resident, one_det_graphs, data) in [
-        (ResidentChoice::Never, false, "data-host"),
-        (ResidentChoice::Always, false, "data-resident"),
-        (ResidentChoice::Never, true, "data-one-det"),
+    for (resident, one_det_graphs, delta_cache_bytes, data) in [
+        (ResidentChoice::Never, false, 0, "data-host"),
+        (ResidentChoice::Always, false, 0, "data-resident"),
+        (ResidentChoice::Never, true, 0, "data-one-det"),
+        (ResidentChoice::Never, false, 1 << 20, "data-decoded"),
     ] {
         let mut options = fixture.options();
         options.store = StoreLocation::sqlite_in(&fixture.path(data));
         options.seed_tasks_dir = Some(seeds.clone());
         options.resident = resident;
         options.one_det_graphs = one_det_graphs;
+        options.delta_cache_bytes = delta_cache_bytes;
         let app = TestApp::spawn(options).await;
         let info = ok_json(app.get("/v1/info").await).await;
         assert_eq!(
@@ -158,10 +161,26 @@ async fn the_resident_model_and_the_one_det_graphs_serve_what_the_host_path_serv
         );
         assert_eq!(info["execution_provider"], "CPUExecutionProvider");
         answers.push(join_all(requests.iter().map(|(task, body)| app.predict(task, body))).await);
+        // One task alone, twice: its U z is computed at most once, then found cached.
+        for _ in 0..2 {
+            app.predict(&requests[1].0, &requests[1].1).await;
+        }
+        let cache = &ok_json(app.get("/v1/info").await).await["delta_cache"];
+        if resident == ResidentChoice::Always {
+            assert!(cache.is_null(), "U is resident: no cache ({cache})");
+        } else if delta_cache_bytes > 0 {
+            let (hits, misses) = (cache["hits"].as_u64(), cache["misses"].as_u64());
+            assert!(misses > Some(0) && hits > Some(0), "{cache}");
+            assert!(
+                cache["entries"].as_u64() <= cache["capacity"].as_u64(),
+                "{cache}"
+            );
+        }
         app.stop().await.unwrap();
     }
-    assert_same_predictions(&answers[0], &answers[1], &requests);
-    assert_same_predictions(&answers[0], &answers[2], &requests);
+    for other in &answers[1..] {
+        assert_same_predictions(&answers[0], other, &requests);
+    }
 }
 
 #[tokio::test]

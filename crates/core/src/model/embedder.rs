@@ -11,6 +11,7 @@
 
 use ndarray::Array2;
 
+use super::deltas::DeltaCache;
 use super::encoder::{Batch, DeltaParams, Encoder};
 use super::resident::ResidentEncoder;
 use super::{CPU_RUN_COST_TOKENS, Manifest, ModelError};
@@ -80,6 +81,7 @@ impl ResidentChoice {
 pub struct WithParams<'a> {
     encoder: &'a Encoder,
     params: &'a DeltaParams,
+    deltas: Option<&'a DeltaCache>,
 }
 
 impl Encoder {
@@ -88,6 +90,18 @@ impl Encoder {
         WithParams {
             encoder: self,
             params,
+            deltas: None,
+        }
+    }
+}
+
+impl<'a> WithParams<'a> {
+    /// The same, with runs of few distinct codes decoded through `deltas`
+    /// ([`Encoder::embed_decoding`]): what serving does, where the same tasks keep coming.
+    pub fn decoding(self, deltas: &'a DeltaCache) -> Self {
+        Self {
+            deltas: Some(deltas),
+            ..self
         }
     }
 }
@@ -120,7 +134,10 @@ impl Embedder for WithParams<'_> {
             z: batch.z.view(),
             det_select: batch.det_select.view(),
         };
-        self.encoder.embed(batch, self.params)
+        match self.deltas {
+            Some(deltas) => self.encoder.embed_decoding(batch, self.params, deltas),
+            None => self.encoder.embed(batch, self.params),
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use ort::session::{SessionInputValue, SessionOutputs};
 use ort::value::TensorRef;
 
 use super::ModelError;
+use super::deltas::{Decoded, DeltaCache};
 use super::manifest::{Manifest, ModelFiles, input};
 use super::tokenize::{TextInput, TextTokenizer, Tokens};
 use crate::runtime::{Provider, Runtime, SessionPool};
@@ -351,18 +352,45 @@ impl Encoder {
         params: &'a DeltaParams,
     ) -> Result<Array2<f32>, ModelError> {
         check_batch(batch, params, self.manifest())?;
+        self.run_serving(batch.tokens, DeltaInputs::new(batch, params))
+    }
+
+    /// [`Encoder::embed`], with the rows' codes decoded through `deltas` when the batch has
+    /// fewer distinct codes than d (see [`DeltaCache`]): the same embeddings, without reading U.
+    pub fn embed_decoding<'a>(
+        &self,
+        batch: Batch<'a>,
+        params: &'a DeltaParams,
+        deltas: &DeltaCache,
+    ) -> Result<Array2<f32>, ModelError> {
+        check_batch(batch, params, self.manifest())?;
+        match deltas.decode(batch, params) {
+            Some(decoded) => {
+                let inputs = DeltaInputs::decoded(&decoded, batch.det_select, params);
+                self.run_serving(batch.tokens, inputs)
+            }
+            None => self.run_serving(batch.tokens, DeltaInputs::new(batch, params)),
+        }
+    }
+
+    /// One run of the serving graph, or of the one-DET graph of a batch whose rows share a DET.
+    fn run_serving(
+        &self,
+        tokens: &Tokens,
+        delta: DeltaInputs<'_>,
+    ) -> Result<Array2<f32>, ModelError> {
         self.take_turn()?;
-        if let Some((column, pool)) = self.one_det_graph(batch.det_select) {
+        if let Some((column, pool)) = self.one_det_graph(delta.det_select) {
             return pool.run(|session| {
-                let mut inputs = token_inputs(batch.tokens)?;
-                inputs.extend(one_det_inputs(batch, params, self.manifest(), column)?);
+                let mut inputs = token_inputs(tokens)?;
+                inputs.extend(delta.one_det_inputs(self.manifest(), column)?);
                 let outputs = session.run(inputs)?;
                 extract2(&outputs, "embeddings")
             });
         }
         self.serve.run(|session| {
-            let mut inputs = token_inputs(batch.tokens)?;
-            inputs.extend(delta_inputs(batch, params, self.manifest())?);
+            let mut inputs = token_inputs(tokens)?;
+            inputs.extend(delta.inputs(self.manifest())?);
             let outputs = session.run(inputs)?;
             extract2(&outputs, "embeddings")
         })
@@ -487,7 +515,7 @@ impl Encoder {
                 input::ROW_WEIGHT.into(),
                 TensorRef::from_array_view(batch.row_weight)?.into(),
             ));
-            inputs.extend(delta_inputs(batch.batch, params, manifest)?);
+            inputs.extend(DeltaInputs::new(batch.batch, params).inputs(manifest)?);
             let outputs = session.run(inputs)?;
             let (_, loss) = output(&outputs, "loss")?.try_extract_tensor::<f32>()?;
             let (mut grad_u, mut grad_base) = (Vec::new(), Vec::new());
@@ -526,52 +554,74 @@ fn token_inputs(tokens: &Tokens) -> Result<Inputs<'_>, ModelError> {
     ])
 }
 
-/// z, det_select, then U_<det> and base_<det> for every DET. U and base are passed as views:
-/// the CPU provider reads caller memory without copying, so the large matrices cost nothing per run.
-fn delta_inputs<'v>(
-    batch: Batch<'v>,
-    params: &'v DeltaParams,
-    manifest: &Manifest,
-) -> Result<Inputs<'v>, ModelError> {
-    let mut inputs: Inputs<'v> = vec![
-        (input::Z.into(), TensorRef::from_array_view(batch.z)?.into()),
-        (
-            input::DET_SELECT.into(),
-            TensorRef::from_array_view(batch.det_select)?.into(),
-        ),
-    ];
-    for (layout, det) in manifest.dets.iter().zip(params.dets()) {
-        inputs.push((
-            input::u(&layout.name).into(),
-            TensorRef::from_array_view(&det.u)?.into(),
-        ));
-        inputs.push((
-            input::base(&layout.name).into(),
-            TensorRef::from_array_view(&det.base)?.into(),
-        ));
-    }
-    Ok(inputs)
+/// What a run binds besides the tokens: each row's z and DET selector, and U and base of every
+/// DET, all as views. U and base are read in place by the CPU provider: they cost no copy per run.
+struct DeltaInputs<'v> {
+    z: ArrayView2<'v, f32>,
+    det_select: ArrayView2<'v, f32>,
+    u: Vec<ArrayView2<'v, f32>>,
+    base: Vec<ArrayView1<'v, f32>>,
 }
 
-/// A one-DET graph's inputs beyond the tokens: z, and U and base of the DET in `column`.
-fn one_det_inputs<'v>(
-    batch: Batch<'v>,
-    params: &'v DeltaParams,
-    manifest: &Manifest,
-    column: usize,
-) -> Result<Inputs<'v>, ModelError> {
-    let (name, det) = (&manifest.dets[column].name, params.det(column));
-    Ok(vec![
-        (input::Z.into(), TensorRef::from_array_view(batch.z)?.into()),
-        (
-            input::u(name).into(),
-            TensorRef::from_array_view(&det.u)?.into(),
-        ),
-        (
-            input::base(name).into(),
-            TensorRef::from_array_view(&det.base)?.into(),
-        ),
-    ])
+impl<'v> DeltaInputs<'v> {
+    fn new(batch: Batch<'v>, params: &'v DeltaParams) -> Self {
+        Self {
+            z: batch.z,
+            det_select: batch.det_select,
+            u: params.dets().iter().map(|det| det.u.view()).collect(),
+            base: params.dets().iter().map(|det| det.base.view()).collect(),
+        }
+    }
+
+    /// The decoded form of a batch ([`DeltaCache`]): one-hot z' and U' = [U z_1 … U z_T].
+    fn decoded(
+        decoded: &'v Decoded,
+        det_select: ArrayView2<'v, f32>,
+        params: &'v DeltaParams,
+    ) -> Self {
+        Self {
+            z: decoded.z.view(),
+            det_select,
+            u: decoded.u.iter().map(|u| u.view()).collect(),
+            base: params.dets().iter().map(|det| det.base.view()).collect(),
+        }
+    }
+
+    /// z, det_select, then U_<det> and base_<det> for every DET.
+    fn inputs(&self, manifest: &Manifest) -> Result<Inputs<'v>, ModelError> {
+        let mut inputs: Inputs<'v> = vec![
+            (input::Z.into(), TensorRef::from_array_view(self.z)?.into()),
+            (
+                input::DET_SELECT.into(),
+                TensorRef::from_array_view(self.det_select)?.into(),
+            ),
+        ];
+        for (column, layout) in manifest.dets.iter().enumerate() {
+            inputs.extend(self.det_inputs(&layout.name, column)?);
+        }
+        Ok(inputs)
+    }
+
+    /// A one-DET graph's inputs beyond the tokens: z, and U and base of the DET in `column`.
+    fn one_det_inputs(&self, manifest: &Manifest, column: usize) -> Result<Inputs<'v>, ModelError> {
+        let mut inputs: Inputs<'v> =
+            vec![(input::Z.into(), TensorRef::from_array_view(self.z)?.into())];
+        inputs.extend(self.det_inputs(&manifest.dets[column].name, column)?);
+        Ok(inputs)
+    }
+
+    fn det_inputs(&self, name: &str, column: usize) -> Result<Inputs<'v>, ModelError> {
+        Ok(vec![
+            (
+                input::u(name).into(),
+                TensorRef::from_array_view(self.u[column])?.into(),
+            ),
+            (
+                input::base(name).into(),
+                TensorRef::from_array_view(self.base[column])?.into(),
+            ),
+        ])
+    }
 }
 
 fn check_batch(

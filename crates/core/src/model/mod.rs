@@ -8,6 +8,7 @@
 //! inputs. ORT types stop here: callers see ndarray arrays. Must not import layers 2 and up.
 
 mod classify;
+mod deltas;
 mod embedder;
 mod encoder;
 mod manifest;
@@ -16,6 +17,7 @@ mod runs;
 mod tokenize;
 
 pub use classify::{LabelScore, LabelScores, cosine_logits, softmax_rows};
+pub use deltas::{DeltaCache, DeltaCacheStats};
 pub use embedder::{Embedder, ResidentChoice, WithParams};
 pub use encoder::{
     Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch, Gradients, Pace, Wrt,
