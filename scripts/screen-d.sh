@@ -3,7 +3,10 @@
 # unseen tasks with k = 64 examples per label, one seed, one DET (LoRA) to keep it cheap, in
 #   random   a random subspace through θ⁰ of dimension d (`subspace random`, seed 7): needs no stage 0;
 #   hybrid   the stage-0 decomposition of the upstream solutions finished so far (one learned direction per
-#            task) completed by seeded random directions up to d (`train subspace --steps 0 --complete-to d`).
+#            task) completed by seeded random directions up to d (`train subspace --steps 0 --complete-to d`);
+#   scaled   the hybrid with each learned direction scaled so that the upstream codes have unit RMS along it
+#            (`--unit-codes`): stage 2's steps then reach as far along learned directions as the upstream
+#            solutions lie.
 # It chooses d, the learning rate and learned-vs-random on dev; the test column is printed for the record, not for
 # choosing. The hybrid is rebuilt whenever stage 0 has finished more tasks (its line records how many it learned).
 #
@@ -18,7 +21,7 @@ data=${1:?usage: scripts/screen-d.sh DATA_DIR [TASK...]}
 shift
 tasks=${*:-trec tweet_offensive}
 grid=${SCREEN_GRID:-random:16:0.05 random:64:0.05 random:256:0.05 random:1024:0.05 random:256:0.01 random:1024:0.01
-  hybrid:64:0.05 hybrid:256:0.05 hybrid:1024:0.05}
+  hybrid:64:0.05 hybrid:256:0.05 hybrid:1024:0.05 scaled:64:0.05 scaled:256:0.05 scaled:1024:0.05}
 model=models/all-MiniLM-L6-v2
 upstream=$model/stage0/upstream
 runs=runs/screen-d
@@ -43,6 +46,10 @@ for cell in $grid; do
       subspace=$runs/hybrid-$learned-d$d.safetensors n=$learned
       [ -f "$subspace" ] || "${bin[@]}" train subspace --model "$runs/model" --solutions "$upstream" --dim "$learned" \
         --steps 0 --complete-to "$d" --seed 7 --name "hybrid$learned-d$d" --out "$subspace" >/dev/null ;;
+    scaled)
+      subspace=$runs/scaled-$learned-d$d.safetensors n=$learned
+      [ -f "$subspace" ] || "${bin[@]}" train subspace --model "$runs/model" --solutions "$upstream" --dim "$learned" \
+        --steps 0 --unit-codes --complete-to "$d" --seed 7 --name "scaled$learned-d$d" --out "$subspace" >/dev/null ;;
   esac
   for t in $tasks; do
     key="\"task\":\"$t\",\"kind\":\"$kind\",\"d\":$d,\"lr\":$(python3 -c "print(float('$lr'))"),\"learned\":$n,"

@@ -159,6 +159,11 @@ pub struct SubspaceArgs {
     /// as their seed (--seed), so a subspace of large d stays small.
     #[arg(long)]
     pub complete_to: Option<usize>,
+    /// Scale each learned direction so that the upstream tasks' codes have unit RMS along it
+    /// (U z unchanged): stage 2's steps then move θ along learned directions as far as the
+    /// upstream solutions lie, instead of along unit vectors (docs/RESULTS.md, the d screen).
+    #[arg(long)]
+    pub unit_codes: bool,
     /// Weight α_rec of the reconstruction term.
     #[arg(long, default_value_t = 1.0)]
     pub rec_alpha: f32,
@@ -377,6 +382,7 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
         eval_limit: args.training.eval_limit,
         run_rows: args.training.run_rows,
         seed: args.training.seed,
+        unit_codes: args.unit_codes,
         // Named by the d it ends with, completed or not.
         name: args.name.clone().unwrap_or_else(|| {
             format!(

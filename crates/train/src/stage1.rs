@@ -128,6 +128,33 @@ pub fn decompose(
     (blocks, codes)
 }
 
+/// Rescales each direction k (every DET's column k of U) by the RMS of the codes along it, and
+/// the codes by its inverse, so that U z_t is unchanged and the upstream codes have unit RMS on
+/// every learned coordinate. The decomposition's directions have unit norm across the stacked
+/// DETs, while the upstream solutions lie tens of units along them (a MiniLM stage-0 δ has a
+/// norm of 10–55 per DET); stage 2's steps in z, at most its learning rate per coordinate with
+/// Adam, then move θ along a learned direction about as far as upstream solutions differ.
+/// Random directions (codes all 0) are left as they are.
+pub fn unit_codes(u: &mut [Array2<f32>], codes: &mut [Vec<f32>]) {
+    let Some(d) = codes.first().map(Vec::len) else {
+        return;
+    };
+    for k in 0..d {
+        let mean_square =
+            codes.iter().map(|z| f64::from(z[k]).powi(2)).sum::<f64>() / codes.len() as f64;
+        let rms = mean_square.sqrt() as f32;
+        if rms <= 0.0 {
+            continue;
+        }
+        for block in u.iter_mut() {
+            block.column_mut(k).mapv_inplace(|v| v * rms);
+        }
+        for z in codes.iter_mut() {
+            z[k] /= rms;
+        }
+    }
+}
+
 /// How stage 1 runs.
 #[derive(Debug, Clone)]
 pub struct SubspaceOptions {
@@ -145,6 +172,9 @@ pub struct SubspaceOptions {
     pub run_rows: usize,
     pub seed: u64,
     pub name: String,
+    /// Scale each learned direction so that the upstream codes have unit RMS along it
+    /// ([`unit_codes`]).
+    pub unit_codes: bool,
 }
 
 /// Finds the subspace: decomposition, then refinement on the tasks' data (same order as `solutions`).
@@ -156,7 +186,10 @@ pub fn find_subspace(
     options: &SubspaceOptions,
 ) -> anyhow::Result<Subspace> {
     let started = Instant::now();
-    let (u, codes) = decompose(solutions, options.d, options.seed);
+    let (mut u, mut codes) = decompose(solutions, options.d, options.seed);
+    if options.unit_codes {
+        unit_codes(&mut u, &mut codes);
+    }
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         d = options.d,
@@ -456,5 +489,46 @@ mod tests {
         assert_eq!(weights[0], 0.3);
         assert_eq!(weights[1], 0.6);
         assert!((weights[2] - 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn unit_codes_keep_each_delta_and_give_learned_coordinates_unit_rms() {
+        let solutions: Vec<TaskSolutions> = (0..3)
+            .map(|t| TaskSolutions {
+                task: format!("t{t}"),
+                deltas: vec![
+                    (0..6)
+                        .map(|i| ((i * 7 + t * 3) % 5) as f32 * 4.0 - 8.0)
+                        .collect(),
+                    (0..4).map(|i| ((i + t * 2) % 3) as f32 * 10.0).collect(),
+                ],
+            })
+            .collect();
+        let (mut u, mut codes) = decompose(&solutions, 4, 1);
+        let decoded = |u: &[Array2<f32>], z: &[f32]| -> Vec<f32> {
+            let z = ndarray::ArrayView1::from(z);
+            u.iter().flat_map(|block| block.dot(&z).to_vec()).collect()
+        };
+        let before: Vec<Vec<f32>> = codes.iter().map(|z| decoded(&u, z)).collect();
+        let random_column = u[0].column(3).to_owned();
+        unit_codes(&mut u, &mut codes);
+        for (t, z) in codes.iter().enumerate() {
+            let after = decoded(&u, z);
+            for (a, b) in after.iter().zip(&before[t]) {
+                assert!(
+                    (a - b).abs() <= 1e-3 * b.abs().max(1.0),
+                    "task {t}: {a} vs {b}"
+                );
+            }
+        }
+        for k in 0..3 {
+            let rms = (codes.iter().map(|z| z[k] * z[k]).sum::<f32>() / 3.0).sqrt();
+            assert!((rms - 1.0).abs() < 1e-4, "direction {k}: RMS {rms}");
+        }
+        assert_eq!(
+            u[0].column(3),
+            random_column,
+            "the random direction is left as it was"
+        );
     }
 }
