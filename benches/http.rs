@@ -16,11 +16,18 @@
 //! 3. `--clients` connections each send one prediction at a time (1 text, a real sentence from
 //!    tests/fixtures/data) to a task drawn uniformly from all N, for `--seconds` after a warm-up.
 //!    The clients run in this process, on the same cores as the server: they take CPU from it.
-//! 4. RSS is read again, under load, and the server is stopped.
+//! 4. RSS is read again, under load; then one client alone sends for `--seconds` (latency at low
+//!    load), and the server is stopped.
+//! 5. Once every server has stopped, the plain graph (no DET plug points) runs in this process
+//!    on the same texts with the server's ORT threads: tokenized and embedded offline in batches
+//!    of `--offline-batch` (the server's `max_batch_rows`), each cut by length as the server cuts
+//!    its batches, and one text at a time.
 //!
-//! The baseline is N = 1 in the same run: throughput and latency are reported as ratios against
-//! it, and memory per task is (RSS_N − RSS_1) / (N − 1). Prints a markdown table, then one JSON
-//! line per N. Nothing here asserts a timing.
+//! Baselines, all from the same run: N = 1 (throughput and latency are reported as ratios against
+//! it, and memory per task is (RSS_N − RSS_1) / (N − 1)); the offline plain graph (server overhead
+//! = requests per second ÷ the offline texts per second; low-load latency ÷ the single-text
+//! forward time). Prints two markdown tables, then one JSON line per N and one for the offline
+//! baseline. Nothing here asserts a timing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,7 +37,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use deltaspace::det::DetKind;
-use deltaspace::model::ModelFiles;
+use deltaspace::model::{
+    CPU_RUN_COST_TOKENS, Encoder, EncoderOptions, ModelFiles, TextInput, length_groups,
+};
+use deltaspace::runtime::{ProviderChoice, Runtime, RuntimeOptions};
 use deltaspace::server::import_tasks;
 use deltaspace::subspace::Subspace;
 use deltaspace::task::{Head, Label, Task, TaskLimits};
@@ -86,6 +96,12 @@ struct Args {
     /// vectors of the model's width), to measure what a head costs per task.
     #[arg(long)]
     heads: bool,
+    /// `[runtime] delta_cache_mb` of the server (decoded deltas of recent tasks; used at d ≥ 64).
+    #[arg(long, default_value_t = 64)]
+    delta_cache_mb: usize,
+    /// Texts per batch of the offline plain-graph baseline.
+    #[arg(long, default_value_t = 32)]
+    offline_batch: usize,
     /// Passed by `cargo bench` to every bench binary; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -105,6 +121,21 @@ struct Level {
     p99_ms: f64,
     rss_idle_bytes: u64,
     rss_load_bytes: u64,
+    /// One client alone: requests per second, p50 and p99.
+    low_load_rps: f64,
+    low_load_p50_ms: f64,
+    low_load_p99_ms: f64,
+}
+
+/// The plain graph in this process, on the same texts and threads as the server.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Offline {
+    batch: usize,
+    /// Texts per second, tokenized and embedded in batches of `batch`.
+    texts_per_s: f64,
+    /// One text at a time: p50 and p99 of tokenizing and embedding it.
+    single_p50_ms: f64,
+    single_p99_ms: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -131,10 +162,14 @@ fn main() -> anyhow::Result<()> {
         eprintln!("{}", serde_json::to_string(&level)?);
         levels.push(level);
     }
+    let offline = offline(&args, &texts)?;
+    eprintln!("{}", serde_json::to_string(&offline)?);
     print_table(&args, &levels);
+    print_overhead(&levels, &offline);
     for level in &levels {
         println!("{}", serde_json::to_string(level)?);
     }
+    println!("{}", serde_json::to_string(&offline)?);
     Ok(())
 }
 
@@ -170,10 +205,11 @@ fn measure(
 
     let pid = server.child.id();
     let (latencies, errors, rss_load_bytes) =
-        runtime.block_on(load(args, &base, count, texts, pid));
+        runtime.block_on(load(args, args.clients, &base, count, texts, pid));
+    let (alone, _, _) = runtime.block_on(load(args, 1, &base, count, texts, pid));
     server.stop();
-    let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    ms.sort_by(f64::total_cmp);
+    let ms = sorted_ms(&latencies);
+    let alone_ms = sorted_ms(&alone);
     Ok(Level {
         tasks: count,
         import_s,
@@ -186,7 +222,83 @@ fn measure(
         p99_ms: quantile(&ms, 0.99),
         rss_idle_bytes,
         rss_load_bytes,
+        low_load_rps: alone_ms.len() as f64 / args.seconds as f64,
+        low_load_p50_ms: quantile(&alone_ms, 0.50),
+        low_load_p99_ms: quantile(&alone_ms, 0.99),
     })
+}
+
+/// The offline baseline: the plain graph on the bench's texts, batched, then one at a time, for
+/// `--seconds` each after a few untimed runs.
+fn offline(args: &Args, texts: &[String]) -> anyhow::Result<Offline> {
+    let runtime = Runtime::load(RuntimeOptions {
+        provider: ProviderChoice::Cpu,
+        intra_threads: args.threads,
+        library: deltaspace::config::ort_library_from_env(),
+    })?;
+    let options = EncoderOptions {
+        with_plain: true,
+        ..EncoderOptions::default()
+    };
+    let encoder = Encoder::load(&runtime, &args.model, &options)?;
+    let inputs: Vec<TextInput> = texts.iter().map(TextInput::single).collect();
+    let embed = |chunk: &[TextInput]| -> anyhow::Result<()> {
+        std::hint::black_box(encoder.embed_plain(&encoder.tokenize(chunk)?)?);
+        Ok(())
+    };
+    // Batches of `--offline-batch` texts (cycling through them), each cut by length as the
+    // server cuts its batches (`model::length_groups`), so that padding costs both sides alike.
+    let batch_of = |index: usize| -> Vec<TextInput> {
+        let size = args.offline_batch.max(1);
+        (0..size)
+            .map(|j| inputs[(index * size + j) % inputs.len()].clone())
+            .collect()
+    };
+    let run_batch = |batch: &[TextInput]| -> anyhow::Result<()> {
+        let tokens = encoder.tokenize(batch)?;
+        let lengths = tokens.lengths();
+        for group in length_groups(&lengths, CPU_RUN_COST_TOKENS) {
+            let seq = group.iter().map(|&i| lengths[i]).max().unwrap_or(1);
+            std::hint::black_box(encoder.embed_plain(&tokens.select(&group, seq))?);
+        }
+        Ok(())
+    };
+    for index in 0..3 {
+        run_batch(&batch_of(index))?;
+    }
+    let (started, mut rows) = (Instant::now(), 0);
+    for index in 0.. {
+        if started.elapsed().as_secs() >= args.seconds {
+            break;
+        }
+        let batch = batch_of(index);
+        run_batch(&batch)?;
+        rows += batch.len();
+    }
+    let texts_per_s = rows as f64 / started.elapsed().as_secs_f64();
+    let (started, mut single) = (Instant::now(), Vec::new());
+    for input in inputs.iter().cycle() {
+        if started.elapsed().as_secs() >= args.seconds {
+            break;
+        }
+        let sent = Instant::now();
+        embed(std::slice::from_ref(input))?;
+        single.push(sent.elapsed());
+    }
+    let single = sorted_ms(&single);
+    Ok(Offline {
+        batch: args.offline_batch,
+        texts_per_s,
+        single_p50_ms: quantile(&single, 0.50),
+        single_p99_ms: quantile(&single, 0.99),
+    })
+}
+
+/// Durations as sorted milliseconds.
+fn sorted_ms(durations: &[Duration]) -> Vec<f64> {
+    let mut ms: Vec<f64> = durations.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    ms
 }
 
 /// Writes `count` random-z tasks into `data_dir`'s database, as `deltaspace import` does.
@@ -245,20 +357,21 @@ fn task_name(i: usize) -> String {
 /// the server's RSS read halfway through.
 async fn load(
     args: &Args,
+    clients_count: usize,
     base: &str,
     count: usize,
     texts: &Arc<Vec<String>>,
     pid: u32,
 ) -> (Vec<Duration>, usize, u64) {
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
+        .pool_max_idle_per_host(clients_count)
         .build()
         .unwrap_or_default();
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup);
     let end = measure_from + Duration::from_secs(args.seconds);
     let mut clients = Vec::new();
-    for c in 0..args.clients {
+    for c in 0..clients_count {
         let (client, base, texts) = (client.clone(), base.to_string(), texts.clone());
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ (c as u64 + 1) << 32);
         clients.push(tokio::spawn(async move {
@@ -314,9 +427,9 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "[runtime]\nprovider = \"cpu\"\nintra_threads = {}\n\n\
+                "[runtime]\nprovider = \"cpu\"\nintra_threads = {}\ndelta_cache_mb = {}\n\n\
                  [server]\nseed_tasks_dir = \"\"\nmax_tasks = 100000000\n",
-                args.threads
+                args.threads, args.delta_cache_mb
             ),
         )?;
         let log = dir.join("server.log");
@@ -453,6 +566,31 @@ fn print_table(args: &Args, levels: &[Level]) {
             level.rss_load_bytes as f64 / 1048576.0,
             per_task(level, |l| l.rss_idle_bytes),
             per_task(level, |l| l.rss_load_bytes),
+        );
+    }
+}
+
+/// Server overhead and low-load latency against the offline plain graph.
+fn print_overhead(levels: &[Level], offline: &Offline) {
+    println!(
+        "\nAgainst the plain graph offline (same texts and ORT threads, in this process): {:.0} texts/s in \
+         batches of {}; one text at a time p50 {:.1} ms, p99 {:.1} ms\n",
+        offline.texts_per_s, offline.batch, offline.single_p50_ms, offline.single_p99_ms
+    );
+    println!(
+        "| tasks | req/s ÷ offline texts/s | 1 client: req/s | p50 ms | p99 ms | p50 ÷ single-text p50 | p99 ÷ single-text p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for level in levels {
+        println!(
+            "| {} | {:.2} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} |",
+            level.tasks,
+            level.throughput_rps / offline.texts_per_s,
+            level.low_load_rps,
+            level.low_load_p50_ms,
+            level.low_load_p99_ms,
+            level.low_load_p50_ms / offline.single_p50_ms,
+            level.low_load_p99_ms / offline.single_p99_ms,
         );
     }
 }

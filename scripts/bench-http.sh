@@ -2,7 +2,7 @@
 # HTTP end to end (benches/http.rs): the release `deltaspace serve` on MiniLM with 1, 100, 10k and 1M registered
 # random-z tasks under closed-loop load on loopback; throughput, p50, p99 and resident memory per registered task,
 # as ratios against the 1-task run of the same invocation. Writes docs/performance/http.md.
-#   scripts/bench-http.sh [--counts 1,100,10000,1000000] [--seconds 20] [--clients 16]
+#   scripts/bench-http.sh [--counts 1,100,10000,1000000] [--seconds 20] [--clients 16] [--offline-batch 32]
 # Needs the MiniLM export (scripts/run-main.sh makes it) and ONNX Runtime (scripts/setup-ort.sh). About 5 minutes at
 # the defaults on 2 cores (the 1M-task import and start-up take most of it), plus the first release build.
 # Work directories and logs stay in bench-out/http/ (git-ignored); the 1M-task database is about 700 MB.
@@ -39,10 +39,14 @@ load_after=$(load_average)
   echo "real sentence each. Clients and server share the machine's cores. The baseline is N = 1 of the same run:"
   echo "\"×1 task\" columns are ratios against it, and bytes/task is (RSS_N − RSS_1) / (N − 1), idle after start-up"
   echo "and under load. The goal of issue #5 is ≤ 1 KB (1,024 bytes) per registered task."
+  echo "After the 16-client load, one client alone loads the same server (latency at low load). Last, with every"
+  echo "server stopped, the plain graph (no DET plug points) runs in the bench process on the same texts and ORT"
+  echo "threads: batched offline (server overhead = req/s ÷ those texts/s; goal of issue #14 ≥ 0.85) and one text at"
+  echo "a time (the low-load latency's baseline)."
   echo
   sed '/^{/d' "$out/result.txt"
   echo
-  echo "Raw JSON lines (one per N):"
+  echo "Raw JSON lines (one per N, then the offline baseline):"
   echo
   echo '```'
   grep '^{' "$out/result.txt"

@@ -2,7 +2,8 @@
 //! and batch invariance: a mixed batch equals one-by-one runs.
 
 use deltaspace::model::{
-    Batch, DeltaCache, DeltaCacheStats, DeltaParams, Encoder, EncoderOptions, GradBatch, Wrt, input,
+    Batch, DeltaCache, DeltaCacheStats, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch,
+    MIN_DECODED_D, Wrt, input,
 };
 use ndarray::{Array2, s};
 
@@ -213,21 +214,47 @@ fn a_batch_of_one_det_runs_that_dets_own_graph_and_gets_what_serve_gives() {
     }
 }
 
+/// The reference's U and codes widened to d = [`MIN_DECODED_D`] (decoding starts there): the
+/// reference's columns first, then seeded small ones, the codes' new coordinates non-zero.
+fn wide(encoder: &Encoder, reference: &Reference) -> (DeltaParams, Array2<f32>) {
+    let params = reference.params(encoder);
+    let codes = reference.f2(input::Z);
+    let d = MIN_DECODED_D;
+    let filler = |i: usize, k: usize| (((i * 31 + k * 17) % 97) as f32 / 97.0 - 0.5) * 0.02;
+    let dets = params
+        .dets()
+        .iter()
+        .map(|det| {
+            let mut u = Array2::from_shape_fn((det.u.nrows(), d), |(i, k)| filler(i, k));
+            u.slice_mut(s![.., ..params.d()]).assign(&det.u);
+            DetParams {
+                u,
+                base: det.base.clone(),
+            }
+        })
+        .collect();
+    let mut wide_codes = Array2::from_shape_fn((codes.nrows(), d), |(row, k)| {
+        ((row * d + k) as f32 * 0.37).sin() * 0.5
+    });
+    wide_codes.slice_mut(s![.., ..params.d()]).assign(&codes);
+    let params = DeltaParams::new(encoder.manifest(), dets).unwrap();
+    (params, wide_codes)
+}
+
 /// Rows of few distinct codes, decoded through a [`DeltaCache`] (z' one-hot, U' = [U z_1 … U z_T]),
 /// embed as they do through U itself: mixed DETs and a frozen row in the all-DET graph, one DET in
-/// its own graph; a second pass finds every delta cached; and a batch of d or more distinct codes
-/// goes through U untouched.
+/// its own graph; a second pass finds every delta cached; and below `MIN_DECODED_D` a batch goes
+/// through U untouched.
 #[test]
 fn rows_decoded_through_cached_deltas_embed_as_through_u() {
     let encoder = tiny_encoder();
     let reference = Reference::load();
-    let params = reference.params(&encoder);
+    let (params, codes) = wide(&encoder, &reference);
     let inputs = reference.inputs();
     let tokens = encoder.tokenize(&inputs).unwrap();
     let rows = inputs.len();
-    let codes = reference.f2(input::Z);
     let deltas = DeltaCache::new(encoder.manifest(), 1 << 20);
-    // Two distinct codes over six rows (d = 5): rows 0, 2, 4 take code 0, the others code 1.
+    // Two distinct codes over six rows: rows 0, 2, 4 take code 0, the others code 1.
     let mut z = Array2::<f32>::zeros((rows, params.d()));
     for row in 0..rows {
         z.row_mut(row).assign(&codes.row(row % 2));
@@ -256,18 +283,18 @@ fn rows_decoded_through_cached_deltas_embed_as_through_u() {
         assert_eq!(stats.misses, expected_misses, "{what}: {stats:?}");
         assert!(stats.hits >= expected_misses, "{what}: {stats:?}");
     }
+    // Below MIN_DECODED_D runs read U: the cache is not asked.
     let before = deltas.stats();
+    let narrow = reference.params(&encoder);
+    let narrow_codes = reference.f2(input::Z);
     let distinct = Batch {
         tokens: &tokens,
-        z: codes.view(),
+        z: narrow_codes.view(),
         det_select: mixed.view(),
     };
-    let through_u = encoder.embed(distinct, &params).unwrap();
-    let decoded = encoder.embed_decoding(distinct, &params, &deltas).unwrap();
-    assert_eq!(
-        decoded, through_u,
-        "six distinct codes at d = 5 go through U"
-    );
+    let through_u = encoder.embed(distinct, &narrow).unwrap();
+    let decoded = encoder.embed_decoding(distinct, &narrow, &deltas).unwrap();
+    assert_eq!(decoded, through_u, "d = 5 goes through U");
     assert_eq!(deltas.stats(), before, "the cache was not asked");
 }
 
@@ -277,10 +304,9 @@ fn rows_decoded_through_cached_deltas_embed_as_through_u() {
 fn the_delta_cache_keeps_to_its_budget() {
     let encoder = tiny_encoder();
     let reference = Reference::load();
-    let params = reference.params(&encoder);
+    let (params, codes) = wide(&encoder, &reference);
     let inputs = reference.inputs();
     let tokens = encoder.tokenize(&inputs[..1]).unwrap();
-    let codes = reference.f2(input::Z);
     let size = encoder
         .manifest()
         .dets

@@ -31,10 +31,15 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Self {
+        Self::with_d(D)
+    }
+
+    /// A fixture whose subspace has dimension `d`.
+    pub fn with_d(d: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let files = ModelFiles::open(&tiny_dir()).unwrap();
         let theta0 = Theta0::load(&files).unwrap();
-        let subspace = Subspace::random(&files.manifest, &theta0, D, 11).unwrap();
+        let subspace = Subspace::random(&files.manifest, &theta0, d, 11).unwrap();
         let subspace_path = dir.path().join("subspace.safetensors");
         subspace.save(&subspace_path, Storage::F32).unwrap();
         Self {

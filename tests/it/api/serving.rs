@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use deltaspace::model::ResidentChoice;
+use deltaspace::model::{MIN_DECODED_D, ResidentChoice};
 use deltaspace::server::StoreLocation;
 use futures::future::join_all;
 use serde_json::{Value, json};
@@ -131,9 +131,9 @@ fn assert_same_predictions(a: &[Value], b: &[Value], requests: &[(String, Value)
 }
 
 /// The GPU path's model (U and base resident in the session, `resident = "always"`) run on the
-/// CPU, the one-DET graphs (`one_det_graphs = true`) and the decoded form (each task's U z from
-/// the cache, `delta_cache_bytes`): the same answers as the encoder that sends U and base with
-/// each run through the all-DET graph, batched the same way.
+/// CPU, the one-DET graphs (`one_det_graphs = true`) and a server with the delta cache on (unused
+/// at this d): the same answers as the encoder that sends U and base with each run through the
+/// all-DET graph, batched the same way.
 #[tokio::test]
 async fn the_resident_model_and_the_one_det_graphs_serve_what_the_host_path_serves() {
     let fixture = Fixture::new();
@@ -161,26 +161,64 @@ async fn the_resident_model_and_the_one_det_graphs_serve_what_the_host_path_serv
         );
         assert_eq!(info["execution_provider"], "CPUExecutionProvider");
         answers.push(join_all(requests.iter().map(|(task, body)| app.predict(task, body))).await);
-        // One task alone, twice: its U z is computed at most once, then found cached.
-        for _ in 0..2 {
-            app.predict(&requests[1].0, &requests[1].1).await;
-        }
+        // d = 4 is below MIN_DECODED_D: runs read U, the cache is never asked.
         let cache = &ok_json(app.get("/v1/info").await).await["delta_cache"];
         if resident == ResidentChoice::Always {
             assert!(cache.is_null(), "U is resident: no cache ({cache})");
-        } else if delta_cache_bytes > 0 {
-            let (hits, misses) = (cache["hits"].as_u64(), cache["misses"].as_u64());
-            assert!(misses > Some(0) && hits > Some(0), "{cache}");
-            assert!(
-                cache["entries"].as_u64() <= cache["capacity"].as_u64(),
-                "{cache}"
-            );
+        } else {
+            assert_eq!((&cache["hits"], &cache["misses"]), (&json!(0), &json!(0)));
         }
         app.stop().await.unwrap();
     }
     for other in &answers[1..] {
         assert_same_predictions(&answers[0], other, &requests);
     }
+}
+
+/// At d ≥ `MIN_DECODED_D` the CPU path decodes batches through the cache of each task's U z: the
+/// same answers as a server without the cache, and each task's U z computed once.
+#[tokio::test]
+async fn at_large_d_batches_decode_through_cached_deltas_and_answer_the_same() {
+    let d = MIN_DECODED_D;
+    let fixture = Fixture::with_d(d);
+    let requests: Vec<(String, Value)> = ["lora", "adapter", "prefix"]
+        .iter()
+        .enumerate()
+        .map(|(i, det)| {
+            let z: Vec<f32> = (0..d).map(|k| ((i * d + k) as f32 * 0.37).sin()).collect();
+            let mut body = task_body(det, [0.0; D], &["warm", "cold"]);
+            body["z"] = json!(z);
+            (format!("wide-{det}"), body)
+        })
+        .collect();
+    let texts = json!({"inputs": ["a warm day", "snow on the hills tonight"]});
+    let mut answers = Vec::new();
+    for (delta_cache_bytes, data) in [(0, "data-read-u"), (1 << 20, "data-decoded")] {
+        let mut options = fixture.options();
+        options.store = StoreLocation::sqlite_in(&fixture.path(data));
+        options.delta_cache_bytes = delta_cache_bytes;
+        let app = TestApp::spawn(options).await;
+        for (name, body) in &requests {
+            ok_json(app.put_task(name, body).await).await;
+        }
+        // The start-up warm-up run may have cached a delta or two already: count from here.
+        let before = ok_json(app.get("/v1/info").await).await["delta_cache"].clone();
+        let mut got = Vec::new();
+        for _pass in 0..2 {
+            for (name, _) in &requests {
+                got.push(app.predict(name, &texts).await);
+            }
+        }
+        let after = ok_json(app.get("/v1/info").await).await["delta_cache"].clone();
+        let counted = |key: &str| after[key].as_u64().unwrap() - before[key].as_u64().unwrap();
+        let expected = if delta_cache_bytes > 0 { 3 } else { 0 };
+        assert_eq!(counted("misses"), expected, "one miss per task: {after}");
+        assert_eq!(counted("hits"), expected, "then one hit per task: {after}");
+        answers.push(got);
+        app.stop().await.unwrap();
+    }
+    let twice: Vec<(String, Value)> = requests.iter().chain(&requests).cloned().collect();
+    assert_same_predictions(&answers[0], &answers[1], &twice);
 }
 
 #[tokio::test]

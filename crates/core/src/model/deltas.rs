@@ -11,7 +11,9 @@
 //!
 //! since base_det + U'_det e_t = base_det + U_det z_t: only the order of the sums inside U_det z
 //! differs. The cache keeps U_det z per (DET, z), least recently used out first, so a task that
-//! keeps coming costs a copy of its D values per run instead of a D × d product. A code's key is
+//! keeps coming costs a copy of its D values per run instead of a D × d product. Tasks that miss
+//! are decoded together, one pass over U per DET on every core: about what reading U in the run
+//! costs. Below [`MIN_DECODED_D`] runs read U as before. A code's key is
 //! z itself (its bits), so an updated task misses once and its old entry ages out.
 
 use std::collections::HashMap;
@@ -20,10 +22,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use hashlink::LruCache;
+use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 
 use super::encoder::{Batch, DeltaParams};
 use super::manifest::Manifest;
+
+/// Below this d, runs read U as before: U is then small (D × d floats, 18 MB per DET at d = 64
+/// for MiniLM, 4.7 MB at d = 16), and filling the cache costs more than reading it. Measured at
+/// d = 16 (`scripts/bench-http.sh`, 1 text per request from 16 clients): decoding every batch
+/// cost 7 % of the throughput with 100 tasks and 25 % with 1M, where nearly every code misses.
+pub const MIN_DECODED_D: usize = 64;
 
 /// A cached delta's key: the DET column and z's bits.
 type Key = (usize, Box<[u32]>);
@@ -84,10 +93,11 @@ impl DeltaCache {
         }
     }
 
-    /// The batch in decoded form, when that is cheaper: the cache is on and the batch has fewer
-    /// distinct codes than d. The caller has checked the batch's shapes against `params`.
+    /// The batch in decoded form, when that is cheaper: the cache is on, d is at least
+    /// [`MIN_DECODED_D`] and the batch has fewer distinct codes than d. The caller has checked
+    /// the batch's shapes against `params`.
     pub(crate) fn decode(&self, batch: Batch<'_>, params: &DeltaParams) -> Option<Decoded> {
-        if self.capacity == 0 {
+        if self.capacity == 0 || params.d() < MIN_DECODED_D {
             return None;
         }
         let (codes, row_code) = distinct_codes(batch.z, params.d())?;
@@ -144,9 +154,9 @@ impl DeltaCache {
             return found;
         }
         let rows: Vec<usize> = missing.iter().map(|&code| codes[code]).collect();
-        let product = u.dot(&z.select(Axis(0), &rows).t());
+        let product = decode_in_parallel(u, z.select(Axis(0), &rows).view());
         let mut entries = self.lock();
-        for (&code, delta) in missing.iter().zip(product.columns()) {
+        for (&code, delta) in missing.iter().zip(product.rows()) {
             let delta: Arc<[f32]> = delta.iter().copied().collect();
             entries.insert(key(code), Arc::clone(&delta));
             found.push((code, delta));
@@ -158,6 +168,23 @@ impl DeltaCache {
         // A panic mid-update leaves at worst a stale entry keyed by its own z: still correct.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The deltas of `codes` [m, d] through `u` [D, d], as rows: [m, D] = codes · Uᵀ, over U's rows
+/// cut into one block per core. The product reads all of U once, like a run that reads U (whose
+/// ONNX Runtime GEMM uses every core too), so a batch of tasks that all miss costs about what it
+/// did before the cache.
+fn decode_in_parallel(u: &Array2<f32>, codes: ArrayView2<'_, f32>) -> Array2<f32> {
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let block = u.nrows().div_ceil(cores).max(1);
+    let mut deltas = Array2::zeros((codes.nrows(), u.nrows()));
+    std::thread::scope(|scope| {
+        let blocks = u.axis_chunks_iter(Axis(0), block);
+        for (u_block, mut out) in blocks.zip(deltas.axis_chunks_iter_mut(Axis(1), block)) {
+            scope.spawn(move || general_mat_mul(1.0, &codes, &u_block.t(), 0.0, &mut out));
+        }
+    });
+    deltas
 }
 
 /// The distinct codes of a batch's rows, as the row where each first appears, and each row's

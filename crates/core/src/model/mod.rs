@@ -17,7 +17,7 @@ mod runs;
 mod tokenize;
 
 pub use classify::{LabelScore, LabelScores, cosine_logits, softmax_rows};
-pub use deltas::{DeltaCache, DeltaCacheStats};
+pub use deltas::{DeltaCache, DeltaCacheStats, MIN_DECODED_D};
 pub use embedder::{Embedder, ResidentChoice, WithParams};
 pub use encoder::{
     Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch, Gradients, Pace, Wrt,
