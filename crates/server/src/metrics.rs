@@ -8,6 +8,7 @@ use prometheus::{
 };
 
 use deltaspace_core::det::DetKind;
+use deltaspace_core::model::DeltaCacheStats;
 
 /// The server's metrics and the registry that renders them.
 pub struct Metrics {
@@ -54,6 +55,10 @@ pub struct Metrics {
     pub store_reconnects: IntCounter,
     /// `deltaspace_store_change`: the last store-wide change applied to the served tasks.
     pub store_change: IntGauge,
+    /// `deltaspace_delta_cache_entries`: decoded task deltas held (`model::DeltaCache`).
+    pub delta_cache_entries: IntGauge,
+    /// `deltaspace_delta_cache_lookups_total{result}`: deltas found (`hit`) or computed (`miss`).
+    pub delta_cache_lookups: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -173,6 +178,19 @@ impl Metrics {
                 "The last task store change applied to the served tasks.",
             )
             .expect("valid metric. This is a bug."),
+            delta_cache_entries: IntGauge::new(
+                "deltaspace_delta_cache_entries",
+                "Decoded task deltas (U z) held for recent tasks.",
+            )
+            .expect("valid metric. This is a bug."),
+            delta_cache_lookups: IntCounterVec::new(
+                Opts::new(
+                    "deltaspace_delta_cache_lookups_total",
+                    "Task deltas looked up by batches: found (hit) or computed (miss).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric. This is a bug."),
             registry,
         };
         metrics.register_all();
@@ -201,6 +219,8 @@ impl Metrics {
             Box::new(self.store_connected.clone()),
             Box::new(self.store_reconnects.clone()),
             Box::new(self.store_change.clone()),
+            Box::new(self.delta_cache_entries.clone()),
+            Box::new(self.delta_cache_lookups.clone()),
         ];
         for collector in collectors {
             self.registry
@@ -259,6 +279,16 @@ impl Metrics {
             .set(1);
     }
 
+    /// Brings the delta cache's series up to its own counts (read when `/metrics` is scraped).
+    pub fn observe_delta_cache(&self, stats: DeltaCacheStats) {
+        self.delta_cache_entries
+            .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+        for (result, total) in [("hit", stats.hits), ("miss", stats.misses)] {
+            let counter = self.delta_cache_lookups.with_label_values(&[result]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
     /// Everything in the Prometheus text format.
     pub fn render(&self) -> String {
         TextEncoder::new()
@@ -286,6 +316,14 @@ mod tests {
         metrics.dropped("queue_full");
         metrics.upload("created");
         metrics.set_build_info("CPUExecutionProvider", "tiny", "s@0");
+        let stats = |hits, misses| DeltaCacheStats {
+            entries: 2,
+            capacity: 8,
+            hits,
+            misses,
+        };
+        metrics.observe_delta_cache(stats(5, 2));
+        metrics.observe_delta_cache(stats(7, 2));
         let text = metrics.render();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("deltaspace_"), "{line}");
@@ -293,5 +331,8 @@ mod tests {
         assert!(text.contains(r#"method="other""#));
         assert!(text.contains("deltaspace_batch_rows_sum 3"));
         assert!(text.contains(r#"deltaspace_inference_rows_total{det="prefix"} 3"#));
+        assert!(text.contains(r#"deltaspace_delta_cache_lookups_total{result="hit"} 7"#));
+        assert!(text.contains(r#"deltaspace_delta_cache_lookups_total{result="miss"} 2"#));
+        assert!(text.contains("deltaspace_delta_cache_entries 2"));
     }
 }

@@ -214,6 +214,13 @@ async fn at_large_d_batches_decode_through_cached_deltas_and_answer_the_same() {
         let expected = if delta_cache_bytes > 0 { 3 } else { 0 };
         assert_eq!(counted("misses"), expected, "one miss per task: {after}");
         assert_eq!(counted("hits"), expected, "then one hit per task: {after}");
+        let metrics = app.metrics().await;
+        let hits = metrics.get(r#"deltaspace_delta_cache_lookups_total{result="hit"}"#);
+        assert_eq!(
+            hits,
+            after["hits"].as_f64().unwrap(),
+            "/metrics mirrors the cache"
+        );
         answers.push(got);
         app.stop().await.unwrap();
     }

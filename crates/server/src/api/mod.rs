@@ -156,6 +156,13 @@ async fn ready(state: State) -> Result<HttpResponse, ApiError> {
 }
 
 async fn metrics(state: State) -> HttpResponse {
+    if let Some(deltas) = state
+        .core
+        .get()
+        .and_then(|core| core.serving.deltas.as_ref())
+    {
+        state.metrics.observe_delta_cache(deltas.stats());
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
