@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench --bench forward -- [--threads 2] [--rounds 12] [--shapes 32x64,1x64,8x64,64x16]
 //!     [--provider cpu|cuda|auto] [--cases plain,serve_one,serve_32_lora,serve_mixed]
-//!     [--resident] [--cuda-graphs] [--paths host,decoded,resident,graph]
+//!     [--resident] [--cuda-graphs] [--paths host,decoded,product,resident,graph]
 //!     [--serve-graph serve_fp16.onnx --plain-graph plain_fp16.onnx --label fp16]
 //!     [--parity [--reference-provider cpu] [--reference-serve-graph F --reference-plain-graph F]]
 //! ```
@@ -22,6 +22,8 @@
 //!   from host memory each run); `resident` (`ResidentEncoder`: U and base bound once in the
 //!   session's device memory through IoBinding, tokens, z and det_select per run); `graph` (the
 //!   resident path with fixed buffers per shape and, on CUDA, one CUDA graph per shape).
+//!   `product` is what the server's batcher runs on the CPU: `classifier::embed_tokens`, which cuts
+//!   a big mixed batch by DET into one-DET graphs, over the decoded path.
 //!   `decoded` is the host path through a warm `DeltaCache` (the server's CPU path: a batch of
 //!   fewer tasks than d binds one-hot codes and each task's U z instead of U; the plain case runs
 //!   the host path there).
@@ -51,9 +53,10 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Parser;
 use common::median_min;
+use deltaspace::classifier::{self, Code};
 use deltaspace::det::{DetKind, Theta0};
 use deltaspace::model::{
-    Batch, DeltaCache, DeltaParams, Encoder, EncoderOptions, ModelFiles, ResidentEncoder,
+    Batch, DeltaCache, DeltaParams, Encoder, EncoderOptions, Manifest, ModelFiles, ResidentEncoder,
     ResidentOptions, TextInput, Tokens,
 };
 use deltaspace::runtime::{ProviderChoice, Runtime, RuntimeOptions};
@@ -202,6 +205,7 @@ impl Case {
 enum Path_ {
     Host,
     Decoded,
+    Product,
     Resident,
     Graph,
 }
@@ -211,18 +215,25 @@ impl Path_ {
         match self {
             Path_::Host => "host",
             Path_::Decoded => "decoded",
+            Path_::Product => "product",
             Path_::Resident => "resident",
             Path_::Graph => "graph",
         }
     }
 
     fn parse(text: &str) -> Result<Path_, String> {
-        [Path_::Host, Path_::Decoded, Path_::Resident, Path_::Graph]
-            .into_iter()
-            .find(|path| path.name() == text)
-            .ok_or_else(|| {
-                format!("unknown path {text:?}: expected host, decoded, resident or graph")
-            })
+        [
+            Path_::Host,
+            Path_::Decoded,
+            Path_::Product,
+            Path_::Resident,
+            Path_::Graph,
+        ]
+        .into_iter()
+        .find(|path| path.name() == text)
+        .ok_or_else(|| {
+            format!("unknown path {text:?}: expected host, decoded, product, resident or graph")
+        })
     }
 }
 
@@ -315,7 +326,7 @@ impl Engines {
 
     fn has(&self, path: Path_) -> bool {
         match path {
-            Path_::Host | Path_::Decoded => true,
+            Path_::Host | Path_::Decoded | Path_::Product => true,
             Path_::Resident => self.resident.is_some(),
             Path_::Graph => self.graph.is_some(),
         }
@@ -418,7 +429,9 @@ impl Inputs {
         let (z, det_select) = match column.case {
             Case::Plain => {
                 return Ok(match column.path {
-                    Path_::Host | Path_::Decoded => engines.encoder.embed_plain(&self.tokens)?,
+                    Path_::Host | Path_::Decoded | Path_::Product => {
+                        engines.encoder.embed_plain(&self.tokens)?
+                    }
                     Path_::Resident => resident(&engines.resident)?.1.embed_tokens(&self.tokens)?,
                     Path_::Graph => resident(&engines.graph)?.1.embed_tokens(&self.tokens)?,
                 });
@@ -437,6 +450,12 @@ impl Inputs {
             Path_::Decoded => {
                 (engines.encoder).embed_decoding(batch, &engines.params, &engines.deltas)?
             }
+            Path_::Product => {
+                let model =
+                    (engines.encoder.with_params(&engines.params)).decoding(&engines.deltas);
+                let codes = codes(engines.encoder.manifest(), z, det_select)?;
+                classifier::embed_tokens(&model, &self.tokens, &codes)?
+            }
             Path_::Resident => resident(&engines.resident)?.0.embed(batch)?,
             Path_::Graph => resident(&engines.graph)?.0.embed(batch)?,
         })
@@ -450,6 +469,26 @@ impl Inputs {
         black_box(embeddings);
         Ok(ms)
     }
+}
+
+/// Each row's code and DET, as the server's batcher hands them to `classifier::embed_tokens`.
+fn codes<'a>(
+    manifest: &Manifest,
+    z: &'a Array2<f32>,
+    det_select: &Array2<f32>,
+) -> anyhow::Result<Vec<Code<'a>>> {
+    z.rows()
+        .into_iter()
+        .zip(det_select.rows())
+        .map(|(code, select)| {
+            let column = select
+                .iter()
+                .position(|&v| v == 1.0)
+                .context("a row has no DET")?;
+            let det: DetKind = manifest.dets[column].name.parse()?;
+            Ok((code.to_slice().context("z rows are contiguous")?, det))
+        })
+        .collect()
 }
 
 fn resident(
