@@ -597,6 +597,7 @@ fn main() -> anyhow::Result<()> {
         provider: args.provider,
         intra_threads: args.threads,
         library: deltaspace::config::ort_library_from_env(),
+        shared_threads: false,
     })?;
     let dir = ModelDir::new(
         &args.model,
@@ -743,6 +744,7 @@ fn parity(
         provider: args.reference_provider,
         intra_threads: 0,
         library: deltaspace::config::ort_library_from_env(),
+        shared_threads: false,
     })?;
     let reference_dir = ModelDir::new(
         &args.model,

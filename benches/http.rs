@@ -99,6 +99,12 @@ struct Args {
     /// `[runtime] delta_cache_mb` of the server (decoded deltas of recent tasks; used at d ≥ 64).
     #[arg(long, default_value_t = 64)]
     delta_cache_mb: usize,
+    /// `[runtime] shared_threads = true` (one ORT thread pool for every session).
+    #[arg(long)]
+    shared_threads: bool,
+    /// `[runtime] one_det_graphs = true` (batches of one DET through that DET's own graph).
+    #[arg(long)]
+    one_det_graphs: bool,
     /// Texts per batch of the offline plain-graph baseline.
     #[arg(long, default_value_t = 32)]
     offline_batch: usize,
@@ -235,6 +241,7 @@ fn offline(args: &Args, texts: &[String]) -> anyhow::Result<Offline> {
         provider: ProviderChoice::Cpu,
         intra_threads: args.threads,
         library: deltaspace::config::ort_library_from_env(),
+        shared_threads: false,
     })?;
     let options = EncoderOptions {
         with_plain: true,
@@ -427,9 +434,10 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "[runtime]\nprovider = \"cpu\"\nintra_threads = {}\ndelta_cache_mb = {}\n\n\
+                "[runtime]\nprovider = \"cpu\"\nintra_threads = {}\ndelta_cache_mb = {}\n\
+                 shared_threads = {}\none_det_graphs = {}\n\n\
                  [server]\nseed_tasks_dir = \"\"\nmax_tasks = 100000000\n",
-                args.threads, args.delta_cache_mb
+                args.threads, args.delta_cache_mb, args.shared_threads, args.one_det_graphs
             ),
         )?;
         let log = dir.join("server.log");

@@ -280,6 +280,7 @@ fn main() -> anyhow::Result<()> {
         provider: ProviderChoice::Cpu,
         intra_threads: args.threads,
         library: deltaspace::config::ort_library_from_env(),
+        shared_threads: false,
     })?;
     let encoder = Encoder::load(&runtime, &args.model, &EncoderOptions::default())
         .with_context(|| format!("loading {}", args.model.display()))?;

@@ -41,6 +41,9 @@ pub struct RuntimeConfig {
     pub provider: ProviderChoice,
     /// ORT intra-op threads per session; 0 = one per core.
     pub intra_threads: usize,
+    /// One intra-op thread pool of `intra_threads` threads shared by every session
+    /// (`runtime::RuntimeOptions::shared_threads`).
+    pub shared_threads: bool,
     /// Sessions of the serving graph (concurrent runs); sessions × threads ≈ cores.
     pub sessions: usize,
     /// `auto` (U and base resident in the sessions' memory on CUDA, sent with each run on the
@@ -61,6 +64,7 @@ impl Default for RuntimeConfig {
         Self {
             provider: ProviderChoice::Auto,
             intra_threads: 0,
+            shared_threads: true,
             sessions: 1,
             resident: ResidentChoice::Auto,
             cuda_graphs: false,
@@ -243,6 +247,7 @@ impl Config {
             provider: self.runtime.provider,
             intra_threads: self.runtime.intra_threads,
             library,
+            shared_threads: self.runtime.shared_threads,
         }
     }
 }

@@ -19,6 +19,7 @@ pub fn runtime() -> Runtime {
         provider: ProviderChoice::Cpu,
         intra_threads: 1,
         library: None,
+        shared_threads: false,
     })
     .unwrap()
 }

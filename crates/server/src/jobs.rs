@@ -506,7 +506,9 @@ impl Jobs {
                 false => Ok(()),
             }
         });
-        let encoder = Encoder::load(&core.runtime, core.encoder.dir(), &options)?.paced(pace);
+        // Pools of its own: this thread is niced, and the sessions' threads, made here, inherit it.
+        let runtime = core.runtime.independent();
+        let encoder = Encoder::load(&runtime, core.encoder.dir(), &options)?.paced(pace);
         tracing::info!("tune jobs' encoder loaded (serving and gradient graphs)");
         Ok(slot.insert(Arc::new(encoder)).clone())
     }

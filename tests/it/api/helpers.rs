@@ -60,6 +60,7 @@ impl Fixture {
                 provider: ProviderChoice::Cpu,
                 intra_threads: 1,
                 library: None,
+                shared_threads: false,
             },
             sessions: 1,
             resident: ResidentChoice::Auto,

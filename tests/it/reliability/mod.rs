@@ -10,3 +10,4 @@ mod crash;
 mod fuzz_corpus;
 mod load;
 pub(crate) mod process;
+mod threads;

@@ -89,6 +89,15 @@ impl Setup {
         self
     }
 
+    /// Sets `DELTASPACE_RUNTIME_<KEY>` for servers started from now on.
+    pub fn runtime(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((
+            format!("DELTASPACE_RUNTIME_{}", key.to_uppercase()),
+            value.to_string(),
+        ));
+        self
+    }
+
     /// Stores tasks at `url` (`[store] url`) in servers and commands started from now on.
     pub fn store_url(mut self, url: &str) -> Self {
         self.env

@@ -167,8 +167,9 @@ pub struct EncoderOptions {
     pub with_plain: bool,
     /// Load the one-DET serving graphs the export has, so that a batch whose rows share one DET
     /// skips the other DETs' plug points ([`Encoder::embed`]). Off by default: each graph is a
-    /// session with its own ONNX Runtime thread pool, and when runs alternate between sessions
-    /// their pools contend (docs/PERFORMANCE.md measured the server at half its throughput).
+    /// session with its own copy of the weights; and unless the runtime shares one thread pool
+    /// (`RuntimeOptions::shared_threads`), their pools contend when runs alternate between them
+    /// (docs/PERFORMANCE.md measured the server at half its throughput).
     pub one_det_graphs: bool,
     /// Truncate rows to fewer tokens than the model's `max_seq_len` (training on CPUs).
     pub max_seq_len: Option<usize>,

@@ -673,6 +673,7 @@ mod tests {
             provider: ProviderChoice::Cpu,
             intra_threads: 1,
             library: None,
+            shared_threads: false,
         })
         .unwrap()
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use ort::environment::Environment;
+use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
@@ -99,6 +99,12 @@ pub struct RuntimeOptions {
     /// Explicit library path (the edge fills it from `[runtime] library` or `ORT_DYLIB_PATH`);
     /// otherwise beside the binary, then the repo's copy.
     pub library: Option<PathBuf>,
+    /// Every session shares one intra-op thread pool of `intra_threads` threads (ORT's global
+    /// thread pool), instead of each having its own. Sessions that take turns (the one-DET
+    /// graphs) then stop contending: a pool's threads spin after a run, on the cores the next
+    /// session's run needs. The pool belongs to the process: the first runtime loaded decides
+    /// whether there is one ([`Runtime::shares_threads`] says what a runtime got).
+    pub shared_threads: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -107,6 +113,7 @@ impl Default for RuntimeOptions {
             provider: ProviderChoice::Auto,
             intra_threads: 0,
             library: None,
+            shared_threads: false,
         }
     }
 }
@@ -117,22 +124,48 @@ pub struct Runtime {
     environment: &'static Environment,
     options: RuntimeOptions,
     library: PathBuf,
+    /// Sessions run on the process's shared thread pool (else each has its own).
+    shared: bool,
 }
 
 /// ORT allows one environment per process, even after the first is dropped, so it lives here for
-/// the life of the process. Tests that build several runtimes share it.
-static ENVIRONMENT: OnceLock<(Environment, PathBuf)> = OnceLock::new();
+/// the life of the process, with its library and whether it has a shared thread pool. Tests that
+/// build several runtimes share it.
+static ENVIRONMENT: OnceLock<(Environment, PathBuf, bool)> = OnceLock::new();
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Runtime {
     /// Loads the ONNX Runtime library (once per process) and remembers how to make sessions.
     pub fn load(options: RuntimeOptions) -> Result<Self, RuntimeError> {
-        let (environment, library) = environment(options.library.as_deref())?;
+        let pool_threads = options.shared_threads.then_some(options.intra_threads);
+        let (environment, library, has_pool) =
+            environment(options.library.as_deref(), pool_threads)?;
+        if options.shared_threads && !has_pool {
+            tracing::warn!(
+                "ONNX Runtime was loaded earlier in this process without a shared thread pool; \
+                 sessions keep their own"
+            );
+        }
         Ok(Self {
             environment,
+            shared: options.shared_threads && has_pool,
             options,
             library: library.clone(),
         })
+    }
+
+    /// The same runtime, its sessions with thread pools of their own: for work whose threads
+    /// must differ from the shared pool's (a tune job's run at the lowest CPU priority).
+    pub fn independent(&self) -> Self {
+        Self {
+            shared: false,
+            ..self.clone()
+        }
+    }
+
+    /// Whether this runtime's sessions share the process's thread pool.
+    pub fn shares_threads(&self) -> bool {
+        self.shared
     }
 
     /// The library file that was loaded.
@@ -173,7 +206,7 @@ impl Runtime {
         };
         match self.options.provider {
             ProviderChoice::Cpu => {
-                let session = cpu_builder(self.environment, &self.options)
+                let session = cpu_builder(self.environment, &self.options, self.shared)
                     .and_then(|mut b| b.commit_from_file(graph))
                     .map_err(graph_error)?;
                 Ok((session, Provider::Cpu))
@@ -189,7 +222,7 @@ impl Runtime {
                     }
                     Err(CudaFailure::Unavailable(reason)) => {
                         tracing::info!(%reason, "CUDA execution provider unavailable; using CPU");
-                        let session = cpu_builder(self.environment, &self.options)
+                        let session = cpu_builder(self.environment, &self.options, self.shared)
                             .and_then(|mut b| b.commit_from_file(graph))
                             .map_err(graph_error)?;
                         Ok((session, Provider::Cpu))
@@ -209,7 +242,8 @@ impl Runtime {
             .with_cuda_graph(cuda_graphs)
             .build()
             .error_on_failure();
-        let builder = base_builder(self.environment, &self.options).map_err(CudaFailure::Graph)?;
+        let builder = base_builder(self.environment, &self.options, self.shared)
+            .map_err(CudaFailure::Graph)?;
         match builder.with_execution_providers([cuda]) {
             Ok(mut b) => b.commit_from_file(graph).map_err(CudaFailure::Graph),
             Err(e) => Err(CudaFailure::Unavailable(e.to_string())),
@@ -231,16 +265,23 @@ enum CudaFailure {
 
 /// Session settings shared by every provider. Memory patterns are off: with them on, ORT's arena
 /// doubles on the second run of the gradient graph and grows further as `seq` varies
-/// (docs/design/z-graph.md, "Session memory"), at no measurable speed gain.
+/// (docs/design/z-graph.md, "Session memory"), at no measurable speed gain. A session on the
+/// shared pool has no threads of its own to size; one that is not keeps its own pool even where
+/// the process has a shared one.
 fn base_builder(
     environment: &Environment,
     options: &RuntimeOptions,
+    shared: bool,
 ) -> ort::Result<SessionBuilder> {
     let builder = Session::builder(environment)?
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(into_plain)?
         .with_memory_pattern(false)
         .map_err(into_plain)?;
+    if shared {
+        return Ok(builder);
+    }
+    let builder = builder.with_independent_thread_pool().map_err(into_plain)?;
     if options.intra_threads > 0 {
         builder
             .with_intra_threads(options.intra_threads)
@@ -255,21 +296,28 @@ fn into_plain(error: ort::Error<SessionBuilder>) -> ort::Error {
     error.into()
 }
 
-fn cpu_builder(environment: &Environment, options: &RuntimeOptions) -> ort::Result<SessionBuilder> {
-    base_builder(environment, options)
+fn cpu_builder(
+    environment: &Environment,
+    options: &RuntimeOptions,
+    shared: bool,
+) -> ort::Result<SessionBuilder> {
+    base_builder(environment, options, shared)
 }
 
+/// The process's environment, made on first use; with a shared pool of `pool_threads` intra-op
+/// threads (0: one per core) when the first caller asks for one.
 fn environment(
     explicit: Option<&Path>,
-) -> Result<(&'static Environment, &'static PathBuf), RuntimeError> {
-    if let Some((env, path)) = ENVIRONMENT.get() {
-        return Ok((env, path));
+    pool_threads: Option<usize>,
+) -> Result<(&'static Environment, &'static PathBuf, bool), RuntimeError> {
+    if let Some((env, path, pool)) = ENVIRONMENT.get() {
+        return Ok((env, path, *pool));
     }
     let _guard = INIT_LOCK
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((env, path)) = ENVIRONMENT.get() {
-        return Ok((env, path));
+    if let Some((env, path, pool)) = ENVIRONMENT.get() {
+        return Ok((env, path, *pool));
     }
     let library = find_library(explicit)?;
     let load_error = |source: Box<dyn std::error::Error + Send + Sync>| RuntimeError::LibraryLoad {
@@ -278,14 +326,17 @@ fn environment(
     };
     // `init_from` returns an error where `ort::init` would panic on a missing library.
     let builder = ort::init_from(&library).map_err(|e| load_error(Box::new(e)))?;
-    let env = builder
-        .with_name("deltaspace")
-        .with_telemetry(false)
-        .build()
-        .map_err(|e| load_error(Box::new(e)))?;
-    tracing::debug!(library = %library.display(), "ONNX Runtime loaded");
-    let (env, path) = ENVIRONMENT.get_or_init(|| (env, library));
-    Ok((env, path))
+    let mut builder = builder.with_name("deltaspace").with_telemetry(false);
+    if let Some(threads) = pool_threads {
+        let pool = GlobalThreadPoolOptions::default()
+            .with_intra_threads(threads)
+            .map_err(|e| load_error(Box::new(e)))?;
+        builder = builder.with_global_thread_pool(pool);
+    }
+    let env = builder.build().map_err(|e| load_error(Box::new(e)))?;
+    tracing::debug!(library = %library.display(), shared_pool = pool_threads.is_some(), "ONNX Runtime loaded");
+    let (env, path, pool) = ENVIRONMENT.get_or_init(|| (env, library, pool_threads.is_some()));
+    Ok((env, path, *pool))
 }
 
 /// An explicit path (the only place to look), else `libonnxruntime.so` beside the binary (and in

@@ -107,6 +107,7 @@ async fn info(state: State) -> Result<HttpResponse, ApiError> {
         "execution_provider": core.serving.provider,
         "sessions": core.serving.sessions,
         "resident": core.serving.resident,
+        "shared_threads": core.runtime.shares_threads(),
         "delta_cache": core.serving.deltas.as_ref().map(|deltas| deltas.stats()),
         "tasks": core.store.len(),
         "label_sets": core.store.label_sets().len(),
