@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench --bench forward -- [--threads 2] [--rounds 12] [--shapes 32x64,1x64,8x64,64x16]
 //!     [--provider cpu|cuda|auto] [--cases plain,serve_one,serve_32_lora,serve_mixed]
-//!     [--resident] [--cuda-graphs] [--paths host,decoded,product,resident,graph]
+//!     [--resident] [--cuda-graphs] [--paths host,decoded,product,resident,graph] [--shared-threads]
 //!     [--serve-graph serve_fp16.onnx --plain-graph plain_fp16.onnx --label fp16]
 //!     [--parity [--reference-provider cpu] [--reference-serve-graph F --reference-plain-graph F]]
 //! ```
@@ -98,6 +98,9 @@ struct Args {
     /// Subspace dimension d.
     #[arg(long, default_value_t = 16)]
     d: usize,
+    /// One ORT thread pool for every session (`[runtime] shared_threads`, the server's default).
+    #[arg(long)]
+    shared_threads: bool,
     /// Seed of the token ids, the codes z and the random subspace.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -597,7 +600,7 @@ fn main() -> anyhow::Result<()> {
         provider: args.provider,
         intra_threads: args.threads,
         library: deltaspace::config::ort_library_from_env(),
-        shared_threads: false,
+        shared_threads: args.shared_threads,
     })?;
     let dir = ModelDir::new(
         &args.model,
