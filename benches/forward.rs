@@ -317,7 +317,7 @@ impl Engines {
                 ..ResidentOptions::default()
             },
         );
-        let deltas = DeltaCache::new(encoder.manifest(), DELTA_CACHE_BYTES);
+        let deltas = DeltaCache::new(&params, DELTA_CACHE_BYTES, 0);
         Ok(Self {
             encoder,
             params,

@@ -39,12 +39,14 @@ pub struct StoreConfig {
 pub struct RuntimeConfig {
     /// `auto` (CUDA if it starts, else CPU), `cuda` (CUDA or fail), `cpu`.
     pub provider: ProviderChoice,
-    /// ORT intra-op threads per session; 0 = one per core.
+    /// ORT intra-op threads: the shared pool's size (`shared_threads`), else each session's; 0 =
+    /// one per core.
     pub intra_threads: usize,
     /// One intra-op thread pool of `intra_threads` threads shared by every session
     /// (`runtime::RuntimeOptions::shared_threads`).
     pub shared_threads: bool,
-    /// Sessions of the serving graph (concurrent runs); sessions × threads ≈ cores.
+    /// Sessions of the serving graph (concurrent runs). On the shared pool they split its
+    /// threads; with pools per session keep sessions × threads ≈ cores.
     pub sessions: usize,
     /// `auto` (U and base resident in the sessions' memory on CUDA, sent with each run on the
     /// CPU), `always`, `never`.

@@ -41,7 +41,7 @@ pub struct GlobalArgs {
     /// Execution provider: auto, cuda or cpu (overrides [runtime] provider).
     #[arg(long, global = true)]
     pub provider: Option<ProviderChoice>,
-    /// ONNX Runtime intra-op threads per session, 0 = one per core (overrides [runtime] intra_threads).
+    /// ONNX Runtime intra-op threads (the shared pool's, else each session's), 0 = one per core (overrides [runtime] intra_threads).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
 }

@@ -253,7 +253,7 @@ fn rows_decoded_through_cached_deltas_embed_as_through_u() {
     let inputs = reference.inputs();
     let tokens = encoder.tokenize(&inputs).unwrap();
     let rows = inputs.len();
-    let deltas = DeltaCache::new(encoder.manifest(), 1 << 20);
+    let deltas = DeltaCache::new(&params, 1 << 20, 2);
     // Two distinct codes over six rows: rows 0, 2, 4 take code 0, the others code 1.
     let mut z = Array2::<f32>::zeros((rows, params.d()));
     for row in 0..rows {
@@ -298,8 +298,8 @@ fn rows_decoded_through_cached_deltas_embed_as_through_u() {
     assert_eq!(deltas.stats(), before, "the cache was not asked");
 }
 
-/// The cache holds at most its budget in deltas, evicting the least recently used, and a budget
-/// of 0 turns it off.
+/// The cache holds at most its budget in deltas, evicting the least recently used; it serves only
+/// the params it was made for; and a budget of 0 turns it off.
 #[test]
 fn the_delta_cache_keeps_to_its_budget() {
     let encoder = tiny_encoder();
@@ -325,7 +325,7 @@ fn the_delta_cache_keeps_to_its_budget() {
             encoder.embed_decoding(batch, &params, deltas).unwrap();
         }
     };
-    let two = DeltaCache::new(encoder.manifest(), 2 * size * 4);
+    let two = DeltaCache::new(&params, 2 * size * 4, 2);
     embed_each(&two);
     let stats = two.stats();
     assert_eq!((stats.entries, stats.capacity), (2, 2), "{stats:?}");
@@ -341,7 +341,25 @@ fn the_delta_cache_keeps_to_its_budget() {
         encoder.embed_decoding(batch, &params, &two).unwrap();
         assert_eq!(two.stats().hits - before.hits, u64::from(hit), "code {row}");
     }
-    let off = DeltaCache::new(encoder.manifest(), 0);
+    // A cache is used only with the params it was made for: another U of the same d is not asked.
+    let (other, _) = wide(&encoder, &reference);
+    let before = two.stats();
+    let batch = Batch {
+        tokens: &tokens,
+        z: codes.slice(s![0..1, ..]),
+        det_select: select.view(),
+    };
+    let through_u = encoder.embed(batch, &other).unwrap();
+    assert_eq!(
+        encoder.embed_decoding(batch, &other, &two).unwrap(),
+        through_u
+    );
+    assert_eq!(
+        two.stats(),
+        before,
+        "a cache made for other params was asked"
+    );
+    let off = DeltaCache::new(&params, 0, 2);
     embed_each(&off);
     let expected = DeltaCacheStats {
         entries: 0,

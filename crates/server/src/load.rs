@@ -131,8 +131,9 @@ fn serving_model(
 ) -> Result<(Runner, Serving), ServerError> {
     if !options.resident.resident_on(encoder.provider()) {
         let deltas = Arc::new(DeltaCache::new(
-            encoder.manifest(),
+            subspace.params(),
             options.delta_cache_bytes,
+            options.runtime.intra_threads,
         ));
         let serving = Serving {
             provider: encoder.provider(),

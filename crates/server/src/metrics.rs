@@ -59,6 +59,8 @@ pub struct Metrics {
     pub delta_cache_entries: IntGauge,
     /// `deltaspace_delta_cache_lookups_total{result}`: deltas found (`hit`) or computed (`miss`).
     pub delta_cache_lookups: IntCounterVec,
+    /// Held while the delta cache's series catch up, so two scrapes at once add each count once.
+    delta_cache_mirror: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -191,6 +193,7 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric. This is a bug."),
+            delta_cache_mirror: std::sync::Mutex::new(()),
             registry,
         };
         metrics.register_all();
@@ -281,6 +284,8 @@ impl Metrics {
 
     /// Brings the delta cache's series up to its own counts (read when `/metrics` is scraped).
     pub fn observe_delta_cache(&self, stats: DeltaCacheStats) {
+        let _one_at_a_time =
+            (self.delta_cache_mirror.lock()).unwrap_or_else(std::sync::PoisonError::into_inner);
         self.delta_cache_entries
             .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
         for (result, total) in [("hit", stats.hits), ("miss", stats.misses)] {

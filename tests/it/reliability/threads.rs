@@ -52,8 +52,8 @@ async fn a_server_on_one_shared_thread_pool_answers_as_one_with_pools_per_sessio
         answers.push(got);
         server.kill();
     }
-    for (default, shared) in answers[0].iter().zip(&answers[1]) {
-        let pairs = default["predictions"]
+    for (own_pools, shared) in answers[0].iter().zip(&answers[1]) {
+        let pairs = own_pools["predictions"]
             .as_array()
             .unwrap()
             .iter()

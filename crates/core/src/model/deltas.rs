@@ -26,7 +26,6 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 
 use super::encoder::{Batch, DeltaParams};
-use super::manifest::Manifest;
 
 /// Below this d, runs read U as before: U is then small (D × d floats, 18 MB per DET at d = 64
 /// for MiniLM, 4.7 MB at d = 16), and filling the cache costs more than reading it. Measured at
@@ -42,8 +41,29 @@ pub struct DeltaCache {
     entries: Mutex<LruCache<Key, Arc<[f32]>>>,
     /// Most entries held (0: the cache is off).
     capacity: usize,
+    /// The U the deltas were decoded through: a cache is used only with its own params.
+    params: ParamsIdentity,
+    /// Threads that decode missing deltas.
+    threads: usize,
     hits: AtomicU64,
     misses: AtomicU64,
+}
+
+/// Which U and base a [`DeltaParams`] holds, cheaply: where each U lives, its shape, and a few of
+/// its values (so that params freed and others allocated in their place do not pass).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ParamsIdentity(Vec<(usize, (usize, usize), Vec<u32>)>);
+
+impl ParamsIdentity {
+    fn of(params: &DeltaParams) -> Self {
+        let dets = params.dets().iter().map(|det| {
+            let values = det.u.as_slice().unwrap_or(&[]);
+            let stride = (values.len() / 16).max(1);
+            let sample = values.iter().step_by(stride).map(|v| v.to_bits()).collect();
+            (det.u.as_ptr() as usize, det.u.dim(), sample)
+        });
+        Self(dets.collect())
+    }
 }
 
 impl std::fmt::Debug for DeltaCache {
@@ -70,14 +90,22 @@ pub(crate) struct Decoded {
 }
 
 impl DeltaCache {
-    /// A cache of at most `bytes` of deltas of `manifest`'s DETs (0 turns it off).
-    pub fn new(manifest: &Manifest, bytes: usize) -> Self {
-        let largest = manifest.dets.iter().map(|det| det.size).max().unwrap_or(1);
-        let capacity = bytes / (largest.max(1) * size_of::<f32>());
+    /// A cache of at most `bytes` of deltas decoded through `params`, on `threads` threads (0:
+    /// one per core). It holds whole deltas only: a budget below one delta (D floats) turns it
+    /// off, as 0 does.
+    pub fn new(params: &DeltaParams, bytes: usize, threads: usize) -> Self {
+        let largest = params.dets().iter().map(|det| det.u.nrows()).max();
+        let capacity = bytes / (largest.unwrap_or(1).max(1) * size_of::<f32>());
+        if bytes > 0 && capacity == 0 {
+            tracing::warn!(bytes, "the delta cache's budget holds no delta: it is off");
+        }
         let entries = LruCache::new(NonZeroUsize::new(capacity).map_or(1, NonZeroUsize::get));
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         Self {
             entries: Mutex::new(entries),
             capacity,
+            params: ParamsIdentity::of(params),
+            threads: if threads == 0 { cores } else { threads },
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -93,23 +121,34 @@ impl DeltaCache {
         }
     }
 
-    /// The batch in decoded form, when that is cheaper: the cache is on, d is at least
-    /// [`MIN_DECODED_D`] and the batch has fewer distinct codes than d. The caller has checked
-    /// the batch's shapes against `params`.
+    /// The batch in decoded form, when that is cheaper: the cache is on and made for `params`,
+    /// d is at least [`MIN_DECODED_D`] and the batch has fewer distinct codes than d. The caller
+    /// has checked the batch's shapes against `params`.
+    ///
+    /// Every row of the decoded batch reads the same U', so a non-finite delta would spoil the
+    /// whole batch where reading U spoils one row; the tasks' checks (finite z) keep that out.
     pub(crate) fn decode(&self, batch: Batch<'_>, params: &DeltaParams) -> Option<Decoded> {
         if self.capacity == 0 || params.d() < MIN_DECODED_D {
             return None;
         }
-        let (codes, row_code) = distinct_codes(batch.z, params.d())?;
+        if ParamsIdentity::of(params) != self.params {
+            tracing::warn!("a delta cache was asked to decode through other params: not used");
+            return None;
+        }
+        let (first_rows, row_code) = distinct_codes(batch.z, params.d())?;
+        let codes = first_rows.len();
         let mut u = Vec::with_capacity(params.dets().len());
-        let mut z = Array2::zeros((row_code.len(), codes.len()));
+        let mut z = Array2::zeros((row_code.len(), codes));
         for (row, &code) in row_code.iter().enumerate() {
             z[[row, code]] = 1.0;
         }
         for (column, det) in params.dets().iter().enumerate() {
-            let used = codes_using(batch.det_select, &row_code, codes.len(), column);
-            let deltas = self.deltas(column, &det.u, &codes, &used, batch.z);
-            let mut decoded = Array2::zeros((det.u.nrows(), codes.len()));
+            let used = codes_using(batch.det_select, &row_code, codes, column);
+            let keys: Vec<Key> = (used.iter())
+                .map(|&code| (column, bits(batch.z.row(first_rows[code])).into()))
+                .collect();
+            let deltas = self.deltas(&det.u, &first_rows, &used, keys, batch.z);
+            let mut decoded = Array2::zeros((det.u.nrows(), codes));
             for (code, delta) in deltas {
                 decoded
                     .column_mut(code)
@@ -120,30 +159,25 @@ impl DeltaCache {
         Some(Decoded { z, u })
     }
 
-    /// U z of each code in `used` (by index into `codes`, whose rows of `z` give each code's z),
-    /// from the cache or computed in one product for all that miss.
+    /// U z of each code in `used` (an index into `first_rows`, the row of `z` where the code
+    /// first appears; `keys` in the same order), from the cache or computed in one product for
+    /// all that miss.
     fn deltas(
         &self,
-        column: usize,
         u: &Array2<f32>,
-        codes: &[usize],
+        first_rows: &[usize],
         used: &[usize],
+        keys: Vec<Key>,
         z: ArrayView2<'_, f32>,
     ) -> Vec<(usize, Arc<[f32]>)> {
-        let key = |code: usize| -> Key {
-            (
-                column,
-                z.row(codes[code]).map(|v| v.to_bits()).to_vec().into(),
-            )
-        };
         let mut found = Vec::with_capacity(used.len());
         let mut missing = Vec::new();
         {
             let mut entries = self.lock();
-            for &code in used {
-                match entries.get(&key(code)) {
+            for (&code, key) in used.iter().zip(keys) {
+                match entries.get(&key) {
                     Some(delta) => found.push((code, Arc::clone(delta))),
-                    None => missing.push(code),
+                    None => missing.push((code, key)),
                 }
             }
         }
@@ -153,12 +187,15 @@ impl DeltaCache {
         if missing.is_empty() {
             return found;
         }
-        let rows: Vec<usize> = missing.iter().map(|&code| codes[code]).collect();
-        let product = decode_in_parallel(u, z.select(Axis(0), &rows).view());
+        let rows: Vec<usize> = missing.iter().map(|&(code, _)| first_rows[code]).collect();
+        let product = decode_in_parallel(u, z.select(Axis(0), &rows).view(), self.threads);
+        let decoded: Vec<(usize, Key, Arc<[f32]>)> = (missing.into_iter())
+            .zip(product.rows())
+            .map(|((code, key), delta)| (code, key, delta.iter().copied().collect()))
+            .collect();
         let mut entries = self.lock();
-        for (&code, delta) in missing.iter().zip(product.rows()) {
-            let delta: Arc<[f32]> = delta.iter().copied().collect();
-            entries.insert(key(code), Arc::clone(&delta));
+        for (code, key, delta) in decoded {
+            entries.insert(key, Arc::clone(&delta));
             found.push((code, delta));
         }
         found
@@ -171,12 +208,11 @@ impl DeltaCache {
 }
 
 /// The deltas of `codes` [m, d] through `u` [D, d], as rows: [m, D] = codes · Uᵀ, over U's rows
-/// cut into one block per core. The product reads all of U once, like a run that reads U (whose
+/// cut into one block per thread. The product reads all of U once, like a run that reads U (whose
 /// ONNX Runtime GEMM uses every core too), so a batch of tasks that all miss costs about what it
 /// did before the cache.
-fn decode_in_parallel(u: &Array2<f32>, codes: ArrayView2<'_, f32>) -> Array2<f32> {
-    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    let block = u.nrows().div_ceil(cores).max(1);
+fn decode_in_parallel(u: &Array2<f32>, codes: ArrayView2<'_, f32>, threads: usize) -> Array2<f32> {
+    let block = u.nrows().div_ceil(threads.max(1)).max(1);
     let mut deltas = Array2::zeros((codes.nrows(), u.nrows()));
     std::thread::scope(|scope| {
         let blocks = u.axis_chunks_iter(Axis(0), block);
@@ -195,9 +231,8 @@ fn distinct_codes(z: ArrayView2<'_, f32>, d: usize) -> Option<(Vec<usize>, Vec<u
     let mut seen: HashMap<Vec<u32>, usize> = HashMap::new();
     let mut row_code = Vec::with_capacity(z.nrows());
     for (row, values) in z.rows().into_iter().enumerate() {
-        let bits: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
         let next = first_rows.len();
-        let code = *seen.entry(bits).or_insert(next);
+        let code = *seen.entry(bits(values)).or_insert(next);
         if code == next {
             first_rows.push(row);
             if first_rows.len() >= d {
@@ -207,6 +242,11 @@ fn distinct_codes(z: ArrayView2<'_, f32>, d: usize) -> Option<(Vec<usize>, Vec<u
         row_code.push(code);
     }
     Some((first_rows, row_code))
+}
+
+/// A code's bits: its identity in the cache (−0 and 0 differ, which costs at most a miss).
+fn bits(z: ArrayView1<'_, f32>) -> Vec<u32> {
+    z.iter().map(|v| v.to_bits()).collect()
 }
 
 /// The codes whose rows switch on the DET in `column`.

@@ -353,6 +353,7 @@ impl Encoder {
         params: &'a DeltaParams,
     ) -> Result<Array2<f32>, ModelError> {
         check_batch(batch, params, self.manifest())?;
+        self.take_turn()?;
         self.run_serving(batch.tokens, DeltaInputs::new(batch, params))
     }
 
@@ -365,6 +366,7 @@ impl Encoder {
         deltas: &DeltaCache,
     ) -> Result<Array2<f32>, ModelError> {
         check_batch(batch, params, self.manifest())?;
+        self.take_turn()?;
         match deltas.decode(batch, params) {
             Some(decoded) => {
                 let inputs = DeltaInputs::decoded(&decoded, batch.det_select, params);
@@ -374,13 +376,13 @@ impl Encoder {
         }
     }
 
-    /// One run of the serving graph, or of the one-DET graph of a batch whose rows share a DET.
+    /// One run of the serving graph, or of the one-DET graph of a batch whose rows share a DET
+    /// (the caller has taken its turn).
     fn run_serving(
         &self,
         tokens: &Tokens,
         delta: DeltaInputs<'_>,
     ) -> Result<Array2<f32>, ModelError> {
-        self.take_turn()?;
         if let Some((column, pool)) = self.one_det_graph(delta.det_select) {
             return pool.run(|session| {
                 let mut inputs = token_inputs(tokens)?;

@@ -94,7 +94,8 @@ impl fmt::Display for Provider {
 pub struct RuntimeOptions {
     /// Requested execution provider.
     pub provider: ProviderChoice,
-    /// ORT intra-op threads per session; 0 lets ORT decide (one per core).
+    /// ORT intra-op threads: the shared pool's size ([`RuntimeOptions::shared_threads`]), else
+    /// each session's; 0 lets ORT decide (one per core).
     pub intra_threads: usize,
     /// Explicit library path (the edge fills it from `[runtime] library` or `ORT_DYLIB_PATH`);
     /// otherwise beside the binary, then the repo's copy.
@@ -103,7 +104,8 @@ pub struct RuntimeOptions {
     /// thread pool), instead of each having its own. Sessions that take turns (the one-DET
     /// graphs) then stop contending: a pool's threads spin after a run, on the cores the next
     /// session's run needs. The pool belongs to the process: the first runtime loaded decides
-    /// whether there is one ([`Runtime::shares_threads`] says what a runtime got).
+    /// whether there is one ([`Runtime::shares_threads`] says what a runtime got). Off by default
+    /// here; the server's configuration turns it on (`[runtime] shared_threads`).
     pub shared_threads: bool,
 }
 
