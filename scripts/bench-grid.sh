@@ -29,7 +29,7 @@ cargo bench --quiet --locked --bench forward --no-run
 load_before=$(load_average)
 busy=$(busiest)
 cargo bench --quiet --locked --bench forward -- --threads "$threads" --rounds "$rounds" --shapes "$shapes" \
-  --cases plain,serve_one,serve_32_lora,serve_mixed | tee "$out/result.txt"
+  --cases plain,serve_one,serve_32_lora,serve_mixed --shared-threads | tee "$out/result.txt"
 load_after=$(load_average)
 BENCH_HEADER="Written by \`${command% }\` on $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(revision).
 Machine: $(machine); ONNX Runtime $(ort_library), CPU execution provider, $threads intra-op threads, $rounds rounds.
@@ -51,7 +51,8 @@ lines = [
     os.environ["BENCH_HEADER"],
     "",
     "ONNX Runtime, the crate's own sessions (`Encoder::embed` / `embed_plain`, input binding and output copies "
-    "included), full-length synthetic rows (every row exactly seq tokens), d = 16. `plain` has no DET plug points; "
+    "included) on one shared thread pool (the server's default, `[runtime] shared_threads`), one-DET graphs "
+    "loaded, full-length synthetic rows (every row exactly seq tokens), d = 16. `plain` has no DET plug points; "
     "the serving graph rebuilds θ = base + U z per row and applies LoRA, Adapter and Prefix (each row's `det_select` "
     "switches them on). Throughput ratio = plain's median time / the case's median time, in the same interleaved "
     "rounds (in brackets: the same from each case's fastest run). The goal of issue #5 is ≥ 0.90.",
