@@ -17,7 +17,10 @@
 //!   label embeddings (prepared once by `PreparedTask::prepare`, softmax(20 cos)).
 //! - Cases: `mixed_lap` (each row its own task, DETs cycling LoRA, Adapter, Prefix by task);
 //!   `mixed_lora` (each row its own task, all LoRA); `one_task` (every row of a batch the task of
-//!   the batch's first row, decoded through LoRA).
+//!   the batch's first row, decoded through LoRA); `frozen_plain` (no task's delta at all: the
+//!   plain graph, rows cut by length as `embed_rows` cuts them, each row scored against its own
+//!   task's labels). The last is the engines' floor: against the peer's frozen model it bounds
+//!   what any serving design on ONNX Runtime can reach against PyTorch on this machine.
 //! - One sample is the wall time to serve every batch of one batch size once. Rounds are
 //!   interleaved: each round runs every batch size and case once, in an order that rotates from
 //!   round to round. Nothing here asserts a timing.
@@ -37,7 +40,7 @@ use clap::Parser;
 use common::median_min;
 use deltaspace::classifier::{PreparedTask, TextRow, embed_rows, score};
 use deltaspace::det::DetKind;
-use deltaspace::model::{Encoder, EncoderOptions, TextInput};
+use deltaspace::model::{CPU_RUN_COST_TOKENS, Encoder, EncoderOptions, TextInput, length_groups};
 use deltaspace::runtime::{ProviderChoice, Runtime, RuntimeOptions};
 use deltaspace::subspace::Subspace;
 use deltaspace::task::{Label, Task, TaskLimits};
@@ -115,16 +118,23 @@ enum Case {
     MixedLap,
     MixedLora,
     OneTask,
+    FrozenPlain,
 }
 
 impl Case {
-    const ALL: [Case; 3] = [Case::MixedLap, Case::MixedLora, Case::OneTask];
+    const ALL: [Case; 4] = [
+        Case::MixedLap,
+        Case::MixedLora,
+        Case::OneTask,
+        Case::FrozenPlain,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Case::MixedLap => "mixed_lap",
             Case::MixedLora => "mixed_lora",
             Case::OneTask => "one_task",
+            Case::FrozenPlain => "frozen_plain",
         }
     }
 
@@ -132,7 +142,7 @@ impl Case {
     fn det(self, task: usize) -> DetKind {
         match self {
             Case::MixedLap => DetKind::ALL[task % DetKind::ALL.len()],
-            Case::MixedLora | Case::OneTask => DetKind::Lora,
+            Case::MixedLora | Case::OneTask | Case::FrozenPlain => DetKind::Lora,
         }
     }
 }
@@ -148,20 +158,25 @@ impl Server {
     /// Serves one batch from texts to labels; returns each row's best label.
     fn classify(&self, batch: &Batch, case: Case) -> anyhow::Result<Vec<String>> {
         let row_tasks: Vec<usize> = match case {
-            Case::MixedLap | Case::MixedLora => batch.tasks.clone(),
+            Case::MixedLap | Case::MixedLora | Case::FrozenPlain => batch.tasks.clone(),
             Case::OneTask => vec![batch.tasks[0]; batch.tasks.len()],
         };
-        let rows: Vec<TextRow<'_>> = batch
-            .inputs
-            .iter()
-            .zip(&row_tasks)
-            .map(|(input, &task)| TextRow {
-                input,
-                z: &self.tasks[task].task.z,
-                det: case.det(task),
-            })
-            .collect();
-        let embeddings = embed_rows(&self.encoder, &self.subspace, &rows)?;
+        let embeddings = match case {
+            Case::FrozenPlain => self.embed_plain(&batch.inputs)?,
+            _ => {
+                let rows: Vec<TextRow<'_>> = batch
+                    .inputs
+                    .iter()
+                    .zip(&row_tasks)
+                    .map(|(input, &task)| TextRow {
+                        input,
+                        z: &self.tasks[task].task.z,
+                        det: case.det(task),
+                    })
+                    .collect();
+                embed_rows(&self.encoder, &self.subspace, &rows)?
+            }
+        };
         let logit_scale = self.encoder.manifest().logit_scale;
         let labels = row_tasks
             .iter()
@@ -173,6 +188,23 @@ impl Server {
             })
             .collect();
         Ok(labels)
+    }
+
+    /// The frozen model's embeddings through the plain graph, the rows cut into runs of like
+    /// length as `embed_rows` cuts them on the CPU.
+    fn embed_plain(&self, inputs: &[TextInput]) -> anyhow::Result<ndarray::Array2<f32>> {
+        let tokens = self.encoder.tokenize(inputs)?;
+        let lengths = tokens.lengths();
+        let hidden = self.encoder.manifest().hidden();
+        let mut embeddings = ndarray::Array2::zeros((tokens.rows(), hidden));
+        for group in length_groups(&lengths, CPU_RUN_COST_TOKENS) {
+            let seq = group.iter().map(|&i| lengths[i]).max().unwrap_or(1);
+            let group_embeddings = self.encoder.embed_plain(&tokens.select(&group, seq))?;
+            for (&row, embedding) in group.iter().zip(group_embeddings.rows()) {
+                embeddings.row_mut(row).assign(&embedding);
+            }
+        }
+        Ok(embeddings)
     }
 
     /// Serves every batch once; returns the wall time in ms.
@@ -282,7 +314,11 @@ fn main() -> anyhow::Result<()> {
         library: deltaspace::config::ort_library_from_env(),
         shared_threads: false,
     })?;
-    let encoder = Encoder::load(&runtime, &args.model, &EncoderOptions::default())
+    let options = EncoderOptions {
+        with_plain: true,
+        ..EncoderOptions::default()
+    };
+    let encoder = Encoder::load(&runtime, &args.model, &options)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let subspace = Subspace::load(&args.subspace, encoder.manifest())
         .with_context(|| format!("loading {}", args.subspace.display()))?;
@@ -312,7 +348,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     // samples[size][case]
-    let mut samples = vec![[const { Vec::new() }; 3]; by_size.len()];
+    let mut samples = vec![[const { Vec::new() }; Case::ALL.len()]; by_size.len()];
     for round in 0..args.rounds {
         for ((_, batches), size_samples) in by_size.iter().zip(&mut samples) {
             for step in 0..Case::ALL.len() {
@@ -323,8 +359,10 @@ fn main() -> anyhow::Result<()> {
         eprintln!("round {}/{} done", round + 1, args.rounds);
     }
 
-    println!("| batch size | rows | mixed_lap ms | mixed_lora ms | one_task ms |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| batch size | rows | mixed_lap ms | mixed_lora ms | one_task ms | frozen_plain ms |"
+    );
+    println!("|---|---|---|---|---|---|");
     let mut json_lines = Vec::new();
     for ((size, batches), size_samples) in by_size.iter().zip(&samples) {
         let rows: usize = batches.iter().map(|b| b.inputs.len()).sum();
@@ -340,6 +378,7 @@ fn main() -> anyhow::Result<()> {
                 "batches": batches.len(),
                 "tasks": match case {
                     Case::OneTask => 1,
+                    Case::FrozenPlain => 0,
                     _ => server.tasks.len(),
                 },
                 "threads": args.threads,

@@ -29,6 +29,9 @@ Cases:
   costs, 32 tokens a run), so both sides pad alike: the engines compared on equal work.
 - peft_one: every row of a batch takes the task of the batch's first row; `set_adapter` (when it changes), then a
   plain forward: the best case for PEFT.
+- frozen_grouped: the frozen model, a second copy of the sentence-transformers model that PEFT never wrapped (so no
+  adapter code runs at all), split by length as peft_mixed_grouped is. Against deltaspace's `frozen_plain` (its
+  plain graph) it compares the engines alone, the ceiling of every serving design's ratio on equal work.
 
 Rounds are interleaved: each round runs every batch size and case once, in an order that rotates from round to
 round. Prints one JSON line per batch size and case on stdout (every sample included); progress goes to stderr.
@@ -53,7 +56,7 @@ from sentence_transformers import SentenceTransformer
 TASKS = 32  # tasks in the workload; row i is of task i mod TASKS
 MIN_ROWS = 32  # rows per sample: a batch size's batches cover max(batch size, MIN_ROWS) rows
 PAIR_EXAMPLES = {"mrpc", "rte"}  # example tasks whose rows are sentence pairs
-CASES = ("peft_mixed", "peft_mixed_grouped", "peft_one")
+CASES = ("peft_mixed", "peft_mixed_grouped", "peft_one", "frozen_grouped")
 RUN_COST_TOKENS = 32  # deltaspace's classifier::CPU_RUN_COST_TOKENS
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["query", "value"], "lora_dropout": 0.0}
 LOGIT_SCALE = 20.0
@@ -110,6 +113,7 @@ class Peer:
         for name in self.adapters[1:]:
             self.bert.add_adapter(name, config)
         self.bert.eval()
+        self.frozen = SentenceTransformer(str(model_dir), device="cpu")[0].auto_model.eval()
         self.active = self.adapters[0]
         with torch.inference_mode(), self.bert.disable_adapter():
             self.label_embeddings = [
@@ -121,9 +125,9 @@ class Peer:
         return self.st.tokenizer(texts, padding="longest", truncation="longest_first",
                                  max_length=self.st.max_seq_length, return_tensors="pt")
 
-    def encode(self, tokens: dict, forward_kwargs: dict) -> torch.Tensor:
-        """Forward, mean-pool, normalize: [rows, 384]."""
-        hidden = self.bert(**tokens, **forward_kwargs).last_hidden_state
+    def encode(self, tokens: dict, forward_kwargs: dict, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Forward (through the PEFT model, or `model`), mean-pool, normalize: [rows, 384]."""
+        hidden = (model or self.bert)(**tokens, **forward_kwargs).last_hidden_state
         features = {"token_embeddings": hidden, "attention_mask": tokens["attention_mask"]}
         return self.st[2](self.st[1](features))["sentence_embedding"]
 
@@ -131,8 +135,9 @@ class Peer:
         """Tokenize, forward, mean-pool, normalize: [rows, 384]."""
         return self.encode(self.tokenize(rows), forward_kwargs)
 
-    def embed_grouped(self, rows: list[dict], adapter_names: list[str]) -> torch.Tensor:
-        """embed with adapter_names, run in groups of like length (length_groups), rows back in order."""
+    def embed_grouped(self, rows: list[dict], adapter_names: list[str] | None) -> torch.Tensor:
+        """embed with adapter_names (None: through the frozen model instead), run in groups of like length
+        (length_groups), rows back in order."""
         tokens = self.tokenize(rows)
         lengths = tokens["attention_mask"].sum(dim=1).tolist()
         out = torch.empty(len(rows), self.st.get_sentence_embedding_dimension())
@@ -140,7 +145,10 @@ class Peer:
             seq = max(lengths[i] for i in group)
             index = torch.tensor(group)
             part = {name: tensor[index, :seq] for name, tensor in tokens.items()}
-            out[index] = self.encode(part, {"adapter_names": [adapter_names[i] for i in group]})
+            if adapter_names is None:
+                out[index] = self.encode(part, {}, self.frozen)
+            else:
+                out[index] = self.encode(part, {"adapter_names": [adapter_names[i] for i in group]})
         return out
 
     def classify(self, rows: list[dict], case: str) -> list[int]:
@@ -151,6 +159,9 @@ class Peer:
         elif case == "peft_mixed_grouped":
             tasks = [r["task"] for r in rows]
             embeddings = self.embed_grouped(rows, [self.adapters[t] for t in tasks])
+        elif case == "frozen_grouped":
+            tasks = [r["task"] for r in rows]
+            embeddings = self.embed_grouped(rows, None)
         else:
             tasks = [rows[0]["task"]] * len(rows)
             if self.active != self.adapters[tasks[0]]:
@@ -214,7 +225,8 @@ def run(args: argparse.Namespace) -> None:
         rows = sum(len(b) for b in by_size[size])
         print(json.dumps({
             "engine": "peft", "batch": size, "case": case, "rows": rows, "batches": len(by_size[size]),
-            "tasks": 1 if case == "peft_one" else TASKS, "threads": args.threads, "rounds": args.rounds,
+            "tasks": {"peft_one": 1, "frozen_grouped": 0}.get(case, TASKS), "threads": args.threads,
+            "rounds": args.rounds,
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
             "sentence_transformers": sentence_transformers.__version__,
             "attention": peer.st[0].auto_model.config._attn_implementation,

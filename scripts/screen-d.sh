@@ -4,6 +4,7 @@
 #   random   a random subspace through θ⁰ of dimension d (`subspace random`, seed 7): needs no stage 0;
 #   hybrid   the stage-0 decomposition of the upstream solutions finished so far (one learned direction per
 #            task) completed by seeded random directions up to d (`train subspace --steps 0 --complete-to d`);
+#            with d = the number of learned directions, the learned subspace alone;
 #   scaled   the hybrid with each learned direction scaled so that the upstream codes have unit RMS along it
 #            (`--unit-codes`): stage 2's steps then reach as far along learned directions as the upstream
 #            solutions lie.
@@ -36,6 +37,8 @@ rm -rf "$runs/model" && cp -r "$model" "$runs/model"
 bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 # Upstream tasks with all three stage-0 solutions: the hybrid's learned directions.
 learned=$(ls "$upstream"/*.prefix.safetensors 2>/dev/null | wc -l)
+# complete D: the flag that completes the learned directions with random ones up to D (none at D = learned).
+complete() { [ "$1" -gt "$learned" ] && echo "--complete-to $1" || true; }
 for cell in $grid; do
   IFS=: read -r kind d lr <<< "$cell"
   case $kind in
@@ -45,11 +48,11 @@ for cell in $grid; do
     hybrid)
       subspace=$runs/hybrid-$learned-d$d.safetensors n=$learned
       [ -f "$subspace" ] || "${bin[@]}" train subspace --model "$runs/model" --solutions "$upstream" --dim "$learned" \
-        --steps 0 --complete-to "$d" --seed 7 --name "hybrid$learned-d$d" --out "$subspace" >/dev/null ;;
+        --steps 0 $(complete "$d") --seed 7 --name "hybrid$learned-d$d" --out "$subspace" >/dev/null ;;
     scaled)
       subspace=$runs/scaled-$learned-d$d.safetensors n=$learned
       [ -f "$subspace" ] || "${bin[@]}" train subspace --model "$runs/model" --solutions "$upstream" --dim "$learned" \
-        --steps 0 --unit-codes --complete-to "$d" --seed 7 --name "scaled$learned-d$d" --out "$subspace" >/dev/null ;;
+        --steps 0 --unit-codes $(complete "$d") --seed 7 --name "scaled$learned-d$d" --out "$subspace" >/dev/null ;;
   esac
   for t in $tasks; do
     key="\"task\":\"$t\",\"kind\":\"$kind\",\"d\":$d,\"lr\":$(python3 -c "print(float('$lr'))"),\"learned\":$n,"
