@@ -7,7 +7,12 @@
 #            with d = the number of learned directions, the learned subspace alone;
 #   scaled   the hybrid with each learned direction scaled so that the upstream codes have unit RMS along it
 #            (`--unit-codes`): stage 2's steps then reach as far along learned directions as the upstream
-#            solutions lie.
+#            solutions lie;
+#   refined  the hybrid after stage 1's refinement on the upstream tasks' data (the paper's objective; `train
+#            subspace --steps S --data-root DATA_DIR`, S = SCREEN_REFINE_STEPS [default 40], 4 rows per task and
+#            DET a step, dev on 100 examples per task every 10 steps); the refined U is kept only if it beats the
+#            decomposition on the upstream tasks' dev sets, and both dev figures go to
+#            docs/results/stage1-refine.jsonl.
 # It chooses d, the learning rate and learned-vs-random on dev; the test column is printed for the record, not for
 # choosing. The hybrid is rebuilt whenever stage 0 has finished more tasks (its line records how many it learned).
 #
@@ -22,7 +27,8 @@ data=${1:?usage: scripts/screen-d.sh DATA_DIR [TASK...]}
 shift
 tasks=${*:-trec tweet_offensive}
 grid=${SCREEN_GRID:-random:16:0.05 random:64:0.05 random:256:0.05 random:1024:0.05 random:256:0.01 random:1024:0.01
-  hybrid:64:0.05 hybrid:256:0.05 hybrid:1024:0.05 scaled:64:0.05 scaled:256:0.05 scaled:1024:0.05}
+  hybrid:64:0.05 hybrid:256:0.05 hybrid:1024:0.05 scaled:64:0.05 scaled:256:0.05 scaled:1024:0.05
+  random:17:0.05 hybrid:17:0.05 refined:17:0.05}
 model=models/all-MiniLM-L6-v2
 upstream=$model/stage0/upstream
 runs=runs/screen-d
@@ -53,6 +59,13 @@ for cell in $grid; do
       subspace=$runs/scaled-$learned-d$d.safetensors n=$learned
       [ -f "$subspace" ] || "${bin[@]}" train subspace --model "$runs/model" --solutions "$upstream" --dim "$learned" \
         --steps 0 --unit-codes $(complete "$d") --seed 7 --name "scaled$learned-d$d" --out "$subspace" >/dev/null ;;
+    refined)
+      steps=${SCREEN_REFINE_STEPS:-40}
+      subspace=$runs/refined$steps-$learned-d$d.safetensors n=$learned
+      [ -f "$subspace" ] || "${bin[@]}" train subspace --model "$runs/model" --max-seq-len 64 --solutions "$upstream" \
+        --dim "$learned" --data-root "$data" --steps "$steps" --batch 4 --eval-every 10 --eval-limit 100 \
+        $(complete "$d") --seed 7 --name "refined$steps-$learned-d$d" --out "$subspace" \
+        | tail -1 >> docs/results/stage1-refine.jsonl ;;
   esac
   for t in $tasks; do
     key="\"task\":\"$t\",\"kind\":\"$kind\",\"d\":$d,\"lr\":$(python3 -c "print(float('$lr'))"),\"learned\":$n,"

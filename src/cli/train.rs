@@ -354,6 +354,13 @@ pub fn train(config: &Config, command: TrainCommand) -> anyhow::Result<()> {
 
 fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.dim >= 1, "--dim must be at least 1");
+    if let Some(d) = args.complete_to {
+        anyhow::ensure!(
+            d > args.dim,
+            "--complete-to {d} must exceed --dim {}",
+            args.dim
+        );
+    }
     let encoder = args.training.encoder(config)?;
     let manifest = encoder.manifest();
     let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
@@ -392,13 +399,9 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
             )
         }),
     };
-    let mut subspace = find_subspace(&encoder, &theta0, &grouped, &tasks, &options)?;
+    let found = find_subspace(&encoder, &theta0, &grouped, &tasks, &options)?;
+    let mut subspace = found.subspace;
     if let Some(d) = args.complete_to {
-        anyhow::ensure!(
-            d > args.dim,
-            "--complete-to {d} must exceed --dim {}",
-            args.dim
-        );
         let columns = RandomColumns {
             count: d - args.dim,
             seed: args.training.seed,
@@ -416,6 +419,7 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
         d: saved.d(),
         tasks: names.iter().map(ToString::to_string).collect(),
         refinement_steps: steps,
+        refinement_dev: found.dev,
         file: args.out.clone(),
     })
 }

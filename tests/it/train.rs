@@ -257,6 +257,14 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
     let made = json_lines(&deltaspace(&args));
     assert_eq!(made[0]["d"], 3);
     assert_eq!(made[0]["tasks"].as_array().unwrap().len(), 2);
+    // What refinement did on held-out dev: the refined U is kept only if it beats the decomposition.
+    let dev = &made[0]["refinement_dev"];
+    let (decomposition, best) = (dev["decomposition"].as_f64(), dev["best"].as_f64());
+    assert!(decomposition.unwrap() >= 0.0 && best.unwrap() >= decomposition.unwrap());
+    assert!(
+        [0, 2].contains(&dev["best_step"].as_u64().unwrap()),
+        "{dev}"
+    );
     // The decomposition alone, completed by seeded random directions up to d = 7.
     let completed = out("completed.safetensors");
     let made = json_lines(&deltaspace(&[
@@ -274,6 +282,28 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
         &completed,
     ]));
     assert_eq!(made[0]["d"], 7);
+    assert!(
+        made[0].get("refinement_dev").is_none(),
+        "no refinement, no dev line"
+    );
+    let refused = deltaspace_refuses(&[
+        "train",
+        "subspace",
+        "--model",
+        &model,
+        "--solutions",
+        &solutions,
+        "--dim",
+        "2",
+        "--complete-to",
+        "2",
+        "--out",
+        &out("refused.safetensors"),
+    ]);
+    assert!(
+        refused.contains("--complete-to 2 must exceed --dim 2"),
+        "{refused}"
+    );
     let file = deltaspace::tensor_file::TensorFile::read(Path::new(&completed)).unwrap();
     assert_eq!(
         file.get("U.lora").unwrap().shape[1],

@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::stage1::RefinementDev;
 use deltaspace_core::det::DetKind;
 use deltaspace_core::tuning::data::Split;
 use deltaspace_core::tuning::eval::Scores;
@@ -107,6 +108,9 @@ pub struct SubspaceLine {
     pub d: usize,
     pub tasks: Vec<String>,
     pub refinement_steps: usize,
+    /// Held-out dev accuracy before and after refinement (absent without refinement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refinement_dev: Option<RefinementDev>,
     pub file: PathBuf,
 }
 

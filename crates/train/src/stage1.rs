@@ -15,6 +15,7 @@ use nalgebra::{DMatrix, SymmetricEigen};
 use ndarray::{Array1, Array2};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
 
 use crate::solution::Solution;
 use deltaspace_core::det::{DetKind, Theta0};
@@ -177,6 +178,23 @@ pub struct SubspaceOptions {
     pub unit_codes: bool,
 }
 
+/// What refinement did on held-out data: the mean dev accuracy over the upstream tasks and DETs
+/// (each task's code decoded through every DET), of the decomposition alone and of the best
+/// refined U, which is kept only if it is higher.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RefinementDev {
+    pub decomposition: f32,
+    pub best: f32,
+    /// The refinement step of `best` (0: the decomposition itself).
+    pub best_step: usize,
+}
+
+/// The subspace stage 1 found, and what its refinement measured (none without refinement).
+pub struct FoundSubspace {
+    pub subspace: Subspace,
+    pub dev: Option<RefinementDev>,
+}
+
 /// Finds the subspace: decomposition, then refinement on the tasks' data (same order as `solutions`).
 pub fn find_subspace(
     encoder: &Encoder,
@@ -184,7 +202,7 @@ pub fn find_subspace(
     solutions: &[TaskSolutions],
     tasks: &[TrainTask],
     options: &SubspaceOptions,
-) -> anyhow::Result<Subspace> {
+) -> anyhow::Result<FoundSubspace> {
     let started = Instant::now();
     let (mut u, mut codes) = decompose(solutions, options.d, options.seed);
     if options.unit_codes {
@@ -209,11 +227,17 @@ pub fn find_subspace(
             .map(|l| l.name.parse())
             .collect::<Result<_, _>>()?,
     };
-    let u = match options.steps {
-        0 => u,
-        _ => stage.refine(u, &codes)?,
+    let (u, dev) = match options.steps {
+        0 => (u, None),
+        _ => {
+            let (u, dev) = stage.refine(u, &codes)?;
+            (u, Some(dev))
+        }
     };
-    stage.subspace(&u)
+    Ok(FoundSubspace {
+        subspace: stage.subspace(&u)?,
+        dev,
+    })
 }
 
 /// Refinement with the paper's objective (module docs, step 2): what it reads.
@@ -269,7 +293,7 @@ impl Refinement<'_> {
         &self,
         mut u: Vec<Array2<f32>>,
         codes: &[Vec<f32>],
-    ) -> anyhow::Result<Vec<Array2<f32>>> {
+    ) -> anyhow::Result<(Vec<Array2<f32>>, RefinementDev)> {
         let (options, n_dets) = (self.options, self.dets.len());
         let mut z: Vec<Vec<f32>> = (0..self.tasks.len() * n_dets)
             .map(|i| codes[i / n_dets].clone())
@@ -284,8 +308,9 @@ impl Refinement<'_> {
         let mut u_optimizers: Vec<Adam> = u.iter().map(|m| Adam::new(m.len(), u_lr)).collect();
         let mut z_optimizers: Vec<Adam> = z.iter().map(|c| Adam::new(c.len(), z_lr)).collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(options.seed);
-        let mut best = (self.dev_accuracy(&u, &z)?, u.clone());
-        tracing::info!(dev_accuracy = best.0, "the decomposition alone");
+        let decomposition = self.dev_accuracy(&u, &z)?;
+        let mut best = (decomposition, u.clone(), 0);
+        tracing::info!(dev_accuracy = decomposition, "the decomposition alone");
         let progress = Progress::new("train subspace", options.steps as u64);
         for step in 0..options.steps {
             let mixes = self.convex_mixes(&mut rng, &z);
@@ -320,7 +345,7 @@ impl Refinement<'_> {
             if done.is_multiple_of(options.eval_every.max(1)) || done == options.steps {
                 let mean = self.dev_accuracy(&u, &z)?;
                 if mean > best.0 {
-                    best = (mean, u.clone());
+                    best = (mean, u.clone(), done);
                 }
                 progress.report(done as u64, mean_loss, Some(mean));
             } else {
@@ -328,7 +353,14 @@ impl Refinement<'_> {
             }
         }
         progress.finish();
-        Ok(best.1)
+        let (best_dev, best_u, best_step) = best;
+        let dev = RefinementDev {
+            decomposition,
+            best: best_dev,
+            best_step,
+        };
+        tracing::info!(?dev, "refinement");
+        Ok((best_u, dev))
     }
 
     /// Each task's random convex mix α z_A + β z_L + (1−α−β) z_P, α ~ U(0, 1), β ~ U(0, 1−α):
