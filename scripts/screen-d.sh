@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A screen of the subspace (issue 10), before the full matrix: z and the head (prototypes) tuned together on two
-# unseen tasks with k = 64 examples per label, one seed, one DET (LoRA) to keep it cheap, in
+# unseen tasks with k = 64 examples per label, one seed, one DET (SCREEN_DET, default LoRA) to keep it cheap, in
 #   random   a random subspace through θ⁰ of dimension d (`subspace random`, seed 7): needs no stage 0;
 #   hybrid   the stage-0 decomposition of the upstream solutions finished so far (one learned direction per
 #            task) completed by seeded random directions up to d (`train subspace --steps 0 --complete-to d`);
@@ -18,7 +18,7 @@
 #
 #   scripts/screen-d.sh DATA_DIR [TASK...]     # default tasks: trec tweet_offensive
 #
-# Resumable: one JSON line per (task, kind, d, lr, learned) in docs/results/screen-d.jsonl, and a line that is there
+# Resumable: one JSON line per (task, kind, d, lr, learned, det) in docs/results/screen-d.jsonl, and a line that is there
 # is not run again. SCREEN_GRID="kind:d:lr ..." replaces the grid. DELTASPACE_RUNTIME_INTRA_THREADS sets ONNX
 # Runtime's threads.
 set -euo pipefail
@@ -26,6 +26,7 @@ cd "$(dirname "$0")/.."
 data=${1:?usage: scripts/screen-d.sh DATA_DIR [TASK...]}
 shift
 tasks=${*:-trec tweet_offensive}
+det=${SCREEN_DET:-lora}
 grid=${SCREEN_GRID:-random:16:0.05 random:64:0.05 random:256:0.05 random:1024:0.05 random:256:0.01 random:1024:0.01
   hybrid:64:0.05 hybrid:256:0.05 hybrid:1024:0.05 scaled:64:0.05 scaled:256:0.05 scaled:1024:0.05
   random:17:0.05 hybrid:17:0.05 refined:17:0.05}
@@ -68,12 +69,12 @@ for cell in $grid; do
         | tail -1 >> docs/results/stage1-refine.jsonl ;;
   esac
   for t in $tasks; do
-    key="\"task\":\"$t\",\"kind\":\"$kind\",\"d\":$d,\"lr\":$(python3 -c "print(float('$lr'))"),\"learned\":$n,"
+    key="\"task\":\"$t\",\"kind\":\"$kind\",\"d\":$d,\"lr\":$(python3 -c "print(float('$lr'))"),\"learned\":$n,\"det\":\"$det\","
     grep -qF "$key" "$results" && continue
-    echo "== $t $kind d=$d lr=$lr learned=$n: $(date -u +%FT%TZ)"
+    echo "== $t $kind d=$d lr=$lr learned=$n det=$det: $(date -u +%FT%TZ)"
     started=$SECONDS
     output=$("${bin[@]}" tune --model "$runs/model" --max-seq-len 64 --data "$data/$t" --shots 64 --seed 1 \
-      --subspace "$subspace" --det lora --head prototypes --lr "$lr" --out "$runs/$t-$kind$n-d$d-lr$lr.json" | tail -1)
+      --subspace "$subspace" --det "$det" --head prototypes --lr "$lr" --out "$runs/$t-$kind$n-d$d-lr$lr-$det.json" | tail -1)
     python3 -c 'import json, sys
 out = json.loads(sys.argv[1])
 task, kind, d, lr, learned, seconds = sys.argv[2:8]

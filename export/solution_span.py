@@ -1,0 +1,84 @@
+"""How much of a new task's stage-0 solution lies in the span of the upstream tasks' solutions (issue 10): the
+geometric side of "does the learned subspace beat a random one". Stage 1's learned directions span exactly the
+upstream solutions (one direction per task), so a task whose solution δ lies outside that span gains nothing from
+them that random directions would not give.
+
+    .venv-export/bin/python export/solution_span.py [--stage0 models/all-MiniLM-L6-v2/stage0] [--out FILE.jsonl]
+
+For each task with all three solutions (δ = θ − θ⁰ of LoRA, Adapter and Prefix, f16 files of scripts/stage0.sh):
+- an upstream task, left out: the span of the other upstream tasks' stacked δ = [δ_L; δ_A; δ_P];
+- an unseen task: the span of all upstream tasks' stacked δ;
+it prints the fraction of ‖δ‖² inside that span, for the stacked δ (one z for all DETs, as the subspace decodes it)
+and for each DET's block alone (that block of the same span), with the largest cosine to any single upstream
+solution, and the fraction a span of as many random directions holds (the control; about directions / size).
+One JSON line per task; no forward pass, seconds to run.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+DETS = ("lora", "adapter", "prefix")
+
+
+def solutions(directory: Path) -> dict[str, list[np.ndarray]]:
+    """Task → its δ per DET (f32), for tasks with all three."""
+    tasks = sorted({p.name.split(".")[0] for p in directory.glob("*.safetensors")})
+    out = {}
+    for task in tasks:
+        files = [directory / f"{task}.{det}.safetensors" for det in DETS]
+        if all(f.is_file() for f in files):
+            out[task] = [load_file(str(f))["delta"].astype(np.float64) for f in files]
+    return out
+
+
+def captured(basis: np.ndarray, vector: np.ndarray) -> float:
+    """Fraction of ‖vector‖² inside the column span of `basis`."""
+    q, _ = np.linalg.qr(basis)
+    inside = q.T @ vector
+    return float(inside @ inside / (vector @ vector))
+
+
+def measure(task: str, kind: str, deltas: list[np.ndarray], others: list[list[np.ndarray]], rng) -> dict:
+    stacked = np.concatenate(deltas)
+    span = np.stack([np.concatenate(o) for o in others], axis=1)
+    random = rng.standard_normal(span.shape)
+    line = {"task": task, "kind": kind, "span_tasks": len(others), "size": stacked.size,
+            "stacked": captured(span, stacked), "random_control": captured(random, stacked)}
+    start = 0
+    for det, delta in zip(DETS, deltas):
+        block = span[start:start + delta.size]
+        line[det] = captured(block, delta)
+        cosines = block.T @ delta / (np.linalg.norm(block, axis=0) * np.linalg.norm(delta))
+        line[f"{det}_max_cosine"] = float(np.abs(cosines).max())
+        start += delta.size
+    return line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage0", type=Path, default=Path("models/all-MiniLM-L6-v2/stage0"))
+    parser.add_argument("--out", type=Path, help="also write the JSON lines here")
+    args = parser.parse_args()
+    rng = np.random.default_rng(7)
+    upstream, unseen = solutions(args.stage0 / "upstream"), solutions(args.stage0 / "unseen")
+    lines = [measure(t, "upstream, left out", d, [o for u, o in upstream.items() if u != t], rng)
+             for t, d in upstream.items()]
+    lines += [measure(t, "unseen", d, list(upstream.values()), rng) for t, d in unseen.items()]
+    print("| task | kind | span of | stacked δ in span (%) | random control (%) | LoRA / Adapter / Prefix in span (%) "
+          "| max cosine to one upstream δ, L / A / P |")
+    print("|---|---|---|---|---|---|---|")
+    for line in lines:
+        print(f"| {line['task']} | {line['kind']} | {line['span_tasks']} | {100 * line['stacked']:.1f} | "
+              f"{100 * line['random_control']:.3f} | "
+              + " / ".join(f"{100 * line[d]:.1f}" for d in DETS) + " | "
+              + " / ".join(f"{line[f'{d}_max_cosine']:.2f}" for d in DETS) + " |")
+    if args.out:
+        args.out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+if __name__ == "__main__":
+    main()
