@@ -11,7 +11,10 @@ For each task with all three solutions (δ = θ − θ⁰ of LoRA, Adapter and P
 it prints the fraction of ‖δ‖² inside that span, for the stacked δ (one z for all DETs, as the subspace decodes it)
 and for each DET's block alone (that block of the same span), with the largest cosine to any single upstream
 solution, and the fraction a span of as many random directions holds (the control; about directions / size).
-One JSON line per task; no forward pass, seconds to run.
+One JSON line per task; no forward pass, about a minute.
+
+--growth adds how the fraction grows with the number of upstream tasks in the span: for 2, 4, 8 and 16 others
+(seeded random subsets), the mean over the left-out upstream tasks, per DET: what more upstream tasks would buy.
 """
 
 import argparse
@@ -58,10 +61,29 @@ def measure(task: str, kind: str, deltas: list[np.ndarray], others: list[list[np
     return line
 
 
+def growth(upstream: dict[str, list[np.ndarray]], rng) -> list[dict]:
+    """Mean fraction of a left-out upstream task's δ in the span of k other upstream tasks, per DET."""
+    lines = []
+    print("\n| upstream tasks in the span | LoRA / Adapter / Prefix in span (%), mean over left-out tasks |")
+    print("|---|---|")
+    for k in (2, 4, 8, 16):
+        fractions = {det: [] for det in DETS}
+        for task, deltas in upstream.items():
+            others = [o for u, o in upstream.items() if u != task]
+            chosen = [others[i] for i in rng.choice(len(others), size=min(k, len(others)), replace=False)]
+            for i, det in enumerate(DETS):
+                fractions[det].append(captured(np.stack([o[i] for o in chosen], axis=1), deltas[i]))
+        line = {"kind": "growth", "span_tasks": k, **{det: float(np.mean(v)) for det, v in fractions.items()}}
+        print(f"| {k} | " + " / ".join(f"{100 * line[d]:.2f}" for d in DETS) + " |")
+        lines.append(line)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage0", type=Path, default=Path("models/all-MiniLM-L6-v2/stage0"))
     parser.add_argument("--out", type=Path, help="also write the JSON lines here")
+    parser.add_argument("--growth", action="store_true", help="also the fraction against the span's task count")
     args = parser.parse_args()
     rng = np.random.default_rng(7)
     upstream, unseen = solutions(args.stage0 / "upstream"), solutions(args.stage0 / "unseen")
@@ -76,6 +98,8 @@ def main() -> None:
               f"{100 * line['random_control']:.3f} | "
               + " / ".join(f"{100 * line[d]:.1f}" for d in DETS) + " | "
               + " / ".join(f"{line[f'{d}_max_cosine']:.2f}" for d in DETS) + " |")
+    if args.growth:
+        lines += growth(upstream, rng)
     if args.out:
         args.out.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
