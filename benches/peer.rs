@@ -10,15 +10,17 @@
 //!   32 tasks, task t with the labels of the committed example task number t mod 6
 //!   (`models/all-MiniLM-L6-v2/tasks/*.json`, sorted by name) and its z: the example's own z for
 //!   t < 6, the example's z plus N(0, 1) noise per value after that. The subspace is the
-//!   committed default (`subspaces/default.safetensors`, d = 16).
-//! - What one batch costs, as in the server's batcher: `classifier::embed_rows` (tokenize with
-//!   truncation at 256 tokens, build each row's z and DET selector, split the rows into runs of
-//!   like length and run the serving graph on each, padded to its longest row), then `classifier::score` of each row against its own task's
-//!   label embeddings (prepared once by `PreparedTask::prepare`, softmax(20 cos)).
+//!   committed default (`subspaces/default.safetensors`).
+//! - What one batch costs, as in the server's CPU path: tokenize (truncation at 256 tokens),
+//!   then `classifier::embed_tokens` through the subspace with a `DeltaCache` of the server's
+//!   default budget (from d = 64 up a batch binds each task's U z instead of U), which builds each
+//!   row's z and DET selector, splits the rows into runs of like length and runs the serving graph
+//!   on each, padded to its longest row; then `classifier::score` of each row against its own
+//!   task's label embeddings (prepared once by `PreparedTask::prepare`, softmax(20 cos)).
 //! - Cases: `mixed_lap` (each row its own task, DETs cycling LoRA, Adapter, Prefix by task);
 //!   `mixed_lora` (each row its own task, all LoRA); `one_task` (every row of a batch the task of
 //!   the batch's first row, decoded through LoRA); `frozen_plain` (no task's delta at all: the
-//!   plain graph, rows cut by length as `embed_rows` cuts them, each row scored against its own
+//!   plain graph, rows cut by length as `embed_tokens` cuts them, each row scored against its own
 //!   task's labels). The last is the engines' floor: against the peer's frozen model it bounds
 //!   what any serving design on ONNX Runtime can reach against PyTorch on this machine.
 //! - One sample is the wall time to serve every batch of one batch size once. Rounds are
@@ -38,9 +40,11 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Parser;
 use common::median_min;
-use deltaspace::classifier::{PreparedTask, TextRow, embed_rows, score};
+use deltaspace::classifier::{Code, PreparedTask, embed_tokens, score};
 use deltaspace::det::DetKind;
-use deltaspace::model::{CPU_RUN_COST_TOKENS, Encoder, EncoderOptions, TextInput, length_groups};
+use deltaspace::model::{
+    CPU_RUN_COST_TOKENS, DeltaCache, Encoder, EncoderOptions, TextInput, length_groups,
+};
 use deltaspace::runtime::{ProviderChoice, Runtime, RuntimeOptions};
 use deltaspace::subspace::Subspace;
 use deltaspace::task::{Label, Task, TaskLimits};
@@ -147,10 +151,14 @@ impl Case {
     }
 }
 
+/// The server's default delta cache budget (`[runtime] delta_cache_mb = 64`).
+const DELTA_CACHE_BYTES: usize = 64 << 20;
+
 /// The loaded model, subspace and prepared tasks.
 struct Server {
     encoder: Encoder,
     subspace: Subspace,
+    deltas: DeltaCache,
     tasks: Vec<PreparedTask>,
 }
 
@@ -164,17 +172,13 @@ impl Server {
         let embeddings = match case {
             Case::FrozenPlain => self.embed_plain(&batch.inputs)?,
             _ => {
-                let rows: Vec<TextRow<'_>> = batch
-                    .inputs
-                    .iter()
-                    .zip(&row_tasks)
-                    .map(|(input, &task)| TextRow {
-                        input,
-                        z: &self.tasks[task].task.z,
-                        det: case.det(task),
-                    })
+                let tokens = self.encoder.tokenize(&batch.inputs)?;
+                let codes: Vec<Code<'_>> = (row_tasks.iter())
+                    .map(|&task| (&self.tasks[task].task.z[..], case.det(task)))
                     .collect();
-                embed_rows(&self.encoder, &self.subspace, &rows)?
+                let model =
+                    (self.encoder.with_params(self.subspace.params())).decoding(&self.deltas);
+                embed_tokens(&model, &tokens, &codes)?
             }
         };
         let logit_scale = self.encoder.manifest().logit_scale;
@@ -191,7 +195,7 @@ impl Server {
     }
 
     /// The frozen model's embeddings through the plain graph, the rows cut into runs of like
-    /// length as `embed_rows` cuts them on the CPU.
+    /// length as `embed_tokens` cuts them on the CPU.
     fn embed_plain(&self, inputs: &[TextInput]) -> anyhow::Result<ndarray::Array2<f32>> {
         let tokens = self.encoder.tokenize(inputs)?;
         let lengths = tokens.lengths();
@@ -324,9 +328,11 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", args.subspace.display()))?;
     let tasks = load_tasks(&args, &encoder, &subspace)?;
     let by_size = load_batches(&args.batches.join("batches.jsonl"), tasks.len())?;
+    let deltas = DeltaCache::new(subspace.params(), DELTA_CACHE_BYTES, args.threads);
     let server = Server {
         encoder,
         subspace,
+        deltas,
         tasks,
     };
     eprintln!(

@@ -166,14 +166,15 @@ lines = [
     "| dtype | float32 | float32 |",
     "| tokenization | the model's tokenizer (Rust `tokenizers`), pairs as pairs, truncation longest-first at 256 "
     "| the model's tokenizer (`tokenizers` through transformers), the same truncation (`max_seq_length` 256) |",
-    "| padding | `classifier::embed_rows` splits a batch into runs of like length (`length_groups`: fewest padded "
+    "| padding | `classifier::embed_tokens` splits a batch into runs of like length (`length_groups`: fewest padded "
     "tokens plus 32 tokens a run) and pads each run to its longest row | `peft_mixed`, `peft_one`: the batch padded "
     "to its longest row, as `model(**tokenizer(batch, padding=True))` does; `peft_mixed_grouped`: split exactly as "
     "deltaspace splits |",
     "| pooling | mean over real tokens, L2-normalized, inside the graph | sentence-transformers' own Pooling (mean) "
     "and Normalize modules |",
     f"| tasks | z (d = {any_ours['d']}) in the committed subspace `{any_ours['subspace']}`; θ = base + U z rebuilt "
-    "in the graph per row | 32 PEFT LoRA adapters (r = 8, alpha 16, query and value, random non-zero A and B) on "
+    "in the graph per row (from d = 64 up, from each task's U z kept in a `DeltaCache` of 64 MiB, as the server "
+    "does) | 32 PEFT LoRA adapters (r = 8, alpha 16, query and value, random non-zero A and B) on "
     "the sentence-transformers model's BertModel (`get_peft_model`, `add_adapter`) |",
     "| how a batch picks its tasks | each row's z and one-hot DET are graph inputs: no switching | mixed: "
     "`adapter_names=[...]` per row in forward (PEFT's mixed-adapter batch inference); one: `set_adapter` when the "
