@@ -63,12 +63,12 @@ fn mean_spread(values: &[f64]) -> (f64, f64) {
 }
 
 /// Test accuracies (%) by (shots, row, task); zero-shot, which trains nothing, counts at every k.
-fn gather(lines: &[QualityLine]) -> BTreeMap<(String, String, String), Vec<f64>> {
-    let mut cells: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+fn gather(lines: &[QualityLine]) -> Cells {
+    let mut cells = Cells::new();
     for line in lines {
         let accuracy = 100.0 * f64::from(line.test.accuracy);
         let sizes: Vec<String> = if line.row == "zero-shot" {
-            ["16", "64", "full"].map(String::from).to_vec()
+            SIZES.map(String::from).to_vec()
         } else {
             vec![line.shots.clone()]
         };
@@ -82,8 +82,77 @@ fn gather(lines: &[QualityLine]) -> BTreeMap<(String, String, String), Vec<f64>>
     cells
 }
 
+/// The data sizes, in table order.
+const SIZES: [&str; 3] = ["16", "64", "full"];
+
+/// Accuracies (%) by (shots, row, task).
+type Cells = BTreeMap<(String, String, String), Vec<f64>>;
+
+/// The mean over `tasks` of a row's per-task means over seeds; none unless every task has it.
+fn mean_over_tasks(cells: &Cells, shots: &str, row: &str, tasks: &[&str]) -> Option<f64> {
+    let means: Option<Vec<f64>> = (tasks.iter())
+        .map(|task| {
+            let values = cells.get(&(shots.to_string(), row.to_string(), task.to_string()))?;
+            Some(mean_spread(values).0)
+        })
+        .collect();
+    let means = means.filter(|m| !m.is_empty())?;
+    Some(means.iter().sum::<f64>() / means.len() as f64)
+}
+
+/// Issue 10's targets on the mean over tasks, per data size: z + head against the stronger of
+/// the probe and head only (≥ +5 at k = 16, ≥ +3 on the whole training set), against the random
+/// subspace (≥ +3), and against LoRA in its original space (≥ −2 on the whole training set).
+fn targets(cells: &Cells, tasks: &[&str]) -> String {
+    let gap = |shots: &str, other: &[&str], goal: Option<f64>| -> String {
+        let ours = mean_over_tasks(cells, shots, "z+head", tasks);
+        let best = (other.iter())
+            .map(|row| mean_over_tasks(cells, shots, row, tasks))
+            .collect::<Option<Vec<f64>>>()
+            .and_then(|m| m.into_iter().reduce(f64::max));
+        let (Some(ours), Some(best)) = (ours, best) else {
+            return "—".into();
+        };
+        let difference = ours - best;
+        match goal {
+            Some(goal) if difference >= goal => format!("{difference:+.1} (goal ≥ {goal:+}: met)"),
+            Some(goal) => format!("{difference:+.1} (goal ≥ {goal:+}: not met)"),
+            None => format!("{difference:+.1}"),
+        }
+    };
+    let mut out = String::from(
+        "### Targets (issue 10), on the mean over tasks\n\n\
+         | data | z+head − stronger of probe and head-only | z+head − random | z+head − lora |\n\
+         |---|---|---|---|\n",
+    );
+    for shots in SIZES {
+        let stronger_goal = match shots {
+            "16" => Some(5.0),
+            "full" => Some(3.0),
+            _ => None,
+        };
+        let lora_goal = (shots == "full").then_some(-2.0);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            size_title(shots),
+            gap(shots, &["probe", "head-only"], stronger_goal),
+            gap(shots, &["random"], Some(3.0)),
+            gap(shots, &["lora"], lora_goal),
+        );
+    }
+    out
+}
+
+fn size_title(shots: &str) -> String {
+    match shots {
+        "full" => "the whole training set of each task".to_string(),
+        k => format!("k = {k} examples per label"),
+    }
+}
+
 /// One markdown table per data size: methods × tasks, "mean ± spread (seeds)", and the mean over
-/// the tasks that every row of the table has.
+/// the tasks that every row of the table has; then the targets.
 pub fn markdown(lines: &[QualityLine]) -> String {
     let cells = gather(lines);
     let mut tasks: Vec<&str> = lines.iter().map(|l| l.task.as_str()).collect();
@@ -101,22 +170,16 @@ pub fn markdown(lines: &[QualityLine]) -> String {
         out,
         "Subspace: {subspaces}. Test accuracy (%), mean ± spread over seeds (n).\n"
     );
-    for shots in ["16", "64", "full"] {
-        let title = match shots {
-            "full" => "the whole training set of each task".to_string(),
-            k => format!("k = {k} examples per label"),
-        };
-        let _ = writeln!(out, "### {title}\n");
+    for shots in SIZES {
+        let _ = writeln!(out, "### {}\n", size_title(shots));
         let _ = writeln!(out, "| method | {} | mean over tasks |", tasks.join(" | "));
         let _ = writeln!(out, "|---|{}---|", "---|".repeat(tasks.len()));
         for row in ROWS {
-            let mut means = Vec::new();
             let mut line = format!("| {row} |");
             for task in &tasks {
                 match cells.get(&(shots.to_string(), row.to_string(), task.to_string())) {
                     Some(values) => {
                         let (mean, spread) = mean_spread(values);
-                        means.push(mean);
                         let _ = match values.len() {
                             1 => write!(line, " {mean:.1} |"),
                             n => write!(line, " {mean:.1} ± {spread:.1} ({n}) |"),
@@ -125,15 +188,13 @@ pub fn markdown(lines: &[QualityLine]) -> String {
                     None => line.push_str(" — |"),
                 }
             }
-            let overall = if means.len() == tasks.len() && !means.is_empty() {
-                format!(" {:.1} |", means.iter().sum::<f64>() / means.len() as f64)
-            } else {
-                " — |".to_string()
-            };
+            let overall = mean_over_tasks(&cells, shots, row, &tasks)
+                .map_or(" — |".to_string(), |mean| format!(" {mean:.1} |"));
             let _ = writeln!(out, "{line}{overall}");
         }
         out.push('\n');
     }
+    out.push_str(&targets(&cells, &tasks));
     out
 }
 
@@ -175,5 +236,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("| z+head | — | — | — |"), "{text}");
+        assert!(
+            text.contains("| k = 16 examples per label | — | — | — |"),
+            "no z+head, no target: {text}"
+        );
+    }
+
+    #[test]
+    fn the_targets_compare_z_and_head_with_the_stronger_baseline_and_say_whether_they_are_met() {
+        let mut lines = Vec::new();
+        for (task, shift) in [("a", 0.0), ("b", 0.1)] {
+            lines.push(line("probe", task, "16", 1, 0.60 + shift));
+            lines.push(line("head-only", task, "16", 1, 0.62 + shift));
+            lines.push(line("z+head", task, "16", 1, 0.68 + shift));
+            lines.push(line("random", task, "16", 1, 0.66 + shift));
+            lines.push(line("z+head", task, "full", 1, 0.80 + shift));
+            lines.push(line("lora", task, "full", 1, 0.81 + shift));
+        }
+        let text = markdown(&lines);
+        let k16 =
+            "| k = 16 examples per label | +6.0 (goal ≥ +5: met) | +2.0 (goal ≥ +3: not met) | — |";
+        assert!(text.contains(k16), "{text}");
+        let full = "| the whole training set of each task | — | — | -1.0 (goal ≥ -2: met) |";
+        assert!(text.contains(full), "{text}");
     }
 }
