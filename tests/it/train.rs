@@ -265,41 +265,32 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
         [0, 2].contains(&dev["best_step"].as_u64().unwrap()),
         "{dev}"
     );
-    // The decomposition alone, completed by seeded random directions up to d = 7.
+    // The decomposition alone of 2 directions, completed by seeded random ones up to d = 7; and
+    // a "completion" to d = 2, refused before any work.
+    let decomposed = |complete_to: &'static str, file: &str| -> Vec<String> {
+        let args = [
+            "train",
+            "subspace",
+            "--model",
+            &model,
+            "--solutions",
+            &solutions,
+        ];
+        let rest = ["--dim", "2", "--complete-to", complete_to, "--out", file];
+        args.iter().chain(&rest).map(|a| a.to_string()).collect()
+    };
     let completed = out("completed.safetensors");
-    let made = json_lines(&deltaspace(&[
-        "train",
-        "subspace",
-        "--model",
-        &model,
-        "--solutions",
-        &solutions,
-        "--dim",
-        "2",
-        "--complete-to",
-        "7",
-        "--out",
-        &completed,
-    ]));
+    let args = decomposed("7", &completed);
+    let made = json_lines(&deltaspace(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
     assert_eq!(made[0]["d"], 7);
     assert!(
         made[0].get("refinement_dev").is_none(),
         "no refinement, no dev line"
     );
-    let refused = deltaspace_refuses(&[
-        "train",
-        "subspace",
-        "--model",
-        &model,
-        "--solutions",
-        &solutions,
-        "--dim",
-        "2",
-        "--complete-to",
-        "2",
-        "--out",
-        &out("refused.safetensors"),
-    ]);
+    let args = decomposed("2", &out("refused.safetensors"));
+    let refused = deltaspace_refuses(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         refused.contains("--complete-to 2 must exceed --dim 2"),
         "{refused}"
