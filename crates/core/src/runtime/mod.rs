@@ -208,10 +208,7 @@ impl Runtime {
         };
         match self.options.provider {
             ProviderChoice::Cpu => {
-                let session = cpu_builder(self.environment, &self.options, self.shared)
-                    .and_then(|mut b| b.commit_from_file(graph))
-                    .map_err(graph_error)?;
-                Ok((session, Provider::Cpu))
+                Ok((self.cpu_session(graph).map_err(graph_error)?, Provider::Cpu))
             }
             ProviderChoice::Cuda | ProviderChoice::Auto => {
                 match self.cuda_session(graph, cuda_graphs) {
@@ -224,14 +221,15 @@ impl Runtime {
                     }
                     Err(CudaFailure::Unavailable(reason)) => {
                         tracing::info!(%reason, "CUDA execution provider unavailable; using CPU");
-                        let session = cpu_builder(self.environment, &self.options, self.shared)
-                            .and_then(|mut b| b.commit_from_file(graph))
-                            .map_err(graph_error)?;
-                        Ok((session, Provider::Cpu))
+                        Ok((self.cpu_session(graph).map_err(graph_error)?, Provider::Cpu))
                     }
                 }
             }
         }
+    }
+
+    fn cpu_session(&self, graph: &Path) -> ort::Result<Session> {
+        base_builder(self.environment, &self.options, self.shared)?.commit_from_file(graph)
     }
 
     #[cfg(feature = "cuda")]
@@ -296,14 +294,6 @@ fn base_builder(
 /// Builder steps fail with an error that hands the builder back; we only want the error.
 fn into_plain(error: ort::Error<SessionBuilder>) -> ort::Error {
     error.into()
-}
-
-fn cpu_builder(
-    environment: &Environment,
-    options: &RuntimeOptions,
-    shared: bool,
-) -> ort::Result<SessionBuilder> {
-    base_builder(environment, options, shared)
 }
 
 /// The process's environment, made on first use; with a shared pool of `pool_threads` intra-op
