@@ -14,7 +14,9 @@
 #   scripts/quality.sh DATA_DIR [SUBSPACE]     # SUBSPACE: the subspace file [default: the shipped one]
 #
 # Resumable: one JSON line per (row, task, shots, seed), and a line that is there is not run again; so the runs of
-# many sessions add up. Cheap rows and small k come first. The rows that use no subspace (zero-shot, probe,
+# many sessions add up. A run cut off mid-way resumes from its checkpoint (runs/quality/<subspace>-<row>-<task>-
+# <shots>-<seed>.checkpoint.safetensors, written at every dev evaluation, removed once its line is written); its
+# line's seconds then count only the part after the resume. Cheap rows and small k come first. The rows that use no subspace (zero-shot, probe,
 # head-only, the DETs) go to docs/results/quality/baselines.jsonl, shared by every subspace; z, z+head and random go
 # to docs/results/quality/<subspace name>.jsonl. The DETs on the whole training set are stage 0's solutions of the
 # unseen tasks (scripts/stage0.sh trains them the same way); their lines are copied from docs/results/stage0.jsonl
@@ -92,7 +94,8 @@ run() {
     return ;;
   esac
   local few=(); [ "$shots" = full ] || few=(--shots "$shots")
-  local tune=("${bin[@]}" tune "${common[@]}" --data "$data/$task" --seed "$seed" "${few[@]}")
+  local checkpoint=$runs/$name-$row-$task-$shots-$seed.checkpoint.safetensors
+  local tune=("${bin[@]}" tune "${common[@]}" --data "$data/$task" --seed "$seed" "${few[@]}" --checkpoint "$checkpoint")
   local output started=$SECONDS
   echo "== $row $task shots=$shots seed=$seed: $(date -u +%FT%TZ)"
   case $row in
@@ -105,9 +108,11 @@ run() {
       --out "$runs/$row-$task-$shots-$seed.json") ;;
     random) output=$("${tune[@]}" --subspace "$random" --head prototypes --out "$runs/$row-$task-$shots-$seed.json") ;;
     lora|adapter|prefix) output=$("${bin[@]}" train det "${common[@]}" --data "$data/$task" --det "$row" --seed "$seed" \
-      "${few[@]}" --steps 1500 --lr 3e-3 --eval-every 25 --patience 4 --out "$runs/$row-$task-$shots-$seed.safetensors") ;;
+      "${few[@]}" --steps 1500 --lr 3e-3 --eval-every 25 --patience 4 --checkpoint "$checkpoint" \
+      --out "$runs/$row-$task-$shots-$seed.safetensors") ;;
   esac
   record "$row" "$task" "$shots" "$seed" "$((SECONDS - started))" "$output"
+  rm -f "$checkpoint"
 }
 
 for t in $tasks; do run zero-shot "$t" full 1; done
