@@ -47,6 +47,30 @@ fn deltaspace_refuses(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// `train subspace` arguments: the decomposition alone of 2 directions of `solutions`, completed
+/// by seeded random ones up to `complete_to`.
+fn decomposition_args<'a>(
+    model: &'a str,
+    solutions: &'a str,
+    complete_to: &'a str,
+    out: &'a str,
+) -> [&'a str; 12] {
+    [
+        "train",
+        "subspace",
+        "--model",
+        model,
+        "--solutions",
+        solutions,
+        "--dim",
+        "2",
+        "--complete-to",
+        complete_to,
+        "--out",
+        out,
+    ]
+}
+
 fn json_lines(output: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -267,30 +291,17 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
     );
     // The decomposition alone of 2 directions, completed by seeded random ones up to d = 7; and
     // a "completion" to d = 2, refused before any work.
-    let decomposed = |complete_to: &'static str, file: &str| -> Vec<String> {
-        let args = [
-            "train",
-            "subspace",
-            "--model",
-            &model,
-            "--solutions",
-            &solutions,
-        ];
-        let rest = ["--dim", "2", "--complete-to", complete_to, "--out", file];
-        args.iter().chain(&rest).map(|a| a.to_string()).collect()
-    };
     let completed = out("completed.safetensors");
-    let args = decomposed("7", &completed);
-    let made = json_lines(&deltaspace(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    ));
+    let made = json_lines(&deltaspace(&decomposition_args(
+        &model, &solutions, "7", &completed,
+    )));
     assert_eq!(made[0]["d"], 7);
     assert!(
         made[0].get("refinement_dev").is_none(),
         "no refinement, no dev line"
     );
-    let args = decomposed("2", &out("refused.safetensors"));
-    let refused = deltaspace_refuses(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let refused_file = out("refused.safetensors");
+    let refused = deltaspace_refuses(&decomposition_args(&model, &solutions, "2", &refused_file));
     assert!(
         refused.contains("--complete-to 2 must exceed --dim 2"),
         "{refused}"
