@@ -19,7 +19,10 @@
 #   scripts/pipeline.sh DATA_DIR [D]      # DATA_DIR: the 22 task directories; D: the subspace's d [default: 1024]
 #
 # Every step is resumable: a step that finished leaves a marker under runs/pipeline-dD/done/ and is skipped; long
-# steps checkpoint. Results go to docs/results/pipeline-dD/ (commit them) and the tables to runs/pipeline-dD/report.md:
+# steps checkpoint. Two pipelines can share the 2 cores, each with DELTASPACE_RUNTIME_INTRA_THREADS=1: a step runs in
+# one of them only (runs/pipeline-dD/running/NAME holds its pid), and PIPELINE_SKIP="quality" lets the second start on
+# the tables while the first is in quality; PIPELINE_LOG names the second's log [default: runs/pipeline-dD/log.txt].
+# Publishing waits until every step is done, whichever pipeline ran it. Results go to docs/results/pipeline-dD/ (commit them) and the tables to runs/pipeline-dD/report.md:
 #   deltaspace report --results docs/results/pipeline-dD --space dD
 #   deltaspace report --quality docs/results/quality/baselines.jsonl docs/results/quality/minilm-dD.jsonl
 # At 2 CPU cores this is tens of CPU-hours (stage 0 and quality.sh dominate); sessions add to it. The first
@@ -33,18 +36,33 @@ upstream_solutions=$model/stage0/upstream
 out=runs/pipeline-d$d
 results=docs/results/pipeline-d$d
 unseen="mpqa rte mrpc tweet_offensive trec"
-mkdir -p "$out/done" "$results/tune" "$results/transfer"
-exec > >(tee -a "$out/log.txt") 2>&1
+mkdir -p "$out/done" "$out/running" "$results/tune" "$results/transfer"
+exec > >(tee -a "${PIPELINE_LOG:-$out/log.txt}") 2>&1
 
-# step NAME COMMAND...: run once; a marker file records success.
+# step NAME COMMAND...: run once; a marker file records success. A step in PIPELINE_SKIP, or running in another
+# pipeline, is left to later (and publishing with it).
+left=()
 step() {
   local name=$1; shift
   if [ -f "$out/done/$name" ]; then echo "== $name: done before"; return; fi
+  case " ${PIPELINE_SKIP:-} " in *" $name "*) echo "== $name: skipped (PIPELINE_SKIP)"; left+=("$name"); return ;; esac
+  if ! claim "$name"; then echo "== $name: running in pipeline $(cat "$out/running/$name")"; left+=("$name"); return; fi
   echo "== $name: $(date -u +%FT%TZ)"
   local started=$SECONDS
   "$@"
   echo "$((SECONDS - started))" > "$out/done/$name"
+  rm -f "$out/running/$name"
   echo "== $name: $((SECONDS - started)) s"
+}
+
+# claim NAME: whether this pipeline may run the step: nobody holds it, or its holder is no longer a live pipeline.
+claim() {
+  local lock=$out/running/$1 holder
+  (set -C; echo $$ > "$lock") 2> /dev/null && return 0
+  holder=$(cat "$lock")
+  [ "$holder" = $$ ] && return 0
+  grep -qs pipeline.sh "/proc/$holder/cmdline" && return 1
+  rm -f "$lock" && (set -C; echo $$ > "$lock") 2> /dev/null
 }
 dirs() { for t in $unseen; do printf '%s ' "$data/$t"; done; }
 
@@ -56,9 +74,8 @@ if [ "$learned" -lt 17 ] && [ -z "${PIPELINE_PARTIAL:-}" ]; then
 fi
 
 # Own copies of the binary, its configuration and the model, so a rebuild cannot swap them mid-run.
-cp target/release/deltaspace "$out/deltaspace"
-cp config/deltaspace.toml "$out/deltaspace.toml"
-rm -rf "$out/model" && cp -r "$model" "$out/model"
+. scripts/lib/long-run.sh
+own_copies "$out"
 bin=("$out/deltaspace" --config "$out/deltaspace.toml")
 common=(--model "$out/model" --max-seq-len 64)
 
@@ -94,6 +111,10 @@ done
 # Publish: the subspace, and example tasks tuned as a user's `tune` would (the whole training set, defaults).
 step examples "${bin[@]}" tune "${common[@]}" --subspace "$subspace" --data "$data/sst2" --seed 1 \
   --out "$out/tasks/examples"
+if [ ${#left[@]} -gt 0 ]; then
+  echo "== not published: ${left[*]} not done yet; run scripts/pipeline.sh again once they are"
+  exit 0
+fi
 mkdir -p "$model/subspaces" "$model/tasks"
 cp "$subspace" "$model/subspaces/default.safetensors"
 for t in $unseen; do cp "runs/quality/z+head-$t-full-1.json" "$model/tasks/$t.json"; done

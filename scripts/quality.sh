@@ -35,9 +35,8 @@ runs=runs/quality
 mkdir -p "$runs" docs/results/quality
 # Own copies of the binary, its configuration and the model, so a rebuild, an edit or a re-export
 # cannot swap them mid-run.
-cp target/release/deltaspace "$runs/deltaspace"
-rm -rf "$runs/model" && cp -r "$model" "$runs/model"
-cp config/deltaspace.toml "$runs/deltaspace.toml"
+. scripts/lib/long-run.sh
+own_copies "$runs"
 bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 common=(--model "$runs/model" --max-seq-len 64)
 info=$("${bin[@]}" subspace info "$subspace_file")

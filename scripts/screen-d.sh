@@ -38,9 +38,8 @@ mkdir -p "$runs" "$(dirname "$results")"
 touch "$results"
 # Own copies of the binary, its configuration and the model, so a rebuild, an edit or a re-export
 # cannot swap them mid-run.
-cp target/release/deltaspace "$runs/deltaspace"
-cp config/deltaspace.toml "$runs/deltaspace.toml"
-rm -rf "$runs/model" && cp -r "$model" "$runs/model"
+. scripts/lib/long-run.sh
+own_copies "$runs"
 bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 # Upstream tasks with all three stage-0 solutions: the hybrid's learned directions.
 learned=$(ls "$upstream"/*.prefix.safetensors 2>/dev/null | wc -l)

@@ -18,9 +18,8 @@ results=docs/results/screen-head.jsonl
 mkdir -p "$runs"
 # Own copies of the binary, its configuration and the model, so a rebuild, an edit or a re-export
 # cannot swap them mid-run.
-cp target/release/deltaspace "$runs/deltaspace"
-cp config/deltaspace.toml "$runs/deltaspace.toml"
-rm -rf "$runs/model" && cp -r "$model" "$runs/model"
+. scripts/lib/long-run.sh
+own_copies "$runs"
 bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 dirs=(); for t in $tasks; do dirs+=("$data/$t"); done
 settings='"steps":100,"batch":16,"lr":0.05,"seed":42,"subspace":"default"'

@@ -38,11 +38,9 @@ tasks=${*:-$upstream $unseen}
 mkdir -p "$runs" "$(dirname "$results")"
 exec > >(tee -a "$runs/log.txt") 2>&1
 
-cp target/release/deltaspace "$runs/deltaspace"
-cp config/deltaspace.toml "$runs/deltaspace.toml"
+. scripts/lib/long-run.sh
+own_copies "$runs"
 bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
-rm -rf "$runs/model"
-cp -r "$model" "$runs/model"
 
 for task in $tasks; do
   case " $unseen " in *" $task "*) dir=$committed/unseen ;; *) dir=$committed/upstream ;; esac
