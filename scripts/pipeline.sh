@@ -22,7 +22,7 @@
 # steps checkpoint. Two pipelines can share the 2 cores, each with DELTASPACE_RUNTIME_INTRA_THREADS=1: a step runs in
 # one of them only (runs/pipeline-dD/running/NAME holds its pid), and PIPELINE_SKIP="quality" lets the second start on
 # the tables while the first is in quality; PIPELINE_LOG names the second's log [default: runs/pipeline-dD/log.txt].
-# Publishing waits until every step is done, whichever pipeline ran it. Results go to docs/results/pipeline-dD/ (commit them) and the tables to runs/pipeline-dD/report.md:
+# Publishing waits until every step is done, whichever pipeline ran it. scripts/pipeline-lanes.sh starts both. Results go to docs/results/pipeline-dD/ (commit them) and the tables to runs/pipeline-dD/report.md:
 #   deltaspace report --results docs/results/pipeline-dD --space dD
 #   deltaspace report --quality docs/results/quality/baselines.jsonl docs/results/quality/minilm-dD.jsonl
 # At 2 CPU cores this is tens of CPU-hours (stage 0 and quality.sh dominate); sessions add to it. The first
