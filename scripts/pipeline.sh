@@ -20,8 +20,9 @@
 #
 # Every step is resumable: a step that finished leaves a marker under runs/pipeline-dD/done/ and is skipped; long
 # steps checkpoint. Two pipelines can share the 2 cores, each with DELTASPACE_RUNTIME_INTRA_THREADS=1: a step runs in
-# one of them only (runs/pipeline-dD/running/NAME holds its pid), and PIPELINE_SKIP="quality" lets the second start on
-# the tables while the first is in quality; PIPELINE_LOG names the second's log [default: runs/pipeline-dD/log.txt].
+# one of them only (runs/pipeline-dD/running/NAME is its lock; the other waits for it), and PIPELINE_SKIP="quality"
+# lets the second start on the tables while the first is in quality; PIPELINE_LOG names a log [default:
+# runs/pipeline-dD/log.txt].
 # Publishing waits until every step is done, whichever pipeline ran it. scripts/pipeline-lanes.sh starts both. Results go to docs/results/pipeline-dD/ (commit them) and the tables to runs/pipeline-dD/report.md:
 #   deltaspace report --results docs/results/pipeline-dD --space dD
 #   deltaspace report --quality docs/results/quality/baselines.jsonl docs/results/quality/minilm-dD.jsonl
@@ -38,32 +39,29 @@ results=docs/results/pipeline-d$d
 unseen="mpqa rte mrpc tweet_offensive trec"
 mkdir -p "$out/done" "$out/running" "$results/tune" "$results/transfer"
 exec > >(tee -a "${PIPELINE_LOG:-$out/log.txt}") 2>&1
+. scripts/lib/long-run.sh
 
-# step NAME COMMAND...: run once; a marker file records success. A step in PIPELINE_SKIP, or running in another
-# pipeline, is left to later (and publishing with it).
+# step NAME COMMAND...: run once; a marker file records success. A step in PIPELINE_SKIP is left to later (and
+# publishing with it); a step another pipeline is running is waited for (what comes after may need it).
 left=()
 step() {
   local name=$1; shift
+  local lock=$out/running/$name
   if [ -f "$out/done/$name" ]; then echo "== $name: done before"; return; fi
   case " ${PIPELINE_SKIP:-} " in *" $name "*) echo "== $name: skipped (PIPELINE_SKIP)"; left+=("$name"); return ;; esac
-  if ! claim "$name"; then echo "== $name: running in pipeline $(cat "$out/running/$name")"; left+=("$name"); return; fi
+  if ! claim "$lock"; then
+    echo "== $name: running in pipeline $(cat "$lock"); waiting for it"
+    claim "$lock" wait
+  fi
+  if [ -f "$out/done/$name" ]; then echo "== $name: done by the other pipeline"; release "$lock"; return; fi
   echo "== $name: $(date -u +%FT%TZ)"
   local started=$SECONDS
   "$@"
   echo "$((SECONDS - started))" > "$out/done/$name"
-  rm -f "$out/running/$name"
+  release "$lock"
   echo "== $name: $((SECONDS - started)) s"
 }
 
-# claim NAME: whether this pipeline may run the step: nobody holds it, or its holder is no longer a live pipeline.
-claim() {
-  local lock=$out/running/$1 holder
-  (set -C; echo $$ > "$lock") 2> /dev/null && return 0
-  holder=$(cat "$lock")
-  [ "$holder" = $$ ] && return 0
-  grep -qs pipeline.sh "/proc/$holder/cmdline" && return 1
-  rm -f "$lock" && (set -C; echo $$ > "$lock") 2> /dev/null
-}
 dirs() { for t in $unseen; do printf '%s ' "$data/$t"; done; }
 
 step stage0 scripts/stage0.sh "$data"
@@ -74,7 +72,6 @@ if [ "$learned" -lt 17 ] && [ -z "${PIPELINE_PARTIAL:-}" ]; then
 fi
 
 # Own copies of the binary, its configuration and the model, so a rebuild cannot swap them mid-run.
-. scripts/lib/long-run.sh
 own_copies "$out"
 bin=("$out/deltaspace" --config "$out/deltaspace.toml")
 common=(--model "$out/model" --max-seq-len 64)

@@ -22,6 +22,8 @@
 # unseen tasks (scripts/stage0.sh trains them the same way); their lines are copied from docs/results/stage0.jsonl
 # once stage 0 has them.
 # A line: {row, task, shots ("full" or k), seed, subspace, det, dev, test: {accuracy, macro_f1, n}, seconds}.
+# Two quality.sh can share the matrix (one per core): each run holds a lock in runs/quality/locks/, the other skips
+# it, and each waits at the end for the runs it skipped.
 # DELTASPACE_RUNTIME_INTRA_THREADS sets ONNX Runtime's threads; QUALITY_ROWS="probe head-only ..." runs only those
 # rows (for example the baselines while a new subspace is still being built).
 #
@@ -48,6 +50,8 @@ rows=${QUALITY_ROWS:-zero-shot probe head-only z z+head random lora adapter pref
 random=$runs/random-d$d.safetensors
 [ -f "$random" ] || "${bin[@]}" subspace random --model "$runs/model" --dim "$d" --seed 7 --out "$random" > /dev/null
 touch "$results" "$baselines"
+mkdir -p "$runs/locks"
+held=()  # runs another quality.sh was doing when this one came to them
 tasks="mpqa rte mrpc tweet_offensive trec"
 
 # results_of ROW: where the row's lines go.
@@ -81,15 +85,20 @@ stage0_line() {
   grep -s "\"det\":\"$2\"," docs/results/stage0.jsonl | grep "\"task\":\"$1\"," | tail -1
 }
 
-# run ROW TASK SHOTS SEED: one measurement.
+# run ROW TASK SHOTS SEED [wait]: one measurement; one that another quality.sh is running goes to `held`, or with
+# `wait`, is waited for.
 run() {
   local row=$1 task=$2 shots=$3 seed=$4
   case " $rows " in *" $row "*) ;; *) return ;; esac
   done_before "$row" "$task" "$shots" "$seed" && return
+  local lock=$runs/locks/$name-$row-$task-$shots-$seed
+  if ! claim "$lock" "${5:-}"; then held+=("$row $task $shots $seed"); return; fi
+  if done_before "$row" "$task" "$shots" "$seed"; then release "$lock"; return; fi  # finished by another meanwhile
   case $row/$shots in lora/full|adapter/full|prefix/full)
     local line; line=$(stage0_line "$task" "$row")
     [ -n "$line" ] && record "$row" "$task" "$shots" "$seed" \
       "$(printf '%s' "$line" | python3 -c 'import json, sys; print(json.load(sys.stdin)["seconds"])')" "$line"
+    release "$lock"
     return ;;
   esac
   local few=(); [ "$shots" = full ] || few=(--shots "$shots")
@@ -112,6 +121,7 @@ run() {
   esac
   record "$row" "$task" "$shots" "$seed" "$((SECONDS - started))" "$output"
   rm -f "$checkpoint"
+  release "$lock"
 }
 
 for t in $tasks; do run zero-shot "$t" full 1; done
@@ -124,5 +134,12 @@ for shots in 16 64 full; do
       fi
     done
   done
+done
+# What another quality.sh was running: wait for each, and run it here if that one ended without its line.
+waiting=("${held[@]}") held=()
+for item in "${waiting[@]}"; do
+  echo "== waiting for another quality.sh's $item"
+  # shellcheck disable=SC2086 # item is "ROW TASK SHOTS SEED"
+  run $item wait
 done
 echo "== quality: every line is in $results"

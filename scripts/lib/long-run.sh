@@ -1,15 +1,48 @@
 # What every long-running script (stage 0, the screens, quality, the pipeline) shares.
 # Sourced from the repository root.
 
-# own_copies DIR: copies the release binary, the configuration and the model into DIR, so that a rebuild, an edit or
-# a re-export cannot swap them mid-run. The binary is replaced by a rename, so this works while another long run is
-# executing the old copy ("Text file busy" otherwise); the model directory is copied only when it differs.
+# own_copies DIR: copies the release binary, the configuration and the model's files (graphs, manifest, θ⁰,
+# tokenizer: what --model reads) into DIR, so that a rebuild, an edit or a re-export cannot swap them mid-run. Each
+# changed file is replaced by a rename, so two runs can share DIR: a process that has opened the old file keeps it,
+# and no one sees a half-copied file.
 own_copies() {
-  local dir=$1 model=models/all-MiniLM-L6-v2
-  mkdir -p "$dir"
-  cp target/release/deltaspace "$dir/deltaspace.new" && mv -f "$dir/deltaspace.new" "$dir/deltaspace"
-  cp config/deltaspace.toml "$dir/deltaspace.toml.new" && mv -f "$dir/deltaspace.toml.new" "$dir/deltaspace.toml"
-  if ! diff -rq "$model" "$dir/model" > /dev/null 2>&1; then
-    rm -rf "$dir/model" && cp -r "$model" "$dir/model"
+  local dir=$1 model=models/all-MiniLM-L6-v2 file
+  mkdir -p "$dir/model"
+  copy_if_changed target/release/deltaspace "$dir/deltaspace"
+  copy_if_changed config/deltaspace.toml "$dir/deltaspace.toml"
+  for file in "$model"/*; do
+    if [ -f "$file" ]; then copy_if_changed "$file" "$dir/model/${file##*/}"; fi
+  done
+}
+
+# copy_if_changed SOURCE TARGET: TARGET becomes a copy of SOURCE, by a rename, unless it is one already.
+copy_if_changed() {
+  cmp -s "$1" "$2" && return 0
+  cp -p "$1" "$2.$$.new" && mv -f "$2.$$.new" "$2"
+}
+
+# claim LOCK [wait]: holds the lock file LOCK (flock) for this shell until `release LOCK` or its exit, and writes
+# its pid there for others to show. Without `wait` it fails at once while another process holds LOCK; with it, it
+# waits. The kernel drops the lock of a process that dies, so a session that ended leaves nothing to clear.
+declare -A lock_fds=()
+claim() {
+  local fd
+  exec {fd}>> "$1"
+  local how=-n
+  [ "${2:-}" = wait ] && how=--exclusive
+  if ! flock "$how" "$fd"; then
+    exec {fd}>&-
+    return 1
   fi
+  echo $$ > "$1"
+  lock_fds[$1]=$fd
+}
+
+# release LOCK: lets LOCK go (the file stays: deleting it would let a waiter and a newcomer both hold it).
+release() {
+  local fd=${lock_fds[$1]:-}
+  [ -n "$fd" ] || return 0
+  flock -u "$fd"
+  exec {fd}>&-
+  unset "lock_fds[$1]"
 }
