@@ -41,7 +41,8 @@ KS = (16, 64, 256, 1024)
 
 
 def read_task(directory: Path) -> tuple[list, list[str], list[str], list[str]]:
-    """(inputs, labels, label descriptions, label names) of a task's training split; an input is a text or a (text, pair)."""
+    """(inputs, labels, label descriptions, label names) of a task's training split; an input is a text or a
+    (text, pair)."""
     labels = json.loads((directory / "labels.json").read_text())
     rows = [json.loads(line) for line in (directory / "train.jsonl").read_text().splitlines() if line.strip()]
     inputs = [(r["text"], r["text_pair"]) if "text_pair" in r else r["text"] for r in rows]
