@@ -22,8 +22,10 @@
 # steps checkpoint. Two pipelines can share the 2 cores, each with DELTASPACE_RUNTIME_INTRA_THREADS=1: a step runs in
 # one of them only (runs/pipeline-dD/running/NAME is its lock; the other waits for it), and PIPELINE_SKIP="quality"
 # lets the second start on the tables while the first is in quality; PIPELINE_LOG names a log [default:
-# runs/pipeline-dD/log.txt].
-# Publishing waits until every step is done, whichever pipeline ran it. scripts/pipeline-lanes.sh starts both. Results go to docs/results/pipeline-dD/ (commit them) and the tables to runs/pipeline-dD/report.md:
+# runs/pipeline-dD/log.txt]. Publishing waits until every step is done, whichever pipeline ran it.
+# scripts/pipeline-lanes.sh starts both. Results go to docs/results/pipeline-dD/ (commit them), and so do the step
+# markers and checkpoints under runs/pipeline-dD/ (.gitignore lets them in), so that the next session resumes; the
+# tables go to runs/pipeline-dD/report.md:
 #   deltaspace report --results docs/results/pipeline-dD --space dD
 #   deltaspace report --quality docs/results/quality/baselines.jsonl docs/results/quality/minilm-dD.jsonl
 # At 2 CPU cores this is tens of CPU-hours (stage 0 and quality.sh dominate); sessions add to it. The first
@@ -95,7 +97,8 @@ tune() {
   local space=$1 file=$2 det=$3
   step "tune-$space-$det" sh -c "$(printf '%q ' "${bin[@]}") tune $(printf '%q ' "${common[@]}") --subspace $file \
     --data $(dirs) --det $det --head none --seed 1 --checkpoint $out/tune-$space-$det.checkpoint.safetensors \
-    --out $out/tasks/$space-$det > $results/tune/$space-adam-$det.jsonl"
+    --out $out/tasks/$space-$det > $results/tune/$space-adam-$det.jsonl \
+    && rm -f $out/tune-$space-$det.checkpoint.safetensors"
 }
 for det in lora adapter prefix; do
   tune "d$d" "$subspace" "$det"

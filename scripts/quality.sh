@@ -19,8 +19,8 @@
 # Resumable: one JSON line per (row, task, shots, seed), and a line that is there is not run again; so the runs of
 # many sessions add up. A run cut off mid-way resumes from its checkpoint (runs/quality/<subspace>-<row>-<task>-
 # <shots>-<seed>.checkpoint.safetensors, written at every dev evaluation, removed once its line is written); its
-# line's seconds then count only the part after the resume. Cheap rows and small k come first. The rows that use no subspace (zero-shot, probe,
-# head-only, the DETs) go to docs/results/quality/baselines.jsonl, shared by every subspace; z, z+head and random go
+# line's seconds then count only the part after the resume. Cheap rows and small k come first. The rows that use no
+# subspace (zero-shot, probe, head-only, the DETs) go to docs/results/quality/baselines.jsonl, shared by every subspace; z, z+head and random go
 # to docs/results/quality/<subspace name>.jsonl. The DETs on the whole training set are stage 0's solutions of the
 # unseen tasks (scripts/stage0.sh trains them the same way); their lines are copied from docs/results/stage0.jsonl
 # once stage 0 has them.
