@@ -296,20 +296,6 @@ class Bert(torch.nn.Module):
             grads = torch.autograd.grad(loss, leaves)
         return (loss.detach(), logits.detach(), emb.detach(), *grads)
 
-    def loss_and_grad_z(self, input_ids, attention_mask, token_type_ids, targets, class_mask, logit_bias, labels,
-                        row_weight, z, det_select, U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix,
-                        logit_scale: float) -> tuple[torch.Tensor, ...]:
-        """Stage 2: loss_and_grads without the gradients of U and base, which stage 2 does not train: at large d
-        they are the biggest outputs (D x d per DET) and much of the work."""
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            emb = self.encode_z(input_ids, attention_mask, token_type_ids, z, det_select,
-                                U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix)
-            logits = classify(emb, targets, class_mask, logit_bias, logit_scale)
-            loss = weighted_cross_entropy(logits, labels, row_weight)
-            (grad_z,) = torch.autograd.grad(loss, [z])
-        return loss.detach(), logits.detach(), emb.detach(), grad_z
-
     # --- pieces ------------------------------------------------------------------------------------------------
 
     def decode_z(self, z, det_select, U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix) -> RowDets:

@@ -3,7 +3,6 @@
     serve        tokens + z-level inputs                                   -> embeddings
     serve_<det>  tokens + z, U_<det>, base_<det>: every row through one DET -> embeddings (no other DET's ops)
     grad   tokens + targets, class_mask, logit_bias, labels, row_weight + z-level -> loss, logits, embeddings, gradients
-    grad_z the same inputs -> loss, logits, embeddings, grad_z: stage 2, which trains z only (no D x d gradients of U)
     plain  tokens                                                     -> embeddings (no DET ops: the baseline)
 
 serve takes any mix of DETs per row but runs every DET's plug points on every row; a batch whose rows share one DET
@@ -36,7 +35,6 @@ IO = {
         "inputs": TOKENS + LOSS + Z_LEVEL,
         "outputs": ["loss", "logits", "embeddings", "grad_z"] + [f"grad_{name}" for name in Z_LEVEL[2:]],
     },
-    "grad_z": {"inputs": TOKENS + LOSS + Z_LEVEL, "outputs": ["loss", "logits", "embeddings", "grad_z"]},
     "plain": {"inputs": TOKENS, "outputs": ["embeddings"]},
 }
 # The dims of every input. Names in DYNAMIC are free at run time; "H" and "D" are fixed by the model.
@@ -98,16 +96,6 @@ class Grad(torch.nn.Module):
                                         U_prefix, base_prefix, logit_scale=self.logit_scale)
 
 
-class GradZ(Grad):
-    """grad_z.onnx: grad.onnx's loss, logits, embeddings and gradient w.r.t. z only (traced by make_fx first)."""
-
-    def forward(self, input_ids, attention_mask, token_type_ids, targets, class_mask, logit_bias, labels,
-                row_weight, z, det_select, U_lora, base_lora, U_adapter, base_adapter, U_prefix, base_prefix):
-        return self.bert.loss_and_grad_z(input_ids, attention_mask, token_type_ids, targets, class_mask,
-                                         logit_bias, labels, row_weight, z, det_select, U_lora, base_lora, U_adapter,
-                                         base_adapter, U_prefix, base_prefix, logit_scale=self.logit_scale)
-
-
 class Plain(torch.nn.Module):
     """plain.onnx: tokens -> embeddings, with no DET ops."""
 
@@ -134,12 +122,12 @@ def export_graph(bert: Bert, graph: str, path: Path, logit_scale: float) -> floa
     dynamic_shapes = tuple(
         {axis: dims[dim] for axis, dim in enumerate(DIMS[name]) if dim in DYNAMIC} or None for name in names
     )
-    if graph in ("grad", "grad_z"):
+    if graph == "grad":
         # torch.export cannot export autograd.grad itself; make_fx records the joint forward+backward graph first.
         # "symbolic" keeps the dims dynamic ("real" silently bakes in the trace sizes); the weights are real
         # tensors captured by the closure, hence _allow_non_fake_inputs.
         module = make_fx(
-            (Grad if graph == "grad" else GradZ)(bert, logit_scale),
+            Grad(bert, logit_scale),
             decomposition_table=core_aten_decompositions(),
             tracing_mode="symbolic",
             _allow_non_fake_inputs=True,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use deltaspace::det::{DetKind, Theta0};
-use deltaspace::model::{ModelFiles, Wrt};
+use deltaspace::model::ModelFiles;
 use deltaspace::tuning::batch::TrainTask;
 use deltaspace::tuning::fit::{FitOptions, Space, Training, Unit, fit};
 use deltaspace::tuning::optim::OptimizerKind;
@@ -690,7 +690,7 @@ fn the_gradient_graph_adds_each_rows_head_biases_to_its_logits() {
             }
         })
         .collect();
-    let run = batch::gradients(&encoder, &rows, subspace.params(), Wrt::All).unwrap();
+    let run = batch::gradients(&encoder, &rows, subspace.params()).unwrap();
     let logit_scale = encoder.manifest().logit_scale;
     let expected: f32 = row_losses(run.output.embeddings.view(), &rows, logit_scale)
         .iter()

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::solution::Solution;
 use deltaspace_core::det::{DetKind, Theta0};
-use deltaspace_core::model::{DetParams, Encoder, Manifest, Wrt};
+use deltaspace_core::model::{DetParams, Encoder, Manifest};
 use deltaspace_core::subspace::Subspace;
 use deltaspace_core::tuning::batch::{self, Row, TrainTask};
 use deltaspace_core::tuning::data::{Split, minibatch};
@@ -414,7 +414,7 @@ impl Refinement<'_> {
         let mut loss = 0.0;
         let run_rows = options.run_rows.max(1);
         for (chunk, chunk_tasks) in rows.chunks(run_rows).zip(row_task.chunks(run_rows)) {
-            let output = batch::gradients(self.encoder, chunk, subspace.params(), Wrt::All)?.output;
+            let output = batch::gradients(self.encoder, chunk, subspace.params())?.output;
             loss += output.loss;
             for (k, g) in output.grad_u.iter().enumerate() {
                 grad_u[k] += g;

@@ -140,20 +140,10 @@ pub struct Gradients {
     pub embeddings: Array2<f32>,
     /// d loss / d z, per row: [rows, d].
     pub grad_z: Array2<f32>,
-    /// d loss / d U_det, per DET in column order: [D, d] (empty for [`Wrt::Z`]).
+    /// d loss / d U_det, per DET in column order: [D, d].
     pub grad_u: Vec<Array2<f32>>,
-    /// d loss / d base_det, per DET in column order: [D] (empty for [`Wrt::Z`]).
+    /// d loss / d base_det, per DET in column order: [D].
     pub grad_base: Vec<Array1<f32>>,
-}
-
-/// What [`Encoder::gradients`] differentiates with respect to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wrt {
-    /// Each row's z only (stage 2): the `grad_z` graph when the export has it, which skips the
-    /// D × d gradients of every U.
-    Z,
-    /// z, and U and base of every DET (stages 0 and 1).
-    All,
 }
 
 /// Which graphs to load, and how many sessions of each.
@@ -203,8 +193,6 @@ pub struct Encoder {
     /// `serve_<det>` of each DET column, when loaded ([`EncoderOptions::one_det_graphs`]).
     one_det: Vec<Option<SessionPool>>,
     grad: Option<SessionPool>,
-    /// The gradient graph without U's and base's gradients, when the export has it.
-    grad_z: Option<SessionPool>,
     plain: Option<SessionPool>,
     /// Zero U and base, for the frozen model's embeddings (label descriptions).
     frozen: DeltaParams,
@@ -239,14 +227,6 @@ impl Encoder {
         } else {
             None
         };
-        let grad_z = match manifest.graphs.grad_z().filter(|_| options.with_grad) {
-            Some(name) => {
-                let pool = open(name, 1)?;
-                check_inputs(&pool, name, &manifest.grad_inputs())?;
-                Some(pool)
-            }
-            None => None,
-        };
         let plain = match (&manifest.graphs.plain, options.with_plain) {
             (Some(name), true) => Some(open(name, 1)?),
             _ => None,
@@ -280,7 +260,6 @@ impl Encoder {
             serve,
             one_det,
             grad,
-            grad_z,
             plain,
             frozen,
             pace: None,
@@ -453,18 +432,14 @@ impl Encoder {
         })
     }
 
-    /// Loss, logits and exact gradients w.r.t. z (and, for [`Wrt::All`], U and base); needs
+    /// Loss, logits and exact gradients w.r.t. z, U and base; needs
     /// `EncoderOptions::with_grad`.
     pub fn gradients<'a>(
         &self,
         batch: GradBatch<'a>,
         params: &'a DeltaParams,
-        wrt: Wrt,
     ) -> Result<Gradients, ModelError> {
-        let z_only = self.grad_z.as_ref().filter(|_| wrt == Wrt::Z);
-        let pool = z_only
-            .or(self.grad.as_ref())
-            .ok_or(ModelError::NoGradGraph)?;
+        let pool = self.grad.as_ref().ok_or(ModelError::NoGradGraph)?;
         let manifest = self.manifest();
         check_batch(batch.batch, params, manifest)?;
         let rows = batch.batch.tokens.rows();
@@ -522,7 +497,7 @@ impl Encoder {
             let outputs = session.run(inputs)?;
             let (_, loss) = output(&outputs, "loss")?.try_extract_tensor::<f32>()?;
             let (mut grad_u, mut grad_base) = (Vec::new(), Vec::new());
-            for det in manifest.dets.iter().filter(|_| wrt == Wrt::All) {
+            for det in &manifest.dets {
                 grad_u.push(extract2(&outputs, &format!("grad_U_{}", det.name))?);
                 grad_base.push(extract1(&outputs, &format!("grad_base_{}", det.name))?);
             }

@@ -67,7 +67,7 @@ pub struct Graphs {
     #[serde(default)]
     pub plain: Option<String>,
     /// Graphs that make some runs cheaper, absent from older exports: `serve_<det>`
-    /// ([`Graphs::one_det`]) and `grad_z` ([`Graphs::grad_z`]).
+    /// ([`Graphs::one_det`]). Others (older exports listed `grad_z`) are ignored.
     #[serde(flatten)]
     pub faster: std::collections::BTreeMap<String, String>,
 }
@@ -77,12 +77,6 @@ impl Graphs {
     /// without the other DETs' plug points, when the export has one.
     pub fn one_det(&self, det: &str) -> Option<&str> {
         self.faster.get(&format!("serve_{det}")).map(String::as_str)
-    }
-
-    /// The gradient graph's inputs → loss, logits, embeddings and the gradient w.r.t. z only
-    /// (stage 2), when the export has it.
-    pub fn grad_z(&self) -> Option<&str> {
-        self.faster.get("grad_z").map(String::as_str)
     }
 }
 

@@ -20,7 +20,7 @@ pub use classify::{LabelScore, LabelScores, cosine_logits, softmax_rows};
 pub use deltas::{DeltaCache, DeltaCacheStats, MIN_DECODED_D};
 pub use embedder::{Embedder, ResidentChoice, WithParams};
 pub use encoder::{
-    Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch, Gradients, Pace, Wrt,
+    Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch, Gradients, Pace,
 };
 pub use manifest::{
     Architecture, DetLayout, FORMAT_VERSION, Graphs, Manifest, ModelFiles, TensorSlot, input,

@@ -10,7 +10,7 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 use super::data::{Example, TaskData};
 use crate::classifier::{Classes, code_matrices, embed_labels};
 use crate::det::DetKind;
-use crate::model::{Batch, DeltaParams, Encoder, GradBatch, Gradients, Tokens, Wrt};
+use crate::model::{Batch, DeltaParams, Encoder, GradBatch, Gradients, Tokens};
 
 /// A task's data with its label descriptions embedded by the frozen model.
 #[derive(Debug, Clone)]
@@ -95,7 +95,6 @@ pub fn gradients(
     encoder: &Encoder,
     rows: &[Row<'_>],
     params: &DeltaParams,
-    wrt: Wrt,
 ) -> anyhow::Result<RowGradients> {
     let encoded = EncodedRows::new(encoder, rows, params.d())?;
     // Each distinct Classes once, in order of first use; rows refer to theirs by address.
@@ -140,7 +139,7 @@ pub fn gradients(
         row_weight: row_weight.view(),
     };
     Ok(RowGradients {
-        output: encoder.gradients(batch, params, wrt)?,
+        output: encoder.gradients(batch, params)?,
         class_offset,
     })
 }

@@ -27,7 +27,7 @@ use super::optim::{Optimizer, OptimizerKind};
 use super::progress::Progress;
 use crate::classifier::Classes;
 use crate::det::{DetKind, Theta0};
-use crate::model::{DeltaParams, DetParams, Encoder, Wrt};
+use crate::model::{DeltaParams, DetParams, Encoder};
 use crate::subspace::Subspace;
 use crate::tensor_file::{Storage, TensorFile};
 
@@ -441,7 +441,7 @@ fn train_step(
     for chunk in rows.chunks(options.run_rows.max(1)) {
         let run_rows: Vec<Row<'_>> = chunk.iter().map(|row| row.row).collect();
         // d loss/d U gives each unit's d loss/d δ (module docs).
-        let run = batch::gradients(training.encoder, &run_rows, &realised.params, Wrt::All)?;
+        let run = batch::gradients(training.encoder, &run_rows, &realised.params)?;
         loss += run.output.loss;
         accumulate(
             training,
@@ -811,7 +811,7 @@ mod tests {
             .unwrap();
         let rows = step_rows(&training, &realised, &[0, 1, 2], &options, 0);
         let run_rows: Vec<Row<'_>> = rows.iter().map(|row| row.row).collect();
-        let run = batch::gradients(&encoder, &run_rows, &realised.params, Wrt::All).unwrap();
+        let run = batch::gradients(&encoder, &run_rows, &realised.params).unwrap();
         let mut host = vec![vec![0.0; 6]; units.len()];
         accumulate(&training, &realised, &values, &rows, &run, &mut host).unwrap();
 
@@ -821,7 +821,7 @@ mod tests {
                 ..row.row
             })
             .collect();
-        let graph = batch::gradients(&encoder, &in_graph_rows, subspace.params(), Wrt::Z).unwrap();
+        let graph = batch::gradients(&encoder, &in_graph_rows, subspace.params()).unwrap();
         for (unit, host) in host.iter().enumerate() {
             let mut expected = Array1::<f32>::zeros(6);
             for (index, row) in rows.iter().enumerate() {
