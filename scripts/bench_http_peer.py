@@ -30,7 +30,6 @@ import random
 import re
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from importlib import metadata
 from pathlib import Path
 
 import aiohttp
+
+from benchlib import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVED_NAME = "all-MiniLM-L6-v2"
@@ -123,12 +124,6 @@ def client_rng(seed, client):
 
 
 # ---------------------------------------------------------------------------------------- processes
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(base, method, path, body=None, timeout=60):

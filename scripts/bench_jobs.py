@@ -14,15 +14,13 @@ Run through scripts/bench-jobs.sh, which builds first and writes docs/performanc
 import argparse
 import concurrent.futures
 import json
-import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from benchlib import Server, call, quantile
 
 
 def read_jsonl(path):
@@ -44,40 +42,6 @@ def write_task_dir(directory, labels, train, dev, test):
     (directory / "labels.json").write_text(json.dumps(labels))
     for name, rows in (("train", train), ("dev", dev), ("test", test)):
         (directory / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def call(base, method, path, body=None, timeout=600):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, method=method)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-class Server:
-    """The release server on a fresh data directory, stopped on exit."""
-
-    def __init__(self, args, workdir):
-        data_dir = workdir / "data"
-        shutil.rmtree(data_dir, ignore_errors=True)
-        env = dict(os.environ, DELTASPACE_SERVER_SEED_TASKS_DIR="", DELTASPACE_RUNTIME_INTRA_THREADS=str(args.threads))
-        self.log = open(workdir / "server.log", "w")
-        self.process = subprocess.Popen(
-            [args.bin, "serve", "--provider", "cpu", "--model", args.model, "--data-dir", str(data_dir),
-             "--bind", f"127.0.0.1:{args.port}"],
-            env=env, stdout=self.log, stderr=self.log)
-        self.base = f"http://127.0.0.1:{args.port}"
-        for _ in range(600):
-            try:
-                call(self.base, "GET", "/health/ready", timeout=2)
-                return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
-        raise SystemExit("the server did not become ready; see " + str(workdir / "server.log"))
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        self.log.close()
 
 
 def wait_for_job(base, job):
@@ -152,10 +116,6 @@ def open_loop(base, task, texts, rate, seconds):
     return sorted(latencies)
 
 
-def quantile(values, p):
-    return values[min(len(values) - 1, int(p * len(values)))]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="a task directory: train/dev/test.jsonl and labels.json")
@@ -181,7 +141,7 @@ def main():
     names = [label["name"] for label in labels]
     train, dev, test = (read_jsonl(data / f"{split}.jsonl") for split in ("train", "dev", "test"))
     dev, test = per_label(dev, names, 16), test[: args.test]
-    server = Server(args, workdir)
+    server = Server(args, workdir, "jobs", port=args.port)
     try:
         sizes = json.loads(Path(args.sizes_from).read_text())["sizes"] if args.sizes_from else []
         for size in ([] if args.sizes_from else (int(s) for s in args.sizes.split(","))):

@@ -19,31 +19,13 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(base, method, path, body=None, timeout=60):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, method=method)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read() or b"null")
-
-
-def quantile(values, p):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round((len(ordered) - 1) * p))]
+from benchlib import Server, call, free_port, quantile
 
 
 class Postgres:
@@ -74,33 +56,9 @@ class Postgres:
         self.run(["rm", "-rf", self.dir])
 
 
-class Server:
-    """The release server with `store_url` (empty: SQLite in a fresh data directory), stopped on exit."""
-
-    def __init__(self, args, workdir, name, store_url=""):
-        port = free_port()
-        data_dir = workdir / f"data-{name}"
-        shutil.rmtree(data_dir, ignore_errors=True)
-        env = dict(os.environ, DELTASPACE_SERVER_SEED_TASKS_DIR="", DELTASPACE_STORE_URL=store_url,
-                   DELTASPACE_SERVER_REPLICA=name, DELTASPACE_RUNTIME_INTRA_THREADS=str(args.threads))
-        self.log = open(workdir / f"server-{name}.log", "w")
-        self.process = subprocess.Popen(
-            [args.bin, "serve", "--provider", "cpu", "--model", args.model, "--data-dir", str(data_dir),
-             "--bind", f"127.0.0.1:{port}"],
-            env=env, stdout=self.log, stderr=self.log)
-        self.base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                call(self.base, "GET", "/health/ready", timeout=2)
-                return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
-        raise SystemExit(f"server {name} did not become ready; see {workdir}/server-{name}.log")
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        self.log.close()
+def replica_env(name, store_url):
+    """A replica's environment: its store (empty: SQLite in its data directory) and its name."""
+    return {"DELTASPACE_STORE_URL": store_url, "DELTASPACE_SERVER_REPLICA": name}
 
 
 def task_body(d, value):
@@ -156,9 +114,9 @@ def main():
     postgres = Postgres()
     servers = []
     try:
-        a = Server(args, workdir, "a", postgres.url())
+        a = Server(args, workdir, "a", replica_env("a", postgres.url()))
         servers.append(a)
-        b = Server(args, workdir, "b", postgres.url())
+        b = Server(args, workdir, "b", replica_env("b", postgres.url()))
         servers.append(b)
         d = call(a.base, "GET", "/v1/info")["subspace"]["d"]
         delays = propagation(a, b, d, args.writes)
@@ -166,7 +124,7 @@ def main():
         for server in servers:
             server.stop()
         servers.clear()
-        sqlite = Server(args, workdir, "sqlite")
+        sqlite = Server(args, workdir, "sqlite", replica_env("sqlite", ""))
         servers.append(sqlite)
         through_sqlite = uploads_per_second(sqlite, d, args.uploads, args.clients, "sqlite")
     finally:

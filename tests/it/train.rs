@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use deltaspace::det::{DetKind, Theta0};
-use deltaspace::model::ModelFiles;
+use deltaspace::model::{Encoder, ModelFiles};
 use deltaspace::tuning::batch::TrainTask;
 use deltaspace::tuning::fit::{FitOptions, Space, Training, Unit, fit};
 use deltaspace::tuning::optim::OptimizerKind;
@@ -17,6 +17,27 @@ fn data(task: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/data")
         .join(task)
+}
+
+/// The fixture tasks `names`, as the trainer loads them for `encoder`.
+fn train_tasks(encoder: &Encoder, names: &[&str]) -> Vec<TrainTask> {
+    names
+        .iter()
+        .map(|t| TrainTask::load(encoder, &data(t), None).unwrap())
+        .collect()
+}
+
+/// The tiny model's θ⁰.
+fn tiny_theta0() -> Theta0 {
+    Theta0::load(&ModelFiles::open(&tiny_dir()).unwrap()).unwrap()
+}
+
+/// Every unit at θ⁰ (δ = 0), the start of original-space training.
+fn at_theta0(space: Space<'_>, units: &[Unit], encoder: &Encoder) -> Vec<Vec<f32>> {
+    units
+        .iter()
+        .map(|u| vec![0.0; space.len(u.det, encoder).unwrap()])
+        .collect()
 }
 
 fn deltaspace(args: &[&str]) -> Output {
@@ -98,11 +119,8 @@ fn options(steps: usize) -> FitOptions {
 #[test]
 fn original_space_training_lowers_the_loss_of_every_det_on_two_tasks_at_once() {
     let encoder = tiny_encoder();
-    let theta0 = Theta0::load(&ModelFiles::open(&tiny_dir()).unwrap()).unwrap();
-    let tasks: Vec<TrainTask> = ["sst2", "rte"]
-        .iter()
-        .map(|t| TrainTask::load(&encoder, &data(t), None).unwrap())
-        .collect();
+    let theta0 = tiny_theta0();
+    let tasks = train_tasks(&encoder, &["sst2", "rte"]);
     let units: Vec<Unit> = (0..2)
         .flat_map(|task| DetKind::ALL.map(|det| Unit { task, det }))
         .collect();
@@ -113,10 +131,7 @@ fn original_space_training_lowers_the_loss_of_every_det_on_two_tasks_at_once() {
         units: &units,
         space,
     };
-    let init: Vec<Vec<f32>> = units
-        .iter()
-        .map(|u| vec![0.0; space.len(u.det, &encoder).unwrap()])
-        .collect();
+    let init = at_theta0(space, &units, &encoder);
     // 6 steps of 8 rows are one epoch of the 48 training examples: compare whole epochs.
     let mut fast = options(60);
     fast.lr = 0.05;
@@ -138,11 +153,8 @@ fn original_space_training_lowers_the_loss_of_every_det_on_two_tasks_at_once() {
 #[test]
 fn early_stopping_ends_the_run_once_no_unit_improves_on_dev_and_keeps_each_best() {
     let encoder = tiny_encoder();
-    let theta0 = Theta0::load(&ModelFiles::open(&tiny_dir()).unwrap()).unwrap();
-    let tasks: Vec<TrainTask> = ["sst2", "rte"]
-        .iter()
-        .map(|t| TrainTask::load(&encoder, &data(t), None).unwrap())
-        .collect();
+    let theta0 = tiny_theta0();
+    let tasks = train_tasks(&encoder, &["sst2", "rte"]);
     let units = [
         Unit {
             task: 0,
@@ -160,10 +172,7 @@ fn early_stopping_ends_the_run_once_no_unit_improves_on_dev_and_keeps_each_best(
         units: &units,
         space,
     };
-    let init: Vec<Vec<f32>> = units
-        .iter()
-        .map(|u| vec![0.0; space.len(u.det, &encoder).unwrap()])
-        .collect();
+    let init = at_theta0(space, &units, &encoder);
     // Dev accuracy on 8 examples can improve at most 8 times in a row, so with a patience of
     // one evaluation every unit stops long before step 60.
     let mut patient = options(60);
@@ -188,8 +197,8 @@ fn early_stopping_ends_the_run_once_no_unit_improves_on_dev_and_keeps_each_best(
 #[test]
 fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     let encoder = tiny_encoder();
-    let theta0 = Theta0::load(&ModelFiles::open(&tiny_dir()).unwrap()).unwrap();
-    let tasks = vec![TrainTask::load(&encoder, &data("sst2"), None).unwrap()];
+    let theta0 = tiny_theta0();
+    let tasks = train_tasks(&encoder, &["sst2"]);
     let units = [Unit {
         task: 0,
         det: DetKind::Adapter,
@@ -201,7 +210,7 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
         units: &units,
         space,
     };
-    let init = || vec![vec![0.0; space.len(DetKind::Adapter, &encoder).unwrap()]];
+    let init = || at_theta0(space, &units, &encoder);
     let dir = tempfile::tempdir().unwrap();
     let straight = fit(training, init(), &options(10), "straight").unwrap();
     let mut interrupted = options(5);
@@ -655,18 +664,9 @@ fn the_gradient_graph_adds_each_rows_head_biases_to_its_logits() {
     use deltaspace::classifier::Classes;
     use deltaspace::tuning::batch::{self, Row, row_losses};
     let encoder = tiny_encoder();
-    let files = ModelFiles::open(&tiny_dir()).unwrap();
-    let subspace = deltaspace::subspace::Subspace::random(
-        &files.manifest,
-        &Theta0::load(&files).unwrap(),
-        3,
-        5,
-    )
-    .unwrap();
-    let tasks: Vec<TrainTask> = ["sst2", "rte"]
-        .iter()
-        .map(|t| TrainTask::load(&encoder, &data(t), None).unwrap())
-        .collect();
+    let subspace =
+        deltaspace::subspace::Subspace::random(encoder.manifest(), &tiny_theta0(), 3, 5).unwrap();
+    let tasks = train_tasks(&encoder, &["sst2", "rte"]);
     // sst2 rows carry a head with strong priors, rte rows their descriptions: one run holds both.
     let head = Classes::new(
         tasks[0].descriptions.prototypes.clone(),
