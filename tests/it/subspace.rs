@@ -74,6 +74,9 @@ fn drawn_columns_are_stored_as_a_seed_and_drawn_again_at_load() {
         .with_random_columns(&files.manifest, columns)
         .unwrap();
     assert_eq!(hybrid.d(), 5);
+    // As for a random subspace, the id pins the draw: the drawn block row by row, DET by DET, after
+    // the learned columns.
+    assert_eq!(hybrid.id(), "hybrid@774cbc71ccb7");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hybrid.safetensors");
     hybrid.save(&path, Storage::F16).unwrap();

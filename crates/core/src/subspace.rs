@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use ndarray::{Array1, Array2, ArrayView1};
+use ndarray::{Array1, Array2, ArrayView1, Axis};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use sha2::{Digest, Sha256};
@@ -69,16 +69,24 @@ pub struct RandomColumns {
 }
 
 impl RandomColumns {
-    /// The columns themselves, one [D, count] matrix per DET of `manifest`.
-    fn draw(self, manifest: &Manifest) -> Vec<Array2<f32>> {
+    /// Every DET's learned columns (column order) completed by its drawn ones: U = [learned |
+    /// drawn], [D, k + count] row-major. The draws fill U row by row, which is the row-major order
+    /// of the drawn block alone, straight into the one matrix: at d = 1,024 each U is 302 MB.
+    fn complete(self, learned: Vec<DetParams>) -> Vec<DetParams> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
-        manifest
-            .dets
-            .iter()
-            .map(|layout| {
-                let normal = Normal::new(0.0f32, 1.0 / (layout.size as f32).sqrt())
+        learned
+            .into_iter()
+            .map(|det| {
+                let (size, k) = det.u.dim();
+                let normal = Normal::new(0.0f32, 1.0 / (size as f32).sqrt())
                     .expect("finite std. This is a bug.");
-                Array2::from_shape_simple_fn((layout.size, self.count), || normal.sample(&mut rng))
+                let mut u = Array2::zeros((size, k + self.count));
+                for (mut row, known) in u.rows_mut().into_iter().zip(det.u.rows()) {
+                    let (mut stored, mut drawn) = row.view_mut().split_at(Axis(0), k);
+                    stored.assign(&known);
+                    drawn.iter_mut().for_each(|v| *v = normal.sample(&mut rng));
+                }
+                DetParams { u, base: det.base }
             })
             .collect()
     }
@@ -157,19 +165,7 @@ impl Subspace {
     ) -> Result<Self, SubspaceError> {
         let dets = match random {
             None => learned,
-            Some(columns) => learned
-                .into_iter()
-                .zip(columns.draw(manifest))
-                .map(|(det, drawn)| {
-                    let u = ndarray::concatenate(ndarray::Axis(1), &[det.u.view(), drawn.view()])
-                        .expect("U and its random columns have D rows. This is a bug.");
-                    // Row-major, as the encoder hands U to ONNX Runtime.
-                    DetParams {
-                        u: u.as_standard_layout().into_owned(),
-                        base: det.base,
-                    }
-                })
-                .collect(),
+            Some(columns) => columns.complete(learned),
         };
         let mut subspace = Self::new(name, manifest, dets)?;
         subspace.random = random;
@@ -379,10 +375,20 @@ impl Subspace {
 /// sha256 over every U then base, in column order, as little-endian f32.
 fn content_hash(params: &DeltaParams) -> String {
     let mut hasher = Sha256::new();
+    let mut bytes = Vec::with_capacity(4 * HASH_CHUNK);
     for det in params.dets() {
-        for value in det.u.iter().chain(det.base.iter()) {
-            hasher.update(value.to_le_bytes());
+        let mut values = det.u.iter().chain(det.base.iter()).peekable();
+        while values.peek().is_some() {
+            bytes.clear();
+            for value in values.by_ref().take(HASH_CHUNK) {
+                bytes.extend_from_slice(&value.to_le_bytes());
+            }
+            hasher.update(&bytes);
         }
     }
     format!("{:x}", hasher.finalize())
 }
+
+/// Values per update of [`content_hash`]: one call per value spent more time in the call than in
+/// sha256 itself.
+const HASH_CHUNK: usize = 1 << 14;
