@@ -18,17 +18,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::admit::{admit, commit};
-use crate::api::decode::TuneOrder;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::state::Core;
+use crate::state::{Core, blocking};
 use crate::store::{JobRecord, JobResult, JobState, Precondition, TaskStore, now_ms};
 use deltaspace_core::classifier::{Classes, embed_labels};
 use deltaspace_core::det::DetKind;
 use deltaspace_core::model::{Encoder, EncoderOptions, Pace};
-use deltaspace_core::task::{Task, TaskLimits};
+use deltaspace_core::task::{Label, Task, TaskLimits};
 use deltaspace_core::tuning::batch::TrainTask;
-use deltaspace_core::tuning::data::TaskData;
+use deltaspace_core::tuning::data::{Example, TaskData};
 use deltaspace_core::tuning::fit::{FitOptions, Schedule, StepReport};
 use deltaspace_core::tuning::tune::{TUNING, Target, Tuned, tune_gradient};
 
@@ -45,6 +44,23 @@ pub const HEARTBEAT: Duration = Duration::from_secs(30);
 /// How long a job's lease lasts without renewal: past it, any replica fails the job (its owner
 /// is gone, for good or under another name).
 pub const LEASE: Duration = Duration::from_secs(300);
+
+/// A checked tune request: what a job tunes.
+#[derive(Debug, Clone)]
+pub struct TuneOrder {
+    pub labels: Vec<Label>,
+    pub train: Vec<Example>,
+    /// None: hold a stratified part of `train` out for dev.
+    pub dev: Option<Vec<Example>>,
+    /// Empty when the request gave no test examples.
+    pub test: Vec<Example>,
+    pub det: Option<DetKind>,
+    pub steps: usize,
+    pub seconds: f64,
+    /// Evaluations without improvement before a DET stops (0: never).
+    pub patience: usize,
+    pub seed: u64,
+}
 
 /// Bounds on tune jobs (`[server]` in the configuration, reported by `/v1/info`).
 #[derive(Debug, Clone, Copy)]
@@ -193,10 +209,8 @@ impl Jobs {
         limit: usize,
     ) -> Result<(Vec<JobRecord>, Option<String>), ApiError> {
         let store = store.clone();
-        let mut page = crate::api::blocking(move || {
-            Ok(store.with_db(|db| db.jobs(after.as_deref(), limit + 1))?)
-        })
-        .await?;
+        let mut page =
+            blocking(move || Ok(store.with_db(|db| db.jobs(after.as_deref(), limit + 1))?)).await?;
         let next = (page.len() > limit).then(|| {
             page.truncate(limit);
             page.last().map(|j| j.job.clone()).unwrap_or_default()
@@ -268,8 +282,7 @@ impl Jobs {
     /// Fails the queued or running jobs of any replica whose lease has expired.
     async fn expire(&self, store: &Arc<TaskStore>) -> Result<(), ApiError> {
         let reader = store.clone();
-        let unfinished =
-            crate::api::blocking(move || Ok(reader.with_db(|db| db.unfinished_jobs())?)).await?;
+        let unfinished = blocking(move || Ok(reader.with_db(|db| db.unfinished_jobs())?)).await?;
         let deadline = now_ms() - LEASE.as_millis() as i64;
         for mut record in unfinished {
             if record.heartbeat_ms >= deadline || self.live().contains_key(&record.job) {
@@ -293,7 +306,7 @@ impl Jobs {
         id: &str,
     ) -> Result<Option<JobRecord>, ApiError> {
         let (store, key) = (store.clone(), id.to_string());
-        crate::api::blocking(move || Ok(store.with_db(|db| db.job(&key))?)).await
+        blocking(move || Ok(store.with_db(|db| db.job(&key))?)).await
     }
 
     /// Stops taking jobs, stops the running ones (each fails as `interrupted` at its next run)
@@ -389,7 +402,7 @@ impl Jobs {
             }
         })?;
         let serving = core.clone();
-        let (stored, _) = crate::api::blocking(move || commit(&serving, task, &expect))
+        let (stored, _) = blocking(move || commit(&serving, task, &expect))
             .await
             .map_err(|e| match e {
                 ApiError::EtagMismatch(why) => format!("the task changed while the job ran: {why}"),
@@ -602,7 +615,7 @@ fn lower_priority() {
 /// Records `job` in the store.
 async fn save(store: &Arc<TaskStore>, job: JobRecord) -> Result<(), ApiError> {
     let store = store.clone();
-    crate::api::blocking(move || Ok(store.with_db(|db| db.save_job(&job))?)).await
+    blocking(move || Ok(store.with_db(|db| db.save_job(&job))?)).await
 }
 
 /// A job id: 16 random hex digits, unique across replicas that share a store.

@@ -20,13 +20,13 @@ use store::follow::{Follower, StoreStatus};
 
 pub use admit::AdmitError;
 pub use api::decode::{
-    EmbedRequest, PredictRequest, RequestLimits, TaskBody, TuneOrder, TuneRequest, check_inputs,
+    EmbedRequest, PredictRequest, RequestLimits, TaskBody, TuneRequest, check_inputs,
     decode_page_query,
 };
 pub use batcher::{BatchLimits, Cost, take_batch};
 pub use error::ApiError;
 pub use import::{ImportError, ImportSummary, import_tasks};
-pub use jobs::{MAX_YIELD, TuneLimits};
+pub use jobs::{MAX_YIELD, TuneLimits, TuneOrder};
 pub use metrics::Metrics;
 pub use store::{
     Backend, Changes, DATABASE_FILE, Database, JobRecord, JobResult, JobState, LabelSets,

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use actix_web::web;
+
 use deltaspace_core::model::{DeltaCache, Encoder};
 use deltaspace_core::runtime::{Provider, Runtime};
 use deltaspace_core::subspace::Subspace;
@@ -67,4 +69,13 @@ impl AppState {
     pub(crate) fn ready(&self) -> bool {
         self.core.get().is_some() && !self.shutting_down.load(Ordering::Relaxed)
     }
+}
+
+/// Runs blocking work (ORT, SQLite) on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(work)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
 }

@@ -25,7 +25,7 @@ use hashlink::LruCache;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 
-use super::encoder::{Batch, DeltaParams};
+use super::inputs::{Batch, DeltaParams};
 
 /// Below this d, runs read U as before: U is then small (D × d floats, 18 MB per DET at d = 64
 /// for MiniLM, 4.7 MB at d = 16), and filling the cache costs more than reading it. Measured at

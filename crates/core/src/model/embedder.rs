@@ -12,7 +12,8 @@
 use ndarray::Array2;
 
 use super::deltas::DeltaCache;
-use super::encoder::{Batch, DeltaParams, Encoder};
+use super::encoder::Encoder;
+use super::inputs::{Batch, DeltaParams};
 use super::resident::ResidentEncoder;
 use super::{CPU_RUN_COST_TOKENS, Manifest, ModelError};
 use crate::runtime::Provider;

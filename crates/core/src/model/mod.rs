@@ -11,6 +11,7 @@ mod classify;
 mod deltas;
 mod embedder;
 mod encoder;
+mod inputs;
 mod manifest;
 mod resident;
 mod runs;
@@ -19,9 +20,8 @@ mod tokenize;
 pub use classify::{LabelScore, LabelScores, cosine_logits, softmax_rows};
 pub use deltas::{DeltaCache, DeltaCacheStats, MIN_DECODED_D};
 pub use embedder::{Embedder, ResidentChoice, WithParams};
-pub use encoder::{
-    Batch, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch, Gradients, Pace,
-};
+pub use encoder::{Encoder, EncoderOptions, Gradients, Pace};
+pub use inputs::{Batch, DeltaParams, DetParams, GradBatch};
 pub use manifest::{
     Architecture, DetLayout, FORMAT_VERSION, Graphs, Manifest, ModelFiles, TensorSlot, input,
 };

@@ -34,7 +34,7 @@ use ort::session::{IoBinding, RunOptions, Session};
 use ort::value::Tensor;
 
 use super::ModelError;
-use super::encoder::{Batch, DeltaParams};
+use super::inputs::{Batch, DeltaParams};
 use super::manifest::{Manifest, ModelFiles, input};
 use super::tokenize::Tokens;
 use crate::runtime::{Pool, Provider, Runtime};

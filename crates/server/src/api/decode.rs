@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
-use crate::jobs::TuneLimits;
+use crate::jobs::{TuneLimits, TuneOrder};
 use deltaspace_core::det::DetKind;
 use deltaspace_core::model::TextInput;
 use deltaspace_core::task::{Head, Label, Task, TaskLimits, validate_labels};
@@ -154,23 +154,6 @@ pub const MAX_TUNE_STEPS: usize = 10_000;
 
 /// The seed of a tune request that gives none (the CLI's default too).
 pub const DEFAULT_TUNE_SEED: usize = 42;
-
-/// A checked tune request: what a job tunes.
-#[derive(Debug, Clone)]
-pub struct TuneOrder {
-    pub labels: Vec<Label>,
-    pub train: Vec<Example>,
-    /// None: hold a stratified part of `train` out for dev.
-    pub dev: Option<Vec<Example>>,
-    /// Empty when the request gave no test examples.
-    pub test: Vec<Example>,
-    pub det: Option<DetKind>,
-    pub steps: usize,
-    pub seconds: f64,
-    /// Evaluations without improvement before a DET stops (0: never).
-    pub patience: usize,
-    pub seed: u64,
-}
 
 /// `GET /v1/tasks` query.
 #[derive(Debug, Deserialize)]

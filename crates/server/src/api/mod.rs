@@ -206,12 +206,3 @@ pub(super) fn request_limits(options: &Options) -> RequestLimits {
         max_text_chars: options.max_text_chars,
     }
 }
-
-/// Runs blocking work (ORT, SQLite) on tokio's blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    web::block(work)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
-}

@@ -9,11 +9,12 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
 use super::decode::{TaskBody, decode_page_query};
-use super::{State, blocking, find, read_body};
+use super::{State, find, read_body};
 use crate::AppState;
 use crate::admit::{admit, commit};
 use crate::auth::Access;
 use crate::error::ApiError;
+use crate::state::blocking;
 use crate::store::{Precondition, StoredTask};
 use deltaspace_core::det::DetKind;
 use deltaspace_core::task::{Head, Label, validate_name};

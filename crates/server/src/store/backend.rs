@@ -10,10 +10,8 @@ use ndarray::Array2;
 
 use deltaspace_core::task::Task;
 
-use super::db::{Database, LabelCache, Record};
+use super::db::{LabelCache, Record};
 use super::jobs::JobRecord;
-use super::location::StoreLocation;
-use super::postgres::PostgresStore;
 use super::{Precondition, StoreError};
 
 /// The durable side of the task store. Blocking: call from a blocking thread.
@@ -116,15 +114,4 @@ pub struct Changes {
     pub deleted: Vec<(String, u64)>,
     /// The last change the answer covers.
     pub last: u64,
-}
-
-/// The database file of the embedded store, under the data directory.
-pub const DATABASE_FILE: &str = "tasks.sqlite3";
-
-/// Opens the backend `location` names; the caller does not learn which kind it got.
-pub fn open(location: &StoreLocation) -> Result<Box<dyn Backend>, StoreError> {
-    Ok(match location {
-        StoreLocation::Sqlite(path) => Box::new(Database::open(path)?),
-        StoreLocation::Postgres(url) => Box::new(PostgresStore::open(url)?),
-    })
 }

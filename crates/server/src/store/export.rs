@@ -3,8 +3,8 @@
 
 use std::io::Write;
 
-use super::backend::open;
 use super::location::StoreLocation;
+use super::open;
 use super::{Record, StoreError};
 
 /// Writes every stored task of `location` to `out`, one JSON line each in name order (tasks of

@@ -7,7 +7,8 @@ use std::str::FromStr;
 
 use deltaspace_core::secret::Secret;
 
-use super::backend::DATABASE_FILE;
+/// The database file of the embedded store, under the data directory.
+pub const DATABASE_FILE: &str = "tasks.sqlite3";
 
 /// Which store the server (or `deltaspace import` / `export`) opens.
 #[derive(Debug, Clone, PartialEq, Eq)]

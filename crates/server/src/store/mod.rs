@@ -17,13 +17,13 @@ mod jobs;
 mod location;
 mod postgres;
 
-pub use backend::{Backend, Changes, DATABASE_FILE, open};
+pub use backend::{Backend, Changes};
 pub(crate) use db::now_ms;
 pub use db::{Database, Record};
 pub use export::export_tasks;
 pub use head::ServedHead;
 pub use jobs::{JobRecord, JobResult, JobState};
-pub use location::{LocationError, StoreLocation};
+pub use location::{DATABASE_FILE, LocationError, StoreLocation};
 pub use postgres::{PostgresStore, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
 
 use std::collections::{BTreeMap, HashMap};
@@ -242,6 +242,14 @@ impl LabelSets {
     fn lock(&self) -> std::sync::MutexGuard<'_, WeakSets> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Opens the backend `location` names; the caller does not learn which kind it got.
+pub fn open(location: &StoreLocation) -> Result<Box<dyn Backend>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Box::new(Database::open(path)?),
+        StoreLocation::Postgres(url) => Box::new(PostgresStore::open(url)?),
+    })
 }
 
 /// The served tasks: a sorted map (for paging) behind a lock, and the backend behind another.
