@@ -41,7 +41,7 @@ from pathlib import Path
 
 import aiohttp
 
-from benchlib import free_port
+from benchlib import free_port, quantile
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVED_NAME = "all-MiniLM-L6-v2"
@@ -309,10 +309,6 @@ def pool(segments):
     if batches:
         out["mean_batch_rows"] = sum(seg.get("batch_rows", 0) for seg in segments) / batches
     return out
-
-
-def quantile(ordered, p):
-    return ordered[min(len(ordered) - 1, round((len(ordered) - 1) * p))]
 
 
 class Deltaspace:

@@ -1,4 +1,4 @@
-"""What the HTTP benchmarks share: free ports (all three), and for bench_jobs.py and bench_replicas.py JSON
+"""What the HTTP benchmarks share: free ports and quantiles (all three), and for bench_jobs.py and bench_replicas.py JSON
 calls, quantiles and the release `deltaspace serve` on a fresh data directory. (bench_http_peer.py runs other
 servers too, so it keeps its own process handling.)"""
 
@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
 
 
@@ -27,7 +26,8 @@ def call(base, method, path, body=None, timeout=60):
 
 
 def quantile(values, p):
-    """The nearest-rank p-quantile of values (any order)."""
+    """The p-quantile of values (any order): the sorted value at index round((n - 1) p), no interpolation
+    (numpy's method="nearest")."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round((len(ordered) - 1) * p))]
 
@@ -56,7 +56,7 @@ class Server:
             try:
                 call(self.base, "GET", "/health/ready", timeout=2)
                 return
-            except (urllib.error.URLError, ConnectionError):
+            except (OSError, ValueError):  # refused, reset or timed out (URLError is an OSError); not JSON yet
                 time.sleep(0.2)
         self.stop()
         raise SystemExit(f"server {name} did not become ready; see {self.log_path}")

@@ -15,6 +15,7 @@ scripts/setup-ort.sh
 if [ ! -f "$model/serve.onnx" ] || [ ! -f "$model/grad.onnx" ] || ! grep -q '"logit_bias"' "$model/manifest.json" \
   || ! grep -q '"serve_lora"' "$model/manifest.json" || grep -q '"grad_z.onnx"' "$model/manifest.json"; then
   scripts/setup-export-venv.sh
+  rm -f "$model/grad_z.onnx"  # the export writes the graphs it has and leaves others
   .venv-export/bin/python export/export.py --out "$model"
 fi
 cargo build --release --locked

@@ -402,6 +402,32 @@ fn shape_errors_are_reported_not_panics() {
     assert!(encoder.tokenize(&[]).is_err());
 }
 
+/// Exports before 2026-11-30 also held `grad_z.onnx`, listed in the manifest's graphs and
+/// graph_io. Such a model directory still loads, graphs and all, and ignores it.
+#[test]
+fn an_export_that_still_lists_the_removed_grad_z_graph_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(tiny_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let manifest_path = dir.path().join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["graphs"]["grad_z"] = "grad_z.onnx".into();
+    manifest["graph_io"]["grad_z"] = manifest["graph_io"]["grad"].clone();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let options = EncoderOptions {
+        with_grad: true,
+        one_det_graphs: true,
+        ..EncoderOptions::default()
+    };
+    let encoder = Encoder::load(&runtime(), dir.path(), &options).unwrap();
+    assert_eq!(encoder.one_det_graphs(), ["lora", "adapter", "prefix"]);
+    let inputs = Reference::load().inputs();
+    assert_eq!(encoder.embed_frozen(&inputs).unwrap().nrows(), inputs.len());
+}
+
 /// The real MiniLM, when its export is present (scripts/run-main.sh makes it): the frozen model
 /// through the serving graph equals sentence-transformers (tests/fixtures/minilm/make_reference.py).
 #[test]
