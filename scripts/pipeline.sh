@@ -80,9 +80,13 @@ common=(--model "$out/model" --max-seq-len 64)
 
 subspace=$out/minilm-d$d.safetensors
 random=$out/random-d$d.safetensors
+# At D ≤ the learned directions, the top D of them and no random ones (the transfer check at D = 17).
+complete=(--complete-to "$d")
+[ "$d" -gt "$learned" ] || complete=()
 # shellcheck disable=SC2086 # PIPELINE_STAGE1 is a list of flags
-step stage1 "${bin[@]}" train subspace "${common[@]}" --solutions "$upstream_solutions" --dim "$learned" \
-  --steps 0 --complete-to "$d" --seed 7 --f16 --name "minilm-d$d" ${PIPELINE_STAGE1:-} --out "$subspace"
+step stage1 "${bin[@]}" train subspace "${common[@]}" --solutions "$upstream_solutions" \
+  --dim "$((d < learned ? d : learned))" --steps 0 ${complete[@]+"${complete[@]}"} --seed 7 --f16 \
+  --name "minilm-d$d" ${PIPELINE_STAGE1:-} --out "$subspace"
 step random "${bin[@]}" subspace random --model "$out/model" --dim "$d" --seed 7 --out "$random"
 
 step quality scripts/quality.sh "$data" "$subspace"
