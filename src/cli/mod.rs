@@ -18,6 +18,30 @@ use crate::model::{Encoder, EncoderOptions};
 use crate::runtime::{ProviderChoice, Runtime};
 use crate::subspace::Subspace;
 
+/// clap's parser for a count that must be at least `N` (`--batch 0` is an error, exit code 2,
+/// not a silent 1).
+fn at_least<const N: usize>(text: &str) -> Result<usize, String> {
+    let value: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if value < N {
+        return Err(format!("{value} is too small: at least {N}"));
+    }
+    Ok(value)
+}
+
+/// clap's parser for a finite number above 0 (learning rates, step sizes, seconds).
+fn positive<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + Into<f64> + Copy,
+    T::Err: std::fmt::Display,
+{
+    let value: T = text.parse().map_err(|e: T::Err| format!("{e}"))?;
+    let real: f64 = value.into();
+    if !(real.is_finite() && real > 0.0) {
+        return Err(format!("{text} is not a finite number above 0"));
+    }
+    Ok(value)
+}
+
 /// Serve one frozen language model for many tasks, each task a tiny vector z in a unified
 /// delta-tuning subspace.
 #[derive(Debug, Parser)]

@@ -19,7 +19,7 @@ pub enum SubspaceCommand {
         #[arg(long)]
         model: Option<PathBuf>,
         /// Subspace dimension d.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = super::at_least::<1>)]
         dim: usize,
         /// Random seed (same seed, same subspace).
         #[arg(long, default_value_t = 42)]

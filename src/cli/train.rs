@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::{load_encoder, load_subspace};
+use super::{at_least, load_encoder, load_subspace, positive};
 use crate::config::Config;
 use crate::det::{DetKind, Theta0};
 use crate::model::{Encoder, EncoderOptions, ModelFiles};
@@ -40,13 +40,13 @@ pub struct TrainingArgs {
     #[arg(long)]
     pub steps: Option<usize>,
     /// Training rows per task (and DET) per step.
-    #[arg(long, default_value_t = fit::BATCH)]
+    #[arg(long, default_value_t = fit::BATCH, value_parser = at_least::<1>)]
     pub batch: usize,
     /// Learning rate [default: 1e-3; tune: 0.05].
-    #[arg(long)]
+    #[arg(long, value_parser = positive::<f32>)]
     pub lr: Option<f32>,
     /// Evaluate on dev, keep the best, and checkpoint every this many steps [default: 50; tune: 25].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     pub eval_every: Option<usize>,
     /// Early stopping: a task (and DET) stops training once this many evaluations in a row
     /// have not improved its dev accuracy; the others go on. 0: never stop early
@@ -54,27 +54,27 @@ pub struct TrainingArgs {
     #[arg(long)]
     pub patience: Option<usize>,
     /// Dev examples per task in those evaluations [default: all].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     pub eval_limit: Option<usize>,
     /// Examples per task in the final dev and test scores [default: all].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     pub final_limit: Option<usize>,
     /// Rows per ONNX Runtime run; larger steps are split and their gradients summed.
-    #[arg(long, default_value_t = fit::RUN_ROWS)]
+    #[arg(long, default_value_t = fit::RUN_ROWS, value_parser = at_least::<1>)]
     pub run_rows: usize,
     /// Stop training after this many seconds of wall time: the step that ends past it is
     /// evaluated and ends the run [default: no limit].
-    #[arg(long)]
+    #[arg(long, value_parser = positive::<f64>)]
     pub max_seconds: Option<f64>,
     /// Use at most this many examples of each split (files are shuffled and stratified).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     pub max_examples: Option<usize>,
     /// Few-shot: train and choose (on dev) with this many examples per label from each of train
     /// and dev, drawn with --seed; test stays whole.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     pub shots: Option<usize>,
     /// Truncate inputs to this many tokens (the model's limit when absent).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     pub max_seq_len: Option<usize>,
     /// Random seed: same seed, same run.
     #[arg(long, default_value_t = 42)]
@@ -111,7 +111,7 @@ impl TrainingArgs {
 
     fn fit_options(&self, optimizer: OptimizerKind, defaults: Schedule) -> FitOptions {
         FitOptions {
-            batch: self.batch.max(1),
+            batch: self.batch,
             optimizer,
             eval_limit: self.eval_limit,
             run_rows: self.run_rows,
@@ -153,11 +153,11 @@ pub struct SubspaceArgs {
     pub data_root: Option<PathBuf>,
     /// Subspace dimension d: the learned directions (at most one per task, beyond that random
     /// ones, stored).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     pub dim: usize,
     /// Complete the learned basis with seeded random directions up to this d; the file stores them
     /// as their seed (--seed), so a subspace of large d stays small.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     pub complete_to: Option<usize>,
     /// Scale each learned direction so that the upstream tasks' codes have unit RMS along it
     /// (U z unchanged): stage 2's steps then move θ along learned directions as far as the
@@ -232,7 +232,7 @@ pub struct TuneArgs {
     #[arg(long, default_value_t = 0)]
     pub population: usize,
     /// CMA-ES initial step size σ.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = positive::<f64>)]
     pub sigma: f64,
     /// Append accuracy over time to this JSON lines file: {task, det, optimizer, step, seconds,
     /// evaluations, examples, split, n, accuracy, macro_f1} per task at step 0 and every
@@ -242,13 +242,13 @@ pub struct TuneArgs {
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Trace every this many steps [default: --eval-every].
-    #[arg(long, requires = "trace")]
+    #[arg(long, requires = "trace", value_parser = at_least::<1>)]
     pub trace_every: Option<usize>,
     /// The split the trace scores.
     #[arg(long, default_value = "test", requires = "trace")]
     pub trace_split: Split,
     /// Examples per task the trace scores [default: --final-limit].
-    #[arg(long, requires = "trace")]
+    #[arg(long, requires = "trace", value_parser = at_least::<1>)]
     pub trace_limit: Option<usize>,
     /// Output: TASK.json (one task) or a directory of <task>.json.
     #[arg(long)]
@@ -268,14 +268,14 @@ pub struct ScoringArgs {
     #[arg(long)]
     pub data: PathBuf,
     /// Use at most this many examples of the split [default: all].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     pub limit: Option<usize>,
     /// Truncate inputs to this many tokens.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     pub max_seq_len: Option<usize>,
     /// Few-shot: what trains (the probe) sees this many examples per label of train and of dev,
     /// drawn with --seed; test stays whole.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least::<1>)]
     pub shots: Option<usize>,
     /// Seed of the few-shot draw and of the probe.
     #[arg(long, default_value_t = 42)]
@@ -382,7 +382,7 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
     let options = SubspaceOptions {
         d: args.dim,
         steps,
-        batch: args.training.batch.max(1),
+        batch: args.training.batch,
         lr: schedule.lr,
         rec_alpha: args.rec_alpha,
         eval_every: schedule.eval_every,
@@ -532,7 +532,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
             let options = CmaOptions {
                 generations: schedule.steps,
                 population: args.population,
-                batch: args.training.batch.max(1),
+                batch: args.training.batch,
                 sigma: args.sigma,
                 eval_every: schedule.eval_every,
                 eval_limit: args.training.eval_limit,
@@ -741,7 +741,7 @@ pub struct LandscapeArgs {
     #[arg(long, num_args = 3)]
     pub directions: Vec<String>,
     /// Grid points per axis.
-    #[arg(long, default_value_t = 9)]
+    #[arg(long, default_value_t = 9, value_parser = at_least::<2>)]
     pub grid: usize,
     /// Extra room around the points, as a fraction of their spread (at least 1 unit).
     #[arg(long, default_value_t = 0.5)]

@@ -68,6 +68,49 @@ fn deltaspace_refuses(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+#[test]
+fn counts_of_zero_and_rates_that_are_not_positive_are_refused_with_the_flag_named() {
+    let tune = [
+        "tune",
+        "--model",
+        "tests/fixtures/tiny",
+        "--data",
+        "tests/fixtures/data/sst2",
+        "--out",
+        "unused.json",
+    ];
+    for (flag, value) in [
+        ("--shots", "0"),
+        ("--batch", "0"),
+        ("--eval-every", "0"),
+        ("--eval-limit", "0"),
+        ("--max-seq-len", "0"),
+        ("--run-rows", "0"),
+        ("--lr", "0"),
+        ("--lr=-0.1", ""),
+        ("--lr", "NaN"),
+        ("--max-seconds", "inf"),
+        ("--sigma", "0"),
+    ] {
+        let args: Vec<&str> = [&tune[..], &[flag, value]].concat();
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        let output = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let message = String::from_utf8_lossy(&output.stderr);
+        let name = flag.split('=').next().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}: {message}");
+        assert!(message.contains(name), "{flag} {value}: {message}");
+    }
+    let message = deltaspace_refuses(&["subspace", "random", "--dim", "0", "--out", "unused"]);
+    assert!(
+        message.contains("--dim") && message.contains("at least 1"),
+        "{message}"
+    );
+}
+
 /// `train subspace` arguments: the decomposition alone of 2 directions of `solutions`, completed
 /// by seeded random ones up to `complete_to`.
 fn decomposition_args<'a>(
