@@ -76,7 +76,7 @@ fi
 # Own copies of the binary, its configuration and the model, so a rebuild cannot swap them mid-run.
 own_copies "$out"
 bin=("$out/deltaspace" --config "$out/deltaspace.toml")
-common=(--model "$out/model" --max-seq-len 64)
+common=(--model "$out/model")
 
 subspace=$out/minilm-d$d.safetensors
 random=$out/random-d$d.safetensors

@@ -43,7 +43,7 @@ mkdir -p "$runs" docs/results/quality
 . scripts/lib/long-run.sh
 own_copies "$runs"
 bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
-common=(--model "$runs/model" --max-seq-len 64)
+common=(--model "$runs/model")
 info=$("${bin[@]}" subspace info "$subspace_file")
 name=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["name"])')
 d=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["d"])')

@@ -70,7 +70,7 @@ for cell in $grid; do
     refined)
       steps=${SCREEN_REFINE_STEPS:-40}
       subspace=$runs/refined$steps-$learned-d$d.safetensors n=$learned
-      [ -f "$subspace" ] || "${bin[@]}" train subspace --model "$runs/model" --max-seq-len 64 --solutions "$upstream" \
+      [ -f "$subspace" ] || "${bin[@]}" train subspace --model "$runs/model" --solutions "$upstream" \
         --dim "$learned" --data-root "$data" --steps "$steps" --batch 4 --eval-every 10 --eval-limit 100 \
         $(complete "$d") --seed 7 --name "refined$steps-$learned-d$d" --out "$subspace" \
         | tail -1 >> docs/results/stage1-refine.jsonl ;;
@@ -80,7 +80,7 @@ for cell in $grid; do
     grep -qF "$key" "$results" && continue
     echo "== $t $kind d=$d lr=$lr learned=$n det=$det: $(date -u +%FT%TZ)"
     started=$SECONDS
-    output=$("${bin[@]}" tune --model "$runs/model" --max-seq-len 64 --data "$data/$t" --shots 64 --seed 1 \
+    output=$("${bin[@]}" tune --model "$runs/model" --data "$data/$t" --shots 64 --seed 1 \
       --subspace "$subspace" --det "$det" --head prototypes --lr "$lr" --out "$runs/$t-$kind$n-d$d-lr$lr-$det.json" | tail -1)
     python3 -c 'import json, sys
 out = json.loads(sys.argv[1])

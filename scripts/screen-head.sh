@@ -24,12 +24,12 @@ bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 dirs=(); for t in $tasks; do dirs+=("$data/$t"); done
 settings='"steps":100,"batch":16,"lr":0.05,"seed":42,"subspace":"default"'
 for t in $tasks; do
-  "${bin[@]}" eval --model "$runs/model" --max-seq-len 64 --data "$data/$t" --zero-shot --split test \
+  "${bin[@]}" eval --model "$runs/model" --data "$data/$t" --zero-shot --split test \
     | sed "s/^{/{\"head\":\"zero-shot\",/" >> "$results"
 done
 for head in none bias prototypes; do
   echo "== head $head: $(date -u +%FT%TZ)"
-  "${bin[@]}" tune --model "$runs/model" --max-seq-len 64 --data "${dirs[@]}" --det adapter --head "$head" \
+  "${bin[@]}" tune --model "$runs/model" --data "${dirs[@]}" --det adapter --head "$head" \
     --steps 100 --batch 16 --lr 0.05 --eval-every 25 --eval-limit 200 --seed 42 --out "$runs/$head" \
     | sed "s/^{/{\"head\":\"$head\",$settings,/" >> "$results"
 done

@@ -12,7 +12,7 @@ touch "$out"
 for t in trec tweet_offensive mpqa mrpc rte; do
   grep -q "\"task\":\"$t\"" "$out" && continue
   started=$SECONDS
-  line=$("${bin[@]}" tune --model runs/screen-d/model --max-seq-len 64 --data "$data/$t" --shots 16 --seed 1 \
+  line=$("${bin[@]}" tune --model runs/screen-d/model --data "$data/$t" --shots 16 --seed 1 \
     --subspace runs/screen-d/random-d1024.safetensors --det lora --head prototypes --out runs/screen-d/k16-$t.json | tail -1)
   python3 -c 'import json, sys
 out = json.loads(sys.argv[1])

@@ -57,7 +57,7 @@ for task in $tasks; do
     cp "$parked" "$runs/$task.checkpoint.safetensors"
   fi
   started=$SECONDS
-  "${bin[@]}" train det --model "$runs/model" --max-seq-len 64 --data "$data/$task" --det all \
+  "${bin[@]}" train det --model "$runs/model" --data "$data/$task" --det all \
     --steps 1500 --batch 16 --lr 3e-3 --eval-every 25 --eval-limit 300 --patience 4 \
     --f16 --checkpoint "$runs/$task.checkpoint.safetensors" --out "$runs/$task" > "$runs/$task.jsonl"
   seconds=$((SECONDS - started))

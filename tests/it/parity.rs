@@ -3,7 +3,7 @@
 
 use deltaspace::model::{
     Batch, DeltaCache, DeltaCacheStats, DeltaParams, DetParams, Encoder, EncoderOptions, GradBatch,
-    MIN_DECODED_D, input,
+    MIN_DECODED_D, TextInput, input,
 };
 use ndarray::{Array2, s};
 
@@ -400,6 +400,46 @@ fn shape_errors_are_reported_not_panics() {
         .unwrap_err();
     assert!(err.to_string().contains("expected [1, 4]"), "{err}");
     assert!(encoder.tokenize(&[]).is_err());
+}
+
+/// `EncoderOptions::max_seq_len` (the trainer's `--max-seq-len`) truncates every row; until
+/// 2026-11-30 it was ignored and rows ran at the model's limit.
+#[test]
+fn max_seq_len_truncates_rows_and_a_length_beyond_the_model_is_refused() {
+    let long = TextInput::single("word ".repeat(200));
+    let load = |max_seq_len| {
+        let options = EncoderOptions {
+            max_seq_len,
+            ..EncoderOptions::default()
+        };
+        Encoder::load(&runtime(), &tiny_dir(), &options)
+    };
+    let full = load(None).unwrap();
+    let limit = full.manifest().max_seq_len;
+    assert_eq!(
+        full.tokenize(std::slice::from_ref(&long))
+            .unwrap()
+            .seq_len(),
+        limit
+    );
+    let short = load(Some(8)).unwrap();
+    assert_eq!(
+        short
+            .tokenize(std::slice::from_ref(&long))
+            .unwrap()
+            .seq_len(),
+        8
+    );
+    let frozen = |encoder: &Encoder| encoder.embed_frozen(std::slice::from_ref(&long)).unwrap();
+    assert_ne!(
+        frozen(&full),
+        frozen(&short),
+        "8 tokens embed otherwise than {limit}"
+    );
+    for asked in [0, limit + 1] {
+        let error = load(Some(asked)).err().unwrap().to_string();
+        assert!(error.contains(&format!("{asked} tokens")), "{error}");
+    }
 }
 
 /// Exports before 2026-11-30 also held `grad_z.onnx`, listed in the manifest's graphs and

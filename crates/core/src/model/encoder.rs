@@ -49,7 +49,8 @@ pub struct EncoderOptions {
     /// (`RuntimeOptions::shared_threads`), their pools contend when runs alternate between them
     /// (docs/PERFORMANCE.md measured the server at half its throughput).
     pub one_det_graphs: bool,
-    /// Truncate rows to fewer tokens than the model's `max_seq_len` (training on CPUs).
+    /// Truncate rows to this many tokens, at most the model's `max_seq_len` (training on CPUs)
+    /// [default: the model's].
     pub max_seq_len: Option<usize>,
 }
 
@@ -97,8 +98,15 @@ impl Encoder {
     ) -> Result<Self, ModelError> {
         let files = ModelFiles::open(dir)?;
         let manifest = &files.manifest;
-        let tokenizer =
-            TextTokenizer::load(&files.path(&manifest.tokenizer), manifest.max_seq_len)?;
+        let max_seq_len = match options.max_seq_len {
+            None => manifest.max_seq_len,
+            Some(asked) if (1..=manifest.max_seq_len).contains(&asked) => asked,
+            Some(asked) => {
+                let limit = manifest.max_seq_len;
+                return Err(ModelError::SeqLen { asked, limit });
+            }
+        };
+        let tokenizer = TextTokenizer::load(&files.path(&manifest.tokenizer), max_seq_len)?;
         let open = |name: &str, count: usize| -> Result<SessionPool, ModelError> {
             let path = files.path(name);
             if !path.is_file() {

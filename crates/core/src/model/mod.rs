@@ -70,6 +70,8 @@ pub enum ModelError {
     },
     #[error("an empty batch has nothing to encode")]
     EmptyBatch,
+    #[error("truncating at {asked} tokens: the model takes 1 to {limit}")]
+    SeqLen { asked: usize, limit: usize },
     #[error("shape mismatch: {0}")]
     Shape(String),
     /// An array the runtime returned (or the encoder assembled) has another shape than expected.
