@@ -64,15 +64,15 @@ fn options(config: &Config, args: ServeArgs) -> anyhow::Result<Options> {
         seed_tasks_dir,
         workers: server.workers,
         batch: BatchLimits {
-            max_rows: server.max_batch_rows.max(1),
-            max_tokens: server.max_batch_tokens.max(1),
+            max_rows: count("server", "max_batch_rows", server.max_batch_rows)?,
+            max_tokens: count("server", "max_batch_tokens", server.max_batch_tokens)?,
             max_wait: Duration::from_millis(server.max_wait_ms),
-            queue_capacity: server.queue_capacity.max(1),
-            concurrency: config.runtime.sessions.max(1),
+            queue_capacity: count("server", "queue_capacity", server.queue_capacity)?,
+            concurrency: count("runtime", "sessions", config.runtime.sessions)?,
         },
-        max_inputs: server.max_inputs.max(1),
-        max_body_bytes: server.max_body_bytes,
-        max_text_chars: server.max_text_chars.max(1),
+        max_inputs: count("server", "max_inputs", server.max_inputs)?,
+        max_body_bytes: count("server", "max_body_bytes", server.max_body_bytes)?,
+        max_text_chars: count("server", "max_text_chars", server.max_text_chars)?,
         max_tasks: server.max_tasks,
         task_limits: config.task_limits(),
         tokens: server
@@ -86,17 +86,34 @@ fn options(config: &Config, args: ServeArgs) -> anyhow::Result<Options> {
         protect_reads: server.protect_reads,
         shutdown_timeout: Duration::from_secs(server.shutdown_timeout_s),
         tune: TuneLimits {
-            max_jobs: server.max_tune_jobs.max(1),
+            max_jobs: count("server", "max_tune_jobs", server.max_tune_jobs)?,
             max_queued: server.max_queued_tune_jobs,
-            max_examples: server.max_tune_examples.max(1),
-            max_seconds: server.max_tune_seconds.max(1),
-            run_rows: server.tune_run_rows.max(1),
+            max_examples: count("server", "max_tune_examples", server.max_tune_examples)?,
+            max_seconds: count(
+                "server",
+                "max_tune_seconds",
+                server.max_tune_seconds as usize,
+            )? as u64,
+            run_rows: count("server", "tune_run_rows", server.tune_run_rows)?,
         },
         replica: match server.replica.trim() {
             "" => host_name(),
             name => name.to_string(),
         },
     })
+}
+
+/// A setting that counts something and must not be 0 (a server with `max_batch_tokens = 0`
+/// would refuse every request): the value, or why the server does not start.
+fn count<T: Copy + Default + PartialEq>(section: &str, key: &str, value: T) -> anyhow::Result<T> {
+    if value == T::default() {
+        anyhow::bail!(
+            "[{section}] {key} = 0: it must be at least 1 (env DELTASPACE_{}_{})",
+            section.to_uppercase(),
+            key.to_uppercase()
+        );
+    }
+    Ok(value)
 }
 
 /// This machine's name (a pod's name under Kubernetes), for `[server] replica`.

@@ -168,3 +168,34 @@ fn a_missing_onnxruntime_library_is_a_clear_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("scripts/setup-ort.sh"));
 }
+
+/// A count of 0 in the server's settings stops it before it binds (exit code 2, the setting named):
+/// until 2026-11-30 such values became 1 silently, and `max_batch_tokens = 0` gave a server that
+/// refused every request.
+#[test]
+fn serve_refuses_a_count_of_zero_in_its_settings() {
+    for (variable, named) in [
+        (
+            "DELTASPACE_SERVER_MAX_BATCH_TOKENS",
+            "[server] max_batch_tokens = 0",
+        ),
+        (
+            "DELTASPACE_SERVER_QUEUE_CAPACITY",
+            "[server] queue_capacity = 0",
+        ),
+        ("DELTASPACE_RUNTIME_SESSIONS", "[runtime] sessions = 0"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+            .args(["serve", "--bind", "127.0.0.1:1"])
+            .env(variable, "0")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{variable}: {stderr}");
+        assert!(
+            stderr.contains(named) && stderr.contains(variable),
+            "{stderr}"
+        );
+    }
+}
