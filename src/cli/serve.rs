@@ -89,11 +89,7 @@ fn options(config: &Config, args: ServeArgs) -> anyhow::Result<Options> {
             max_jobs: count("server", "max_tune_jobs", server.max_tune_jobs)?,
             max_queued: server.max_queued_tune_jobs,
             max_examples: count("server", "max_tune_examples", server.max_tune_examples)?,
-            max_seconds: count(
-                "server",
-                "max_tune_seconds",
-                server.max_tune_seconds as usize,
-            )? as u64,
+            max_seconds: count("server", "max_tune_seconds", server.max_tune_seconds)?,
             run_rows: count("server", "tune_run_rows", server.tune_run_rows)?,
         },
         replica: match server.replica.trim() {
