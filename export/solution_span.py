@@ -11,6 +11,9 @@ For each task with all three solutions (δ = θ − θ⁰ of LoRA, Adapter and P
 it prints the fraction of ‖δ‖² inside that span, for the stacked δ (one z for all DETs, as the subspace decodes it)
 and for each DET's block alone (that block of the same span), with the largest cosine to any single upstream
 solution, and the fraction a span of as many random directions holds (the control; about directions / size).
+Where directions are not shared, the parameters that move might be: `<det>_diagonal_gain` is how much more of δ
+a random direction holds when scaled per parameter by the same upstream solutions' RMS than an isotropic one does
+(1 = the solutions move every parameter alike).
 One JSON line per task; no forward pass, about a minute.
 
 --growth adds how the fraction grows with the number of upstream tasks in the span: for 2, 4, 8 and 16 others
@@ -45,6 +48,12 @@ def captured(basis: np.ndarray, vector: np.ndarray) -> float:
     return float(inside @ inside / (vector @ vector))
 
 
+def scaled_gain(weights: np.ndarray, vector: np.ndarray) -> float:
+    """E[(u·v)²] / (E‖u‖² ‖v‖²) for u = √weights ∘ r, r ~ N(0, I), against the same for an isotropic u (1 / D): how
+    many times more of `vector` a random direction scaled per coordinate by √weights holds."""
+    return float(weights.size * np.sum(weights * vector**2) / (np.sum(weights) * np.sum(vector**2)))
+
+
 def measure(task: str, kind: str, deltas: list[np.ndarray], others: list[list[np.ndarray]], rng) -> dict:
     stacked = np.concatenate(deltas)
     span = np.stack([np.concatenate(o) for o in others], axis=1)
@@ -57,6 +66,7 @@ def measure(task: str, kind: str, deltas: list[np.ndarray], others: list[list[np
         line[det] = captured(block, delta)
         cosines = block.T @ delta / (np.linalg.norm(block, axis=0) * np.linalg.norm(delta))
         line[f"{det}_max_cosine"] = float(np.abs(cosines).max())
+        line[f"{det}_diagonal_gain"] = scaled_gain(np.mean(block**2, axis=1), delta)
         start += delta.size
     return line
 

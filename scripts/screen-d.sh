@@ -17,6 +17,9 @@
 #            SCREEN_DET alone (export/gradient_span.py; the other DETs get random columns): the directions a task's
 #            loss first descends along, which the upstream tasks share where their solutions do not; gradientK: the
 #            top K of them completed by random directions up to d;
+#   fisher   seeded random directions through SCREEN_DET scaled per parameter by the RMS of those upstream gradients
+#            (√ of the Fisher diagonal's estimate; `gradient_span.py --fisher`): random, but weighted toward the
+#            parameters the upstream losses are sensitive to;
 # It chooses d, the learning rate and learned-vs-random on dev; the test column is printed for the record, not for
 # choosing. The hybrid is rebuilt whenever stage 0 has finished more tasks (its line records how many it learned).
 #
@@ -67,6 +70,10 @@ for cell in $grid; do
       n=${kind#gradient} n=${n:-$d} subspace=runs/gradient/gradient$n-$det-d$d.safetensors
       [ -f "$subspace" ] || .venv-export/bin/python export/gradient_span.py --data "$data" --det "$det" \
         --subspace "$subspace" --dim "$d" --learned "$n" >/dev/null ;;
+    fisher)
+      n=0 subspace=runs/gradient/fisher-$det-d$d.safetensors
+      [ -f "$subspace" ] || .venv-export/bin/python export/gradient_span.py --data "$data" --det "$det" --batches 64 \
+        --fisher --subspace "$subspace" --dim "$d" >/dev/null ;;
     refined)
       steps=${SCREEN_REFINE_STEPS:-40}
       subspace=$runs/refined$steps-$learned-d$d.safetensors n=$learned

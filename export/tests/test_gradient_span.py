@@ -12,7 +12,8 @@ from safetensors import safe_open
 from common import ROOT
 from encoder import DETS
 from graphs import tokenize
-from gradient_span import gradients, loss_and_gradient, read_task, write_subspace
+from gradient_span import fisher_columns, gradients, loss_and_gradient, read_task, write_subspace
+from solution_span import scaled_gain
 
 DATA = ROOT / "tests/fixtures/data/sst2"
 
@@ -50,7 +51,8 @@ def test_written_subspace_loads_in_rust(tiny, tmp_path):
     size = theta0["adapter"].shape[0]
     learned = np.linalg.qr(np.random.default_rng(0).standard_normal((size, 3)))[0]
     path = tmp_path / "gradient.safetensors"
-    write_subspace(Namespace(model=tiny.dir, det="adapter", dim=5, subspace=path), learned, theta0)
+    write_subspace(Namespace(model=tiny.dir, det="adapter", dim=5, subspace=path), learned, theta0,
+                   "gradient3-adapter-d5")
     with safe_open(str(path), "np") as f:
         metadata = f.metadata()
         hasher = hashlib.sha256()
@@ -66,6 +68,27 @@ def test_written_subspace_loads_in_rust(tiny, tmp_path):
         info = subprocess.run([binary, "subspace", "info", path, "--model", tiny.dir], capture_output=True, text=True)
         assert info.returncode == 0, info.stderr
         assert '"name":"gradient3-adapter-d5"' in info.stdout
+
+
+def test_fisher_columns_are_unit_and_follow_the_sensitive_parameters():
+    fisher = np.array([4.0, 1.0, 0.0, 0.0] * 50)
+    columns = fisher_columns(fisher, 6, np.random.default_rng(0))
+    assert columns.shape == (200, 6)
+    assert np.allclose(np.linalg.norm(columns, axis=0), 1.0)
+    assert np.all(columns[fisher == 0] == 0)  # no weight where no upstream gradient reached
+    mass = (columns**2).sum(axis=1)
+    assert mass[fisher == 4].sum() > 2 * mass[fisher == 1].sum()
+
+
+def test_scaled_gain_is_one_for_a_flat_diagonal_and_grows_where_the_vector_sits():
+    vector = np.random.default_rng(1).standard_normal(100)
+    assert abs(scaled_gain(np.ones(100), vector) - 1) < 1e-12
+    on_top = np.zeros(100)
+    on_top[:10] = 1.0
+    fisher = np.full(100, 0.01)
+    fisher[:10] = 1.0
+    assert scaled_gain(fisher, on_top) > 5  # the vector lies where the diagonal is heavy
+    assert scaled_gain(fisher, 1 - on_top) < 0.2
 
 
 def _theta0(tiny) -> dict[str, torch.Tensor]:
