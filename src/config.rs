@@ -137,6 +137,8 @@ pub struct ServerConfig {
     pub protect_reads: bool,
     /// Seconds shutdown waits for in-flight requests.
     pub shutdown_timeout_s: u64,
+    /// Milliseconds a client may take to send a request's head before it gets 408; 0 = no limit.
+    pub client_request_timeout_ms: u64,
     /// Tune jobs that run at once (`POST /v1/tasks/{name}/tune`).
     pub max_tune_jobs: usize,
     /// Tune jobs that may wait for a slot; one more answers 429.
@@ -172,6 +174,7 @@ impl Default for ServerConfig {
             tokens: Secret::default(),
             protect_reads: false,
             shutdown_timeout_s: 30,
+            client_request_timeout_ms: 5000,
             max_tune_jobs: TuneLimits::default().max_jobs,
             max_queued_tune_jobs: TuneLimits::default().max_queued,
             max_tune_examples: TuneLimits::default().max_examples,

@@ -85,6 +85,7 @@ fn options(config: &Config, args: ServeArgs) -> anyhow::Result<Options> {
             .collect(),
         protect_reads: server.protect_reads,
         shutdown_timeout: Duration::from_secs(server.shutdown_timeout_s),
+        client_request_timeout: Duration::from_millis(server.client_request_timeout_ms),
         tune: TuneLimits {
             max_jobs: count("server", "max_tune_jobs", server.max_tune_jobs)?,
             max_queued: server.max_queued_tune_jobs,

@@ -102,6 +102,8 @@ pub struct Options {
     pub protect_reads: bool,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send a request's head before it gets 408; zero = no limit.
+    pub client_request_timeout: Duration,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -226,6 +228,7 @@ fn http_server(
 ) -> Result<actix_web::dev::Server, ServerError> {
     let workers = state.options.workers;
     let timeout = state.options.shutdown_timeout.as_secs().max(1);
+    let client_request_timeout = state.options.client_request_timeout;
     let data = web::Data::from(state);
     let mut server = HttpServer::new(move || {
         let metrics = data.metrics.clone();
@@ -254,6 +257,7 @@ fn http_server(
     })
     .disable_signals()
     .shutdown_timeout(timeout)
+    .client_request_timeout(client_request_timeout)
     // A client that closes its side is gone: drop its request (and its place in the queue).
     .h1_allow_half_closed(false)
     .listen(listener)?;

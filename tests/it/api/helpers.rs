@@ -87,6 +87,7 @@ impl Fixture {
             tokens: Vec::new(),
             protect_reads: false,
             shutdown_timeout: Duration::from_secs(10),
+            client_request_timeout: Duration::from_secs(5),
             tune: TuneLimits::default(),
             replica: "test".into(),
         }

@@ -5,6 +5,8 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use deltaspace::server::Options;
+
 use crate::api::helpers::{D, Fixture, TestApp, ok_json, task_body};
 
 /// One bad request and the answer it must get.
@@ -279,20 +281,32 @@ async fn every_bad_request_gets_a_4xx_with_a_json_reason_and_the_server_stays_he
     app.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_huge_body_is_refused_without_reading_it_all() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
+/// A server (its options adjusted) serving one task, `t`, and a raw TCP connection to it, for
+/// requests no HTTP client would send.
+async fn raw_connection_to_one_task(
+    adjust: impl FnOnce(&mut Options),
+) -> (Fixture, TestApp, tokio::net::TcpStream) {
     let fixture = Fixture::new();
-    let app = TestApp::spawn(fixture.options()).await;
+    let mut options = fixture.options();
+    adjust(&mut options);
+    let app = TestApp::spawn(options).await;
     ok_json(
         app.put_task("t", &task_body("lora", [0.0; D], &["a", "b"]))
             .await,
     )
     .await;
+    let address = app.base.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    (fixture, app, stream)
+}
+
+#[tokio::test]
+async fn a_huge_body_is_refused_without_reading_it_all() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (_fixture, app, mut stream) = raw_connection_to_one_task(|_| {}).await;
     // Announce 100 MB and send up to 8 MB of it; the server answers 413 after 64 KiB.
-    let address = app.base.trim_start_matches("http://").to_string();
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let address = app.base.trim_start_matches("http://");
     let head = format!(
         "POST /v1/tasks/t/predict HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         100 << 20
@@ -334,6 +348,33 @@ async fn a_huge_body_is_refused_without_reading_it_all() {
     assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
 
     assert_eq!(app.get("/health/ready").await.status(), 200);
+    app.predict("t", &json!({"inputs": ["still here"]})).await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_slower_than_client_request_timeout_gets_408_and_the_server_goes_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (_fixture, app, mut stream) = raw_connection_to_one_task(|options| {
+        options.client_request_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    // Half a request head, then nothing: the server gives up on it after 300 ms.
+    stream
+        .write_all(b"POST /v1/tasks/t/predict HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "a stalled request head was never answered");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
     app.predict("t", &json!({"inputs": ["still here"]})).await;
     app.stop().await.unwrap();
 }
