@@ -1,8 +1,8 @@
 //! What a task must be to be served, checked in one place for uploads, tune jobs, seed tasks,
 //! start-up and `deltaspace import`: [`admit`] checks it against the loaded model and subspace,
 //! [`label_set`] finds or makes the embeddings of its labels, and [`commit`] serves an admitted
-//! task as an upload is served. Admission errors are this module's own ([`AdmitError`]); the HTTP
-//! layer maps them to statuses, start-up logs them.
+//! task as an upload is served. Admission errors are this module's own ([`AdmitError`]); to a
+//! client they are invalid tasks (422), start-up logs them.
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use deltaspace_core::subspace::Subspace;
 use deltaspace_core::task::{Label, Task, TaskError, TaskLimits};
 
 use crate::error::ApiError;
-use crate::state::Core;
+use crate::loaded::Core;
 use crate::store::{Precondition, ServedHead, StoreError, StoredTask, TaskStore, labels_key};
 
 /// Why a task cannot be served.
@@ -25,6 +25,13 @@ pub enum AdmitError {
     Det(#[from] DetError),
     #[error("head: a prototype has {got} values, the model's embeddings {hidden}")]
     PrototypeWidth { got: usize, hidden: usize },
+}
+
+impl From<AdmitError> for ApiError {
+    /// A task that cannot be served is an invalid task to the client.
+    fn from(error: AdmitError) -> Self {
+        Self::InvalidTask(error.to_string())
+    }
 }
 
 /// Checks an incoming task against the loaded model and subspace, rounds its head to what is

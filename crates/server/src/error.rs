@@ -4,14 +4,12 @@
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpResponse, ResponseError, web};
 use serde_json::json;
 
 use super::batcher::BatchError;
 use super::store::{StoreError, error_chain};
 use deltaspace_core::task::TaskError;
-
-use crate::admit::AdmitError;
 
 /// What a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -164,12 +162,6 @@ impl From<TaskError> for ApiError {
     }
 }
 
-impl From<AdmitError> for ApiError {
-    fn from(error: AdmitError) -> Self {
-        Self::InvalidTask(error.to_string())
-    }
-}
-
 impl From<BatchError> for ApiError {
     fn from(error: BatchError) -> Self {
         match error {
@@ -239,4 +231,13 @@ mod tests {
             "cut, with an ellipsis"
         );
     }
+}
+
+/// Runs blocking work (ORT, SQLite) on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(work)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
 }

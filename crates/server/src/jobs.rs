@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::admit::{admit, commit};
-use crate::error::ApiError;
+use crate::error::{ApiError, blocking};
+use crate::loaded::Core;
 use crate::metrics::Metrics;
-use crate::state::{Core, blocking};
 use crate::store::{JobRecord, JobResult, JobState, Precondition, TaskStore, now_ms};
 use deltaspace_core::classifier::{Classes, embed_labels};
 use deltaspace_core::det::DetKind;

@@ -11,11 +11,14 @@ mod error;
 mod import;
 mod jobs;
 mod load;
+mod loaded;
 mod metrics;
 mod state;
 mod store;
 
-use state::{AppState, Core};
+use jobs::Jobs;
+use loaded::Core;
+use state::AppState;
 use store::follow::{Follower, StoreStatus};
 
 pub use admit::AdmitError;
@@ -142,6 +145,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let store_status = Arc::new(StoreStatus::new(options.store.backend()));
     let metrics = Arc::new(Metrics::new());
+    let job_metrics = metrics.clone();
     metrics
         .store_connected
         .set(i64::from(store_status.connected.load(Ordering::Relaxed)));
@@ -150,6 +154,12 @@ pub async fn run(
         store_status,
         auth: auth::Auth::new(&options.tokens, options.protect_reads),
         options: options.clone(),
+        jobs: Arc::new(Jobs::new(
+            options.tune,
+            options.task_limits,
+            options.replica.clone(),
+            job_metrics,
+        )),
         core: OnceLock::new(),
         shutting_down: AtomicBool::new(false),
     });
@@ -168,6 +178,7 @@ pub async fn run(
             Ok((core, task)) => {
                 batcher_task = Some(task);
                 follower = follow(&state, &core);
+                state.jobs.keep_leases(core.store.clone());
                 let tasks = core.store.len();
                 let _ = state.core.set(core);
                 tracing::info!(%address, tasks, seconds = started.elapsed().as_secs_f32(), "ready");
@@ -184,10 +195,8 @@ pub async fn run(
     if let Some(follower) = follower {
         follower.abort();
     }
-    if let Some(core) = state.core.get() {
-        // Running tune jobs end at their next run and are recorded as interrupted.
-        core.jobs.shut_down(options.shutdown_timeout).await;
-    }
+    // Running tune jobs end at their next run and are recorded as interrupted.
+    state.jobs.shut_down(options.shutdown_timeout).await;
     http.stop(true).await;
     match serving.await {
         Ok(Ok(())) => {}

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use super::admit::{AdmitError, admit, label_set};
 use super::batcher::{self, Runner};
-use super::jobs::{INTERRUPTED, Jobs};
+use super::jobs::INTERRUPTED;
 use super::metrics::Metrics;
 use ndarray::Array2;
 
-use super::state::Serving;
+use super::loaded::Serving;
 use super::store::{self, Precondition, StoreError, TaskStore, error_chain, labels_key};
 use super::{Core, Options, ServerError};
 use deltaspace_core::classifier::{self, Code, LabelSet, embed_labels};
@@ -53,12 +53,6 @@ pub async fn load(
     warm_up(&runner, &encoder, &subspace).await?;
     let mut limits = options.batch;
     limits.concurrency = serving.sessions;
-    let jobs = Jobs::new(
-        options.tune,
-        options.task_limits,
-        options.replica.clone(),
-        metrics.clone(),
-    );
     let (batcher, task) = batcher::spawn(limits, runner, metrics);
     let core = Core {
         runtime,
@@ -68,9 +62,7 @@ pub async fn load(
         store: Arc::new(store),
         batcher,
         model_key,
-        jobs: Arc::new(jobs),
     };
-    core.jobs.keep_leases(core.store.clone());
     Ok((core, task))
 }
 

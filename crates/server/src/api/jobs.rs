@@ -50,7 +50,7 @@ pub(super) async fn tune(
     // A precondition that fails now fails at once; the job checks it again when it serves.
     let current = core.store.get(&name);
     expect.check(&name, current.as_ref().map(|c| c.etag.as_str()))?;
-    let record = core.jobs.submit(core, &name, order, expect).await?;
+    let record = state.jobs.submit(core, &name, order, expect).await?;
     let status_url = format!("/v1/jobs/{}", record.job);
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, status_url.clone()))
@@ -67,7 +67,7 @@ pub(super) async fn get_job(
 ) -> Result<HttpResponse, ApiError> {
     state.auth.require(&request, Access::Read)?;
     let core = state.core()?;
-    Ok(HttpResponse::Ok().json(core.jobs.get(&core.store, &id).await?))
+    Ok(HttpResponse::Ok().json(state.jobs.get(&core.store, &id).await?))
 }
 
 pub(super) async fn list_jobs(
@@ -77,7 +77,7 @@ pub(super) async fn list_jobs(
     state.auth.require(&request, Access::Read)?;
     let core = state.core()?;
     let (after, limit) = decode_page_query(request.query_string())?;
-    let (jobs, next) = core.jobs.page(&core.store, after, limit).await?;
+    let (jobs, next) = state.jobs.page(&core.store, after, limit).await?;
     Ok(HttpResponse::Ok().json(JobPage { jobs, next }))
 }
 
@@ -88,5 +88,5 @@ pub(super) async fn cancel_job(
 ) -> Result<HttpResponse, ApiError> {
     state.auth.require(&request, Access::Write)?;
     let core = state.core()?;
-    Ok(HttpResponse::Ok().json(core.jobs.cancel(&core.store, &id).await?))
+    Ok(HttpResponse::Ok().json(state.jobs.cancel(&core.store, &id).await?))
 }

@@ -14,7 +14,7 @@ use crate::AppState;
 use crate::admit::{admit, commit};
 use crate::auth::Access;
 use crate::error::ApiError;
-use crate::state::blocking;
+use crate::error::blocking;
 use crate::store::{Precondition, StoredTask};
 use deltaspace_core::det::DetKind;
 use deltaspace_core::task::{Head, Label, validate_name};
