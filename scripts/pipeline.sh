@@ -38,10 +38,10 @@ model=models/all-MiniLM-L6-v2
 upstream_solutions=$model/stage0/upstream
 out=runs/pipeline-d$d
 results=docs/results/pipeline-d$d
-unseen="mpqa rte mrpc tweet_offensive trec"
 mkdir -p "$out/done" "$out/running" "$results/tune" "$results/transfer"
 exec > >(tee -a "${PIPELINE_LOG:-$out/log.txt}") 2>&1
 . scripts/lib/long-run.sh
+unseen=$UNSEEN_TASKS
 
 # step NAME COMMAND...: run once; a marker file records success. A step in PIPELINE_SKIP is left to later (and
 # publishing with it); a step another pipeline is running is waited for (what comes after may need it).

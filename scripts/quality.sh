@@ -55,7 +55,7 @@ random=$runs/random-d$d.safetensors
 touch "$results" "$baselines"
 mkdir -p "$runs/locks"
 held=()  # runs another quality.sh was doing when this one came to them
-tasks="mpqa rte mrpc tweet_offensive trec"
+tasks=$UNSEEN_TASKS
 
 # results_of ROW: where the row's lines go.
 results_of() {

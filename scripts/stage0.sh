@@ -31,19 +31,16 @@ model=models/all-MiniLM-L6-v2
 committed=$model/stage0
 results=docs/results/stage0.jsonl
 runs=runs/stage0
-upstream="sst2 sst5 subj agnews sarcasm tweet_hate tweet_sentiment tweet_emotion qnli cb cola sms_spam
-  banking77 clinc150 tweet_emoji tweet_stance boolq"
-unseen="mpqa rte mrpc tweet_offensive trec"
-tasks=${*:-$upstream $unseen}
+. scripts/lib/long-run.sh
+tasks=${*:-$UPSTREAM_TASKS $UNSEEN_TASKS}
 mkdir -p "$runs" "$(dirname "$results")"
 exec > >(tee -a "$runs/log.txt") 2>&1
 
-. scripts/lib/long-run.sh
 own_copies "$runs"
 bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 
 for task in $tasks; do
-  case " $unseen " in *" $task "*) dir=$committed/unseen ;; *) dir=$committed/upstream ;; esac
+  case " $UNSEEN_TASKS " in *" $task "*) dir=$committed/unseen ;; *) dir=$committed/upstream ;; esac
   mkdir -p "$dir"
   if [ -f "$dir/$task.lora.safetensors" ] && [ -f "$dir/$task.adapter.safetensors" ] \
     && [ -f "$dir/$task.prefix.safetensors" ]; then

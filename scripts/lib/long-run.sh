@@ -1,6 +1,12 @@
 # What every long-running script (stage 0, the screens, quality, the pipeline) shares.
 # Sourced from the repository root.
 
+# Issue 10's split of the 22 tasks: stage 1 learns from the upstream tasks; the unseen ones are never shown to it and
+# are the ones every table reports. (export/gradient_span.py, which cannot source this, spells the same lists.)
+UPSTREAM_TASKS="sst2 sst5 subj agnews sarcasm tweet_hate tweet_sentiment tweet_emotion qnli cb cola sms_spam
+  banking77 clinc150 tweet_emoji tweet_stance boolq"
+UNSEEN_TASKS="mpqa rte mrpc tweet_offensive trec"
+
 # own_copies DIR: copies the release binary, the configuration and the model's files (graphs, manifest, θ⁰,
 # tokenizer: what --model reads) into DIR, so that a rebuild, an edit or a re-export cannot swap them mid-run. Each
 # changed file is replaced by a rename, so two runs can share DIR: a process that has opened the old file keeps it,
