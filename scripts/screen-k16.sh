@@ -9,7 +9,8 @@ data=${1:?usage: scripts/screen-k16.sh DATA_DIR}
 bin=(runs/screen-d/deltaspace --config runs/screen-d/deltaspace.toml)
 out=docs/results/screen-k16.jsonl
 touch "$out"
-for t in trec tweet_offensive mpqa mrpc rte; do
+. scripts/lib/long-run.sh
+for t in $UNSEEN_TASKS; do
   grep -q "\"task\":\"$t\"" "$out" && continue
   started=$SECONDS
   line=$("${bin[@]}" tune --model runs/screen-d/model --data "$data/$t" --shots 16 --seed 1 \

@@ -6,6 +6,7 @@ import subprocess
 from argparse import Namespace
 
 import numpy as np
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -78,6 +79,8 @@ def test_fisher_columns_are_unit_and_follow_the_sensitive_parameters():
     assert np.all(columns[fisher == 0] == 0)  # no weight where no upstream gradient reached
     mass = (columns**2).sum(axis=1)
     assert mass[fisher == 4].sum() > 2 * mass[fisher == 1].sum()
+    with pytest.raises(SystemExit, match="all zero"):
+        fisher_columns(np.zeros(10), 2, np.random.default_rng(0))
 
 
 def test_scaled_gain_is_one_for_a_flat_diagonal_and_grows_where_the_vector_sits():

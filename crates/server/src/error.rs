@@ -190,6 +190,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Runs blocking work (ORT, SQLite) on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(work)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+}
+
 #[cfg(test)]
 mod tests {
     use actix_web::body::MessageBody;
@@ -231,13 +240,4 @@ mod tests {
             "cut, with an ellipsis"
         );
     }
-}
-
-/// Runs blocking work (ORT, SQLite) on tokio's blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    web::block(work)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
 }

@@ -12,9 +12,9 @@ use super::jobs::INTERRUPTED;
 use super::metrics::Metrics;
 use ndarray::Array2;
 
-use super::loaded::Serving;
+use super::loaded::{Core, Serving};
 use super::store::{self, Precondition, StoreError, TaskStore, error_chain, labels_key};
-use super::{Core, Options, ServerError};
+use super::{Options, ServerError};
 use deltaspace_core::classifier::{self, Code, LabelSet, embed_labels};
 use deltaspace_core::model::{
     DeltaCache, Encoder, EncoderOptions, Manifest, ResidentEncoder, ResidentOptions, TextInput,
