@@ -4,8 +4,10 @@
 # base sent from the host each run, resident on the device (IoBinding), and resident with CUDA graphs, in fp32 and
 # fp16; one markdown table at the end, also written to $OUT/gpu-check.md.
 #
-#   scripts/gpu-check.sh prepare   here, on the development machine (no GPU): builds and packs everything into
-#                                  .gpu/c0 .. .gpu/cN (git-ignored) and writes the call plan to .gpu/plan.md
+#   scripts/gpu-check.sh prepare [DATA_DIR]
+#                                  here, on the development machine (no GPU): builds and packs everything into
+#                                  .gpu/c0 .. .gpu/cN (git-ignored) and writes the call plan to .gpu/plan.md; with
+#                                  DATA_DIR (the task directories), also what stage 2 needs (below)
 #   scripts/gpu-check.sh plan      prints .gpu/plan.md again
 #   scripts/gpu-check.sh run       on the GPU machine, after the chunks were copied to /tmp/gc (the plan's last call)
 #   scripts/gpu-check.sh selftest  here: unpacks the chunks into a scratch directory and runs `run` on the CPU with
@@ -14,7 +16,8 @@
 # What travels. A device call carries at most 64 MiB, the working tree included (about 10 MiB). The payload is one
 # tar of three compressed members: ONNX Runtime's CUDA build (the PyPI wheel onnxruntime-gpu 1.31.1, packed by
 # pack_ort_gpu below: 194 MB of xz), the bench binary (stripped, xz) and the MiniLM model directory
-# with all four graphs (serve, plain, serve_fp16, plain_fp16) stored as ONNX external data in one weights.bin in
+# with its serving graphs (serve, its one-DET variants serve_lora, serve_adapter, serve_prefix, plain, serve_fp16,
+# plain_fp16) stored as ONNX external data in one weights.bin in
 # which tensors shared between graphs are stored once (fp32 weights once for serve and plain, fp16 weights once
 # for both fp16 graphs: 135 MB before xz). Nothing is exported on the GPU machine: its torch (2.11) is not the
 # export's (2.15), and the packed graphs are byte-for-byte the ones tested here. The payload is cut into chunks of
@@ -31,9 +34,20 @@
 #   If the last call fails, the chunks are still in /tmp/gc while the machine is warm: rerun only
 #   `scripts/gpu-check.sh run` (carry nothing), with GPU_CHECK_STEPS to pick steps (see below).
 #
+# Stage 2 on the GPU (issue 10), first when packed: `deltaspace tune` of z alone (the paper's setting) through LoRA
+# in the default subspace, at the paper's budget of 5,000 steps, one seed, on the task(s) GPU_CHECK_STAGE2_TASKS
+# (default trec) of DATA_DIR, with --provider cuda and a wall-time cap (GPU_CHECK_STAGE2_SECONDS, default 240: the
+# host decodes δ = U z each step, about 60 ms at d = 1,024, so the cap may end it first; the trace shows how far it
+# got). For it the payload adds the release `deltaspace` (stripped, xz), grad.onnx (its weights are serve's,
+# stored once), the subspace (GPU_CHECK_SUBSPACE, default the model's default.safetensors) and the tasks' data.
+# Its lines come back as stage2.jsonl (the tune output) and stage2-trace.jsonl (dev accuracy every 250 steps);
+# the same command with --provider cpu and --steps 500 is the CPU run to set beside it (docs/RESULTS.md).
+#
 # `run` settings (environment): GPU_CHECK_DIR (/tmp/gc), GPU_CHECK_PROVIDER (cuda), GPU_CHECK_SHAPES
 # (1x64,8x64,32x64,128x64,256x64,64x128), GPU_CHECK_PARITY_SHAPES (8x64,64x128,256x64), GPU_CHECK_ROUNDS (20),
-# GPU_CHECK_STEPS (parity-fp32,parity-fp16,time-fp32,time-fp16), GPU_CHECK_STEP_TIMEOUT (150 s),
+# GPU_CHECK_STEPS (stage2,parity-fp32,parity-fp16,time-fp32,time-fp16), GPU_CHECK_STEP_TIMEOUT (150 s; stage 2:
+# its cap + 180 s), GPU_CHECK_STAGE2_STEPS (5000), GPU_CHECK_STAGE2_EVAL_EVERY (250), GPU_CHECK_STAGE2_FLAGS (more
+# `tune` flags, for the selftest),
 # GPU_CHECK_THREADS (8), GPU_CHECK_SITE_PACKAGES (the site-packages whose nvidia/ holds CUDA 13's libraries;
 # default: the lent machine's PyTorch). Results: $OUT (default ./gpu-check-out): gpu-check.md, results.jsonl, one log per step.
 set -euo pipefail
@@ -65,16 +79,33 @@ pack_ort_gpu() {
   rm -rf "$scratch"
 }
 
+# pack_stage2 DATA_DIR: what stage 2 adds to the payload: the release deltaspace, the subspace, the tasks' data.
+pack_stage2() {
+  local data=$1 task
+  local tasks=${GPU_CHECK_STAGE2_TASKS:-trec} subspace=${GPU_CHECK_SUBSPACE:-$model/subspaces/default.safetensors}
+  for task in $tasks; do
+    [ -f "$data/$task/train.jsonl" ] || { echo "no $data/$task/train.jsonl: DATA_DIR holds the task directories" >&2; exit 2; }
+  done
+  log "stage 2: the release deltaspace, $subspace, the data of $tasks"
+  nice cargo build --quiet --release --locked --bin deltaspace
+  strip -o "$stage/deltaspace" target/release/deltaspace
+  xz -6 -T2 -c "$stage/deltaspace" > "$stage/deltaspace.xz"
+  rm "$stage/deltaspace"
+  cp "$subspace" "$stage/subspace.safetensors"
+  tar -C "$data" -cf - $tasks | xz -6 -T2 > "$stage/data.tar.xz"
+}
+
 log() { echo "[gpu-check $(date -u +%H:%M:%S)] $*" >&2; }
 
 # Bytes of the working tree that travels with every device call (tracked and untracked-not-ignored files).
 tree_bytes() {
-  (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 stat -c %s 2>/dev/null \
+  # A tracked file deleted in the tree (a finished run's committed checkpoint) does not travel: not counted.
+  (git ls-files -z; git ls-files -z --others --exclude-standard) | { xargs -0 stat -c %s 2>/dev/null || true; } \
     | awk '{s += $1} END {print s + 0}'
 }
 
 write_plan() {
-  local n=$1 chunk_mib=$2 tree_mib=$3 last=$(($1 - 1))
+  local n=$1 chunk_mib=$2 tree_mib=$3 stage2=$4 last=$(($1 - 1))
   {
     echo "# GPU check: the device calls"
     echo
@@ -86,8 +117,13 @@ write_plan() {
     for ((k = 0; k < last; k++)); do
       echo "$((k + 1)). run(carry=[\".gpu/c$k\"], timeout_s=120, command=\"mkdir -p /tmp/gc && cp .gpu/c$k/* /tmp/gc/ && ls -l /tmp/gc\")"
     done
-    echo "$n. run(carry=[\".gpu/c$last\"], timeout_s=540, command=\"mkdir -p /tmp/gc && cp .gpu/c$last/* /tmp/gc/ && scripts/gpu-check.sh run\")"
-    echo "$((n + 1)). give_back() — unless rerunning at once: the chunks stay in /tmp/gc while the machine is warm, so a"
+    if [ "$stage2" = 1 ]; then
+      echo "$n. run(carry=[\".gpu/c$last\"], timeout_s=540, command=\"mkdir -p /tmp/gc && cp .gpu/c$last/* /tmp/gc/ && GPU_CHECK_STEPS=stage2 scripts/gpu-check.sh run\")"
+      echo "$((n + 1)). run(carry=[], timeout_s=540, command=\"GPU_CHECK_STEPS=parity-fp32,parity-fp16,time-fp32,time-fp16 scripts/gpu-check.sh run\") — the performance check, if device time is left"
+    else
+      echo "$n. run(carry=[\".gpu/c$last\"], timeout_s=540, command=\"mkdir -p /tmp/gc && cp .gpu/c$last/* /tmp/gc/ && scripts/gpu-check.sh run\")"
+    fi
+    echo "$((n + 1 + stage2)). give_back() — unless rerunning at once: the chunks stay in /tmp/gc while the machine is warm, so a"
     echo "   rerun is run(carry=[], timeout_s=540, command=\"GPU_CHECK_STEPS=time-fp32 scripts/gpu-check.sh run\")."
     echo
     echo "The table is the end of the last call's output and \$OUT/gpu-check.md; copy it with the card's name into"
@@ -96,6 +132,8 @@ write_plan() {
 }
 
 prepare() {
+  local data=${1:-} stage2=0
+  [ -z "$data" ] || stage2=1
   [ -f "$model/serve.onnx" ] && [ -f "$model/plain.onnx" ] \
     || { echo "no MiniLM export in $model: run scripts/run-main.sh (or export/export.py) first" >&2; exit 2; }
   [ -x "$python" ] || { echo "no $python: run scripts/setup-export-venv.sh" >&2; exit 2; }
@@ -129,12 +167,17 @@ for line in sys.stdin:
   cat "$gpu"/ort/p*/part-* > "$stage/ort-gpu.tar.xz"
   echo "$(cat "$gpu/ort/p3/sha256")  $stage/ort-gpu.tar.xz" | sha256sum -c --quiet
 
+  rm -f "$stage/deltaspace.xz" "$stage/subspace.safetensors" "$stage/data.tar.xz"
+  if [ "$stage2" = 1 ]; then pack_stage2 "$data"; fi
+
   log "packing the model (shared external data) and checking the packed graphs against the originals"
   rm -rf "$stage/model"
-  nice "$python" - "$model" "$stage/model" <<'PY'
-"""Writes the four serving graphs to OUT with their large initializers in one weights.bin, each distinct tensor once,
-then checks with ONNX Runtime (CPU) that every packed graph gives the same embeddings as its original."""
+  GPU_CHECK_GRAD=$stage2 nice "$python" - "$model" "$stage/model" <<'PY'
+"""Writes the serving graphs (and grad.onnx, for stage 2, when GPU_CHECK_GRAD=1) to OUT with their large
+initializers in one weights.bin, each distinct tensor once, then checks with ONNX Runtime (CPU) that every packed
+serving graph gives the same embeddings as its original, and that grad.onnx's initializers read back equal."""
 import hashlib
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -148,9 +191,12 @@ out.mkdir(parents=True)
 for name in ("manifest.json", "tokenizer.json", "theta0.safetensors"):
     shutil.copyfile(src / name, out / name)
 graphs = ("serve.onnx", "plain.onnx", "serve_fp16.onnx", "plain_fp16.onnx")
+# The one-DET serving graphs, which the manifest lists and the loader checks for (their weights are serve's).
+graphs += tuple(f"serve_{det}.onnx" for det in ("lora", "adapter", "prefix") if (src / f"serve_{det}.onnx").is_file())
+grad = ("grad.onnx",) if os.environ.get("GPU_CHECK_GRAD") == "1" else ()
 offsets, align = {}, 4096
 with open(out / "weights.bin", "wb") as blob:
-    for graph in graphs:
+    for graph in graphs + grad:
         model = onnx.load(str(src / graph))
         for tensor in model.graph.initializer:
             data = tensor.raw_data
@@ -191,12 +237,19 @@ for graph in graphs:
     if not np.array_equal(results[0], results[1]):
         sys.exit(f"{graph}: the packed graph differs from the original")
     print(f"  {graph}: packed = original (identical embeddings)", file=sys.stderr)
+for graph in grad:
+    original = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(src / graph)).graph.initializer}
+    packed = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out / graph)).graph.initializer}
+    if original.keys() != packed.keys() or any(not np.array_equal(original[k], packed[k]) for k in original):
+        sys.exit(f"{graph}: the packed initializers differ from the original's")
+    print(f"  {graph}: packed = original ({len(original)} initializers equal)", file=sys.stderr)
 PY
   tar -C "$stage" -cf - model | xz -6 -T2 > "$stage/model.tar.xz"
   rm -rf "$stage/model"
 
   log "payload and chunks"
-  (cd "$stage" && tar -cf ../payload.tar ort-gpu.tar.xz bench.xz model.tar.xz)
+  (cd "$stage" && tar -cf ../payload.tar ort-gpu.tar.xz bench.xz model.tar.xz \
+    $([ "$stage2" = 1 ] && echo deltaspace.xz subspace.safetensors data.tar.xz))
   local tree_mib chunk_mib n
   tree_mib=$(( ($(tree_bytes) + 1048575) / 1048576 ))
   chunk_mib=$(( 61 - tree_mib ))
@@ -215,7 +268,7 @@ PY
   { echo "parts=$n"; (cd "$gpu" && sha256sum payload.tar); } > "$gpu/c$((n - 1))/payload.sha256"
   rm "$gpu/payload.tar"
   ls -l "$stage" "$gpu"/c*/ >&2
-  write_plan "$n" "$chunk_mib" "$tree_mib"
+  write_plan "$n" "$chunk_mib" "$tree_mib" "$stage2"
   cat "$gpu/plan.md"
 }
 
@@ -225,7 +278,7 @@ run() {
   local shapes=${GPU_CHECK_SHAPES:-1x64,8x64,32x64,128x64,256x64,64x128}
   local parity_shapes=${GPU_CHECK_PARITY_SHAPES:-8x64,64x128,256x64}
   local rounds=${GPU_CHECK_ROUNDS:-20}
-  local steps=${GPU_CHECK_STEPS:-parity-fp32,parity-fp16,time-fp32,time-fp16}
+  local steps=${GPU_CHECK_STEPS:-stage2,parity-fp32,parity-fp16,time-fp32,time-fp16}
   local step_timeout=${GPU_CHECK_STEP_TIMEOUT:-150}
   local threads=${GPU_CHECK_THREADS:-8}
   # Step outputs go to $dir/out; $OUT gets four files (a device call returns at most eight).
@@ -248,6 +301,10 @@ run() {
     tar -C "$x/ort" -xJf "$x/ort-gpu.tar.xz" && rm "$x/ort-gpu.tar.xz"
     tar -C "$x" -xJf "$x/model.tar.xz" && rm "$x/model.tar.xz"
     xz -dc "$x/bench.xz" > "$x/bench" && chmod +x "$x/bench" && rm "$x/bench.xz"
+    if [ -f "$x/deltaspace.xz" ]; then
+      xz -dc "$x/deltaspace.xz" > "$x/deltaspace" && chmod +x "$x/deltaspace" && rm "$x/deltaspace.xz"
+      mkdir -p "$x/data" && tar -C "$x/data" -xJf "$x/data.tar.xz" && rm "$x/data.tar.xz"
+    fi
     cp "$dir/payload.sha256" "$x/payload.sha256"
   fi
   export ORT_DYLIB_PATH=$x/ort/libonnxruntime.so.$ort_version
@@ -267,23 +324,36 @@ run() {
   local bench=("$x/bench" --model "$x/model" --provider "$provider" --threads "$threads"
     --cases plain,serve_one,serve_32_lora,serve_mixed --resident --cuda-graphs)
   local fp16=(--serve-graph serve_fp16.onnx --plain-graph plain_fp16.onnx --label fp16)
+  # step NAME [--timeout S] COMMAND...: runs COMMAND if NAME is in the steps; its stdout goes to NAME.txt.
   step() {
-    local name=$1; shift
+    local name=$1 limit=$step_timeout; shift
+    [ "$1" = --timeout ] && { limit=$2; shift 2; }
     [[ ",$steps," == *",$name,"* ]] || return 0
     log "step $name: $*"
     local started=$SECONDS rc=0
-    timeout "$step_timeout" "$@" > "$out/$name.txt" 2> "$out/$name.log" || rc=$?
+    timeout "$limit" "$@" > "$out/$name.txt" 2> "$out/$name.log" || rc=$?
     echo "$name rc=$rc $((SECONDS - started))s" >> "$out/steps.txt"
     [ "$rc" = 0 ] || { log "step $name failed (rc $rc); its log ends:"; tail -5 "$out/$name.log" >&2; }
     grep -h '^warning' "$out/$name.log" >&2 || true
   }
   : > "$out/steps.txt"
+  if [ -x "$x/deltaspace" ]; then
+    local cap=${GPU_CHECK_STAGE2_SECONDS:-240} tasks=() t
+    for t in "$x"/data/*/; do tasks+=(--data "${t%/}"); done
+    # The tune lines go to stage2.jsonl, not stage2.txt: the summary reads the bench's lines from *.txt.
+    step stage2 --timeout $((cap + 180)) bash -c '"$@" > "'"$out"'/stage2.jsonl"' stage2 \
+      "$x/deltaspace" tune --model "$x/model" --subspace "$x/subspace.safetensors" "${tasks[@]}" --det lora \
+      --head none --steps "${GPU_CHECK_STAGE2_STEPS:-5000}" --seed 1 --provider "$provider" --threads "$threads" \
+      --eval-every "${GPU_CHECK_STAGE2_EVAL_EVERY:-250}" --patience 0 --max-seconds "$cap" --trace "$out/stage2-trace.jsonl" --trace-split dev \
+      ${GPU_CHECK_STAGE2_FLAGS:-} --out "$out/stage2-tasks"
+  fi
   step parity-fp32 "${bench[@]}" --parity --shapes "$parity_shapes"
   step parity-fp16 "${bench[@]}" "${fp16[@]}" --parity --shapes "$parity_shapes"
   step time-fp32 "${bench[@]}" --shapes "$shapes" --rounds "$rounds" --warmup 3 --label fp32
   step time-fp16 "${bench[@]}" "${fp16[@]}" --shapes "$shapes" --rounds "$rounds" --warmup 3
   summary "$out" "$card"
   cp "$out/gpu-check.md" "$out/results.jsonl" "$final/"
+  for f in stage2.jsonl stage2-trace.jsonl; do [ ! -f "$out/$f" ] || cp "$out/$f" "$final/"; done
   for f in "$out"/*.txt; do echo "== $(basename "$f")"; cat "$f"; done > "$final/raw.txt"
   for f in "$out"/*.log; do echo "== $(basename "$f")"; cat "$f"; done > "$final/logs.txt"
   log "results in $final: gpu-check.md (the table above), results.jsonl, raw.txt (step outputs), logs.txt"
@@ -395,11 +465,12 @@ selftest() {
   log "selftest: the run step on the CPU, small shapes, in $scratch"
   OUT=$scratch/out GPU_CHECK_DIR=$scratch/gc GPU_CHECK_PROVIDER=cpu GPU_CHECK_THREADS=2 \
     GPU_CHECK_SHAPES=${GPU_CHECK_SHAPES:-2x16,4x32} GPU_CHECK_PARITY_SHAPES=${GPU_CHECK_PARITY_SHAPES:-2x16} \
-    GPU_CHECK_ROUNDS=${GPU_CHECK_ROUNDS:-2} nice "$0" run
+    GPU_CHECK_ROUNDS=${GPU_CHECK_ROUNDS:-2} GPU_CHECK_STAGE2_STEPS=${GPU_CHECK_STAGE2_STEPS:-4} \
+    GPU_CHECK_STAGE2_EVAL_EVERY=2 GPU_CHECK_STAGE2_FLAGS=${GPU_CHECK_STAGE2_FLAGS:---max-examples 48} nice "$0" run
 }
 
 case "$command" in
-  prepare) prepare ;;
+  prepare) prepare "${2:-}" ;;
   plan) cat "$gpu/plan.md" ;;
   run) run ;;
   selftest) selftest ;;
