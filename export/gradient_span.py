@@ -22,9 +22,9 @@ of the upstream gradients (an estimate of the Fisher diagonal) says which parame
 sensitive to (for LoRA only B's half: at θ⁰, B = 0, so A gets no gradient). Per unseen task, one more line gives
 the share of the Fisher diagonal's mass in its top 10 % of parameters, and how much more of the task's mean
 gradient and of its stage-0 δ a random direction scaled by √(Fisher) holds than an isotropic one, in expectation
-(`fisher_gain_*`; 1 = no better). `--subspace … --fisher`
-writes `--dim` such columns (seeded Gaussian, scaled by √(Fisher) per coordinate, unit norm) instead of principal
-directions: random directions that weigh the sensitive parameters.
+(`fisher_gain_*`; 1 = no better). `--subspace … --fisher` writes `--dim` such columns (seeded Gaussian, scaled by
+√(Fisher) per coordinate, unit norm) instead of principal directions: random directions that weigh the sensitive
+parameters.
 """
 
 import argparse
@@ -143,15 +143,16 @@ def main() -> None:
         return np.load(cached)
 
     upstream = np.concatenate([task_gradients(t) for t in UPSTREAM])  # [tasks × batches, D]
-    # Principal directions of the gradients themselves (not centred: their mean is a shared direction too).
-    _, singular, vt = np.linalg.svd(upstream, full_matrices=False)
-    directions = vt.T  # [D, n], orthonormal
-    energy = np.cumsum(singular**2) / np.sum(singular**2)
     fisher = np.mean(upstream**2, axis=0)  # the Fisher diagonal, estimated from the minibatch gradients
+    report = args.out is not None or args.subspace is None  # --subspace alone only writes the file
+    if report or not args.fisher:  # a Fisher subspace alone needs no principal directions
+        # Principal directions of the gradients themselves (not centred: their mean is a shared direction too).
+        _, singular, vt = np.linalg.svd(upstream, full_matrices=False)
+        directions = vt.T  # [D, n], orthonormal
+        energy = np.cumsum(singular**2) / np.sum(singular**2)
     rng = np.random.default_rng(7)
     lines = []
     stage0 = args.model / "stage0" / "unseen"
-    report = args.out is not None or args.subspace is None  # --subspace alone only writes the file
     for task in UNSEEN if report else ():
         g = task_gradients(task)
         mean = g.mean(axis=0)

@@ -344,7 +344,8 @@ run() {
     step stage2 --timeout $((cap + 180)) bash -c '"$@" > "'"$out"'/stage2.jsonl"' stage2 \
       "$x/deltaspace" tune --model "$x/model" --subspace "$x/subspace.safetensors" "${tasks[@]}" --det lora \
       --head none --steps "${GPU_CHECK_STAGE2_STEPS:-5000}" --seed 1 --provider "$provider" --threads "$threads" \
-      --eval-every "${GPU_CHECK_STAGE2_EVAL_EVERY:-250}" --patience 0 --max-seconds "$cap" --trace "$out/stage2-trace.jsonl" --trace-split dev \
+      --eval-every "${GPU_CHECK_STAGE2_EVAL_EVERY:-250}" --patience 0 --max-seconds "$cap" \
+      --trace "$out/stage2-trace.jsonl" --trace-split dev \
       ${GPU_CHECK_STAGE2_FLAGS:-} --out "$out/stage2-tasks"
   fi
   step parity-fp32 "${bench[@]}" --parity --shapes "$parity_shapes"

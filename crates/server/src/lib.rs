@@ -145,7 +145,12 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let store_status = Arc::new(StoreStatus::new(options.store.backend()));
     let metrics = Arc::new(Metrics::new());
-    let job_metrics = metrics.clone();
+    let jobs = Jobs::new(
+        options.tune,
+        options.task_limits,
+        options.replica.clone(),
+        metrics.clone(),
+    );
     metrics
         .store_connected
         .set(i64::from(store_status.connected.load(Ordering::Relaxed)));
@@ -154,12 +159,7 @@ pub async fn run(
         store_status,
         auth: auth::Auth::new(&options.tokens, options.protect_reads),
         options: options.clone(),
-        jobs: Arc::new(Jobs::new(
-            options.tune,
-            options.task_limits,
-            options.replica.clone(),
-            job_metrics,
-        )),
+        jobs: Arc::new(jobs),
         core: OnceLock::new(),
         shutting_down: AtomicBool::new(false),
     });
