@@ -19,11 +19,13 @@
 # Resumable: one JSON line per (row, task, shots, seed), and a line that is there is not run again; so the runs of
 # many sessions add up. A run cut off mid-way resumes from its checkpoint (runs/quality/<subspace>-<row>-<task>-
 # <shots>-<seed>.checkpoint.safetensors, written at every dev evaluation, removed once its line is written); its
-# line's seconds then count only the part after the resume. Cheap rows and small k come first. The rows that use no
-# subspace (zero-shot, probe, head-only, the DETs) go to docs/results/quality/baselines.jsonl, shared by every subspace; z, z+head and random go
-# to docs/results/quality/<subspace name>.jsonl. The DETs on the whole training set are stage 0's solutions of the
-# unseen tasks (scripts/stage0.sh trains them the same way); their lines are copied from docs/results/stage0.jsonl
-# once stage 0 has them.
+# line's seconds then count only the part after the resume. The rows that decide issue 10's targets come first,
+# seed by seed (z+head, probe, random, and head only at seed 1), so that a matrix cut short has what decides; then
+# the rest of the table (z and the DETs, seed 1). Within each, small k come first. The rows that use no subspace
+# (zero-shot, probe, head-only, the DETs) go to docs/results/quality/baselines.jsonl, shared by every subspace; z,
+# z+head and random go to docs/results/quality/<subspace name>.jsonl. The DETs on the whole training set are stage
+# 0's solutions of the unseen tasks (scripts/stage0.sh trains them the same way); their lines are copied from
+# docs/results/stage0.jsonl once stage 0 has them.
 # A line: {row, task, shots ("full" or k), seed, subspace, det, dev, test: {accuracy, macro_f1, n}, seconds}.
 # Two quality.sh can share the matrix (one per core): each run holds a lock in runs/quality/locks/, the other skips
 # it, and each waits at the end for the runs it skipped.
@@ -131,14 +133,19 @@ run() {
 }
 
 for t in $tasks; do run zero-shot "$t" full 1; done
-for shots in 16 64 full; do
-  for seed in 1 2 3; do
+# The rows that decide the targets (and head only, the other half of "the stronger baseline") first, seed by seed;
+# then the rest of the table, one seed.
+for seed in 1 2 3; do
+  for shots in 16 64 full; do
     for t in $tasks; do
       for row in probe z+head random; do run "$row" "$t" "$shots" "$seed"; done
-      if [ "$seed" = 1 ]; then
-        for row in head-only z lora adapter prefix; do run "$row" "$t" "$shots" "$seed"; done
-      fi
+      if [ "$seed" = 1 ]; then run head-only "$t" "$shots" "$seed"; fi
     done
+  done
+done
+for shots in 16 64 full; do
+  for t in $tasks; do
+    for row in z lora adapter prefix; do run "$row" "$t" "$shots" 1; done
   done
 done
 # What another quality.sh was running: wait for each, and run it here if that one ended without its line.
