@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # scripts/pipeline.sh on both cores of a 2-core machine: two lanes in the background, each on one ONNX Runtime
-# thread. Lane 1 runs the pipeline in order (its long step is quality.sh); lane 2 skips quality, does the paper's
-# tables, then joins lane 1 in the quality matrix (a second quality.sh: they share it run by run). A step runs in
-# one lane only, and publishing waits for every step (scripts/pipeline.sh's header).
+# thread. Lane 1 runs the pipeline in order (its long steps are quality.sh's: the example tasks, then the matrix);
+# lane 2 skips those, does the paper's tables, then joins lane 1 in the quality matrix (a second quality.sh: they
+# share it run by run). A step runs in one lane only, and publishing waits for every step but the matrix
+# (scripts/pipeline.sh's header).
 #
 #   scripts/pipeline-lanes.sh DATA_DIR [D]      # returns at once; logs: runs/pipeline-dD/lane{1,2}.out
 #   scripts/pipeline-lanes.sh --stop [D]        # stops both lanes and their runs (they resume from checkpoints)
@@ -46,4 +47,4 @@ start() {
 data=$(printf '%q' "$data")
 start 1 "scripts/pipeline.sh $data $d"
 sleep 5  # lane 1 claims its first step before lane 2 looks
-start 2 "PIPELINE_SKIP=quality scripts/pipeline.sh $data $d; scripts/quality.sh $data $out/minilm-d$d.safetensors"
+start 2 "PIPELINE_SKIP='example-tasks quality' scripts/pipeline.sh $data $d; scripts/quality.sh $data $out/minilm-d$d.safetensors"

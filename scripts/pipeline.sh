@@ -14,15 +14,18 @@
 #      subspace as the control, written in the layout `deltaspace report --results` reads;
 #   5. publishing: the subspace becomes models/all-MiniLM-L6-v2/subspaces/default.safetensors and the example tasks
 #      (models/all-MiniLM-L6-v2/tasks/) are the unseen tasks tuned with `tune`'s defaults (z + head) on their whole
-#      training sets, plus sst2.
+#      training sets, plus sst2. The unseen ones are quality.sh's z+head runs on the whole training sets at seed 1,
+#      which step example-tasks runs ahead of the rest of the matrix, so that publishing waits for every step but
+#      quality; it happens as soon as they are all done (whichever pipeline finishes them), and again, with the
+#      whole matrix in the report, at the end of quality.
 #
 #   scripts/pipeline.sh DATA_DIR [D]      # DATA_DIR: the 22 task directories; D: the subspace's d [default: 1024]
 #
 # Every step is resumable: a step that finished leaves a marker under runs/pipeline-dD/done/ and is skipped; long
 # steps checkpoint. Two pipelines can share the 2 cores, each with DELTASPACE_RUNTIME_INTRA_THREADS=1: a step runs in
-# one of them only (runs/pipeline-dD/running/NAME is its lock; the other waits for it), and PIPELINE_SKIP="quality"
-# lets the second start on the tables while the first is in quality; PIPELINE_LOG names a log [default:
-# runs/pipeline-dD/log.txt]. Publishing waits until every step is done, whichever pipeline ran it.
+# one of them only (runs/pipeline-dD/running/NAME is its lock; the other waits for it), and PIPELINE_SKIP="example-tasks
+# quality" lets the second start on the tables while the first runs those; PIPELINE_LOG names a log [default:
+# runs/pipeline-dD/log.txt].
 # scripts/pipeline-lanes.sh starts both. Results go to docs/results/pipeline-dD/ (commit them), and so do the step
 # markers and checkpoints under runs/pipeline-dD/ (.gitignore lets them in), so that the next session resumes; the
 # tables go to runs/pipeline-dD/report.md:
@@ -66,6 +69,30 @@ step() {
 
 dirs() { for t in $unseen; do printf '%s ' "$data/$t"; done; }
 
+# Every step publishing needs: all of them but quality, whose matrix goes on for sessions after.
+publish_needs="stage0 stage1 random example-tasks original zero-shot examples"
+for det in lora adapter prefix; do publish_needs+=" tune-d$d-$det transfer-$det tune-random-d$d-$det"; done
+
+# publish_when_ready: the subspace, the example tasks and the report, once every step in publish_needs is done
+# (by this pipeline or the other); run again, it publishes the same files and a report with more of the matrix.
+publish_when_ready() {
+  local name missing=()
+  for name in $publish_needs; do [ -f "$out/done/$name" ] || missing+=("$name"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== not published yet: ${missing[*]} not done; whichever pipeline finishes the last of them publishes"
+    return
+  fi
+  mkdir -p "$model/subspaces" "$model/tasks"
+  cp "$subspace" "$model/subspaces/default.safetensors"
+  for t in $unseen; do cp "runs/quality/z+head-$t-full-1.json" "$model/tasks/$t.json"; done
+  cp "$out/tasks/examples/sst2.json" "$model/tasks/sst2.json"
+  echo "== published $model/subspaces/default.safetensors and $model/tasks/"
+  "${bin[@]}" report --results "$results" --space "d$d" --json "$out/report.json" > "$out/report.md"
+  "${bin[@]}" report --quality docs/results/quality/baselines.jsonl "docs/results/quality/minilm-d$d.jsonl" \
+    >> "$out/report.md"
+  echo "== report: $out/report.md"
+}
+
 step stage0 scripts/stage0.sh "$data"
 learned=$(ls "$upstream_solutions"/*.prefix.safetensors | wc -l)
 if [ "$learned" -lt 17 ] && [ -z "${PIPELINE_PARTIAL:-}" ]; then
@@ -89,6 +116,9 @@ step stage1 "${bin[@]}" train subspace "${common[@]}" --solutions "$upstream_sol
   --name "minilm-d$d" ${PIPELINE_STAGE1:-} --out "$subspace"
 step random "${bin[@]}" subspace random --model "$out/model" --dim "$d" --seed 7 --out "$random"
 
+# The published unseen tasks first (publishing waits for them, not for the whole matrix), then the matrix.
+step example-tasks env QUALITY_ROWS=z+head QUALITY_SHOTS=full QUALITY_SEEDS=1 scripts/quality.sh "$data" "$subspace"
+publish_when_ready
 step quality scripts/quality.sh "$data" "$subspace"
 
 # The paper's tables: stage 0's unseen solutions are the denominators, the frozen model a control.
@@ -112,20 +142,8 @@ for det in lora adapter prefix; do
   tune "random-d$d" "$random" "$det"
 done
 
-# Publish: the subspace, and example tasks tuned as a user's `tune` would (the whole training set, defaults).
+# The example sst2 task, tuned as a user's `tune` would (the whole training set, defaults); then publishing.
 step examples "${bin[@]}" tune "${common[@]}" --subspace "$subspace" --data "$data/sst2" --seed 1 \
   --out "$out/tasks/examples"
-if [ ${#left[@]} -gt 0 ]; then
-  echo "== not published: ${left[*]} not done yet; run scripts/pipeline.sh again once they are"
-  exit 0
-fi
-mkdir -p "$model/subspaces" "$model/tasks"
-cp "$subspace" "$model/subspaces/default.safetensors"
-for t in $unseen; do cp "runs/quality/z+head-$t-full-1.json" "$model/tasks/$t.json"; done
-cp "$out/tasks/examples/sst2.json" "$model/tasks/sst2.json"
-echo "== published $model/subspaces/default.safetensors and $model/tasks/"
-
-"${bin[@]}" report --results "$results" --space "d$d" --json "$out/report.json" > "$out/report.md"
-"${bin[@]}" report --quality docs/results/quality/baselines.jsonl "docs/results/quality/minilm-d$d.jsonl" \
-  >> "$out/report.md"
-echo "== report: $out/report.md"
+[ ${#left[@]} -eq 0 ] || echo "== skipped here (PIPELINE_SKIP): ${left[*]}"
+publish_when_ready

@@ -29,8 +29,10 @@
 # A line: {row, task, shots ("full" or k), seed, subspace, det, dev, test: {accuracy, macro_f1, n}, seconds}.
 # Two quality.sh can share the matrix (one per core): each run holds a lock in runs/quality/locks/, the other skips
 # it, and each waits at the end for the runs it skipped.
-# DELTASPACE_RUNTIME_INTRA_THREADS sets ONNX Runtime's threads; QUALITY_ROWS="probe head-only ..." runs only those
-# rows (for example the baselines while a new subspace is still being built).
+# DELTASPACE_RUNTIME_INTRA_THREADS sets ONNX Runtime's threads. Three variables limit a run to part of the matrix:
+# QUALITY_ROWS="probe head-only ..." (for example the baselines while a new subspace is still being built),
+# QUALITY_SHOTS="16 64 full" and QUALITY_SEEDS="1 2 3" (scripts/pipeline.sh's example-tasks step runs z+head on the
+# whole training sets at seed 1: the tasks it publishes).
 #
 #   deltaspace report --quality docs/results/quality/baselines.jsonl docs/results/quality/<subspace>.jsonl
 set -euo pipefail
@@ -38,6 +40,19 @@ cd "$(dirname "$0")/.."
 data=${1:?usage: scripts/quality.sh DATA_DIR [SUBSPACE]}
 model=models/all-MiniLM-L6-v2
 subspace_file=${2:-$model/subspaces/default.safetensors}
+rows=${QUALITY_ROWS:-zero-shot probe head-only z z+head random lora adapter prefix}
+shots_wanted=${QUALITY_SHOTS:-16 64 full}
+seeds_wanted=${QUALITY_SEEDS:-1 2 3}
+# only WHAT GIVEN ALLOWED: exits 2 unless every word of GIVEN is one of ALLOWED (a typo would run nothing).
+only() {
+  local word
+  for word in $2; do
+    case " $3 " in *" $word "*) ;; *) echo "$1: \"$word\" is not one of: $3" >&2; exit 2 ;; esac
+  done
+}
+only QUALITY_ROWS "$rows" "zero-shot probe head-only z z+head random lora adapter prefix"
+only QUALITY_SHOTS "$shots_wanted" "16 64 full"
+only QUALITY_SEEDS "$seeds_wanted" "1 2 3"
 runs=runs/quality
 mkdir -p "$runs" docs/results/quality
 # Own copies of the binary, its configuration and the model, so a rebuild, an edit or a re-export
@@ -51,7 +66,6 @@ name=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.s
 d=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["d"])')
 results=docs/results/quality/$name.jsonl
 baselines=docs/results/quality/baselines.jsonl
-rows=${QUALITY_ROWS:-zero-shot probe head-only z z+head random lora adapter prefix}
 random=$runs/random-d$d.safetensors
 [ -f "$random" ] || "${bin[@]}" subspace random --model "$runs/model" --dim "$d" --seed 7 --out "$random" > /dev/null
 touch "$results" "$baselines"
@@ -95,6 +109,8 @@ stage0_line() {
 run() {
   local row=$1 task=$2 shots=$3 seed=$4
   case " $rows " in *" $row "*) ;; *) return ;; esac
+  case " $shots_wanted " in *" $shots "*) ;; *) return ;; esac
+  case " $seeds_wanted " in *" $seed "*) ;; *) return ;; esac
   done_before "$row" "$task" "$shots" "$seed" && return
   local lock=$runs/locks/$name-$row-$task-$shots-$seed
   if ! claim "$lock" "${5:-}"; then held+=("$row $task $shots $seed"); return; fi
