@@ -14,7 +14,9 @@ use deltaspace_core::task::{Label, Task, TaskError, TaskLimits};
 
 use crate::error::ApiError;
 use crate::loaded::Core;
-use crate::store::{Precondition, ServedHead, StoreError, StoredTask, TaskStore, labels_key};
+use crate::store::{
+    Precondition, ServedCode, ServedHead, StoreError, StoredTask, TaskStore, labels_key,
+};
 
 /// Why a task cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +36,8 @@ impl From<AdmitError> for ApiError {
     }
 }
 
-/// Checks an incoming task against the loaded model and subspace, rounds its head to what is
-/// served, and records the subspace's full id in it.
+/// Checks an incoming task against the loaded model and subspace, rounds its z and head to what
+/// is served, and records the subspace's full id in it.
 pub fn admit(
     mut task: Task,
     manifest: &Manifest,
@@ -50,6 +52,7 @@ pub fn admit(
         .into());
     }
     task.validate(subspace.d(), limits)?;
+    task.z = ServedCode::round(task.z);
     if let Some(head) = task.head.take() {
         let hidden = manifest.hidden();
         if let Some(wrong) = head.prototypes.iter().flatten().find(|p| p.len() != hidden) {

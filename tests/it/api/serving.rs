@@ -544,3 +544,55 @@ async fn a_task_head_is_stored_served_and_survives_a_restart() {
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn z_is_held_in_f16_and_get_returns_the_values_served() {
+    let fixture = Fixture::new();
+    let app = TestApp::spawn(fixture.options()).await;
+    let request = json!({"inputs": ["a warm day", "snow"]});
+    let sent = [0.7f32, 1.0 / 3.0, -2.2, 1.0e-3];
+    ok_json(
+        app.put_task("exact", &task_body("adapter", sent, &["cold", "warm"]))
+            .await,
+    )
+    .await;
+    let stored = ok_json(app.get("/v1/tasks/exact").await).await;
+    let served: Vec<f32> = stored["z"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    for (sent, served) in sent.iter().zip(&served) {
+        assert_eq!(*served, half::f16::from_f32(*sent).to_f32(), "{stored}");
+        assert!((sent - served).abs() <= sent.abs() * 2f32.powi(-11));
+    }
+    assert_ne!(
+        served[0], 0.7,
+        "0.7 has no exact f16: the value was rounded"
+    );
+    // The rounded values are the task: uploaded as they are, they predict the same.
+    let again: [f32; D] = served.clone().try_into().unwrap();
+    ok_json(
+        app.put_task("rounded", &task_body("adapter", again, &["cold", "warm"]))
+            .await,
+    )
+    .await;
+    let answer = app.predict("exact", &request).await;
+    assert_eq!(
+        answer["predictions"],
+        app.predict("rounded", &request).await["predictions"]
+    );
+    app.stop().await.unwrap();
+
+    let app = TestApp::spawn(fixture.options()).await;
+    assert_eq!(
+        ok_json(app.get("/v1/tasks/exact").await).await["z"],
+        stored["z"]
+    );
+    assert_eq!(
+        app.predict("exact", &request).await["predictions"],
+        answer["predictions"]
+    );
+    app.stop().await.unwrap();
+}

@@ -62,13 +62,13 @@ fn body(version: u64) -> Value {
     json!({"det": dets[(version % 3) as usize], "z": z, "labels": labels})
 }
 
-/// The part of a served task that a client wrote, z read as the f32s the server keeps.
+/// The part of a served task that a client wrote, z read as the f16 values the server keeps.
 fn written_part(task: &Value) -> Value {
     let z: Vec<f32> = task["z"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
+        .map(|v| half::f16::from_f64(v.as_f64().unwrap()).to_f32())
         .collect();
     json!({"det": task["det"], "z": z, "labels": task["labels"]})
 }

@@ -137,7 +137,7 @@ async fn encode(
     }
     let embeddings = core
         .batcher
-        .embed(Arc::from(name), tokens, stored.z.clone(), det)
+        .embed(Arc::from(name), tokens, stored.z.to_vec().into(), det)
         .await?;
     Ok((stored, det, embeddings))
 }

@@ -32,7 +32,7 @@ struct TaskWritten<'a> {
 struct TaskView<'a> {
     name: &'a str,
     det: DetKind,
-    z: &'a [f32],
+    z: Vec<f32>,
     labels: &'a [Label],
     #[serde(skip_serializing_if = "Option::is_none")]
     head: Option<Head>,
@@ -138,7 +138,7 @@ pub(super) async fn get_task(
         .json(TaskView {
             name: &stored.name,
             det: stored.det,
-            z: &stored.z,
+            z: stored.z.to_vec(),
             labels: &stored.labels.labels,
             head: stored.head.as_ref().map(|h| h.to_head()),
             subspace: Some(&core.subspace.id()),

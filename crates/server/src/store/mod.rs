@@ -3,12 +3,13 @@
 //! or served. Each write makes a new generation with a fresh etag; `If-Match` compares against
 //! the committed row. With PostgreSQL, [`follow`] applies what other replicas commit.
 //!
-//! A served task is small: its name, DET, z, generation, etag and time, plus a shared
+//! A served task is small: its name, DET, z (in f16), generation, etag and time, plus a shared
 //! [`LabelSet`]. Label embeddings (1.5 KB per label at H = 384) depend only on the labels, so
 //! tasks with the same labels share one set in memory ([`LabelSets`]) and one row in the
 //! database, keyed by the model that made them: a restart does not recompute them.
 
 mod backend;
+mod code;
 mod db;
 mod export;
 pub(crate) mod follow;
@@ -18,6 +19,7 @@ mod location;
 mod postgres;
 
 pub use backend::{Backend, Changes};
+pub use code::ServedCode;
 pub(crate) use db::now_ms;
 pub use db::{Database, Record};
 pub use export::export_tasks;
@@ -131,8 +133,8 @@ pub struct StoredTask {
     pub name: Arc<str>,
     /// The DET z was found with; predictions use it unless they name another.
     pub det: DetKind,
-    /// The task's code, shared with the batcher's jobs without copying.
-    pub z: Arc<[f32]>,
+    /// The task's code, in f16 ([`ServedCode`]).
+    pub z: ServedCode,
     /// Labels and their embeddings, shared by every task with the same labels.
     pub labels: Arc<LabelSet>,
     /// Class priors and tuned prototypes, when the task has a head.
@@ -153,7 +155,7 @@ impl StoredTask {
         Self {
             name: Arc::from(task.name),
             det: task.det,
-            z: task.z.into(),
+            z: ServedCode::new(&task.z),
             labels,
             head: task.head.as_ref().map(|h| Box::new(ServedHead::new(h))),
             generation: record.generation,
