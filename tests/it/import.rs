@@ -220,3 +220,44 @@ async fn tasks_of_another_subspace_are_kept_and_the_log_says_how_to_serve_them()
     drop(server);
     assert_eq!(count_tasks(&setup), 2, "the other subspace's task is kept");
 }
+
+#[tokio::test]
+async fn a_seed_task_stored_for_another_subspace_is_named_at_start_and_import_brings_it_back() {
+    let seeds = tempfile::tempdir().unwrap();
+    let seed = seeds.path().join("bulk-005.json");
+    std::fs::write(&seed, task(5).to_string()).unwrap();
+    let setup = Setup::new().server("seed_tasks_dir", seeds.path().display());
+    let server = Server::start(&setup, "info").await;
+    predict(&server, "bulk-005").await;
+    drop(server);
+    // As after an upgrade of the default subspace: the seeded task belongs to the old one.
+    rusqlite::Connection::open(setup.database())
+        .unwrap()
+        .execute(
+            "UPDATE tasks SET subspace_id = 'old-default@0123456789ab' WHERE name = 'bulk-005'",
+            [],
+        )
+        .unwrap();
+    let server = Server::start(&setup, "info").await;
+    let log = server.log_text();
+    assert!(
+        log.contains("seed tasks imported before are not served") && log.contains("bulk-005"),
+        "{log}"
+    );
+    let missing = reqwest::get(server.url("/v1/tasks/bulk-005"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404, "seeded once: not imported again");
+    drop(server);
+
+    // What the warning says to do: import the seed file for the loaded subspace.
+    let output = import(&setup, &[&seed]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let server = Server::start(&setup, "info").await;
+    predict(&server, "bulk-005").await;
+    assert!(!server.log_text().contains("made for another subspace"));
+}

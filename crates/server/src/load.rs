@@ -331,6 +331,8 @@ fn seed_tasks(
     paths.sort();
     let key = model_key(encoder.manifest());
     let mut imported = 0;
+    // Seeded before and not served now: deleted, or stored for another subspace (an older default).
+    let mut unserved = Vec::new();
     for path in paths {
         let task = Task::load(&path)
             .map_err(|e| Unservable::Unreadable(e.into()))
@@ -343,9 +345,11 @@ fn seed_tasks(
                 continue;
             }
         };
-        let seen =
-            store.get(&task.name).is_some() || store.with_db(|db| db.was_seeded(&task.name))?;
-        if seen {
+        if store.get(&task.name).is_some() {
+            continue;
+        }
+        if store.with_db(|db| db.was_seeded(&task.name))? {
+            unserved.push(task.name);
             continue;
         }
         let labels = label_set(store, encoder, &task.labels).map_err(ServerError::Labels)?;
@@ -366,6 +370,15 @@ fn seed_tasks(
     }
     if imported > 0 {
         tracing::info!(imported, dir = %dir.display(), "seed tasks imported");
+    }
+    if !unserved.is_empty() {
+        tracing::warn!(
+            tasks = %unserved.join(" "),
+            dir = %dir.display(),
+            "seed tasks imported before are not served: deleted since, or stored for another subspace \
+             (an older default). Each is imported once; `deltaspace import` with their files imports \
+             them for the loaded subspace, replacing a stored task of the same name"
+        );
     }
     Ok(())
 }
