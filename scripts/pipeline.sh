@@ -16,15 +16,16 @@
 #      (models/all-MiniLM-L6-v2/tasks/) are the unseen tasks tuned with `tune`'s defaults (z + head) on their whole
 #      training sets, plus sst2. The unseen ones are quality.sh's z+head runs on the whole training sets at seed 1,
 #      which step example-tasks runs ahead of the rest of the matrix, so that publishing waits for every step but
-#      quality; it happens as soon as they are all done (whichever pipeline finishes them), and again, with the
-#      whole matrix in the report, at the end of quality.
+#      quality: the pipeline that finishes the last of those steps publishes, and the one that runs step quality
+#      publishes again at its end, with the whole matrix in the report.
 #
 #   scripts/pipeline.sh DATA_DIR [D]      # DATA_DIR: the 22 task directories; D: the subspace's d [default: 1024]
 #
 # Every step is resumable: a step that finished leaves a marker under runs/pipeline-dD/done/ and is skipped; long
 # steps checkpoint. Two pipelines can share the 2 cores, each with DELTASPACE_RUNTIME_INTRA_THREADS=1: a step runs in
-# one of them only (runs/pipeline-dD/running/NAME is its lock; the other waits for it), and PIPELINE_SKIP="example-tasks
-# quality" lets the second start on the tables while the first runs those; PIPELINE_LOG names a log [default:
+# one of them only (runs/pipeline-dD/running/NAME is its lock; the other waits for it), and
+#   PIPELINE_SKIP="example-tasks quality"
+# lets the second start on the tables while the first runs those; PIPELINE_LOG names a log [default:
 # runs/pipeline-dD/log.txt].
 # scripts/pipeline-lanes.sh starts both. Results go to docs/results/pipeline-dD/ (commit them), and so do the step
 # markers and checkpoints under runs/pipeline-dD/ (.gitignore lets them in), so that the next session resumes; the
@@ -75,22 +76,43 @@ for det in lora adapter prefix; do publish_needs+=" tune-d$d-$det transfer-$det 
 
 # publish_when_ready: the subspace, the example tasks and the report, once every step in publish_needs is done
 # (by this pipeline or the other); run again, it publishes the same files and a report with more of the matrix.
+# One pipeline at a time (both lanes may come here at once); it refuses a file that is missing or was tuned for
+# another subspace, and replaces each published file by a rename, so a server starting meanwhile reads whole files.
 publish_when_ready() {
-  local name missing=()
+  local name file t missing=() sources=("$subspace" "$out/tasks/examples/sst2.json")
   for name in $publish_needs; do [ -f "$out/done/$name" ] || missing+=("$name"); done
   if [ ${#missing[@]} -gt 0 ]; then
-    echo "== not published yet: ${missing[*]} not done; whichever pipeline finishes the last of them publishes"
+    echo "== not published yet: ${missing[*]} not done; the pipeline that finishes the last of them publishes"
+    return
+  fi
+  claim "$out/running/publish" wait
+  local id
+  id=$("${bin[@]}" subspace info "$subspace" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+  for t in $unseen; do sources+=("runs/quality/z+head-$t-full-1.json"); done
+  for file in "${sources[@]}"; do
+    if [ ! -f "$file" ]; then
+      missing+=("$file (missing)")
+    elif [ "${file%.json}" != "$file" ] && ! python3 -c \
+        'import json, sys; sys.exit(json.load(open(sys.argv[1])).get("subspace") != sys.argv[2])' "$file" "$id"; then
+      missing+=("$file (not tuned for $id)")
+    fi
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== not published: ${missing[*]}" >&2
+    release "$out/running/publish"
     return
   fi
   mkdir -p "$model/subspaces" "$model/tasks"
-  cp "$subspace" "$model/subspaces/default.safetensors"
-  for t in $unseen; do cp "runs/quality/z+head-$t-full-1.json" "$model/tasks/$t.json"; done
-  cp "$out/tasks/examples/sst2.json" "$model/tasks/sst2.json"
-  echo "== published $model/subspaces/default.safetensors and $model/tasks/"
-  "${bin[@]}" report --results "$results" --space "d$d" --json "$out/report.json" > "$out/report.md"
-  "${bin[@]}" report --quality docs/results/quality/baselines.jsonl "docs/results/quality/minilm-d$d.jsonl" \
-    >> "$out/report.md"
+  copy_if_changed "$subspace" "$model/subspaces/default.safetensors"
+  for t in $unseen; do copy_if_changed "runs/quality/z+head-$t-full-1.json" "$model/tasks/$t.json"; done
+  copy_if_changed "$out/tasks/examples/sst2.json" "$model/tasks/sst2.json"
+  echo "== published $id as $model/subspaces/default.safetensors, and $model/tasks/"
+  { "${bin[@]}" report --results "$results" --space "d$d" --json "$out/report.json"
+    "${bin[@]}" report --quality docs/results/quality/baselines.jsonl "docs/results/quality/minilm-d$d.jsonl"
+  } > "$out/report.md.new"
+  mv -f "$out/report.md.new" "$out/report.md"
   echo "== report: $out/report.md"
+  release "$out/running/publish"
 }
 
 step stage0 scripts/stage0.sh "$data"
@@ -107,6 +129,10 @@ common=(--model "$out/model")
 
 subspace=$out/minilm-d$d.safetensors
 random=$out/random-d$d.safetensors
+# The two subspace files are not committed (seconds to make, and deterministic); a checkout that has the step
+# markers but not the files makes them again.
+[ -f "$subspace" ] || rm -f "$out/done/stage1"
+[ -f "$random" ] || rm -f "$out/done/random"
 # At D ≤ the learned directions, the top D of them and no random ones (the transfer check at D = 17).
 complete=(--complete-to "$d")
 [ "$d" -gt "$learned" ] || complete=()
@@ -119,7 +145,7 @@ step random "${bin[@]}" subspace random --model "$out/model" --dim "$d" --seed 7
 # The published unseen tasks first (publishing waits for them, not for the whole matrix), then the matrix.
 step example-tasks env QUALITY_ROWS=z+head QUALITY_SHOTS=full QUALITY_SEEDS=1 scripts/quality.sh "$data" "$subspace"
 publish_when_ready
-step quality scripts/quality.sh "$data" "$subspace"
+step quality env -u QUALITY_ROWS -u QUALITY_SHOTS -u QUALITY_SEEDS scripts/quality.sh "$data" "$subspace"
 
 # The paper's tables: stage 0's unseen solutions are the denominators, the frozen model a control.
 step original sh -c "grep -h -E '\"task\":\"($(echo $unseen | tr ' ' '|'))\"' docs/results/stage0.jsonl \
