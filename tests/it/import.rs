@@ -241,7 +241,8 @@ async fn a_seed_task_stored_for_another_subspace_is_named_at_start_and_import_br
     let server = Server::start(&setup, "info").await;
     let log = server.log_text();
     assert!(
-        log.contains("seed tasks imported before are not served") && log.contains("bulk-005"),
+        log.contains("seed tasks imported before are stored for another subspace")
+            && log.contains("bulk-005.json"),
         "{log}"
     );
     let missing = reqwest::get(server.url("/v1/tasks/bulk-005"))
@@ -259,5 +260,21 @@ async fn a_seed_task_stored_for_another_subspace_is_named_at_start_and_import_br
     );
     let server = Server::start(&setup, "info").await;
     predict(&server, "bulk-005").await;
-    assert!(!server.log_text().contains("made for another subspace"));
+    let log = server.log_text();
+    assert!(!log.contains("another subspace"), "{log}");
+
+    // A seed task deleted on purpose stays deleted, and the log does not nag about it.
+    let deleted = reqwest::Client::new()
+        .delete(server.url("/v1/tasks/bulk-005"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    drop(server);
+    let server = Server::start(&setup, "info").await;
+    let missing = reqwest::get(server.url("/v1/tasks/bulk-005"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(!server.log_text().contains("seed tasks imported before"));
 }

@@ -117,6 +117,8 @@ fn rows_and_label_sets_survive_reopening(db: &mut dyn Backend, reopen: Reopen<'_
     assert!(db.label_embeddings("other-model").unwrap().is_empty());
     assert!(db.was_seeded("a").unwrap());
     assert!(!db.was_seeded("b").unwrap());
+    assert_eq!(db.stored_subspace("a").unwrap().as_deref(), Some("s@1"));
+    assert_eq!(db.stored_subspace("nobody").unwrap(), None);
 }
 
 fn label_sets_are_saved_and_forgotten(db: &mut dyn Backend, _reopen: Reopen<'_>) {

@@ -27,6 +27,8 @@ pub enum AdmitError {
     Det(#[from] DetError),
     #[error("head: a prototype has {got} values, the model's embeddings {hidden}")]
     PrototypeWidth { got: usize, hidden: usize },
+    #[error("z[{index}] = {value} is beyond what the server holds (f16: |z_i| ≤ 65504)")]
+    ZBeyondF16 { index: usize, value: f32 },
 }
 
 impl From<AdmitError> for ApiError {
@@ -52,7 +54,8 @@ pub fn admit(
         .into());
     }
     task.validate(subspace.d(), limits)?;
-    task.z = ServedCode::round(task.z);
+    task.z = ServedCode::round(std::mem::take(&mut task.z))
+        .map_err(|(index, value)| AdmitError::ZBeyondF16 { index, value })?;
     if let Some(head) = task.head.take() {
         let hidden = manifest.hidden();
         if let Some(wrong) = head.prototypes.iter().flatten().find(|p| p.len() != hidden) {

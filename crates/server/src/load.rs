@@ -331,8 +331,8 @@ fn seed_tasks(
     paths.sort();
     let key = model_key(encoder.manifest());
     let mut imported = 0;
-    // Seeded before and not served now: deleted, or stored for another subspace (an older default).
-    let mut unserved = Vec::new();
+    // Seeded before, not served now, and stored for another subspace (an older default): (file, name).
+    let mut elsewhere = Vec::new();
     for path in paths {
         let task = Task::load(&path)
             .map_err(|e| Unservable::Unreadable(e.into()))
@@ -349,7 +349,13 @@ fn seed_tasks(
             continue;
         }
         if store.with_db(|db| db.was_seeded(&task.name))? {
-            unserved.push(task.name);
+            // Deleted since (it stays deleted), or stored for another subspace.
+            if store
+                .with_db(|db| db.stored_subspace(&task.name))?
+                .is_some()
+            {
+                elsewhere.push(path.display().to_string());
+            }
             continue;
         }
         let labels = label_set(store, encoder, &task.labels).map_err(ServerError::Labels)?;
@@ -371,13 +377,13 @@ fn seed_tasks(
     if imported > 0 {
         tracing::info!(imported, dir = %dir.display(), "seed tasks imported");
     }
-    if !unserved.is_empty() {
+    if !elsewhere.is_empty() {
         tracing::warn!(
-            tasks = %unserved.join(" "),
-            dir = %dir.display(),
-            "seed tasks imported before are not served: deleted since, or stored for another subspace \
-             (an older default). Each is imported once; `deltaspace import` with their files imports \
-             them for the loaded subspace, replacing a stored task of the same name"
+            files = %elsewhere.join(" "),
+            "seed tasks imported before are stored for another subspace (an older default) and not \
+             served; each seed is imported once, so these are not imported over them. `deltaspace \
+             import FILE...` with these files imports them for the loaded subspace, replacing the old \
+             rows (docs/API.md, \"Changing the subspace\")"
         );
     }
     Ok(())

@@ -74,6 +74,10 @@ pub trait Backend: Send {
     /// True when the seed task `name` was imported before (even if since deleted).
     fn was_seeded(&self, name: &str) -> Result<bool, StoreError>;
 
+    /// The subspace id of the stored task `name`, whichever subspace it belongs to; `None` when
+    /// no task of that name is stored.
+    fn stored_subspace(&self, name: &str) -> Result<Option<String>, StoreError>;
+
     /// Records a tune job, replacing its previous record; its place in the list stays.
     fn save_job(&mut self, job: &JobRecord) -> Result<(), StoreError>;
 

@@ -307,6 +307,17 @@ impl Backend for Database {
             .is_some())
     }
 
+    fn stored_subspace(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT subspace_id FROM tasks WHERE name = ?1",
+                [name],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
     fn save_job(&mut self, job: &JobRecord) -> Result<(), StoreError> {
         let record = serde_json::to_string(job).map_err(|e| StoreError::CorruptJob {
             id: job.job.clone(),

@@ -707,6 +707,14 @@ impl Backend for PostgresStore {
         })
     }
 
+    fn stored_subspace(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.run(|client| {
+            Ok(client
+                .query_opt("SELECT subspace_id FROM tasks WHERE name = $1", &[&name])?
+                .map(|row| row.get(0)))
+        })
+    }
+
     fn save_job(&mut self, job: &JobRecord) -> Result<(), StoreError> {
         let text = job_text(job)?;
         self.run(|client| {
