@@ -33,7 +33,7 @@
 # DELTASPACE_RUNTIME_INTRA_THREADS sets ONNX Runtime's threads. Three variables limit a run to part of the matrix:
 # QUALITY_ROWS="probe head-only ..." (for example the baselines while a new subspace is still being built),
 # QUALITY_SHOTS="16 64 full" and QUALITY_SEEDS="1 2 3" (scripts/pipeline.sh's example-tasks step runs z+head on the
-# whole training sets at seed 1: the tasks it publishes).
+# whole training sets at seed 1: the tasks it publishes). Zero-shot counts as the whole training set at seed 1.
 #
 #   deltaspace report --quality docs/results/quality/baselines.jsonl docs/results/quality/<subspace>.jsonl
 set -euo pipefail
@@ -44,16 +44,17 @@ subspace_file=${2:-$model/subspaces/default.safetensors}
 rows=${QUALITY_ROWS:-zero-shot probe head-only z z+head random lora adapter prefix}
 shots_wanted=${QUALITY_SHOTS:-16 64 full}
 seeds_wanted=${QUALITY_SEEDS:-1 2 3}
-# only WHAT GIVEN ALLOWED: exits 2 unless every word of GIVEN is one of ALLOWED (a typo would run nothing).
-only() {
-  local word
-  for word in $2; do
+# check_words VARIABLE VALUE ALLOWED: exits 2 unless every word of VALUE is one of ALLOWED (a typo would run nothing).
+check_words() {
+  local word words
+  read -ra words <<< "$2"
+  for word in "${words[@]}"; do
     case " $3 " in *" $word "*) ;; *) echo "$1: \"$word\" is not one of: $3" >&2; exit 2 ;; esac
   done
 }
-only QUALITY_ROWS "$rows" "zero-shot probe head-only z z+head random lora adapter prefix"
-only QUALITY_SHOTS "$shots_wanted" "16 64 full"
-only QUALITY_SEEDS "$seeds_wanted" "1 2 3"
+check_words QUALITY_ROWS "$rows" "zero-shot probe head-only z z+head random lora adapter prefix"
+check_words QUALITY_SHOTS "$shots_wanted" "16 64 full"
+check_words QUALITY_SEEDS "$seeds_wanted" "1 2 3"
 runs=runs/quality
 mkdir -p "$runs" docs/results/quality
 # Own copies of the binary, its configuration and the model, so a rebuild, an edit or a re-export
@@ -172,4 +173,4 @@ for item in "${waiting[@]}"; do
   # shellcheck disable=SC2086 # item is "ROW TASK SHOTS SEED"
   run $item wait
 done
-echo "== quality: every line is in $results"
+echo "== quality: every line of rows [$rows], shots [$shots_wanted], seeds [$seeds_wanted] is in $results and $baselines"
