@@ -47,6 +47,25 @@ fn write_lines(path: &Path, tasks: impl Iterator<Item = Value>) {
     std::fs::write(path, text.join("\n") + "\n").unwrap();
 }
 
+/// Moves the stored task `name` to an older subspace, as an upgrade of the default leaves it.
+fn as_if_tuned_for_an_older_subspace(setup: &Setup, name: &str) {
+    rusqlite::Connection::open(setup.database())
+        .unwrap()
+        .execute(
+            "UPDATE tasks SET subspace_id = 'old-default@0123456789ab' WHERE name = ?1",
+            [name],
+        )
+        .unwrap();
+}
+
+/// The status `GET /v1/tasks/{task}` answers.
+async fn get_status(server: &Server, task: &str) -> reqwest::StatusCode {
+    reqwest::get(server.url(&format!("/v1/tasks/{task}")))
+        .await
+        .unwrap()
+        .status()
+}
+
 fn count_tasks(setup: &Setup) -> i64 {
     rusqlite::Connection::open(setup.database())
         .unwrap()
@@ -198,24 +217,14 @@ async fn tasks_of_another_subspace_are_kept_and_the_log_says_how_to_serve_them()
     let lines = setup.dir.path().join("two.jsonl");
     write_lines(&lines, (0..2).map(task));
     assert!(import(&setup, &[&lines]).status.success());
-    // As if bulk-000 had been tuned for an older default subspace.
-    rusqlite::Connection::open(setup.database())
-        .unwrap()
-        .execute(
-            "UPDATE tasks SET subspace_id = 'old-default@0123456789ab' WHERE name = 'bulk-000'",
-            [],
-        )
-        .unwrap();
+    as_if_tuned_for_an_older_subspace(&setup, "bulk-000");
     let server = Server::start(&setup, "info").await;
     let log = server.log_text();
     assert!(
         log.contains("made for another subspace") && log.contains("old-default@0123456789ab"),
         "{log}"
     );
-    let missing = reqwest::get(server.url("/v1/tasks/bulk-000"))
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
+    assert_eq!(get_status(&server, "bulk-000").await, 404);
     get_json(&server.url("/v1/tasks/bulk-001")).await;
     drop(server);
     assert_eq!(count_tasks(&setup), 2, "the other subspace's task is kept");
@@ -230,14 +239,7 @@ async fn a_seed_task_stored_for_another_subspace_is_named_at_start_and_import_br
     let server = Server::start(&setup, "info").await;
     predict(&server, "bulk-005").await;
     drop(server);
-    // As after an upgrade of the default subspace: the seeded task belongs to the old one.
-    rusqlite::Connection::open(setup.database())
-        .unwrap()
-        .execute(
-            "UPDATE tasks SET subspace_id = 'old-default@0123456789ab' WHERE name = 'bulk-005'",
-            [],
-        )
-        .unwrap();
+    as_if_tuned_for_an_older_subspace(&setup, "bulk-005");
     let server = Server::start(&setup, "info").await;
     let log = server.log_text();
     assert!(
@@ -245,10 +247,11 @@ async fn a_seed_task_stored_for_another_subspace_is_named_at_start_and_import_br
             && log.contains("bulk-005.json"),
         "{log}"
     );
-    let missing = reqwest::get(server.url("/v1/tasks/bulk-005"))
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404, "seeded once: not imported again");
+    assert_eq!(
+        get_status(&server, "bulk-005").await,
+        404,
+        "seeded once: not imported again"
+    );
     drop(server);
 
     // What the warning says to do: import the seed file for the loaded subspace.
@@ -272,9 +275,6 @@ async fn a_seed_task_stored_for_another_subspace_is_named_at_start_and_import_br
     assert_eq!(deleted.status(), 204);
     drop(server);
     let server = Server::start(&setup, "info").await;
-    let missing = reqwest::get(server.url("/v1/tasks/bulk-005"))
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
+    assert_eq!(get_status(&server, "bulk-005").await, 404);
     assert!(!server.log_text().contains("seed tasks imported before"));
 }

@@ -331,7 +331,7 @@ fn seed_tasks(
     paths.sort();
     let key = model_key(encoder.manifest());
     let mut imported = 0;
-    // Seeded before, not served now, and stored for another subspace (an older default): (file, name).
+    // Files of seed tasks seeded before, not served now, and stored for another subspace (an older default).
     let mut elsewhere = Vec::new();
     for path in paths {
         let task = Task::load(&path)
