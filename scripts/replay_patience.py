@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Replays early stopping on the dev traces of scripts/screen-schedule.sh.
+
+For each (task, DET) traced without early stopping, and each schedule (patience, at most S steps), prints where
+tune would have stopped, the step whose z it would have kept (the best dev so far, as tune keeps it) and that dev
+accuracy; then the mean over the tasks each DET has. Dev is the 300 examples tune's own evaluations use, so the kept
+step is exactly tune's.
+
+    python3 scripts/replay_patience.py docs/results/screen-schedule-trace.jsonl [--every 25]
+"""
+
+import argparse
+import json
+from collections import defaultdict
+
+SCHEDULES = [(4, 500), (8, 500), (0, 500), (4, 1000), (8, 1000), (12, 1000), (0, 1000)]
+
+
+def curves(path):
+    """{(task, det): {step: dev accuracy}}, later lines overriding earlier ones (a resumed run re-traces)."""
+    by_unit = defaultdict(dict)
+    with open(path) as lines:
+        for line in lines:
+            point = json.loads(line)
+            if point["split"] == "dev" and point["step"] > 0:
+                by_unit[(point["task"], point["det"])][point["step"]] = point["accuracy"]
+    return by_unit
+
+
+def replay(curve, every, patience, steps):
+    """(stop step, kept step, kept dev) of tune's early stopping on one unit's dev curve."""
+    best, kept, stale, step = -1.0, 0, 0, 0
+    for step in range(every, steps + 1, every):
+        if step not in curve:
+            return None  # the trace does not reach this schedule
+        if curve[step] > best:
+            best, kept, stale = curve[step], step, 0
+        else:
+            stale += 1
+            if patience and stale == patience:
+                break
+    return step, kept, best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("trace")
+    parser.add_argument("--every", type=int, default=25, help="tune's --eval-every")
+    args = parser.parse_args()
+    by_unit = curves(args.trace)
+    means = defaultdict(list)
+    print("task det: (patience, steps) -> stop/kept step dev%")
+    for (task, det), curve in sorted(by_unit.items()):
+        cells = []
+        for patience, steps in SCHEDULES:
+            result = replay(curve, args.every, patience, steps)
+            if result is None:
+                continue
+            stop, kept, dev = result
+            means[(det, patience, steps)].append((task, dev, stop))
+            cells.append(f"({patience or '∞'},{steps}) {stop}/{kept} {100 * dev:.1f}")
+        print(f"{task} {det}: " + "; ".join(cells))
+    print("\nmean kept dev % (tasks) and mean steps run, per DET and schedule")
+    for (det, patience, steps), rows in sorted(means.items()):
+        dev = 100 * sum(r[1] for r in rows) / len(rows)
+        ran = sum(r[2] for r in rows) / len(rows)
+        print(f"{det} patience {patience or '∞'} steps {steps}: {dev:.1f} over {len(rows)} tasks, {ran:.0f} steps")
+
+
+if __name__ == "__main__":
+    main()
