@@ -36,7 +36,7 @@ pub struct TrainingArgs {
     /// Model directory [default: [model] dir].
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Optimizer steps (CMA-ES: generations) [default: 300; tune: 500].
+    /// Optimizer steps (CMA-ES: generations) [default: 300; tune: 1000].
     #[arg(long)]
     pub steps: Option<usize>,
     /// Training rows per task (and DET) per step.
@@ -49,8 +49,8 @@ pub struct TrainingArgs {
     #[arg(long, value_parser = at_least::<1>)]
     pub eval_every: Option<usize>,
     /// Early stopping: a task (and DET) stops training once this many evaluations in a row
-    /// have not improved its dev accuracy; the others go on. 0: never stop early
-    /// [default: 0; tune: 4].
+    /// have not improved its dev accuracy, or once that accuracy is perfect; the others go on.
+    /// 0: never stop early [default: 0; tune: 12].
     #[arg(long)]
     pub patience: Option<usize>,
     /// Dev examples per task in those evaluations [default: all].

@@ -7,6 +7,7 @@ use deltaspace::model::{Encoder, EncoderOptions, TextInput};
 use deltaspace::secret::Secret;
 use deltaspace::subspace::Subspace;
 use deltaspace::task::Task;
+use deltaspace::tuning::tune::TUNING;
 use serde_json::{Value, json};
 
 use super::helpers::{D, Fixture, TestApp, assert_error, ok_json, task_body};
@@ -451,6 +452,10 @@ async fn health_info_openapi_and_unknown_routes() {
         committed["components"]["schemas"]["PredictRequest"]["properties"]["inputs"]["maxItems"],
         32
     );
+    // A tune job's budget defaults to stage 2's schedule, as the contract says.
+    let budget = &committed["components"]["schemas"]["TuneRequest"]["properties"]["budget"];
+    assert_eq!(budget["properties"]["steps"]["default"], TUNING.steps);
+    assert_eq!(budget["properties"]["patience"]["default"], TUNING.patience);
     let paths = served["paths"].as_object().unwrap();
     for (path, methods) in [
         ("/v1/tasks", &["get"][..]),

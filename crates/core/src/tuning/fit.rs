@@ -639,7 +639,8 @@ impl FitState {
     }
 
     /// Keeps each active unit's values if `dev` is its best accuracy so far, and counts an
-    /// evaluation without improvement otherwise.
+    /// evaluation without improvement otherwise. With early stopping, a unit whose dev accuracy
+    /// is perfect stops at once: nothing can beat what it keeps, so more steps would be wasted.
     fn record_dev(&mut self, active: &[usize], dev: &[Scores], patience: Option<usize>) {
         for &unit in active {
             if dev[unit].accuracy > self.best_dev[unit].accuracy {
@@ -647,6 +648,10 @@ impl FitState {
                 self.best[unit] = self.values[unit].clone();
                 self.best_step[unit] = self.step;
                 self.stale[unit] = 0;
+                if let Some(patience) = patience.filter(|_| dev[unit].accuracy >= 1.0) {
+                    self.stale[unit] = patience;
+                    tracing::info!(unit, step = self.step, "stopped: dev accuracy is perfect");
+                }
                 continue;
             }
             self.stale[unit] += 1;
@@ -768,6 +773,42 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/fixtures")
             .join(path)
+    }
+
+    fn scores(accuracy: f32) -> Scores {
+        Scores {
+            accuracy,
+            macro_f1: accuracy,
+            n: 8,
+        }
+    }
+
+    /// Early stopping keeps a unit while it improves within `patience` evaluations, and stops
+    /// one at once when its dev accuracy is perfect; without patience every unit goes on.
+    #[test]
+    fn a_unit_stops_after_patience_stale_evaluations_or_at_a_perfect_dev() {
+        let options = FitOptions::new(crate::tuning::tune::TUNING, 1);
+        let mut state = FitState::new(vec![vec![0.0]; 3], &options);
+        let patience = Some(2);
+        state.record_dev(
+            &[0, 1, 2],
+            &[scores(0.5), scores(0.5), scores(1.0)],
+            patience,
+        );
+        assert_eq!(state.active(patience), [0, 1], "a perfect dev stops unit 2");
+        state.record_dev(&[0, 1], &[scores(0.5), scores(0.75)], patience);
+        state.record_dev(&[0, 1], &[scores(0.25), scores(0.5)], patience);
+        assert_eq!(state.active(patience), [1], "unit 0 did not improve twice");
+        assert_eq!(state.best_dev[1].accuracy, 0.75);
+        assert_eq!(state.active(None), [0, 1, 2]);
+
+        let mut endless = FitState::new(vec![vec![0.0]], &options);
+        endless.record_dev(&[0], &[scores(1.0)], None);
+        assert_eq!(
+            endless.active(None),
+            [0],
+            "no patience: a perfect dev goes on"
+        );
     }
 
     /// A subspace unit's gradient, which `fit` takes as Uᵀ (d loss/d δ) with δ decoded on the
