@@ -41,7 +41,8 @@
 # got). For it the payload adds the release `deltaspace` (stripped, xz), grad.onnx (its weights are serve's,
 # stored once), the subspace (GPU_CHECK_SUBSPACE, default the model's default.safetensors) and the tasks' data.
 # Its lines come back as stage2.jsonl (the tune output) and stage2-trace.jsonl (dev accuracy every 250 steps);
-# the same command with --provider cpu and --steps 500 is the CPU run to set beside it (docs/RESULTS.md).
+# the same command with --provider cpu and tune's default steps (1,000 since 2026-12-01; the pipeline's committed
+# tables ran 500) is the CPU run to set beside it (docs/RESULTS.md).
 #
 # `run` settings (environment): GPU_CHECK_DIR (/tmp/gc), GPU_CHECK_PROVIDER (cuda), GPU_CHECK_SHAPES
 # (1x64,8x64,32x64,128x64,256x64,64x128), GPU_CHECK_PARITY_SHAPES (8x64,64x128,256x64), GPU_CHECK_ROUNDS (20),

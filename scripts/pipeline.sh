@@ -152,7 +152,8 @@ step original sh -c "grep -h -E '\"task\":\"($(echo $unseen | tr ' ' '|'))\"' do
   > $results/original.jsonl"
 step zero-shot sh -c "for t in $unseen; do $(printf '%q ' "${bin[@]}") eval $(printf '%q ' "${common[@]}") \
   --data $data/\$t --zero-shot --split test; done > $results/zero_shot.jsonl"
-# tune SPACE FILE DET: z alone (the paper's setting) through DET on the whole training sets, tasks in shared runs.
+# tune SPACE FILE DET: z alone (the paper's setting) through DET on the whole training sets, tasks in shared runs,
+# with tune's schedule (the committed d = 1,024 tables ran the one before 2026-12-01: 500 steps, patience 4).
 tune() {
   local space=$1 file=$2 det=$3
   step "tune-$space-$det" sh -c "$(printf '%q ' "${bin[@]}") tune $(printf '%q ' "${common[@]}") --subspace $file \

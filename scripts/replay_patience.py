@@ -3,8 +3,9 @@
 
 For each (task, DET) traced without early stopping, and each schedule (patience, at most S steps), prints where
 tune would have stopped, the step whose z it would have kept (the best dev so far, as tune keeps it) and that dev
-accuracy; then the mean over the tasks each DET has. Dev is the 300 examples tune's own evaluations use, so the kept
-step is exactly tune's.
+accuracy; then, per DET, the mean over the units whose traces reach every schedule's end, so that every mean is over
+the same units. Dev is the examples tune's own evaluations use, and a patience also stops a unit at a perfect dev
+accuracy, as tune does, so the kept step is exactly tune's.
 
     python3 scripts/replay_patience.py docs/results/screen-schedule-trace.jsonl [--every 25]
 """
@@ -35,6 +36,8 @@ def replay(curve, every, patience, steps):
             return None  # the trace does not reach this schedule
         if curve[step] > best:
             best, kept, stale = curve[step], step, 0
+            if patience and best >= 1.0:
+                break
         else:
             stale += 1
             if patience and stale == patience:
@@ -51,20 +54,18 @@ def main():
     means = defaultdict(list)
     print("task det: (patience, steps) -> stop/kept step dev%")
     for (task, det), curve in sorted(by_unit.items()):
-        cells = []
-        for patience, steps in SCHEDULES:
-            result = replay(curve, args.every, patience, steps)
-            if result is None:
-                continue
-            stop, kept, dev = result
-            means[(det, patience, steps)].append((task, dev, stop))
-            cells.append(f"({patience or '∞'},{steps}) {stop}/{kept} {100 * dev:.1f}")
-        print(f"{task} {det}: " + "; ".join(cells))
-    print("\nmean kept dev % (tasks) and mean steps run, per DET and schedule")
+        results = [replay(curve, args.every, patience, steps) for patience, steps in SCHEDULES]
+        cells = [f"({p or '∞'},{s}) {r[0]}/{r[1]} {100 * r[2]:.1f}" for (p, s), r in zip(SCHEDULES, results) if r]
+        print(f"{task} {det}: " + ("; ".join(cells) or "its trace is too short for any schedule"))
+        if all(results):
+            for schedule, (stop, _, dev) in zip(SCHEDULES, results):
+                means[(det, *schedule)].append((dev, stop))
+    print("\nmean kept dev % and mean steps run, per DET and schedule,")
+    print("over the units whose traces reach every schedule")
     for (det, patience, steps), rows in sorted(means.items()):
-        dev = 100 * sum(r[1] for r in rows) / len(rows)
-        ran = sum(r[2] for r in rows) / len(rows)
-        print(f"{det} patience {patience or '∞'} steps {steps}: {dev:.1f} over {len(rows)} tasks, {ran:.0f} steps")
+        dev = 100 * sum(r[0] for r in rows) / len(rows)
+        ran = sum(r[1] for r in rows) / len(rows)
+        print(f"{det} patience {patience or '∞'} steps {steps}: {dev:.1f} over {len(rows)} units, {ran:.0f} steps")
 
 
 if __name__ == "__main__":

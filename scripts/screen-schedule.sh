@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # A screen of stage 2's schedule on the whole training sets (issue 10): does z + head stop too early there?
-# quality.sh's z + head on the whole training sets (tune's defaults: at most 500 steps, early stopping after 4 dev
-# evaluations of 25 steps without improvement) trails z alone tuned through Adapter for all 500 steps by the
-# paper's pipeline (74.5 against 77.0 mean test). This runs z + head (prototypes) in the default subspace, one task
-# and one DET at a time, seed 1, as quality.sh does (dev evaluations on 300 examples), but without early stopping
-# (--patience 0) for SCREEN_STEPS steps [default 1000], and traces dev accuracy on those 300 examples every 25 steps.
-# From the trace, any patience can be replayed: where it would have stopped and which dev it would have kept.
+# quality.sh's z + head on the whole training sets (tune's defaults until 2026-12-01: at most 500 steps, stopping
+# after 4 dev evaluations of 25 steps without improvement) trailed z alone tuned through Adapter for all 500 steps
+# by the paper's pipeline (74.5 against 77.0 mean test). This runs z + head (prototypes) in the default subspace,
+# one task and one DET at a time, seed 1, as quality.sh does (dev evaluations on 300 examples), but without early
+# stopping (--patience 0) for SCREEN_STEPS steps [default 1000], and traces dev accuracy on those 300 examples
+# every 25 steps.
+# From the trace, early stopping can be replayed (scripts/replay_patience.py): where it stops, what dev it keeps.
 # SCREEN_SHOTS=k does the same with k examples per label of train and of dev (quality.sh's few-shot rows: the whole
 # k-shot dev set is evaluated and traced).
 #
@@ -14,8 +15,9 @@
 # Lines: docs/results/screen-schedule.jsonl, one per (task, det, shots, steps): the best dev z over the whole horizon
 # with its whole dev and test scores; the traces: docs/results/screen-schedule-trace.jsonl (full) and
 # docs/results/screen-schedule-trace-k<k>.jsonl. Resumable: a (task, det, shots, steps) with a line is not run
-# again, and a run cut off resumes from its checkpoint (its trace then restarts at the
-# resumed step). DELTASPACE_RUNTIME_INTRA_THREADS sets ONNX Runtime's threads.
+# again, and a run cut off resumes from its checkpoint (its trace then restarts at the resumed step, and its
+# seconds count from there). Two of it can share the work (one per core): each unit holds a lock in
+# runs/screen-schedule/locks/ and the other skips it. DELTASPACE_RUNTIME_INTRA_THREADS sets ONNX Runtime's threads.
 #
 #   python3 scripts/replay_patience.py docs/results/screen-schedule-trace.jsonl    # the patience table (or -k16)
 set -euo pipefail
@@ -25,27 +27,36 @@ det=${2:?usage: scripts/screen-schedule.sh DATA_DIR DET [TASK...]}
 shift 2
 . scripts/lib/long-run.sh
 tasks=${*:-$UNSEEN_TASKS}
+case $det in lora|adapter|prefix) ;; *) echo "DET: \"$det\" is not one of: lora adapter prefix" >&2; exit 2 ;; esac
 steps=${SCREEN_STEPS:-1000}
 shots=${SCREEN_SHOTS:-full}
 few=(--eval-limit 300 --trace-limit 300) trace=docs/results/screen-schedule-trace.jsonl
 [ "$shots" = full ] || few=(--shots "$shots") trace=docs/results/screen-schedule-trace-k$shots.jsonl
 runs=runs/screen-schedule
+mkdir -p "$runs/locks"
 own_copies "$runs"
 bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 out=docs/results/screen-schedule.jsonl
 touch "$out"
 for t in $tasks; do
   grep -q "\"task\":\"$t\",\"det\":\"$det\",\"shots\":\"$shots\",\"steps\":$steps," "$out" && continue
+  lock=$runs/locks/$t-$det-$shots-$steps
+  claim "$lock" || { echo "== $t $det shots=$shots: another screen-schedule.sh runs it"; continue; }
+  checkpoint=$runs/$t-$det-$shots-$steps.checkpoint.safetensors
+  # The first version of this script named whole-training-set checkpoints without the shots.
+  old=$runs/$t-$det-$steps.checkpoint.safetensors
+  if [ "$shots" = full ] && [ -f "$old" ] && [ ! -f "$checkpoint" ]; then mv "$old" "$checkpoint"; fi
   started=$SECONDS
   echo "== $t $det shots=$shots steps=$steps: $(date -u +%FT%TZ)"
   line=$("${bin[@]}" tune --model "$runs/model" --data "$data/$t" --seed 1 --det "$det" --head prototypes \
     --steps "$steps" --patience 0 "${few[@]}" --trace "$trace" --trace-split dev \
-    --checkpoint "$runs/$t-$det-$shots-$steps.checkpoint.safetensors" --out "$runs/$t-$det-$shots-$steps.json" | tail -1)
+    --checkpoint "$checkpoint" --out "$runs/$t-$det-$shots-$steps.json" | tail -1)
   python3 -c 'import json, sys
 out = json.loads(sys.argv[1])
 print(json.dumps({"task": sys.argv[2], "det": sys.argv[3], "shots": sys.argv[4], "steps": int(sys.argv[5]),
   "patience": 0, "seed": 1, "head": "prototypes", "dev": out.get("dev"), "test": out.get("test"),
   "seconds": int(sys.argv[6])}, separators=(",", ":")))' "$line" "$t" "$det" "$shots" "$steps" \
   "$((SECONDS - started))" >> "$out"
-  rm -f "$runs/$t-$det-$shots-$steps.checkpoint.safetensors"
+  rm -f "$checkpoint"
+  release "$lock"
 done

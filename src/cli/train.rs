@@ -26,7 +26,7 @@ use crate::tuning::fit::{self, FitOptions, Schedule, Space, Unit, evaluate_value
 use crate::tuning::head::HeadTuning;
 use crate::tuning::optim::OptimizerKind;
 use crate::tuning::tune::{
-    CmaOptions, TUNING, Target, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient,
+    CMAES, CmaOptions, TUNING, Target, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient,
 };
 
 /// Options shared by every training command. The schedule flags (steps, lr, eval-every,
@@ -36,7 +36,7 @@ pub struct TrainingArgs {
     /// Model directory [default: [model] dir].
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Optimizer steps (CMA-ES: generations) [default: 300; tune: 1000].
+    /// Optimizer steps (CMA-ES: generations) [default: 300; tune: 1000; tune --optimizer cmaes: 500].
     #[arg(long)]
     pub steps: Option<usize>,
     /// Training rows per task (and DET) per step.
@@ -528,7 +528,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
             let Some(det) = args.det else {
                 bail!("--optimizer cmaes tunes through one DET: give --det");
             };
-            let schedule = args.training.schedule(TUNING);
+            let schedule = args.training.schedule(CMAES);
             let options = CmaOptions {
                 generations: schedule.steps,
                 population: args.population,

@@ -74,7 +74,8 @@ pub struct Schedule {
     pub steps: usize,
     pub lr: f32,
     pub eval_every: usize,
-    /// Evaluations without improvement before a unit stops (0: never).
+    /// Evaluations without improvement before a unit stops, or a perfect dev accuracy
+    /// (0: never).
     pub patience: usize,
 }
 
@@ -96,7 +97,8 @@ pub struct FitOptions {
     /// Evaluate on dev (and checkpoint) every this many steps, and at the end.
     pub eval_every: usize,
     /// Early stopping: a unit stops training once this many evaluations in a row have not
-    /// improved its dev accuracy; the run ends when every unit has stopped (None: never stop).
+    /// improved its dev accuracy, or once that accuracy is perfect; the run ends when every unit
+    /// has stopped (None: never stop).
     pub patience: Option<usize>,
     /// Dev examples per unit in those evaluations (None: all).
     pub eval_limit: Option<usize>,
@@ -602,7 +604,8 @@ struct FitState {
     best: Vec<Vec<f32>>,
     best_dev: Vec<Scores>,
     best_step: Vec<usize>,
-    /// Evaluations since each unit's last improvement on dev (early stopping).
+    /// Evaluations since each unit's last improvement on dev (early stopping, with a perfect
+    /// `best_dev`).
     stale: Vec<usize>,
     optimizers: Vec<Box<dyn Optimizer>>,
 }
@@ -630,17 +633,21 @@ impl FitState {
         }
     }
 
-    /// The units still training: those whose dev accuracy improved within `patience`
-    /// evaluations (all of them when there is no patience).
+    /// The units still training: with early stopping, those whose dev accuracy improved within
+    /// `patience` evaluations and is not yet perfect (nothing could beat the values a perfect
+    /// unit keeps, so its steps would be wasted); all of them without.
     fn active(&self, patience: Option<usize>) -> Vec<usize> {
         (0..self.values.len())
-            .filter(|&unit| patience.is_none_or(|p| self.stale[unit] < p))
+            .filter(|&unit| patience.is_none_or(|p| self.stale[unit] < p && !self.perfect(unit)))
             .collect()
     }
 
+    fn perfect(&self, unit: usize) -> bool {
+        self.best_dev[unit].accuracy >= 1.0
+    }
+
     /// Keeps each active unit's values if `dev` is its best accuracy so far, and counts an
-    /// evaluation without improvement otherwise. With early stopping, a unit whose dev accuracy
-    /// is perfect stops at once: nothing can beat what it keeps, so more steps would be wasted.
+    /// evaluation without improvement otherwise.
     fn record_dev(&mut self, active: &[usize], dev: &[Scores], patience: Option<usize>) {
         for &unit in active {
             if dev[unit].accuracy > self.best_dev[unit].accuracy {
@@ -648,8 +655,7 @@ impl FitState {
                 self.best[unit] = self.values[unit].clone();
                 self.best_step[unit] = self.step;
                 self.stale[unit] = 0;
-                if let Some(patience) = patience.filter(|_| dev[unit].accuracy >= 1.0) {
-                    self.stale[unit] = patience;
+                if patience.is_some() && self.perfect(unit) {
                     tracing::info!(unit, step = self.step, "stopped: dev accuracy is perfect");
                 }
                 continue;
@@ -801,6 +807,9 @@ mod tests {
         assert_eq!(state.active(patience), [1], "unit 0 did not improve twice");
         assert_eq!(state.best_dev[1].accuracy, 0.75);
         assert_eq!(state.active(None), [0, 1, 2]);
+        // The stop follows from the best dev, which checkpoints keep: a run resumed with
+        // another patience leaves the perfect unit stopped.
+        assert_eq!(state.active(Some(100)), [0, 1]);
 
         let mut endless = FitState::new(vec![vec![0.0]], &options);
         endless.record_dev(&[0], &[scores(1.0)], None);

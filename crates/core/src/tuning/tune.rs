@@ -53,14 +53,20 @@ fn initial_z(d: usize, seed: u64) -> Vec<f32> {
 /// Stage 2's schedule, for `deltaspace tune` and the server's tune jobs alike: a learning rate
 /// that moves z (its init is N(0, 0.02²)), and early stopping on dev, so that a task stops when
 /// it stops improving rather than after a fixed budget. The patience is long because dev
-/// accuracy on a whole training set rises slowly under swings of several points: a patience of 4
-/// stopped mrpc at step 125 to 300, where it went on to gain 3 to 7 points of dev by step 1,000,
-/// while at k = 16 a longer patience only costs steps (docs/results/screen-schedule.jsonl).
+/// accuracy on a whole training set rises slowly under swings of up to 13 points: a patience of 4
+/// stopped mrpc at step 125 (Adapter) and 300 (LoRA), and it went on to gain 7 to 9 points of dev
+/// by step 1,000 (`scripts/replay_patience.py docs/results/screen-schedule-trace.jsonl`).
 pub const TUNING: Schedule = Schedule {
     steps: 1000,
     lr: 0.05,
     eval_every: 25,
     patience: 12,
+};
+
+/// CMA-ES's schedule: stage 2's, with the 500 generations it has always had by default.
+pub const CMAES: Schedule = Schedule {
+    steps: 500,
+    ..TUNING
 };
 
 /// What stage 2 tunes for each task.

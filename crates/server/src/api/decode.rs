@@ -144,7 +144,7 @@ pub struct Budget {
     #[serde(default)]
     pub seconds: Option<f64>,
     /// Early stopping, as `deltaspace tune --patience`: evaluations without improvement before
-    /// a DET stops; 0 never stops early.
+    /// a DET stops (a perfect dev accuracy stops it at once); 0 never stops early.
     #[serde(default, deserialize_with = "integral")]
     pub patience: Option<usize>,
 }
