@@ -368,15 +368,7 @@ pub fn fit_observed(
             )?;
             continue;
         }
-        let dev = evaluate_values(
-            training.encoder,
-            training.tasks,
-            training.units,
-            &training.space,
-            &state.values,
-            Split::Dev,
-            options.eval_limit,
-        )?;
+        let dev = evaluate_dev(&training, &state, &active, options)?;
         state.record_dev(&active, &dev, options.patience);
         let mean_dev = dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len().max(1) as f32;
         progress.report(state.step as u64, loss, Some(mean_dev));
@@ -404,6 +396,35 @@ pub fn fit_observed(
         losses,
         seconds: started.elapsed().saturating_sub(observing).as_secs_f64(),
     })
+}
+
+/// Every unit's dev scores: the units still training are scored, and a stopped unit, which is
+/// not scored again, shows the best it keeps.
+fn evaluate_dev(
+    training: &Training<'_>,
+    state: &FitState,
+    active: &[usize],
+    options: &FitOptions,
+) -> anyhow::Result<Vec<Scores>> {
+    let units: Vec<Unit> = active.iter().map(|&unit| training.units[unit]).collect();
+    let values: Vec<Vec<f32>> = active
+        .iter()
+        .map(|&unit| state.values[unit].clone())
+        .collect();
+    let scored = evaluate_values(
+        training.encoder,
+        training.tasks,
+        &units,
+        &training.space,
+        &values,
+        Split::Dev,
+        options.eval_limit,
+    )?;
+    let mut dev = state.best_dev.clone();
+    for (&unit, scores) in active.iter().zip(scored) {
+        dev[unit] = scores;
+    }
+    Ok(dev)
 }
 
 /// Names what a checkpoint must have been written by to be resumed: the space, the seed, and
