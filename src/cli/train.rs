@@ -195,6 +195,8 @@ pub struct DetArgs {
     /// Store each solution's δ as f16 (half the size; δ keeps about 3 significant digits).
     #[arg(long)]
     pub f16: bool,
+    #[command(flatten)]
+    pub trace: TraceArgs,
     /// Output: a .safetensors file (one task, one DET) or a directory of <task>.<det>.safetensors.
     #[arg(long)]
     pub out: PathBuf,
@@ -234,11 +236,21 @@ pub struct TuneArgs {
     /// CMA-ES initial step size σ.
     #[arg(long, default_value_t = 1.0, value_parser = positive::<f64>)]
     pub sigma: f64,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Output: TASK.json (one task) or a directory of <task>.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Accuracy against optimization time, for `tune` and `train det`.
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
     /// Append accuracy over time to this JSON lines file: {task, det, optimizer, step, seconds,
-    /// evaluations, examples, split, n, accuracy, macro_f1} per task at step 0 and every
-    /// --trace-every steps, scoring the current z (CMA-ES: the mean). Seconds count optimizer
-    /// steps only, not evaluations; gradient runs share them among their --data tasks (give one
-    /// --data to time one task), CMA-ES times each task.
+    /// evaluations, examples, split, n, accuracy, macro_f1} per task and DET at step 0 and every
+    /// --trace-every steps, scoring the current z or δ (CMA-ES: the mean). Seconds count
+    /// optimizer steps only, not evaluations; gradient runs share them among their --data tasks
+    /// (give one --data to time one task), CMA-ES times each task.
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Trace every this many steps [default: --eval-every].
@@ -250,9 +262,29 @@ pub struct TuneArgs {
     /// Examples per task the trace scores [default: --final-limit].
     #[arg(long, requires = "trace", value_parser = at_least::<1>)]
     pub trace_limit: Option<usize>,
-    /// Output: TASK.json (one task) or a directory of <task>.json.
-    #[arg(long)]
-    pub out: PathBuf,
+}
+
+impl TraceArgs {
+    /// The trace file opened for a run of `optimizer` under `schedule` (None without --trace).
+    fn open(
+        &self,
+        training: &TrainingArgs,
+        schedule: Schedule,
+        optimizer: &str,
+    ) -> anyhow::Result<Option<Trace>> {
+        let Some(path) = &self.trace else {
+            return Ok(None);
+        };
+        let options = TraceOptions {
+            path: path.clone(),
+            every: self
+                .trace_every
+                .unwrap_or(training.schedule(schedule).eval_every),
+            split: self.trace_split,
+            limit: self.trace_limit.or(training.final_limit),
+        };
+        Trace::open(options, optimizer).map(Some)
+    }
 }
 
 /// What every scoring command reads: the model, a subspace and one task's data.
@@ -465,12 +497,14 @@ fn train_det(config: &Config, args: DetArgs) -> anyhow::Result<()> {
     let encoder = args.training.encoder(config)?;
     let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
     let tasks = args.training.tasks(&encoder, &args.data)?;
+    let mut trace = (args.trace).open(&args.training, TRAINING, &args.optimizer.to_string())?;
     let solutions = train_dets(
         &encoder,
         &theta0,
         &tasks,
         &dets,
         &args.training.fit_options(args.optimizer, TRAINING),
+        trace.as_mut(),
     )?;
     for solution in &solutions {
         let path = if single_file {
@@ -503,20 +537,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
     let encoder = args.training.encoder(config)?;
     let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
     let tasks = args.training.tasks(&encoder, &args.data)?;
-    let mut trace = match &args.trace {
-        Some(path) => Some(Trace::open(
-            TraceOptions {
-                path: path.clone(),
-                every: args
-                    .trace_every
-                    .unwrap_or(args.training.schedule(TUNING).eval_every),
-                split: args.trace_split,
-                limit: args.trace_limit.or(args.training.final_limit),
-            },
-            &args.optimizer,
-        )?),
-        None => None,
-    };
+    let mut trace = args.trace.open(&args.training, TUNING, &args.optimizer)?;
     let tuned = match args.optimizer.as_str() {
         "cmaes" => {
             if args.head != HeadTuning::None {

@@ -984,3 +984,49 @@ fn a_trace_of_a_run_that_stops_early_ends_at_its_last_step() {
     assert_eq!(steps[0], 0);
     assert!(steps[1] > 0 && steps[1] < 60, "{steps:?}");
 }
+
+#[test]
+fn train_det_traces_each_task_and_det_like_tune() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.jsonl");
+    deltaspace(&[
+        "train",
+        "det",
+        "--model",
+        &tiny_dir().display().to_string(),
+        "--data",
+        &data("sst2").display().to_string(),
+        "--det",
+        "lora",
+        "adapter",
+        "--steps",
+        "4",
+        "--trace",
+        &trace.display().to_string(),
+        "--trace-every",
+        "2",
+        "--trace-split",
+        "dev",
+        "--out",
+        &dir.path().join("solutions").display().to_string(),
+    ]);
+    let points: Vec<(String, u64)> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let point: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(point["split"], "dev");
+            assert_eq!(point["optimizer"], "adam");
+            let det = point["det"].as_str().unwrap().to_string();
+            (det, point["step"].as_u64().unwrap())
+        })
+        .collect();
+    let steps = |det: &str| -> Vec<u64> {
+        (points.iter())
+            .filter(|(d, _)| d == det)
+            .map(|(_, step)| *step)
+            .collect()
+    };
+    assert_eq!(steps("lora"), [0, 2, 4]);
+    assert_eq!(steps("adapter"), [0, 2, 4]);
+}

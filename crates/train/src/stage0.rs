@@ -6,16 +6,21 @@ use deltaspace_core::det::{DetKind, Theta0};
 use deltaspace_core::model::Encoder;
 use deltaspace_core::tuning::batch::TrainTask;
 use deltaspace_core::tuning::data::Split;
-use deltaspace_core::tuning::fit::{FitOptions, Space, Training, Unit, evaluate_values, fit};
+use deltaspace_core::tuning::fit::{
+    FitOptions, Space, StepReport, Training, Unit, evaluate_values, fit_observed,
+};
+use deltaspace_core::tuning::tune::Trace;
 
 /// Trains every DET in `dets` on every task, returning the best-on-dev θ of each with its dev
-/// and test scores, task-major (task 0's DETs first).
+/// and test scores, task-major (task 0's DETs first). With `trace`, every unit's current δ is
+/// scored between steps, as `tune` traces z.
 pub fn train_dets(
     encoder: &Encoder,
     theta0: &Theta0,
     tasks: &[TrainTask],
     dets: &[DetKind],
     options: &FitOptions,
+    mut trace: Option<&mut Trace>,
 ) -> anyhow::Result<Vec<Solution>> {
     let units: Vec<Unit> = (0..tasks.len())
         .flat_map(|task| dets.iter().map(move |&det| Unit { task, det }))
@@ -31,7 +36,11 @@ pub fn train_dets(
         units: &units,
         space,
     };
-    let result = fit(training, init, options, "train det")?;
+    let mut observe = |report: StepReport<'_>| match trace.as_deref_mut() {
+        Some(trace) => trace.observe(encoder, tasks, &units, &space, report, options),
+        None => Ok(()),
+    };
+    let result = fit_observed(training, init, options, "train det", &mut observe)?;
     let test = evaluate_values(
         encoder,
         tasks,

@@ -137,22 +137,12 @@ pub fn tune_gradient(
         })
         .collect();
     let mut observe = |report: StepReport<'_>| -> anyhow::Result<()> {
-        // A run that stops early ends its trace at its last step, unless that step was due anyway.
-        let due = |trace: &Trace| trace.due(report.step, options.steps) != report.stopped;
         if let Some(watch) = watch.as_deref_mut() {
             watch(report)?;
         }
         match trace.as_deref_mut() {
-            Some(trace) if due(trace) => {
-                let at = Position {
-                    step: report.step,
-                    optimizing: report.optimizing,
-                    evaluations: report.step * options.batch,
-                    examples: report.step * options.batch,
-                };
-                trace.record(encoder, tasks, &units, &space, report.values, at)
-            }
-            _ => Ok(()),
+            Some(trace) => trace.observe(encoder, tasks, &units, &space, report, options),
+            None => Ok(()),
         }
     };
     let names: Vec<String> = dets.iter().map(ToString::to_string).collect();
@@ -465,6 +455,31 @@ impl Trace {
 
     fn due(&self, step: usize, last: usize) -> bool {
         step.is_multiple_of(self.options.every.max(1)) || step == last
+    }
+
+    /// Scores a gradient run's units (tasks through DETs in `space`) when `report` is due: at
+    /// step 0, every `every` steps, and at the last step, including that of a run that stops
+    /// early. What [`fit_observed`]'s observer calls, for stage 2 and stage 0 alike.
+    pub fn observe(
+        &mut self,
+        encoder: &Encoder,
+        tasks: &[TrainTask],
+        units: &[Unit],
+        space: &Space<'_>,
+        report: StepReport<'_>,
+        options: &FitOptions,
+    ) -> anyhow::Result<()> {
+        // A run that stops early ends its trace at its last step, unless that step was due anyway.
+        if self.due(report.step, options.steps) == report.stopped {
+            return Ok(());
+        }
+        let at = Position {
+            step: report.step,
+            optimizing: report.optimizing,
+            evaluations: report.step * options.batch,
+            examples: report.step * options.batch,
+        };
+        self.record(encoder, tasks, units, space, report.values, at)
     }
 
     /// Scores `values` (one z per unit) and appends a line per unit.

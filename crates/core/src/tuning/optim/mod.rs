@@ -41,6 +41,15 @@ impl FromStr for OptimizerKind {
     }
 }
 
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Adam => "adam",
+            Self::Adafactor => "adafactor",
+        })
+    }
+}
+
 impl OptimizerKind {
     /// A fresh optimizer for `len` parameters at learning rate `lr`.
     pub fn build(self, len: usize, lr: f32) -> Box<dyn Optimizer> {
