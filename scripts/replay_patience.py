@@ -7,14 +7,14 @@ accuracy; then, per DET, the mean over the units whose traces reach every schedu
 the same units. Dev is the examples tune's own evaluations use, and a patience also stops a unit at a perfect dev
 accuracy, as tune does, so the kept step is exactly tune's.
 
-    python3 scripts/replay_patience.py docs/results/screen-schedule-trace.jsonl [--every 25]
+    python3 scripts/replay_patience.py docs/results/screen-schedule-trace.jsonl [--every 25] [--horizons 500 1000]
 """
 
 import argparse
 import json
 from collections import defaultdict
 
-SCHEDULES = [(4, 500), (8, 500), (0, 500), (4, 1000), (8, 1000), (12, 1000), (0, 1000)]
+PATIENCES = [4, 8, 12, 0]  # 0: no early stopping
 
 
 def curves(path):
@@ -26,6 +26,11 @@ def curves(path):
             if point["split"] == "dev" and point["step"] > 0:
                 by_unit[(point["task"], point["det"])][point["step"]] = point["accuracy"]
     return by_unit
+
+
+def schedules(horizons):
+    """(patience, at most steps) for every patience at every horizon."""
+    return [(patience, steps) for steps in horizons for patience in PATIENCES]
 
 
 def replay(curve, every, patience, steps):
@@ -49,16 +54,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trace")
     parser.add_argument("--every", type=int, default=25, help="tune's --eval-every")
+    parser.add_argument("--horizons", type=int, nargs="+", default=[500, 1000], help="most steps, each replayed")
     args = parser.parse_args()
+    plan = schedules(args.horizons)
     by_unit = curves(args.trace)
     means = defaultdict(list)
     print("task det: (patience, steps) -> stop/kept step dev%")
     for (task, det), curve in sorted(by_unit.items()):
-        results = [replay(curve, args.every, patience, steps) for patience, steps in SCHEDULES]
-        cells = [f"({p or '∞'},{s}) {r[0]}/{r[1]} {100 * r[2]:.1f}" for (p, s), r in zip(SCHEDULES, results) if r]
+        results = [replay(curve, args.every, patience, steps) for patience, steps in plan]
+        cells = [f"({p or '∞'},{s}) {r[0]}/{r[1]} {100 * r[2]:.1f}" for (p, s), r in zip(plan, results) if r]
         print(f"{task} {det}: " + ("; ".join(cells) or "its trace is too short for any schedule"))
         if all(results):
-            for schedule, (stop, _, dev) in zip(SCHEDULES, results):
+            for schedule, (stop, _, dev) in zip(plan, results):
                 means[(det, *schedule)].append((dev, stop))
     print("\nmean kept dev % and mean steps run, per DET and schedule,")
     print("over the units whose traces reach every schedule")
