@@ -841,6 +841,40 @@ mod tests {
         );
     }
 
+    /// Only the units still training are scored on dev; a stopped one shows the best it keeps.
+    #[test]
+    fn a_stopped_unit_is_not_scored_again() {
+        let runtime = Runtime::load(RuntimeOptions {
+            provider: ProviderChoice::Cpu,
+            intra_threads: 1,
+            library: None,
+            shared_threads: false,
+        })
+        .unwrap();
+        let encoder =
+            Encoder::load(&runtime, &fixture("tiny"), &EncoderOptions::default()).unwrap();
+        let theta0 = Theta0::load(&ModelFiles::open(&fixture("tiny")).unwrap()).unwrap();
+        let tasks = [TrainTask::load(&encoder, &fixture("data/sst2"), None).unwrap()];
+        let units = [DetKind::Lora, DetKind::Adapter].map(|det| Unit { task: 0, det });
+        let space = Space::Original { theta0: &theta0 };
+        let init = units
+            .iter()
+            .map(|unit| vec![0.0; space.len(unit.det, &encoder).unwrap()])
+            .collect();
+        let training = Training {
+            encoder: &encoder,
+            tasks: &tasks,
+            units: &units,
+            space,
+        };
+        let options = FitOptions::new(crate::tuning::tune::TUNING, 1);
+        let mut state = FitState::new(init, &options);
+        state.best_dev[1] = scores(0.125);
+        let dev = evaluate_dev(&training, &state, &[0], &options).unwrap();
+        assert!(dev[0].n > 0, "the active unit is scored: {:?}", dev[0]);
+        assert_eq!(dev[1], scores(0.125), "the stopped unit keeps its best");
+    }
+
     /// A subspace unit's gradient, which `fit` takes as Uᵀ (d loss/d δ) with δ decoded on the
     /// host, equals the z-graph's own d loss/d z with U inside the graph, summed over its rows.
     #[test]
