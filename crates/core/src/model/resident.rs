@@ -669,13 +669,7 @@ mod tests {
     }
 
     fn runtime() -> Runtime {
-        Runtime::load(RuntimeOptions {
-            provider: ProviderChoice::Cpu,
-            intra_threads: 1,
-            library: None,
-            shared_threads: false,
-        })
-        .unwrap()
+        crate::runtime::test_runtime()
     }
 
     /// U ~ N(0, 0.05²/d), base ~ N(0, 0.03²) for every DET, as in the export's tests.

@@ -368,6 +368,18 @@ fn find_library(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
         })
 }
 
+/// A CPU runtime on one thread: what the crate's tests run on.
+#[cfg(test)]
+pub(crate) fn test_runtime() -> Runtime {
+    Runtime::load(RuntimeOptions {
+        provider: ProviderChoice::Cpu,
+        intra_threads: 1,
+        library: None,
+        shared_threads: false,
+    })
+    .expect("a CPU runtime loads")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -794,7 +794,7 @@ mod tests {
 
     use super::*;
     use crate::model::{EncoderOptions, ModelFiles};
-    use crate::runtime::{ProviderChoice, Runtime, RuntimeOptions};
+    use crate::runtime::test_runtime;
 
     fn fixture(path: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -844,13 +844,7 @@ mod tests {
     /// Only the units still training are scored on dev; a stopped one shows the best it keeps.
     #[test]
     fn a_stopped_unit_is_not_scored_again() {
-        let runtime = Runtime::load(RuntimeOptions {
-            provider: ProviderChoice::Cpu,
-            intra_threads: 1,
-            library: None,
-            shared_threads: false,
-        })
-        .unwrap();
+        let runtime = test_runtime();
         let encoder =
             Encoder::load(&runtime, &fixture("tiny"), &EncoderOptions::default()).unwrap();
         let theta0 = Theta0::load(&ModelFiles::open(&fixture("tiny")).unwrap()).unwrap();
@@ -879,13 +873,7 @@ mod tests {
     /// host, equals the z-graph's own d loss/d z with U inside the graph, summed over its rows.
     #[test]
     fn host_decoded_z_gradients_equal_the_graphs() {
-        let runtime = Runtime::load(RuntimeOptions {
-            provider: ProviderChoice::Cpu,
-            intra_threads: 1,
-            library: None,
-            shared_threads: false,
-        })
-        .unwrap();
+        let runtime = test_runtime();
         let options = EncoderOptions {
             with_grad: true,
             ..EncoderOptions::default()
