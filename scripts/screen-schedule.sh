@@ -52,9 +52,6 @@ for t in $tasks; do
   lock=$runs/locks/$unit
   claim "$lock" || { echo "== $t $det $space shots=$shots: another screen-schedule.sh runs it"; continue; }
   checkpoint=$runs/$unit.checkpoint.safetensors
-  # The first version of this script named whole-training-set checkpoints without the shots.
-  old=$runs/$t-$det-$steps.checkpoint.safetensors
-  if [ "$shots" = full ] && [ -f "$old" ] && [ ! -f "$checkpoint" ]; then mv "$old" "$checkpoint"; fi
   started=$SECONDS
   echo "== $t $det $space shots=$shots steps=$steps: $(date -u +%FT%TZ)"
   common=(--model "$runs/model" --data "$data/$t" --seed 1 --det "$det" --steps "$steps" --patience 0 "${few[@]}"

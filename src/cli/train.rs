@@ -497,7 +497,9 @@ fn train_det(config: &Config, args: DetArgs) -> anyhow::Result<()> {
     let encoder = args.training.encoder(config)?;
     let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
     let tasks = args.training.tasks(&encoder, &args.data)?;
-    let mut trace = (args.trace).open(&args.training, TRAINING, &args.optimizer.to_string())?;
+    let mut trace = args
+        .trace
+        .open(&args.training, TRAINING, &args.optimizer.to_string())?;
     let solutions = train_dets(
         &encoder,
         &theta0,

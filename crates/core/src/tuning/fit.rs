@@ -625,8 +625,8 @@ struct FitState {
     best: Vec<Vec<f32>>,
     best_dev: Vec<Scores>,
     best_step: Vec<usize>,
-    /// Evaluations since each unit's last improvement on dev (early stopping, with a perfect
-    /// `best_dev`).
+    /// Evaluations since each unit's last improvement on dev (early stopping, with `best_dev`:
+    /// see `active`).
     stale: Vec<usize>,
     optimizers: Vec<Box<dyn Optimizer>>,
 }
