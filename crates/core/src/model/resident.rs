@@ -659,7 +659,6 @@ mod tests {
 
     use super::*;
     use crate::model::{DetParams, Encoder, EncoderOptions, TextInput};
-    use crate::runtime::{ProviderChoice, RuntimeOptions};
 
     const D: usize = 16;
     const TOLERANCE: f32 = 1e-5;
