@@ -79,7 +79,9 @@ pub struct TrainingArgs {
     /// Random seed: same seed, same run.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Checkpoint file, written at every evaluation and resumed from when present.
+    /// Checkpoint file, written at every evaluation and resumed from when present. A checkpoint
+    /// of another run (space, seed, training set, optimizer, learning rate or batch) is refused;
+    /// --steps and --patience may change on resume.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
 }

@@ -270,6 +270,13 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("another run"), "{error}");
+    // Nor another learning rate: it would continue another trajectory.
+    let mut faster = interrupted.clone();
+    faster.lr *= 2.0;
+    let error = fit(training, init(), &faster, "faster")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("another schedule"), "{error}");
 }
 
 #[test]

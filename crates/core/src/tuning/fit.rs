@@ -331,7 +331,7 @@ pub fn fit_observed(
             observing += observe_started.elapsed();
             anyhow::Ok(())
         };
-    let run = run_id(&training, options);
+    let run = Run::of(&training, options);
     let mut state = FitState::new(init, options);
     if let Some(path) = options.checkpoint.as_ref().filter(|p| p.is_file()) {
         state.resume(path, training.units, &run)?;
@@ -427,20 +427,37 @@ fn evaluate_dev(
     Ok(dev)
 }
 
-/// Names what a checkpoint must have been written by to be resumed: the space, the seed, and
-/// each task's training set size (which --shots and --max-examples change).
-fn run_id(training: &Training<'_>, options: &FitOptions) -> String {
-    let sizes: Vec<String> = training
-        .tasks
-        .iter()
-        .map(|t| format!("{}:{}", t.data.name, t.data.train.len()))
-        .collect();
-    format!(
-        "{} seed {} train {}",
-        training.space.describe(),
-        options.seed,
-        sizes.join(",")
-    )
+/// What a checkpoint must have been written by to be resumed, in its metadata.
+struct Run {
+    /// The space, the seed, and each task's training set size (which --shots and --max-examples
+    /// change).
+    id: String,
+    /// The optimizer, its learning rate and rows per step: another of them would continue another
+    /// trajectory. The step budget and the patience may change between a run and its resume: they
+    /// only say when it ends.
+    schedule: String,
+}
+
+impl Run {
+    fn of(training: &Training<'_>, options: &FitOptions) -> Self {
+        let sizes: Vec<String> = training
+            .tasks
+            .iter()
+            .map(|t| format!("{}:{}", t.data.name, t.data.train.len()))
+            .collect();
+        Self {
+            id: format!(
+                "{} seed {} train {}",
+                training.space.describe(),
+                options.seed,
+                sizes.join(",")
+            ),
+            schedule: format!(
+                "{} lr {} batch {}",
+                options.optimizer, options.lr, options.batch
+            ),
+        }
+    }
 }
 
 /// One optimizer step of the `active` units: their rows through the encoder in runs of
@@ -689,8 +706,8 @@ impl FitState {
         }
     }
 
-    /// Writes the checkpoint of run `run` (see `run_id`).
-    fn write(&self, path: &std::path::Path, units: &[Unit], run: &str) -> anyhow::Result<()> {
+    /// Writes the checkpoint of `run`.
+    fn write(&self, path: &std::path::Path, units: &[Unit], run: &Run) -> anyhow::Result<()> {
         let mut names = Vec::new();
         for (index, ((value, best), optimizer)) in self
             .values
@@ -721,14 +738,15 @@ impl FitState {
                 serde_json::to_string(&self.best_step)?,
             ),
             ("stale".to_string(), serde_json::to_string(&self.stale)?),
-            ("run".to_string(), run.to_string()),
+            ("run".to_string(), run.id.clone()),
+            ("schedule".to_string(), run.schedule.clone()),
         ]);
         TensorFile::write(path, &tensors, metadata, Storage::F32)?;
         Ok(())
     }
 
-    /// Continues from the checkpoint at `path`, which run `run` must have written.
-    fn resume(&mut self, path: &std::path::Path, units: &[Unit], run: &str) -> anyhow::Result<()> {
+    /// Continues from the checkpoint at `path`, which `run` must have written.
+    fn resume(&mut self, path: &std::path::Path, units: &[Unit], run: &Run) -> anyhow::Result<()> {
         let mut file = TensorFile::read(path)?;
         let meta = |key: &str| {
             file.metadata
@@ -741,21 +759,34 @@ impl FitState {
             "checkpoint {} is for other tasks or DETs; delete it to start over",
             path.display()
         );
-        // Checkpoints written before runs were recorded have no "run", and those written before
-        // the run named its training set sizes lack the " train ..." part: both are taken as
-        // they are.
+        // Checkpoints written before runs were recorded have no "run", those written before the
+        // run named its training set sizes lack the " train ..." part, and those written before
+        // it named its schedule have no "schedule": all are taken as they are.
         let older = |found: &str| {
-            run.strip_prefix(found)
+            run.id
+                .strip_prefix(found)
                 .is_some_and(|rest| rest.starts_with(" train "))
         };
         if let Some(found) = file
             .metadata
             .get("run")
-            .filter(|found| *found != run && !older(found))
+            .filter(|found| **found != run.id && !older(found))
         {
             anyhow::bail!(
-                "checkpoint {} was written by another run ({found}, not {run}); delete it to start over",
-                path.display()
+                "checkpoint {} was written by another run ({found}, not {}); delete it to start over",
+                path.display(),
+                run.id
+            );
+        }
+        if let Some(found) = file
+            .metadata
+            .get("schedule")
+            .filter(|found| **found != run.schedule)
+        {
+            anyhow::bail!(
+                "checkpoint {} was written with another schedule ({found}, not {}); delete it to start over",
+                path.display(),
+                run.schedule
             );
         }
         let step = meta("step")?.parse()?;
