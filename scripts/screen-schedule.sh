@@ -46,11 +46,14 @@ own_copies "$runs"
 bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 out=docs/results/screen-schedule$suffix.jsonl
 touch "$out"
+# screened TASK: whether TASK's line (this det, shots and steps) is in the results.
+screened() { grep -q "\"task\":\"$1\",\"det\":\"$det\",\"shots\":\"$shots\",\"steps\":$steps," "$out"; }
 for t in $tasks; do
-  grep -q "\"task\":\"$t\",\"det\":\"$det\",\"shots\":\"$shots\",\"steps\":$steps," "$out" && continue
+  screened "$t" && continue
   unit=$t-$det$suffix-$shots-$steps
   lock=$runs/locks/$unit
   claim "$lock" || { echo "== $t $det $space shots=$shots: another screen-schedule.sh runs it"; continue; }
+  if screened "$t"; then release "$lock"; continue; fi  # finished by another meanwhile
   checkpoint=$runs/$unit.checkpoint.safetensors
   started=$SECONDS
   echo "== $t $det $space shots=$shots steps=$steps: $(date -u +%FT%TZ)"

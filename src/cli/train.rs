@@ -553,6 +553,11 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
             let Some(det) = args.det else {
                 bail!("--optimizer cmaes tunes through one DET: give --det");
             };
+            if args.training.checkpoint.is_some() || args.training.patience.is_some() {
+                bail!(
+                    "--optimizer cmaes neither checkpoints nor stops early: drop --checkpoint and --patience"
+                );
+            }
             let schedule = args.training.schedule(CMAES);
             let options = CmaOptions {
                 generations: schedule.steps,

@@ -277,6 +277,13 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("another schedule"), "{error}");
+    // Nor dev scores on another number of examples: the kept best would not compare.
+    let mut whole_dev = interrupted.clone();
+    whole_dev.eval_limit = None;
+    let error = fit(training, init(), &whole_dev, "whole dev")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("another schedule"), "{error}");
 }
 
 #[test]
@@ -877,6 +884,11 @@ fn tune_without_a_det_tunes_all_three_and_keeps_the_best_on_dev() {
     .concat();
     let message = deltaspace_refuses(&[&args[..], &["--out", &task]].concat());
     assert!(message.contains("give --det"), "{message}");
+    // It neither checkpoints nor stops early, and says so rather than ignore the flags.
+    let checkpoint = out("cma.checkpoint.safetensors");
+    let flags = ["--det", "lora", "--checkpoint", &checkpoint, "--out", &task];
+    let message = deltaspace_refuses(&[&args[..], &flags].concat());
+    assert!(message.contains("drop --checkpoint"), "{message}");
 }
 
 #[test]

@@ -336,6 +336,13 @@ pub fn fit_observed(
     if let Some(path) = options.checkpoint.as_ref().filter(|p| p.is_file()) {
         state.resume(path, training.units, &run)?;
         tracing::info!(step = state.step, checkpoint = %path.display(), "resuming");
+        if state.step > options.steps {
+            tracing::warn!(
+                step = state.step,
+                steps = options.steps,
+                "the checkpoint is past the step budget: the run ends with what it kept"
+            );
+        }
     }
     let mut losses = Vec::new();
     let progress = Progress::new(label, options.steps as u64);
@@ -432,9 +439,10 @@ struct Run {
     /// The space, the seed, and each task's training set size (which --shots and --max-examples
     /// change).
     id: String,
-    /// The optimizer, its learning rate and rows per step: another of them would continue another
-    /// trajectory. The step budget and the patience may change between a run and its resume: they
-    /// only say when it ends.
+    /// The optimizer, its learning rate, rows per step and tokens per row (another of them would
+    /// continue another trajectory), and the dev examples per evaluation (the kept best dev would
+    /// be compared with scores on another set). The step budget and the patience may change
+    /// between a run and its resume: they only say when it ends.
     schedule: String,
 }
 
@@ -453,8 +461,14 @@ impl Run {
                 sizes.join(",")
             ),
             schedule: format!(
-                "{} lr {} batch {}",
-                options.optimizer, options.lr, options.batch
+                "{} lr {} batch {} tokens {} dev {}",
+                options.optimizer,
+                options.lr,
+                options.batch,
+                training.encoder.tokenizer().max_seq_len(),
+                options
+                    .eval_limit
+                    .map_or("all".to_string(), |limit| limit.to_string())
             ),
         }
     }
