@@ -659,16 +659,13 @@ mod tests {
 
     use super::*;
     use crate::model::{DetParams, Encoder, EncoderOptions, TextInput};
+    use crate::runtime::test_runtime;
 
     const D: usize = 16;
     const TOLERANCE: f32 = 1e-5;
 
     fn tiny_dir() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny")
-    }
-
-    fn runtime() -> Runtime {
-        crate::runtime::test_runtime()
     }
 
     /// U ~ N(0, 0.05²/d), base ~ N(0, 0.03²) for every DET, as in the export's tests.
@@ -721,7 +718,7 @@ mod tests {
     /// Checks `resident.embed` against `Encoder::embed` on batches of `batches` rows; returns how
     /// many shape buckets the resident encoder made.
     fn check(options: &ResidentOptions, batches: &[usize]) -> usize {
-        let runtime = runtime();
+        let runtime = test_runtime();
         let encoder = Encoder::load(&runtime, &tiny_dir(), &EncoderOptions::default()).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let params = random_params(encoder.manifest(), &mut rng);
@@ -780,7 +777,7 @@ mod tests {
 
     #[test]
     fn the_plain_graph_runs_resident_too() {
-        let runtime = runtime();
+        let runtime = test_runtime();
         let options = EncoderOptions {
             with_plain: true,
             ..EncoderOptions::default()
@@ -816,7 +813,7 @@ mod tests {
     /// allocated), run here between CPU tensors: same element type and shape checks, same calls.
     #[test]
     fn the_device_copy_calls_work_between_cpu_tensors() {
-        let _runtime = runtime();
+        let _runtime = test_runtime();
         let values = Array2::from_shape_fn((3, 5), |(i, j)| (i * 5 + j) as i64);
         let mut target = Tensor::<i64>::new(&Allocator::default(), [3usize, 5]).unwrap();
         fill_by_copy(&mut target, values.clone()).unwrap();
@@ -831,7 +828,7 @@ mod tests {
 
     #[test]
     fn wrong_shapes_are_errors_not_panics() {
-        let runtime = runtime();
+        let runtime = test_runtime();
         let encoder = Encoder::load(&runtime, &tiny_dir(), &EncoderOptions::default()).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let params = random_params(encoder.manifest(), &mut rng);
