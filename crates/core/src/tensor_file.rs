@@ -152,12 +152,13 @@ impl TensorFile {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let bytes = safetensors::serialize(views, Some(metadata)).map_err(|source| {
+        let mut bytes = safetensors::serialize(views, Some(metadata)).map_err(|source| {
             TensorFileError::Format {
                 path: path.to_path_buf(),
                 source,
             }
         })?;
+        sort_header(&mut bytes);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -165,6 +166,38 @@ impl TensorFile {
         std::fs::write(&temporary, bytes).map_err(io)?;
         std::fs::rename(&temporary, path).map_err(io)
     }
+}
+
+/// safetensors writes the metadata in a HashMap's order, which changes from run to run, so the same tensors and
+/// metadata made different bytes. This writes the header again with its keys sorted: the same keys and values, so
+/// the same length, and a file made twice from the same content is the same file (a re-made subspace is not a
+/// change to commit). Bytes it cannot read as a header are left as they are (`None`).
+fn sort_header(bytes: &mut [u8]) -> Option<()> {
+    let length = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let end = length.checked_add(8)?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..end)?).ok()?;
+    let sorted = serde_json::to_vec(&sort_keys(header)).ok()?;
+    if sorted.len() > length {
+        return None;
+    }
+    bytes[8..8 + sorted.len()].copy_from_slice(&sorted);
+    bytes[8 + sorted.len()..end].fill(b' ');
+    Some(())
+}
+
+/// `header` with the keys of its nested objects (the metadata) sorted too, whatever map serde_json was built with.
+fn sort_keys(header: BTreeMap<String, serde_json::Value>) -> BTreeMap<String, serde_json::Value> {
+    header
+        .into_iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::Object(object) => {
+                let sorted: BTreeMap<String, serde_json::Value> = object.into_iter().collect();
+                (key, serde_json::to_value(sorted).unwrap_or_default())
+            }
+            other => (key, other),
+        })
+        .collect()
 }
 
 fn widen(view: &TensorView<'_>) -> Option<Vec<f32>> {
@@ -218,6 +251,47 @@ mod tests {
                     .contains("\"b\" is missing")
             );
         }
+    }
+
+    #[test]
+    fn the_same_content_always_makes_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = [
+            "name", "d", "seed", "format", "dets", "id", "base", "layout",
+        ];
+        let write = |file: &str| {
+            // A new HashMap each time: its iteration order is seeded per map.
+            let metadata: HashMap<String, String> = keys
+                .iter()
+                .map(|k| (k.to_string(), format!("{k}-value")))
+                .collect();
+            let path = dir.path().join(file);
+            let values = [1.0f32, 2.0, 3.0, 4.0];
+            TensorFile::write(
+                &path,
+                &[("b", &[4], &values), ("a", &[2, 2], &values)],
+                metadata,
+                Storage::F16,
+            )
+            .unwrap();
+            std::fs::read(path).unwrap()
+        };
+        let first = write("first.safetensors");
+        assert_eq!(first, write("second.safetensors"));
+        let header = String::from_utf8_lossy(&first[8..]);
+        let positions: Vec<usize> = [
+            "base", "d", "dets", "format", "id", "layout", "name", "seed",
+        ]
+        .iter()
+        .map(|k| header.find(&format!("\"{k}\":\"{k}-value\"")).unwrap())
+        .collect();
+        assert!(
+            positions.is_sorted(),
+            "metadata keys out of order: {header}"
+        );
+        let file = TensorFile::read(&dir.path().join("first.safetensors")).unwrap();
+        assert_eq!(file.metadata.len(), keys.len());
+        assert_eq!(file.get("a").unwrap().values, vec![1.0, 2.0, 3.0, 4.0]);
     }
 
     #[test]
