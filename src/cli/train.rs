@@ -63,7 +63,8 @@ pub struct TrainingArgs {
     #[arg(long, default_value_t = fit::RUN_ROWS, value_parser = at_least::<1>)]
     pub run_rows: usize,
     /// Stop training after this many seconds of wall time: the step that ends past it is
-    /// evaluated and ends the run [default: no limit].
+    /// evaluated and ends the run; off the --eval-every grid, that evaluation keeps a better z
+    /// but does not count toward the patience of a resumed run [default: no limit].
     #[arg(long, value_parser = positive::<f64>)]
     pub max_seconds: Option<f64>,
     /// Use at most this many examples of each split (files are shuffled and stratified).

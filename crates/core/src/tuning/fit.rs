@@ -376,7 +376,7 @@ pub fn fit_observed(
             continue;
         }
         let dev = evaluate_dev(&training, &state, &active, options)?;
-        state.record_dev(&active, &dev, options.patience);
+        state.record_dev(&active, &dev, options.patience, due);
         let mean_dev = dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len().max(1) as f32;
         progress.report(state.step as u64, loss, Some(mean_dev));
         if let Some(path) = &options.checkpoint {
@@ -699,8 +699,16 @@ impl FitState {
     }
 
     /// Keeps each active unit's values if `dev` is its best accuracy so far, and counts an
-    /// evaluation without improvement otherwise.
-    fn record_dev(&mut self, active: &[usize], dev: &[Scores], patience: Option<usize>) {
+    /// evaluation without improvement otherwise, if it is `on_grid` (every `eval_every` steps).
+    /// One off the grid, forced by the time limit, keeps better values but counts nothing: a run
+    /// resumed after it is not one evaluation nearer its stop than an uninterrupted run.
+    fn record_dev(
+        &mut self,
+        active: &[usize],
+        dev: &[Scores],
+        patience: Option<usize>,
+        on_grid: bool,
+    ) {
         for &unit in active {
             if dev[unit].accuracy > self.best_dev[unit].accuracy {
                 self.best_dev[unit] = dev[unit];
@@ -710,6 +718,9 @@ impl FitState {
                 if patience.is_some() && self.perfect(unit) {
                     tracing::info!(unit, step = self.step, "stopped: dev accuracy is perfect");
                 }
+                continue;
+            }
+            if !on_grid {
                 continue;
             }
             self.stale[unit] += 1;
@@ -866,19 +877,29 @@ mod tests {
             &[0, 1, 2],
             &[scores(0.5), scores(0.5), scores(1.0)],
             patience,
+            true,
         );
         assert_eq!(state.active(patience), [0, 1], "a perfect dev stops unit 2");
-        state.record_dev(&[0, 1], &[scores(0.5), scores(0.75)], patience);
-        state.record_dev(&[0, 1], &[scores(0.25), scores(0.5)], patience);
+        state.record_dev(&[0, 1], &[scores(0.5), scores(0.75)], patience, true);
+        state.record_dev(&[0, 1], &[scores(0.25), scores(0.5)], patience, true);
         assert_eq!(state.active(patience), [1], "unit 0 did not improve twice");
         assert_eq!(state.best_dev[1].accuracy, 0.75);
+        // An evaluation off the grid (the time limit's) keeps a better z but counts no stale one.
+        state.record_dev(&[1], &[scores(0.0), scores(0.5)], patience, false);
+        assert_eq!(state.active(patience), [1]);
+        state.record_dev(&[1], &[scores(0.0), scores(0.5)], patience, true);
+        assert_eq!(
+            state.active(patience),
+            Vec::<usize>::new(),
+            "unit 1 did not improve twice"
+        );
         assert_eq!(state.active(None), [0, 1, 2]);
         // The stop follows from the best dev, which checkpoints keep: a run resumed with
         // another patience leaves the perfect unit stopped.
         assert_eq!(state.active(Some(100)), [0, 1]);
 
         let mut endless = FitState::new(vec![vec![0.0]], &options);
-        endless.record_dev(&[0], &[scores(1.0)], None);
+        endless.record_dev(&[0], &[scores(1.0)], None, true);
         assert_eq!(
             endless.active(None),
             [0],
