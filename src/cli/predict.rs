@@ -139,7 +139,10 @@ pub fn info(config: &Config, args: InfoArgs) -> anyhow::Result<()> {
 }
 
 /// Reads TASK.json and validates it against the loaded subspace.
-fn load_task(path: &std::path::Path, subspace: &crate::subspace::Subspace) -> anyhow::Result<Task> {
+pub(super) fn load_task(
+    path: &std::path::Path,
+    subspace: &crate::subspace::Subspace,
+) -> anyhow::Result<Task> {
     let task = Task::load(path)?;
     if let Some(reference) = task.subspace.as_ref().filter(|r| !subspace.matches(r)) {
         return Err(TaskError::Subspace {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use super::predict::load_task;
 use super::{at_least, load_encoder, load_subspace, positive};
 use crate::config::Config;
 use crate::det::{DetKind, Theta0};
@@ -230,6 +231,11 @@ pub struct TuneArgs {
     /// is a no-op, a head on the frozen model).
     #[arg(long)]
     pub freeze_z: bool,
+    /// Start z from this task file's z (made for the same subspace; its labels and head are not
+    /// used) instead of N(0, 0.02²): a warm start, such as an upstream task's code
+    /// (export/upstream_codes.py writes them).
+    #[arg(long, conflicts_with = "freeze_z")]
+    pub init: Option<PathBuf>,
     /// adam, adafactor (exact gradients) or cmaes (derivative-free).
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
@@ -559,6 +565,9 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                     "--optimizer cmaes neither checkpoints nor stops early: drop --checkpoint and --patience"
                 );
             }
+            if args.init.is_some() {
+                bail!("--optimizer cmaes starts from its own mean: drop --init");
+            }
             let schedule = args.training.schedule(CMAES);
             let options = CmaOptions {
                 generations: schedule.steps,
@@ -578,10 +587,15 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                 bail!("--freeze-z trains only the head: give --head bias or --head prototypes");
             }
             let dets = args.det.map_or(DetKind::ALL.to_vec(), |det| vec![det]);
+            let start = match &args.init {
+                Some(path) => Some(load_task(path, &subspace)?.z),
+                None => None,
+            };
             let target = Target {
                 dets: &dets,
                 head: args.head,
                 train_z: !args.freeze_z,
+                start: start.as_deref(),
             };
             tune_gradient(
                 &encoder,

@@ -156,6 +156,7 @@ fn options(steps: usize) -> FitOptions {
         checkpoint: None,
         final_limit: None,
         max_seconds: None,
+        start: None,
     }
 }
 
@@ -846,6 +847,74 @@ fn tune_with_a_head_writes_it_and_every_command_scores_through_it() {
     let message =
         deltaspace_refuses(&[&args[..], &["--optimizer", "cmaes", "--out", &cma]].concat());
     assert!(message.contains("give --head none"), "{message}");
+}
+
+/// `tune --init` starts z from another task's z (a warm start): with no step taken the task
+/// keeps it; a checkpoint remembers the start; a task of another subspace or a frozen z is refused.
+#[test]
+fn tune_init_starts_z_from_another_tasks_z() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let model = tiny_dir().display().to_string();
+    let sst2 = data("sst2").display().to_string();
+    let (subspace, other) = (out("random.safetensors"), out("other.safetensors"));
+    for (file, seed) in [(&subspace, "1"), (&other, "2")] {
+        deltaspace(&[
+            "subspace", "random", "--model", &model, "--dim", "3", "--seed", seed, "--out", file,
+        ]);
+    }
+    // tune SPACE EXTRA TASK: the arguments of a short tune through LoRA.
+    let tune = |space: &str, extra: &[&str], task: &str| -> Vec<String> {
+        let common = [
+            "tune",
+            "--model",
+            &model,
+            "--subspace",
+            space,
+            "--data",
+            &sst2,
+        ];
+        let schedule = ["--det", "lora", "--batch", "8", "--eval-every", "3"];
+        let args = [&common[..], &schedule, extra, &["--out", task]].concat();
+        args.into_iter().map(String::from).collect()
+    };
+    let run = |args: Vec<String>| deltaspace(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let refused = |args: Vec<String>| {
+        deltaspace_refuses(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let z = |task: &str| {
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(task).unwrap()).unwrap();
+        file["z"].clone()
+    };
+    let (first, second) = (out("first.json"), out("second.json"));
+    run(tune(&subspace, &["--steps", "6"], &first));
+    run(tune(
+        &subspace,
+        &["--steps", "0", "--init", &first],
+        &second,
+    ));
+    assert_eq!(z(&second), z(&first), "no step: z is where it started");
+
+    let checkpoint = out("started.checkpoint.safetensors");
+    let resumable = ["--steps", "3", "--checkpoint", &checkpoint];
+    run(tune(
+        &subspace,
+        &[&resumable[..], &["--init", &first]].concat(),
+        &second,
+    ));
+    let message = refused(tune(&subspace, &resumable, &second));
+    assert!(
+        message.contains("another run") && message.contains("start z"),
+        "{message}"
+    );
+
+    let elsewhere = out("elsewhere.json");
+    run(tune(&other, &["--steps", "3"], &elsewhere));
+    let message = refused(tune(&subspace, &["--init", &elsewhere], &second));
+    assert!(message.contains("subspace"), "{message}");
+    let message = refused(tune(&subspace, &["--init", &first, "--freeze-z"], &second));
+    assert!(message.contains("--freeze-z"), "{message}");
 }
 
 #[test]

@@ -112,6 +112,9 @@ pub struct FitOptions {
     /// Wall-clock budget in seconds: the first step that ends past it is evaluated and ends the
     /// run (None: no limit). The final scores come after it.
     pub max_seconds: Option<f64>,
+    /// What the values start from when it is not the seeded default (stage 2 names a warm
+    /// start's z by its digest): part of the run a checkpoint must have been written by.
+    pub start: Option<String>,
 }
 
 impl FitOptions {
@@ -132,6 +135,7 @@ impl FitOptions {
             checkpoint: None,
             final_limit: None,
             max_seconds: None,
+            start: None,
         }
     }
 }
@@ -436,8 +440,8 @@ fn evaluate_dev(
 
 /// What a checkpoint must have been written by to be resumed, in its metadata.
 struct Run {
-    /// The space, the seed, and each task's training set size (which --shots and --max-examples
-    /// change).
+    /// The space, the seed, each task's training set size (which --shots and --max-examples
+    /// change), and a start other than the seeded default.
     id: String,
     /// The optimizer, its learning rate, rows per step and tokens per row (another of them would
     /// continue another trajectory), and the dev examples per evaluation (the kept best dev would
@@ -453,9 +457,13 @@ impl Run {
             .iter()
             .map(|t| format!("{}:{}", t.data.name, t.data.train.len()))
             .collect();
+        let start = options
+            .start
+            .as_ref()
+            .map_or(String::new(), |start| format!(" start {start}"));
         Self {
             id: format!(
-                "{} seed {} train {}",
+                "{} seed {} train {}{start}",
                 training.space.describe(),
                 options.seed,
                 sizes.join(",")

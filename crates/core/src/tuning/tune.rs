@@ -12,6 +12,7 @@ use anyhow::Context;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::batch::{EncodedRows, Row, TrainTask, row_losses};
 use super::data::{Split, minibatch};
@@ -50,6 +51,16 @@ fn initial_z(d: usize, seed: u64) -> Vec<f32> {
     (0..d).map(|_| normal.sample(&mut rng)).collect()
 }
 
+/// A start's name in checkpoints: "z" and the first 12 hex digits of its values' SHA-256.
+fn digest(values: &[f32]) -> String {
+    let mut hasher = Sha256::new();
+    for value in values {
+        hasher.update(value.to_le_bytes());
+    }
+    let hex = format!("{:x}", hasher.finalize());
+    format!("z {}", &hex[..12])
+}
+
 /// Stage 2's schedule, for `deltaspace tune` and the server's tune jobs alike: a learning rate
 /// that moves z (its init is N(0, 0.02²)), and early stopping on dev, so that a task stops when
 /// it stops improving rather than after a fixed budget. The patience is long because dev
@@ -79,6 +90,9 @@ pub struct Target<'a> {
     /// False: z stays 0 and only the head trains (with LoRA, whose θ⁰ is a no-op, that is a
     /// head on the frozen model).
     pub train_z: bool,
+    /// Where z starts for every task and DET (a warm start: another task's z, say an upstream
+    /// task's code); None: the paper's N(0, 0.02²), seeded per task.
+    pub start: Option<&'a [f32]>,
 }
 
 impl Target<'static> {
@@ -88,6 +102,7 @@ impl Target<'static> {
         dets: &DetKind::ALL,
         head: HeadTuning::Prototypes,
         train_z: true,
+        start: None,
     };
 }
 
@@ -110,6 +125,23 @@ pub fn tune_gradient(
     mut watch: Option<Watch<'_>>,
 ) -> anyhow::Result<Vec<Tuned>> {
     anyhow::ensure!(!target.dets.is_empty(), "tune through at least one DET");
+    let with_start;
+    let options = match target.start {
+        None => options,
+        Some(start) => {
+            anyhow::ensure!(
+                start.len() == subspace.d() && target.train_z,
+                "a start for z needs d = {} values and z to train (it has {})",
+                subspace.d(),
+                start.len()
+            );
+            with_start = FitOptions {
+                start: Some(digest(start)),
+                ..options.clone()
+            };
+            &with_start
+        }
+    };
     let units: Vec<Unit> = (0..tasks.len())
         .flat_map(|task| target.dets.iter().map(move |&det| Unit { task, det }))
         .collect();
@@ -125,9 +157,12 @@ pub fn tune_gradient(
         .iter()
         .map(|unit| {
             let task = &tasks[unit.task];
-            let mut values = match target.train_z {
-                true => initial_z(subspace.d(), options.seed.wrapping_add(unit.task as u64)),
-                false => vec![0.0; subspace.d()],
+            let mut values = match (target.train_z, target.start) {
+                (false, _) => vec![0.0; subspace.d()],
+                (true, Some(start)) => start.to_vec(),
+                (true, None) => {
+                    initial_z(subspace.d(), options.seed.wrapping_add(unit.task as u64))
+                }
             };
             values.resize(
                 values.len() + head.len(task.descriptions.len(), hidden),
