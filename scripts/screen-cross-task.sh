@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Does an upstream task's solution help an unseen task before any tuning? Each upstream task's stage-0 solution
-# (the δ its code in the default subspace decodes to: the learned columns span them) is scored on each unseen
+# (what its code in the default subspace decodes to, up to f16 rounding: the learned columns span them; see
+# export/upstream_codes.py) is scored on each unseen
 # task's dev set, with the unseen task's label descriptions, against the frozen model (zero-shot) on the same
 # examples. A solution that beats zero-shot there is a starting point a random subspace cannot offer (z could start
 # at its code); none beating it says that the learned directions carry nothing across tasks even before tuning.

@@ -12,6 +12,7 @@
 # are missing). One line per task in docs/results/screen-warm-start.jsonl ({task, shots, seed, source, source_dev,
 # det, dev, test, seconds}); a task with a line is skipped, and a cut-off tune resumes from its checkpoint.
 set -euo pipefail
+shopt -s inherit_errexit  # a failed eval inside $(...) stops the script
 cd "$(dirname "$0")/.."
 data=${1:?usage: scripts/screen-warm-start.sh DATA_DIR [TASK...]}
 shift
@@ -27,15 +28,19 @@ codes=runs/upstream-codes
 out=docs/results/screen-warm-start.jsonl
 touch "$out"
 [ -f "$codes/sst2.json" ] || .venv-export/bin/python export/upstream_codes.py --subspace "$subspace" \
-  --solutions "$solutions" --data "$data" --out "$codes" > /dev/null
+  --solutions "$solutions" --data "$data" --out "$codes" > "$codes.jsonl"  # how much of each δ its code keeps
 
 for t in $tasks; do
   grep -q "\"task\":\"$t\"" "$out" && continue
   echo "== $t: choosing the upstream code on k = 16 dev ($(date -u +%FT%TZ))"
   scores=$(for source in $UPSTREAM_TASKS; do
     "${bin[@]}" eval "${common[@]}" --data "$data/$t" --solution "$solutions/$source.lora.safetensors" \
-      --split dev --shots 16 --seed 1 2> /dev/null | tail -1 | sed "s/^{/{\"source\":\"$source\",/"
+      --split dev --shots 16 --seed 1 2>> "$runs/eval.log" | tail -1 | sed "s/^{/{\"source\":\"$source\",/"
   done)
+  if [ "$(printf '%s\n' "$scores" | grep -c '"accuracy"')" -ne "$(echo $UPSTREAM_TASKS | wc -w)" ]; then
+    echo "$t: not every upstream solution was scored (see $runs/eval.log)" >&2
+    exit 1
+  fi
   best=$(printf '%s\n' "$scores" | python3 -c 'import json, sys
 lines = [json.loads(l) for l in sys.stdin if l.strip()]
 best = max(lines, key=lambda l: (l["macro_f1"], l["accuracy"]))

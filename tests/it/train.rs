@@ -908,6 +908,13 @@ fn tune_init_starts_z_from_another_tasks_z() {
         message.contains("another run") && message.contains("start z"),
         "{message}"
     );
+    let third = out("third.json");
+    let message = refused(tune(
+        &subspace,
+        &[&resumable[..], &["--init", &second]].concat(),
+        &third,
+    ));
+    assert!(message.contains("another run"), "another start: {message}");
 
     let elsewhere = out("elsewhere.json");
     run(tune(&other, &["--steps", "3"], &elsewhere));

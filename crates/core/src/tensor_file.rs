@@ -158,7 +158,9 @@ impl TensorFile {
                 source,
             }
         })?;
-        sort_header(&mut bytes);
+        if sort_header(&mut bytes).is_none() {
+            tracing::warn!(path = %path.display(), "header left in the order safetensors wrote it");
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }

@@ -443,6 +443,8 @@ struct Run {
     /// The space, the seed, each task's training set size (which --shots and --max-examples
     /// change), and a start other than the seeded default.
     id: String,
+    /// That start, if any ([`FitOptions::start`]).
+    start: Option<String>,
     /// The optimizer, its learning rate, rows per step and tokens per row (another of them would
     /// continue another trajectory), and the dev examples per evaluation (the kept best dev would
     /// be compared with scores on another set). The step budget and the patience may change
@@ -468,6 +470,7 @@ impl Run {
                 options.seed,
                 sizes.join(",")
             ),
+            start: options.start.clone(),
             schedule: format!(
                 "{} lr {} batch {} tokens {} dev {}",
                 options.optimizer,
@@ -708,8 +711,9 @@ impl FitState {
 
     /// Keeps each active unit's values if `dev` is its best accuracy so far, and counts an
     /// evaluation without improvement otherwise, if it is `on_grid` (every `eval_every` steps).
-    /// One off the grid, forced by the time limit, keeps better values but counts nothing: a run
-    /// resumed after it is not one evaluation nearer its stop than an uninterrupted run.
+    /// One off the grid, forced by the time limit, keeps better values (and restarts the count,
+    /// as any improvement does) but never counts as stale, so that a run resumed after it is not
+    /// brought nearer its stop by an evaluation an uninterrupted run would not have made.
     fn record_dev(
         &mut self,
         active: &[usize],
@@ -794,20 +798,22 @@ impl FitState {
         );
         // Checkpoints written before runs were recorded have no "run", those written before the
         // run named its training set sizes lack the " train ..." part, and those written before
-        // it named its schedule have no "schedule": all are taken as they are.
-        let older = |found: &str| {
-            run.id
-                .strip_prefix(found)
-                .is_some_and(|rest| rest.starts_with(" train "))
+        // it named its schedule have no "schedule": all are taken as they are, unless this run
+        // has a start of its own (all of them started from the seeded default).
+        let older = |found: Option<&String>| {
+            run.start.is_none()
+                && found.is_none_or(|found| {
+                    run.id
+                        .strip_prefix(found.as_str())
+                        .is_some_and(|rest| rest.starts_with(" train "))
+                })
         };
-        if let Some(found) = file
-            .metadata
-            .get("run")
-            .filter(|found| **found != run.id && !older(found))
-        {
+        let found = file.metadata.get("run");
+        if found != Some(&run.id) && !older(found) {
             anyhow::bail!(
-                "checkpoint {} was written by another run ({found}, not {}); delete it to start over",
+                "checkpoint {} was written by another run ({}, not {}); delete it to start over",
                 path.display(),
+                found.map_or("a run that did not record itself", String::as_str),
                 run.id
             );
         }

@@ -130,11 +130,12 @@ pub fn tune_gradient(
         None => options,
         Some(start) => {
             anyhow::ensure!(
-                start.len() == subspace.d() && target.train_z,
-                "a start for z needs d = {} values and z to train (it has {})",
+                start.len() == subspace.d(),
+                "a start for z needs d = {} values; it has {}",
                 subspace.d(),
                 start.len()
             );
+            anyhow::ensure!(target.train_z, "a start for z needs z to train");
             with_start = FitOptions {
                 start: Some(digest(start)),
                 ..options.clone()
