@@ -3,7 +3,8 @@
 # unseen task at k = 16 per label, seed 1, every upstream task's stage-0 solution (through LoRA) is scored on the
 # task's k = 16 dev examples per label, and z + head is tuned with `tune`'s defaults from the code of the best one
 # (macro-F1, then accuracy), where quality.sh's z + head row starts from N(0, 0.02²). Compare with the z + head and
-# random rows at k = 16, seed 1, in docs/results/quality/minilm-d1024.jsonl.
+# random rows at k = 16, seed 1, in docs/results/quality/minilm-d1024.jsonl. The scores the choice was made on go to
+# docs/results/screen-warm-start-choice.jsonl.
 #
 #   scripts/screen-warm-start.sh DATA_DIR [TASK...]     # TASK: unseen tasks [default: all 5]
 #
@@ -26,6 +27,7 @@ subspace=models/all-MiniLM-L6-v2/subspaces/default.safetensors
 solutions=models/all-MiniLM-L6-v2/stage0/upstream
 codes=runs/upstream-codes
 out=docs/results/screen-warm-start.jsonl
+choices=docs/results/screen-warm-start-choice.jsonl  # every upstream solution's k = 16 dev scores, per task
 touch "$out"
 [ -f "$codes/sst2.json" ] || .venv-export/bin/python export/upstream_codes.py --subspace "$subspace" \
   --solutions "$solutions" --data "$data" --out "$codes" > "$codes.jsonl"  # how much of each δ its code keeps
@@ -41,6 +43,7 @@ for t in $tasks; do
     echo "$t: not every upstream solution was scored (see $runs/eval.log)" >&2
     exit 1
   fi
+  printf '%s\n' "$scores" | sed "s/^{/{\"unseen\":\"$t\",\"shots\":\"16\",\"seed\":1,/" >> "$choices"
   best=$(printf '%s\n' "$scores" | python3 -c 'import json, sys
 lines = [json.loads(l) for l in sys.stdin if l.strip()]
 best = max(lines, key=lambda l: (l["macro_f1"], l["accuracy"]))
