@@ -171,35 +171,21 @@ impl TensorFile {
 }
 
 /// safetensors writes the metadata in a HashMap's order, which changes from run to run, so the same tensors and
-/// metadata made different bytes. This writes the header again with its keys sorted: the same keys and values, so
-/// the same length, and a file made twice from the same content is the same file (a re-made subspace is not a
-/// change to commit). Bytes it cannot read as a header are left as they are (`None`).
+/// metadata made different bytes. This writes the header again through serde_json's map, which keeps its keys
+/// sorted (at every depth: its preserve_order feature is off, and the test below would catch it on): the same keys
+/// and values, so the same length, and a file made twice from the same content is the same file (a re-made
+/// subspace is not a change to commit). Bytes it cannot read as a header are left as they are (`None`).
 fn sort_header(bytes: &mut [u8]) -> Option<()> {
     let length = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
     let end = length.checked_add(8)?;
-    let header: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(bytes.get(8..end)?).ok()?;
-    let sorted = serde_json::to_vec(&sort_keys(header)).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..end)?).ok()?;
+    let sorted = serde_json::to_vec(&header).ok()?;
     if sorted.len() > length {
         return None;
     }
     bytes[8..8 + sorted.len()].copy_from_slice(&sorted);
     bytes[8 + sorted.len()..end].fill(b' ');
     Some(())
-}
-
-/// `header` with the keys of its nested objects (the metadata) sorted too, whatever map serde_json was built with.
-fn sort_keys(header: BTreeMap<String, serde_json::Value>) -> BTreeMap<String, serde_json::Value> {
-    header
-        .into_iter()
-        .map(|(key, value)| match value {
-            serde_json::Value::Object(object) => {
-                let sorted: BTreeMap<String, serde_json::Value> = object.into_iter().collect();
-                (key, serde_json::to_value(sorted).unwrap_or_default())
-            }
-            other => (key, other),
-        })
-        .collect()
 }
 
 fn widen(view: &TensorView<'_>) -> Option<Vec<f32>> {

@@ -125,23 +125,19 @@ pub fn tune_gradient(
     mut watch: Option<Watch<'_>>,
 ) -> anyhow::Result<Vec<Tuned>> {
     anyhow::ensure!(!target.dets.is_empty(), "tune through at least one DET");
-    let with_start;
-    let options = match target.start {
-        None => options,
-        Some(start) => {
-            anyhow::ensure!(
-                start.len() == subspace.d(),
-                "a start for z needs d = {} values; it has {}",
-                subspace.d(),
-                start.len()
-            );
-            anyhow::ensure!(target.train_z, "a start for z needs z to train");
-            with_start = FitOptions {
-                start: Some(digest(start)),
-                ..options.clone()
-            };
-            &with_start
-        }
+    if let Some(start) = target.start {
+        anyhow::ensure!(
+            start.len() == subspace.d(),
+            "a start for z needs d = {} values; it has {}",
+            subspace.d(),
+            start.len()
+        );
+        anyhow::ensure!(target.train_z, "a start for z needs z to train");
+    }
+    // A checkpoint names the start it was written from.
+    let options = &FitOptions {
+        start: target.start.map(digest),
+        ..options.clone()
     };
     let units: Vec<Unit> = (0..tasks.len())
         .flat_map(|task| target.dets.iter().map(move |&det| Unit { task, det }))
