@@ -31,7 +31,8 @@ pub enum SubspaceCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Check a subspace file against a model and print its id, d and DETs.
+    /// Check a subspace file against a model and print its id, d, DETs and the upstream tasks
+    /// whose codes it carries (tune --init upstream chooses among them).
     Info {
         /// Model directory [default: [model] dir].
         #[arg(long)]
@@ -67,7 +68,8 @@ pub fn run(config: &Config, command: SubspaceCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("loading {}", file.display()))?;
             println!(
                 "{}",
-                json!({"id": subspace.id(), "name": subspace.name(), "d": subspace.d(), "dets": files.manifest.det_names()})
+                json!({"id": subspace.id(), "name": subspace.name(), "d": subspace.d(), "dets": files.manifest.det_names(),
+                    "upstream_codes": subspace.codes().map_or(&[][..], |codes| &codes.tasks)})
             );
         }
     }

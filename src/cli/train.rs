@@ -1,5 +1,6 @@
 //! `deltaspace train det|subspace`, `tune`, `eval` and `transfer`: the offline trainer.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -27,7 +28,7 @@ use crate::tuning::fit::{self, FitOptions, Schedule, Space, Unit, evaluate_value
 use crate::tuning::head::HeadTuning;
 use crate::tuning::optim::OptimizerKind;
 use crate::tuning::tune::{
-    CMAES, CmaOptions, TUNING, Target, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient,
+    CMAES, CmaOptions, Start, TUNING, Target, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient,
 };
 
 /// Options shared by every training command. The schedule flags (steps, lr, eval-every,
@@ -231,11 +232,14 @@ pub struct TuneArgs {
     /// is a no-op, a head on the frozen model).
     #[arg(long)]
     pub freeze_z: bool,
-    /// Start z from this task file's z (made for the same subspace; its labels and head are not
-    /// used) instead of N(0, 0.02²): a warm start, such as an upstream task's code
-    /// (export/upstream_codes.py writes them).
-    #[arg(long, conflicts_with = "freeze_z")]
-    pub init: Option<PathBuf>,
+    /// Where z starts: `normal`, the paper's N(0, 0.02²) [default]; `upstream`, the code of the
+    /// upstream task (among those the subspace carries) that scores best on the task's dev set
+    /// before tuning, by macro-F1 through the first DET; or a task file, whose z it takes (made
+    /// for the same subspace; its labels and head are not used). Repeat it to tune from each
+    /// start and keep, per task, the start (and DET) that scores best on dev, the first of
+    /// equals: `--init normal --init upstream` is a warm start guarded by the cold one.
+    #[arg(long, num_args = 1.., conflicts_with = "freeze_z")]
+    pub init: Vec<PathBuf>,
     /// adam, adafactor (exact gradients) or cmaes (derivative-free).
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
@@ -565,7 +569,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                     "--optimizer cmaes neither checkpoints nor stops early: drop --checkpoint and --patience"
                 );
             }
-            if args.init.is_some() {
+            if !args.init.is_empty() {
                 bail!("--optimizer cmaes starts from its own mean: drop --init");
             }
             let schedule = args.training.schedule(CMAES);
@@ -587,15 +591,13 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                 bail!("--freeze-z trains only the head: give --head bias or --head prototypes");
             }
             let dets = args.det.map_or(DetKind::ALL.to_vec(), |det| vec![det]);
-            let start = match &args.init {
-                Some(path) => Some(load_task(path, &subspace)?.z),
-                None => None,
-            };
+            let codes = load_starts(&args.init, &subspace)?;
+            let starts = starts(&codes);
             let target = Target {
                 dets: &dets,
                 head: args.head,
                 train_z: !args.freeze_z,
-                start: start.as_deref(),
+                starts: &starts,
             };
             tune_gradient(
                 &encoder,
@@ -623,16 +625,80 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
             optimizer: args.optimizer.clone(),
             dev: result.dev,
             test: result.test,
+            start: start_name(&args.init, result.start, &result),
             dev_by_det: result
                 .candidates
                 .iter()
-                .map(|(det, dev)| (det.to_string(), dev.accuracy))
+                .filter(|c| c.start == result.start)
+                .map(|c| (c.det.to_string(), c.dev.accuracy))
                 .collect(),
+            dev_by_start: dev_by_start(&args.init, &result),
             seconds: result.seconds,
             file: path,
         })?;
     }
     Ok(())
+}
+
+/// The words `--init` takes for the paper's N(0, 0.02²) and for the nearest upstream task's code.
+const NORMAL: &str = "normal";
+const UPSTREAM: &str = "upstream";
+
+/// A start `--init` named, loaded.
+enum InitArg {
+    Normal,
+    Upstream,
+    Code(Vec<f32>),
+}
+
+/// `--init`'s starts in order [default: normal alone].
+fn load_starts(init: &[PathBuf], subspace: &Subspace) -> anyhow::Result<Vec<InitArg>> {
+    if init.is_empty() {
+        return Ok(vec![InitArg::Normal]);
+    }
+    init.iter()
+        .map(|path| match path.to_str() {
+            Some(NORMAL) => Ok(InitArg::Normal),
+            Some(UPSTREAM) => Ok(InitArg::Upstream),
+            _ => load_task(path, subspace).map(|task| InitArg::Code(task.z)),
+        })
+        .collect()
+}
+
+/// The starts [`load_starts`] loaded, for [`Target::starts`].
+fn starts(loaded: &[InitArg]) -> Vec<Start<'_>> {
+    loaded
+        .iter()
+        .map(|arg| match arg {
+            InitArg::Normal => Start::Normal,
+            InitArg::Upstream => Start::Upstream,
+            InitArg::Code(z) => Start::Values(z),
+        })
+        .collect()
+}
+
+/// Start `index`'s name in a task's output line: `normal`, `upstream:` and the upstream task
+/// chosen, or the task file as given.
+fn start_name(init: &[PathBuf], index: usize, tuned: &Tuned) -> String {
+    match (init.get(index), &tuned.upstream) {
+        (None, _) => NORMAL.to_string(),
+        (Some(path), Some(chosen)) if path.to_str() == Some(UPSTREAM) => {
+            format!("{UPSTREAM}:{}", chosen.task)
+        }
+        (Some(path), _) => path.display().to_string(),
+    }
+}
+
+/// The best dev accuracy over the DETs of every start the task was tuned from.
+fn dev_by_start(init: &[PathBuf], tuned: &Tuned) -> BTreeMap<String, f32> {
+    let mut best = BTreeMap::new();
+    for candidate in &tuned.candidates {
+        let accuracy = best
+            .entry(start_name(init, candidate.start, tuned))
+            .or_insert(candidate.dev.accuracy);
+        *accuracy = accuracy.max(candidate.dev.accuracy);
+    }
+    best
 }
 
 fn write_task(
@@ -683,10 +749,7 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
     let (det, metrics): (Option<DetKind>, Scores) = if let Some(path) = &args.solution {
         let solution = Solution::load(path, encoder.manifest())?;
         let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
-        let units = [Unit {
-            task: 0,
-            det: solution.det,
-        }];
+        let units = [Unit::new(0, solution.det)];
         let metrics = evaluate_values(
             &encoder,
             &tasks,
@@ -702,7 +765,7 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
         let task = Task::load(path)?;
         task.validate(subspace.d(), &TaskLimits::default())?;
         let det = args.det.unwrap_or(task.det);
-        let units = [Unit { task: 0, det }];
+        let units = [Unit::new(0, det)];
         let (head, values) = HeadTuning::task_values(&task, &tasks[0].descriptions)?;
         let metrics = evaluate_values(
             &encoder,
@@ -742,10 +805,7 @@ pub fn transfer(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
     let limit = args.scoring.limit;
     let task = Task::load(&args.task)?;
     task.validate(subspace.d(), &TaskLimits::default())?;
-    let units: Vec<Unit> = DetKind::ALL
-        .iter()
-        .map(|&det| Unit { task: 0, det })
-        .collect();
+    let units: Vec<Unit> = DetKind::ALL.iter().map(|&det| Unit::new(0, det)).collect();
     let (head, values) = HeadTuning::task_values(&task, &tasks[0].descriptions)?;
     let codes = vec![values; units.len()];
     let metrics = evaluate_values(

@@ -13,6 +13,17 @@ fn tiny_files() -> ModelFiles {
     ModelFiles::open(&tiny_dir()).unwrap()
 }
 
+/// Writes `file`'s tensors and metadata (altered by a test) to `path`, in f32.
+fn rewrite(path: &std::path::Path, file: &deltaspace::tensor_file::TensorFile) {
+    let tensors: Vec<(&str, &[usize], &[f32])> = file
+        .tensors
+        .iter()
+        .map(|(name, t)| (name.as_str(), t.shape.as_slice(), t.values.as_slice()))
+        .collect();
+    deltaspace::tensor_file::TensorFile::write(path, &tensors, file.metadata.clone(), Storage::F32)
+        .unwrap();
+}
+
 #[test]
 fn a_random_subspace_round_trips_in_f32_and_f16_with_a_stable_id() {
     let files = tiny_files();
@@ -98,20 +109,72 @@ fn drawn_columns_are_stored_as_a_seed_and_drawn_again_at_load() {
     // Another seed draws other columns, which the content hash catches.
     let mut tampered = TensorFile::read(&path).unwrap();
     tampered.metadata.insert("random_seed".into(), "10".into());
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = tampered
-        .tensors
-        .iter()
-        .map(|(name, t)| (name.clone(), t.shape.clone(), t.values.clone()))
-        .collect();
-    let views: Vec<(&str, &[usize], &[f32])> = tensors
-        .iter()
-        .map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice()))
-        .collect();
-    TensorFile::write(&path, &views, tampered.metadata.clone(), Storage::F32).unwrap();
+    rewrite(&path, &tampered);
     let error = Subspace::load(&path, &files.manifest)
         .unwrap_err()
         .to_string();
     assert!(error.contains("content hash mismatch"), "{error}");
+}
+
+/// Upstream codes travel with a subspace: saved (f16-rounded with the rest), loaded with their
+/// own hash checked, padded with 0 on the drawn columns, and left out of the id. Codes of the
+/// wrong length, or altered on disk, are refused.
+#[test]
+fn upstream_codes_round_trip_outside_the_id_and_are_checked() {
+    use deltaspace::model::DetParams;
+    use deltaspace::subspace::RandomColumns;
+    use deltaspace::tensor_file::TensorFile;
+    let files = tiny_files();
+    let theta0 = Theta0::load(&files).unwrap();
+    let learned = Subspace::random(&files.manifest, &theta0, 2, 3).unwrap();
+    let dets: Vec<DetParams> = learned.params().dets().to_vec();
+    let learned = Subspace::new("hybrid", &files.manifest, dets).unwrap();
+    let tasks = vec!["sst2".to_string(), "rte".to_string()];
+    let wrong = learned
+        .clone()
+        .with_codes(tasks.clone(), vec![vec![1.0; 3], vec![0.5; 2]]);
+    assert!(
+        wrong
+            .unwrap_err()
+            .to_string()
+            .contains("needs 2 finite values")
+    );
+    let with_codes = learned
+        .clone()
+        .with_codes(tasks.clone(), vec![vec![1.5, -2.25], vec![0.1, 40.0]])
+        .unwrap()
+        .with_random_columns(&files.manifest, RandomColumns { count: 3, seed: 9 })
+        .unwrap();
+    let plain = learned
+        .with_random_columns(&files.manifest, RandomColumns { count: 3, seed: 9 })
+        .unwrap();
+    assert_eq!(
+        with_codes.id(),
+        plain.id(),
+        "codes are not part of θ = base + U z"
+    );
+    let codes = with_codes.codes().unwrap();
+    assert_eq!(codes.z[0], [1.5, -2.25, 0.0, 0.0, 0.0]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("codes.safetensors");
+    with_codes.save(&path, Storage::F16).unwrap();
+    let loaded = Subspace::load(&path, &files.manifest).unwrap();
+    let loaded_codes = loaded.codes().unwrap();
+    assert_eq!(loaded_codes.tasks, tasks);
+    assert_eq!(
+        loaded_codes.z[1][..2],
+        [half::f16::from_f32(0.1).to_f32(), 40.0]
+    );
+    assert_eq!(loaded_codes.z[1][2..], [0.0; 3]);
+
+    let mut tampered = TensorFile::read(&path).unwrap();
+    tampered.tensors.get_mut("codes").unwrap().values[0] = 1.0;
+    rewrite(&path, &tampered);
+    let error = Subspace::load(&path, &files.manifest)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("codes hash mismatch"), "{error}");
 }
 
 #[test]

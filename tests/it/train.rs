@@ -111,6 +111,124 @@ fn counts_of_zero_and_rates_that_are_not_positive_are_refused_with_the_flag_name
     );
 }
 
+/// The subspace stage 1 writes carries the upstream tasks' codes: with as many learned columns
+/// as tasks, each task's code rebuilds its stage-0 solutions through every DET (θ = base + U z =
+/// θ⁰ + δ), and is 0 on the drawn columns; `subspace info` names the tasks.
+fn upstream_codes_rebuild_each_solution(model: &str, solutions: &str, file: &str) {
+    let files = ModelFiles::open(Path::new(model)).unwrap();
+    let subspace = deltaspace::subspace::Subspace::load(Path::new(file), &files.manifest).unwrap();
+    let codes = subspace.codes().expect("stage 1 writes the upstream codes");
+    assert_eq!(codes.tasks, ["rte", "sst2"]);
+    let theta0 = Theta0::load(&files).unwrap();
+    let solutions =
+        deltaspace::train::solution::Solution::load_dir(Path::new(solutions), &files.manifest)
+            .unwrap();
+    for solution in &solutions {
+        let t = codes
+            .tasks
+            .iter()
+            .position(|t| *t == solution.task)
+            .unwrap();
+        let z = ndarray::Array1::from(codes.z[t].clone());
+        assert_eq!(z.len(), 7);
+        assert!(z.iter().skip(2).all(|&v| v == 0.0), "0 on drawn columns");
+        let column = solution.det.column(&files.manifest).unwrap();
+        let theta = subspace.theta(column, z.view());
+        let worst = theta
+            .iter()
+            .zip(theta0.det(column).iter().zip(&solution.delta))
+            .map(|(&t, (&base, &delta))| (t - (base + delta)).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-4,
+            "{} {}: off by {worst}",
+            solution.task,
+            solution.det
+        );
+    }
+    let info = json_lines(&deltaspace(&["subspace", "info", "--model", model, file]));
+    assert_eq!(info[0]["upstream_codes"], json!(["rte", "sst2"]));
+}
+
+/// `tune --init upstream` starts from the code of the upstream task whose solution scores best
+/// on dev (macro-F1, then accuracy; a code rebuilds its solution, so `eval --solution` scores it);
+/// with no step taken the task keeps that code and its score. A subspace without codes refuses.
+fn tune_from_upstream_starts_at_the_nearest_code(
+    model: &str,
+    solutions: &str,
+    subspace: &str,
+    task: String,
+) {
+    let sst2 = data("sst2").display().to_string();
+    let zero_shot = |source: &str| {
+        let solution = format!("{solutions}/{source}.lora.safetensors");
+        let args = [
+            "eval",
+            "--model",
+            model,
+            "--data",
+            &sst2,
+            "--split",
+            "dev",
+            "--json",
+            "--solution",
+            &solution,
+        ];
+        let line = json_lines(&deltaspace(&args)).remove(0);
+        (
+            line["macro_f1"].as_f64().unwrap(),
+            line["accuracy"].as_f64().unwrap(),
+        )
+    };
+    let (rte, sst2_own) = (zero_shot("rte"), zero_shot("sst2"));
+    let nearest = if rte >= sst2_own { "rte" } else { "sst2" };
+    let tune = |init: &[&str]| {
+        let common = [
+            "tune",
+            "--model",
+            model,
+            "--subspace",
+            subspace,
+            "--data",
+            &sst2,
+            "--det",
+            "lora",
+            "--steps",
+            "0",
+            "--out",
+            &task,
+        ];
+        json_lines(&deltaspace(&[&common[..], init].concat())).remove(0)
+    };
+    let line = tune(&["--init", "upstream"]);
+    assert_eq!(line["start"], format!("upstream:{nearest}"), "{line}");
+    let expected = if nearest == "rte" { rte } else { sst2_own };
+    assert_eq!(
+        line["dev"]["macro_f1"].as_f64().unwrap(),
+        expected.0,
+        "{line}"
+    );
+
+    let random = format!("{task}.random.safetensors");
+    deltaspace(&[
+        "subspace", "random", "--model", model, "--dim", "7", "--out", &random,
+    ]);
+    let message = deltaspace_refuses(&[
+        "tune",
+        "--model",
+        model,
+        "--subspace",
+        &random,
+        "--data",
+        &sst2,
+        "--init",
+        "upstream",
+        "--out",
+        &task,
+    ]);
+    assert!(message.contains("carries no upstream codes"), "{message}");
+}
+
 /// `train subspace` arguments: the decomposition alone of 2 directions of `solutions`, completed
 /// by seeded random ones up to `complete_to`.
 fn decomposition_args<'a>(
@@ -166,7 +284,7 @@ fn original_space_training_lowers_the_loss_of_every_det_on_two_tasks_at_once() {
     let theta0 = tiny_theta0();
     let tasks = train_tasks(&encoder, &["sst2", "rte"]);
     let units: Vec<Unit> = (0..2)
-        .flat_map(|task| DetKind::ALL.map(|det| Unit { task, det }))
+        .flat_map(|task| DetKind::ALL.map(|det| Unit::new(task, det)))
         .collect();
     let space = Space::Original { theta0: &theta0 };
     let training = Training {
@@ -199,16 +317,7 @@ fn early_stopping_ends_the_run_once_no_unit_improves_on_dev_and_keeps_each_best(
     let encoder = tiny_encoder();
     let theta0 = tiny_theta0();
     let tasks = train_tasks(&encoder, &["sst2", "rte"]);
-    let units = [
-        Unit {
-            task: 0,
-            det: DetKind::Adapter,
-        },
-        Unit {
-            task: 1,
-            det: DetKind::Lora,
-        },
-    ];
+    let units = [Unit::new(0, DetKind::Adapter), Unit::new(1, DetKind::Lora)];
     let space = Space::Original { theta0: &theta0 };
     let training = Training {
         encoder: &encoder,
@@ -243,10 +352,7 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     let encoder = tiny_encoder();
     let theta0 = tiny_theta0();
     let tasks = train_tasks(&encoder, &["sst2"]);
-    let units = [Unit {
-        task: 0,
-        det: DetKind::Adapter,
-    }];
+    let units = [Unit::new(0, DetKind::Adapter)];
     let space = Space::Original { theta0: &theta0 };
     let training = Training {
         encoder: &encoder,
@@ -379,6 +485,8 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
         2,
         "only learned columns are stored"
     );
+    upstream_codes_rebuild_each_solution(&model, &solutions, &completed);
+    tune_from_upstream_starts_at_the_nearest_code(&model, &solutions, &completed, out("up.json"));
 
     // Stage 2: gradient and CMA-ES, then every way of scoring.
     let tasks_dir = out("tasks");
@@ -849,6 +957,17 @@ fn tune_with_a_head_writes_it_and_every_command_scores_through_it() {
     assert!(message.contains("give --head none"), "{message}");
 }
 
+/// What the tune tests start from, as paths: the tiny model, sst2's fixture, and a random
+/// subspace of d = 3 drawn with `seed` into `dir`.
+fn tiny_tune_setup(dir: &Path, seed: &str) -> [String; 3] {
+    let model = tiny_dir().display().to_string();
+    let subspace = dir.join("random.safetensors").display().to_string();
+    deltaspace(&[
+        "subspace", "random", "--model", &model, "--dim", "3", "--seed", seed, "--out", &subspace,
+    ]);
+    [model, data("sst2").display().to_string(), subspace]
+}
+
 /// `tune --init` starts z from another task's z (a warm start): with no step taken the task
 /// keeps it; a checkpoint remembers the start; a task of another subspace or a frozen z is refused.
 #[test]
@@ -924,16 +1043,113 @@ fn tune_init_starts_z_from_another_tasks_z() {
     assert!(message.contains("--freeze-z"), "{message}");
 }
 
+/// `tune --init normal --init CODE` tunes from both starts and keeps the better on dev; each
+/// start trains as it would alone (the same rows in the same order), so the guarded start is
+/// exactly the better of the two runs. A start given twice is refused.
+#[test]
+fn tune_from_several_starts_keeps_the_one_best_on_dev() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let [model, sst2, subspace] = tiny_tune_setup(dir.path(), "1");
+    // tune INIT TASK: six steps through LoRA from the starts INIT; the output line.
+    let tune = |init: &[&str], task: &str| {
+        let common = [
+            "tune",
+            "--model",
+            &model,
+            "--subspace",
+            &subspace,
+            "--data",
+            &sst2,
+        ];
+        let schedule = [
+            "--det",
+            "lora",
+            "--batch",
+            "8",
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+        ];
+        let args = [&common[..], &schedule, init, &["--out", task]].concat();
+        json_lines(&deltaspace(&args)).pop().unwrap()
+    };
+    let (code, alone, warm, both) = (
+        out("code.json"),
+        out("alone.json"),
+        out("warm.json"),
+        out("both.json"),
+    );
+    // An upstream code stands in: a task tuned longer from another seed's start.
+    deltaspace(&[
+        "tune",
+        "--model",
+        &model,
+        "--subspace",
+        &subspace,
+        "--data",
+        &sst2,
+        "--det",
+        "lora",
+        "--batch",
+        "8",
+        "--steps",
+        "12",
+        "--seed",
+        "5",
+        "--out",
+        &code,
+    ]);
+    let cold = tune(&[], &alone);
+    let from_code = tune(&["--init", &code], &warm);
+    let guarded = tune(&["--init", "normal", "--init", &code], &both);
+
+    assert_eq!(cold["start"], "normal");
+    assert_eq!(from_code["start"], code.as_str());
+    let by_start = &guarded["dev_by_start"];
+    assert_eq!(by_start["normal"], cold["dev"]["accuracy"], "{guarded}");
+    assert_eq!(
+        by_start[code.as_str()],
+        from_code["dev"]["accuracy"],
+        "{guarded}"
+    );
+    let (normal, warm_dev) = (
+        by_start["normal"].as_f64(),
+        by_start[code.as_str()].as_f64(),
+    );
+    let expected = if warm_dev > normal {
+        (&from_code, code.as_str())
+    } else {
+        (&cold, "normal")
+    };
+    assert_eq!(guarded["start"], expected.1, "{guarded}");
+    assert_eq!(guarded["dev"], expected.0["dev"], "{guarded}");
+    assert_eq!(guarded["test"], expected.0["test"], "{guarded}");
+
+    let message = deltaspace_refuses(&[
+        "tune",
+        "--model",
+        &model,
+        "--subspace",
+        &subspace,
+        "--data",
+        &sst2,
+        "--init",
+        "normal",
+        "--init",
+        "normal",
+        "--out",
+        &out("twice.json"),
+    ]);
+    assert!(message.contains("start 2 repeats"), "{message}");
+}
+
 #[test]
 fn tune_without_a_det_tunes_all_three_and_keeps_the_best_on_dev() {
     let dir = tempfile::tempdir().unwrap();
     let out = |name: &str| dir.path().join(name).display().to_string();
-    let model = tiny_dir().display().to_string();
-    let sst2 = data("sst2").display().to_string();
-    let subspace = out("random.safetensors");
-    deltaspace(&[
-        "subspace", "random", "--model", &model, "--dim", "3", "--out", &subspace,
-    ]);
+    let [model, sst2, subspace] = tiny_tune_setup(dir.path(), "42");
     let task = out("sst2.json");
     let common = ["--model", &model, "--subspace", &subspace, "--data", &sst2];
     let lines = json_lines(&deltaspace(

@@ -9,6 +9,11 @@
 //! file then stores only the learned columns and the seed, and loading draws the rest again, so
 //! a subspace of large d stays small on disk. The content hash covers every column, drawn ones
 //! included, so a draw that came out differently would be caught.
+//!
+//! A subspace found from upstream tasks may carry their codes ([`UpstreamCodes`]), the starts a
+//! warm start for a new task chooses from. They are not part of θ = base + U z, so the content
+//! hash and the id leave them out (tasks keep their subspace when codes are added); they have a
+//! hash of their own, checked on load.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -58,6 +63,18 @@ pub struct Subspace {
     params: DeltaParams,
     /// The last columns of every U, when they are seeded random draws rather than stored values.
     random: Option<RandomColumns>,
+    codes: Option<UpstreamCodes>,
+}
+
+/// The codes of the upstream tasks a subspace was found from: each task's z, its stage-0
+/// solutions' coordinates on the learned columns (0 on drawn ones). Stored as `codes` [tasks,
+/// learned columns], with the task names and the codes' own hash in the metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamCodes {
+    /// Task names, in the order of `z`.
+    pub tasks: Vec<String>,
+    /// One z of d values per task.
+    pub z: Vec<Vec<f32>>,
 }
 
 /// Random columns at the end of every U: `count` columns per DET with i.i.d. N(0, 1/D) entries,
@@ -109,7 +126,57 @@ impl Subspace {
             content_sha256,
             params,
             random: None,
+            codes: None,
         })
+    }
+
+    /// This subspace with the upstream tasks' codes: `codes[t]` is task `tasks[t]`'s z on the
+    /// learned columns (a drawn column's coordinate is 0).
+    pub fn with_codes(
+        mut self,
+        tasks: Vec<String>,
+        codes: Vec<Vec<f32>>,
+    ) -> Result<Self, SubspaceError> {
+        let learned = self.learned_columns();
+        let invalid = |message: String| SubspaceError::Invalid {
+            path: self.name.clone(),
+            message,
+        };
+        if learned == 0 {
+            return Err(invalid(
+                "a subspace without learned columns has no upstream codes".into(),
+            ));
+        }
+        if tasks.is_empty() || tasks.len() != codes.len() {
+            return Err(invalid(format!(
+                "upstream codes need one code per task, at least one: {} tasks, {} codes",
+                tasks.len(),
+                codes.len()
+            )));
+        }
+        if let Some((index, name)) = tasks
+            .iter()
+            .enumerate()
+            .find(|(index, name)| tasks[..*index].contains(name))
+        {
+            return Err(invalid(format!(
+                "upstream task {name:?} has two codes (the second at {index})"
+            )));
+        }
+        let mut padded = Vec::with_capacity(codes.len());
+        for (name, mut code) in tasks.iter().zip(codes) {
+            if code.len() != learned || !code.iter().all(|v| v.is_finite()) {
+                return Err(invalid(format!(
+                    "upstream task {name:?}: a code needs {learned} finite values (one per \
+                     learned column); it has {}",
+                    code.len()
+                )));
+            }
+            code.resize(self.d(), 0.0);
+            padded.push(code);
+        }
+        self.codes = Some(UpstreamCodes { tasks, z: padded });
+        Ok(self)
     }
 
     /// This subspace with `columns.count` seeded random columns appended to every U: a learned
@@ -126,7 +193,12 @@ impl Subspace {
             });
         }
         let learned = self.params.dets().to_vec();
-        Self::from_parts(&self.name, manifest, learned, Some(columns))
+        let completed = Self::from_parts(&self.name, manifest, learned, Some(columns))?;
+        // Upstream codes have no coordinate on the drawn columns.
+        match self.codes {
+            Some(codes) => completed.with_codes(codes.tasks, codes.z),
+            None => Ok(completed),
+        }
     }
 
     /// A random subspace through θ⁰: base = θ⁰, U with i.i.d. N(0, 1/D) entries (unit-norm,
@@ -276,7 +348,10 @@ impl Subspace {
                     .into(),
             ));
         }
-        Ok(subspace)
+        match read_codes(&mut file, stored).map_err(invalid)? {
+            Some(codes) => subspace.with_codes(codes.tasks, codes.z),
+            None => Ok(subspace),
+        }
     }
 
     /// Writes the subspace: base and the learned columns of U (seeded random columns are
@@ -326,6 +401,23 @@ impl Subspace {
             metadata.insert("random_columns".into(), random.count.to_string());
             metadata.insert("random_seed".into(), random.seed.to_string());
         }
+        // The codes as stored: their learned coordinates, task by task.
+        let codes = stored.codes.as_ref().map(|codes| {
+            let values: Vec<f32> = codes
+                .z
+                .iter()
+                .flat_map(|z| &z[..learned])
+                .copied()
+                .collect();
+            (codes, [codes.z.len(), learned], values)
+        });
+        let mut tensors = tensors;
+        if let Some((codes, shape, values)) = &codes {
+            tensors.push(("codes", shape, values));
+            let names = serde_json::to_string(&codes.tasks).expect("names serialize");
+            metadata.insert("code_tasks".into(), names);
+            metadata.insert("codes_sha256".into(), values_hash(values));
+        }
         TensorFile::write(path, &tensors, metadata, storage)?;
         Ok(())
     }
@@ -361,15 +453,65 @@ impl Subspace {
         &det.base + &det.u.dot(&z)
     }
 
-    /// Stored values rounded to f16; drawn columns stay as drawn, since loading draws them again.
+    /// The upstream tasks' codes, if the subspace carries them.
+    pub fn codes(&self) -> Option<&UpstreamCodes> {
+        self.codes.as_ref()
+    }
+
+    /// Stored values rounded to f16 (the codes' too); drawn columns stay as drawn, since loading
+    /// draws them again.
     fn rounded_to_f16(&self) -> Self {
         let learned = self.learned_columns();
         let round = |v: f32| half::f16::from_f32(v).to_f32();
         let mut rounded = self.clone();
         rounded.params = self.params.map_columns(learned, round);
         rounded.content_sha256 = content_hash(&rounded.params);
+        if let Some(codes) = rounded.codes.as_mut() {
+            codes.z.iter_mut().flatten().for_each(|v| *v = round(*v));
+        }
         rounded
     }
+}
+
+/// The upstream codes a subspace file holds, `learned` values each (not yet padded to d), once
+/// their hash is checked; None for a file without codes.
+fn read_codes(file: &mut TensorFile, learned: usize) -> Result<Option<UpstreamCodes>, String> {
+    let Some(names) = file.metadata.get("code_tasks").cloned() else {
+        return Ok(None);
+    };
+    let tasks: Vec<String> = serde_json::from_str(&names)
+        .map_err(|e| format!("metadata \"code_tasks\" is not a list of names: {e}"))?;
+    let hash = file
+        .metadata
+        .get("codes_sha256")
+        .cloned()
+        .ok_or("metadata \"codes_sha256\" missing")?;
+    let codes = file.take("codes").map_err(|e| e.to_string())?;
+    if codes.shape != [tasks.len(), learned] {
+        return Err(format!(
+            "codes are {:?}, expected [{}, {learned}] (tasks, learned columns)",
+            codes.shape,
+            tasks.len()
+        ));
+    }
+    if values_hash(&codes.values) != hash {
+        return Err("codes hash mismatch: the file is corrupt".into());
+    }
+    let z = codes
+        .values
+        .chunks(learned.max(1))
+        .map(<[f32]>::to_vec)
+        .collect();
+    Ok(Some(UpstreamCodes { tasks, z }))
+}
+
+/// sha256 of values as little-endian f32 (the upstream codes' hash).
+fn values_hash(values: &[f32]) -> String {
+    let mut hasher = Sha256::new();
+    for value in values {
+        hasher.update(value.to_le_bytes());
+    }
+    format!("{:x}", hasher.finalize())
 }
 
 /// sha256 over every U then base, in column order, as little-endian f32.

@@ -135,7 +135,7 @@ pub fn evaluate_grid(
     for det in DetKind::ALL {
         for &y in &ys {
             for &x in &xs {
-                units.push(Unit { task: 0, det });
+                units.push(Unit::new(0, det));
                 codes.push(plane.point(x, y));
             }
         }

@@ -64,11 +64,24 @@ pub struct TuneLine {
     pub optimizer: String,
     pub dev: Scores,
     pub test: Scores,
-    /// Dev accuracy of every DET tuned (lines from before the choice on dev: empty).
+    /// Where z started: `normal` (N(0, 0.02²); lines from before starts), or the task file
+    /// `--init` gave.
+    #[serde(default = "normal_start")]
+    pub start: String,
+    /// Dev accuracy of every DET tuned from that start (lines from before the choice on dev:
+    /// empty).
     #[serde(default)]
     pub dev_by_det: BTreeMap<String, f32>,
+    /// The best dev accuracy over DETs of every start tuned from (lines from before starts:
+    /// empty).
+    #[serde(default)]
+    pub dev_by_start: BTreeMap<String, f32>,
     pub seconds: f64,
     pub file: PathBuf,
+}
+
+fn normal_start() -> String {
+    "normal".to_string()
 }
 
 /// `train det`: one stage-0 solution, with the step of its best dev accuracy.

@@ -29,10 +29,7 @@ pub fn zero_shot(
     split: Split,
     limit: Option<usize>,
 ) -> anyhow::Result<Scores> {
-    let units = [Unit {
-        task: 0,
-        det: DetKind::Lora,
-    }];
+    let units = [Unit::new(0, DetKind::Lora)];
     let lora = encoder.manifest().dets[DetKind::Lora.column(encoder.manifest())?].size;
     let scores = evaluate_values(
         encoder,

@@ -23,7 +23,7 @@ pub fn train_dets(
     mut trace: Option<&mut Trace>,
 ) -> anyhow::Result<Vec<Solution>> {
     let units: Vec<Unit> = (0..tasks.len())
-        .flat_map(|task| dets.iter().map(move |&det| Unit { task, det }))
+        .flat_map(|task| dets.iter().map(move |&det| Unit::new(task, det)))
         .collect();
     let space = Space::Original { theta0 };
     let init = units

@@ -189,7 +189,8 @@ pub struct RefinementDev {
     pub best_step: usize,
 }
 
-/// The subspace stage 1 found, and what its refinement measured (none without refinement).
+/// The subspace stage 1 found, carrying the upstream tasks' codes, and what its refinement
+/// measured (none without refinement).
 pub struct FoundSubspace {
     pub subspace: Subspace,
     pub dev: Option<RefinementDev>,
@@ -227,15 +228,16 @@ pub fn find_subspace(
             .map(|l| l.name.parse())
             .collect::<Result<_, _>>()?,
     };
-    let (u, dev) = match options.steps {
-        0 => (u, None),
+    let (u, codes, dev) = match options.steps {
+        0 => (u, codes, None),
         _ => {
-            let (u, dev) = stage.refine(u, &codes)?;
-            (u, Some(dev))
+            let refined = stage.refine(u, &codes)?;
+            (refined.u, refined.codes, Some(refined.dev))
         }
     };
+    let tasks = solutions.iter().map(|s| s.task.clone()).collect();
     Ok(FoundSubspace {
-        subspace: stage.subspace(&u)?,
+        subspace: stage.subspace(&u)?.with_codes(tasks, codes)?,
         dev,
     })
 }
@@ -249,6 +251,13 @@ struct Refinement<'a> {
     options: &'a SubspaceOptions,
     /// The DETs in column order.
     dets: Vec<DetKind>,
+}
+
+/// What refinement keeps: U and each task's code at its best step, and what it measured.
+struct Refined {
+    u: Vec<Array2<f32>>,
+    codes: Vec<Vec<f32>>,
+    dev: RefinementDev,
 }
 
 /// One task's random convex mix of its per-DET codes.
@@ -287,13 +296,9 @@ impl Refinement<'_> {
     }
 
     /// Trains U and the per-(task, DET) codes z (flattened task-major) from the decomposition,
-    /// and returns the U of the best mean dev accuracy: the decomposition itself is the first
-    /// candidate, so refinement is kept only where it helps.
-    fn refine(
-        &self,
-        mut u: Vec<Array2<f32>>,
-        codes: &[Vec<f32>],
-    ) -> anyhow::Result<(Vec<Array2<f32>>, RefinementDev)> {
+    /// and returns the U of the best mean dev accuracy, with each task's code there: the
+    /// decomposition itself is the first candidate, so refinement is kept only where it helps.
+    fn refine(&self, mut u: Vec<Array2<f32>>, codes: &[Vec<f32>]) -> anyhow::Result<Refined> {
         let (options, n_dets) = (self.options, self.dets.len());
         let mut z: Vec<Vec<f32>> = (0..self.tasks.len() * n_dets)
             .map(|i| codes[i / n_dets].clone())
@@ -309,7 +314,7 @@ impl Refinement<'_> {
         let mut z_optimizers: Vec<Adam> = z.iter().map(|c| Adam::new(c.len(), z_lr)).collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(options.seed);
         let decomposition = self.dev_accuracy(&u, &z)?;
-        let mut best = (decomposition, u.clone(), 0);
+        let mut best = (decomposition, u.clone(), 0, z.clone());
         tracing::info!(dev_accuracy = decomposition, "the decomposition alone");
         let progress = Progress::new("train subspace", options.steps as u64);
         for step in 0..options.steps {
@@ -345,7 +350,7 @@ impl Refinement<'_> {
             if done.is_multiple_of(options.eval_every.max(1)) || done == options.steps {
                 let mean = self.dev_accuracy(&u, &z)?;
                 if mean > best.0 {
-                    best = (mean, u.clone(), done);
+                    best = (mean, u.clone(), done, z.clone());
                 }
                 progress.report(done as u64, mean_loss, Some(mean));
             } else {
@@ -353,14 +358,27 @@ impl Refinement<'_> {
             }
         }
         progress.finish();
-        let (best_dev, best_u, best_step) = best;
+        let (best_dev, best_u, best_step, best_z) = best;
         let dev = RefinementDev {
             decomposition,
             best: best_dev,
             best_step,
         };
         tracing::info!(?dev, "refinement");
-        Ok((best_u, dev))
+        // A task's code: the mean of its per-DET codes (the mix with equal weights).
+        let task_codes = best_z
+            .chunks(n_dets)
+            .map(|codes| {
+                (0..options.d)
+                    .map(|i| codes.iter().map(|z| z[i]).sum::<f32>() / n_dets as f32)
+                    .collect()
+            })
+            .collect();
+        Ok(Refined {
+            u: best_u,
+            codes: task_codes,
+            dev,
+        })
     }
 
     /// Each task's random convex mix α z_A + β z_L + (1−α−β) z_P, α ~ U(0, 1), β ~ U(0, 1−α):
@@ -472,7 +490,7 @@ impl Refinement<'_> {
                 .collect()
         };
         let units: Vec<Unit> = (0..self.tasks.len())
-            .flat_map(|task| self.dets.iter().map(move |&det| Unit { task, det }))
+            .flat_map(|task| self.dets.iter().map(move |&det| Unit::new(task, det)))
             .collect();
         let codes: Vec<Vec<f32>> = units.iter().map(|unit| centre(unit.task)).collect();
         let candidate = self.subspace(u)?;

@@ -61,11 +61,30 @@ impl Realised {
     }
 }
 
-/// A task trained through a DET.
+/// A task trained through a DET, from one of the run's starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Unit {
     pub task: usize,
     pub det: DetKind,
+    /// Which of stage 2's starts for z the unit trains from (0 wherever a run has one start,
+    /// which checkpoints leave out, so that their unit lists read as before starts).
+    #[serde(skip_serializing_if = "is_first")]
+    pub start: usize,
+}
+
+impl Unit {
+    /// `task` through `det` from the run's first (or only) start.
+    pub fn new(task: usize, det: DetKind) -> Self {
+        Self {
+            task,
+            det,
+            start: 0,
+        }
+    }
+}
+
+fn is_first(start: &usize) -> bool {
+    *start == 0
 }
 
 /// How long and how fast a run trains, the part of [`FitOptions`] that differs between stages.
@@ -531,8 +550,9 @@ struct UnitRow<'a> {
     row: Row<'a>,
 }
 
-/// The training rows of one step: `options.batch` rows of every active unit
-/// ([`minibatch`], one stream per unit).
+/// The training rows of one step: `options.batch` rows of every active unit ([`minibatch`], one
+/// stream per task and DET, numbered as the units of the first start: every start of a task
+/// sees the same rows in the same order, so that the choice between starts compares starts).
 fn step_rows<'a>(
     training: &Training<'a>,
     realised: &'a Realised,
@@ -545,7 +565,12 @@ fn step_rows<'a>(
         let unit = training.units[index];
         let task = &training.tasks[unit.task];
         let train = &task.data.train;
-        for example in minibatch(train.len(), options.seed, index, step, options.batch) {
+        let stream = training
+            .units
+            .iter()
+            .position(|other| (other.task, other.det) == (unit.task, unit.det))
+            .expect("a unit is among the units. This is a bug.");
+        for example in minibatch(train.len(), options.seed, stream, step, options.batch) {
             let row = Row {
                 task: unit.task,
                 example: &train[example],
@@ -929,7 +954,7 @@ mod tests {
             Encoder::load(&runtime, &fixture("tiny"), &EncoderOptions::default()).unwrap();
         let theta0 = Theta0::load(&ModelFiles::open(&fixture("tiny")).unwrap()).unwrap();
         let tasks = [TrainTask::load(&encoder, &fixture("data/sst2"), None).unwrap()];
-        let units = [DetKind::Lora, DetKind::Adapter].map(|det| Unit { task: 0, det });
+        let units = [DetKind::Lora, DetKind::Adapter].map(|det| Unit::new(0, det));
         let space = Space::Original { theta0: &theta0 };
         let init = units
             .iter()
@@ -962,8 +987,7 @@ mod tests {
         let theta0 = Theta0::load(&ModelFiles::open(&fixture("tiny")).unwrap()).unwrap();
         let subspace = Subspace::random(encoder.manifest(), &theta0, 6, 3).unwrap();
         let tasks = [TrainTask::load(&encoder, &fixture("data/sst2"), None).unwrap()];
-        let units =
-            [DetKind::Lora, DetKind::Adapter, DetKind::Prefix].map(|det| Unit { task: 0, det });
+        let units = [DetKind::Lora, DetKind::Adapter, DetKind::Prefix].map(|det| Unit::new(0, det));
         let values: Vec<Vec<f32>> = (0..units.len())
             .map(|u| (0..6).map(|k| ((u * 6 + k) as f32 * 0.7).sin()).collect())
             .collect();

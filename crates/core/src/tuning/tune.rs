@@ -36,12 +36,60 @@ pub struct Tuned {
     pub z: Vec<f32>,
     /// The head tuned with z, if one was asked for.
     pub head: Option<Head>,
+    /// Which of the target's starts z was tuned from (CMA-ES: 0, its own mean).
+    pub start: usize,
+    /// The upstream code [`Start::Upstream`] chose for the task, if the target has that start.
+    pub upstream: Option<UpstreamChoice>,
     pub dev: Scores,
     pub test: Scores,
-    /// The dev score of every DET the task was tuned through; `det` is the best.
-    pub candidates: Vec<(DetKind, Scores)>,
+    /// The dev score of every unit the task was tuned as; `det` and `start` are the best's.
+    pub candidates: Vec<Candidate>,
     /// Wall time of the search (all tasks of the run share it).
     pub seconds: f64,
+}
+
+/// One unit of a task's tuning, a DET from a start, with its dev score.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate {
+    pub det: DetKind,
+    pub start: usize,
+    pub dev: Scores,
+}
+
+/// Where stage 2 starts z.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Start<'a> {
+    /// The paper's N(0, 0.02²), seeded per task.
+    Normal,
+    /// These values: another task's z (a warm start, such as an upstream task's code).
+    Values(&'a [f32]),
+    /// The code of the upstream task (among those the subspace carries) that scores best on the
+    /// task's dev set before any step, by macro-F1 then accuracy, through the target's first DET
+    /// with the head as it starts: a warm start from the nearest upstream task.
+    Upstream,
+}
+
+impl Start<'_> {
+    /// The start's name in checkpoints: "normal", the values' digest, or "upstream" and the
+    /// digest of every code it chooses from.
+    fn name(&self, subspace: &Subspace) -> String {
+        match self {
+            Start::Normal => "normal".to_string(),
+            Start::Values(values) => digest(values),
+            Start::Upstream => {
+                let codes = subspace.codes().map(|c| c.z.concat()).unwrap_or_default();
+                format!("upstream {}", digest(&codes))
+            }
+        }
+    }
+}
+
+/// The upstream code chosen for a task: the upstream task's name and the chosen code's dev
+/// scores before tuning.
+#[derive(Debug, Clone)]
+pub struct UpstreamChoice {
+    pub task: String,
+    pub dev: Scores,
 }
 
 /// The paper's init for z: N(0, 0.02²), seeded per task.
@@ -90,9 +138,10 @@ pub struct Target<'a> {
     /// False: z stays 0 and only the head trains (with LoRA, whose θ⁰ is a no-op, that is a
     /// head on the frozen model).
     pub train_z: bool,
-    /// Where z starts for every task and DET (a warm start: another task's z, say an upstream
-    /// task's code); None: the paper's N(0, 0.02²), seeded per task.
-    pub start: Option<&'a [f32]>,
+    /// Where z starts: every task is tuned through every DET from each start, and keeps the
+    /// (DET, start) that scores best on dev, the first of equals. More than one start is a
+    /// guarded warm start: [`Start::Normal`] and an upstream task's code, say.
+    pub starts: &'a [Start<'a>],
 }
 
 impl Target<'static> {
@@ -102,7 +151,7 @@ impl Target<'static> {
         dets: &DetKind::ALL,
         head: HeadTuning::Prototypes,
         train_z: true,
-        start: None,
+        starts: &[Start::Normal],
     };
 }
 
@@ -111,10 +160,10 @@ impl Target<'static> {
 pub type Watch<'w> = &'w mut dyn FnMut(StepReport<'_>) -> anyhow::Result<()>;
 
 /// Gradient tuning of z, and of the head the target asks for, for every task through each DET
-/// of the target, all (task, DET) units in shared runs; each task keeps the DET whose unit scores
-/// best on dev. A head starts at the descriptions with zero biases. With `trace`, every unit's
-/// current values are scored between steps (that time is left out of `seconds`); `watch` sees
-/// every step.
+/// of the target from each of its starts, all (task, DET, start) units in shared runs; each task
+/// keeps the unit that scores best on dev. A head starts at the descriptions with zero biases.
+/// With `trace`, every unit's current values are scored between steps (that time is left out of
+/// `seconds`); `watch` sees every step.
 pub fn tune_gradient(
     encoder: &Encoder,
     subspace: &Subspace,
@@ -125,22 +174,22 @@ pub fn tune_gradient(
     mut watch: Option<Watch<'_>>,
 ) -> anyhow::Result<Vec<Tuned>> {
     anyhow::ensure!(!target.dets.is_empty(), "tune through at least one DET");
-    if let Some(start) = target.start {
-        anyhow::ensure!(
-            start.len() == subspace.d(),
-            "a start for z needs d = {} values; it has {}",
-            subspace.d(),
-            start.len()
-        );
-        anyhow::ensure!(target.train_z, "a start for z needs z to train");
-    }
-    // A checkpoint names the start it was written from.
+    check_starts(target, subspace)?;
+    // A checkpoint names the starts it was written from (none: the seeded default alone).
+    let names: Vec<String> = target.starts.iter().map(|s| s.name(subspace)).collect();
     let options = &FitOptions {
-        start: target.start.map(digest),
+        start: (target.starts != [Start::Normal]).then(|| names.join(" + ")),
         ..options.clone()
     };
-    let units: Vec<Unit> = (0..tasks.len())
-        .flat_map(|task| target.dets.iter().map(move |&det| Unit { task, det }))
+    let units: Vec<Unit> = (0..target.starts.len())
+        .flat_map(|start| {
+            (0..tasks.len()).flat_map(move |task| {
+                target
+                    .dets
+                    .iter()
+                    .map(move |&det| Unit { task, det, start })
+            })
+        })
         .collect();
     let (head, dets) = (target.head, target.dets);
     let space = Space::Subspace {
@@ -149,17 +198,24 @@ pub fn tune_gradient(
         train_z: target.train_z,
     };
     let hidden = encoder.manifest().hidden();
+    // Per task, the upstream code it starts from (when a start asks for one).
+    let upstream = if target.starts.contains(&Start::Upstream) {
+        choose_upstream(encoder, subspace, tasks, target, options)?
+    } else {
+        Vec::new()
+    };
     // Every DET of a task starts from the same z, so the choice compares DETs, not inits.
     let init = units
         .iter()
         .map(|unit| {
             let task = &tasks[unit.task];
-            let mut values = match (target.train_z, target.start) {
+            let mut values = match (target.train_z, target.starts[unit.start]) {
                 (false, _) => vec![0.0; subspace.d()],
-                (true, Some(start)) => start.to_vec(),
-                (true, None) => {
+                (true, Start::Values(start)) => start.to_vec(),
+                (true, Start::Normal) => {
                     initial_z(subspace.d(), options.seed.wrapping_add(unit.task as u64))
                 }
+                (true, Start::Upstream) => upstream[unit.task].z.clone(),
             };
             values.resize(
                 values.len() + head.len(task.descriptions.len(), hidden),
@@ -177,8 +233,11 @@ pub fn tune_gradient(
             None => Ok(()),
         }
     };
-    let names: Vec<String> = dets.iter().map(ToString::to_string).collect();
-    let label = format!("tune {}", names.join("+"));
+    let det_names: Vec<String> = dets.iter().map(ToString::to_string).collect();
+    let label = match target.starts.len() {
+        1 => format!("tune {}", det_names.join("+")),
+        n => format!("tune {} from {n} starts", det_names.join("+")),
+    };
     let training = Training {
         encoder,
         tasks,
@@ -186,7 +245,7 @@ pub fn tune_gradient(
         space,
     };
     let result = fit_observed(training, init, options, &label, &mut observe)?;
-    finish(
+    let mut tuned = finish(
         encoder,
         space,
         tasks,
@@ -194,7 +253,108 @@ pub fn tune_gradient(
         result.best,
         result.seconds,
         options.final_limit,
-    )
+    )?;
+    for (tuned, start) in tuned.iter_mut().zip(upstream) {
+        tuned.upstream = Some(start.choice);
+    }
+    Ok(tuned)
+}
+
+/// An upstream code chosen for a task, and why.
+struct UpstreamStart {
+    z: Vec<f32>,
+    choice: UpstreamChoice,
+}
+
+/// Per task, the upstream code that scores best on dev with no step taken ([`Start::Upstream`]):
+/// every code is scored on every task in one evaluation, as the unit would start.
+fn choose_upstream(
+    encoder: &Encoder,
+    subspace: &Subspace,
+    tasks: &[TrainTask],
+    target: Target<'_>,
+    options: &FitOptions,
+) -> anyhow::Result<Vec<UpstreamStart>> {
+    let codes = subspace
+        .codes()
+        .context("a start from upstream needs the subspace's upstream codes")?;
+    let det = target.dets[0];
+    let hidden = encoder.manifest().hidden();
+    let (mut units, mut values) = (Vec::new(), Vec::new());
+    for (index, task) in tasks.iter().enumerate() {
+        for code in &codes.z {
+            units.push(Unit::new(index, det));
+            let head = target.head.len(task.descriptions.len(), hidden);
+            values.push([&code[..], &vec![0.0; head]].concat());
+        }
+    }
+    let space = Space::Subspace {
+        subspace,
+        head: target.head,
+        train_z: true,
+    };
+    let scores = evaluate_values(
+        encoder,
+        tasks,
+        &units,
+        &space,
+        &values,
+        Split::Dev,
+        options.eval_limit,
+    )?;
+    let by_task = scores.chunks(codes.z.len()).map(|scores| {
+        // The first of equals, as everywhere a choice is made on dev.
+        let best = (0..scores.len())
+            .rev()
+            .max_by(|&a, &b| {
+                let key = |i: usize| (scores[i].macro_f1, scores[i].accuracy);
+                key(a)
+                    .partial_cmp(&key(b))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .expect("a subspace's codes are never empty. This is a bug.");
+        UpstreamStart {
+            z: codes.z[best].clone(),
+            choice: UpstreamChoice {
+                task: codes.tasks[best].clone(),
+                dev: scores[best],
+            },
+        }
+    });
+    Ok(by_task.collect())
+}
+
+/// Whether `target`'s starts can be tuned in `subspace`.
+fn check_starts(target: Target<'_>, subspace: &Subspace) -> anyhow::Result<()> {
+    let (starts, d) = (target.starts, subspace.d());
+    if starts.contains(&Start::Upstream) && subspace.codes().is_none() {
+        anyhow::bail!(
+            "subspace {} carries no upstream codes to start from (a random subspace, or one made \
+             before subspaces carried them: `deltaspace train subspace` makes it again with them)",
+            subspace.id()
+        );
+    }
+    anyhow::ensure!(!starts.is_empty(), "tune from at least one start");
+    for (index, start) in starts.iter().enumerate() {
+        anyhow::ensure!(
+            !starts[..index].contains(start),
+            "start {} repeats an earlier one",
+            index + 1
+        );
+        if let Start::Values(values) = start {
+            anyhow::ensure!(
+                values.len() == d,
+                "a start for z needs d = {d} values; start {} has {}",
+                index + 1,
+                values.len()
+            );
+        }
+    }
+    anyhow::ensure!(
+        target.train_z || starts == [Start::Normal],
+        "a start for z needs z to train"
+    );
+    Ok(())
 }
 
 /// How CMA-ES searches.
@@ -233,10 +393,7 @@ pub fn tune_cmaes(
     };
     let mut best = Vec::new();
     for (task_index, task) in tasks.iter().enumerate() {
-        let unit = [Unit {
-            task: task_index,
-            det,
-        }];
+        let unit = [Unit::new(task_index, det)];
         let mut search = CmaEs::new(
             &initial_z(d, options.seed.wrapping_add(task_index as u64)),
             options.sigma,
@@ -328,7 +485,7 @@ pub fn tune_cmaes(
         progress.finish();
         best.push(best_z);
     }
-    let units: Vec<Unit> = (0..tasks.len()).map(|task| Unit { task, det }).collect();
+    let units: Vec<Unit> = (0..tasks.len()).map(|task| Unit::new(task, det)).collect();
     // The search's wall time, as without a trace: its scoring is left out.
     let scoring = trace.map_or(Duration::ZERO, |t| t.scoring);
     let seconds = started.elapsed().saturating_sub(scoring);
@@ -344,7 +501,7 @@ pub fn tune_cmaes(
 }
 
 /// Full dev scores of every unit; per task, the unit with the best dev accuracy (the first of
-/// equals), with its test score.
+/// equals: the earlier start, then the earlier DET), with its test score.
 fn finish(
     encoder: &Encoder,
     space: Space<'_>,
@@ -389,13 +546,19 @@ fn finish(
                 .iter()
                 .zip(&dev)
                 .filter(|(other, _)| other.task == unit.task)
-                .map(|(other, metrics)| (other.det, *metrics))
+                .map(|(other, &dev)| Candidate {
+                    det: other.det,
+                    start: other.start,
+                    dev,
+                })
                 .collect();
             Ok(Tuned {
                 task: unit.task,
                 det: unit.det,
                 z: values,
                 head,
+                start: unit.start,
+                upstream: None,
                 dev: dev[index],
                 test,
                 candidates,
