@@ -1103,7 +1103,19 @@ fn tune_from_several_starts_keeps_the_one_best_on_dev() {
     ]);
     let cold = tune(&[], &alone);
     let from_code = tune(&["--init", &code], &warm);
-    let guarded = tune(&["--init", "normal", "--init", &code], &both);
+    let trace = out("trace.jsonl");
+    let guarded = tune(
+        &["--init", "normal", "--init", &code, "--trace", &trace],
+        &both,
+    );
+    // The trace tells the starts apart: `start` is left out for the first.
+    let points: Vec<serde_json::Value> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let starts: Vec<&serde_json::Value> = points.iter().map(|p| &p["start"]).collect();
+    assert!(starts.contains(&&json!(1)) && starts.contains(&&serde_json::Value::Null));
 
     assert_eq!(cold["start"], "normal");
     assert_eq!(from_code["start"], code.as_str());

@@ -68,7 +68,7 @@ pub struct Unit {
     pub det: DetKind,
     /// Which of stage 2's starts for z the unit trains from (0 wherever a run has one start,
     /// which checkpoints leave out, so that their unit lists read as before starts).
-    #[serde(skip_serializing_if = "is_first")]
+    #[serde(skip_serializing_if = "is_first_start")]
     pub start: usize,
 }
 
@@ -83,7 +83,8 @@ impl Unit {
     }
 }
 
-fn is_first(start: &usize) -> bool {
+/// Whether a unit's start is the run's first, which its serialized forms leave out.
+pub(crate) fn is_first_start(start: &usize) -> bool {
     *start == 0
 }
 

@@ -19,6 +19,7 @@ use super::data::{Split, minibatch};
 use super::eval::Scores;
 use super::fit::{
     FitOptions, Schedule, Space, StepReport, Training, Unit, evaluate_values, fit_observed,
+    is_first_start,
 };
 use super::head::HeadTuning;
 use super::optim::CmaEs;
@@ -618,6 +619,10 @@ impl Position {
 struct TracePoint<'a> {
     task: &'a str,
     det: DetKind,
+    /// Which of the run's starts (`tune --init`, in order) the unit trains from; left out for
+    /// the first, so that a run with one start traces as before starts.
+    #[serde(skip_serializing_if = "is_first_start")]
+    start: usize,
     optimizer: &'a str,
     step: usize,
     seconds: f64,
@@ -703,6 +708,7 @@ impl Trace {
             let point = TracePoint {
                 task: &tasks[unit.task].data.name,
                 det: unit.det,
+                start: unit.start,
                 optimizer: &self.optimizer,
                 step: at.step,
                 seconds: at.optimizing.as_secs_f64(),
