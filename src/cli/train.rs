@@ -234,10 +234,12 @@ pub struct TuneArgs {
     pub freeze_z: bool,
     /// Where z starts: `normal`, the paper's N(0, 0.02²) [default]; `upstream`, the code of the
     /// upstream task (among those the subspace carries) that scores best on the task's dev set
-    /// before tuning, by macro-F1 through the first DET; or a task file, whose z it takes (made
-    /// for the same subspace; its labels and head are not used). Repeat it to tune from each
-    /// start and keep, per task, the start (and DET) that scores best on dev, the first of
-    /// equals: `--init normal --init upstream` is a warm start guarded by the cold one.
+    /// before tuning, by macro-F1 then accuracy through the first DET; or a task file, whose z
+    /// it takes (made for the same subspace; its labels and head are not used; a file named like
+    /// a keyword: ./normal). Repeat it to tune from each start and keep, per task, the start
+    /// (and DET) that scores best on dev, the first of equals: `--init normal --init upstream`
+    /// is a warm start guarded by the cold one. Every start sees the same training rows it would
+    /// alone; --max-seconds bounds all of them together.
     #[arg(long, num_args = 1.., conflicts_with = "freeze_z")]
     pub init: Vec<PathBuf>,
     /// adam, adafactor (exact gradients) or cmaes (derivative-free).
@@ -625,7 +627,8 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
             optimizer: args.optimizer.clone(),
             dev: result.dev,
             test: result.test,
-            start: start_name(&args.init, result.start, &result),
+            start: Some(start_name(&args.init, result.start, &result)),
+            upstream_dev: result.upstream.as_ref().map(|chosen| chosen.dev),
             dev_by_det: result
                 .candidates
                 .iter()
@@ -660,7 +663,14 @@ fn load_starts(init: &[PathBuf], subspace: &Subspace) -> anyhow::Result<Vec<Init
         .map(|path| match path.to_str() {
             Some(NORMAL) => Ok(InitArg::Normal),
             Some(UPSTREAM) => Ok(InitArg::Upstream),
-            _ => load_task(path, subspace).map(|task| InitArg::Code(task.z)),
+            _ => load_task(path, subspace)
+                .map(|task| InitArg::Code(task.z))
+                .with_context(|| {
+                    format!(
+                        "--init {}: it takes normal, upstream or a task file",
+                        path.display()
+                    )
+                }),
         })
         .collect()
 }

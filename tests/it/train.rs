@@ -150,83 +150,108 @@ fn upstream_codes_rebuild_each_solution(model: &str, solutions: &str, file: &str
     assert_eq!(info[0]["upstream_codes"], json!(["rte", "sst2"]));
 }
 
-/// `tune --init upstream` starts from the code of the upstream task whose solution scores best
-/// on dev (macro-F1, then accuracy; a code rebuilds its solution, so `eval --solution` scores it);
-/// with no step taken the task keeps that code and its score. A subspace without codes refuses.
+/// `tune --init upstream` starts each task from the code of the upstream task whose solution
+/// scores best on its dev set (macro-F1, then accuracy; a code rebuilds its solution, so `eval
+/// --solution` scores it); with no step taken a task keeps that code and its score. Two tasks in
+/// one run each get their own. A subspace without codes refuses.
 fn tune_from_upstream_starts_at_the_nearest_code(
     model: &str,
     solutions: &str,
     subspace: &str,
-    task: String,
+    out_dir: String,
 ) {
-    let sst2 = data("sst2").display().to_string();
-    let zero_shot = |source: &str| {
-        let solution = format!("{solutions}/{source}.lora.safetensors");
-        let args = [
-            "eval",
-            "--model",
-            model,
-            "--data",
-            &sst2,
-            "--split",
-            "dev",
-            "--json",
-            "--solution",
-            &solution,
-        ];
-        let line = json_lines(&deltaspace(&args)).remove(0);
-        (
-            line["macro_f1"].as_f64().unwrap(),
-            line["accuracy"].as_f64().unwrap(),
-        )
-    };
-    let (rte, sst2_own) = (zero_shot("rte"), zero_shot("sst2"));
-    let nearest = if rte >= sst2_own { "rte" } else { "sst2" };
-    let tune = |init: &[&str]| {
-        let common = [
-            "tune",
-            "--model",
-            model,
-            "--subspace",
-            subspace,
-            "--data",
-            &sst2,
-            "--det",
-            "lora",
-            "--steps",
-            "0",
-            "--out",
-            &task,
-        ];
-        json_lines(&deltaspace(&[&common[..], init].concat())).remove(0)
-    };
-    let line = tune(&["--init", "upstream"]);
-    assert_eq!(line["start"], format!("upstream:{nearest}"), "{line}");
-    let expected = if nearest == "rte" { rte } else { sst2_own };
-    assert_eq!(
-        line["dev"]["macro_f1"].as_f64().unwrap(),
-        expected.0,
-        "{line}"
+    let (sst2, rte) = (
+        data("sst2").display().to_string(),
+        data("rte").display().to_string(),
     );
-
-    let random = format!("{task}.random.safetensors");
-    deltaspace(&[
-        "subspace", "random", "--model", model, "--dim", "7", "--out", &random,
-    ]);
-    let message = deltaspace_refuses(&[
+    // The nearest upstream task for DATA, and its dev macro-F1.
+    let nearest = |data: &str| {
+        let zero_shot = |source: &str| {
+            let solution = format!("{solutions}/{source}.lora.safetensors");
+            let args = [
+                "eval",
+                "--model",
+                model,
+                "--data",
+                data,
+                "--split",
+                "dev",
+                "--json",
+                "--solution",
+                &solution,
+            ];
+            let line = json_lines(&deltaspace(&args)).remove(0);
+            (
+                line["macro_f1"].as_f64().unwrap(),
+                line["accuracy"].as_f64().unwrap(),
+            )
+        };
+        let (from_rte, from_sst2) = (zero_shot("rte"), zero_shot("sst2"));
+        if from_rte >= from_sst2 {
+            ("rte", from_rte.0)
+        } else {
+            ("sst2", from_sst2.0)
+        }
+    };
+    let lines = json_lines(&deltaspace(&[
         "tune",
         "--model",
         model,
         "--subspace",
-        &random,
+        subspace,
         "--data",
         &sst2,
+        &rte,
+        "--det",
+        "lora",
+        "--steps",
+        "0",
         "--init",
         "upstream",
         "--out",
-        &task,
+        &out_dir,
+    ]));
+    for (line, data) in lines.iter().zip([&sst2, &rte]) {
+        let (task, macro_f1) = nearest(data);
+        assert_eq!(line["start"], format!("upstream:{task}"), "{line}");
+        assert_eq!(
+            line["dev"]["macro_f1"].as_f64().unwrap(),
+            macro_f1,
+            "{line}"
+        );
+        assert_eq!(
+            line["upstream_dev"], line["dev"],
+            "no step: the code's own score"
+        );
+    }
+
+    let random = format!("{out_dir}.random.safetensors");
+    deltaspace(&[
+        "subspace", "random", "--model", model, "--dim", "7", "--out", &random,
     ]);
+    let refused = format!("{out_dir}/refused.json");
+    let refuses = |space: &str, init: &str| {
+        deltaspace_refuses(&[
+            "tune",
+            "--model",
+            model,
+            "--subspace",
+            space,
+            "--data",
+            &sst2,
+            "--init",
+            init,
+            "--out",
+            &refused,
+        ])
+    };
+    let message = refuses(&random, "upstream");
     assert!(message.contains("carries no upstream codes"), "{message}");
+    let message = refuses(subspace, "upsteam");
+    assert!(
+        message.contains("takes normal, upstream or a task file"),
+        "{message}"
+    );
 }
 
 /// `train subspace` arguments: the decomposition alone of 2 directions of `solutions`, completed
@@ -486,7 +511,7 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
         "only learned columns are stored"
     );
     upstream_codes_rebuild_each_solution(&model, &solutions, &completed);
-    tune_from_upstream_starts_at_the_nearest_code(&model, &solutions, &completed, out("up.json"));
+    tune_from_upstream_starts_at_the_nearest_code(&model, &solutions, &completed, out("upstream"));
 
     // Stage 2: gradient and CMA-ES, then every way of scoring.
     let tasks_dir = out("tasks");
@@ -1044,8 +1069,8 @@ fn tune_init_starts_z_from_another_tasks_z() {
 }
 
 /// `tune --init normal --init CODE` tunes from both starts and keeps the better on dev; each
-/// start trains as it would alone (the same rows in the same order), so the guarded start is
-/// exactly the better of the two runs. A start given twice is refused.
+/// start trains as it would alone (the same rows in the same order), so without --max-seconds
+/// the guarded start is the better of the two runs. A start given twice is refused.
 #[test]
 fn tune_from_several_starts_keeps_the_one_best_on_dev() {
     let dir = tempfile::tempdir().unwrap();

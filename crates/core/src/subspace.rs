@@ -66,9 +66,10 @@ pub struct Subspace {
     codes: Option<UpstreamCodes>,
 }
 
-/// The codes of the upstream tasks a subspace was found from: each task's z, its stage-0
-/// solutions' coordinates on the learned columns (0 on drawn ones). Stored as `codes` [tasks,
-/// learned columns], with the task names and the codes' own hash in the metadata.
+/// The codes of the upstream tasks a subspace was found from: each task's z on the learned
+/// columns (0 on drawn ones): its stage-0 solutions' coordinates from the decomposition, or after
+/// a refinement that was kept, the mean of its per-DET codes at the best step. Stored as `codes`
+/// [tasks, learned columns], with the task names and the codes' own hash in the metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamCodes {
     /// Task names, in the order of `z`.

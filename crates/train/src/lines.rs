@@ -64,10 +64,13 @@ pub struct TuneLine {
     pub optimizer: String,
     pub dev: Scores,
     pub test: Scores,
-    /// Where z started: `normal` (N(0, 0.02²); lines from before starts), or the task file
-    /// `--init` gave.
-    #[serde(default = "normal_start")]
-    pub start: String,
+    /// Where z started: `normal` (N(0, 0.02²)), `upstream:TASK` (the upstream code chosen), or
+    /// the task file `--init` gave (lines from before starts: none).
+    #[serde(default)]
+    pub start: Option<String>,
+    /// The chosen upstream code's dev scores before tuning, with `--init upstream`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_dev: Option<Scores>,
     /// Dev accuracy of every DET tuned from that start (lines from before the choice on dev:
     /// empty).
     #[serde(default)]
@@ -78,10 +81,6 @@ pub struct TuneLine {
     pub dev_by_start: BTreeMap<String, f32>,
     pub seconds: f64,
     pub file: PathBuf,
-}
-
-fn normal_start() -> String {
-    "normal".to_string()
 }
 
 /// `train det`: one stage-0 solution, with the step of its best dev accuracy.

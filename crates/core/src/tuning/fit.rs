@@ -819,7 +819,7 @@ impl FitState {
         };
         anyhow::ensure!(
             meta("units")? == serde_json::to_string(units)?,
-            "checkpoint {} is for other tasks or DETs; delete it to start over",
+            "checkpoint {} is for other tasks, DETs or starts (tune --init); delete it to start over",
             path.display()
         );
         // Checkpoints written before runs were recorded have no "run", those written before the

@@ -45,7 +45,8 @@ pub struct Tuned {
     pub test: Scores,
     /// The dev score of every unit the task was tuned as; `det` and `start` are the best's.
     pub candidates: Vec<Candidate>,
-    /// Wall time of the search (all tasks of the run share it).
+    /// Wall time of the search (all tasks of the run share it), the choice of upstream codes
+    /// included.
     pub seconds: f64,
 }
 
@@ -200,12 +201,15 @@ pub fn tune_gradient(
     };
     let hidden = encoder.manifest().hidden();
     // Per task, the upstream code it starts from (when a start asks for one).
+    let choosing = Instant::now();
     let upstream = if target.starts.contains(&Start::Upstream) {
         choose_upstream(encoder, subspace, tasks, target, options)?
     } else {
         Vec::new()
     };
-    // Every DET of a task starts from the same z, so the choice compares DETs, not inits.
+    let choosing = choosing.elapsed().as_secs_f64();
+    // Every DET of a task starts from the same z within a start, so the choice among them compares
+    // DETs, not inits.
     let init = units
         .iter()
         .map(|unit| {
@@ -255,8 +259,9 @@ pub fn tune_gradient(
         result.seconds,
         options.final_limit,
     )?;
-    for (tuned, start) in tuned.iter_mut().zip(upstream) {
-        tuned.upstream = Some(start.choice);
+    for tuned in &mut tuned {
+        tuned.upstream = upstream.get(tuned.task).map(|start| start.choice.clone());
+        tuned.seconds += choosing;
     }
     Ok(tuned)
 }
@@ -339,8 +344,12 @@ fn check_starts(target: Target<'_>, subspace: &Subspace) -> anyhow::Result<()> {
     for (index, start) in starts.iter().enumerate() {
         anyhow::ensure!(
             !starts[..index].contains(start),
-            "start {} repeats an earlier one",
-            index + 1
+            "start {} repeats start {} (the same z)",
+            index + 1,
+            starts[..index]
+                .iter()
+                .position(|s| s == start)
+                .map_or(0, |i| i + 1)
         );
         if let Start::Values(values) = start {
             anyhow::ensure!(
