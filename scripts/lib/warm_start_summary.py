@@ -1,0 +1,65 @@
+"""The warm-start screen against quality.sh's rows at k = 16, per (task, seed), as a markdown table.
+
+    python3 scripts/lib/warm_start_summary.py     # from the repository root
+
+"guarded" is what `tune --init normal --init FILE` keeps: of the cold run (quality.sh's z + head line) and the
+warm one (the screen's line), the better on dev, the cold one on a tie. Every start of such a run trains on the
+same rows it would alone, so this is the guarded run's result without running the cold start twice. Means are
+over the (task, seed) pairs that have every column; the spread is the standard deviation of the per-seed means
+of the tasks, over the seeds where all of them are in.
+"""
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+RESULTS = Path("docs/results")
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def main():
+    rows = {}
+    for name in ("quality/minilm-d1024.jsonl", "quality/baselines.jsonl"):
+        for line in lines(RESULTS / name):
+            if line["shots"] == "16":
+                rows[(line["row"], line["task"], line["seed"])] = line
+    table = []
+    for warm in lines(RESULTS / "screen-warm-start.jsonl"):
+        key = (warm["task"], warm["seed"])
+        cold, random = rows.get(("z+head", *key)), rows.get(("random", *key))
+        if cold is None or random is None:
+            continue
+        guarded = warm if warm["dev"]["accuracy"] > cold["dev"]["accuracy"] else cold
+        table.append({
+            "task": key[0], "seed": key[1], "source": warm["source"],
+            "cold": cold["test"]["accuracy"], "warm": warm["test"]["accuracy"],
+            "guarded": guarded["test"]["accuracy"], "random": random["test"]["accuracy"],
+            "picked": "warm" if guarded is warm else "cold",
+        })
+    print("| task | seed | code | z + head cold | warm | guarded (picked) | random subspace |")
+    print("|---|---|---|---|---|---|---|")
+    for r in sorted(table, key=lambda r: (r["seed"], r["task"])):
+        print(f"| {r['task']} | {r['seed']} | {r['source']} | {100 * r['cold']:.1f} | {100 * r['warm']:.1f} | "
+              f"{100 * r['guarded']:.1f} ({r['picked']}) | {100 * r['random']:.1f} |")
+    if not table:
+        return
+    columns = ("cold", "warm", "guarded", "random")
+    means = {c: 100 * statistics.mean(r[c] for r in table) for c in columns}
+    print(f"| mean of {len(table)} | | | " + " | ".join(f"{means[c]:.1f}" for c in columns) + " |")
+    by_seed = defaultdict(list)
+    for r in table:
+        by_seed[r["seed"]].append(r)
+    tasks = {r["task"] for r in table}
+    full = [seed_rows for seed_rows in by_seed.values() if {r["task"] for r in seed_rows} == tasks]
+    if len(full) >= 2:
+        spread = {c: 100 * statistics.stdev(statistics.mean(r[c] for r in s) for s in full) for c in columns}
+        print(f"\nOver the {len(full)} seeds with every task: spread (sd of per-seed means) "
+              + ", ".join(f"{c} {spread[c]:.1f}" for c in columns))
+
+
+if __name__ == "__main__":
+    main()
