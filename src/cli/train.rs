@@ -692,9 +692,7 @@ fn starts(loaded: &[InitArg]) -> Vec<Start<'_>> {
 fn start_name(init: &[PathBuf], index: usize, tuned: &Tuned) -> String {
     match (init.get(index), &tuned.upstream) {
         (None, _) => NORMAL.to_string(),
-        (Some(path), Some(chosen)) if path.to_str() == Some(UPSTREAM) => {
-            format!("{UPSTREAM}:{}", chosen.task)
-        }
+        (Some(path), Some(chosen)) if path.to_str() == Some(UPSTREAM) => chosen.start_name(),
         (Some(path), _) => path.display().to_string(),
     }
 }

@@ -29,7 +29,7 @@ use deltaspace_core::task::{Label, Task, TaskLimits};
 use deltaspace_core::tuning::batch::TrainTask;
 use deltaspace_core::tuning::data::{Example, TaskData};
 use deltaspace_core::tuning::fit::{FitOptions, Schedule, StepReport};
-use deltaspace_core::tuning::tune::{TUNING, Target, Tuned, tune_gradient};
+use deltaspace_core::tuning::tune::{Start, TUNING, Target, Tuned, tune_gradient};
 
 /// The longest a job's run waits for predictions to finish before it runs anyway, so that a job
 /// still advances under a steady load.
@@ -48,6 +48,8 @@ pub const LEASE: Duration = Duration::from_secs(300);
 /// A checked tune request: what a job tunes.
 #[derive(Debug, Clone)]
 pub struct TuneOrder {
+    /// Where z starts (stage 2's starts: normal, upstream, or both).
+    pub starts: Vec<Start<'static>>,
     pub labels: Vec<Label>,
     pub train: Vec<Example>,
     /// None: hold a stratified part of `train` out for dev.
@@ -379,6 +381,7 @@ impl Jobs {
     ) -> Result<JobResult, String> {
         let (jobs, thread_core, thread_job) = (self.clone(), core.clone(), job.clone());
         let name = job.record().task.clone();
+        let starts = order.starts.clone();
         let (done, tuned) = tokio::sync::oneshot::channel();
         // A thread of its own at the lowest CPU priority (the encoder's threads, made on the first
         // job's thread, inherit it): when predictions need the cores, the kernel gives them first.
@@ -415,6 +418,10 @@ impl Jobs {
             det: tuned.det.to_string(),
             dev_accuracy: tuned.dev.accuracy,
             test_accuracy: has_test.then_some(tuned.test.accuracy),
+            start: Some(match (starts[tuned.start], &tuned.upstream) {
+                (Start::Upstream, Some(chosen)) => chosen.start_name(),
+                _ => "normal".to_string(),
+            }),
         })
     }
 
@@ -452,6 +459,7 @@ impl Jobs {
         let one = order.det.map(|det| [det]);
         let target = Target {
             dets: one.as_ref().map_or(&DetKind::ALL[..], |d| &d[..]),
+            starts: &order.starts,
             ..Target::DEFAULT
         };
         let started = Instant::now();

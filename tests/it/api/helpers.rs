@@ -19,6 +19,13 @@ use tokio::task::JoinHandle;
 
 use crate::helpers::tiny_dir;
 
+/// The tiny model's files and θ⁰.
+fn tiny_model() -> (ModelFiles, Theta0) {
+    let files = ModelFiles::open(&tiny_dir()).unwrap();
+    let theta0 = Theta0::load(&files).unwrap();
+    (files, theta0)
+}
+
 /// The subspace dimension of every test.
 pub const D: usize = 4;
 
@@ -36,10 +43,37 @@ impl Fixture {
 
     /// A fixture whose subspace has dimension `d`.
     pub fn with_d(d: usize) -> Self {
+        let (files, theta0) = tiny_model();
+        Self::holding(Subspace::random(&files.manifest, &theta0, d, 11).unwrap())
+    }
+
+    /// A fixture whose subspace (d = [`D`]) has two learned columns that carry two upstream
+    /// tasks' codes, completed by seeded random ones.
+    pub fn with_upstream_codes() -> Self {
+        use deltaspace::subspace::RandomColumns;
+        let (files, theta0) = tiny_model();
+        let drawn = Subspace::random(&files.manifest, &theta0, 2, 5).unwrap();
+        let learned = Subspace::new("learned", &files.manifest, drawn.params().dets().to_vec())
+            .unwrap()
+            .with_codes(
+                vec!["news".into(), "reviews".into()],
+                vec![vec![3.0, -1.0], vec![-2.0, 2.5]],
+            )
+            .unwrap();
+        let columns = RandomColumns {
+            count: D - 2,
+            seed: 5,
+        };
+        Self::holding(
+            learned
+                .with_random_columns(&files.manifest, columns)
+                .unwrap(),
+        )
+    }
+
+    /// A fixture with `subspace` saved in a new temporary directory.
+    fn holding(subspace: Subspace) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let files = ModelFiles::open(&tiny_dir()).unwrap();
-        let theta0 = Theta0::load(&files).unwrap();
-        let subspace = Subspace::random(&files.manifest, &theta0, d, 11).unwrap();
         let subspace_path = dir.path().join("subspace.safetensors");
         subspace.save(&subspace_path, Storage::F32).unwrap();
         Self {

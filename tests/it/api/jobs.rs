@@ -127,6 +127,43 @@ async fn a_tune_job_turns_labeled_examples_into_a_served_task() {
     app.stop().await.unwrap();
 }
 
+/// `init: ["normal", "upstream"]` tunes from both starts and keeps the better on dev; the job's
+/// result names the start kept. /openapi.json offers "upstream" only where the subspace carries
+/// codes.
+#[tokio::test]
+async fn a_tune_job_can_start_from_the_nearest_upstream_code() {
+    let fixture = Fixture::with_upstream_codes();
+    let app = TestApp::spawn(fixture.options()).await;
+    let mut body = tune_body(6);
+    body["budget"] = json!({"steps": 10});
+    body["init"] = json!(["normal", "upstream"]);
+    let job = start(&app, "guarded", &body).await;
+    let record = wait_for_end(&app, &job).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    let kept = record["result"]["start"].as_str().unwrap();
+    assert!(
+        ["normal", "upstream:news", "upstream:reviews"].contains(&kept),
+        "{record}"
+    );
+    let init = |openapi: &Value| {
+        openapi["components"]["schemas"]["TuneRequest"]["properties"]["init"]["items"]["enum"]
+            .clone()
+    };
+    let served = ok_json(app.get("/openapi.json").await).await;
+    assert_eq!(init(&served), json!(["normal", "upstream"]));
+    app.stop().await.unwrap();
+
+    let without = Fixture::new();
+    let app = TestApp::spawn(without.options()).await;
+    let served = ok_json(app.get("/openapi.json").await).await;
+    assert_eq!(
+        init(&served),
+        json!(["normal"]),
+        "a random subspace has no codes"
+    );
+    app.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_same_examples_and_seed_make_the_same_task() {
     let fixture = Fixture::new();
@@ -219,6 +256,31 @@ async fn bad_tune_requests_are_refused_with_the_reason() {
             422,
             "invalid_tune",
             "dev_examples is empty",
+        ),
+        (
+            with(&|b| b["init"] = json!(["warm"])),
+            422,
+            "invalid_tune",
+            "init[0]: \"warm\" is not a start",
+        ),
+        (
+            with(&|b| b["init"] = json!([])),
+            422,
+            "invalid_tune",
+            "init must name 1 or 2 starts",
+        ),
+        (
+            with(&|b| b["init"] = json!(["normal", "normal"])),
+            422,
+            "invalid_tune",
+            "init[1]: \"normal\" is given twice",
+        ),
+        // The fixture's subspace is random: it carries no upstream codes.
+        (
+            with(&|b| b["init"] = json!(["normal", "upstream"])),
+            422,
+            "invalid_tune",
+            "carries none",
         ),
         (
             with(&|b| b["extra"] = json!(1)),

@@ -94,6 +94,13 @@ pub struct UpstreamChoice {
     pub dev: Scores,
 }
 
+impl UpstreamChoice {
+    /// How output lines and job results name a task that kept this start: `upstream:TASK`.
+    pub fn start_name(&self) -> String {
+        format!("upstream:{}", self.task)
+    }
+}
+
 /// The paper's init for z: N(0, 0.02²), seeded per task.
 fn initial_z(d: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

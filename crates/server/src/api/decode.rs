@@ -12,7 +12,7 @@ use deltaspace_core::det::DetKind;
 use deltaspace_core::model::TextInput;
 use deltaspace_core::task::{Head, Label, Task, TaskLimits, validate_labels};
 use deltaspace_core::tuning::data::Example;
-use deltaspace_core::tuning::tune::TUNING;
+use deltaspace_core::tuning::tune::{Start, TUNING};
 
 /// Tasks per page of `GET /v1/tasks` unless `limit` says otherwise.
 pub const PAGE_DEFAULT: usize = 100;
@@ -119,6 +119,10 @@ pub struct TuneRequest {
     pub budget: Option<Budget>,
     #[serde(default, deserialize_with = "seed")]
     pub seed: Option<usize>,
+    /// Where z starts, as `tune --init`: "normal" (N(0, 0.02²), the default), "upstream" (the
+    /// nearest upstream task's code), or both: tuned from each, keeping the better on dev.
+    #[serde(default)]
+    pub init: Option<Vec<String>>,
 }
 
 /// The largest seed a tune request takes: 2^53 − 1, the largest integer every JSON parser reads
@@ -300,7 +304,9 @@ impl TuneRequest {
             .map(|det| det.parse::<DetKind>())
             .transpose()
             .map_err(|e| ApiError::InvalidTune(e.to_string()))?;
+        let starts = decode_starts(request.init)?;
         Ok(TuneOrder {
+            starts,
             labels: request.labels,
             train,
             dev,
@@ -312,6 +318,38 @@ impl TuneRequest {
             seed: seed as u64,
         })
     }
+}
+
+/// A tune request's `init`: one or both of "normal" and "upstream", each once [default: normal].
+fn decode_starts(init: Option<Vec<String>>) -> Result<Vec<Start<'static>>, ApiError> {
+    let Some(init) = init else {
+        return Ok(vec![Start::Normal]);
+    };
+    if !(1..=2).contains(&init.len()) {
+        return Err(ApiError::InvalidTune(format!(
+            "init must name 1 or 2 starts (normal, upstream), got {}",
+            init.len()
+        )));
+    }
+    let mut starts = Vec::new();
+    for (index, name) in init.iter().enumerate() {
+        let start = match name.as_str() {
+            "normal" => Start::Normal,
+            "upstream" => Start::Upstream,
+            other => {
+                return Err(ApiError::InvalidTune(format!(
+                    "init[{index}]: {other:?} is not a start; give normal or upstream"
+                )));
+            }
+        };
+        if starts.contains(&start) {
+            return Err(ApiError::InvalidTune(format!(
+                "init[{index}]: {name:?} is given twice"
+            )));
+        }
+        starts.push(start);
+    }
+    Ok(starts)
 }
 
 impl LabeledText {

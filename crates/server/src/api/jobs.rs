@@ -13,6 +13,7 @@ use crate::auth::Access;
 use crate::error::ApiError;
 use crate::store::JobRecord;
 use deltaspace_core::task::validate_name;
+use deltaspace_core::tuning::tune::Start;
 
 /// `POST /v1/tasks/{name}/tune` answer.
 #[derive(Debug, Serialize)]
@@ -47,6 +48,13 @@ pub(super) async fn tune(
         options.max_text_chars,
         &options.task_limits,
     )?;
+    if order.starts.contains(&Start::Upstream) && core.subspace.codes().is_none() {
+        return Err(ApiError::InvalidTune(format!(
+            "init: \"upstream\" needs a subspace that carries upstream codes; this server's \
+             subspace {} carries none",
+            core.subspace.id()
+        )));
+    }
     // A precondition that fails now fails at once; the job checks it again when it serves.
     let current = core.store.get(&name);
     expect.check(&name, current.as_ref().map(|c| c.etag.as_str()))?;

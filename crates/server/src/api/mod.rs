@@ -174,6 +174,7 @@ async fn openapi(state: State) -> HttpResponse {
         d: core.subspace.d(),
         hidden: core.encoder.manifest().hidden(),
         subspace: [core.subspace.name().to_string(), core.subspace.id()],
+        upstream_codes: core.subspace.codes().is_some(),
     });
     HttpResponse::Ok().json(openapi::render(&state.options, sizes))
 }

@@ -1,6 +1,7 @@
 //! `/openapi.json`: the committed description (docs/openapi.json) with the limits in force written
 //! into it, so a client or a contract tester reads the bounds the server applies: text lengths,
-//! item counts, z's length d and a prototype's width H once the model is loaded.
+//! item counts, and once the model is loaded z's length d, a prototype's width H, and whether a
+//! tune request may start from upstream codes.
 //!
 //! What JSON Schema cannot say is checked by the server alone and documented in the description:
 //! a body `name` equal to the path's, unique label names, ‖z‖ ≤ max_z_norm, and the token budget.
@@ -22,6 +23,8 @@ pub struct Sizes {
     pub hidden: usize,
     /// The subspace's name and full id: what an upload's `subspace` may say.
     pub subspace: [String; 2],
+    /// Whether the subspace carries upstream codes, which a tune request's "upstream" start needs.
+    pub upstream_codes: bool,
 }
 
 /// The description with `options`' limits (and, when known, the model's sizes) in it.
@@ -72,6 +75,11 @@ pub fn render(options: &Options, sizes: Option<Sizes>) -> Value {
         let prototype = &mut schemas["Head"]["properties"]["prototypes"]["items"];
         prototype["minItems"] = json!(sizes.hidden);
         prototype["maxItems"] = json!(sizes.hidden);
+        if !sizes.upstream_codes {
+            let init = &mut schemas["TuneRequest"]["properties"]["init"];
+            init["items"]["enum"] = json!(["normal"]);
+            init["maxItems"] = json!(1);
+        }
     }
     doc
 }

@@ -55,6 +55,9 @@ pub struct JobResult {
     /// Only when the request gave `test_examples`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_accuracy: Option<f32>,
+    /// Where the kept z started: "normal", or "upstream:TASK" (records from before starts: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
 }
 
 /// A job as `GET /v1/jobs/{id}` shows it and the store keeps it.
