@@ -206,7 +206,6 @@ pub fn tune_gradient(
         head,
         train_z: target.train_z,
     };
-    let hidden = encoder.manifest().hidden();
     // Per task, the upstream code it starts from (when a start asks for one).
     let choosing = Instant::now();
     let upstream = if target.starts.contains(&Start::Upstream) {
@@ -215,27 +214,15 @@ pub fn tune_gradient(
         Vec::new()
     };
     let choosing = choosing.elapsed().as_secs_f64();
-    // Every DET of a task starts from the same z within a start, so the choice among them compares
-    // DETs, not inits.
-    let init = units
-        .iter()
-        .map(|unit| {
-            let task = &tasks[unit.task];
-            let mut values = match (target.train_z, target.starts[unit.start]) {
-                (false, _) => vec![0.0; subspace.d()],
-                (true, Start::Values(start)) => start.to_vec(),
-                (true, Start::Normal) => {
-                    initial_z(subspace.d(), options.seed.wrapping_add(unit.task as u64))
-                }
-                (true, Start::Upstream) => upstream[unit.task].z.clone(),
-            };
-            values.resize(
-                values.len() + head.len(task.descriptions.len(), hidden),
-                0.0,
-            );
-            values
-        })
-        .collect();
+    let init = initial_values(
+        encoder,
+        subspace,
+        tasks,
+        &units,
+        target,
+        &upstream,
+        options.seed,
+    );
     let mut observe = |report: StepReport<'_>| -> anyhow::Result<()> {
         if let Some(watch) = watch.as_deref_mut() {
             watch(report)?;
@@ -271,6 +258,33 @@ pub fn tune_gradient(
         tuned.seconds += choosing;
     }
     Ok(tuned)
+}
+
+/// Every unit's values as it starts: z from its start, then the head's parameters at 0 (the
+/// descriptions, zero biases). Every DET of a task starts from the same z within a start, so the
+/// choice among them compares DETs, not inits.
+fn initial_values(
+    encoder: &Encoder,
+    subspace: &Subspace,
+    tasks: &[TrainTask],
+    units: &[Unit],
+    target: Target<'_>,
+    upstream: &[UpstreamStart],
+    seed: u64,
+) -> Vec<Vec<f32>> {
+    let (d, hidden) = (subspace.d(), encoder.manifest().hidden());
+    let values = |unit: &Unit| {
+        let mut values = match (target.train_z, target.starts[unit.start]) {
+            (false, _) => vec![0.0; d],
+            (true, Start::Values(start)) => start.to_vec(),
+            (true, Start::Normal) => initial_z(d, seed.wrapping_add(unit.task as u64)),
+            (true, Start::Upstream) => upstream[unit.task].z.clone(),
+        };
+        let head = target.head.len(tasks[unit.task].descriptions.len(), hidden);
+        values.resize(values.len() + head, 0.0);
+        values
+    };
+    units.iter().map(values).collect()
 }
 
 /// An upstream code chosen for a task, and why.
