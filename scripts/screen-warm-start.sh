@@ -50,7 +50,9 @@ warm() {
     echo "$t: not every upstream solution was scored (see $runs/eval.log)" >&2
     exit 1
   fi
-  printf '%s\n' "$scores" | sed "s/^{/{\"unseen\":\"$t\",\"shots\":\"16\",\"seed\":$seed,/" >> "$choices"
+  # A (task, seed) resumed after a cut has its scores in already (the same: they take no step).
+  grep -q "\"unseen\":\"$t\",\"shots\":\"16\",\"seed\":$seed," "$choices" ||
+    printf '%s\n' "$scores" | sed "s/^{/{\"unseen\":\"$t\",\"shots\":\"16\",\"seed\":$seed,/" >> "$choices"
   best=$(printf '%s\n' "$scores" | python3 -c 'import json, sys
 lines = [json.loads(l) for l in sys.stdin if l.strip()]
 best = max(lines, key=lambda l: (l["macro_f1"], l["accuracy"]))
