@@ -555,7 +555,8 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
     let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
     let tasks = args.training.tasks(&encoder, &args.data)?;
     let mut trace = args.trace.open(&args.training, TUNING, &args.optimizer)?;
-    let tuned = match args.optimizer.as_str() {
+    // What was tuned, and the starts it was tuned from (CMA-ES: its own mean, named normal).
+    let (tuned, loaded) = match args.optimizer.as_str() {
         "cmaes" => {
             if args.head != HeadTuning::None {
                 bail!(
@@ -585,7 +586,8 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                 final_limit: args.training.final_limit,
                 seed: args.training.seed,
             };
-            tune_cmaes(&encoder, &subspace, &tasks, det, &options, trace.as_mut())?
+            let tuned = tune_cmaes(&encoder, &subspace, &tasks, det, &options, trace.as_mut())?;
+            (tuned, vec![InitArg::Named(Start::Normal)])
         }
         other => {
             let kind: OptimizerKind = other.parse().map_err(anyhow::Error::msg)?;
@@ -593,15 +595,14 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                 bail!("--freeze-z trains only the head: give --head bias or --head prototypes");
             }
             let dets = args.det.map_or(DetKind::ALL.to_vec(), |det| vec![det]);
-            let codes = load_starts(&args.init, &subspace)?;
-            let starts = starts(&codes);
+            let loaded = load_starts(&args.init, &subspace)?;
             let target = Target {
                 dets: &dets,
                 head: args.head,
                 train_z: !args.freeze_z,
-                starts: &starts,
+                starts: &starts(&loaded),
             };
-            tune_gradient(
+            let tuned = tune_gradient(
                 &encoder,
                 &subspace,
                 &tasks,
@@ -609,9 +610,11 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                 &args.training.fit_options(kind, TUNING),
                 trace.as_mut(),
                 None,
-            )?
+            )?;
+            (tuned, loaded)
         }
     };
+    let starts = starts(&loaded);
     for result in tuned {
         let data = &tasks[result.task].data;
         let path = if single_file {
@@ -627,7 +630,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
             optimizer: args.optimizer.clone(),
             dev: result.dev,
             test: result.test,
-            start: Some(start_name(&args.init, result.start, &result)),
+            start: Some(start_name(&args.init, &starts, result.start, &result)),
             upstream_dev: result.upstream.as_ref().map(|chosen| chosen.dev),
             dev_by_det: result
                 .candidates
@@ -635,7 +638,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                 .filter(|c| c.start == result.start)
                 .map(|c| (c.det.to_string(), c.dev.accuracy))
                 .collect(),
-            dev_by_start: dev_by_start(&args.init, &result),
+            dev_by_start: dev_by_start(&args.init, &starts, &result),
             seconds: result.seconds,
             file: path,
         })?;
@@ -643,27 +646,21 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The words `--init` takes for the paper's N(0, 0.02²) and for the nearest upstream task's code.
-const NORMAL: &str = "normal";
-const UPSTREAM: &str = "upstream";
-
-/// A start `--init` named, loaded.
+/// A start `--init` named: a word [`Start::named`] knows, or a task file's z.
 enum InitArg {
-    Normal,
-    Upstream,
+    Named(Start<'static>),
     Code(Vec<f32>),
 }
 
 /// `--init`'s starts in order [default: normal alone].
 fn load_starts(init: &[PathBuf], subspace: &Subspace) -> anyhow::Result<Vec<InitArg>> {
     if init.is_empty() {
-        return Ok(vec![InitArg::Normal]);
+        return Ok(vec![InitArg::Named(Start::Normal)]);
     }
     init.iter()
-        .map(|path| match path.to_str() {
-            Some(NORMAL) => Ok(InitArg::Normal),
-            Some(UPSTREAM) => Ok(InitArg::Upstream),
-            _ => load_task(path, subspace)
+        .map(|path| match path.to_str().and_then(Start::named) {
+            Some(start) => Ok(InitArg::Named(start)),
+            None => load_task(path, subspace)
                 .map(|task| InitArg::Code(task.z))
                 .with_context(|| {
                     format!(
@@ -680,29 +677,26 @@ fn starts(loaded: &[InitArg]) -> Vec<Start<'_>> {
     loaded
         .iter()
         .map(|arg| match arg {
-            InitArg::Normal => Start::Normal,
-            InitArg::Upstream => Start::Upstream,
+            InitArg::Named(start) => *start,
             InitArg::Code(z) => Start::Values(z),
         })
         .collect()
 }
 
-/// Start `index`'s name in a task's output line: `normal`, `upstream:` and the upstream task
-/// chosen, or the task file as given.
-fn start_name(init: &[PathBuf], index: usize, tuned: &Tuned) -> String {
-    match (init.get(index), &tuned.upstream) {
-        (None, _) => NORMAL.to_string(),
-        (Some(path), Some(chosen)) if path.to_str() == Some(UPSTREAM) => chosen.start_name(),
-        (Some(path), _) => path.display().to_string(),
-    }
+/// Start `index`'s name in a task's output line: [`Tuned::start_name`]'s, or the task file as
+/// `--init` gave it.
+fn start_name(init: &[PathBuf], starts: &[Start<'_>], index: usize, tuned: &Tuned) -> String {
+    tuned
+        .start_name(starts, index)
+        .unwrap_or_else(|| init[index].display().to_string())
 }
 
 /// The best dev accuracy over the DETs of every start the task was tuned from.
-fn dev_by_start(init: &[PathBuf], tuned: &Tuned) -> BTreeMap<String, f32> {
+fn dev_by_start(init: &[PathBuf], starts: &[Start<'_>], tuned: &Tuned) -> BTreeMap<String, f32> {
     let mut best = BTreeMap::new();
     for candidate in &tuned.candidates {
         let accuracy = best
-            .entry(start_name(init, candidate.start, tuned))
+            .entry(start_name(init, starts, candidate.start, tuned))
             .or_insert(candidate.dev.accuracy);
         *accuracy = accuracy.max(candidate.dev.accuracy);
     }

@@ -904,12 +904,7 @@ fn the_gradient_graph_adds_each_rows_head_biases_to_its_logits() {
 fn tune_with_a_head_writes_it_and_every_command_scores_through_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = |name: &str| dir.path().join(name).display().to_string();
-    let model = tiny_dir().display().to_string();
-    let sst2 = data("sst2").display().to_string();
-    let subspace = out("random.safetensors");
-    deltaspace(&[
-        "subspace", "random", "--model", &model, "--dim", "3", "--out", &subspace,
-    ]);
+    let [model, sst2, subspace] = tiny_tune_setup(dir.path(), "42");
     let common = ["--model", &model, "--subspace", &subspace, "--data", &sst2];
     let mut tuned = Vec::new();
     for head in ["bias", "prototypes"] {
@@ -1286,12 +1281,7 @@ fn the_baselines_run_on_few_shot_draws_the_probe_and_a_head_on_a_frozen_z() {
 fn a_trace_of_a_run_that_stops_early_ends_at_its_last_step() {
     let dir = tempfile::tempdir().unwrap();
     let out = |name: &str| dir.path().join(name).display().to_string();
-    let model = tiny_dir().display().to_string();
-    let sst2 = data("sst2").display().to_string();
-    let subspace = out("random.safetensors");
-    deltaspace(&[
-        "subspace", "random", "--model", &model, "--dim", "3", "--out", &subspace,
-    ]);
+    let [model, sst2, subspace] = tiny_tune_setup(dir.path(), "42");
     let trace = out("trace.jsonl");
     deltaspace(&[
         "tune",

@@ -381,7 +381,7 @@ impl Subspace {
                 det.base.to_vec(),
             ));
         }
-        let tensors: Vec<(&str, &[usize], &[f32])> = names
+        let mut tensors: Vec<(&str, &[usize], &[f32])> = names
             .iter()
             .map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice()))
             .collect();
@@ -412,12 +412,11 @@ impl Subspace {
                 .collect();
             (codes, [codes.z.len(), learned], values)
         });
-        let mut tensors = tensors;
         if let Some((codes, shape, values)) = &codes {
             tensors.push(("codes", shape, values));
             let names = serde_json::to_string(&codes.tasks).expect("names serialize");
             metadata.insert("code_tasks".into(), names);
-            metadata.insert("codes_sha256".into(), values_hash(values));
+            metadata.insert("codes_sha256".into(), values_sha256(values));
         }
         TensorFile::write(path, &tensors, metadata, storage)?;
         Ok(())
@@ -495,7 +494,7 @@ fn read_codes(file: &mut TensorFile, learned: usize) -> Result<Option<UpstreamCo
             tasks.len()
         ));
     }
-    if values_hash(&codes.values) != hash {
+    if values_sha256(&codes.values) != hash {
         return Err("codes hash mismatch: the file is corrupt".into());
     }
     let z = codes
@@ -506,8 +505,9 @@ fn read_codes(file: &mut TensorFile, learned: usize) -> Result<Option<UpstreamCo
     Ok(Some(UpstreamCodes { tasks, z }))
 }
 
-/// sha256 of values as little-endian f32 (the upstream codes' hash).
-fn values_hash(values: &[f32]) -> String {
+/// sha256 of values as little-endian f32, in hex: the upstream codes' hash, and stage 2's name for
+/// a start.
+pub(crate) fn values_sha256(values: &[f32]) -> String {
     let mut hasher = Sha256::new();
     for value in values {
         hasher.update(value.to_le_bytes());

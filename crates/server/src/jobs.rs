@@ -418,10 +418,7 @@ impl Jobs {
             det: tuned.det.to_string(),
             dev_accuracy: tuned.dev.accuracy,
             test_accuracy: has_test.then_some(tuned.test.accuracy),
-            start: Some(match (starts[tuned.start], &tuned.upstream) {
-                (Start::Upstream, Some(chosen)) => chosen.start_name(),
-                _ => "normal".to_string(),
-            }),
+            start: tuned.start_name(&starts, tuned.start),
         })
     }
 

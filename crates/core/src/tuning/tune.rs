@@ -12,7 +12,6 @@ use anyhow::Context;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::batch::{EncodedRows, Row, TrainTask, row_losses};
 use super::data::{Split, minibatch};
@@ -26,7 +25,7 @@ use super::optim::CmaEs;
 use super::progress::Progress;
 use crate::det::DetKind;
 use crate::model::Encoder;
-use crate::subspace::Subspace;
+use crate::subspace::{Subspace, values_sha256};
 use crate::task::Head;
 
 /// The code found for one task, with its scores through the DET it was found with.
@@ -50,6 +49,19 @@ pub struct Tuned {
     pub seconds: f64,
 }
 
+impl Tuned {
+    /// How output lines and job results name start `index` of the target's `starts` for this
+    /// task: "normal", or "upstream:TASK" with the code chosen for it; None for given values,
+    /// which only the caller can name (by their file, say).
+    pub fn start_name(&self, starts: &[Start<'_>], index: usize) -> Option<String> {
+        match (starts[index], &self.upstream) {
+            (Start::Normal, _) => Some("normal".to_string()),
+            (Start::Upstream, Some(chosen)) => Some(format!("upstream:{}", chosen.task)),
+            _ => None,
+        }
+    }
+}
+
 /// One unit of a task's tuning, a DET from a start, with its dev score.
 #[derive(Debug, Clone, Copy)]
 pub struct Candidate {
@@ -69,6 +81,18 @@ pub enum Start<'a> {
     /// task's dev set before any step, by macro-F1 then accuracy, through the target's first DET
     /// with the head as it starts: a warm start from the nearest upstream task.
     Upstream,
+}
+
+impl Start<'static> {
+    /// The start a word names, as `tune --init` and a tune job's `init` take them: "normal" or
+    /// "upstream".
+    pub fn named(word: &str) -> Option<Self> {
+        match word {
+            "normal" => Some(Start::Normal),
+            "upstream" => Some(Start::Upstream),
+            _ => None,
+        }
+    }
 }
 
 impl Start<'_> {
@@ -94,13 +118,6 @@ pub struct UpstreamChoice {
     pub dev: Scores,
 }
 
-impl UpstreamChoice {
-    /// How output lines and job results name a task that kept this start: `upstream:TASK`.
-    pub fn start_name(&self) -> String {
-        format!("upstream:{}", self.task)
-    }
-}
-
 /// The paper's init for z: N(0, 0.02²), seeded per task.
 fn initial_z(d: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -110,12 +127,7 @@ fn initial_z(d: usize, seed: u64) -> Vec<f32> {
 
 /// A start's name in checkpoints: "z" and the first 12 hex digits of its values' SHA-256.
 fn digest(values: &[f32]) -> String {
-    let mut hasher = Sha256::new();
-    for value in values {
-        hasher.update(value.to_le_bytes());
-    }
-    let hex = format!("{:x}", hasher.finalize());
-    format!("z {}", &hex[..12])
+    format!("z {}", &values_sha256(values)[..12])
 }
 
 /// Stage 2's schedule, for `deltaspace tune` and the server's tune jobs alike: a learning rate

@@ -333,15 +333,11 @@ fn decode_starts(init: Option<Vec<String>>) -> Result<Vec<Start<'static>>, ApiEr
     }
     let mut starts = Vec::new();
     for (index, name) in init.iter().enumerate() {
-        let start = match name.as_str() {
-            "normal" => Start::Normal,
-            "upstream" => Start::Upstream,
-            other => {
-                return Err(ApiError::InvalidTune(format!(
-                    "init[{index}]: {other:?} is not a start; give normal or upstream"
-                )));
-            }
-        };
+        let start = Start::named(name).ok_or_else(|| {
+            ApiError::InvalidTune(format!(
+                "init[{index}]: {name:?} is not a start; give normal or upstream"
+            ))
+        })?;
         if starts.contains(&start) {
             return Err(ApiError::InvalidTune(format!(
                 "init[{index}]: {name:?} is given twice"
