@@ -1,16 +1,23 @@
 """The warm-start screen against quality.sh's rows at k = 16, per (task, seed), as a markdown table.
 
-    python3 scripts/lib/warm_start_summary.py     # from the repository root
+    python3 scripts/lib/warm_start_summary.py [LINES]    # from the repository root
 
-"guarded" is what `tune --init normal --init FILE` keeps: of the cold run (quality.sh's z + head line) and the
+LINES: the screen's lines [default: docs/results/screen-warm-start-train.jsonl, the code chosen on the training
+examples as `tune --init upstream` does; docs/results/screen-warm-start.jsonl has the earlier choice on dev].
+"guarded" is what `tune --init normal --init upstream` keeps: of the cold run (quality.sh's z + head line) and the
 warm one (the screen's line), the better on dev, the cold one on a tie. Every start of such a run trains on the
 same rows it would alone, so this is the guarded run's result without running the cold start twice. Means are
 over the (task, seed) pairs that have every column; the spread is the standard deviation of the per-seed means
 of the tasks, over the seeds where all of them are in.
+
+A second table reads docs/results/screen-warm-start-choice.jsonl: per (task, seed), the code the training examples
+choose and the code dev chooses, and the correlation over the 17 codes of their macro-F1 on the two (how much of a
+code's score on 32 examples is the code rather than the draw).
 """
 
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,13 +29,14 @@ def lines(path):
 
 
 def main():
+    screen = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS / "screen-warm-start-train.jsonl"
     rows = {}
     for name in ("quality/minilm-d1024.jsonl", "quality/baselines.jsonl"):
         for line in lines(RESULTS / name):
             if line["shots"] == "16":
                 rows[(line["row"], line["task"], line["seed"])] = line
     table = []
-    for warm in lines(RESULTS / "screen-warm-start.jsonl"):
+    for warm in lines(screen):
         key = (warm["task"], warm["seed"])
         cold, random = rows.get(("z+head", *key)), rows.get(("random", *key))
         if cold is None or random is None:
@@ -61,5 +69,27 @@ def main():
               + ", ".join(f"{c} {spread[c]:.1f}" for c in columns))
 
 
+
+def best(scores):
+    """The source whose scores are best (macro-F1, then accuracy), the first of equals as tune chooses."""
+    return max(scores, key=lambda source: (scores[source]["macro_f1"], scores[source]["accuracy"]))
+
+
+def choices():
+    by_split = defaultdict(dict)
+    for line in lines(RESULTS / "screen-warm-start-choice.jsonl"):
+        by_split[(line["unseen"], line["seed"], line["split"])][line["source"]] = line
+    print("\n| task | seed | chosen on train | chosen on dev | r (train, dev) over the codes |")
+    print("|---|---|---|---|---|")
+    for task, seed in sorted({(t, s) for t, s, _ in by_split}, key=lambda k: (k[1], k[0])):
+        train, dev = by_split.get((task, seed, "train")), by_split.get((task, seed, "dev"))
+        if not train or not dev or train.keys() != dev.keys():
+            continue
+        sources = sorted(train)
+        r = statistics.correlation([train[s]["macro_f1"] for s in sources], [dev[s]["macro_f1"] for s in sources])
+        print(f"| {task} | {seed} | {best(train)} | {best(dev)} | {r:+.2f} |")
+
+
 if __name__ == "__main__":
     main()
+    choices()

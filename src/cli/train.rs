@@ -371,7 +371,7 @@ pub struct EvalArgs {
     /// --shots per label), its L2 strength chosen on dev; prints it as `l2`.
     #[arg(long)]
     pub probe: bool,
-    /// dev or test.
+    /// train, dev or test (with --shots, train and dev are the few-shot draws).
     #[arg(long, default_value = "test")]
     pub split: Split,
     /// Print JSON (the default; kept for scripts that pass it).
@@ -631,7 +631,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
             dev: result.dev,
             test: result.test,
             start: Some(start_name(&args.init, &starts, result.start, &result)),
-            upstream_dev: result.upstream.as_ref().map(|chosen| chosen.dev),
+            upstream_train: result.upstream.as_ref().map(|chosen| chosen.train),
             dev_by_det: result
                 .candidates
                 .iter()

@@ -68,9 +68,10 @@ pub struct TuneLine {
     /// the task file `--init` gave (lines from before starts: none).
     #[serde(default)]
     pub start: Option<String>,
-    /// The chosen upstream code's dev scores before tuning, with `--init upstream`.
+    /// The chosen upstream code's scores on the training examples it was chosen on, before
+    /// tuning, with `--init upstream`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_dev: Option<Scores>,
+    pub upstream_train: Option<Scores>,
     /// Dev accuracy of every DET tuned from that start (lines from before the choice on dev:
     /// empty).
     #[serde(default)]

@@ -120,7 +120,8 @@ pub struct TuneRequest {
     #[serde(default, deserialize_with = "seed")]
     pub seed: Option<usize>,
     /// Where z starts, as `tune --init`: "normal" (N(0, 0.02²), the default), "upstream" (the
-    /// nearest upstream task's code), or both: tuned from each, keeping the better on dev.
+    /// code of the upstream task nearest on the training examples), or both: tuned from each,
+    /// keeping the better on dev.
     #[serde(default)]
     pub init: Option<Vec<String>>,
 }
