@@ -9,10 +9,10 @@
 #
 # One line per task and seed (WARM_SEEDS, default 1; seed by seed) in docs/results/screen-warm-start-train.jsonl
 # ({task, shots, seed, source, source_train, det, dev, test, seconds}); a (task, seed) with a line is skipped, and a
-# cut-off tune resumes from its checkpoint. For the record, every upstream task's stage-0 solution (through LoRA) is
-# scored first on the task's k = 16 training and dev examples (docs/results/screen-warm-start-choice.jsonl, with
-# `split`): how far a choice on 32 examples can be trusted. Until 2026-12-01 (thirteenth session) the code was chosen
-# on dev; those lines are in docs/results/screen-warm-start.jsonl.
+# cut-off tune resumes from its checkpoint. For the record, scripts/score-upstream-codes.sh first scores every
+# upstream task's stage-0 solution on the task's k = 16 training and dev examples: how far a choice on 32 examples
+# can be trusted. Until 2026-12-01 (thirteenth session) the code was chosen on dev; those lines are in
+# docs/results/screen-warm-start.jsonl.
 set -euo pipefail
 shopt -s inherit_errexit  # a failed eval inside $(...) stops the script
 cd "$(dirname "$0")/.."
@@ -29,33 +29,14 @@ own_copies "$runs"
 bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 common=(--model "$runs/model")
 subspace=models/all-MiniLM-L6-v2/subspaces/default.safetensors
-solutions=models/all-MiniLM-L6-v2/stage0/upstream
 out=docs/results/screen-warm-start-train.jsonl
-choices=docs/results/screen-warm-start-choice.jsonl
-touch "$out" "$choices"
-
-# score TASK SEED SPLIT: every upstream solution on TASK's k = 16 SPLIT drawn with SEED, once.
-score() {
-  local t=$1 seed=$2 split=$3 scores
-  grep -q "\"unseen\":\"$t\",\"shots\":\"16\",\"seed\":$seed,.*\"split\":\"$split\"" "$choices" && return
-  scores=$(for source in $UPSTREAM_TASKS; do
-    "${bin[@]}" eval "${common[@]}" --data "$data/$t" --solution "$solutions/$source.lora.safetensors" \
-      --split "$split" --shots 16 --seed "$seed" 2>> "$runs/eval.log" | tail -1 \
-      | sed "s/^{/{\"unseen\":\"$t\",\"shots\":\"16\",\"seed\":$seed,\"source\":\"$source\",/"
-  done)
-  if [ "$(printf '%s\n' "$scores" | grep -c '"accuracy"')" -ne "$(echo $UPSTREAM_TASKS | wc -w)" ]; then
-    echo "$t: not every upstream solution was scored on $split (see $runs/eval.log)" >&2
-    exit 1
-  fi
-  printf '%s\n' "$scores" >> "$choices"
-}
+touch "$out"
 
 # warm TASK SEED: tunes TASK from the upstream code tune chooses on its k = 16 training examples drawn with SEED.
 warm() {
   local t=$1 seed=$2 started line checkpoint=$runs/$t-$seed.checkpoint.safetensors
   grep -q "\"task\":\"$t\",\"shots\":\"16\",\"seed\":$seed," "$out" && return
-  score "$t" "$seed" train
-  score "$t" "$seed" dev
+  scripts/score-upstream-codes.sh "$data" 16 "$seed" "$t"
   echo "== $t seed $seed: tune --init upstream ($(date -u +%FT%TZ))"
   started=$SECONDS
   line=$("${bin[@]}" tune "${common[@]}" --subspace "$subspace" --data "$data/$t" --shots 16 --seed "$seed" \

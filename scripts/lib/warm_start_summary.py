@@ -10,8 +10,8 @@ same rows it would alone, so this is the guarded run's result without running th
 over the (task, seed) pairs that have every column; the spread is the standard deviation of the per-seed means
 of the tasks, over the seeds where all of them are in.
 
-A second table reads docs/results/screen-warm-start-choice.jsonl: per (task, seed), the code the training examples
-choose and the code dev chooses, and the correlation over the 17 codes of their macro-F1 on the two (how much of a
+A second table reads docs/results/screen-warm-start-choice.jsonl (scripts/score-upstream-codes.sh): per (task, k,
+seed), the code the training examples choose and the code dev chooses, and the correlation over the 17 codes of their macro-F1 on the two (how much of a
 code's score on 32 examples is the code rather than the draw).
 """
 
@@ -78,17 +78,18 @@ def best(scores):
 def choices():
     by_split = defaultdict(dict)
     for line in lines(RESULTS / "screen-warm-start-choice.jsonl"):
-        by_split[(line["unseen"], line["seed"], line["split"])][line["source"]] = line
-    print("\n| task | seed | chosen on train | chosen on dev | r (train, dev) over the codes |")
-    print("|---|---|---|---|---|")
-    for task, seed in sorted({(t, s) for t, s, _ in by_split}, key=lambda k: (k[1], k[0])):
-        train, dev = by_split.get((task, seed, "train")), by_split.get((task, seed, "dev"))
+        by_split[(line["unseen"], line["shots"], line["seed"], line["split"])][line["source"]] = line
+    print("\n| task | k per label | seed | chosen on train | chosen on dev | r (train, dev) over the codes |")
+    print("|---|---|---|---|---|---|")
+    draws = {key[:3] for key in by_split}
+    for task, shots, seed in sorted(draws, key=lambda k: (k[1] == "full", k[2], k[0])):
+        train, dev = by_split.get((task, shots, seed, "train")), by_split.get((task, shots, seed, "dev"))
         if not train or not dev or train.keys() != dev.keys():
             continue
         sources = sorted(train)
         r = statistics.correlation([train[s]["macro_f1"] for s in sources], [dev[s]["macro_f1"] for s in sources])
-        print(f"| {task} | {seed} | {best(train)} | {best(dev)} | {r:+.2f} |")
-
+        shown = "all (first 300)" if shots == "full" else shots
+        print(f"| {task} | {shown} | {seed if shots != 'full' else ''} | {best(train)} | {best(dev)} | {r:+.2f} |")
 
 if __name__ == "__main__":
     main()
