@@ -1,4 +1,5 @@
-"""The warm-start screen against quality.sh's rows at k = 16, per (task, seed), as a markdown table.
+"""The warm-start screen against quality.sh's rows of the same data (k = 16 or whole training sets), per (task,
+seed), as markdown tables.
 
     python3 scripts/lib/warm_start_summary.py [LINES]    # from the repository root
 
@@ -33,28 +34,31 @@ def main():
     rows = {}
     for name in ("quality/minilm-d1024.jsonl", "quality/baselines.jsonl"):
         for line in lines(RESULTS / name):
-            if line["shots"] == "16":
-                rows[(line["row"], line["task"], line["seed"])] = line
-    table = []
+            rows[(line["row"], line["task"], line["shots"], line["seed"])] = line
+    by_shots = defaultdict(list)
     for warm in lines(screen):
-        key = (warm["task"], warm["seed"])
+        key = (warm["task"], warm["shots"], warm["seed"])
         cold, random = rows.get(("z+head", *key)), rows.get(("random", *key))
         if cold is None or random is None:
             continue
         guarded = warm if warm["dev"]["accuracy"] > cold["dev"]["accuracy"] else cold
-        table.append({
-            "task": key[0], "seed": key[1], "source": warm["source"],
+        by_shots[warm["shots"]].append({
+            "task": key[0], "seed": key[2], "source": warm["source"],
             "cold": cold["test"]["accuracy"], "warm": warm["test"]["accuracy"],
             "guarded": guarded["test"]["accuracy"], "random": random["test"]["accuracy"],
             "picked": "warm" if guarded is warm else "cold",
         })
+    for shots, table in sorted(by_shots.items()):
+        print(f"\n{'k = ' + shots + ' per label' if shots != 'full' else 'Whole training sets'}:\n")
+        summarize(table)
+
+
+def summarize(table):
     print("| task | seed | code | z + head cold | warm | guarded (picked) | random subspace |")
     print("|---|---|---|---|---|---|---|")
     for r in sorted(table, key=lambda r: (r["seed"], r["task"])):
         print(f"| {r['task']} | {r['seed']} | {r['source']} | {100 * r['cold']:.1f} | {100 * r['warm']:.1f} | "
               f"{100 * r['guarded']:.1f} ({r['picked']}) | {100 * r['random']:.1f} |")
-    if not table:
-        return
     columns = ("cold", "warm", "guarded", "random")
     means = {c: 100 * statistics.mean(r[c] for r in table) for c in columns}
     print(f"| mean of {len(table)} | | | " + " | ".join(f"{means[c]:.1f}" for c in columns) + " |")
@@ -67,7 +71,6 @@ def main():
         spread = {c: 100 * statistics.stdev(statistics.mean(r[c] for r in s) for s in full) for c in columns}
         print(f"\nOver the {len(full)} seeds with every task: spread (sd of per-seed means) "
               + ", ".join(f"{c} {spread[c]:.1f}" for c in columns))
-
 
 
 def best(scores):

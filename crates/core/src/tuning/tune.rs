@@ -80,9 +80,9 @@ pub enum Start<'a> {
     /// The code of the upstream task (among those the subspace carries) that scores best on the
     /// task's training examples before any step, by macro-F1 then accuracy, through the target's
     /// first DET with the head as it starts: a warm start from the nearest upstream task. The
-    /// choice leaves dev alone, so that dev judges the start it chose without bias when the
-    /// target also tunes from [`Start::Normal`] (a choice among 17 codes on the dev set it is
-    /// then kept by favoured the warm start by chance: docs/RESULTS.md, "A guarded warm start").
+    /// choice leaves dev alone, so that dev judges the chosen start without bias when the target
+    /// also tunes from [`Start::Normal`]: the best of 17 codes on dev looks better on dev than it
+    /// is (docs/RESULTS.md, "A guarded warm start").
     Upstream,
 }
 
