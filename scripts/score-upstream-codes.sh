@@ -24,12 +24,12 @@ own_copies "$runs"
 bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 solutions=models/all-MiniLM-L6-v2/stage0/upstream
 choices=docs/results/screen-warm-start-choice.jsonl
+case $seed in *[!0-9]*|'') echo "SEED: $seed is not a number" >&2; exit 2 ;; esac
 case $shots in
   full) draw=(--limit 300) ;;
   *[!0-9]*|'') echo "SHOTS: $shots is neither a number nor full" >&2; exit 2 ;;
   *) draw=(--shots "$shots" --seed "$seed") ;;
 esac
-case $seed in *[!0-9]*|'') echo "SEED: $seed is not a number" >&2; exit 2 ;; esac
 touch "$choices"
 for t in "$@"; do
   for split in train dev; do

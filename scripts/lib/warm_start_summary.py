@@ -12,8 +12,8 @@ over the (task, seed) pairs that have every column; the spread is the standard d
 of the tasks, over the seeds where all of them are in.
 
 A second table reads docs/results/screen-warm-start-choice.jsonl (scripts/score-upstream-codes.sh): per (task, k,
-seed), the code the training examples choose and the code dev chooses, and the correlation over the 17 codes of their macro-F1 on the two (how much of a
-code's score on 32 examples is the code rather than the draw).
+seed), the code the training examples choose and the code dev chooses, and the correlation over the 17 codes of
+their macro-F1 on the two (how much of a code's score on 32 examples is the code rather than the draw).
 """
 
 import json
@@ -30,6 +30,11 @@ def lines(path):
 
 
 def main():
+    warm_starts()
+    choices()
+
+
+def warm_starts():
     screen = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS / "screen-warm-start-train.jsonl"
     rows = {}
     for name in ("quality/minilm-d1024.jsonl", "quality/baselines.jsonl"):
@@ -74,8 +79,9 @@ def summarize(table):
 
 
 def best(scores):
-    """The source whose scores are best (macro-F1, then accuracy), the first of equals as tune chooses."""
-    return max(scores, key=lambda source: (scores[source]["macro_f1"], scores[source]["accuracy"]))
+    """The source whose scores are best (macro-F1, then accuracy), the first of equals in the subspace's order of
+    the codes (by name), as tune chooses."""
+    return max(sorted(scores), key=lambda source: (scores[source]["macro_f1"], scores[source]["accuracy"]))
 
 
 def choices():
@@ -94,6 +100,6 @@ def choices():
         shown = "all (first 300)" if shots == "full" else shots
         print(f"| {task} | {shown} | {seed if shots != 'full' else ''} | {best(train)} | {best(dev)} | {r:+.2f} |")
 
+
 if __name__ == "__main__":
     main()
-    choices()

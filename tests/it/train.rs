@@ -199,9 +199,13 @@ fn tune_from_upstream_starts_at_the_nearest_code(
             "sst2"
         }
     };
-    let seed = (1..=20)
-        .map(|seed| seed.to_string())
-        .find(|seed| nearest(&sst2, seed) != nearest(&rte, seed))
+    let (seed, nearest) = (1..=20)
+        .map(|seed: u32| {
+            let seed = seed.to_string();
+            let codes = [nearest(&sst2, &seed), nearest(&rte, &seed)];
+            (seed, codes)
+        })
+        .find(|(_, [for_sst2, for_rte])| for_sst2 != for_rte)
         .expect("a draw where the two tasks' nearest upstream codes differ");
     let lines = json_lines(&deltaspace(&[
         "tune",
@@ -225,8 +229,7 @@ fn tune_from_upstream_starts_at_the_nearest_code(
         "--out",
         &out_dir,
     ]));
-    for (line, data) in lines.iter().zip([&sst2, &rte]) {
-        let task = nearest(data, &seed);
+    for ((line, data), task) in lines.iter().zip([&sst2, &rte]).zip(nearest) {
         assert_eq!(line["start"], format!("upstream:{task}"), "{line}");
         let f1 = |scores: &Value| scores["macro_f1"].as_f64().unwrap();
         let chosen = |split| score(data, task, split, &seed).0;
