@@ -233,12 +233,13 @@ pub struct TuneArgs {
     #[arg(long)]
     pub freeze_z: bool,
     /// Where z starts: `normal`, the paper's N(0, 0.02²) [default]; `upstream`, the code of the
-    /// upstream task (among those the subspace carries) that scores best on the task's dev set
-    /// before tuning, by macro-F1 then accuracy through the first DET; or a task file, whose z
-    /// it takes (made for the same subspace; its labels and head are not used; a file named like
-    /// a keyword: ./normal). Repeat it to tune from each start and keep, per task, the start
-    /// (and DET) that scores best on dev, the first of equals: `--init normal --init upstream`
-    /// is a warm start guarded by the cold one. Every start sees the same training rows it would
+    /// upstream task (among those the subspace carries) that scores best on the task's training
+    /// examples before tuning, by macro-F1 then accuracy through the first DET (dev is left to
+    /// judge it); `upstream:NAME`, the code of upstream task NAME; or a task file, whose z it
+    /// takes (made for the same subspace; its labels and head are not used; a file named like a
+    /// keyword: ./normal). Repeat it to tune from each start and keep, per task, the start (and
+    /// DET) that scores best on dev, the first of equals: `--init normal --init upstream` is a
+    /// warm start guarded by the cold one. Every start sees the same training rows it would
     /// alone; --max-seconds bounds all of them together.
     #[arg(long, num_args = 1.., conflicts_with = "freeze_z")]
     pub init: Vec<PathBuf>,
@@ -646,7 +647,8 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A start `--init` named: a word [`Start::named`] knows, or a task file's z.
+/// A start `--init` named: a word [`Start::named`] knows, or a code it gives (an upstream task's,
+/// or a task file's z).
 enum InitArg {
     Named(Start<'static>),
     Code(Vec<f32>),
@@ -658,18 +660,42 @@ fn load_starts(init: &[PathBuf], subspace: &Subspace) -> anyhow::Result<Vec<Init
         return Ok(vec![InitArg::Named(Start::Normal)]);
     }
     init.iter()
-        .map(|path| match path.to_str().and_then(Start::named) {
-            Some(start) => Ok(InitArg::Named(start)),
-            None => load_task(path, subspace)
+        .map(|path| {
+            let word = path.to_str().unwrap_or_default();
+            if let Some(start) = Start::named(word) {
+                return Ok(InitArg::Named(start));
+            }
+            if let Some(name) = word.strip_prefix("upstream:") {
+                return upstream_code(subspace, name).map(InitArg::Code);
+            }
+            load_task(path, subspace)
                 .map(|task| InitArg::Code(task.z))
                 .with_context(|| {
                     format!(
-                        "--init {}: it takes normal, upstream or a task file",
+                        "--init {}: it takes normal, upstream, upstream:NAME or a task file",
                         path.display()
                     )
-                }),
+                })
         })
         .collect()
+}
+
+/// The code of upstream task `name` among those `subspace` carries (`--init upstream:NAME`).
+fn upstream_code(subspace: &Subspace, name: &str) -> anyhow::Result<Vec<f32>> {
+    let Some(codes) = subspace.codes() else {
+        bail!(
+            "--init upstream:{name}: subspace {} carries no upstream codes",
+            subspace.id()
+        );
+    };
+    match codes.tasks.iter().position(|task| task == name) {
+        Some(index) => Ok(codes.z[index].clone()),
+        None => bail!(
+            "--init upstream:{name}: subspace {} has no code for {name:?}; it has {}",
+            subspace.id(),
+            codes.tasks.join(", ")
+        ),
+    }
 }
 
 /// The starts [`load_starts`] loaded, for [`Target::starts`].

@@ -207,28 +207,19 @@ fn tune_from_upstream_starts_at_the_nearest_code(
         })
         .find(|(_, [for_sst2, for_rte])| for_sst2 != for_rte)
         .expect("a draw where the two tasks' nearest upstream codes differ");
-    let lines = json_lines(&deltaspace(&[
-        "tune",
-        "--model",
-        model,
-        "--subspace",
-        subspace,
-        "--data",
-        &sst2,
-        &rte,
-        "--det",
-        "lora",
-        "--shots",
-        SHOTS,
-        "--seed",
-        &seed,
-        "--steps",
-        "0",
-        "--init",
-        "upstream",
-        "--out",
-        &out_dir,
-    ]));
+    // Tune DATA through LoRA from INIT, no step taken, on the draw found: one line per task.
+    let tune_from = |data: &[&str], init: &str| {
+        let args = [
+            &["tune", "--model", model, "--subspace", subspace, "--data"],
+            data,
+            &[
+                "--det", "lora", "--shots", SHOTS, "--seed", &seed, "--steps", "0",
+            ],
+            &["--init", init, "--out", &out_dir],
+        ];
+        json_lines(&deltaspace(&args.concat()))
+    };
+    let lines = tune_from(&[&sst2, &rte], "upstream");
     for ((line, data), task) in lines.iter().zip([&sst2, &rte]).zip(nearest) {
         assert_eq!(line["start"], format!("upstream:{task}"), "{line}");
         let f1 = |scores: &Value| scores["macro_f1"].as_f64().unwrap();
@@ -236,6 +227,17 @@ fn tune_from_upstream_starts_at_the_nearest_code(
         assert_eq!(f1(&line["upstream_train"]), chosen("train"), "{line}");
         assert_eq!(f1(&line["dev"]), chosen("dev"), "no step: the code's own");
     }
+    // Named, the other code: not the one the training examples choose.
+    let other = if nearest[0] == "rte" { "sst2" } else { "rte" };
+    let named = format!("upstream:{other}");
+    let line = tune_from(&[&sst2], &named).remove(0);
+    assert_eq!(line["start"], named.as_str(), "{line}");
+    let dev = line["dev"]["macro_f1"].as_f64().unwrap();
+    assert_eq!(
+        dev,
+        score(&sst2, other, "dev", &seed).0,
+        "no step: {other}'s code"
+    );
 
     let random = format!("{out_dir}.random.safetensors");
     deltaspace(&[
@@ -257,11 +259,18 @@ fn tune_from_upstream_starts_at_the_nearest_code(
             &refused,
         ])
     };
-    let message = refuses(&random, "upstream");
-    assert!(message.contains("carries no upstream codes"), "{message}");
+    for init in ["upstream", "upstream:sst2"] {
+        let message = refuses(&random, init);
+        assert!(message.contains("carries no upstream codes"), "{message}");
+    }
+    let message = refuses(subspace, "upstream:cola");
+    assert!(
+        message.contains("has no code for \"cola\"; it has rte, sst2"),
+        "{message}"
+    );
     let message = refuses(subspace, "upsteam");
     assert!(
-        message.contains("takes normal, upstream or a task file"),
+        message.contains("takes normal, upstream, upstream:NAME or a task file"),
         "{message}"
     );
 }
