@@ -4,7 +4,9 @@ seed), as markdown tables.
     python3 scripts/lib/warm_start_summary.py [LINES]    # from the repository root
 
 LINES: the screen's lines [default: docs/results/screen-warm-start-train.jsonl, the code chosen on the training
-examples as `tune --init upstream` does; docs/results/screen-warm-start.jsonl has the earlier choice on dev].
+examples as `tune --init upstream` does; docs/results/screen-warm-start-labels.jsonl, the code of the upstream task
+whose label descriptions are nearest (WARM_CHOICE=labels); docs/results/screen-warm-start.jsonl, the earlier choice
+on dev].
 "guarded" is what `tune --init normal --init upstream` keeps: of the cold run (quality.sh's z + head line) and the
 warm one (the screen's line), the better on dev, the cold one on a tie. Every start of such a run trains on the
 same rows it would alone, so this is the guarded run's result without running the cold start twice. Means are
