@@ -4,8 +4,8 @@
 #      (scripts/stage0.sh: committed f16 solutions, resumable);
 #   2. stage 1: the joint decomposition of the 17 upstream solutions (one learned direction per task), completed by
 #      seeded random directions up to D (`train subspace --complete-to D`: the file stores the random part as its
-#      seed, so it stays a few MB at any D); PIPELINE_STAGE1 adds flags (a refinement: "--steps 50 --data-root
-#      DATA_DIR ...", or "--unit-codes");
+#      seed, so it stays a few MB at any D), with the upstream tasks' codes and label descriptions (`tune --init
+#      upstream` chooses by them); PIPELINE_STAGE1 adds flags ("--unit-codes", say);
 #   3. the comparison against a user's alternatives (scripts/quality.sh with that subspace: zero-shot, the probe,
 #      head only, z, z + head, a random subspace of the same D, the DETs in their original space; k = 16, 64 and
 #      the whole training set; 3 seeds for the deciding rows);
@@ -137,7 +137,7 @@ random=$out/random-d$d.safetensors
 complete=(--complete-to "$d")
 [ "$d" -gt "$learned" ] || complete=()
 # shellcheck disable=SC2086 # PIPELINE_STAGE1 is a list of flags
-step stage1 "${bin[@]}" train subspace "${common[@]}" --solutions "$upstream_solutions" \
+step stage1 "${bin[@]}" train subspace "${common[@]}" --solutions "$upstream_solutions" --data-root "$data" \
   --dim "$((d < learned ? d : learned))" --steps 0 ${complete[@]+"${complete[@]}"} --seed 7 --f16 \
   --name "minilm-d$d" ${PIPELINE_STAGE1:-} --out "$subspace"
 step random "${bin[@]}" subspace random --model "$out/model" --dim "$d" --seed 7 --out "$random"

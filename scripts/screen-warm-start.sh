@@ -2,11 +2,13 @@
 # The warm start from the upstream tasks, as the product makes it: for each unseen task, each seed and k = 16 per label
 # or the whole training set, z + head is tuned with `tune`'s defaults from an upstream task's code, where quality.sh's
 # z + head row starts from N(0, 0.02²). Which code, WARM_CHOICE says:
-#   train   (the default) `tune --init upstream`: the code that scores best (macro-F1, then accuracy) on the task's
-#           training examples before any step;
-#   labels  `tune --init upstream:NAME`, NAME the upstream task whose label descriptions are nearest to the task's
-#           (the first "labels" line of docs/results/task-similarity.jsonl, export/task_similarity.py's): a choice
-#           that sees no labelled example, so no draw.
+#   train   (the default) the code that scores best (macro-F1, then accuracy, the first of equals in the subspace's
+#           order) on the task's training examples before any step, as scripts/score-upstream-codes.sh scores them
+#           (`tune --init upstream` chose so until 2026-12-01, fourteenth session);
+#   labels  the upstream task whose label descriptions are nearest to the task's (the first of its "labels" line in
+#           docs/results/task-similarity.jsonl, export/task_similarity.py's), which `tune --init upstream` now
+#           chooses: a choice that sees no labelled example, so no draw.
+# Either way the code is passed by name (`tune --init upstream:NAME`).
 # `python3 scripts/lib/warm_start_summary.py [LINES]` sets the lines against quality.sh's z + head and random rows of
 # the same data and seed, and against the guarded start that keeps the better on dev.
 #
@@ -15,8 +17,9 @@
 # TASK: unseen tasks [default: all 5]. WARM_SHOTS: k = 16 per label (the default) or the whole training set, tuned as
 # quality.sh tunes it (dev evaluations and the code's choice on the first 300 examples: --eval-limit 300). One line per
 # (task, shots, seed) (WARM_SEEDS, default 1; seed by seed) in docs/results/screen-warm-start-train.jsonl or, for
-# WARM_CHOICE=labels, docs/results/screen-warm-start-labels.jsonl ({task, shots, seed, source, source_train (train
-# only), det, dev, test, seconds}); one with a line is skipped, and a cut-off tune resumes from its checkpoint. For the
+# WARM_CHOICE=labels, docs/results/screen-warm-start-labels.jsonl ({task, shots, seed, source, det, dev, test,
+# seconds}; the train lines before 2026-12-01 also give source_train, the code's training accuracy); one with a line
+# is skipped, and a cut-off tune resumes from its checkpoint. For the
 # record, WARM_CHOICE=train first scores every upstream task's stage-0 solution on the task's training and dev
 # examples (scripts/score-upstream-codes.sh): how far a choice on that many examples can be trusted. Until 2026-12-01
 # (thirteenth session) the code was chosen on dev; those lines are in docs/results/screen-warm-start.jsonl.
@@ -56,7 +59,14 @@ init() {
   case $choice in
     train)
       scripts/score-upstream-codes.sh "$data" "$shots" "$2" "$1" >&2
-      echo upstream ;;
+      python3 -c 'import json, sys
+scores = {}
+for line in open("docs/results/screen-warm-start-choice.jsonl"):
+    line = json.loads(line)
+    if (line["unseen"], line["shots"], str(line["seed"]), line["split"]) == (*sys.argv[1:4], "train"):
+        scores[line["source"]] = (line["macro_f1"], line["accuracy"])
+best = max(sorted(scores), key=lambda source: scores[source])  # the first of equals by name
+print("upstream:" + best)' "$1" "$shots" "$2" ;;
     labels)
       python3 -c 'import json, sys
 for line in open(sys.argv[1]):
@@ -74,8 +84,6 @@ else:
 warm() {
   local t=$1 seed=$2 started line start checkpoint=$runs/$choice-$t-$shots-$seed.checkpoint.safetensors
   grep -q "\"task\":\"$t\",\"shots\":\"$shots\",\"seed\":$seed," "$out" && return
-  [ "$choice" = train ] && [ -f "$runs/$t-$shots-$seed.checkpoint.safetensors" ] \
-    && mv "$runs/$t-$shots-$seed.checkpoint.safetensors" "$checkpoint"  # named before WARM_CHOICE
   start=$(init "$t" "$seed")
   echo "== $t shots=$shots seed $seed: tune --init $start ($(date -u +%FT%TZ))"
   started=$SECONDS
@@ -85,8 +93,6 @@ warm() {
 out = json.loads(sys.argv[1])
 line = {"task": sys.argv[2], "shots": sys.argv[5], "seed": int(sys.argv[4]),
   "source": out["start"].removeprefix("upstream:")}
-if out.get("upstream_train"):
-    line["source_train"] = out["upstream_train"]["accuracy"]
 line.update({"det": out["det"], "dev": out["dev"], "test": out["test"], "seconds": int(sys.argv[3])})
 print(json.dumps(line, separators=(",", ":")))' "$line" "$t" "$((SECONDS - started))" "$seed" "$shots" >> "$out"
   rm -f "$checkpoint"

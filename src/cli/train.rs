@@ -153,7 +153,8 @@ pub struct SubspaceArgs {
     /// Directory of stage-0 solutions (<task>.<det>.safetensors); tasks need all three DETs.
     #[arg(long)]
     pub solutions: PathBuf,
-    /// Directory holding each solution's task data as <data-root>/<task>/ (for the refinement).
+    /// Directory holding each solution's task data as <data-root>/<task>/: for the refinement,
+    /// and for the label descriptions stored with the codes (`tune --init upstream` chooses by them).
     #[arg(long)]
     pub data_root: Option<PathBuf>,
     /// Subspace dimension d: the learned directions (at most one per task, beyond that random
@@ -233,8 +234,8 @@ pub struct TuneArgs {
     #[arg(long)]
     pub freeze_z: bool,
     /// Where z starts: `normal`, the paper's N(0, 0.02²) [default]; `upstream`, the code of the
-    /// upstream task (among those the subspace carries) that scores best on the task's training
-    /// examples before tuning, by macro-F1 then accuracy through the first DET (dev is left to
+    /// upstream task (among those the subspace carries) whose label descriptions are nearest to
+    /// the task's, by the cosine of their mean embeddings (no example is used: dev is left to
     /// judge it); `upstream:NAME`, the code of upstream task NAME; or a task file, whose z it
     /// takes (made for the same subspace; its labels and head are not used; a file named like a
     /// keyword: ./normal). Repeat it to tune from each start and keep, per task, the start (and
@@ -632,7 +633,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
             dev: result.dev,
             test: result.test,
             start: Some(start_name(&args.init, &starts, result.start, &result)),
-            upstream_train: result.upstream.as_ref().map(|chosen| chosen.train),
+            upstream_similarity: result.upstream.as_ref().map(|chosen| chosen.similarity),
             dev_by_det: result
                 .candidates
                 .iter()

@@ -139,9 +139,25 @@ fn upstream_codes_round_trip_outside_the_id_and_are_checked() {
             .to_string()
             .contains("needs 2 finite values")
     );
-    let with_codes = learned
+    let descriptions = vec![
+        vec!["Negative.".to_string(), "Positive.".to_string()],
+        vec!["Entailed.".to_string(), "Not entailed.".to_string()],
+    ];
+    let coded = learned
         .clone()
         .with_codes(tasks.clone(), vec![vec![1.5, -2.25], vec![0.1, 40.0]])
+        .unwrap();
+    let error = coded
+        .clone()
+        .with_code_descriptions(vec![descriptions[0].clone(), vec![]])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("\"rte\" has no label description"),
+        "{error}"
+    );
+    let with_codes = coded
+        .with_code_descriptions(descriptions.clone())
         .unwrap()
         .with_random_columns(&files.manifest, RandomColumns { count: 3, seed: 9 })
         .unwrap();
@@ -162,6 +178,7 @@ fn upstream_codes_round_trip_outside_the_id_and_are_checked() {
     let loaded = Subspace::load(&path, &files.manifest).unwrap();
     let loaded_codes = loaded.codes().unwrap();
     assert_eq!(loaded_codes.tasks, tasks);
+    assert_eq!(loaded_codes.descriptions.as_ref(), Some(&descriptions));
     assert_eq!(
         loaded_codes.z[1][..2],
         [half::f16::from_f32(0.1).to_f32(), 40.0]

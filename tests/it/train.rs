@@ -9,7 +9,7 @@ use deltaspace::model::{Encoder, ModelFiles};
 use deltaspace::tuning::batch::TrainTask;
 use deltaspace::tuning::fit::{FitOptions, Space, Training, Unit, fit};
 use deltaspace::tuning::optim::OptimizerKind;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::{tiny_dir, tiny_encoder};
 
@@ -150,11 +150,12 @@ fn upstream_codes_rebuild_each_solution(model: &str, solutions: &str, file: &str
     assert_eq!(info[0]["upstream_codes"], json!(["rte", "sst2"]));
 }
 
-/// `tune --init upstream` starts each task from the code of the upstream task whose solution
-/// scores best on its training examples (macro-F1, then accuracy; a code rebuilds its solution,
-/// so `eval --solution` scores it), leaving dev to judge it; with no step taken a task keeps that
-/// code and its dev score. Two tasks in one run each get their own: the run is a few-shot draw
-/// in which the two tasks' nearest codes differ. A subspace without codes refuses.
+/// `tune --init upstream` starts each task from the code of the upstream task whose label
+/// descriptions are nearest to its own; the fixture's tasks are the upstream tasks themselves, so
+/// each finds its own code (cosine 1), whatever the order of the tasks. A code rebuilds its
+/// solution, so with no step taken a task keeps the dev score `eval --solution` gives that
+/// solution. `--init upstream:NAME` starts at the code it names. A subspace without codes, or
+/// without their descriptions, refuses.
 fn tune_from_upstream_starts_at_the_nearest_code(
     model: &str,
     solutions: &str,
@@ -165,9 +166,8 @@ fn tune_from_upstream_starts_at_the_nearest_code(
         data("sst2").display().to_string(),
         data("rte").display().to_string(),
     );
-    const SHOTS: &str = "4";
-    // SOURCE's solution scored on DATA's few-shot SPLIT drawn with SEED: (macro-F1, accuracy).
-    let score = |data: &str, source: &str, split: &str, seed: &str| {
+    // SOURCE's solution scored on DATA's dev set: macro-F1.
+    let dev_score = |data: &str, source: &str| {
         let solution = format!("{solutions}/{source}.lora.safetensors");
         let args = [
             "eval",
@@ -176,73 +176,49 @@ fn tune_from_upstream_starts_at_the_nearest_code(
             "--data",
             data,
             "--split",
-            split,
-            "--shots",
-            SHOTS,
-            "--seed",
-            seed,
+            "dev",
             "--json",
             "--solution",
             &solution,
         ];
-        let line = json_lines(&deltaspace(&args)).remove(0);
-        (
-            line["macro_f1"].as_f64().unwrap(),
-            line["accuracy"].as_f64().unwrap(),
-        )
+        json_lines(&deltaspace(&args)).remove(0)["macro_f1"]
+            .as_f64()
+            .unwrap()
     };
-    // The nearest upstream task for DATA by its training examples drawn with SEED.
-    let nearest = |data: &str, seed: &str| {
-        if score(data, "rte", "train", seed) >= score(data, "sst2", "train", seed) {
-            "rte"
-        } else {
-            "sst2"
-        }
-    };
-    let (seed, nearest) = (1..=20)
-        .map(|seed: u32| {
-            let seed = seed.to_string();
-            let codes = [nearest(&sst2, &seed), nearest(&rte, &seed)];
-            (seed, codes)
-        })
-        .find(|(_, [for_sst2, for_rte])| for_sst2 != for_rte)
-        .expect("a draw where the two tasks' nearest upstream codes differ");
-    // Tune DATA through LoRA from INIT, no step taken, on the draw found: one line per task.
-    let tune_from = |data: &[&str], init: &str| {
+    // Tune DATA through LoRA from INIT in SPACE, no step taken: one line per task.
+    let tune_from = |space: &str, data: &[&str], init: &str| {
         let args = [
-            &["tune", "--model", model, "--subspace", subspace, "--data"],
+            &["tune", "--model", model, "--subspace", space, "--data"],
             data,
             &[
-                "--det", "lora", "--shots", SHOTS, "--seed", &seed, "--steps", "0",
+                "--det", "lora", "--steps", "0", "--init", init, "--out", &out_dir,
             ],
-            &["--init", init, "--out", &out_dir],
         ];
         json_lines(&deltaspace(&args.concat()))
     };
-    let lines = tune_from(&[&sst2, &rte], "upstream");
-    for ((line, data), task) in lines.iter().zip([&sst2, &rte]).zip(nearest) {
-        assert_eq!(line["start"], format!("upstream:{task}"), "{line}");
-        let f1 = |scores: &Value| scores["macro_f1"].as_f64().unwrap();
-        let chosen = |split| score(data, task, split, &seed).0;
-        assert_eq!(f1(&line["upstream_train"]), chosen("train"), "{line}");
-        assert_eq!(f1(&line["dev"]), chosen("dev"), "no step: the code's own");
+    for order in [[&sst2, &rte], [&rte, &sst2]] {
+        let lines = tune_from(subspace, &[order[0], order[1]], "upstream");
+        for (line, data) in lines.iter().zip(order) {
+            let task = line["task"].as_str().unwrap();
+            assert_eq!(line["start"], format!("upstream:{task}"), "{line}");
+            let similarity = line["upstream_similarity"].as_f64().unwrap();
+            assert!((similarity - 1.0).abs() < 1e-5, "{line}");
+            assert_eq!(line["dev"]["macro_f1"], dev_score(data, task), "no step");
+        }
     }
-    // Named, the other code: not the one the training examples choose.
-    let other = if nearest[0] == "rte" { "sst2" } else { "rte" };
-    let named = format!("upstream:{other}");
-    let line = tune_from(&[&sst2], &named).remove(0);
-    assert_eq!(line["start"], named.as_str(), "{line}");
-    let dev = line["dev"]["macro_f1"].as_f64().unwrap();
-    assert_eq!(
-        dev,
-        score(&sst2, other, "dev", &seed).0,
-        "no step: {other}'s code"
-    );
+    // Named: the other task's code.
+    let line = tune_from(subspace, &[&sst2], "upstream:rte").remove(0);
+    assert_eq!(line["start"], "upstream:rte", "{line}");
+    assert_eq!(line["dev"]["macro_f1"], dev_score(&sst2, "rte"), "no step");
 
     let random = format!("{out_dir}.random.safetensors");
     deltaspace(&[
         "subspace", "random", "--model", model, "--dim", "7", "--out", &random,
     ]);
+    let undescribed = format!("{out_dir}.undescribed.safetensors");
+    let data_root = data("").display().to_string();
+    let args = decomposition_args(model, solutions, "7", &undescribed, &data_root);
+    deltaspace(&args[..args.len() - 4]); // without --data-root: codes, but no descriptions
     let refused = format!("{out_dir}/refused.json");
     let refuses = |space: &str, init: &str| {
         deltaspace_refuses(&[
@@ -263,6 +239,11 @@ fn tune_from_upstream_starts_at_the_nearest_code(
         let message = refuses(&random, init);
         assert!(message.contains("carries no upstream codes"), "{message}");
     }
+    let message = refuses(&undescribed, "upstream");
+    assert!(
+        message.contains("carries no label descriptions"),
+        "{message}"
+    );
     let message = refuses(subspace, "upstream:cola");
     assert!(
         message.contains("has no code for \"cola\"; it has rte, sst2"),
@@ -276,13 +257,15 @@ fn tune_from_upstream_starts_at_the_nearest_code(
 }
 
 /// `train subspace` arguments: the decomposition alone of 2 directions of `solutions`, completed
-/// by seeded random ones up to `complete_to`.
+/// by seeded random ones up to `complete_to`, with the tasks' label descriptions from the
+/// fixture's data (the last 4 arguments).
 fn decomposition_args<'a>(
     model: &'a str,
     solutions: &'a str,
     complete_to: &'a str,
     out: &'a str,
-) -> [&'a str; 12] {
+    data_root: &'a str,
+) -> [&'a str; 16] {
     [
         "train",
         "subspace",
@@ -296,6 +279,10 @@ fn decomposition_args<'a>(
         complete_to,
         "--out",
         out,
+        "--data-root",
+        data_root,
+        "--steps",
+        "0",
     ]
 }
 
@@ -512,7 +499,7 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
     // a "completion" to d = 2, refused before any work.
     let completed = out("completed.safetensors");
     let made = json_lines(&deltaspace(&decomposition_args(
-        &model, &solutions, "7", &completed,
+        &model, &solutions, "7", &completed, &data_root,
     )));
     assert_eq!(made[0]["d"], 7);
     assert!(
@@ -520,7 +507,13 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
         "no refinement, no dev line"
     );
     let refused_file = out("refused.safetensors");
-    let refused = deltaspace_refuses(&decomposition_args(&model, &solutions, "2", &refused_file));
+    let refused = deltaspace_refuses(&decomposition_args(
+        &model,
+        &solutions,
+        "2",
+        &refused_file,
+        &data_root,
+    ));
     assert!(
         refused.contains("--complete-to 2 must exceed --dim 2"),
         "{refused}"

@@ -13,7 +13,8 @@
 //! A subspace found from upstream tasks may carry their codes ([`UpstreamCodes`]), the starts a
 //! warm start for a new task chooses from. They are not part of θ = base + U z, so the content
 //! hash and the id leave them out (tasks keep their subspace when codes are added); they have a
-//! hash of their own, checked on load.
+//! hash of their own, checked on load. With them may come each upstream task's label
+//! descriptions, by which a new task finds the upstream task nearest to it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -69,13 +70,16 @@ pub struct Subspace {
 /// The codes of the upstream tasks a subspace was found from: each task's z on the learned
 /// columns (0 on drawn ones): its stage-0 solutions' coordinates from the decomposition, or after
 /// a refinement that was kept, the mean of its per-DET codes at the best step. Stored as `codes`
-/// [tasks, learned columns], with the task names and the codes' own hash in the metadata.
+/// [tasks, learned columns], with the task names, the codes' own hash and the tasks' label
+/// descriptions (when stage 1 read the tasks' data) in the metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamCodes {
     /// Task names, in the order of `z`.
     pub tasks: Vec<String>,
     /// One z of d values per task.
     pub z: Vec<Vec<f32>>,
+    /// Each task's label descriptions, in the order of `tasks`, if known.
+    pub descriptions: Option<Vec<Vec<String>>>,
 }
 
 /// Random columns at the end of every U: `count` columns per DET with i.i.d. N(0, 1/D) entries,
@@ -176,7 +180,43 @@ impl Subspace {
             code.resize(self.d(), 0.0);
             padded.push(code);
         }
-        self.codes = Some(UpstreamCodes { tasks, z: padded });
+        self.codes = Some(UpstreamCodes {
+            tasks,
+            z: padded,
+            descriptions: None,
+        });
+        Ok(self)
+    }
+
+    /// This subspace with its upstream tasks' label descriptions: `descriptions[t]` are task
+    /// `tasks[t]`'s (see [`Subspace::with_codes`]), at least one each.
+    pub fn with_code_descriptions(
+        mut self,
+        descriptions: Vec<Vec<String>>,
+    ) -> Result<Self, SubspaceError> {
+        let invalid = |message: String| SubspaceError::Invalid {
+            path: self.name.clone(),
+            message,
+        };
+        let Some(codes) = self.codes.as_mut() else {
+            return Err(invalid(
+                "label descriptions come with upstream codes; this subspace has none".into(),
+            ));
+        };
+        if descriptions.len() != codes.tasks.len() {
+            return Err(invalid(format!(
+                "upstream codes need the label descriptions of each of their {} tasks, got {}",
+                codes.tasks.len(),
+                descriptions.len()
+            )));
+        }
+        if let Some(task) = (0..descriptions.len()).find(|&t| descriptions[t].is_empty()) {
+            return Err(invalid(format!(
+                "upstream task {:?} has no label description",
+                codes.tasks[task]
+            )));
+        }
+        codes.descriptions = Some(descriptions);
         Ok(self)
     }
 
@@ -197,7 +237,7 @@ impl Subspace {
         let completed = Self::from_parts(&self.name, manifest, learned, Some(columns))?;
         // Upstream codes have no coordinate on the drawn columns.
         match self.codes {
-            Some(codes) => completed.with_codes(codes.tasks, codes.z),
+            Some(codes) => completed.with_upstream(codes),
             None => Ok(completed),
         }
     }
@@ -350,7 +390,7 @@ impl Subspace {
             ));
         }
         match read_codes(&mut file, stored).map_err(invalid)? {
-            Some(codes) => subspace.with_codes(codes.tasks, codes.z),
+            Some(codes) => subspace.with_upstream(codes),
             None => Ok(subspace),
         }
     }
@@ -417,6 +457,10 @@ impl Subspace {
             let names = serde_json::to_string(&codes.tasks).expect("names serialize");
             metadata.insert("code_tasks".into(), names);
             metadata.insert("codes_sha256".into(), values_sha256(values));
+            if let Some(descriptions) = &codes.descriptions {
+                let descriptions = serde_json::to_string(descriptions).expect("texts serialize");
+                metadata.insert("code_descriptions".into(), descriptions);
+            }
         }
         TensorFile::write(path, &tensors, metadata, storage)?;
         Ok(())
@@ -456,6 +500,21 @@ impl Subspace {
     /// The upstream tasks' codes, if the subspace carries them.
     pub fn codes(&self) -> Option<&UpstreamCodes> {
         self.codes.as_ref()
+    }
+
+    /// This subspace with `codes` (their learned coordinates; checked as [`Subspace::with_codes`]
+    /// and [`Subspace::with_code_descriptions`] check them).
+    fn with_upstream(self, codes: UpstreamCodes) -> Result<Self, SubspaceError> {
+        let learned = self.learned_columns();
+        let z = codes.z.into_iter().map(|mut z| {
+            z.truncate(learned);
+            z
+        });
+        let subspace = self.with_codes(codes.tasks, z.collect())?;
+        match codes.descriptions {
+            Some(descriptions) => subspace.with_code_descriptions(descriptions),
+            None => Ok(subspace),
+        }
     }
 
     /// Stored values rounded to f16 (the codes' too); drawn columns stay as drawn, since loading
@@ -502,7 +561,17 @@ fn read_codes(file: &mut TensorFile, learned: usize) -> Result<Option<UpstreamCo
         .chunks(learned.max(1))
         .map(<[f32]>::to_vec)
         .collect();
-    Ok(Some(UpstreamCodes { tasks, z }))
+    let descriptions = match file.metadata.get("code_descriptions") {
+        Some(texts) => Some(serde_json::from_str(texts).map_err(|e| {
+            format!("metadata \"code_descriptions\" is not a list of lists of texts: {e}")
+        })?),
+        None => None,
+    };
+    Ok(Some(UpstreamCodes {
+        tasks,
+        z,
+        descriptions,
+    }))
 }
 
 /// sha256 of values as little-endian f32, in hex: the upstream codes' hash, and stage 2's name for

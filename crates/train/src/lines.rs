@@ -68,10 +68,10 @@ pub struct TuneLine {
     /// the task file `--init` gave (lines from before starts: none).
     #[serde(default)]
     pub start: Option<String>,
-    /// The chosen upstream code's scores on the training examples it was chosen on, before
-    /// tuning, with `--init upstream`.
+    /// With `--init upstream`: the cosine between the mean label-description embeddings of the
+    /// task and of the upstream task whose code was chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_train: Option<Scores>,
+    pub upstream_similarity: Option<f32>,
     /// Dev accuracy of every DET tuned from that start (lines from before the choice on dev:
     /// empty).
     #[serde(default)]

@@ -196,7 +196,8 @@ pub struct FoundSubspace {
     pub dev: Option<RefinementDev>,
 }
 
-/// Finds the subspace: decomposition, then refinement on the tasks' data (same order as `solutions`).
+/// Finds the subspace: decomposition, then refinement on the tasks' data (same order as `solutions`;
+/// the codes carry their label descriptions).
 pub fn find_subspace(
     encoder: &Encoder,
     theta0: &Theta0,
@@ -235,11 +236,17 @@ pub fn find_subspace(
             (refined.u, refined.codes, Some(refined.dev))
         }
     };
-    let tasks = solutions.iter().map(|s| s.task.clone()).collect();
-    Ok(FoundSubspace {
-        subspace: stage.subspace(&u)?.with_codes(tasks, codes)?,
-        dev,
-    })
+    let names = solutions.iter().map(|s| s.task.clone()).collect();
+    let mut subspace = stage.subspace(&u)?.with_codes(names, codes)?;
+    if !tasks.is_empty() {
+        // The tasks' data is at hand: their label descriptions go with their codes.
+        let descriptions = tasks.iter().map(|task| {
+            let labels = task.data.labels.iter();
+            labels.map(|label| label.description.clone()).collect()
+        });
+        subspace = subspace.with_code_descriptions(descriptions.collect())?;
+    }
+    Ok(FoundSubspace { subspace, dev })
 }
 
 /// Refinement with the paper's objective (module docs, step 2): what it reads.

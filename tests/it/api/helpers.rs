@@ -48,7 +48,7 @@ impl Fixture {
     }
 
     /// A fixture whose subspace (d = [`D`]) has two learned columns that carry two upstream
-    /// tasks' codes, completed by seeded random ones.
+    /// tasks' codes and label descriptions, completed by seeded random ones.
     pub fn with_upstream_codes() -> Self {
         use deltaspace::subspace::RandomColumns;
         let (files, theta0) = tiny_model();
@@ -59,6 +59,11 @@ impl Fixture {
                 vec!["news".into(), "reviews".into()],
                 vec![vec![3.0, -1.0], vec![-2.0, 2.5]],
             )
+            .unwrap()
+            .with_code_descriptions(vec![
+                vec!["World news.".into(), "Sports news.".into()],
+                vec!["A negative review.".into(), "A positive review.".into()],
+            ])
             .unwrap();
         let columns = RandomColumns {
             count: D - 2,

@@ -280,7 +280,7 @@ async fn bad_tune_requests_are_refused_with_the_reason() {
             with(&|b| b["init"] = json!(["normal", "upstream"])),
             422,
             "invalid_tune",
-            "carries none",
+            "carries no upstream codes",
         ),
         (
             with(&|b| b["extra"] = json!(1)),

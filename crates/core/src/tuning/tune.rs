@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ndarray::{Array1, Array2, Axis};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde::Serialize;
@@ -24,7 +25,7 @@ use super::head::HeadTuning;
 use super::optim::CmaEs;
 use super::progress::Progress;
 use crate::det::DetKind;
-use crate::model::Encoder;
+use crate::model::{Encoder, TextInput};
 use crate::subspace::{Subspace, values_sha256};
 use crate::task::Head;
 
@@ -77,12 +78,12 @@ pub enum Start<'a> {
     Normal,
     /// These values: another task's z (a warm start, such as an upstream task's code).
     Values(&'a [f32]),
-    /// The code of the upstream task (among those the subspace carries) that scores best on the
-    /// task's training examples before any step, by macro-F1 then accuracy, through the target's
-    /// first DET with the head as it starts: a warm start from the nearest upstream task. The
-    /// choice leaves dev alone, so that dev judges the chosen start without bias when the target
-    /// also tunes from [`Start::Normal`]: the best of 17 codes on dev looks better on dev than it
-    /// is (docs/RESULTS.md, "A guarded warm start").
+    /// The code of the upstream task (among those the subspace carries) whose label descriptions
+    /// are nearest to the task's: the largest cosine between the mean embeddings of the two
+    /// tasks' descriptions (frozen model), the first of equals. A warm start from the nearest
+    /// upstream task, chosen without a labelled example: a choice on a few-shot task's own
+    /// examples is mostly their draw, and dev then judges the chosen start without bias when the
+    /// target also tunes from [`Start::Normal`] (docs/RESULTS.md, "A warm start").
     Upstream,
 }
 
@@ -99,27 +100,28 @@ impl Start<'static> {
 }
 
 impl Start<'_> {
-    /// The start's name in checkpoints: "normal", the values' digest, or "upstream on train" and
+    /// The start's name in checkpoints: "normal", the values' digest, or "upstream by labels" and
     /// the digest of every code it chooses from (a checkpoint from when the choice was made on
-    /// dev, named "upstream", is refused rather than resumed from another code).
+    /// examples, "upstream" or "upstream on train", is refused rather than resumed from another
+    /// code).
     fn name(&self, subspace: &Subspace) -> String {
         match self {
             Start::Normal => "normal".to_string(),
             Start::Values(values) => digest(values),
             Start::Upstream => {
                 let codes = subspace.codes().map(|c| c.z.concat()).unwrap_or_default();
-                format!("upstream on train {}", digest(&codes))
+                format!("upstream by labels {}", digest(&codes))
             }
         }
     }
 }
 
-/// The upstream code chosen for a task: the upstream task's name and the chosen code's scores
-/// on the task's training examples before tuning.
+/// The upstream code chosen for a task: the upstream task's name and the cosine between the two
+/// tasks' mean label-description embeddings.
 #[derive(Debug, Clone)]
 pub struct UpstreamChoice {
     pub task: String,
-    pub train: Scores,
+    pub similarity: f32,
 }
 
 /// The paper's init for z: N(0, 0.02²), seeded per task.
@@ -225,7 +227,7 @@ pub fn tune_gradient(
     // Per task, the upstream code it starts from (when a start asks for one).
     let choosing = Instant::now();
     let upstream = if target.starts.contains(&Start::Upstream) {
-        choose_upstream(encoder, subspace, tasks, target, options)?
+        choose_upstream(encoder, subspace, tasks)?
     } else {
         Vec::new()
     };
@@ -309,74 +311,81 @@ struct UpstreamStart {
     choice: UpstreamChoice,
 }
 
-/// Per task, the upstream code that scores best on its training examples with no step taken
-/// ([`Start::Upstream`]): every code is scored on every task in one evaluation, as the unit
-/// would start.
+/// Per task, the code of the upstream task whose label descriptions are nearest to its own
+/// ([`Start::Upstream`]).
 fn choose_upstream(
     encoder: &Encoder,
     subspace: &Subspace,
     tasks: &[TrainTask],
-    target: Target<'_>,
-    options: &FitOptions,
 ) -> anyhow::Result<Vec<UpstreamStart>> {
     let codes = subspace
         .codes()
         .context("a start from upstream needs the subspace's upstream codes")?;
-    let det = target.dets[0];
-    let hidden = encoder.manifest().hidden();
-    let (mut units, mut values) = (Vec::new(), Vec::new());
-    for (index, task) in tasks.iter().enumerate() {
-        for code in &codes.z {
-            units.push(Unit::new(index, det));
-            let head = target.head.len(task.descriptions.len(), hidden);
-            values.push([&code[..], &vec![0.0; head]].concat());
-        }
-    }
-    let space = Space::Subspace {
-        subspace,
-        head: target.head,
-        train_z: true,
-    };
-    let scores = evaluate_values(
-        encoder,
-        tasks,
-        &units,
-        &space,
-        &values,
-        Split::Train,
-        options.eval_limit,
-    )?;
-    let by_task = scores.chunks(codes.z.len()).map(|scores| {
+    let descriptions = codes
+        .descriptions
+        .as_ref()
+        .context("a start from upstream needs the upstream tasks' label descriptions")?;
+    let upstream = descriptions
+        .iter()
+        .map(|texts| {
+            let inputs: Vec<TextInput> = texts.iter().cloned().map(TextInput::single).collect();
+            Ok(mean_direction(&encoder.embed_frozen(&inputs)?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("embedding the upstream tasks' label descriptions")?;
+    let choose = |task: &TrainTask| {
+        let own = mean_direction(&task.descriptions.prototypes);
+        let cosines: Vec<f32> = upstream.iter().map(|u| u.dot(&own)).collect();
         // The first of equals, as everywhere a choice is made.
-        let best = (0..scores.len())
+        let best = (0..cosines.len())
             .rev()
-            .max_by(|&a, &b| {
-                let key = |i: usize| (scores[i].macro_f1, scores[i].accuracy);
-                key(a)
-                    .partial_cmp(&key(b))
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            })
+            .max_by(|&a, &b| cosines[a].total_cmp(&cosines[b]))
             .expect("a subspace's codes are never empty. This is a bug.");
         UpstreamStart {
             z: codes.z[best].clone(),
             choice: UpstreamChoice {
                 task: codes.tasks[best].clone(),
-                train: scores[best],
+                similarity: cosines[best],
             },
         }
-    });
-    Ok(by_task.collect())
+    };
+    Ok(tasks.iter().map(choose).collect())
+}
+
+/// The unit-norm mean of embeddings' rows (each unit-norm): a task's direction.
+fn mean_direction(embeddings: &Array2<f32>) -> Array1<f32> {
+    let mean = embeddings.mean_axis(Axis(0)).expect("a task has labels");
+    let norm = mean.dot(&mean).sqrt().max(1e-12);
+    mean / norm
+}
+
+/// Why [`Start::Upstream`] cannot start in `subspace`, if it cannot: the subspace carries no
+/// upstream codes, or none of their label descriptions.
+pub fn upstream_unavailable(subspace: &Subspace) -> Option<String> {
+    let id = subspace.id();
+    match subspace.codes() {
+        None => Some(format!(
+            "subspace {id} carries no upstream codes to start from (a random subspace, or one made \
+             before subspaces carried them: `deltaspace train subspace` makes it again with them)"
+        )),
+        Some(codes) if codes.descriptions.is_none() => Some(format!(
+            "subspace {id} carries no label descriptions of its upstream tasks to choose a code by \
+             (`deltaspace train subspace --data-root DIR` makes it again with them; `--init \
+             upstream:NAME` names a code)"
+        )),
+        Some(_) => None,
+    }
 }
 
 /// Whether `target`'s starts can be tuned in `subspace`.
 fn check_starts(target: Target<'_>, subspace: &Subspace) -> anyhow::Result<()> {
     let (starts, d) = (target.starts, subspace.d());
-    if starts.contains(&Start::Upstream) && subspace.codes().is_none() {
-        anyhow::bail!(
-            "subspace {} carries no upstream codes to start from (a random subspace, or one made \
-             before subspaces carried them: `deltaspace train subspace` makes it again with them)",
-            subspace.id()
-        );
+    if let Some(reason) = starts
+        .contains(&Start::Upstream)
+        .then(|| upstream_unavailable(subspace))
+        .flatten()
+    {
+        anyhow::bail!(reason);
     }
     anyhow::ensure!(!starts.is_empty(), "tune from at least one start");
     for (index, start) in starts.iter().enumerate() {

@@ -120,7 +120,7 @@ pub struct TuneRequest {
     #[serde(default, deserialize_with = "seed")]
     pub seed: Option<usize>,
     /// Where z starts, as `tune --init`: "normal" (N(0, 0.02²), the default), "upstream" (the
-    /// code of the upstream task nearest on the training examples), or both: tuned from each,
+    /// code of the upstream task whose label descriptions are nearest), or both: tuned from each,
     /// keeping the better on dev.
     #[serde(default)]
     pub init: Option<Vec<String>>,

@@ -13,7 +13,7 @@ use crate::auth::Access;
 use crate::error::ApiError;
 use crate::store::JobRecord;
 use deltaspace_core::task::validate_name;
-use deltaspace_core::tuning::tune::Start;
+use deltaspace_core::tuning::tune::{Start, upstream_unavailable};
 
 /// `POST /v1/tasks/{name}/tune` answer.
 #[derive(Debug, Serialize)]
@@ -48,11 +48,14 @@ pub(super) async fn tune(
         options.max_text_chars,
         &options.task_limits,
     )?;
-    if order.starts.contains(&Start::Upstream) && core.subspace.codes().is_none() {
+    if let Some(reason) = order
+        .starts
+        .contains(&Start::Upstream)
+        .then(|| upstream_unavailable(&core.subspace))
+        .flatten()
+    {
         return Err(ApiError::InvalidTune(format!(
-            "init: \"upstream\" needs a subspace that carries upstream codes; this server's \
-             subspace {} carries none",
-            core.subspace.id()
+            "init: \"upstream\" cannot start here: {reason}"
         )));
     }
     // A precondition that fails now fails at once; the job checks it again when it serves.

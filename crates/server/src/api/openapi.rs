@@ -23,7 +23,8 @@ pub struct Sizes {
     pub hidden: usize,
     /// The subspace's name and full id: what an upload's `subspace` may say.
     pub subspace: [String; 2],
-    /// Whether the subspace carries upstream codes, which a tune request's "upstream" start needs.
+    /// Whether the subspace carries upstream codes with their label descriptions, which a tune
+    /// request's "upstream" start needs.
     pub upstream_codes: bool,
 }
 
