@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every upstream task's stage-0 solution (through LoRA) scored on an unseen task's training and dev examples before any
-# step: what `tune --init upstream` chooses from (it scores the subspace's codes, which rebuild these solutions, on the
-# training examples), and how far a choice on that many examples can be trusted (the same code chosen on dev?).
+# step (the subspace's codes rebuild these solutions): what a choice on the training examples would take
+# (scripts/screen-warm-start.sh's WARM_CHOICE=train; `tune --init upstream` chose so until 2026-12-01, fourteenth
+# session), and how far a choice on that many examples can be trusted (the same code chosen on dev?).
 #
 #   scripts/score-upstream-codes.sh DATA_DIR SHOTS SEED TASK...
 #

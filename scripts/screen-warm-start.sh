@@ -15,7 +15,7 @@
 #   [WARM_CHOICE=train|labels] [WARM_SHOTS=16|full] [WARM_SEEDS="1 2 3"] scripts/screen-warm-start.sh DATA_DIR [TASK...]
 #
 # TASK: unseen tasks [default: all 5]. WARM_SHOTS: k = 16 per label (the default) or the whole training set, tuned as
-# quality.sh tunes it (dev evaluations and the code's choice on the first 300 examples: --eval-limit 300). One line per
+# quality.sh tunes it (dev evaluations, and WARM_CHOICE=train's scores, on the first 300 examples). One line per
 # (task, shots, seed) (WARM_SEEDS, default 1; seed by seed) in docs/results/screen-warm-start-train.jsonl or, for
 # WARM_CHOICE=labels, docs/results/screen-warm-start-labels.jsonl ({task, shots, seed, source, det, dev, test,
 # seconds}; the train lines before 2026-12-01 also give source_train, the code's training accuracy); one with a line
@@ -88,7 +88,7 @@ warm() {
   echo "== $t shots=$shots seed $seed: tune --init $start ($(date -u +%FT%TZ))"
   started=$SECONDS
   line=$("${bin[@]}" tune "${common[@]}" --subspace "$subspace" --data "$data/$t" "${draw[@]}" --seed "$seed" \
-    --init "$start" --checkpoint "$checkpoint" --out "$runs/$t-$shots-$seed.json" | tail -1)
+    --init "$start" --checkpoint "$checkpoint" --out "$runs/$choice-$t-$shots-$seed.json" | tail -1)
   python3 -c 'import json, sys
 out = json.loads(sys.argv[1])
 line = {"task": sys.argv[2], "shots": sys.argv[5], "seed": int(sys.argv[4]),

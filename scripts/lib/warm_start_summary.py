@@ -4,9 +4,9 @@ seed), as markdown tables.
     python3 scripts/lib/warm_start_summary.py [LINES]    # from the repository root
 
 LINES: the screen's lines [default: docs/results/screen-warm-start-train.jsonl, the code chosen on the training
-examples as `tune --init upstream` does; docs/results/screen-warm-start-labels.jsonl, the code of the upstream task
-whose label descriptions are nearest (WARM_CHOICE=labels); docs/results/screen-warm-start.jsonl, the earlier choice
-on dev].
+examples; docs/results/screen-warm-start-labels.jsonl has the code of the upstream task whose label descriptions are
+nearest, as `tune --init upstream` chooses since 2026-12-01 (fourteenth session), and
+docs/results/screen-warm-start.jsonl the earlier choice on dev].
 "guarded" is what `tune --init normal --init upstream` keeps: of the cold run (quality.sh's z + head line) and the
 warm one (the screen's line), the better on dev, the cold one on a tie. Every start of such a run trains on the
 same rows it would alone, so this is the guarded run's result without running the cold start twice. Means are
@@ -82,7 +82,7 @@ def summarize(table):
 
 def best(scores):
     """The source whose scores are best (macro-F1, then accuracy), the first of equals in the subspace's order of
-    the codes (by name), as tune chooses."""
+    the codes (by name), as screen-warm-start.sh's WARM_CHOICE=train chooses."""
     return max(sorted(scores), key=lambda source: (scores[source]["macro_f1"], scores[source]["accuracy"]))
 
 

@@ -153,8 +153,9 @@ pub struct SubspaceArgs {
     /// Directory of stage-0 solutions (<task>.<det>.safetensors); tasks need all three DETs.
     #[arg(long)]
     pub solutions: PathBuf,
-    /// Directory holding each solution's task data as <data-root>/<task>/: for the refinement,
-    /// and for the label descriptions stored with the codes (`tune --init upstream` chooses by them).
+    /// Directory holding each solution's task data as <data-root>/<task>/: for the refinement
+    /// (--steps 0: none), and for the label descriptions stored with the codes (`tune --init
+    /// upstream` chooses by them).
     #[arg(long)]
     pub data_root: Option<PathBuf>,
     /// Subspace dimension d: the learned directions (at most one per task, beyond that random

@@ -197,7 +197,7 @@ pub struct FoundSubspace {
 }
 
 /// Finds the subspace: decomposition, then refinement on the tasks' data (same order as `solutions`;
-/// the codes carry their label descriptions).
+/// when it is given, the codes carry the tasks' label descriptions).
 pub fn find_subspace(
     encoder: &Encoder,
     theta0: &Theta0,

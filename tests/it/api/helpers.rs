@@ -48,23 +48,26 @@ impl Fixture {
     }
 
     /// A fixture whose subspace (d = [`D`]) has two learned columns that carry two upstream
-    /// tasks' codes and label descriptions, completed by seeded random ones.
-    pub fn with_upstream_codes() -> Self {
+    /// tasks' codes, with their label descriptions when `described`, completed by seeded random
+    /// ones.
+    pub fn with_upstream_codes(described: bool) -> Self {
         use deltaspace::subspace::RandomColumns;
         let (files, theta0) = tiny_model();
         let drawn = Subspace::random(&files.manifest, &theta0, 2, 5).unwrap();
-        let learned = Subspace::new("learned", &files.manifest, drawn.params().dets().to_vec())
+        let mut learned = Subspace::new("learned", &files.manifest, drawn.params().dets().to_vec())
             .unwrap()
             .with_codes(
                 vec!["news".into(), "reviews".into()],
                 vec![vec![3.0, -1.0], vec![-2.0, 2.5]],
             )
-            .unwrap()
-            .with_code_descriptions(vec![
+            .unwrap();
+        if described {
+            let descriptions = vec![
                 vec!["World news.".into(), "Sports news.".into()],
                 vec!["A negative review.".into(), "A positive review.".into()],
-            ])
-            .unwrap();
+            ];
+            learned = learned.with_code_descriptions(descriptions).unwrap();
+        }
         let columns = RandomColumns {
             count: D - 2,
             seed: 5,

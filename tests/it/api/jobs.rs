@@ -129,10 +129,10 @@ async fn a_tune_job_turns_labeled_examples_into_a_served_task() {
 
 /// `init: ["normal", "upstream"]` tunes from both starts and keeps the better on dev; the job's
 /// result names the start kept. /openapi.json offers "upstream" only where the subspace carries
-/// codes.
+/// codes with their label descriptions.
 #[tokio::test]
 async fn a_tune_job_can_start_from_the_nearest_upstream_code() {
-    let fixture = Fixture::with_upstream_codes();
+    let fixture = Fixture::with_upstream_codes(true);
     let app = TestApp::spawn(fixture.options()).await;
     let mut body = tune_body(6);
     body["budget"] = json!({"steps": 10});
@@ -160,6 +160,19 @@ async fn a_tune_job_can_start_from_the_nearest_upstream_code() {
         init(&served),
         json!(["normal"]),
         "a random subspace has no codes"
+    );
+    app.stop().await.unwrap();
+
+    // Codes without their label descriptions: nothing to choose a code by.
+    let undescribed = Fixture::with_upstream_codes(false);
+    let app = TestApp::spawn(undescribed.options()).await;
+    let served = ok_json(app.get("/openapi.json").await).await;
+    assert_eq!(init(&served), json!(["normal"]));
+    let refused = post_tune(&app, "guarded", &body).await;
+    let message = assert_error(refused, 422, "invalid_tune").await;
+    assert!(
+        message.contains("carries no label descriptions"),
+        "{message}"
     );
     app.stop().await.unwrap();
 }

@@ -13,6 +13,7 @@ use ndarray::{Array1, Array2, Axis};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::batch::{EncodedRows, Row, TrainTask, row_losses};
 use super::data::{Split, minibatch};
@@ -101,16 +102,20 @@ impl Start<'static> {
 
 impl Start<'_> {
     /// The start's name in checkpoints: "normal", the values' digest, or "upstream by labels" and
-    /// the digest of every code it chooses from (a checkpoint from when the choice was made on
-    /// examples, "upstream" or "upstream on train", is refused rather than resumed from another
-    /// code).
+    /// the digests of every code it chooses from and of their descriptions (a checkpoint from
+    /// when the choice was made on examples, "upstream" or "upstream on train", is refused rather
+    /// than resumed from another code).
     fn name(&self, subspace: &Subspace) -> String {
         match self {
             Start::Normal => "normal".to_string(),
             Start::Values(values) => digest(values),
             Start::Upstream => {
-                let codes = subspace.codes().map(|c| c.z.concat()).unwrap_or_default();
-                format!("upstream by labels {}", digest(&codes))
+                let codes = subspace.codes();
+                let z = codes.map(|c| c.z.concat()).unwrap_or_default();
+                let descriptions = codes.and_then(|c| c.descriptions.as_ref());
+                let texts = serde_json::to_string(&descriptions).expect("texts serialize");
+                let texts = format!("{:x}", Sha256::digest(texts.as_bytes()));
+                format!("upstream by labels {}, labels {}", digest(&z), &texts[..12])
             }
         }
     }
@@ -370,8 +375,8 @@ pub fn upstream_unavailable(subspace: &Subspace) -> Option<String> {
         )),
         Some(codes) if codes.descriptions.is_none() => Some(format!(
             "subspace {id} carries no label descriptions of its upstream tasks to choose a code by \
-             (`deltaspace train subspace --data-root DIR` makes it again with them; `--init \
-             upstream:NAME` names a code)"
+             (made before subspaces carried them: `deltaspace train subspace` with the flags that \
+             made it and `--data-root DIR --steps 0` makes it again with them, and the same id)"
         )),
         Some(_) => None,
     }
