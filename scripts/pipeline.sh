@@ -132,6 +132,11 @@ random=$out/random-d$d.safetensors
 # The two subspace files are not committed (seconds to make, and deterministic); a checkout that has the step
 # markers but not the files makes them again.
 [ -f "$subspace" ] || rm -f "$out/done/stage1"
+# One made before subspaces carried the upstream tasks' label descriptions is made again with them (same id).
+if [ -f "$subspace" ]; then
+  info=$("${bin[@]}" subspace info "${common[@]}" "$subspace")
+  case $info in *'"upstream_descriptions":true'*) ;; *) rm -f "$out/done/stage1" ;; esac
+fi
 [ -f "$random" ] || rm -f "$out/done/random"
 # At D ≤ the learned directions, the top D of them and no random ones (the transfer check at D = 17).
 complete=(--complete-to "$d")

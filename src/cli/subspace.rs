@@ -66,10 +66,12 @@ pub fn run(config: &Config, command: SubspaceCommand) -> anyhow::Result<()> {
             let files = ModelFiles::open(model.as_deref().unwrap_or(&config.model.dir))?;
             let subspace = Subspace::load(&file, &files.manifest)
                 .with_context(|| format!("loading {}", file.display()))?;
+            let codes = subspace.codes();
             println!(
                 "{}",
                 json!({"id": subspace.id(), "name": subspace.name(), "d": subspace.d(), "dets": files.manifest.det_names(),
-                    "upstream_codes": subspace.codes().map_or(&[][..], |codes| &codes.tasks)})
+                    "upstream_codes": codes.map_or(&[][..], |codes| &codes.tasks),
+                    "upstream_descriptions": codes.is_some_and(|codes| codes.descriptions.is_some())})
             );
         }
     }

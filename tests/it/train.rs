@@ -148,6 +148,10 @@ fn upstream_codes_rebuild_each_solution(model: &str, solutions: &str, file: &str
     }
     let info = json_lines(&deltaspace(&["subspace", "info", "--model", model, file]));
     assert_eq!(info[0]["upstream_codes"], json!(["rte", "sst2"]));
+    assert_eq!(
+        info[0]["upstream_descriptions"], true,
+        "made with --data-root"
+    );
 }
 
 /// `tune --init upstream` starts each task from the code of the upstream task whose label
