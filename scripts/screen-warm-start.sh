@@ -59,14 +59,14 @@ init() {
   case $choice in
     train)
       scripts/score-upstream-codes.sh "$data" "$shots" "$2" "$1" >&2
-      python3 -c 'import json, sys
+      PYTHONPATH=scripts/lib python3 -c 'import json, sys
+from warm_start_summary import best
 scores = {}
 for line in open("docs/results/screen-warm-start-choice.jsonl"):
     line = json.loads(line)
     if (line["unseen"], line["shots"], str(line["seed"]), line["split"]) == (*sys.argv[1:4], "train"):
-        scores[line["source"]] = (line["macro_f1"], line["accuracy"])
-best = max(sorted(scores), key=lambda source: scores[source])  # the first of equals by name
-print("upstream:" + best)' "$1" "$shots" "$2" ;;
+        scores[line["source"]] = line
+print("upstream:" + best(scores))' "$1" "$shots" "$2" ;;
     labels)
       python3 -c 'import json, sys
 for line in open(sys.argv[1]):

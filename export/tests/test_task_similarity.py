@@ -15,7 +15,7 @@ FIXTURE = ROOT / "tests/fixtures/data"
 def test_the_task_with_the_same_descriptions_is_nearest(tmp_path):
     data = tmp_path / "data"
     # Every task the script reads: sst2 and rte as in the fixture, the others with labels of their own.
-    for index, task in enumerate(UPSTREAM + UNSEEN):
+    for index, task in enumerate((*UPSTREAM, *UNSEEN)):
         source = FIXTURE / ("sst2" if task in ("sst2", "mpqa") else "rte")
         shutil.copytree(source, data / task)
         if task not in ("sst2", "mpqa", "rte"):

@@ -210,7 +210,7 @@ impl Subspace {
                 descriptions.len()
             )));
         }
-        if let Some(task) = (0..descriptions.len()).find(|&t| descriptions[t].is_empty()) {
+        if let Some(task) = descriptions.iter().position(Vec::is_empty) {
             return Err(invalid(format!(
                 "upstream task {:?} has no label description",
                 codes.tasks[task]
@@ -502,15 +502,10 @@ impl Subspace {
         self.codes.as_ref()
     }
 
-    /// This subspace with `codes` (their learned coordinates; checked as [`Subspace::with_codes`]
-    /// and [`Subspace::with_code_descriptions`] check them).
+    /// This subspace with `codes`, whose z hold the learned coordinates alone (checked as
+    /// [`Subspace::with_codes`] and [`Subspace::with_code_descriptions`] check them).
     fn with_upstream(self, codes: UpstreamCodes) -> Result<Self, SubspaceError> {
-        let learned = self.learned_columns();
-        let z = codes.z.into_iter().map(|mut z| {
-            z.truncate(learned);
-            z
-        });
-        let subspace = self.with_codes(codes.tasks, z.collect())?;
+        let subspace = self.with_codes(codes.tasks, codes.z)?;
         match codes.descriptions {
             Some(descriptions) => subspace.with_code_descriptions(descriptions),
             None => Ok(subspace),

@@ -364,9 +364,12 @@ fn mean_direction(embeddings: &Array2<f32>) -> Array1<f32> {
     mean / norm
 }
 
-/// Why [`Start::Upstream`] cannot start in `subspace`, if it cannot: the subspace carries no
-/// upstream codes, or none of their label descriptions.
-pub fn upstream_unavailable(subspace: &Subspace) -> Option<String> {
+/// Why `starts` cannot start in `subspace`, if they cannot: [`Start::Upstream`] is among them and
+/// the subspace carries no upstream codes, or none of their label descriptions.
+pub fn upstream_unavailable(starts: &[Start<'_>], subspace: &Subspace) -> Option<String> {
+    if !starts.contains(&Start::Upstream) {
+        return None;
+    }
     let id = subspace.id();
     match subspace.codes() {
         None => Some(format!(
@@ -385,11 +388,7 @@ pub fn upstream_unavailable(subspace: &Subspace) -> Option<String> {
 /// Whether `target`'s starts can be tuned in `subspace`.
 fn check_starts(target: Target<'_>, subspace: &Subspace) -> anyhow::Result<()> {
     let (starts, d) = (target.starts, subspace.d());
-    if let Some(reason) = starts
-        .contains(&Start::Upstream)
-        .then(|| upstream_unavailable(subspace))
-        .flatten()
-    {
+    if let Some(reason) = upstream_unavailable(starts, subspace) {
         anyhow::bail!(reason);
     }
     anyhow::ensure!(!starts.is_empty(), "tune from at least one start");

@@ -13,7 +13,7 @@ use crate::auth::Access;
 use crate::error::ApiError;
 use crate::store::JobRecord;
 use deltaspace_core::task::validate_name;
-use deltaspace_core::tuning::tune::{Start, upstream_unavailable};
+use deltaspace_core::tuning::tune::upstream_unavailable;
 
 /// `POST /v1/tasks/{name}/tune` answer.
 #[derive(Debug, Serialize)]
@@ -48,12 +48,7 @@ pub(super) async fn tune(
         options.max_text_chars,
         &options.task_limits,
     )?;
-    if let Some(reason) = order
-        .starts
-        .contains(&Start::Upstream)
-        .then(|| upstream_unavailable(&core.subspace))
-        .flatten()
-    {
+    if let Some(reason) = upstream_unavailable(&order.starts, &core.subspace) {
         return Err(ApiError::InvalidTune(format!(
             "init: \"upstream\" cannot start here: {reason}"
         )));

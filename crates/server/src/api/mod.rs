@@ -19,7 +19,7 @@ use super::error::ApiError;
 use super::store::StoredTask;
 use super::{AppState, Core, Options};
 use decode::RequestLimits;
-use deltaspace_core::tuning::tune::upstream_unavailable;
+use deltaspace_core::tuning::tune::{Start, upstream_unavailable};
 use jobs::{cancel_job, get_job, list_jobs, tune};
 use predict::{embed, predict};
 use tasks::{delete_task, get_task, list_tasks, put_task};
@@ -175,7 +175,7 @@ async fn openapi(state: State) -> HttpResponse {
         d: core.subspace.d(),
         hidden: core.encoder.manifest().hidden(),
         subspace: [core.subspace.name().to_string(), core.subspace.id()],
-        upstream_codes: upstream_unavailable(&core.subspace).is_none(),
+        upstream_codes: upstream_unavailable(&[Start::Upstream], &core.subspace).is_none(),
     });
     HttpResponse::Ok().json(openapi::render(&state.options, sizes))
 }
