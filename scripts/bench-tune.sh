@@ -83,7 +83,7 @@ run_benchmark() {
   load "start"
   started=$SECONDS
   for t in ${tasks//,/ }; do
-    tune "$t" adam "$adam_steps" "$adam_every" --lr "$lr"
+    tune "$t" adam "$adam_steps" "$adam_every" --lr "$lr" --init normal
     load "after $t adam"
     tune "$t" cmaes "$cmaes_steps" "$cmaes_every" --population "$population" --sigma "$sigma"
     load "after $t cmaes"

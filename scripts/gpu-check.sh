@@ -344,7 +344,7 @@ run() {
     # The tune lines go to stage2.jsonl, not stage2.txt: the summary reads the bench's lines from *.txt.
     step stage2 --timeout $((cap + 180)) bash -c '"$@" > "'"$out"'/stage2.jsonl"' stage2 \
       "$x/deltaspace" tune --model "$x/model" --subspace "$x/subspace.safetensors" "${tasks[@]}" --det lora \
-      --head none --steps "${GPU_CHECK_STAGE2_STEPS:-5000}" --seed 1 --provider "$provider" --threads "$threads" \
+      --head none --init normal --steps "${GPU_CHECK_STAGE2_STEPS:-5000}" --seed 1 --provider "$provider" --threads "$threads" \
       --eval-every "${GPU_CHECK_STAGE2_EVAL_EVERY:-250}" --patience 0 --max-seconds "$cap" \
       --trace "$out/stage2-trace.jsonl" --trace-split dev \
       ${GPU_CHECK_STAGE2_FLAGS:-} --out "$out/stage2-tasks"

@@ -162,7 +162,7 @@ step zero-shot sh -c "for t in $unseen; do $(printf '%q ' "${bin[@]}") eval $(pr
 tune() {
   local space=$1 file=$2 det=$3
   step "tune-$space-$det" sh -c "$(printf '%q ' "${bin[@]}") tune $(printf '%q ' "${common[@]}") --subspace $file \
-    --data $(dirs) --det $det --head none --seed 1 --checkpoint $out/tune-$space-$det.checkpoint.safetensors \
+    --data $(dirs) --det $det --head none --init normal --seed 1 --checkpoint $out/tune-$space-$det.checkpoint.safetensors \
     --out $out/tasks/$space-$det > $results/tune/$space-adam-$det.jsonl \
     && rm -f $out/tune-$space-$det.checkpoint.safetensors"
 }

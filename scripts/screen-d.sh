@@ -88,7 +88,7 @@ for cell in $grid; do
     echo "== $t $kind d=$d lr=$lr learned=$n det=$det: $(date -u +%FT%TZ)"
     started=$SECONDS
     output=$("${bin[@]}" tune --model "$runs/model" --data "$data/$t" --shots 64 --seed 1 \
-      --subspace "$subspace" --det "$det" --head prototypes --lr "$lr" --out "$runs/$t-$kind$n-d$d-lr$lr-$det.json" | tail -1)
+      --subspace "$subspace" --det "$det" --head prototypes --init normal --lr "$lr" --out "$runs/$t-$kind$n-d$d-lr$lr-$det.json" | tail -1)
     python3 -c 'import json, sys
 out = json.loads(sys.argv[1])
 task, kind, d, lr, learned, seconds = sys.argv[2:8]

@@ -29,7 +29,7 @@ for t in $tasks; do
 done
 for head in none bias prototypes; do
   echo "== head $head: $(date -u +%FT%TZ)"
-  "${bin[@]}" tune --model "$runs/model" --data "${dirs[@]}" --det adapter --head "$head" \
+  "${bin[@]}" tune --model "$runs/model" --data "${dirs[@]}" --det adapter --head "$head" --init normal \
     --steps 100 --batch 16 --lr 0.05 --eval-every 25 --eval-limit 200 --seed 42 --out "$runs/$head" \
     | sed "s/^{/{\"head\":\"$head\",$settings,/" >> "$results"
 done

@@ -60,7 +60,7 @@ for t in $tasks; do
   common=(--model "$runs/model" --data "$data/$t" --seed 1 --det "$det" --steps "$steps" --patience 0 "${few[@]}"
     --trace "$trace" --trace-split dev --checkpoint "$checkpoint")
   case $space in
-    subspace) line=$("${bin[@]}" tune "${common[@]}" --head prototypes --out "$runs/$unit.json" | tail -1) ;;
+    subspace) line=$("${bin[@]}" tune "${common[@]}" --head prototypes --init normal --out "$runs/$unit.json" | tail -1) ;;
     original) line=$("${bin[@]}" train det "${common[@]}" --lr 3e-3 --eval-every 25 \
       --out "$runs/$unit.safetensors" | tail -1) ;;
   esac

@@ -8,7 +8,9 @@
 #   labels  the upstream task whose label descriptions are nearest to the task's (the first of its "labels" line in
 #           docs/results/task-similarity.jsonl, export/task_similarity.py's), which `tune --init upstream` now
 #           chooses: a choice that sees no labelled example, so no draw.
-# Either way the code is passed by name (`tune --init upstream:NAME`).
+# Either way the code is passed by name (`tune --init upstream:NAME`). Since 2026-12-01 (fifteenth session) the
+# labels' choice is quality.sh's "warm" row (`tune --init upstream`, which chooses the same codes), and the labels
+# lines of this screen were copied into it; `deltaspace report --quality` derives the guarded start from it.
 # `python3 scripts/lib/warm_start_summary.py [LINES]` sets the lines against quality.sh's z + head and random rows of
 # the same data and seed, and against the guarded start that keeps the better on dev.
 #

@@ -1,6 +1,5 @@
 //! `deltaspace train det|subspace`, `tune`, `eval` and `transfer`: the offline trainer.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -28,7 +27,8 @@ use crate::tuning::fit::{self, FitOptions, Schedule, Space, Unit, evaluate_value
 use crate::tuning::head::HeadTuning;
 use crate::tuning::optim::OptimizerKind;
 use crate::tuning::tune::{
-    CMAES, CmaOptions, Start, TUNING, Target, Trace, TraceOptions, Tuned, tune_cmaes, tune_gradient,
+    CMAES, CmaOptions, Start, TUNING, Target, Trace, TraceOptions, Tuned, default_starts,
+    tune_cmaes, tune_gradient,
 };
 
 /// Options shared by every training command. The schedule flags (steps, lr, eval-every,
@@ -234,15 +234,17 @@ pub struct TuneArgs {
     /// is a no-op, a head on the frozen model).
     #[arg(long)]
     pub freeze_z: bool,
-    /// Where z starts: `normal`, the paper's N(0, 0.02²) [default]; `upstream`, the code of the
-    /// upstream task (among those the subspace carries) whose label descriptions are nearest to
-    /// the task's, by the cosine of their mean embeddings (no example is used: dev is left to
-    /// judge it); `upstream:NAME`, the code of upstream task NAME; or a task file, whose z it
-    /// takes (made for the same subspace; its labels and head are not used; a file named like a
+    /// Where z starts: `normal`, the paper's N(0, 0.02²); `upstream`, the code of the upstream
+    /// task (among those the subspace carries) whose label descriptions are nearest to the
+    /// task's, by the cosine of their mean embeddings (no example is used: dev is left to judge
+    /// it); `upstream:NAME`, the code of upstream task NAME; or a task file, whose z it takes
+    /// (made for the same subspace; its labels and head are not used; a file named like a
     /// keyword: ./normal). Repeat it to tune from each start and keep, per task, the start (and
     /// DET) that scores best on dev, the first of equals: `--init normal --init upstream` is a
     /// warm start guarded by the cold one. Every start sees the same training rows it would
-    /// alone; --max-seconds bounds all of them together.
+    /// alone; --max-seconds bounds all of them together. [default: normal and upstream where the
+    /// subspace carries described upstream codes (the shipped one does), which takes twice the
+    /// time of `--init normal`; normal alone elsewhere]
     #[arg(long, num_args = 1.., conflicts_with = "freeze_z")]
     pub init: Vec<PathBuf>,
     /// adam, adafactor (exact gradients) or cmaes (derivative-free).
@@ -598,7 +600,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                 bail!("--freeze-z trains only the head: give --head bias or --head prototypes");
             }
             let dets = args.det.map_or(DetKind::ALL.to_vec(), |det| vec![det]);
-            let loaded = load_starts(&args.init, &subspace)?;
+            let loaded = load_starts(&args.init, &subspace, !args.freeze_z)?;
             let target = Target {
                 dets: &dets,
                 head: args.head,
@@ -641,7 +643,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
                 .filter(|c| c.start == result.start)
                 .map(|c| (c.det.to_string(), c.dev.accuracy))
                 .collect(),
-            dev_by_start: dev_by_start(&args.init, &starts, &result),
+            dev_by_start: result.dev_by_start(|i| start_name(&args.init, &starts, i, &result)),
             seconds: result.seconds,
             file: path,
         })?;
@@ -656,10 +658,15 @@ enum InitArg {
     Code(Vec<f32>),
 }
 
-/// `--init`'s starts in order [default: normal alone].
-fn load_starts(init: &[PathBuf], subspace: &Subspace) -> anyhow::Result<Vec<InitArg>> {
+/// `--init`'s starts in order [default: [`default_starts`]].
+fn load_starts(
+    init: &[PathBuf],
+    subspace: &Subspace,
+    train_z: bool,
+) -> anyhow::Result<Vec<InitArg>> {
     if init.is_empty() {
-        return Ok(vec![InitArg::Named(Start::Normal)]);
+        let defaults = default_starts(subspace, train_z);
+        return Ok(defaults.iter().copied().map(InitArg::Named).collect());
     }
     init.iter()
         .map(|path| {
@@ -717,18 +724,6 @@ fn start_name(init: &[PathBuf], starts: &[Start<'_>], index: usize, tuned: &Tune
     tuned
         .start_name(starts, index)
         .unwrap_or_else(|| init[index].display().to_string())
-}
-
-/// The best dev accuracy over the DETs of every start the task was tuned from.
-fn dev_by_start(init: &[PathBuf], starts: &[Start<'_>], tuned: &Tuned) -> BTreeMap<String, f32> {
-    let mut best = BTreeMap::new();
-    for candidate in &tuned.candidates {
-        let accuracy = best
-            .entry(start_name(init, starts, candidate.start, tuned))
-            .or_insert(candidate.dev.accuracy);
-        *accuracy = accuracy.max(candidate.dev.accuracy);
-    }
-    best
 }
 
 fn write_task(

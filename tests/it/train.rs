@@ -159,7 +159,8 @@ fn upstream_codes_rebuild_each_solution(model: &str, solutions: &str, file: &str
 /// each finds its own code (cosine 1), whatever the order of the tasks. A code rebuilds its
 /// solution, so with no step taken a task keeps the dev score `eval --solution` gives that
 /// solution. `--init upstream:NAME` starts at the code it names. A subspace without codes, or
-/// without their descriptions, refuses.
+/// without their descriptions, refuses. Without `--init`, a task is tuned from both normal and
+/// upstream where the subspace can choose a code, and from normal alone where it cannot.
 fn tune_from_upstream_starts_at_the_nearest_code(
     model: &str,
     solutions: &str,
@@ -189,19 +190,18 @@ fn tune_from_upstream_starts_at_the_nearest_code(
             .as_f64()
             .unwrap()
     };
-    // Tune DATA through LoRA from INIT in SPACE, no step taken: one line per task.
-    let tune_from = |space: &str, data: &[&str], init: &str| {
+    // Tune DATA through LoRA in SPACE with the INIT flags, no step taken: one line per task.
+    let tune_from = |space: &str, data: &[&str], init: &[&str]| {
         let args = [
             &["tune", "--model", model, "--subspace", space, "--data"],
             data,
-            &[
-                "--det", "lora", "--steps", "0", "--init", init, "--out", &out_dir,
-            ],
+            init,
+            &["--det", "lora", "--steps", "0", "--out", &out_dir],
         ];
         json_lines(&deltaspace(&args.concat()))
     };
     for order in [[&sst2, &rte], [&rte, &sst2]] {
-        let lines = tune_from(subspace, &[order[0], order[1]], "upstream");
+        let lines = tune_from(subspace, &[order[0], order[1]], &["--init", "upstream"]);
         for (line, data) in lines.iter().zip(order) {
             let task = line["task"].as_str().unwrap();
             assert_eq!(line["start"], format!("upstream:{task}"), "{line}");
@@ -211,7 +211,7 @@ fn tune_from_upstream_starts_at_the_nearest_code(
         }
     }
     // Named: the other task's code.
-    let line = tune_from(subspace, &[&sst2], "upstream:rte").remove(0);
+    let line = tune_from(subspace, &[&sst2], &["--init", "upstream:rte"]).remove(0);
     assert_eq!(line["start"], "upstream:rte", "{line}");
     assert_eq!(line["dev"]["macro_f1"], dev_score(&sst2, "rte"), "no step");
 
@@ -248,6 +248,15 @@ fn tune_from_upstream_starts_at_the_nearest_code(
         message.contains("carries no label descriptions"),
         "{message}"
     );
+    // Without --init: the starts tuned, as the line's dev_by_start names them.
+    let starts_by_default = |space: &str| {
+        let line = tune_from(space, &[&sst2], &[]).remove(0);
+        let by_start = line["dev_by_start"].as_object().unwrap();
+        by_start.keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(starts_by_default(subspace), ["normal", "upstream:sst2"]);
+    assert_eq!(starts_by_default(&random), ["normal"]);
+    assert_eq!(starts_by_default(&undescribed), ["normal"]);
     let message = refuses(subspace, "upstream:cola");
     assert!(
         message.contains("has no code for \"cola\"; it has rte, sst2"),

@@ -419,6 +419,7 @@ impl Jobs {
             dev_accuracy: tuned.dev.accuracy,
             test_accuracy: has_test.then_some(tuned.test.accuracy),
             start: tuned.start_name(&starts, tuned.start),
+            dev_by_start: tuned.dev_by_start(|i| tuned.start_name(&starts, i).unwrap_or_default()),
         })
     }
 

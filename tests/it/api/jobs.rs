@@ -128,8 +128,9 @@ async fn a_tune_job_turns_labeled_examples_into_a_served_task() {
 }
 
 /// `init: ["normal", "upstream"]` tunes from both starts and keeps the better on dev; the job's
-/// result names the start kept. /openapi.json offers "upstream" only where the subspace carries
-/// codes with their label descriptions.
+/// result names the start kept. Without `init` a job tunes from the same two starts, so the same
+/// request makes the same task. /openapi.json offers "upstream" only where the subspace carries
+/// codes with their label descriptions, and defaults to it there.
 #[tokio::test]
 async fn a_tune_job_can_start_from_the_nearest_upstream_code() {
     let fixture = Fixture::with_upstream_codes(true);
@@ -149,8 +150,28 @@ async fn a_tune_job_can_start_from_the_nearest_upstream_code() {
         openapi["components"]["schemas"]["TuneRequest"]["properties"]["init"]["items"]["enum"]
             .clone()
     };
+    let by_start = record["result"]["dev_by_start"].as_object().unwrap();
+    let tuned: Vec<&String> = by_start.keys().collect();
+    assert_eq!(tuned.len(), 2, "{record}");
+    assert_eq!(tuned[0], "normal");
+    assert!(tuned[1].starts_with("upstream:"), "{record}");
+    body.as_object_mut().unwrap().remove("init");
+    let by_default = wait_for_end(&app, &start(&app, "default", &body).await).await;
+    for field in ["start", "det", "dev_accuracy", "dev_by_start"] {
+        assert_eq!(
+            by_default["result"][field], record["result"][field],
+            "{field}"
+        );
+    }
+    let default_task = ok_json(app.get("/v1/tasks/default").await).await;
+    let guarded_task = ok_json(app.get("/v1/tasks/guarded").await).await;
+    assert_eq!(default_task["z"], guarded_task["z"]);
     let served = ok_json(app.get("/openapi.json").await).await;
     assert_eq!(init(&served), json!(["normal", "upstream"]));
+    let default = |openapi: &Value| {
+        openapi["components"]["schemas"]["TuneRequest"]["properties"]["init"]["default"].clone()
+    };
+    assert_eq!(default(&served), json!(["normal", "upstream"]));
     app.stop().await.unwrap();
 
     let without = Fixture::new();
@@ -168,6 +189,8 @@ async fn a_tune_job_can_start_from_the_nearest_upstream_code() {
     let app = TestApp::spawn(undescribed.options()).await;
     let served = ok_json(app.get("/openapi.json").await).await;
     assert_eq!(init(&served), json!(["normal"]));
+    assert_eq!(default(&served), json!(["normal"]));
+    body["init"] = json!(["normal", "upstream"]);
     let refused = post_tune(&app, "guarded", &body).await;
     let message = assert_error(refused, 422, "invalid_tune").await;
     assert!(

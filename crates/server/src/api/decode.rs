@@ -119,9 +119,10 @@ pub struct TuneRequest {
     pub budget: Option<Budget>,
     #[serde(default, deserialize_with = "seed")]
     pub seed: Option<usize>,
-    /// Where z starts, as `tune --init`: "normal" (N(0, 0.02²), the default), "upstream" (the
-    /// code of the upstream task whose label descriptions are nearest), or both: tuned from each,
-    /// keeping the better on dev.
+    /// Where z starts, as `tune --init`: "normal" (N(0, 0.02²)), "upstream" (the code of the
+    /// upstream task whose label descriptions are nearest), or both: tuned from each, keeping the
+    /// better on dev [default: both where the subspace carries described upstream codes, normal
+    /// elsewhere].
     #[serde(default)]
     pub init: Option<Vec<String>>,
 }
@@ -232,11 +233,15 @@ impl TaskBody {
 impl TuneRequest {
     /// Parses and checks a tune body: labels, every example's text and label, the sizes and
     /// the budget, so that an accepted job can only fail for reasons the client could not see.
+    /// Without `init`, z starts from `default_starts` (the subspace's [`default_starts`]).
+    ///
+    /// [`default_starts`]: deltaspace_core::tuning::tune::default_starts
     pub fn decode(
         bytes: &[u8],
         limits: &TuneLimits,
         max_text_chars: usize,
         task_limits: &TaskLimits,
+        default_starts: &[Start<'static>],
     ) -> Result<TuneOrder, ApiError> {
         let request: Self = decode_json(bytes)?;
         validate_labels(&request.labels, task_limits)
@@ -305,7 +310,10 @@ impl TuneRequest {
             .map(|det| det.parse::<DetKind>())
             .transpose()
             .map_err(|e| ApiError::InvalidTune(e.to_string()))?;
-        let starts = decode_starts(request.init)?;
+        let starts = match request.init {
+            Some(init) => decode_starts(&init)?,
+            None => default_starts.to_vec(),
+        };
         Ok(TuneOrder {
             starts,
             labels: request.labels,
@@ -321,11 +329,8 @@ impl TuneRequest {
     }
 }
 
-/// A tune request's `init`: one or both of "normal" and "upstream", each once [default: normal].
-fn decode_starts(init: Option<Vec<String>>) -> Result<Vec<Start<'static>>, ApiError> {
-    let Some(init) = init else {
-        return Ok(vec![Start::Normal]);
-    };
+/// A tune request's `init`: one or both of "normal" and "upstream", each once.
+fn decode_starts(init: &[String]) -> Result<Vec<Start<'static>>, ApiError> {
     if !(1..=2).contains(&init.len()) {
         return Err(ApiError::InvalidTune(format!(
             "init must name 1 or 2 starts (normal, upstream), got {}",

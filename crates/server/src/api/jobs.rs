@@ -13,7 +13,7 @@ use crate::auth::Access;
 use crate::error::ApiError;
 use crate::store::JobRecord;
 use deltaspace_core::task::validate_name;
-use deltaspace_core::tuning::tune::upstream_unavailable;
+use deltaspace_core::tuning::tune::{default_starts, upstream_unavailable};
 
 /// `POST /v1/tasks/{name}/tune` answer.
 #[derive(Debug, Serialize)]
@@ -47,6 +47,7 @@ pub(super) async fn tune(
         &options.tune,
         options.max_text_chars,
         &options.task_limits,
+        default_starts(&core.subspace, true),
     )?;
     if let Some(reason) = upstream_unavailable(&order.starts, &core.subspace) {
         return Err(ApiError::InvalidTune(format!(

@@ -80,6 +80,7 @@ pub fn render(options: &Options, sizes: Option<Sizes>) -> Value {
             let init = &mut schemas["TuneRequest"]["properties"]["init"];
             init["items"]["enum"] = json!(["normal"]);
             init["maxItems"] = json!(1);
+            init["default"] = json!(["normal"]);
         }
     }
     doc

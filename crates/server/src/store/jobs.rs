@@ -2,6 +2,8 @@
 //! at each of its evaluations and when it ends, so that `GET /v1/jobs/{id}` answers after a
 //! restart and a job that a restart cut short is marked failed rather than left running.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Where a job stands.
@@ -58,6 +60,10 @@ pub struct JobResult {
     /// Where the kept z started: "normal", or "upstream:TASK" (records from before starts: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<String>,
+    /// The best dev accuracy from each start tuned, by the start's name (records from before
+    /// starts: none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dev_by_start: BTreeMap<String, f32>,
 }
 
 /// A job as `GET /v1/jobs/{id}` shows it and the store keeps it.
