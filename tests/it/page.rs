@@ -108,6 +108,18 @@ async fn the_page_tunes_a_task_from_examples_and_predicts_with_it() {
         page.text("#job-cancel").await.is_empty(),
         "Cancel is hidden once done"
     );
+    // What the job kept: the DET and where z started (a random subspace: N(0, 0.02²) alone).
+    let result = page.text("#job-result").await;
+    assert!(
+        result.contains("start of z") && result.contains("normal"),
+        "{result}"
+    );
+    assert!(
+        ["lora", "adapter", "prefix"]
+            .iter()
+            .any(|det| result.contains(det)),
+        "{result}"
+    );
 
     // The new task is listed and picked, so predicting with it needs only a text.
     page.until_text("#tasks", |t| t.contains("topic")).await;
