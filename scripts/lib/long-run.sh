@@ -2,7 +2,8 @@
 # Sourced from the repository root.
 
 # Issue 10's split of the 22 tasks: stage 1 learns from the upstream tasks; the unseen ones are never shown to it and
-# are the ones every table reports. (export/gradient_span.py, which cannot source this, spells the same lists for the Python tools.)
+# are the ones every table reports. (export/gradient_span.py, which cannot source this, spells the same lists for
+# the Python tools.)
 UPSTREAM_TASKS="sst2 sst5 subj agnews sarcasm tweet_hate tweet_sentiment tweet_emotion qnli cb cola sms_spam
   banking77 clinc150 tweet_emoji tweet_stance boolq"
 UNSEEN_TASKS="mpqa rte mrpc tweet_offensive trec"
