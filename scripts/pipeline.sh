@@ -26,7 +26,7 @@
 # Every step is resumable: a step that finished leaves a marker under runs/pipeline-dD/done/ and is skipped; long
 # steps checkpoint. Two pipelines can share the 2 cores, each with DELTASPACE_RUNTIME_INTRA_THREADS=1: a step runs in
 # one of them only (runs/pipeline-dD/running/NAME is its lock; the other waits for it), and
-#   PIPELINE_SKIP="example-tasks quality"
+#   PIPELINE_SKIP="example-tasks example-tasks-warm quality"
 # lets the second start on the tables while the first runs those; PIPELINE_LOG names a log [default:
 # runs/pipeline-dD/log.txt].
 # scripts/pipeline-lanes.sh starts both. Results go to docs/results/pipeline-dD/ (commit them), and so do the step
