@@ -244,7 +244,8 @@ pub struct TuneArgs {
     /// warm start guarded by the cold one. Every start sees the same training rows it would
     /// alone; --max-seconds bounds all of them together. [default: normal and upstream where the
     /// subspace carries described upstream codes (the shipped one does), which takes twice the
-    /// time of `--init normal`; normal alone elsewhere]
+    /// time of `--init normal`; normal alone elsewhere; --optimizer cmaes starts from its own
+    /// mean and takes no --init]
     #[arg(long, num_args = 1.., conflicts_with = "freeze_z")]
     pub init: Vec<PathBuf>,
     /// adam, adafactor (exact gradients) or cmaes (derivative-free).
