@@ -98,7 +98,8 @@ PY
 # One pipeline at a time (both lanes may come here at once); it refuses a file that is missing or was tuned for
 # another subspace, and replaces each published file by a rename, so a server starting meanwhile reads whole files.
 publish_when_ready() {
-  local name file t row missing=() sources=("$subspace" "$out/tasks/examples/sst2.json") published=()
+  local name file t row missing=() sources=("$subspace" "$out/tasks/examples/sst2.json")
+  local -A kept=()  # unseen task → the task file publishing copies
   for name in $publish_needs; do [ -f "$out/done/$name" ] || missing+=("$name"); done
   if [ ${#missing[@]} -gt 0 ]; then
     echo "== not published yet: ${missing[*]} not done; the pipeline that finishes the last of them publishes"
@@ -110,8 +111,8 @@ publish_when_ready() {
   # Each unseen task's guarded choice, before anything is copied: a missing line publishes nothing.
   for t in $unseen; do
     if row=$(guarded_row "$t"); then
-      sources+=("runs/quality/$row-$t-full-1.json")
-      published+=("runs/quality/$row-$t-full-1.json:$model/tasks/$t.json")
+      kept[$t]=runs/quality/$row-$t-full-1.json
+      sources+=("${kept[$t]}")
     else
       missing+=("$t's whole-data z+head and warm lines")
     fi
@@ -131,7 +132,7 @@ publish_when_ready() {
   fi
   mkdir -p "$model/subspaces" "$model/tasks"
   copy_if_changed "$subspace" "$model/subspaces/default.safetensors"
-  for file in "${published[@]}"; do copy_if_changed "${file%%:*}" "${file#*:}"; done
+  for t in $unseen; do copy_if_changed "${kept[$t]}" "$model/tasks/$t.json"; done
   copy_if_changed "$out/tasks/examples/sst2.json" "$model/tasks/sst2.json"
   echo "== published $id as $model/subspaces/default.safetensors, and $model/tasks/"
   { "${bin[@]}" report --results "$results" --space "d$d" --json "$out/report.json"

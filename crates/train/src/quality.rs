@@ -2,7 +2,7 @@
 //! training set), the test accuracy of every method on every task, as the mean over seeds with
 //! its spread, from the JSON lines `scripts/quality.sh` writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -117,9 +117,15 @@ const SIZES: [&str; 3] = ["16", "64", "full"];
 /// (seed, accuracy %) by (shots, row, task).
 type Cells = BTreeMap<(String, String, String), Vec<(u64, f64)>>;
 
+/// A row's (seed, accuracy %) on one task at one data size.
+fn cell<'c>(cells: &'c Cells, shots: &str, row: &str, task: &str) -> Option<&'c [(u64, f64)]> {
+    let key = (shots.to_string(), row.to_string(), task.to_string());
+    cells.get(&key).map(Vec::as_slice)
+}
+
 /// A cell's accuracies, seeds left out.
 fn accuracies(cells: &Cells, shots: &str, row: &str, task: &str) -> Option<Vec<f64>> {
-    let cell = cells.get(&(shots.to_string(), row.to_string(), task.to_string()))?;
+    let cell = cell(cells, shots, row, task)?;
     Some(cell.iter().map(|&(_, accuracy)| accuracy).collect())
 }
 
@@ -140,7 +146,7 @@ fn mean_over_tasks(cells: &Cells, shots: &str, row: &str, tasks: &[&str]) -> Opt
 /// The mean over `tasks` of a row's accuracies at one seed; none unless every task has it.
 fn mean_at_seed(cells: &Cells, shots: &str, row: &str, tasks: &[&str], seed: u64) -> Option<f64> {
     mean_over(tasks, |task| {
-        let cell = cells.get(&(shots.to_string(), row.to_string(), task.to_string()))?;
+        let cell = cell(cells, shots, row, task)?;
         cell.iter().find(|&&(s, _)| s == seed).map(|&(_, a)| a)
     })
 }
@@ -148,7 +154,7 @@ fn mean_at_seed(cells: &Cells, shots: &str, row: &str, tasks: &[&str], seed: u64
 /// `ours` − `other` on the mean over `tasks`, seed by seed, for the seeds where both have every
 /// task.
 fn gaps_per_seed(cells: &Cells, shots: &str, ours: &str, other: &str, tasks: &[&str]) -> Vec<f64> {
-    let seeds: std::collections::BTreeSet<u64> = (cells.iter())
+    let seeds: BTreeSet<u64> = (cells.iter())
         .filter(|((s, row, _), _)| s == shots && row == ours)
         .flat_map(|(_, cell)| cell.iter().map(|&(seed, _)| seed))
         .collect();
@@ -185,9 +191,10 @@ fn targets(cells: &Cells, tasks: &[&str]) -> String {
             let gaps: Vec<String> = per_seed.iter().map(|g| format!("{g:+.1}")).collect();
             notes.push(format!("per seed {}", gaps.join(" ")));
         }
-        match notes.is_empty() {
-            true => format!("{difference:+.1}"),
-            false => format!("{difference:+.1} ({})", notes.join("; ")),
+        if notes.is_empty() {
+            format!("{difference:+.1}")
+        } else {
+            format!("{difference:+.1} ({})", notes.join("; "))
         }
     };
     let mut out = String::from(
