@@ -83,8 +83,9 @@ pub struct TrainingArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Checkpoint file, written at every evaluation and resumed from when present. A checkpoint
-    /// of another run (space, seed, training set, optimizer, learning rate, batch, --max-seq-len,
-    /// --eval-limit or tune's --init) is refused; --steps and --patience may change on resume.
+    /// of another run (space, seed, training or dev examples, label descriptions, optimizer,
+    /// learning rate, batch, --max-seq-len, --eval-limit or tune's --init) is refused; --steps and
+    /// --patience may change on resume.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use deltaspace::model::{DeltaParams, DetParams, Encoder, EncoderOptions, TextInput, input};
 use deltaspace::runtime::{ProviderChoice, Runtime, RuntimeOptions};
+use deltaspace::tensor_file::{Storage, TensorFile};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use safetensors::tensor::{Dtype, SafeTensors};
 
@@ -132,4 +133,14 @@ impl Reference {
             .collect();
         DeltaParams::new(encoder.manifest(), dets).unwrap()
     }
+}
+
+/// Writes `file`'s tensors and metadata (altered by a test) to `path`, in f32.
+pub fn rewrite(path: &std::path::Path, file: &TensorFile) {
+    let tensors: Vec<(&str, &[usize], &[f32])> = file
+        .tensors
+        .iter()
+        .map(|(name, t)| (name.as_str(), t.shape.as_slice(), t.values.as_slice()))
+        .collect();
+    TensorFile::write(path, &tensors, file.metadata.clone(), Storage::F32).unwrap();
 }

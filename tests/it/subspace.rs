@@ -7,21 +7,10 @@ use deltaspace::subspace::{Subspace, SubspaceError};
 use deltaspace::task::{Label, Task};
 use deltaspace::tensor_file::Storage;
 
-use crate::helpers::{tiny_dir, tiny_encoder};
+use crate::helpers::{rewrite, tiny_dir, tiny_encoder};
 
 fn tiny_files() -> ModelFiles {
     ModelFiles::open(&tiny_dir()).unwrap()
-}
-
-/// Writes `file`'s tensors and metadata (altered by a test) to `path`, in f32.
-fn rewrite(path: &std::path::Path, file: &deltaspace::tensor_file::TensorFile) {
-    let tensors: Vec<(&str, &[usize], &[f32])> = file
-        .tensors
-        .iter()
-        .map(|(name, t)| (name.as_str(), t.shape.as_slice(), t.values.as_slice()))
-        .collect();
-    deltaspace::tensor_file::TensorFile::write(path, &tensors, file.metadata.clone(), Storage::F32)
-        .unwrap();
 }
 
 #[test]

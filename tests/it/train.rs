@@ -6,12 +6,13 @@ use std::process::{Command, Output};
 
 use deltaspace::det::{DetKind, Theta0};
 use deltaspace::model::{Encoder, ModelFiles};
+use deltaspace::tensor_file::TensorFile;
 use deltaspace::tuning::batch::TrainTask;
 use deltaspace::tuning::fit::{FitOptions, Space, Training, Unit, fit};
 use deltaspace::tuning::optim::OptimizerKind;
 use serde_json::json;
 
-use crate::helpers::{tiny_dir, tiny_encoder};
+use crate::helpers::{rewrite, tiny_dir, tiny_encoder};
 
 fn data(task: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -437,6 +438,27 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("another schedule"), "{error}");
+    // Nor other data: a label described otherwise (the descriptions also choose an upstream
+    // start) would continue on another task.
+    let mut redescribed = tasks.clone();
+    redescribed[0].data.labels[0]
+        .description
+        .push_str(" Or so.");
+    let on_other_data = Training {
+        tasks: &redescribed,
+        ..training
+    };
+    let error = fit(on_other_data, init(), &interrupted, "redescribed")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("other data"), "{error}");
+    // A checkpoint written before runs recorded their data resumes as it is.
+    let path = interrupted.checkpoint.clone().unwrap();
+    let mut older = TensorFile::read(&path).unwrap();
+    assert!(older.metadata.remove("data").is_some());
+    rewrite(&path, &older);
+    let resumed = fit(training, init(), &interrupted, "older").unwrap();
+    assert_eq!(resumed.best, straight.best);
 }
 
 #[test]

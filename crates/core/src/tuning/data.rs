@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::model::TextInput;
 use crate::task::{Label, TaskLimits, validate_labels};
@@ -168,6 +169,18 @@ impl TaskData {
             Split::Dev => &self.dev,
             Split::Test => &self.test,
         }
+    }
+
+    /// SHA-256, in hex, of what training reads: the labels (names and descriptions, which also
+    /// choose an upstream start) and the training and dev examples, in order. Checkpoints record
+    /// it, so that a run resumes only on the data it was written with.
+    pub fn digest(&self) -> String {
+        fn examples(split: &[Example]) -> Vec<(&TextInput, usize)> {
+            split.iter().map(|e| (&e.input, e.label)).collect()
+        }
+        let read = (&self.labels, examples(&self.train), examples(&self.dev));
+        let bytes = serde_json::to_vec(&read).expect("labels and texts serialize");
+        format!("{:x}", Sha256::digest(bytes))
     }
 }
 

@@ -463,6 +463,9 @@ struct Run {
     /// The space, the seed, each task's training set size (which --shots and --max-examples
     /// change), and a start other than the seeded default.
     id: String,
+    /// Each task's name and the first 12 hex digits of its [`TaskData::digest`](super::data::TaskData::digest):
+    /// other examples or label descriptions would continue on other data.
+    data: String,
     /// That start, if any ([`FitOptions::start`]).
     start: Option<String>,
     /// The optimizer, its learning rate, rows per step and tokens per row (another of them would
@@ -491,6 +494,12 @@ impl Run {
                 sizes.join(",")
             ),
             start: options.start.clone(),
+            data: training
+                .tasks
+                .iter()
+                .map(|t| format!("{}:{}", t.data.name, &t.data.digest()[..12]))
+                .collect::<Vec<_>>()
+                .join(","),
             schedule: format!(
                 "{} lr {} batch {} tokens {} dev {}",
                 options.optimizer,
@@ -803,6 +812,7 @@ impl FitState {
             ("stale".to_string(), serde_json::to_string(&self.stale)?),
             ("run".to_string(), run.id.clone()),
             ("schedule".to_string(), run.schedule.clone()),
+            ("data".to_string(), run.data.clone()),
         ]);
         TensorFile::write(path, &tensors, metadata, Storage::F32)?;
         Ok(())
@@ -841,6 +851,19 @@ impl FitState {
                 path.display(),
                 found.map_or("a run that did not record itself", String::as_str),
                 run.id
+            );
+        }
+        // Checkpoints written before runs recorded their data's digest have no "data".
+        if let Some(found) = file
+            .metadata
+            .get("data")
+            .filter(|found| **found != run.data)
+        {
+            anyhow::bail!(
+                "checkpoint {} was written on other data ({found}, not {}: other examples or label \
+                 descriptions); delete it to start over",
+                path.display(),
+                run.data
             );
         }
         if let Some(found) = file
