@@ -47,4 +47,5 @@ start() {
 data=$(printf '%q' "$data")
 start 1 "scripts/pipeline.sh $data $d"
 sleep 5  # lane 1 claims its first step before lane 2 looks
-start 2 "PIPELINE_SKIP='example-tasks example-tasks-warm quality' scripts/pipeline.sh $data $d; scripts/quality.sh $data $out/minilm-d$d.safetensors"
+# Lane 2 joins the matrix only when its pipeline succeeded (a stage 0 not finished stops both lanes, saying why).
+start 2 "PIPELINE_SKIP='example-tasks example-tasks-warm quality' scripts/pipeline.sh $data $d && scripts/quality.sh $data $out/minilm-d$d.safetensors"

@@ -79,6 +79,7 @@ random=$runs/random-d$d.safetensors
 touch "$results" "$baselines"
 mkdir -p "$runs/locks"
 held=()  # runs another quality.sh was doing when this one came to them
+left=()  # the DETs' whole-data lines stage 0 has not made yet
 tasks=$UNSEEN_TASKS
 
 # results_of ROW: where the row's lines go.
@@ -133,6 +134,7 @@ run() {
         "$(printf '%s' "$line" | python3 -c 'import json, sys; print(json.load(sys.stdin)["seconds"])')" "$line"
     else
       echo "== $row $task shots=$shots: stage 0 has no line for it yet (scripts/stage0.sh); left for later"
+      left+=("$row $task")
     fi
     release "$lock"
     return ;;
@@ -189,4 +191,9 @@ for item in "${waiting[@]}"; do
   # shellcheck disable=SC2086 # item is "ROW TASK SHOTS SEED"
   run $item wait
 done
-echo "== quality: every line of rows [$rows], shots [$shots_wanted], seeds [$seeds_wanted] is in $results and $baselines"
+if [ ${#left[@]} -gt 0 ]; then
+  echo "== quality: every line of rows [$rows], shots [$shots_wanted], seeds [$seeds_wanted] is in $results and" \
+    "$baselines but the whole-data lines of ${left[*]}, which wait for stage 0 (scripts/stage0.sh)"
+else
+  echo "== quality: every line of rows [$rows], shots [$shots_wanted], seeds [$seeds_wanted] is in $results and $baselines"
+fi

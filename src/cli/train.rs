@@ -331,7 +331,8 @@ pub struct ScoringArgs {
     /// drawn with --seed; test stays whole.
     #[arg(long, value_parser = at_least::<1>)]
     pub shots: Option<usize>,
-    /// Seed of the few-shot draw and of the probe.
+    /// Seed of the few-shot draw (the probe itself is deterministic: on a whole training set every
+    /// seed gives the same line).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }
@@ -897,7 +898,8 @@ pub struct ReportArgs {
     pub results: Option<PathBuf>,
     /// Instead: the comparison against a user's alternatives, from the JSON lines of
     /// scripts/quality.sh (docs/results/quality/baselines.jsonl and <subspace>.jsonl), as one
-    /// table per data size.
+    /// table per data size. A later file's line of the same run (row, task, shots, seed)
+    /// replaces an earlier file's; one subspace at a time.
     #[arg(long, num_args = 1.., conflicts_with_all = ["results", "json"])]
     pub quality: Vec<PathBuf>,
     /// The subspace the main tables are about, as named in the results (e.g. d16).
@@ -988,10 +990,7 @@ pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
 
 pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     if !args.quality.is_empty() {
-        let mut lines = Vec::new();
-        for path in &args.quality {
-            lines.extend(quality::read(path)?);
-        }
+        let lines = quality::read_all(&args.quality)?;
         print!("{}", quality::markdown(&lines));
         return Ok(());
     }

@@ -274,8 +274,15 @@ fn draw_one(
     let root = BitMapBackend::new(path, (760, 620)).into_drawing_area();
     root.fill(&WHITE)?;
     let (main, bar) = root.split_horizontally(640);
+    // Through three solutions, e1 runs from the first to the second; along given directions, it
+    // is the first of them.
+    let labels: Vec<&str> = landscape.markers.iter().map(|m| m.label.as_str()).collect();
+    let (plane, x_desc) = match labels.as_slice() {
+        [first, second, ..] => (labels.join(", "), format!("e1 ({first} → {second})")),
+        _ => ("the given directions".to_string(), "e1".to_string()),
+    };
     let title = format!(
-        "{}: {} accuracy ({}) on the plane of z_A, z_L, z_P",
+        "{}: {} accuracy ({}) on the plane of {plane}",
         landscape.task, det, landscape.split
     );
     let mut chart = ChartBuilder::on(&main)
@@ -290,7 +297,7 @@ fn draw_one(
     chart
         .configure_mesh()
         .disable_mesh()
-        .x_desc("e1 (z_A → z_L)")
+        .x_desc(x_desc)
         .y_desc("e2")
         .label_style(("sans-serif", 13))
         .draw()?;

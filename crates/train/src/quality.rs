@@ -2,9 +2,9 @@
 //! training set), the test accuracy of every method on every task, as the mean over seeds with
 //! its spread, from the JSON lines `scripts/quality.sh` writes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -43,8 +43,51 @@ pub const ROWS: [&str; 11] = [
     "prefix",
 ];
 
+/// The lines of `paths`, read in order. A line replaces an earlier file's line of the same run
+/// (row, task, shots, seed), so a later file overrides an earlier one (the old schedule's head
+/// only over the new one's). The same run twice in one file, or z rows of two subspaces, is
+/// refused: the tables would average them as if they were seeds.
+pub fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<QualityLine>> {
+    let mut lines: Vec<QualityLine> = Vec::new();
+    let mut runs: HashMap<(String, String, String, u64), (usize, &Path)> = HashMap::new();
+    for path in paths {
+        for line in read(path)? {
+            let run = (
+                line.row.clone(),
+                line.task.clone(),
+                line.shots.clone(),
+                line.seed,
+            );
+            match runs.get(&run) {
+                Some(&(_, earlier)) if earlier == path.as_path() => anyhow::bail!(
+                    "{}: {} on {} at shots {} seed {} comes twice (a run recorded twice, or the file \
+                     passed twice); keep one line per run",
+                    path.display(),
+                    run.0,
+                    run.1,
+                    run.2,
+                    run.3
+                ),
+                Some(&(index, _)) => lines[index] = line,
+                None => {
+                    runs.insert(run, (lines.len(), path));
+                    lines.push(line);
+                }
+            }
+        }
+    }
+    let subspaces: BTreeSet<&str> = lines.iter().filter_map(|l| l.subspace.as_deref()).collect();
+    anyhow::ensure!(
+        subspaces.len() <= 1,
+        "lines of {} subspaces ({}): report one subspace's file at a time",
+        subspaces.len(),
+        subspaces.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    Ok(lines)
+}
+
 /// Reads the JSON lines of `path`.
-pub fn read(path: &Path) -> anyhow::Result<Vec<QualityLine>> {
+fn read(path: &Path) -> anyhow::Result<Vec<QualityLine>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
@@ -232,8 +275,8 @@ fn size_title(shots: &str) -> String {
     }
 }
 
-/// One markdown table per data size: methods × tasks, "mean ± spread (seeds)", and the mean over
-/// the tasks that every row of the table has; then the targets.
+/// One markdown table per data size: methods × tasks, "mean ± spread (seeds)", and each row's
+/// mean over the tasks where it has every task ("—" otherwise); then the targets.
 pub fn markdown(lines: &[QualityLine]) -> String {
     let lines = &[lines, &guarded(lines)[..]].concat();
     let cells = gather(lines);
@@ -391,5 +434,55 @@ mod tests {
             text.contains("| guarded | 60.0 ± 14.1 (2) | 80.0 | 70.0 |"),
             "{text}"
         );
+    }
+
+    /// A file of quality.sh's JSON lines: (row, task, seed, subspace, test accuracy) at k = 16.
+    fn file(dir: &Path, name: &str, lines: &[(&str, &str, u64, Option<&str>, f32)]) -> PathBuf {
+        let text: Vec<String> = (lines.iter())
+            .map(|(row, task, seed, subspace, accuracy)| {
+                let test =
+                    serde_json::json!({"accuracy": accuracy, "macro_f1": accuracy, "n": 100});
+                let line = serde_json::json!({"row": row, "task": task, "shots": "16", "seed": seed,
+                    "subspace": subspace, "test": test});
+                line.to_string()
+            })
+            .collect();
+        let path = dir.join(name);
+        std::fs::write(&path, text.join("\n")).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_later_file_replaces_a_run_and_duplicates_or_two_subspaces_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = file(
+            dir.path(),
+            "new",
+            &[
+                ("head-only", "a", 1, None, 0.6),
+                ("probe", "a", 1, None, 0.5),
+            ],
+        );
+        let old = file(dir.path(), "old", &[("head-only", "a", 1, None, 0.8)]);
+        let lines = read_all(&[new.clone(), old]).unwrap();
+        let accuracies: Vec<(&str, f32)> = (lines.iter())
+            .map(|l| (l.row.as_str(), l.test.accuracy))
+            .collect();
+        assert_eq!(accuracies, [("head-only", 0.8), ("probe", 0.5)]);
+
+        let twice = file(
+            dir.path(),
+            "twice",
+            &[("z", "a", 1, Some("s"), 0.6), ("z", "a", 1, Some("s"), 0.7)],
+        );
+        let error = read_all(&[twice]).unwrap_err().to_string();
+        assert!(error.contains("twice"), "{error}");
+        let other = file(
+            dir.path(),
+            "other",
+            &[("z", "a", 1, Some("s"), 0.6), ("z", "a", 2, Some("t"), 0.7)],
+        );
+        let error = read_all(&[other]).unwrap_err().to_string();
+        assert!(error.contains("2 subspaces (s, t)"), "{error}");
     }
 }

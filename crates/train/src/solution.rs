@@ -35,15 +35,15 @@ impl Solution {
         dir.join(format!("{task}.{det}.safetensors"))
     }
 
-    /// Every solution in `dir` (`*.safetensors`, checkpoints left out), in name order.
+    /// Every solution in `dir` (`*.safetensors`, checkpoints left out: files whose name says
+    /// "checkpoint"), in name order.
     pub fn load_dir(dir: &Path, manifest: &Manifest) -> anyhow::Result<Vec<Self>> {
         let mut paths = Vec::new();
         for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "safetensors")
-                && !path.to_string_lossy().contains("checkpoint")
-            {
-                paths.push(path);
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".safetensors") && !name.contains("checkpoint") {
+                paths.push(entry.path());
             }
         }
         paths.sort();

@@ -205,6 +205,12 @@ pub fn find_subspace(
     tasks: &[TrainTask],
     options: &SubspaceOptions,
 ) -> anyhow::Result<FoundSubspace> {
+    let in_order = tasks.len() == solutions.len()
+        && (tasks.iter().zip(solutions)).all(|(task, solution)| task.data.name == solution.task);
+    ensure!(
+        in_order || (tasks.is_empty() && options.steps == 0),
+        "stage 1 needs each solution's task data, in the solutions' order: refinement trains on it"
+    );
     let started = Instant::now();
     let (mut u, mut codes) = decompose(solutions, options.d, options.seed);
     if options.unit_codes {
