@@ -75,9 +75,12 @@ d=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdi
 results=docs/results/quality/$name.jsonl
 baselines=docs/results/quality/baselines.jsonl
 random=$runs/random-d$d.safetensors
-[ -f "$random" ] || "${bin[@]}" subspace random --model "$runs/model" --dim "$d" --seed 7 --out "$random" > /dev/null
-touch "$results" "$baselines"
 mkdir -p "$runs/locks"
+# Made once, under a lock: two quality.sh starting together would write the same file.
+claim "$runs/locks/random-d$d" wait
+[ -f "$random" ] || "${bin[@]}" subspace random --model "$runs/model" --dim "$d" --seed 7 --out "$random" > /dev/null
+release "$runs/locks/random-d$d"
+touch "$results" "$baselines"
 held=()  # runs another quality.sh was doing when this one came to them
 left=()  # the DETs' whole-data lines stage 0 has not made yet
 tasks=$UNSEEN_TASKS
