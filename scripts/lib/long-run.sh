@@ -9,17 +9,25 @@ UPSTREAM_TASKS="sst2 sst5 subj agnews sarcasm tweet_hate tweet_sentiment tweet_e
 UNSEEN_TASKS="mpqa rte mrpc tweet_offensive trec"
 
 # own_copies DIR: copies the release binary, the configuration and the model's files (graphs, manifest, θ⁰,
-# tokenizer: what --model reads) into DIR, so that a rebuild, an edit or a re-export cannot swap them mid-run. Each
-# changed file is replaced by a rename, so two runs can share DIR: a process that has opened the old file keeps it,
-# and no one sees a half-copied file.
+# tokenizer: what --model reads) into DIR, so that a rebuild, an edit or a re-export cannot swap them mid-run. The
+# scripts that use DIR hold a shared lock on DIR/.in-use for their whole run, and the copies are refreshed only by
+# a script that finds no other holding it: scripts running together run the same binary and model, and a rebuild
+# reaches DIR once they have all ended. Each changed file is replaced by a rename, so no one sees a half-copied file.
 own_copies() {
-  local dir=$1 model=models/all-MiniLM-L6-v2 file
+  local dir=$1 model=models/all-MiniLM-L6-v2 file fd
   mkdir -p "$dir/model"
-  copy_if_changed target/release/deltaspace "$dir/deltaspace"
-  copy_if_changed config/deltaspace.toml "$dir/deltaspace.toml"
-  for file in "$model"/*; do
-    if [ -f "$file" ]; then copy_if_changed "$file" "$dir/model/${file##*/}"; fi
-  done
+  exec {fd}>> "$dir/.in-use"
+  if flock -n -x "$fd"; then
+    copy_if_changed target/release/deltaspace "$dir/deltaspace"
+    copy_if_changed config/deltaspace.toml "$dir/deltaspace.toml"
+    for file in "$model"/*; do
+      if [ -f "$file" ]; then copy_if_changed "$file" "$dir/model/${file##*/}"; fi
+    done
+  elif ! cmp -s target/release/deltaspace "$dir/deltaspace"; then
+    echo "note: another run uses $dir's copies, so this one runs them as they are (the binary there is not" \
+      "target/release's); a rebuild reaches $dir once no run uses it" >&2
+  fi
+  flock -s "$fd"
 }
 
 # copy_if_changed SOURCE TARGET: TARGET becomes a copy of SOURCE, by a rename, unless it is one already.
