@@ -25,10 +25,10 @@
 # Resumable: one JSON line per (row, task, shots, seed), and a line that is there is not run again; so the runs of
 # many sessions add up. A run cut off mid-way resumes from its checkpoint (runs/quality/<subspace or "baselines">-<row>-
 # <task>-<shots>-<seed>.checkpoint.safetensors, written at every dev evaluation, removed once its line is written); its
-# line's seconds then count only the part after the resume. The rows that decide issue 10's targets come first,
-# seed by seed (z+head, warm, probe, random, and head only at seed 1), so that a matrix cut short has what decides; then
-# the rest of the table (z and the DETs, seed 1). The targets are at k = 16 and on the whole training set, so k = 64
-# comes last within each seed. The rows that use no subspace (zero-shot, probe, head-only, the DETs) go to
+# line's seconds then count only the part after the resume. The rows that decide issue 10's targets come first
+# (z+head, warm, probe, random, and head only at seed 1), so that a matrix cut short has what decides; then the rest
+# of the table (z and the DETs, seed 1). The targets are at k = 16 and on the whole training set, so those come
+# first, all three seeds of each, and k = 64 last. The rows that use no subspace (zero-shot, probe, head-only, the DETs) go to
 # docs/results/quality/baselines.jsonl, shared by every subspace; z, z+head, warm and random go to
 # docs/results/quality/<subspace name>.jsonl. The DETs on the whole training set are stage 0's solutions of the
 # unseen tasks (scripts/stage0.sh trains them the same way); their lines are copied from docs/results/stage0.jsonl
@@ -172,10 +172,11 @@ run() {
 }
 
 for t in $tasks; do run zero-shot "$t" full 1; done
-# The rows that decide the targets (and head only, the other half of "the stronger baseline") first, seed by seed,
-# k = 16 and the whole training set (where the targets are) before k = 64; then the rest of the table, one seed.
-for seed in 1 2 3; do
-  for shots in 16 full 64; do
+# The rows that decide the targets (and head only, the other half of "the stronger baseline") first: k = 16 and the
+# whole training set (where the targets are), each for seeds 1 to 3, before k = 64; then the rest of the table, one
+# seed.
+for shots in 16 full 64; do
+  for seed in 1 2 3; do
     for t in $tasks; do
       for row in probe z+head warm random; do run "$row" "$t" "$shots" "$seed"; done
       if [ "$seed" = 1 ]; then run head-only "$t" "$shots" "$seed"; fi
