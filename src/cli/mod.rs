@@ -1,12 +1,16 @@
 //! The edge: clap commands. Each command group has its own file; this one holds the global
 //! options and the shared set-up (config, runtime, model, subspace).
 
+mod eval;
 mod export;
 mod import;
+mod landscape;
 mod predict;
+mod report;
 mod serve;
 mod subspace;
 mod train;
+mod tune;
 
 use std::path::{Path, PathBuf};
 
@@ -90,16 +94,18 @@ pub enum Command {
     /// Offline training: stage 0 (DETs in their original space) and stage 1 (the subspace).
     #[command(subcommand)]
     Train(train::TrainCommand),
-    /// Stage 2: optimize only z for new tasks through one DET's frozen U.
-    Tune(train::TuneArgs),
-    /// Score a task vector, a stage-0 solution or the frozen model on a split.
-    Eval(train::EvalArgs),
+    /// Stage 2: tune a new task's z (and head) in the subspace, U frozen, each DET tried and the
+    /// best on dev kept.
+    Tune(tune::TuneArgs),
+    /// Score a task vector, a stage-0 solution, the frozen model or the linear probe on a split.
+    Eval(eval::EvalArgs),
     /// Decode a task's z through every DET, zero-shot (subspace solution transfer).
-    Transfer(train::TransferArgs),
+    Transfer(eval::TransferArgs),
     /// Draw every DET's accuracy on a plane of the subspace, one heat map (PNG) per DET.
-    Landscape(train::LandscapeArgs),
-    /// Print the paper's tables (markdown, optionally JSON) from a results directory.
-    Report(train::ReportArgs),
+    Landscape(landscape::LandscapeArgs),
+    /// Print the paper's tables (markdown, optionally JSON) from a results directory, or the
+    /// comparison against a user's alternatives from quality.sh's lines.
+    Report(report::ReportArgs),
 }
 
 /// Runs one parsed command.
@@ -120,11 +126,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => import::import(&config, args),
         Command::Export(args) => export::export(&config, args),
         Command::Train(command) => train::train(&config, command),
-        Command::Tune(args) => train::tune(&config, args),
-        Command::Eval(args) => train::eval(&config, args),
-        Command::Transfer(args) => train::transfer(&config, args),
-        Command::Landscape(args) => train::landscape(&config, args),
-        Command::Report(args) => train::report(args),
+        Command::Tune(args) => tune::tune(&config, args),
+        Command::Eval(args) => eval::eval(&config, args),
+        Command::Transfer(args) => eval::transfer(&config, args),
+        Command::Landscape(args) => landscape::landscape(&config, args),
+        Command::Report(args) => report::report(args),
     }
 }
 

@@ -1,0 +1,222 @@
+//! `deltaspace eval` and `transfer`: a task vector, a stage-0 solution, the frozen model or the
+//! linear probe scored on a task's data, and a z decoded through every DET.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+
+use super::train::load_tasks;
+use super::{at_least, load_encoder, load_subspace};
+use crate::config::Config;
+use crate::det::{DetKind, Theta0};
+use crate::model::{Encoder, EncoderOptions, ModelFiles};
+use crate::subspace::Subspace;
+use crate::task::{Task, TaskLimits};
+use crate::train::lines::{self, EvalLine, ProbeLine, TransferLine};
+use crate::train::probe::{L2_GRID, linear_probe, zero_shot};
+use crate::train::solution::Solution;
+use crate::tuning::batch::TrainTask;
+use crate::tuning::data::Split;
+use crate::tuning::eval::Scores;
+use crate::tuning::fit::{Space, Unit, evaluate_values};
+use crate::tuning::head::HeadTuning;
+
+/// What every scoring command reads: the model, a subspace and one task's data.
+#[derive(Debug, clap::Args)]
+pub struct ScoringArgs {
+    /// Model directory [default: [model] dir].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Subspace file [default: [model] subspace].
+    #[arg(long)]
+    pub subspace: Option<PathBuf>,
+    /// Task directory ({train,dev,test}.jsonl + labels.json).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Use at most this many examples of the split [default: all].
+    #[arg(long, value_parser = at_least::<1>)]
+    pub limit: Option<usize>,
+    /// Truncate inputs to this many tokens.
+    #[arg(long, value_parser = at_least::<1>)]
+    pub max_seq_len: Option<usize>,
+    /// Few-shot: what trains (the probe) sees this many examples per label of train and of dev,
+    /// drawn with --seed; test stays whole.
+    #[arg(long, value_parser = at_least::<1>)]
+    pub shots: Option<usize>,
+    /// Seed of the few-shot draw (the probe itself is deterministic: on a whole training set every
+    /// seed gives the same line).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl ScoringArgs {
+    /// The serving graph only: scoring needs no gradients.
+    pub(super) fn encoder(&self, config: &Config) -> anyhow::Result<Encoder> {
+        let options = EncoderOptions {
+            max_seq_len: self.max_seq_len,
+            ..EncoderOptions::default()
+        };
+        load_encoder(config, self.model.as_deref(), options)
+    }
+
+    pub(super) fn subspace(&self, config: &Config, encoder: &Encoder) -> anyhow::Result<Subspace> {
+        load_subspace(config, self.subspace.as_deref(), encoder)
+    }
+
+    /// The task data, as the only task of a one-element list (what `fit::evaluate_values` takes).
+    pub(super) fn task(&self, encoder: &Encoder) -> anyhow::Result<Vec<TrainTask>> {
+        let shots = self.shots.map(|k| (k, self.seed));
+        load_tasks(encoder, std::slice::from_ref(&self.data), None, shots)
+    }
+}
+
+/// Arguments of `eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
+    /// A task vector (TASK.json) to evaluate through the subspace.
+    #[arg(long, conflicts_with_all = ["solution", "zero_shot", "probe"])]
+    pub task: Option<PathBuf>,
+    /// Decode --task's z with this DET (default: its own).
+    #[arg(long)]
+    pub det: Option<DetKind>,
+    /// A stage-0 solution file to evaluate in the original space.
+    #[arg(long, conflicts_with_all = ["zero_shot", "probe"])]
+    pub solution: Option<PathBuf>,
+    /// The frozen model with no delta (label descriptions only).
+    #[arg(long, conflicts_with = "probe")]
+    pub zero_shot: bool,
+    /// The linear probe: logistic regression on the frozen model's embeddings of train (or of
+    /// --shots per label), its L2 strength chosen on dev; prints it as `l2`.
+    #[arg(long)]
+    pub probe: bool,
+    /// train, dev or test (with --shots, train and dev are the few-shot draws).
+    #[arg(long, default_value = "test")]
+    pub split: Split,
+    /// Print JSON (the default; kept for scripts that pass it).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `transfer`.
+#[derive(Debug, clap::Args)]
+pub struct TransferArgs {
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
+    /// TASK.json whose z (found with its own DET) is decoded through every DET, zero-shot.
+    #[arg(long)]
+    pub task: PathBuf,
+    /// dev or test.
+    #[arg(long, default_value = "test")]
+    pub split: Split,
+}
+
+pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
+    let encoder = args.scoring.encoder(config)?;
+    let tasks = args.scoring.task(&encoder)?;
+    let limit = args.scoring.limit;
+    let name = tasks[0].data.name.clone();
+    if args.probe {
+        let probe = linear_probe(&encoder, &tasks[0], &L2_GRID)?;
+        let metrics = match args.split {
+            Split::Test => probe.test,
+            _ => probe.dev,
+        };
+        return lines::print(&ProbeLine {
+            task: name,
+            method: "probe".into(),
+            l2: probe.l2,
+            split: args.split,
+            scores: metrics,
+            dev: probe.dev,
+            shots: args.scoring.shots,
+            seed: args.scoring.seed,
+        });
+    }
+    let (det, metrics): (Option<DetKind>, Scores) = if let Some(path) = &args.solution {
+        let solution = Solution::load(path, encoder.manifest())?;
+        let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
+        let units = [Unit::new(0, solution.det)];
+        let metrics = evaluate_values(
+            &encoder,
+            &tasks,
+            &units,
+            &Space::Original { theta0: &theta0 },
+            &[solution.delta],
+            args.split,
+            limit,
+        )?;
+        (Some(solution.det), metrics[0])
+    } else if let Some(path) = &args.task {
+        let subspace = args.scoring.subspace(config, &encoder)?;
+        let task = Task::load(path)?;
+        task.validate(subspace.d(), &TaskLimits::default())?;
+        let det = args.det.unwrap_or(task.det);
+        let units = [Unit::new(0, det)];
+        let (head, values) = HeadTuning::task_values(&task, &tasks[0].descriptions)?;
+        let metrics = evaluate_values(
+            &encoder,
+            &tasks,
+            &units,
+            &Space::Subspace {
+                subspace: &subspace,
+                head,
+                train_z: true,
+            },
+            &[values],
+            args.split,
+            limit,
+        )?;
+        (Some(det), metrics[0])
+    } else if args.zero_shot {
+        let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
+        (
+            None,
+            zero_shot(&encoder, &theta0, &tasks[0], args.split, limit)?,
+        )
+    } else {
+        bail!("give one of --task, --solution, --zero-shot or --probe");
+    };
+    lines::print(&EvalLine {
+        task: name,
+        det,
+        split: args.split,
+        scores: metrics,
+    })
+}
+
+pub fn transfer(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
+    let encoder = args.scoring.encoder(config)?;
+    let subspace = args.scoring.subspace(config, &encoder)?;
+    let tasks = args.scoring.task(&encoder)?;
+    let limit = args.scoring.limit;
+    let task = Task::load(&args.task)?;
+    task.validate(subspace.d(), &TaskLimits::default())?;
+    let units: Vec<Unit> = DetKind::ALL.iter().map(|&det| Unit::new(0, det)).collect();
+    let (head, values) = HeadTuning::task_values(&task, &tasks[0].descriptions)?;
+    let codes = vec![values; units.len()];
+    let metrics = evaluate_values(
+        &encoder,
+        &tasks,
+        &units,
+        &Space::Subspace {
+            subspace: &subspace,
+            head,
+            train_z: true,
+        },
+        &codes,
+        args.split,
+        limit,
+    )?;
+    for (unit, metrics) in units.iter().zip(metrics) {
+        lines::print(&TransferLine {
+            task: tasks[0].data.name.clone(),
+            source_det: task.det,
+            target_det: unit.det,
+            split: args.split,
+            scores: metrics,
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! `deltaspace landscape`: accuracy over a plane of z, through every DET (the paper's figure).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+
+use super::at_least;
+use super::eval::ScoringArgs;
+use crate::config::Config;
+use crate::task::{Task, TaskLimits};
+use crate::train::lines::{self, LandscapeLine};
+use crate::tuning::data::Split;
+
+/// Arguments of `landscape`.
+#[derive(Debug, clap::Args)]
+pub struct LandscapeArgs {
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
+    /// Three TASK.json files: the task's solutions found with Adapter, LoRA and Prefix; the plane
+    /// passes through their z.
+    #[arg(long, num_args = 3, conflicts_with = "directions")]
+    pub tasks: Vec<PathBuf>,
+    /// Instead: a centre and two directions as JSON arrays of d numbers: '[..]' '[..]' '[..]'.
+    #[arg(long, num_args = 3)]
+    pub directions: Vec<String>,
+    /// Grid points per axis.
+    #[arg(long, default_value_t = 9, value_parser = at_least::<2>)]
+    pub grid: usize,
+    /// Extra room around the points, as a fraction of their spread (at least 1 unit).
+    #[arg(long, default_value_t = 0.5)]
+    pub margin: f32,
+    /// dev or test.
+    #[arg(long, default_value = "dev")]
+    pub split: Split,
+    /// Output directory: <task>.<det>.png per DET and <task>.landscape.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A TrueType font for the labels [default: the system's DejaVu Sans or Liberation Sans].
+    #[arg(long, env = "DELTASPACE_FONT")]
+    pub font: Option<PathBuf>,
+}
+
+pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
+    use crate::train::landscape::{Marker, Plane, draw, evaluate_grid};
+    let encoder = args.scoring.encoder(config)?;
+    let subspace = args.scoring.subspace(config, &encoder)?;
+    let task = args.scoring.task(&encoder)?.remove(0);
+    let (plane, markers) = if args.tasks.len() == 3 {
+        let tasks: Vec<Task> = args
+            .tasks
+            .iter()
+            .map(|p| Task::load(p))
+            .collect::<anyhow::Result<_>>()?;
+        for t in &tasks {
+            t.validate(subspace.d(), &TaskLimits::default())?;
+        }
+        let points = [tasks[0].z.clone(), tasks[1].z.clone(), tasks[2].z.clone()];
+        let plane = Plane::through(&points)?;
+        let markers = tasks
+            .iter()
+            .map(|t| {
+                let (x, y) = plane.coordinates(&t.z);
+                Marker {
+                    label: format!("z_{}", t.det.letter()),
+                    x,
+                    y,
+                }
+            })
+            .collect();
+        (plane, markers)
+    } else if args.directions.len() == 3 {
+        let parse = |s: &String| {
+            serde_json::from_str::<Vec<f32>>(s)
+                .with_context(|| format!("{s:?} is not a JSON array of numbers"))
+        };
+        let (centre, first, second) = (
+            parse(&args.directions[0])?,
+            parse(&args.directions[1])?,
+            parse(&args.directions[2])?,
+        );
+        anyhow::ensure!(
+            [&centre, &first, &second]
+                .iter()
+                .all(|v| v.len() == subspace.d()),
+            "each of --directions needs d = {} numbers",
+            subspace.d()
+        );
+        let plane = Plane::along(centre, &first, &second)?;
+        (
+            plane,
+            vec![Marker {
+                label: "centre".into(),
+                x: 0.0,
+                y: 0.0,
+            }],
+        )
+    } else {
+        bail!("give --tasks A.json L.json P.json or --directions CENTRE E1 E2");
+    };
+    let landscape = evaluate_grid(
+        &encoder,
+        &subspace,
+        &task,
+        plane,
+        markers,
+        args.grid,
+        args.margin,
+        args.split,
+        args.scoring.limit,
+    )?;
+    let files = draw(&landscape, &args.out, args.font.as_deref())?;
+    let json_path = args.out.join(format!("{}.landscape.json", landscape.task));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&landscape)?)?;
+    lines::print(&LandscapeLine {
+        task: landscape.task.clone(),
+        images: files,
+        grid: json_path,
+    })
+}

@@ -1,0 +1,275 @@
+//! `deltaspace tune`: stage 2, a task's z (and head) tuned in the subspace, from one or more starts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use super::predict::load_task;
+use super::train::{TraceArgs, TrainingArgs};
+use super::{load_subspace, positive};
+use crate::config::Config;
+use crate::det::DetKind;
+use crate::subspace::Subspace;
+use crate::task::{Task, TaskLimits};
+use crate::train::lines::{self, TuneLine};
+use crate::tuning::head::HeadTuning;
+use crate::tuning::optim::OptimizerKind;
+use crate::tuning::tune::{
+    CMAES, CmaOptions, Start, TUNING, Target, Tuned, default_starts, tune_cmaes, tune_gradient,
+};
+
+/// Arguments of `tune`.
+#[derive(Debug, clap::Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub training: TrainingArgs,
+    /// Subspace file [default: [model] subspace].
+    #[arg(long)]
+    pub subspace: Option<PathBuf>,
+    /// Task directories; repeat to tune several tasks in shared runs.
+    #[arg(long, required = true, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// The DET whose frozen U decodes z [default: each of lora, adapter and prefix in shared runs,
+    /// keeping per task the one that scores best on dev; cmaes needs one].
+    #[arg(long)]
+    pub det: Option<DetKind>,
+    /// What of a task head trains with z (gradient optimizers): none (labels score by their
+    /// descriptions, the paper's setting; cmaes needs it), bias (class priors), or prototypes
+    /// (priors and label prototypes, which start at the descriptions' embeddings: the best of
+    /// the three in docs/results/screen-head.jsonl).
+    #[arg(long, default_value = "prototypes")]
+    pub head: HeadTuning,
+    /// Keep z at 0 and train only the head (the head-only baseline; with --det lora, whose θ⁰
+    /// is a no-op, a head on the frozen model).
+    #[arg(long)]
+    pub freeze_z: bool,
+    /// Where z starts: `normal`, the paper's N(0, 0.02²); `upstream`, the code of the upstream
+    /// task (among those the subspace carries) whose label descriptions are nearest to the
+    /// task's, by the cosine of their mean embeddings (no example is used: dev is left to judge
+    /// it); `upstream:NAME`, the code of upstream task NAME; or a task file, whose z it takes
+    /// (made for the same subspace; its labels and head are not used; a file named like a
+    /// keyword: ./normal). Repeat it to tune from each start and keep, per task, the start (and
+    /// DET) that scores best on dev, the first of equals: `--init normal --init upstream` is a
+    /// warm start guarded by the cold one. Every start sees the same training rows it would
+    /// alone; --max-seconds bounds all of them together. [default: normal and upstream where the
+    /// subspace carries described upstream codes (the shipped one does), which takes twice the
+    /// time of `--init normal`; normal alone elsewhere; --optimizer cmaes starts from its own
+    /// mean and takes no --init]
+    #[arg(long, num_args = 1.., conflicts_with = "freeze_z")]
+    pub init: Vec<PathBuf>,
+    /// adam, adafactor (exact gradients) or cmaes (derivative-free).
+    #[arg(long, default_value = "adam")]
+    pub optimizer: String,
+    /// CMA-ES population λ (0: 4 + ⌊3 ln d⌋).
+    #[arg(long, default_value_t = 0)]
+    pub population: usize,
+    /// CMA-ES initial step size σ.
+    #[arg(long, default_value_t = 1.0, value_parser = positive::<f64>)]
+    pub sigma: f64,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Output: TASK.json (one task) or a directory of <task>.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
+    let single_file = args.out.extension().is_some_and(|e| e == "json");
+    if single_file && args.data.len() != 1 {
+        bail!(
+            "--out {} is a file: give one --data, or an output directory",
+            args.out.display()
+        );
+    }
+    let encoder = args.training.encoder(config)?;
+    let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
+    let tasks = args.training.tasks(&encoder, &args.data)?;
+    let mut trace = args.trace.open(&args.training, TUNING, &args.optimizer)?;
+    // What was tuned, and the starts it was tuned from (CMA-ES: its own mean, named normal).
+    let (tuned, loaded) = match args.optimizer.as_str() {
+        "cmaes" => {
+            if args.head != HeadTuning::None {
+                bail!(
+                    "cmaes tunes z alone: give --head none (--head {} needs adam or adafactor)",
+                    args.head
+                );
+            }
+            let Some(det) = args.det else {
+                bail!("--optimizer cmaes tunes through one DET: give --det");
+            };
+            if args.training.checkpoint.is_some() || args.training.patience.is_some() {
+                bail!(
+                    "--optimizer cmaes neither checkpoints nor stops early: drop --checkpoint and --patience"
+                );
+            }
+            if !args.init.is_empty() {
+                bail!("--optimizer cmaes starts from its own mean: drop --init");
+            }
+            let schedule = args.training.schedule(CMAES);
+            let options = CmaOptions {
+                generations: schedule.steps,
+                population: args.population,
+                batch: args.training.batch,
+                sigma: args.sigma,
+                eval_every: schedule.eval_every,
+                eval_limit: args.training.eval_limit,
+                final_limit: args.training.final_limit,
+                seed: args.training.seed,
+            };
+            let tuned = tune_cmaes(&encoder, &subspace, &tasks, det, &options, trace.as_mut())?;
+            (tuned, vec![InitArg::Named(Start::Normal)])
+        }
+        other => {
+            let kind: OptimizerKind = other.parse().map_err(anyhow::Error::msg)?;
+            if args.freeze_z && args.head == HeadTuning::None {
+                bail!("--freeze-z trains only the head: give --head bias or --head prototypes");
+            }
+            let dets = args.det.map_or(DetKind::ALL.to_vec(), |det| vec![det]);
+            let loaded = load_starts(&args.init, &subspace, !args.freeze_z)?;
+            let target = Target {
+                dets: &dets,
+                head: args.head,
+                train_z: !args.freeze_z,
+                starts: &starts(&loaded),
+            };
+            let tuned = tune_gradient(
+                &encoder,
+                &subspace,
+                &tasks,
+                target,
+                &args.training.fit_options(kind, TUNING),
+                trace.as_mut(),
+                None,
+            )?;
+            (tuned, loaded)
+        }
+    };
+    let starts = starts(&loaded);
+    for result in tuned {
+        let data = &tasks[result.task].data;
+        let path = if single_file {
+            args.out.clone()
+        } else {
+            args.out.join(format!("{}.json", data.name))
+        };
+        write_task(&path, data.name.clone(), &result, &data.labels, &subspace)?;
+        lines::print(&TuneLine {
+            task: data.name.clone(),
+            det: result.det,
+            head: args.head,
+            optimizer: args.optimizer.clone(),
+            dev: result.dev,
+            test: result.test,
+            start: Some(start_name(&args.init, &starts, result.start, &result)),
+            upstream_similarity: result.upstream.as_ref().map(|chosen| chosen.similarity),
+            dev_by_det: result
+                .candidates
+                .iter()
+                .filter(|c| c.start == result.start)
+                .map(|c| (c.det.to_string(), c.dev.accuracy))
+                .collect(),
+            dev_by_start: result.dev_by_start(|i| start_name(&args.init, &starts, i, &result)),
+            seconds: result.seconds,
+            file: path,
+        })?;
+    }
+    Ok(())
+}
+
+/// A start `--init` named: a word [`Start::named`] knows, or a code it gives (an upstream task's,
+/// or a task file's z).
+enum InitArg {
+    Named(Start<'static>),
+    Code(Vec<f32>),
+}
+
+/// `--init`'s starts in order [default: [`default_starts`]].
+fn load_starts(
+    init: &[PathBuf],
+    subspace: &Subspace,
+    train_z: bool,
+) -> anyhow::Result<Vec<InitArg>> {
+    if init.is_empty() {
+        let defaults = default_starts(subspace, train_z);
+        return Ok(defaults.iter().copied().map(InitArg::Named).collect());
+    }
+    init.iter()
+        .map(|path| {
+            let word = path.to_str().unwrap_or_default();
+            if let Some(start) = Start::named(word) {
+                return Ok(InitArg::Named(start));
+            }
+            if let Some(name) = word.strip_prefix("upstream:") {
+                return upstream_code(subspace, name).map(InitArg::Code);
+            }
+            load_task(path, subspace)
+                .map(|task| InitArg::Code(task.z))
+                .with_context(|| {
+                    format!(
+                        "--init {}: it takes normal, upstream, upstream:NAME or a task file",
+                        path.display()
+                    )
+                })
+        })
+        .collect()
+}
+
+/// The code of upstream task `name` among those `subspace` carries (`--init upstream:NAME`).
+fn upstream_code(subspace: &Subspace, name: &str) -> anyhow::Result<Vec<f32>> {
+    let Some(codes) = subspace.codes() else {
+        bail!(
+            "--init upstream:{name}: subspace {} carries no upstream codes",
+            subspace.id()
+        );
+    };
+    match codes.tasks.iter().position(|task| task == name) {
+        Some(index) => Ok(codes.z[index].clone()),
+        None => bail!(
+            "--init upstream:{name}: subspace {} has no code for {name:?}; it has {}",
+            subspace.id(),
+            codes.tasks.join(", ")
+        ),
+    }
+}
+
+/// The starts [`load_starts`] loaded, for [`Target::starts`].
+fn starts(loaded: &[InitArg]) -> Vec<Start<'_>> {
+    loaded
+        .iter()
+        .map(|arg| match arg {
+            InitArg::Named(start) => *start,
+            InitArg::Code(z) => Start::Values(z),
+        })
+        .collect()
+}
+
+/// Start `index`'s name in a task's output line: [`Tuned::start_name`]'s, or the task file as
+/// `--init` gave it.
+fn start_name(init: &[PathBuf], starts: &[Start<'_>], index: usize, tuned: &Tuned) -> String {
+    tuned
+        .start_name(starts, index)
+        .unwrap_or_else(|| init[index].display().to_string())
+}
+
+fn write_task(
+    path: &Path,
+    name: String,
+    tuned: &Tuned,
+    labels: &[crate::task::Label],
+    subspace: &Subspace,
+) -> anyhow::Result<()> {
+    let task = Task {
+        name,
+        det: tuned.det,
+        z: tuned.z.clone(),
+        labels: labels.to_vec(),
+        head: tuned.head.clone(),
+        subspace: Some(subspace.id()),
+    };
+    task.validate(subspace.d(), &TaskLimits::default())?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&task)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
