@@ -5,13 +5,14 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
+use super::predict::load_task;
 use super::train::load_tasks;
 use super::{at_least, load_encoder, load_subspace};
 use crate::config::Config;
 use crate::det::{DetKind, Theta0};
 use crate::model::{Encoder, EncoderOptions, ModelFiles};
 use crate::subspace::Subspace;
-use crate::task::{Task, TaskLimits};
+use crate::task::Task;
 use crate::train::lines::{self, EvalLine, ProbeLine, TransferLine};
 use crate::train::probe::{L2_GRID, linear_probe, zero_shot};
 use crate::train::solution::Solution;
@@ -150,25 +151,18 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
         (Some(solution.det), metrics[0])
     } else if let Some(path) = &args.task {
         let subspace = args.scoring.subspace(config, &encoder)?;
-        let task = Task::load(path)?;
-        task.validate(subspace.d(), &TaskLimits::default())?;
+        let task = load_task(path, &subspace)?;
         let det = args.det.unwrap_or(task.det);
-        let units = [Unit::new(0, det)];
-        let (head, values) = HeadTuning::task_values(&task, &tasks[0].descriptions)?;
-        let metrics = evaluate_values(
+        let scored = score_through(
             &encoder,
+            &subspace,
             &tasks,
-            &units,
-            &Space::Subspace {
-                subspace: &subspace,
-                head,
-                train_z: true,
-            },
-            &[values],
+            &task,
+            &[det],
             args.split,
             limit,
         )?;
-        (Some(det), metrics[0])
+        (Some(det), scored[0])
     } else if args.zero_shot {
         let theta0 = Theta0::load(&ModelFiles::open(encoder.dir())?)?;
         (
@@ -191,32 +185,45 @@ pub fn transfer(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
     let subspace = args.scoring.subspace(config, &encoder)?;
     let tasks = args.scoring.task(&encoder)?;
     let limit = args.scoring.limit;
-    let task = Task::load(&args.task)?;
-    task.validate(subspace.d(), &TaskLimits::default())?;
-    let units: Vec<Unit> = DetKind::ALL.iter().map(|&det| Unit::new(0, det)).collect();
-    let (head, values) = HeadTuning::task_values(&task, &tasks[0].descriptions)?;
-    let codes = vec![values; units.len()];
-    let metrics = evaluate_values(
+    let task = load_task(&args.task, &subspace)?;
+    let scored = score_through(
         &encoder,
+        &subspace,
         &tasks,
-        &units,
-        &Space::Subspace {
-            subspace: &subspace,
-            head,
-            train_z: true,
-        },
-        &codes,
+        &task,
+        &DetKind::ALL,
         args.split,
         limit,
     )?;
-    for (unit, metrics) in units.iter().zip(metrics) {
+    for (target_det, scores) in DetKind::ALL.into_iter().zip(scored) {
         lines::print(&TransferLine {
             task: tasks[0].data.name.clone(),
             source_det: task.det,
-            target_det: unit.det,
+            target_det,
             split: args.split,
-            scores: metrics,
+            scores,
         })?;
     }
     Ok(())
+}
+
+/// A task file's z (and head) scored on the `split` of `data` (one task) through each of `dets`.
+fn score_through(
+    encoder: &Encoder,
+    subspace: &Subspace,
+    data: &[TrainTask],
+    task: &Task,
+    dets: &[DetKind],
+    split: Split,
+    limit: Option<usize>,
+) -> anyhow::Result<Vec<Scores>> {
+    let units: Vec<Unit> = dets.iter().map(|&det| Unit::new(0, det)).collect();
+    let (head, values) = HeadTuning::task_values(task, &data[0].descriptions)?;
+    let space = Space::Subspace {
+        subspace,
+        head,
+        train_z: true,
+    };
+    let values = vec![values; units.len()];
+    evaluate_values(encoder, data, &units, &space, &values, split, limit)
 }

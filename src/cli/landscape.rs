@@ -6,8 +6,9 @@ use anyhow::{Context, bail};
 
 use super::at_least;
 use super::eval::ScoringArgs;
+use super::predict::load_task;
 use crate::config::Config;
-use crate::task::{Task, TaskLimits};
+use crate::task::Task;
 use crate::train::lines::{self, LandscapeLine};
 use crate::tuning::data::Split;
 
@@ -49,11 +50,8 @@ pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
         let tasks: Vec<Task> = args
             .tasks
             .iter()
-            .map(|p| Task::load(p))
+            .map(|path| load_task(path, &subspace))
             .collect::<anyhow::Result<_>>()?;
-        for t in &tasks {
-            t.validate(subspace.d(), &TaskLimits::default())?;
-        }
         let points = [tasks[0].z.clone(), tasks[1].z.clone(), tasks[2].z.clone()];
         let plane = Plane::through(&points)?;
         let markers = tasks

@@ -657,6 +657,19 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
         .map(|l| l["target_det"].as_str().unwrap())
         .collect();
     assert_eq!(targets, ["lora", "adapter", "prefix"]);
+    // A task is scored only in the subspace it was tuned in.
+    let refused = deltaspace_refuses(&[
+        "transfer",
+        "--model",
+        &model,
+        "--subspace",
+        &completed,
+        "--data",
+        &sst2,
+        "--task",
+        &task_json,
+    ]);
+    assert!(refused.contains("task is for subspace"), "{refused}");
 
     // Landscape: three maps through three per-DET solutions.
     let mut per_det = Vec::new();
