@@ -18,21 +18,24 @@ use deltaspace_core::det::DetKind;
 /// Test accuracy keyed by (task, det).
 type TestAccuracy = BTreeMap<(String, DetKind), f64>;
 
+/// Relative % (or accuracy %) by task, then by column (a DET, or a transfer "X→Y").
+pub type Table = BTreeMap<String, BTreeMap<String, f64>>;
+
 /// Everything the tables are made of.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub space: String,
     pub tasks: Vec<String>,
     /// The original-space DETs (denominators).
-    pub original: BTreeMap<String, BTreeMap<String, f64>>,
+    pub original: Table,
     /// The frozen model (z = 0, no delta).
     pub zero_shot: BTreeMap<String, f64>,
     /// Relative % of subspace optimization: task → det → %.
-    pub optimization: BTreeMap<String, BTreeMap<String, f64>>,
+    pub optimization: Table,
     /// Relative % of zero-shot transfer: task → "A→L" → %.
-    pub transfer: BTreeMap<String, BTreeMap<String, f64>>,
+    pub transfer: Table,
     /// Relative % of the random-subspace control: task → det → %.
-    pub random_control: BTreeMap<String, BTreeMap<String, f64>>,
+    pub random_control: Table,
     /// Average relative % of optimization per d, over the DETs run at that d.
     pub ablation: BTreeMap<usize, f64>,
     /// Gradient vs CMA-ES at the default space: optimizer → (mean relative %, mean seconds).
@@ -56,158 +59,208 @@ fn mean(values: impl IntoIterator<Item = f64>) -> f64 {
     values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
-/// Builds the report for `space` (e.g. "d16") from `dir`.
-pub fn build(dir: &Path, space: &str) -> anyhow::Result<Report> {
-    let mut report = Report {
-        space: space.to_string(),
-        ..Report::default()
-    };
-    let mut original = TestAccuracy::new();
-    for line in lines::read::<OriginalLine>(&dir.join("original.jsonl"))? {
-        let Some((task, det, accuracy)) = line.test_accuracy() else {
-            continue;
-        };
-        let accuracy = f64::from(accuracy);
-        original.insert((task.clone(), det), accuracy);
-        report
-            .original
-            .entry(task)
-            .or_default()
-            .insert(det.to_string(), 100.0 * accuracy);
+/// A relative table's values, every task and column together.
+fn all_values(table: &Table) -> impl Iterator<Item = f64> + '_ {
+    table.values().flat_map(|row| row.values().copied())
+}
+
+/// The original-space DETs' test accuracies: the denominators of every relative figure.
+struct Originals(TestAccuracy);
+
+impl Originals {
+    fn read(dir: &Path) -> anyhow::Result<Self> {
+        let lines = lines::read::<OriginalLine>(&dir.join("original.jsonl"))?;
+        let scores = (lines.into_iter())
+            .filter_map(OriginalLine::test_accuracy)
+            .map(|(task, det, accuracy)| ((task, det), f64::from(accuracy)))
+            .collect();
+        Ok(Self(scores))
     }
-    report.tasks = report.original.keys().cloned().collect();
-    for line in lines::read::<EvalLine>(&dir.join("zero_shot.jsonl"))? {
-        let accuracy = f64::from(line.scores.accuracy);
-        report.zero_shot.insert(line.task, 100.0 * accuracy);
+
+    /// 100 × `accuracy` ÷ the original `det`'s on `task`, when that is known and above 0.
+    fn relative(&self, task: &str, det: DetKind, accuracy: f64) -> Option<f64> {
+        let original = self.0.get(&(task.to_string(), det)).filter(|o| **o > 0.0)?;
+        Some(100.0 * accuracy / original)
     }
-    let relative = |scores: &TestAccuracy| -> BTreeMap<String, BTreeMap<String, f64>> {
-        let mut out: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
-        for ((task, det), acc) in scores {
-            if let Some(base) = original.get(&(task.clone(), *det)).filter(|b| **b > 0.0) {
-                out.entry(task.clone())
+
+    /// Every (task, det) score of `scores` relative to the same DET's original.
+    fn table(&self, scores: &TestAccuracy) -> Table {
+        let mut table = Table::new();
+        for ((task, det), &accuracy) in scores {
+            if let Some(relative) = self.relative(task, *det, accuracy) {
+                table
+                    .entry(task.clone())
                     .or_default()
-                    .insert(det.to_string(), 100.0 * acc / base);
+                    .insert(det.to_string(), relative);
             }
         }
-        out
-    };
-    let tune_file = |space: &str, optimizer: &str, det: DetKind| {
-        dir.join("tune")
-            .join(format!("{space}-{optimizer}-{det}.jsonl"))
-    };
-    let mut default_scores = TestAccuracy::new();
-    // Mean seconds of a run through each DET, for the optimizers' table.
-    let mut gradient_seconds = BTreeMap::new();
-    for det in DetKind::ALL {
-        let (scores, seconds) = tuned(&tune_file(space, "adam", det))?;
-        gradient_seconds.insert(det, seconds);
-        default_scores.extend(scores);
+        table
     }
-    report.optimization = relative(&default_scores);
-    let mut random_scores = TestAccuracy::new();
-    for det in DetKind::ALL {
-        random_scores.extend(tuned(&tune_file(&format!("random-{space}"), "adam", det))?.0);
+
+    /// The originals themselves, in %.
+    fn percent(&self) -> Table {
+        let mut table = Table::new();
+        for ((task, det), accuracy) in &self.0 {
+            table
+                .entry(task.clone())
+                .or_default()
+                .insert(det.to_string(), 100.0 * accuracy);
+        }
+        table
     }
-    report.random_control = relative(&random_scores);
+}
+
+/// The tune runs of one optimizer in one space, through every DET: their scores, and each DET's
+/// mean seconds per run.
+struct Runs {
+    scores: TestAccuracy,
+    seconds: BTreeMap<DetKind, f64>,
+}
+
+impl Runs {
+    /// `<dir>/tune/<space>-<optimizer>-<det>.jsonl` for every DET (a missing file has no runs).
+    fn read(dir: &Path, space: &str, optimizer: &str) -> anyhow::Result<Self> {
+        let mut runs = Runs {
+            scores: TestAccuracy::new(),
+            seconds: BTreeMap::new(),
+        };
+        for det in DetKind::ALL {
+            let file = format!("{space}-{optimizer}-{det}.jsonl");
+            let (scores, seconds) = tuned(&dir.join("tune").join(file))?;
+            if !scores.is_empty() {
+                runs.seconds.insert(det, seconds);
+            }
+            runs.scores.extend(scores);
+        }
+        Ok(runs)
+    }
+}
+
+/// Builds the report for `space` (e.g. "d16") from `dir`.
+pub fn build(dir: &Path, space: &str) -> anyhow::Result<Report> {
+    let originals = Originals::read(dir)?;
+    let adam = Runs::read(dir, space, "adam")?;
+    let original = originals.percent();
+    let mut report = Report {
+        space: space.to_string(),
+        tasks: original.keys().cloned().collect(),
+        original,
+        zero_shot: zero_shot(dir)?,
+        optimization: originals.table(&adam.scores),
+        transfer: transfer(dir, space, &originals)?,
+        random_control: originals
+            .table(&Runs::read(dir, &format!("random-{space}"), "adam")?.scores),
+        ablation: ablation(dir, &originals)?,
+        optimizers: optimizers(&originals, &adam, &Runs::read(dir, space, "cmaes")?),
+        averages: BTreeMap::new(),
+    };
+    report.averages = averages(&report);
+    Ok(report)
+}
+
+/// The frozen model's test accuracy (%) per task.
+fn zero_shot(dir: &Path) -> anyhow::Result<BTreeMap<String, f64>> {
+    let lines = lines::read::<EvalLine>(&dir.join("zero_shot.jsonl"))?;
+    Ok((lines.into_iter())
+        .map(|line| (line.task, 100.0 * f64::from(line.scores.accuracy)))
+        .collect())
+}
+
+/// Zero-shot transfer X→Y, relative to Y's original, from `<dir>/transfer/<space>-<X>.jsonl`.
+fn transfer(dir: &Path, space: &str, originals: &Originals) -> anyhow::Result<Table> {
+    let mut table = Table::new();
     for det in DetKind::ALL {
         let path = dir.join("transfer").join(format!("{space}-{det}.jsonl"));
         for line in lines::read::<TransferLine>(&path)? {
-            let (task, source, target) = (line.task.as_str(), line.source_det, line.target_det);
-            let acc = f64::from(line.scores.accuracy);
-            if source == target {
+            let (source, target) = (line.source_det, line.target_det);
+            let accuracy = f64::from(line.scores.accuracy);
+            let Some(relative) = (source != target)
+                .then(|| originals.relative(&line.task, target, accuracy))
+                .flatten()
+            else {
                 continue;
-            }
-            if let Some(base) = original
-                .get(&(task.to_string(), target))
-                .filter(|b| **b > 0.0)
-            {
-                let key = format!("{}→{}", source.letter(), target.letter());
-                report
-                    .transfer
-                    .entry(task.to_string())
-                    .or_default()
-                    .insert(key, 100.0 * acc / base);
-            }
+            };
+            let key = format!("{}→{}", source.letter(), target.letter());
+            table.entry(line.task).or_default().insert(key, relative);
         }
     }
+    Ok(table)
+}
+
+/// Mean relative % of optimization per d, from every `<dir>/tune/d<d>-adam-adapter.jsonl`: the
+/// ablation goes through one DET (Adapter), so every d is measured alike.
+fn ablation(dir: &Path, originals: &Originals) -> anyhow::Result<BTreeMap<usize, f64>> {
+    let mut ablation = BTreeMap::new();
     for entry in std::fs::read_dir(dir.join("tune"))
         .into_iter()
         .flatten()
         .flatten()
     {
         let name = entry.file_name().to_string_lossy().to_string();
-        let Some(rest) = name.strip_prefix('d') else {
+        let Some(d) = name
+            .strip_prefix('d')
+            .and_then(|rest| rest.strip_suffix("-adam-adapter.jsonl"))
+            .and_then(|d| d.parse::<usize>().ok())
+        else {
             continue;
         };
-        let Some((d, tail)) = rest.split_once('-') else {
-            continue;
-        };
-        // The ablation goes through one DET (Adapter), so every d is measured alike.
-        if let (Ok(d), "adam-adapter.jsonl") = (d.parse::<usize>(), tail) {
-            let relative = relative(&tuned(&entry.path())?.0);
-            let values: Vec<f64> = relative
-                .values()
-                .flat_map(|m| m.values().copied())
-                .collect();
-            if !values.is_empty() {
-                report.ablation.insert(d, mean(values));
-            }
+        let relative = originals.table(&tuned(&entry.path())?.0);
+        if !relative.is_empty() {
+            ablation.insert(d, mean(all_values(&relative)));
         }
     }
-    for det in DetKind::ALL {
-        let (scores, seconds) = tuned(&tune_file(space, "cmaes", det))?;
-        if scores.is_empty() {
-            continue;
-        }
-        let cma = relative(&scores);
-        let gradient: TestAccuracy = default_scores
-            .iter()
-            .filter(|((t, d), _)| *d == det && scores.contains_key(&(t.clone(), *d)))
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        let grad_rel = relative(&gradient);
-        report.optimizers.insert(
+    Ok(ablation)
+}
+
+/// Adam against CMA-ES, DET by DET where CMA-ES ran: each one's mean relative % on the tasks
+/// CMA-ES ran, and its own mean seconds per run.
+fn optimizers(originals: &Originals, adam: &Runs, cmaes: &Runs) -> BTreeMap<String, (f64, f64)> {
+    let mut table = BTreeMap::new();
+    for (&det, &seconds) in &cmaes.seconds {
+        let ran = |key: &(String, DetKind)| key.1 == det && cmaes.scores.contains_key(key);
+        let subset = |scores: &TestAccuracy| -> TestAccuracy {
+            (scores.iter().filter(|(key, _)| ran(key)))
+                .map(|(key, accuracy)| (key.clone(), *accuracy))
+                .collect()
+        };
+        let relative = |scores: &TestAccuracy| mean(all_values(&originals.table(&subset(scores))));
+        let adam_seconds = adam.seconds.get(&det).copied().unwrap_or(0.0);
+        table.insert(
             format!("adam ({det})"),
-            (
-                mean(grad_rel.values().flat_map(|m| m.values().copied())),
-                gradient_seconds[&det],
-            ),
+            (relative(&adam.scores), adam_seconds),
         );
-        report.optimizers.insert(
-            format!("cmaes ({det})"),
-            (
-                mean(cma.values().flat_map(|m| m.values().copied())),
-                seconds,
-            ),
-        );
+        table.insert(format!("cmaes ({det})"), (relative(&cmaes.scores), seconds));
     }
+    table
+}
+
+/// The mean of each relative table that has values, and the frozen model's mean relative to
+/// every original DET.
+fn averages(report: &Report) -> BTreeMap<String, f64> {
+    let mut averages = BTreeMap::new();
     for (name, table) in [
         ("optimization", &report.optimization),
         ("transfer", &report.transfer),
         ("random_control", &report.random_control),
     ] {
-        let values: Vec<f64> = table.values().flat_map(|m| m.values().copied()).collect();
-        if !values.is_empty() {
-            report.averages.insert(name.into(), mean(values));
+        if !table.is_empty() {
+            averages.insert(name.to_string(), mean(all_values(table)));
         }
     }
-    let zero_relative: Vec<f64> = report
-        .zero_shot
-        .iter()
-        .flat_map(|(task, z)| {
-            report
+    let zero_relative: Vec<f64> = (report.zero_shot.iter())
+        .flat_map(|(task, zero)| {
+            let originals = report
                 .original
                 .get(task)
                 .into_iter()
-                .flat_map(move |m| m.values().map(move |o| 100.0 * z / o))
+                .flat_map(|m| m.values());
+            originals.map(move |original| 100.0 * zero / original)
         })
         .collect();
     if !zero_relative.is_empty() {
-        report
-            .averages
-            .insert("zero_shot_control".into(), mean(zero_relative));
+        averages.insert("zero_shot_control".into(), mean(zero_relative));
     }
-    Ok(report)
+    averages
 }
 
 fn cell(value: Option<&f64>) -> String {
@@ -217,112 +270,37 @@ fn cell(value: Option<&f64>) -> String {
 /// The tables as markdown.
 pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
-    let dets = ["adapter", "lora", "prefix"];
-    let _ = writeln!(
-        out,
-        "### Test accuracy (%) of the original-space DETs and the frozen model\n"
-    );
-    let _ = writeln!(
-        out,
-        "| task | Adapter | LoRA | Prefix | frozen, z = 0 |\n|---|---|---|---|---|"
-    );
-    for task in &report.tasks {
-        let row = report.original.get(task);
-        let cells: Vec<String> = dets
-            .iter()
-            .map(|d| cell(row.and_then(|r| r.get(*d))))
-            .collect();
-        let _ = writeln!(
-            out,
-            "| {task} | {} | {} |",
-            cells.join(" | "),
-            cell(report.zero_shot.get(task))
-        );
-    }
-    let table = |out: &mut String,
-                 title: &str,
-                 data: &BTreeMap<String, BTreeMap<String, f64>>,
-                 columns: &[&str],
-                 headers: &[&str]| {
-        let _ = writeln!(out, "\n### {title}\n");
-        let _ = writeln!(
-            out,
-            "| task | {} | Avg. |\n|---|{}---|",
-            headers.join(" | "),
-            "---|".repeat(headers.len())
-        );
-        let mut column_values: Vec<Vec<f64>> = vec![Vec::new(); columns.len()];
-        for task in &report.tasks {
-            let row = data.get(task);
-            let values: Vec<Option<&f64>> = columns
-                .iter()
-                .map(|c| row.and_then(|r| r.get(*c)))
-                .collect();
-            for (i, v) in values.iter().enumerate() {
-                column_values[i].extend(v.copied());
-            }
-            let present: Vec<f64> = values.iter().flatten().map(|v| **v).collect();
-            let avg = (!present.is_empty()).then(|| mean(present));
-            let cells: Vec<String> = values.iter().map(|v| cell(*v)).collect();
-            let _ = writeln!(
-                out,
-                "| {task} | {} | {} |",
-                cells.join(" | "),
-                cell(avg.as_ref())
-            );
-        }
-        let averages: Vec<String> = column_values
-            .iter()
-            .map(|v| {
-                if v.is_empty() {
-                    "–".into()
-                } else {
-                    format!("**{:.1}**", mean(v.iter().copied()))
-                }
-            })
-            .collect();
-        let all: Vec<f64> = column_values.iter().flatten().copied().collect();
-        let overall = match all.is_empty() {
-            true => "–".to_string(),
-            false => format!("**{:.1}**", mean(all)),
-        };
-        let _ = writeln!(out, "| **Avg.** | {} | {overall} |", averages.join(" | "));
-    };
-    table(
-        &mut out,
-        &format!(
-            "Relative performance (%) of subspace optimization ({})",
-            report.space
-        ),
-        &report.optimization,
-        &dets,
-        &["Adapter", "LoRA", "Prefix"],
-    );
+    originals_table(&mut out, report);
+    let space = &report.space;
     let pairs = ["A→L", "A→P", "L→A", "L→P", "P→A", "P→L"];
-    table(
-        &mut out,
-        &format!(
-            "Relative performance (%) of zero-shot subspace solution transfer ({})",
-            report.space
+    let sections = [
+        (
+            format!("Relative performance (%) of subspace optimization ({space})"),
+            &report.optimization,
+            &DETS[..],
+            &DET_HEADERS[..],
         ),
-        &report.transfer,
-        &pairs,
-        &pairs,
-    );
-    table(
-        &mut out,
-        &format!(
-            "Control: z optimized in a random subspace of the same d (random-{})",
-            report.space
+        (
+            format!("Relative performance (%) of zero-shot subspace solution transfer ({space})"),
+            &report.transfer,
+            &pairs[..],
+            &pairs[..],
         ),
-        &report.random_control,
-        &dets,
-        &["Adapter", "LoRA", "Prefix"],
-    );
+        (
+            format!("Control: z optimized in a random subspace of the same d (random-{space})"),
+            &report.random_control,
+            &DETS[..],
+            &DET_HEADERS[..],
+        ),
+    ];
+    for (title, table, columns, headers) in sections {
+        relative_table(&mut out, &report.tasks, &title, table, columns, headers);
+    }
     if !report.ablation.is_empty() {
         let _ = writeln!(
             out,
-            "\n### Ablation over d: mean relative performance (%) of subspace optimization through Adapter\n\n| d | relative % |\n|---|---|"
+            "\n### Ablation over d: mean relative performance (%) of subspace optimization through \
+             Adapter\n\n| d | relative % |\n|---|---|"
         );
         for (d, value) in &report.ablation {
             let _ = writeln!(out, "| {d} | {value:.1} |");
@@ -331,8 +309,8 @@ pub fn markdown(report: &Report) -> String {
     if !report.optimizers.is_empty() {
         let _ = writeln!(
             out,
-            "\n### Gradient (Adam) vs CMA-ES ({})\n\n| optimizer (DET) | relative % | seconds per run |\n|---|---|---|",
-            report.space
+            "\n### Gradient (Adam) vs CMA-ES ({space})\n\n| optimizer (DET) | relative % | seconds \
+             per run |\n|---|---|---|"
         );
         for (name, (relative, seconds)) in &report.optimizers {
             let _ = writeln!(out, "| {name} | {relative:.1} | {seconds:.0} |");
@@ -343,6 +321,72 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(out, "| {name} | {value:.1} |");
     }
     out
+}
+
+/// The DETs as the tables order them, and their column titles.
+const DETS: [&str; 3] = ["adapter", "lora", "prefix"];
+const DET_HEADERS: [&str; 3] = ["Adapter", "LoRA", "Prefix"];
+
+/// The denominators: each original DET's test accuracy, and the frozen model's, per task.
+fn originals_table(out: &mut String, report: &Report) {
+    let _ = writeln!(
+        out,
+        "### Test accuracy (%) of the original-space DETs and the frozen model\n\n\
+         | task | Adapter | LoRA | Prefix | frozen, z = 0 |\n|---|---|---|---|---|"
+    );
+    for task in &report.tasks {
+        let row = report.original.get(task);
+        let cells: Vec<String> = (DETS.iter())
+            .map(|det| cell(row.and_then(|r| r.get(*det))))
+            .collect();
+        let zero_shot = cell(report.zero_shot.get(task));
+        let _ = writeln!(out, "| {task} | {} | {zero_shot} |", cells.join(" | "));
+    }
+}
+
+/// One relative table: a row per task with its mean, and a last row of column means (bold),
+/// "–" where there is nothing to average.
+fn relative_table(
+    out: &mut String,
+    tasks: &[String],
+    title: &str,
+    table: &Table,
+    columns: &[&str],
+    headers: &[&str],
+) {
+    let _ = writeln!(out, "\n### {title}\n");
+    let _ = writeln!(
+        out,
+        "| task | {} | Avg. |\n|---|{}---|",
+        headers.join(" | "),
+        "---|".repeat(headers.len())
+    );
+    let mut by_column: Vec<Vec<f64>> = vec![Vec::new(); columns.len()];
+    for task in tasks {
+        let row = table.get(task);
+        let values: Vec<Option<&f64>> = (columns.iter())
+            .map(|column| row.and_then(|r| r.get(*column)))
+            .collect();
+        for (column, value) in by_column.iter_mut().zip(&values) {
+            column.extend(value.copied());
+        }
+        let present: Vec<f64> = values.iter().flatten().map(|v| **v).collect();
+        let average = (!present.is_empty()).then(|| mean(present));
+        let cells: Vec<String> = values.iter().map(|v| cell(*v)).collect();
+        let _ = writeln!(
+            out,
+            "| {task} | {} | {} |",
+            cells.join(" | "),
+            cell(average.as_ref())
+        );
+    }
+    let bold_mean = |values: &[f64]| match values.is_empty() {
+        true => "–".to_string(),
+        false => format!("**{:.1}**", mean(values.iter().copied())),
+    };
+    let averages: Vec<String> = by_column.iter().map(|v| bold_mean(v)).collect();
+    let overall = bold_mean(&by_column.concat());
+    let _ = writeln!(out, "| **Avg.** | {} | {overall} |", averages.join(" | "));
 }
 
 #[cfg(test)]
