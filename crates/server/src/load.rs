@@ -2,7 +2,7 @@
 //! embeddings from the cache when the same model made them); import seed tasks once; warm up with
 //! one batch through every DET; start the batcher. Also [`admit`], the one gate for new tasks.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use super::metrics::Metrics;
 use ndarray::Array2;
 
 use super::loaded::{Core, Serving};
-use super::store::{self, Precondition, StoreError, TaskStore, error_chain, labels_key};
+use super::store::{self, Precondition, Record, StoreError, TaskStore, error_chain, labels_key};
 use super::{Options, ServerError};
 use deltaspace_core::classifier::{self, Code, LabelSet, embed_labels};
 use deltaspace_core::model::{
@@ -189,125 +189,180 @@ fn load_tasks(
     subspace: &Subspace,
     limits: &TaskLimits,
 ) -> Result<(), ServerError> {
-    let manifest = encoder.manifest();
-    let model_key = model_key(manifest);
-    let subspace_id = subspace.id();
-    let mut cached = store.with_db(|db| db.label_embeddings(&model_key))?;
-    // Label sets to cache in the database once the scan is over: (key, set).
-    let mut to_cache: Vec<(String, Arc<LabelSet>)> = Vec::new();
-    // Label sets of stored tasks that are not served (another subspace, invalid): their cache
-    // rows stay.
-    let mut kept: HashSet<String> = HashSet::new();
-    // Label sets the encoder embedded now, or restored from version-1 rows; tasks not served.
-    let (mut embedded, mut migrated, mut invalid) = (0, 0, 0);
-    // Stored tasks of other subspaces (an older default, say), by subspace id: kept, not served.
-    let mut other_subspaces: std::collections::BTreeMap<String, usize> = Default::default();
-    store.with_db(|db| {
-        db.each(&mut |record| -> Result<(), StoreError> {
-            let parsed = serde_json::from_str::<Task>(&record.task_json);
-            let key: Option<String> = parsed.as_ref().ok().map(|task| labels_key(&task.labels));
-            if record.subspace_id != subspace_id {
-                *other_subspaces.entry(record.subspace_id.clone()).or_default() += 1;
-                kept.extend(key);
+    let mut scan = Scan::start(store, encoder, subspace, limits)?;
+    store.with_db(|db| db.each(&mut |record| scan.visit(&record)))?;
+    scan.finish()
+}
+
+/// [`load_tasks`] under way: what the scan of the stored rows has found and made so far.
+struct Scan<'a> {
+    store: &'a TaskStore,
+    encoder: &'a Encoder,
+    subspace: &'a Subspace,
+    limits: &'a TaskLimits,
+    /// The loaded subspace's id: a row of another is kept, not served.
+    subspace_id: String,
+    /// Names the model whose label embeddings the cache holds ([`model_key`]).
+    model_key: String,
+    /// The database's cached label embeddings by label-set key; the scan takes what it uses.
+    cached: HashMap<String, Vec<f32>>,
+    /// Label sets made or restored in the scan, to cache in the database once it is over.
+    to_cache: Vec<(String, Arc<LabelSet>)>,
+    /// Label sets of stored tasks that are not served (another subspace, invalid): their cache
+    /// rows stay.
+    kept: HashSet<String>,
+    /// Stored tasks of other subspaces (an older default, say), by subspace id: kept, not served.
+    other_subspaces: BTreeMap<String, usize>,
+    /// Label sets the encoder embedded, and those restored from version-1 rows.
+    embedded: usize,
+    migrated: usize,
+    /// Stored tasks of this subspace that are not valid, so not served.
+    invalid: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn start(
+        store: &'a TaskStore,
+        encoder: &'a Encoder,
+        subspace: &'a Subspace,
+        limits: &'a TaskLimits,
+    ) -> Result<Self, ServerError> {
+        let model_key = model_key(encoder.manifest());
+        let cached = store.with_db(|db| db.label_embeddings(&model_key))?;
+        Ok(Self {
+            store,
+            encoder,
+            subspace,
+            limits,
+            subspace_id: subspace.id(),
+            model_key,
+            cached,
+            to_cache: Vec::new(),
+            kept: HashSet::new(),
+            other_subspaces: BTreeMap::new(),
+            embedded: 0,
+            migrated: 0,
+            invalid: 0,
+        })
+    }
+
+    /// Serves `record` if it is a valid task of this subspace; counts it and keeps its label
+    /// set's cache row otherwise.
+    fn visit(&mut self, record: &Record) -> Result<(), StoreError> {
+        let parsed = serde_json::from_str::<Task>(&record.task_json);
+        let key: Option<String> = parsed.as_ref().ok().map(|task| labels_key(&task.labels));
+        if record.subspace_id != self.subspace_id {
+            *self
+                .other_subspaces
+                .entry(record.subspace_id.clone())
+                .or_default() += 1;
+            self.kept.extend(key);
+            return Ok(());
+        }
+        let manifest = self.encoder.manifest();
+        let task = parsed
+            .map_err(|e| Unservable::Unreadable(e.into()))
+            .and_then(|task| Ok(admit(task, manifest, self.subspace, self.limits)?));
+        let task = match task {
+            Ok(task) => task,
+            Err(error) => {
+                let error = error_chain(&error);
+                tracing::warn!(task = %record.name, %error, "stored task is invalid; not served");
+                self.invalid += 1;
+                self.kept.extend(key);
                 return Ok(());
             }
-            let task = parsed
-                .map_err(|e| Unservable::Unreadable(e.into()))
-                .and_then(|task| Ok(admit(task, manifest, subspace, limits)?));
-            let task = match task {
-                Ok(task) => task,
-                Err(error) => {
-                    let error = error_chain(&error);
-                    tracing::warn!(task = %record.name, %error, "stored task is invalid; not served");
-                    invalid += 1;
-                    kept.extend(key);
-                    return Ok(());
-                }
-            };
-            let key = key.unwrap_or_else(|| labels_key(&task.labels));
-            let labels = match store.label_sets().get(&key) {
-                Some(set) => set,
-                None => {
-                    // The table's copy, else a version-1 row's, else the encoder; a copy of the
-                    // wrong shape (a damaged row) counts as missing and is written anew.
-                    let shape = (task.labels.len(), manifest.hidden());
-                    let restore = |values: Vec<f32>| Array2::from_shape_vec(shape, values).ok();
-                    let from_table = cached.remove(&key).and_then(restore);
-                    let fresh = from_table.is_none();
-                    let embeddings = match from_table {
-                        Some(embeddings) => embeddings,
-                        None => match record
-                            .embeddings
-                            .clone()
-                            .filter(|(model, _)| *model == model_key)
-                            .and_then(|(_, values)| restore(values))
-                        {
-                            Some(embeddings) => {
-                                migrated += 1;
-                                embeddings
-                            }
-                            None => {
-                                embedded += 1;
-                                embed_labels(&task.labels, encoder)
-                                    .map_err(|e| StoreError::Visit(Box::new(e)))?
-                            }
-                        },
-                    };
-                    let set = LabelSet {
-                        labels: task.labels.clone(),
-                        embeddings,
-                    };
-                    let set = store.label_sets().intern(&key, Arc::new(set));
-                    if fresh {
-                        to_cache.push((key, set.clone()));
-                    }
-                    set
-                }
-            };
-            store.insert_loaded(&record, task, labels);
-            Ok(())
-        })
-    })?;
-    // One transaction for every set made or restored in the scan; then the version-1 copies in
-    // the served rows are dropped, since the table holds them now.
-    store.with_db(|db| {
-        let sets: Vec<(&str, &Array2<f32>)> = to_cache
-            .iter()
-            .map(|(key, set)| (key.as_str(), &set.embeddings))
-            .collect();
-        db.save_label_embeddings(&model_key, &sets)?;
-        db.drop_row_embeddings(&model_key, &subspace_id)
-    })?;
-    // What is left of the cache and not kept belongs to label sets no stored task has any more
-    // (deleted or replaced since the last start): forget them, so the table does not grow with
-    // churn.
-    let unused: Vec<String> = cached
-        .keys()
-        .filter(|key| !kept.contains(*key))
-        .cloned()
-        .collect();
-    let forgotten = store.with_db(|db| db.forget_label_embeddings(&model_key, &unused))?;
-    tracing::info!(
-        served = store.len(),
-        label_sets = store.label_sets().len(),
-        other_subspace = other_subspaces.values().sum::<usize>(),
-        invalid,
-        embedded,
-        migrated,
-        forgotten,
-        "tasks loaded"
-    );
-    for (other, count) in &other_subspaces {
-        tracing::warn!(
-            tasks = count,
-            subspace = %other,
-            loaded = %subspace_id,
-            "stored tasks made for another subspace are kept but not served: serve them with that \
-             subspace ([model] subspace), or tune them again for the loaded one (deltaspace tune) and \
-             upload them (docs/API.md, \"Changing the subspace\")"
-        );
+        };
+        let key = key.unwrap_or_else(|| labels_key(&task.labels));
+        let labels = match self.store.label_sets().get(&key) {
+            Some(set) => set,
+            None => self.label_set(key, &task, record)?,
+        };
+        self.store.insert_loaded(record, task, labels);
+        Ok(())
     }
-    Ok(())
+
+    /// The label set `key` of `task`, made once: its embeddings from the cache table, else a
+    /// version-1 row's, else the encoder. A copy of the wrong shape (a damaged row) counts as
+    /// missing and is written anew.
+    fn label_set(
+        &mut self,
+        key: String,
+        task: &Task,
+        record: &Record,
+    ) -> Result<Arc<LabelSet>, StoreError> {
+        let shape = (task.labels.len(), self.encoder.manifest().hidden());
+        let restore = |values: Vec<f32>| Array2::from_shape_vec(shape, values).ok();
+        let from_table = self.cached.remove(&key).and_then(restore);
+        let fresh = from_table.is_none();
+        let from_row = || {
+            (record.embeddings.clone())
+                .filter(|(model, _)| *model == self.model_key)
+                .and_then(|(_, values)| restore(values))
+        };
+        let embeddings = match (from_table, fresh.then(from_row).flatten()) {
+            (Some(embeddings), _) => embeddings,
+            (None, Some(embeddings)) => {
+                self.migrated += 1;
+                embeddings
+            }
+            (None, None) => {
+                self.embedded += 1;
+                embed_labels(&task.labels, self.encoder)
+                    .map_err(|e| StoreError::Visit(Box::new(e)))?
+            }
+        };
+        let set = LabelSet {
+            labels: task.labels.clone(),
+            embeddings,
+        };
+        let set = self.store.label_sets().intern(&key, Arc::new(set));
+        if fresh {
+            self.to_cache.push((key, set.clone()));
+        }
+        Ok(set)
+    }
+
+    /// Caches the label sets the scan made or restored (one transaction), drops the version-1
+    /// copies in the served rows, forgets cached sets no stored task has any more (deleted or
+    /// replaced since the last start, so the table does not grow with churn), and says what
+    /// was loaded.
+    fn finish(self) -> Result<(), ServerError> {
+        let (store, model_key, subspace_id) = (self.store, &self.model_key, &self.subspace_id);
+        store.with_db(|db| {
+            let sets: Vec<(&str, &Array2<f32>)> = (self.to_cache.iter())
+                .map(|(key, set)| (key.as_str(), &set.embeddings))
+                .collect();
+            db.save_label_embeddings(model_key, &sets)?;
+            db.drop_row_embeddings(model_key, subspace_id)
+        })?;
+        let unused: Vec<String> = (self.cached.keys())
+            .filter(|key| !self.kept.contains(*key))
+            .cloned()
+            .collect();
+        let forgotten = store.with_db(|db| db.forget_label_embeddings(model_key, &unused))?;
+        tracing::info!(
+            served = store.len(),
+            label_sets = store.label_sets().len(),
+            other_subspace = self.other_subspaces.values().sum::<usize>(),
+            invalid = self.invalid,
+            embedded = self.embedded,
+            migrated = self.migrated,
+            forgotten,
+            "tasks loaded"
+        );
+        for (other, count) in &self.other_subspaces {
+            tracing::warn!(
+                tasks = count,
+                subspace = %other,
+                loaded = %subspace_id,
+                "stored tasks made for another subspace are kept but not served: serve them with \
+                 that subspace ([model] subspace), or tune them again for the loaded one (deltaspace \
+                 tune) and upload them (docs/API.md, \"Changing the subspace\")"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Imports each `*.json` task of `dir` that is not stored and was never imported before (so a
