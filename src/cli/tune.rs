@@ -9,13 +9,16 @@ use super::train::{TraceArgs, TrainingArgs};
 use super::{load_subspace, positive};
 use crate::config::Config;
 use crate::det::DetKind;
+use crate::model::Encoder;
 use crate::subspace::Subspace;
 use crate::task::{Task, TaskLimits};
 use crate::train::lines::{self, TuneLine};
+use crate::tuning::batch::TrainTask;
 use crate::tuning::head::HeadTuning;
 use crate::tuning::optim::OptimizerKind;
 use crate::tuning::tune::{
-    CMAES, CmaOptions, Start, TUNING, Target, Tuned, default_starts, tune_cmaes, tune_gradient,
+    CMAES, CmaOptions, Start, TUNING, Target, Trace, Tuned, default_starts, tune_cmaes,
+    tune_gradient,
 };
 
 /// Arguments of `tune`.
@@ -85,64 +88,15 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
     let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
     let tasks = args.training.tasks(&encoder, &args.data)?;
     let mut trace = args.trace.open(&args.training, TUNING, &args.optimizer)?;
-    // What was tuned, and the starts it was tuned from (CMA-ES: its own mean, named normal).
+    let tuning = Tuning {
+        args: &args,
+        encoder: &encoder,
+        subspace: &subspace,
+        tasks: &tasks,
+    };
     let (tuned, loaded) = match args.optimizer.as_str() {
-        "cmaes" => {
-            if args.head != HeadTuning::None {
-                bail!(
-                    "cmaes tunes z alone: give --head none (--head {} needs adam or adafactor)",
-                    args.head
-                );
-            }
-            let Some(det) = args.det else {
-                bail!("--optimizer cmaes tunes through one DET: give --det");
-            };
-            if args.training.checkpoint.is_some() || args.training.patience.is_some() {
-                bail!(
-                    "--optimizer cmaes neither checkpoints nor stops early: drop --checkpoint and --patience"
-                );
-            }
-            if !args.init.is_empty() {
-                bail!("--optimizer cmaes starts from its own mean: drop --init");
-            }
-            let schedule = args.training.schedule(CMAES);
-            let options = CmaOptions {
-                generations: schedule.steps,
-                population: args.population,
-                batch: args.training.batch,
-                sigma: args.sigma,
-                eval_every: schedule.eval_every,
-                eval_limit: args.training.eval_limit,
-                final_limit: args.training.final_limit,
-                seed: args.training.seed,
-            };
-            let tuned = tune_cmaes(&encoder, &subspace, &tasks, det, &options, trace.as_mut())?;
-            (tuned, vec![InitArg::Named(Start::Normal)])
-        }
-        other => {
-            let kind: OptimizerKind = other.parse().map_err(anyhow::Error::msg)?;
-            if args.freeze_z && args.head == HeadTuning::None {
-                bail!("--freeze-z trains only the head: give --head bias or --head prototypes");
-            }
-            let dets = args.det.map_or(DetKind::ALL.to_vec(), |det| vec![det]);
-            let loaded = load_starts(&args.init, &subspace, !args.freeze_z)?;
-            let target = Target {
-                dets: &dets,
-                head: args.head,
-                train_z: !args.freeze_z,
-                starts: &starts(&loaded),
-            };
-            let tuned = tune_gradient(
-                &encoder,
-                &subspace,
-                &tasks,
-                target,
-                &args.training.fit_options(kind, TUNING),
-                trace.as_mut(),
-                None,
-            )?;
-            (tuned, loaded)
-        }
+        "cmaes" => tuning.by_cmaes(trace.as_mut())?,
+        other => tuning.by_gradient(other, trace.as_mut())?,
     };
     let starts = starts(&loaded);
     for result in tuned {
@@ -153,6 +107,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
             args.out.join(format!("{}.json", data.name))
         };
         write_task(&path, data.name.clone(), &result, &data.labels, &subspace)?;
+        let start_name = |start| start_name(&args.init, &starts, start, &result);
         lines::print(&TuneLine {
             task: data.name.clone(),
             det: result.det,
@@ -160,20 +115,102 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
             optimizer: args.optimizer.clone(),
             dev: result.dev,
             test: result.test,
-            start: Some(start_name(&args.init, &starts, result.start, &result)),
+            start: Some(start_name(result.start)),
             upstream_similarity: result.upstream.as_ref().map(|chosen| chosen.similarity),
-            dev_by_det: result
-                .candidates
-                .iter()
+            dev_by_det: (result.candidates.iter())
                 .filter(|c| c.start == result.start)
                 .map(|c| (c.det.to_string(), c.dev.accuracy))
                 .collect(),
-            dev_by_start: result.dev_by_start(|i| start_name(&args.init, &starts, i, &result)),
+            dev_by_start: result.dev_by_start(start_name),
             seconds: result.seconds,
             file: path,
         })?;
     }
     Ok(())
+}
+
+/// What `tune` tunes: its arguments, the model, the subspace and the tasks' data.
+struct Tuning<'a> {
+    args: &'a TuneArgs,
+    encoder: &'a Encoder,
+    subspace: &'a Subspace,
+    tasks: &'a [TrainTask],
+}
+
+/// What was tuned, and the starts it was tuned from.
+type Outcome = (Vec<Tuned>, Vec<InitArg>);
+
+impl Tuning<'_> {
+    /// CMA-ES: z alone, through one DET, from its own mean (named normal).
+    fn by_cmaes(&self, trace: Option<&mut Trace>) -> anyhow::Result<Outcome> {
+        let args = self.args;
+        if args.head != HeadTuning::None {
+            bail!(
+                "cmaes tunes z alone: give --head none (--head {} needs adam or adafactor)",
+                args.head
+            );
+        }
+        let Some(det) = args.det else {
+            bail!("--optimizer cmaes tunes through one DET: give --det");
+        };
+        if args.training.checkpoint.is_some() || args.training.patience.is_some() {
+            bail!(
+                "--optimizer cmaes neither checkpoints nor stops early: drop --checkpoint and --patience"
+            );
+        }
+        if !args.init.is_empty() {
+            bail!("--optimizer cmaes starts from its own mean: drop --init");
+        }
+        let schedule = args.training.schedule(CMAES);
+        let options = CmaOptions {
+            generations: schedule.steps,
+            population: args.population,
+            batch: args.training.batch,
+            sigma: args.sigma,
+            eval_every: schedule.eval_every,
+            eval_limit: args.training.eval_limit,
+            final_limit: args.training.final_limit,
+            seed: args.training.seed,
+        };
+        let tuned = tune_cmaes(
+            self.encoder,
+            self.subspace,
+            self.tasks,
+            det,
+            &options,
+            trace,
+        )?;
+        Ok((tuned, vec![InitArg::Named(Start::Normal)]))
+    }
+
+    /// A gradient optimizer (`optimizer`: adam or adafactor): z and the head, through every DET
+    /// asked for, from every start.
+    fn by_gradient(&self, optimizer: &str, trace: Option<&mut Trace>) -> anyhow::Result<Outcome> {
+        let args = self.args;
+        let kind: OptimizerKind = optimizer.parse().map_err(anyhow::Error::msg)?;
+        if args.freeze_z && args.head == HeadTuning::None {
+            bail!("--freeze-z trains only the head: give --head bias or --head prototypes");
+        }
+        let dets = args.det.map_or(DetKind::ALL.to_vec(), |det| vec![det]);
+        let loaded = load_starts(&args.init, self.subspace, !args.freeze_z)?;
+        let target = Target {
+            dets: &dets,
+            head: args.head,
+            train_z: !args.freeze_z,
+            starts: &starts(&loaded),
+        };
+        let options = args.training.fit_options(kind, TUNING);
+        let tuned = tune_gradient(
+            self.encoder,
+            self.subspace,
+            self.tasks,
+            target,
+            &options,
+            trace,
+            None,
+        )?;
+        Ok((tuned, loaded))
+    }
 }
 
 /// A start `--init` named: a word [`Start::named`] knows, or a code it gives (an upstream task's,
