@@ -45,91 +45,100 @@ pub fn tune_cmaes(
     mut trace: Option<&mut Trace>,
 ) -> anyhow::Result<Vec<Tuned>> {
     let started = Instant::now();
-    let d = subspace.d();
-    let space = Space::Subspace {
+    let search = Search {
+        encoder,
         subspace,
-        head: HeadTuning::None,
-        train_z: true,
+        tasks,
+        det,
+        options,
+        space: Space::Subspace {
+            subspace,
+            head: HeadTuning::None,
+            train_z: true,
+        },
     };
-    let mut best = Vec::new();
-    for (task_index, task) in tasks.iter().enumerate() {
-        let unit = [Unit::new(task_index, det)];
-        let mut search = CmaEs::new(
-            &initial_z(d, options.seed.wrapping_add(task_index as u64)),
-            options.sigma,
-            options.population,
-            options.seed,
-        );
-        let mut best_z = search.mean();
-        let mut best_accuracy = -1.0;
-        let progress = Progress::new(
-            &format!("cmaes {} {det}", task.data.name),
-            options.generations as u64,
-        );
+    let best = (0..tasks.len())
+        .map(|task| search.task(task, trace.as_deref_mut()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let units: Vec<Unit> = (0..tasks.len()).map(|task| Unit::new(task, det)).collect();
+    // The search's wall time, as without a trace: its scoring is left out.
+    let scoring = trace.map_or(Duration::ZERO, |t| t.scoring);
+    let seconds = started.elapsed().saturating_sub(scoring);
+    finish(
+        encoder,
+        search.space,
+        tasks,
+        &units,
+        best,
+        seconds.as_secs_f64(),
+        options.final_limit,
+    )
+}
+
+/// What every task's search shares.
+struct Search<'a> {
+    encoder: &'a Encoder,
+    subspace: &'a Subspace,
+    tasks: &'a [TrainTask],
+    det: DetKind,
+    options: &'a CmaOptions,
+    space: Space<'a>,
+}
+
+impl Search<'_> {
+    /// One task's search: the mean of the generation best on dev (every `eval_every`
+    /// generations and at the end).
+    fn task(&self, task: usize, mut trace: Option<&mut Trace>) -> anyhow::Result<Vec<f32>> {
+        let (options, det) = (self.options, self.det);
+        let unit = [Unit::new(task, det)];
+        let start = initial_z(self.subspace.d(), options.seed.wrapping_add(task as u64));
+        let mut search = CmaEs::new(&start, options.sigma, options.population, options.seed);
+        let (mut best_z, mut best_accuracy) = (search.mean(), -1.0);
+        let name = &self.tasks[task].data.name;
+        let progress = Progress::new(&format!("cmaes {name} {det}"), options.generations as u64);
         let lambda = search.lambda();
         // Seconds of this task's search, evaluations excluded.
         let mut optimizing = Duration::ZERO;
         if let Some(trace) = trace.as_deref_mut() {
             let mean = [search.mean()];
-            trace.record(encoder, tasks, &unit, &space, &mean, Position::START)?;
+            trace.record(
+                self.encoder,
+                self.tasks,
+                &unit,
+                &self.space,
+                &mean,
+                Position::START,
+            )?;
         }
         for generation in 0..options.generations {
             let generation_started = Instant::now();
             let candidates = search.ask();
-            let train = &task.data.train;
-            let picks = minibatch(
-                train.len(),
-                options.seed,
-                task_index,
-                generation,
-                options.batch,
-            );
-            let rows: Vec<Row> = candidates
-                .iter()
-                .flat_map(|z| {
-                    picks.iter().map(move |&i| Row {
-                        task: task_index,
-                        example: &train[i],
-                        det,
-                        z,
-                        weight: 1.0,
-                        classes: &task.descriptions,
-                    })
-                })
-                .collect();
-            let encoded = EncodedRows::new(encoder, &rows, d)?;
-            let embeddings = encoder.embed(encoded.batch(), subspace.params())?;
-            let per_row = row_losses(embeddings.view(), &rows, encoder.manifest().logit_scale);
-            let losses: Vec<f32> = per_row
-                .chunks(picks.len())
-                .map(|c| c.iter().sum::<f32>() / c.len().max(1) as f32)
-                .collect();
+            let train_len = self.tasks[task].data.train.len();
+            let picks = minibatch(train_len, options.seed, task, generation, options.batch);
+            let losses = self.losses(task, &candidates, &picks)?;
             search.tell(&losses);
             optimizing += generation_started.elapsed();
             let done = generation + 1;
             let mean_loss = losses.iter().sum::<f32>() / losses.len() as f32;
+            let mut dev_accuracy = None;
             if done.is_multiple_of(options.eval_every.max(1)) || done == options.generations {
                 let mean = search.mean();
                 let dev = evaluate_values(
-                    encoder,
-                    tasks,
+                    self.encoder,
+                    self.tasks,
                     &unit,
-                    &space,
+                    &self.space,
                     std::slice::from_ref(&mean),
                     Split::Dev,
                     options.eval_limit,
                 )?;
                 if dev[0].accuracy > best_accuracy {
-                    best_accuracy = dev[0].accuracy;
-                    best_z = mean;
+                    (best_accuracy, best_z) = (dev[0].accuracy, mean);
                 }
-                progress.report(done as u64, mean_loss, Some(dev[0].accuracy));
-            } else {
-                progress.report(done as u64, mean_loss, None);
+                dev_accuracy = Some(dev[0].accuracy);
             }
-            if let Some(trace) = trace
-                .as_deref_mut()
-                .filter(|t| t.due(done, options.generations))
+            progress.report(done as u64, mean_loss, dev_accuracy);
+            if let Some(trace) = (trace.as_deref_mut()).filter(|t| t.due(done, options.generations))
             {
                 // The mean is CMA-ES's current solution, as z is Adam's.
                 let mean = [search.mean()];
@@ -139,23 +148,42 @@ pub fn tune_cmaes(
                     evaluations: done * lambda,
                     examples: done * lambda * picks.len(),
                 };
-                trace.record(encoder, tasks, &unit, &space, &mean, at)?;
+                trace.record(self.encoder, self.tasks, &unit, &self.space, &mean, at)?;
             }
         }
         progress.finish();
-        best.push(best_z);
+        Ok(best_z)
     }
-    let units: Vec<Unit> = (0..tasks.len()).map(|task| Unit::new(task, det)).collect();
-    // The search's wall time, as without a trace: its scoring is left out.
-    let scoring = trace.map_or(Duration::ZERO, |t| t.scoring);
-    let seconds = started.elapsed().saturating_sub(scoring);
-    finish(
-        encoder,
-        space,
-        tasks,
-        &units,
-        best,
-        seconds.as_secs_f64(),
-        options.final_limit,
-    )
+
+    /// Each candidate's mean loss on the training examples `picks` of `task`, all candidates in
+    /// one encoder run (rows = candidates × picks).
+    fn losses(
+        &self,
+        task: usize,
+        candidates: &[Vec<f32>],
+        picks: &[usize],
+    ) -> anyhow::Result<Vec<f32>> {
+        let data = &self.tasks[task];
+        let rows: Vec<Row> = (candidates.iter())
+            .flat_map(|z| {
+                picks.iter().map(move |&i| Row {
+                    task,
+                    example: &data.data.train[i],
+                    det: self.det,
+                    z,
+                    weight: 1.0,
+                    classes: &data.descriptions,
+                })
+            })
+            .collect();
+        let encoded = EncodedRows::new(self.encoder, &rows, self.subspace.d())?;
+        let embeddings = self
+            .encoder
+            .embed(encoded.batch(), self.subspace.params())?;
+        let logit_scale = self.encoder.manifest().logit_scale;
+        let per_row = row_losses(embeddings.view(), &rows, logit_scale);
+        Ok((per_row.chunks(picks.len()))
+            .map(|c| c.iter().sum::<f32>() / c.len().max(1) as f32)
+            .collect())
+    }
 }
