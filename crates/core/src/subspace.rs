@@ -25,7 +25,7 @@ use rand_distr::{Distribution, Normal};
 use sha2::{Digest, Sha256};
 
 use crate::det::Theta0;
-use crate::model::{DeltaParams, DetParams, Manifest, ModelError};
+use crate::model::{DeltaParams, DetLayout, DetParams, Manifest, ModelError};
 use crate::tensor_file::{Storage, TensorFile, TensorFileError};
 
 /// The `format` metadata value of a subspace file.
@@ -292,104 +292,55 @@ impl Subspace {
 
     /// Reads a subspace file and checks it against `manifest`.
     pub fn load(path: &Path, manifest: &Manifest) -> Result<Self, SubspaceError> {
-        let shown = path.display().to_string();
-        let invalid = |message: String| SubspaceError::Invalid {
-            path: shown.clone(),
-            message,
+        let mut file = Stored {
+            file: TensorFile::read(path)?,
+            path: path.display().to_string(),
         };
-        let mut file = TensorFile::read(path)?;
-        let meta = |key: &str| {
-            file.metadata
-                .get(key)
-                .cloned()
-                .ok_or_else(|| invalid(format!("metadata {key:?} missing")))
-        };
-        if meta("format")? != FORMAT {
-            return Err(invalid(format!(
-                "not a subspace (format is not {FORMAT:?})"
-            )));
+        if file.meta("format")? != FORMAT {
+            return Err(file.invalid(format!("not a subspace (format is not {FORMAT:?})")));
         }
-        let name = meta("name")?;
-        let layout_sha256 = meta("layout_sha256")?;
-        let base_model_sha256 = meta("base_model_sha256")?;
-        let stored_hash = meta("content_sha256")?;
-        let d: usize = meta("d")?
-            .parse()
-            .map_err(|_| invalid("metadata \"d\" is not a number".into()))?;
-        if layout_sha256 != manifest.layout_sha256 {
-            return Err(SubspaceError::Mismatch {
-                path: shown,
-                what: "DET layout",
-                found: layout_sha256,
-                expected: manifest.layout_sha256.clone(),
-            });
+        for (what, key, expected) in [
+            ("DET layout", "layout_sha256", &manifest.layout_sha256),
+            (
+                "base model",
+                "base_model_sha256",
+                &manifest.base_model_sha256,
+            ),
+        ] {
+            let found = file.meta(key)?;
+            if found != *expected {
+                return Err(SubspaceError::Mismatch {
+                    path: file.path,
+                    what,
+                    found,
+                    expected: expected.clone(),
+                });
+            }
         }
-        if base_model_sha256 != manifest.base_model_sha256 {
-            return Err(SubspaceError::Mismatch {
-                path: shown,
-                what: "base model",
-                found: base_model_sha256,
-                expected: manifest.base_model_sha256.clone(),
-            });
-        }
+        let d: usize = file.number("d")?;
         // Seeded random columns, when the file has them, are drawn again rather than read.
-        let random = match file.metadata.get("random_columns") {
-            None => None,
-            Some(count) => Some(RandomColumns {
-                count: count
-                    .parse()
-                    .map_err(|_| invalid("metadata \"random_columns\" is not a number".into()))?,
-                seed: meta("random_seed")?
-                    .parse()
-                    .map_err(|_| invalid("metadata \"random_seed\" is not a number".into()))?,
+        let random = match file.file.metadata.contains_key("random_columns") {
+            false => None,
+            true => Some(RandomColumns {
+                count: file.number("random_columns")?,
+                seed: file.number("random_seed")?,
             }),
         };
         let stored = d
             .checked_sub(random.map_or(0, |r| r.count))
-            .ok_or_else(|| invalid("more random columns than d".into()))?;
-        let mut learned = Vec::new();
-        for layout in &manifest.dets {
-            let base = file.take(&format!("base.{}", layout.name))?;
-            let u = match stored {
-                0 => Array2::zeros((layout.size, 0)),
-                _ => {
-                    let u = file.take(&format!("U.{}", layout.name))?;
-                    if u.shape != [layout.size, stored] {
-                        return Err(invalid(format!(
-                            "DET {}: U is {:?}, expected [{}, {stored}]",
-                            layout.name, u.shape, layout.size
-                        )));
-                    }
-                    Array2::from_shape_vec((layout.size, stored), u.values)
-                        .map_err(|e| invalid(e.to_string()))?
-                }
-            };
-            if base.shape != [layout.size] {
-                return Err(invalid(format!(
-                    "DET {}: base is {:?}, expected [{}]",
-                    layout.name, base.shape, layout.size
-                )));
-            }
-            if !u.iter().chain(&base.values).all(|v| v.is_finite()) {
-                return Err(invalid(format!(
-                    "DET {} has non-finite values",
-                    layout.name
-                )));
-            }
-            learned.push(DetParams {
-                u,
-                base: Array1::from(base.values),
-            });
-        }
-        let subspace = Self::from_parts(&name, manifest, learned, random)?;
-        if subspace.content_sha256 != stored_hash {
-            return Err(invalid(
+            .ok_or_else(|| file.invalid("more random columns than d".into()))?;
+        let learned = (manifest.dets.iter())
+            .map(|layout| file.det(layout, stored))
+            .collect::<Result<Vec<_>, _>>()?;
+        let subspace = Self::from_parts(&file.meta("name")?, manifest, learned, random)?;
+        if subspace.content_sha256 != file.meta("content_sha256")? {
+            return Err(file.invalid(
                 "content hash mismatch: the file is corrupt, or its seeded columns were drawn \
                  differently (another version of the random-number crates)"
                     .into(),
             ));
         }
-        match read_codes(&mut file, stored).map_err(invalid)? {
+        match read_codes(&mut file.file, stored).map_err(|m| file.invalid(m))? {
             Some(codes) => subspace.with_upstream(codes),
             None => Ok(subspace),
         }
@@ -524,6 +475,68 @@ impl Subspace {
             codes.z.iter_mut().flatten().for_each(|v| *v = round(*v));
         }
         rounded
+    }
+}
+
+/// A subspace file being read, named as its errors show it.
+struct Stored {
+    file: TensorFile,
+    path: String,
+}
+
+impl Stored {
+    fn invalid(&self, message: String) -> SubspaceError {
+        SubspaceError::Invalid {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    /// The metadata `key`, which must be there.
+    fn meta(&self, key: &str) -> Result<String, SubspaceError> {
+        (self.file.metadata.get(key).cloned())
+            .ok_or_else(|| self.invalid(format!("metadata {key:?} missing")))
+    }
+
+    /// The metadata `key` as a number.
+    fn number<T: std::str::FromStr>(&self, key: &str) -> Result<T, SubspaceError> {
+        (self.meta(key)?.parse())
+            .map_err(|_| self.invalid(format!("metadata {key:?} is not a number")))
+    }
+
+    /// One DET's base and its `stored` columns of U, checked for shape and finite values.
+    fn det(&mut self, layout: &DetLayout, stored: usize) -> Result<DetParams, SubspaceError> {
+        let name = &layout.name;
+        let base = self.file.take(&format!("base.{name}"))?;
+        let u = match stored {
+            0 => Array2::zeros((layout.size, 0)),
+            _ => {
+                let u = self.file.take(&format!("U.{name}"))?;
+                if u.shape != [layout.size, stored] {
+                    let expected = format!("[{}, {stored}]", layout.size);
+                    return Err(self.invalid(format!(
+                        "DET {name}: U is {:?}, expected {expected}",
+                        u.shape
+                    )));
+                }
+                Array2::from_shape_vec((layout.size, stored), u.values)
+                    .map_err(|e| self.invalid(e.to_string()))?
+            }
+        };
+        if base.shape != [layout.size] {
+            let expected = format!("[{}]", layout.size);
+            return Err(self.invalid(format!(
+                "DET {name}: base is {:?}, expected {expected}",
+                base.shape
+            )));
+        }
+        if !u.iter().chain(&base.values).all(|v| v.is_finite()) {
+            return Err(self.invalid(format!("DET {name} has non-finite values")));
+        }
+        Ok(DetParams {
+            u,
+            base: Array1::from(base.values),
+        })
     }
 }
 
