@@ -70,8 +70,6 @@ step() {
   echo "== $name: $((SECONDS - started)) s"
 }
 
-dirs() { for t in $unseen; do printf '%s ' "$data/$t"; done; }
-
 # Every step publishing needs: all of them but quality, whose matrix goes on for sessions after.
 publish_needs="stage0 stage1 random example-tasks example-tasks-warm original zero-shot examples"
 for det in lora adapter prefix; do publish_needs+=" tune-d$d-$det transfer-$det tune-random-d$d-$det"; done
@@ -181,26 +179,41 @@ step example-tasks-warm env QUALITY_ROWS=warm QUALITY_SHOTS=full QUALITY_SEEDS=1
 publish_when_ready
 step quality env -u QUALITY_ROWS -u QUALITY_SHOTS -u QUALITY_SEEDS scripts/quality.sh "$data" "$subspace"
 
-# The paper's tables: stage 0's unseen solutions are the denominators, the frozen model a control.
-step original sh -c "grep -h -E '\"task\":\"($(echo $unseen | tr ' ' '|'))\"' docs/results/stage0.jsonl \
-  > $results/original.jsonl"
-step zero-shot sh -c "for t in $unseen; do $(printf '%q ' "${bin[@]}") eval $(printf '%q ' "${common[@]}") \
-  --data $data/\$t --zero-shot --split test; done > $results/zero_shot.jsonl"
-# tune SPACE FILE DET: z alone (the paper's setting) through DET on the whole training sets, tasks in shared runs,
-# with tune's schedule (the committed d = 1,024 tables ran the one before 2026-12-01: 500 steps, patience 4).
-tune() {
-  local space=$1 file=$2 det=$3
-  step "tune-$space-$det" sh -c "$(printf '%q ' "${bin[@]}") tune $(printf '%q ' "${common[@]}") --subspace $file \
-    --data $(dirs) --det $det --head none --init normal --seed 1 --checkpoint $out/tune-$space-$det.checkpoint.safetensors \
-    --out $out/tasks/$space-$det > $results/tune/$space-adam-$det.jsonl \
-    && rm -f $out/tune-$space-$det.checkpoint.safetensors"
+# The paper's tables: stage 0's unseen solutions are the denominators, the frozen model a control. Each step's
+# work is a function of this shell, so paths with spaces stay whole and a failing command stops the pipeline.
+original_lines() {
+  grep -h -E "\"task\":\"($(echo $unseen | tr ' ' '|'))\"" docs/results/stage0.jsonl > "$results/original.jsonl"
 }
+zero_shot_lines() {
+  local t
+  for t in $unseen; do
+    "${bin[@]}" eval "${common[@]}" --data "$data/$t" --zero-shot --split test
+  done > "$results/zero_shot.jsonl"
+}
+# tune_z SPACE FILE DET: z alone (the paper's setting) through DET on the whole training sets, tasks in shared runs,
+# with tune's schedule (the committed d = 1,024 tables ran the one before 2026-12-01: 500 steps, patience 4).
+tune_z() {
+  local space=$1 file=$2 det=$3 t
+  local checkpoint=$out/tune-$space-$det.checkpoint.safetensors dirs=()
+  for t in $unseen; do dirs+=("$data/$t"); done
+  "${bin[@]}" tune "${common[@]}" --subspace "$file" --data "${dirs[@]}" --det "$det" --head none --init normal \
+    --seed 1 --checkpoint "$checkpoint" --out "$out/tasks/$space-$det" > "$results/tune/$space-adam-$det.jsonl"
+  rm -f "$checkpoint"
+}
+# transfer_lines DET: the z tuned through DET, decoded through every DET.
+transfer_lines() {
+  local det=$1 t
+  for t in $unseen; do
+    "${bin[@]}" transfer "${common[@]}" --subspace "$subspace" --data "$data/$t" \
+      --task "$out/tasks/d$d-$det/$t.json" --split test
+  done > "$results/transfer/d$d-$det.jsonl"
+}
+step original original_lines
+step zero-shot zero_shot_lines
 for det in lora adapter prefix; do
-  tune "d$d" "$subspace" "$det"
-  step "transfer-$det" sh -c "for t in $unseen; do $(printf '%q ' "${bin[@]}") transfer $(printf '%q ' "${common[@]}") \
-    --subspace $subspace --data $data/\$t --task $out/tasks/d$d-$det/\$t.json --split test; \
-    done > $results/transfer/d$d-$det.jsonl"
-  tune "random-d$d" "$random" "$det"
+  step "tune-d$d-$det" tune_z "d$d" "$subspace" "$det"
+  step "transfer-$det" transfer_lines "$det"
+  step "tune-random-d$d-$det" tune_z "random-d$d" "$random" "$det"
 done
 
 # The example sst2 task, tuned as a user's `tune` would (the whole training set, defaults); then publishing. sst2 is
