@@ -23,9 +23,9 @@
 #   scripts/quality.sh DATA_DIR [SUBSPACE]     # SUBSPACE: the subspace file [default: the shipped one]
 #
 # Resumable: one JSON line per (row, task, shots, seed), and a line that is there is not run again; so the runs of
-# many sessions add up. A run cut off mid-way resumes from its checkpoint (runs/quality/<subspace or "baselines">-<row>-
-# <task>-<shots>-<seed>.checkpoint.safetensors, written at every dev evaluation, removed once its line is written); its
-# line's seconds then count only the part after the resume. The rows that decide issue 10's targets come first
+# many sessions add up. A run cut off mid-way resumes from its checkpoint (runs/quality/<subspace, or "baselines" for
+# the DETs>-<row>-<task>-<shots>-<seed>.checkpoint.safetensors, written at every dev evaluation, removed once its
+# line is written); its line's seconds then count only the part after the resume. The rows that decide issue 10's targets come first
 # (z+head, warm, probe, random, and head only at seed 1), so that a matrix cut short has what decides; then the rest
 # of the table (z and the DETs, seed 1). The targets are at k = 16 and on the whole training set, so those come
 # first, all three seeds of each, and k = 64 last. The rows that use no subspace (zero-shot, probe, head-only, the DETs) go to
@@ -124,7 +124,8 @@ run() {
   case " $shots_wanted " in *" $shots "*) ;; *) return ;; esac
   case " $seeds_wanted " in *" $seed "*) ;; *) return ;; esac
   done_before "$row" "$task" "$shots" "$seed" && return
-  # The rows that need no subspace are shared by every subspace's matrix: one lock and checkpoint for them all.
+  # The rows that need no subspace are shared by every subspace's matrix: one lock and checkpoint for them all, but
+  # head only's checkpoint, which tune ties to the subspace it ran in.
   local key=$name
   [ "$(results_of "$row")" = "$baselines" ] && key=baselines
   local lock=$runs/locks/$key-$row-$task-$shots-$seed
@@ -145,7 +146,9 @@ run() {
   # k per label for training and dev; on the whole training set, dev evaluations on 300 examples, as stage 0's.
   local few=() dev=(--eval-limit 300)
   [ "$shots" = full ] || few=(--shots "$shots") dev=()
-  local checkpoint=$runs/$key-$row-$task-$shots-$seed.checkpoint.safetensors
+  local scope=$key
+  [ "$row" = head-only ] && scope=$name
+  local checkpoint=$runs/$scope-$row-$task-$shots-$seed.checkpoint.safetensors
   local tune=("${bin[@]}" tune "${common[@]}" --data "$data/$task" --seed "$seed" "${few[@]}" "${dev[@]}"
     --checkpoint "$checkpoint")
   local output started=$SECONDS
