@@ -1,6 +1,8 @@
 //! Where a run of [`fit`](super::fit) stands: every unit's values and the best it has kept on
 //! dev, early stopping, and the checkpoint that lets a cut run continue exactly where it was.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 
 use super::{FitOptions, Training, Unit};
@@ -62,6 +64,62 @@ impl Run {
                     .map_or("all".to_string(), |limit| limit.to_string())
             ),
         }
+    }
+
+    /// Refuses a checkpoint's metadata written by another run: other units (tasks, DETs,
+    /// starts), another run identity, other data or another schedule.
+    fn check(
+        &self,
+        path: &std::path::Path,
+        metadata: &HashMap<String, String>,
+        units: &[Unit],
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            metadata.get("units") == Some(&serde_json::to_string(units)?),
+            "checkpoint {} is for other tasks, DETs or starts (tune --init); delete it to start over",
+            path.display()
+        );
+        // Checkpoints written before runs were recorded have no "run", those written before the
+        // run named its training set sizes lack the " train ..." part, and those written before
+        // it named its schedule have no "schedule": all are taken as they are, unless this run
+        // has a start of its own (all of them started from the seeded default).
+        let older = |found: Option<&String>| {
+            self.start.is_none()
+                && found.is_none_or(|found| {
+                    (self.id.strip_prefix(found.as_str()))
+                        .is_some_and(|rest| rest.starts_with(" train "))
+                })
+        };
+        let found = metadata.get("run");
+        if found != Some(&self.id) && !older(found) {
+            anyhow::bail!(
+                "checkpoint {} was written by another run ({}, not {}); delete it to start over",
+                path.display(),
+                found.map_or("a run that did not record itself", String::as_str),
+                self.id
+            );
+        }
+        // Checkpoints written before runs recorded their data's digest have no "data".
+        if let Some(found) = metadata.get("data").filter(|found| **found != self.data) {
+            anyhow::bail!(
+                "checkpoint {} was written on other data ({found}, not {}: other examples or label \
+                 descriptions); delete it to start over",
+                path.display(),
+                self.data
+            );
+        }
+        if let Some(found) = metadata
+            .get("schedule")
+            .filter(|found| **found != self.schedule)
+        {
+            anyhow::bail!(
+                "checkpoint {} was written with another schedule ({found}, not {}); delete it to \
+                 start over",
+                path.display(),
+                self.schedule
+            );
+        }
+        Ok(())
     }
 }
 
@@ -204,62 +262,13 @@ impl FitState {
         run: &Run,
     ) -> anyhow::Result<()> {
         let mut file = TensorFile::read(path)?;
+        run.check(path, &file.metadata, units)?;
         let meta = |key: &str| {
             file.metadata
                 .get(key)
                 .cloned()
                 .with_context(|| format!("{}: {key} missing", path.display()))
         };
-        anyhow::ensure!(
-            meta("units")? == serde_json::to_string(units)?,
-            "checkpoint {} is for other tasks, DETs or starts (tune --init); delete it to start over",
-            path.display()
-        );
-        // Checkpoints written before runs were recorded have no "run", those written before the
-        // run named its training set sizes lack the " train ..." part, and those written before
-        // it named its schedule have no "schedule": all are taken as they are, unless this run
-        // has a start of its own (all of them started from the seeded default).
-        let older = |found: Option<&String>| {
-            run.start.is_none()
-                && found.is_none_or(|found| {
-                    run.id
-                        .strip_prefix(found.as_str())
-                        .is_some_and(|rest| rest.starts_with(" train "))
-                })
-        };
-        let found = file.metadata.get("run");
-        if found != Some(&run.id) && !older(found) {
-            anyhow::bail!(
-                "checkpoint {} was written by another run ({}, not {}); delete it to start over",
-                path.display(),
-                found.map_or("a run that did not record itself", String::as_str),
-                run.id
-            );
-        }
-        // Checkpoints written before runs recorded their data's digest have no "data".
-        if let Some(found) = file
-            .metadata
-            .get("data")
-            .filter(|found| **found != run.data)
-        {
-            anyhow::bail!(
-                "checkpoint {} was written on other data ({found}, not {}: other examples or label \
-                 descriptions); delete it to start over",
-                path.display(),
-                run.data
-            );
-        }
-        if let Some(found) = file
-            .metadata
-            .get("schedule")
-            .filter(|found| **found != run.schedule)
-        {
-            anyhow::bail!(
-                "checkpoint {} was written with another schedule ({found}, not {}); delete it to start over",
-                path.display(),
-                run.schedule
-            );
-        }
         let step = meta("step")?.parse()?;
         let best_dev: Vec<Scores> = serde_json::from_str(&meta("best_dev")?)?;
         let best_step: Vec<usize> = serde_json::from_str(&meta("best_step")?)?;
