@@ -171,6 +171,8 @@ run() {
   esac
   record "$row" "$task" "$shots" "$seed" "$((SECONDS - started))" "$output"
   rm -f "$checkpoint"
+  # Head only's line is shared: a checkpoint of the same run cut off in another subspace is done with too.
+  if [ "$row" = head-only ]; then rm -f "$runs"/*-head-only-"$task-$shots-$seed".checkpoint.safetensors; fi
   release "$lock"
 }
 

@@ -23,11 +23,14 @@ own_copies() {
     for file in "$model"/*; do
       if [ -f "$file" ]; then copy_if_changed "$file" "$dir/model/${file##*/}"; fi
     done
-  elif ! cmp -s target/release/deltaspace "$dir/deltaspace"; then
-    echo "note: another run uses $dir's copies, so this one runs them as they are (the binary there is not" \
-      "target/release's); a rebuild reaches $dir once no run uses it" >&2
+    flock -s "$fd"
+  else
+    flock -s "$fd"  # after any refresh under way
+    if ! cmp -s target/release/deltaspace "$dir/deltaspace" || ! cmp -s config/deltaspace.toml "$dir/deltaspace.toml"; then
+      echo "note: another run uses $dir's copies, so this one runs them as they are (the binary or configuration" \
+        "there differs from the work tree's); a rebuild reaches $dir once no run uses it" >&2
+    fi
   fi
-  flock -s "$fd"
 }
 
 # copy_if_changed SOURCE TARGET: TARGET becomes a copy of SOURCE, by a rename, unless it is one already.

@@ -299,15 +299,14 @@ impl Subspace {
         if file.meta("format")? != FORMAT {
             return Err(file.invalid(format!("not a subspace (format is not {FORMAT:?})")));
         }
-        for (what, key, expected) in [
-            ("DET layout", "layout_sha256", &manifest.layout_sha256),
-            (
-                "base model",
-                "base_model_sha256",
-                &manifest.base_model_sha256,
-            ),
+        let (name, stored_hash) = (file.meta("name")?, file.meta("content_sha256")?);
+        let layout_sha256 = file.meta("layout_sha256")?;
+        let base_model_sha256 = file.meta("base_model_sha256")?;
+        let d: usize = file.number("d")?;
+        for (what, found, expected) in [
+            ("DET layout", layout_sha256, &manifest.layout_sha256),
+            ("base model", base_model_sha256, &manifest.base_model_sha256),
         ] {
-            let found = file.meta(key)?;
             if found != *expected {
                 return Err(SubspaceError::Mismatch {
                     path: file.path,
@@ -317,7 +316,6 @@ impl Subspace {
                 });
             }
         }
-        let d: usize = file.number("d")?;
         // Seeded random columns, when the file has them, are drawn again rather than read.
         let random = match file.file.metadata.contains_key("random_columns") {
             false => None,
@@ -332,8 +330,8 @@ impl Subspace {
         let learned = (manifest.dets.iter())
             .map(|layout| file.det(layout, stored))
             .collect::<Result<Vec<_>, _>>()?;
-        let subspace = Self::from_parts(&file.meta("name")?, manifest, learned, random)?;
-        if subspace.content_sha256 != file.meta("content_sha256")? {
+        let subspace = Self::from_parts(&name, manifest, learned, random)?;
+        if subspace.content_sha256 != stored_hash {
             return Err(file.invalid(
                 "content hash mismatch: the file is corrupt, or its seeded columns were drawn \
                  differently (another version of the random-number crates)"

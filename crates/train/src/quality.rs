@@ -68,7 +68,10 @@ pub fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<QualityLine>> {
                     run.2,
                     run.3
                 ),
-                Some(&(index, _)) => lines[index] = line,
+                Some(&(index, _)) => {
+                    lines[index] = line;
+                    runs.insert(run, (index, path));
+                }
                 None => {
                     runs.insert(run, (lines.len(), path));
                     lines.push(line);
@@ -475,7 +478,13 @@ mod tests {
             "twice",
             &[("z", "a", 1, Some("s"), 0.6), ("z", "a", 1, Some("s"), 0.7)],
         );
-        let error = read_all(&[twice]).unwrap_err().to_string();
+        let error = read_all(std::slice::from_ref(&twice))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("twice"), "{error}");
+        // Also when the file that repeats the run overrides an earlier one.
+        let first = file(dir.path(), "first", &[("z", "a", 1, Some("s"), 0.5)]);
+        let error = read_all(&[first, twice]).unwrap_err().to_string();
         assert!(error.contains("twice"), "{error}");
         let other = file(
             dir.path(),

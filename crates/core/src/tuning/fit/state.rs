@@ -47,12 +47,14 @@ impl Run {
                 sizes.join(",")
             ),
             start: options.start.clone(),
-            data: training
-                .tasks
-                .iter()
-                .map(|t| format!("{}:{}", t.data.name, &t.data.digest()[..12]))
-                .collect::<Vec<_>>()
-                .join(","),
+            // Only a run that checkpoints records its data: the digest is a pass over every example.
+            data: match options.checkpoint {
+                None => String::new(),
+                Some(_) => (training.tasks.iter())
+                    .map(|t| format!("{}:{}", t.data.name, &t.data.digest()[..12]))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            },
             schedule: format!(
                 "{} lr {} batch {} tokens {} dev {}",
                 options.optimizer,
@@ -74,8 +76,10 @@ impl Run {
         metadata: &HashMap<String, String>,
         units: &[Unit],
     ) -> anyhow::Result<()> {
+        let found = (metadata.get("units"))
+            .with_context(|| format!("{}: units missing", path.display()))?;
         anyhow::ensure!(
-            metadata.get("units") == Some(&serde_json::to_string(units)?),
+            *found == serde_json::to_string(units)?,
             "checkpoint {} is for other tasks, DETs or starts (tune --init); delete it to start over",
             path.display()
         );
@@ -135,7 +139,7 @@ pub(super) struct FitState {
     pub(super) best_step: Vec<usize>,
     /// Evaluations since each unit's last improvement on dev (early stopping, with `best_dev`:
     /// see `active`).
-    pub(super) stale: Vec<usize>,
+    stale: Vec<usize>,
     pub(super) optimizers: Vec<Box<dyn Optimizer>>,
 }
 

@@ -78,7 +78,7 @@ pub(super) fn initial_z(d: usize, seed: u64) -> Vec<f32> {
 }
 
 /// A start's name in checkpoints: "z" and the first 12 hex digits of its values' SHA-256.
-pub(super) fn digest(values: &[f32]) -> String {
+fn digest(values: &[f32]) -> String {
     format!("z {}", &values_sha256(values)[..12])
 }
 
@@ -130,7 +130,7 @@ pub(super) fn choose_upstream(
 }
 
 /// The unit-norm mean of embeddings' rows (each unit-norm): a task's direction.
-pub(super) fn mean_direction(embeddings: &Array2<f32>) -> Array1<f32> {
+fn mean_direction(embeddings: &Array2<f32>) -> Array1<f32> {
     let mean = embeddings.mean_axis(Axis(0)).expect("a task has labels");
     let norm = mean.dot(&mean).sqrt().max(1e-12);
     mean / norm

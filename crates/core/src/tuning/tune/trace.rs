@@ -105,7 +105,7 @@ impl Trace {
 
     /// Scores a gradient run's units (tasks through DETs in `space`) when `report` is due: at
     /// step 0, every `every` steps, and at the last step, including that of a run that stops
-    /// early. What [`fit_observed`]'s observer calls, for stage 2 and stage 0 alike.
+    /// early. What [`fit_observed`](crate::tuning::fit::fit_observed)'s observer calls, for stage 2 and stage 0 alike.
     pub fn observe(
         &mut self,
         encoder: &Encoder,
