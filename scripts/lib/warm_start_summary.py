@@ -6,12 +6,15 @@ seed), as markdown tables.
 LINES: the screen's lines [default: docs/results/screen-warm-start-train.jsonl, the code chosen on the training
 examples; docs/results/screen-warm-start-labels.jsonl has the code of the upstream task whose label descriptions are
 nearest, as `tune --init upstream` chooses since 2026-12-01 (fourteenth session), and
-docs/results/screen-warm-start.jsonl the earlier choice on dev].
+docs/results/screen-warm-start.jsonl the earlier choice on dev; docs/results/quality/minilm-d1024.jsonl takes
+quality.sh's own `warm` row, the labels' choice that `tune` makes by default].
 "guarded" is what `tune --init normal --init upstream` keeps: of the cold run (quality.sh's z + head line) and the
 warm one (the screen's line), the better on dev, the cold one on a tie. Every start of such a run trains on the
 same rows it would alone, so this is the guarded run's result without running the cold start twice. Means are
 over the (task, seed) pairs that have every column; the spread is the standard deviation of the per-seed means
-of the tasks, over the seeds where all of them are in.
+of the tasks, over the seeds where all of them are in. Per seed, the means are also given over the tasks every
+seed has (a seed still running is then compared on the same tasks), and where the two starts tie on dev, the
+mean the guard would give if it broke ties by dev macro-F1 instead.
 
 A second table reads docs/results/screen-warm-start-choice.jsonl (scripts/score-upstream-codes.sh): per (task, k,
 seed), the code the training examples choose and the code dev chooses, and the correlation over the 17 codes of
@@ -44,20 +47,34 @@ def warm_starts():
             rows[(line["row"], line["task"], line["shots"], line["seed"])] = line
     by_shots = defaultdict(list)
     for warm in lines(screen):
+        if warm.get("row", "warm") != "warm":
+            continue  # quality.sh's lines of the other rows
         key = (warm["task"], warm["shots"], warm["seed"])
         cold, random = rows.get(("z+head", *key)), rows.get(("random", *key))
         if cold is None or random is None:
             continue
-        guarded = warm if warm["dev"]["accuracy"] > cold["dev"]["accuracy"] else cold
+        guarded, tie_by_f1 = guard(cold, warm), guard(cold, warm, ties_by_macro_f1=True)
+        probe = rows.get(("probe", *key))
         by_shots[warm["shots"]].append({
-            "task": key[0], "seed": key[2], "source": warm["source"],
+            "task": key[0], "seed": key[2], "source": warm.get("source", "labels"),
             "cold": cold["test"]["accuracy"], "warm": warm["test"]["accuracy"],
             "guarded": guarded["test"]["accuracy"], "random": random["test"]["accuracy"],
+            "probe": probe["test"]["accuracy"] if probe else None,
+            "tie_by_f1": tie_by_f1["test"]["accuracy"],
+            "tie": warm["dev"]["accuracy"] == cold["dev"]["accuracy"],
             "picked": "warm" if guarded is warm else "cold",
         })
     for shots, table in sorted(by_shots.items()):
         print(f"\n{'k = ' + shots + ' per label' if shots != 'full' else 'Whole training sets'}:\n")
         summarize(table)
+
+
+def guard(cold, warm, ties_by_macro_f1=False):
+    """The start the guard keeps: the better on dev accuracy; on a tie the cold one, or the better by dev
+    macro-F1."""
+    if warm["dev"]["accuracy"] != cold["dev"]["accuracy"]:
+        return warm if warm["dev"]["accuracy"] > cold["dev"]["accuracy"] else cold
+    return warm if ties_by_macro_f1 and warm["dev"]["macro_f1"] > cold["dev"]["macro_f1"] else cold
 
 
 def summarize(table):
@@ -78,6 +95,27 @@ def summarize(table):
         spread = {c: 100 * statistics.stdev(statistics.mean(r[c] for r in s) for s in full) for c in columns}
         print(f"\nOver the {len(full)} seeds with every task: spread (sd of per-seed means) "
               + ", ".join(f"{c} {spread[c]:.1f}" for c in columns))
+    if len(by_seed) >= 2:
+        per_seed_on_shared_tasks(by_seed, columns)
+    ties = [r for r in table if r["tie"]]
+    if ties:
+        by_f1 = 100 * statistics.mean(r["tie_by_f1"] for r in table)
+        print(f"\nTies on dev: {len(ties)} of {len(table)}; breaking them by dev macro-F1 instead of keeping the cold "
+              f"start, guarded's mean of {len(table)} would be {by_f1:.1f} (against {means['guarded']:.1f}).")
+
+
+def per_seed_on_shared_tasks(by_seed, columns):
+    shared = set.intersection(*({r["task"] for r in rows} for rows in by_seed.values()))
+    if not shared:
+        return
+    with_probe = all(r["probe"] is not None for rows in by_seed.values() for r in rows if r["task"] in shared)
+    shown = ("probe", *columns) if with_probe else columns
+    print(f"\nPer seed, mean over the tasks every seed has ({', '.join(sorted(shared))}):\n")
+    print("| seed | " + " | ".join(shown) + " |")
+    print("|---|" + "---|" * len(shown))
+    for seed, rows in sorted(by_seed.items()):
+        kept = [r for r in rows if r["task"] in shared]
+        print(f"| {seed} | " + " | ".join(f"{100 * statistics.mean(r[c] for r in kept):.1f}" for c in shown) + " |")
 
 
 def best(scores):
