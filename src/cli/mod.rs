@@ -66,10 +66,10 @@ pub struct GlobalArgs {
     /// Configuration file [default: config/deltaspace.toml when present].
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
-    /// Execution provider: auto, cuda or cpu (overrides [runtime] provider).
+    /// Execution provider: auto, cuda or cpu (overrides the config file's runtime.provider).
     #[arg(long, global = true)]
     pub provider: Option<ProviderChoice>,
-    /// ONNX Runtime intra-op threads (the shared pool's, else each session's), 0 = one per core (overrides [runtime] intra_threads).
+    /// ONNX Runtime intra-op threads (the shared pool's, else each session's), 0 = one per core (overrides the config file's runtime.intra_threads).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
 }

@@ -47,7 +47,7 @@ impl LabelSet {
     }
 }
 
-/// What a row's logits are computed against: one unit-norm prototype [C, H] and one bias [C] per
+/// What a row's logits are computed against: one unit-norm prototype `[C, H]` and one bias `[C]` per
 /// label, so label c scores `logit_scale · cos(e, p_c) + bias_c`. Without a tuned head the
 /// prototypes are the label descriptions' embeddings and the biases are 0.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,7 +199,7 @@ pub type Code<'a> = (&'a [f32], DetKind);
 /// Embeds tokenized rows, each with its own code, through `model`: [rows, H], in the rows' order.
 ///
 /// Rows are padded to the longest row of their run. Where a run's fixed cost is small next to
-/// its padded tokens (the CPU), a batch is cut into runs ([`runs`]); where it dominates (a GPU),
+/// its padded tokens (the CPU), a batch is cut into runs (`runs`); where it dominates (a GPU),
 /// it stays one.
 pub fn embed_tokens(
     model: &impl Embedder,

@@ -1,4 +1,4 @@
-//! Layer 2: the unified subspace artifact: U_det [D, d] and base_det [D] for every DET.
+//! Layer 2: the unified subspace artifact: U_det `[D, d]` and base_det `[D]` for every DET.
 //!
 //! θ_det = base_det + U_det z (paper §2 "Projections"; base is θ⁰_det for a subspace found by the
 //! trainer). Stored as safetensors (`U.<det>`, `base.<det>`) with metadata naming the subspace,

@@ -94,7 +94,7 @@ pub struct Landscape {
     /// Grid coordinates along e1 and e2.
     pub xs: Vec<f32>,
     pub ys: Vec<f32>,
-    /// accuracy[det][iy][ix]
+    /// `accuracy[det][iy][ix]`
     pub accuracy: Vec<Vec<Vec<f32>>>,
     pub dets: Vec<DetKind>,
     pub markers: Vec<Marker>,

@@ -63,7 +63,7 @@ pub fn collect_solutions(
     Ok(out)
 }
 
-/// The joint decomposition: U per DET [D, d] and each task's code z_t [d].
+/// The joint decomposition: U per DET `[D, d]` and each task's code z_t `[d]`.
 pub fn decompose(
     solutions: &[TaskSolutions],
     d: usize,

@@ -30,7 +30,7 @@ pub struct Gradients {
     pub grad_z: Array2<f32>,
     /// d loss / d U_det, per DET in column order: [D, d].
     pub grad_u: Vec<Array2<f32>>,
-    /// d loss / d base_det, per DET in column order: [D].
+    /// d loss / d base_det, per DET in column order: `[D]`.
     pub grad_base: Vec<Array1<f32>>,
 }
 

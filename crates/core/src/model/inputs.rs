@@ -8,7 +8,7 @@ use super::ModelError;
 use super::manifest::Manifest;
 use super::tokenize::Tokens;
 
-/// U [D, d] and base [D] of one DET: θ = base + U z.
+/// U `[D, d]` and base `[D]` of one DET: θ = base + U z.
 #[derive(Debug, Clone)]
 pub struct DetParams {
     pub u: Array2<f32>,
@@ -115,8 +115,8 @@ pub struct GradBatch<'a> {
     pub class_mask: ArrayView2<'a, f32>,
     /// Added to each row's logits: its task head's class priors (0 without a head): [rows, classes].
     pub logit_bias: ArrayView2<'a, f32>,
-    /// The true class of each row, an index into `targets`: [rows].
+    /// The true class of each row, an index into `targets`: `[rows]`.
     pub labels: ArrayView1<'a, i64>,
-    /// Each row's weight in the loss Σ_b w_b · CE_b: [rows].
+    /// Each row's weight in the loss Σ_b w_b · CE_b: `[rows]`.
     pub row_weight: ArrayView1<'a, f32>,
 }

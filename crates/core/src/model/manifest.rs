@@ -133,9 +133,9 @@ pub mod input {
     pub const CLASS_MASK: &str = "class_mask";
     /// Each row's per-class logit offset (a head's biases) [rows, classes].
     pub const LOGIT_BIAS: &str = "logit_bias";
-    /// Each row's true class [rows].
+    /// Each row's true class `[rows]`.
     pub const LABELS: &str = "labels";
-    /// Each row's weight in the loss [rows].
+    /// Each row's weight in the loss `[rows]`.
     pub const ROW_WEIGHT: &str = "row_weight";
 
     /// U of one DET [D, d].
@@ -143,7 +143,7 @@ pub mod input {
         format!("U_{det}")
     }
 
-    /// θ⁰ (base) of one DET [D].
+    /// θ⁰ (base) of one DET `[D]`.
     pub fn base(det: &str) -> String {
         format!("base_{det}")
     }

@@ -172,7 +172,7 @@ impl TextTokenizer {
         self.max_seq_len
     }
 
-    /// Tokenizes a batch: [CLS] text [SEP] (text_pair [SEP]), padded to the longest row.
+    /// Tokenizes a batch: `[CLS] text [SEP]` (`text_pair [SEP]`), padded to the longest row.
     pub fn encode(&self, inputs: &[TextInput]) -> Result<Tokens, ModelError> {
         if inputs.is_empty() {
             return Err(ModelError::EmptyBatch);

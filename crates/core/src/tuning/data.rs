@@ -251,7 +251,7 @@ fn read_split(path: &Path, labels: &[Label], max: Option<usize>) -> anyhow::Resu
 }
 
 /// The `batch` training examples that stream `stream` (a unit, a task: whatever draws its own
-/// rows) takes at step `step` of a run seeded `seed`: [`epoch_indices`] of its own seed. Every
+/// rows) takes at step `step` of a run seeded `seed`: `epoch_indices` of its own seed. Every
 /// training loop draws its minibatches here.
 pub fn minibatch(len: usize, seed: u64, stream: usize, step: usize, batch: usize) -> Vec<usize> {
     let stream_seed = seed ^ (stream as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407);

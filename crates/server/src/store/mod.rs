@@ -133,7 +133,7 @@ pub struct StoredTask {
     pub name: Arc<str>,
     /// The DET z was found with; predictions use it unless they name another.
     pub det: DetKind,
-    /// The task's code, in f16 ([`ServedCode`]).
+    /// The task's code, in f16 (`ServedCode`).
     pub z: ServedCode,
     /// Labels and their embeddings, shared by every task with the same labels.
     pub labels: Arc<LabelSet>,
