@@ -128,8 +128,8 @@ EXEMPT = [
     ("PUT /v1/tasks/{name}", 422, "invalid_task", r"‖z‖ = \S+ exceeds the bound \S+"),
     ("PUT /v1/tasks/{name}", 422, "invalid_task", r"z\[\d+\] is not a finite number"),
     # A head has one bias and (when it has prototypes) one prototype per label, each prototype
-    # finite and non-zero with its norm taken in f32: counts that depend on another field, and a
-    # norm, which a schema cannot state.
+    # with a norm within 1e-6 to 1e6: counts that depend on another field, and a norm, which a
+    # schema cannot state.
     ("PUT /v1/tasks/{name}", 422, "invalid_task", r"head: bias has \d+ values for \d+ labels"),
     ("PUT /v1/tasks/{name}", 422, "invalid_task", r"head: \d+ prototypes for \d+ labels"),
     ("PUT /v1/tasks/{name}", 422, "invalid_task", r"head: prototypes\[\d+\] .*"),

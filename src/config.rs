@@ -226,13 +226,41 @@ impl Config {
     }
 
     /// Bounds on tasks, from `[server]`: uploads, start-up and `deltaspace import` check them.
-    pub fn task_limits(&self) -> TaskLimits {
-        TaskLimits {
-            max_z_norm: self.server.max_z_norm,
-            max_labels: self.server.max_labels,
-            max_label_chars: self.server.max_label_chars,
-            ..TaskLimits::default()
+    /// Bounds that would let garbage through (`max_z_norm = nan` or `inf`) or refuse every task
+    /// (`max_z_norm = 0`, `max_labels = 1`) are an error naming the setting.
+    pub fn task_limits(&self) -> anyhow::Result<TaskLimits> {
+        let server = &self.server;
+        let refuse = |key: &str, value: String, rule: &str| {
+            anyhow::anyhow!(
+                "[server] {key} = {value}: {rule} (env DELTASPACE_SERVER_{})",
+                key.to_uppercase()
+            )
+        };
+        if !(server.max_z_norm.is_finite() && server.max_z_norm > 0.0) {
+            let value = server.max_z_norm.to_string();
+            return Err(refuse(
+                "max_z_norm",
+                value,
+                "it must be a finite number above 0",
+            ));
         }
+        if server.max_labels < 2 {
+            let value = server.max_labels.to_string();
+            return Err(refuse("max_labels", value, "a task has at least 2 labels"));
+        }
+        if server.max_label_chars == 0 {
+            return Err(refuse(
+                "max_label_chars",
+                "0".into(),
+                "it must be at least 1",
+            ));
+        }
+        Ok(TaskLimits {
+            max_z_norm: server.max_z_norm,
+            max_labels: server.max_labels,
+            max_label_chars: server.max_label_chars,
+            ..TaskLimits::default()
+        })
     }
 
     /// The store `[store] url` names, SQLite in `data_dir` when it is empty; a bad URL is an

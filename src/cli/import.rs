@@ -32,6 +32,7 @@ pub struct ImportArgs {
 }
 
 pub fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
+    let limits = config.task_limits()?;
     let model_dir = args.model.as_deref().unwrap_or(&config.model.dir);
     let files = ModelFiles::open(model_dir)
         .with_context(|| format!("loading model {}", model_dir.display()))?;
@@ -41,17 +42,23 @@ pub fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
     let sources = task_files(&args.paths)?;
     let store = config.store_location(args.data_dir.as_deref())?;
     let started = std::time::Instant::now();
-    let summary = import_tasks(
-        &store,
-        &files.manifest,
-        &subspace,
-        &config.task_limits(),
-        || sources.iter().flat_map(|path| read_tasks(path)),
-    )
+    let summary = import_tasks(&store, &files.manifest, &subspace, &limits, || {
+        sources.iter().flat_map(|path| read_tasks(path))
+    })
     .context("nothing was imported")?;
+    for (id, count) in &summary.skipped {
+        tracing::warn!(
+            subspace = %id,
+            tasks = count,
+            loaded = %subspace.id(),
+            "tasks of another subspace were left out; import them with --subspace naming that \
+             subspace's file, or tune them again for the loaded one"
+        );
+    }
     tracing::info!(
         written = summary.written,
         created = summary.created,
+        skipped = summary.skipped.values().sum::<usize>(),
         seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
         store = store.backend(),
         "tasks imported; a SQLite server serves them after its next start, PostgreSQL replicas \

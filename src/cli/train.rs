@@ -331,8 +331,13 @@ fn parse_dets(names: &[String]) -> anyhow::Result<Vec<DetKind>> {
     if names.iter().any(|n| n == "all") {
         return Ok(DetKind::ALL.to_vec());
     }
-    let mut dets: Vec<DetKind> = names.iter().map(|n| n.parse()).collect::<Result<_, _>>()?;
-    dets.dedup();
+    let mut dets: Vec<DetKind> = Vec::new();
+    for name in names {
+        let det: DetKind = name.parse()?;
+        if !dets.contains(&det) {
+            dets.push(det);
+        }
+    }
     Ok(dets)
 }
 
@@ -397,4 +402,18 @@ fn train_det(config: &Config, args: DetArgs) -> anyhow::Result<()> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_det_named_twice_is_trained_once() {
+        let names = ["lora", "adapter", "lora"].map(String::from);
+        assert_eq!(
+            parse_dets(&names).unwrap(),
+            [DetKind::Lora, DetKind::Adapter]
+        );
+    }
 }

@@ -169,6 +169,46 @@ fn a_missing_onnxruntime_library_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("scripts/setup-ort.sh"));
 }
 
+/// Task bounds that would let garbage through or refuse every task stop the server before it
+/// binds, as a count of 0 does (below).
+#[test]
+fn serve_refuses_task_bounds_that_cannot_work() {
+    for (variable, value, named) in [
+        (
+            "DELTASPACE_SERVER_MAX_Z_NORM",
+            "nan",
+            "[server] max_z_norm = NaN",
+        ),
+        (
+            "DELTASPACE_SERVER_MAX_Z_NORM",
+            "inf",
+            "[server] max_z_norm = inf",
+        ),
+        (
+            "DELTASPACE_SERVER_MAX_LABELS",
+            "1",
+            "[server] max_labels = 1",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+            .args(["serve", "--bind", "127.0.0.1:1"])
+            .env(variable, value)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{variable}={value}: {stderr}"
+        );
+        assert!(
+            stderr.contains(named) && stderr.contains(variable),
+            "{stderr}"
+        );
+    }
+}
+
 /// A count of 0 in the server's settings stops it before it binds (exit code 2, the setting named):
 /// until 2026-11-30 such values became 1 silently, and `max_batch_tokens = 0` gave a server that
 /// refused every request.
@@ -184,6 +224,11 @@ fn serve_refuses_a_count_of_zero_in_its_settings() {
             "[server] queue_capacity = 0",
         ),
         ("DELTASPACE_RUNTIME_SESSIONS", "[runtime] sessions = 0"),
+        ("DELTASPACE_SERVER_MAX_Z_NORM", "[server] max_z_norm = 0"),
+        (
+            "DELTASPACE_SERVER_MAX_LABEL_CHARS",
+            "[server] max_label_chars = 0",
+        ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
             .args(["serve", "--bind", "127.0.0.1:1"])

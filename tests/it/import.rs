@@ -148,6 +148,32 @@ fn a_bad_task_stops_the_import_before_anything_is_written() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+/// An export holds the tasks of every subspace its store kept; importing it with the loaded
+/// subspace leaves out the others, says so, and writes the rest.
+#[test]
+fn tasks_naming_another_subspace_are_left_out_and_counted() {
+    let setup = Setup::new();
+    let lines = setup.dir.path().join("mixed.jsonl");
+    let old = |i: usize| {
+        let mut task = task(i);
+        task["subspace"] = json!("old-default@0123456789ab");
+        task
+    };
+    write_lines(&lines, [task(0), old(1), task(2), old(3)].into_iter());
+    let output = import(&setup, &[&lines]);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(
+        log.contains("written=2") && log.contains("skipped=2"),
+        "{log}"
+    );
+    assert!(
+        log.contains("another subspace") && log.contains("old-default@0123456789ab"),
+        "{log}"
+    );
+    assert_eq!(count_tasks(&setup), 2);
+}
+
 #[tokio::test]
 async fn label_sets_no_task_uses_are_forgotten_at_the_next_start() {
     let setup = Setup::new();

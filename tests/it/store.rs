@@ -224,6 +224,31 @@ fn jobs_are_recorded_paged_and_failed_on_restart(db: &mut dyn Backend, reopen: R
     assert_eq!(db.job("j2").unwrap().unwrap().state, JobState::Queued);
 }
 
+fn a_saved_job_keeps_a_cancel_asked_and_an_ended_record(db: &mut dyn Backend, reopen: Reopen<'_>) {
+    let mut owners_copy = JobRecord::queued("j".into(), "t".into(), 10, "a".into(), 1);
+    db.save_job(&owners_copy).unwrap();
+    // Another replica asks for a cancel; then the owner saves its copy, which has not seen it.
+    let mut other = reopen();
+    let mut asked = other.job("j").unwrap().unwrap();
+    asked.cancel_requested = true;
+    other.save_job(&asked).unwrap();
+    owners_copy.state = JobState::Running;
+    owners_copy.step = 5;
+    db.save_job(&owners_copy).unwrap();
+    let stored = db.job("j").unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.step, stored.cancel_requested),
+        (JobState::Running, 5, true),
+        "the owner's progress is saved and the cancel stays asked"
+    );
+    // Once the job has ended, a stale copy saved late does not bring it back.
+    let mut ended = stored;
+    ended.state = JobState::Cancelled;
+    db.save_job(&ended).unwrap();
+    other.save_job(&asked).unwrap();
+    assert_eq!(db.job("j").unwrap(), Some(ended));
+}
+
 /// Runs each suite function against a fresh store of one backend.
 macro_rules! suite {
     ($fresh:path; $($test:ident),* $(,)?) => {
@@ -257,6 +282,7 @@ mod sqlite {
         write_many_commits_generations_in_one_go,
         max_tasks_bounds_creation_but_not_replacement,
         jobs_are_recorded_paged_and_failed_on_restart,
+        a_saved_job_keeps_a_cancel_asked_and_an_ended_record,
     );
 }
 
@@ -278,6 +304,7 @@ mod postgres {
         write_many_commits_generations_in_one_go,
         max_tasks_bounds_creation_but_not_replacement,
         jobs_are_recorded_paged_and_failed_on_restart,
+        a_saved_job_keeps_a_cancel_asked_and_an_ended_record,
     );
 
     #[test]

@@ -14,6 +14,7 @@ use crate::det::DetKind;
 
 /// A class of a task, described in words: the text the frozen model embeds to score it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Label {
     pub name: String,
     pub description: String,
@@ -159,9 +160,13 @@ pub fn validate_z(z: &[f32], d: usize, limits: &TaskLimits) -> Result<(), TaskEr
     Ok(())
 }
 
+/// The norms a prototype may have. Prototypes are normalised where they are used, in f32; within
+/// these bounds that neither underflows to a zero vector nor overflows.
+pub const PROTOTYPE_NORMS: std::ops::RangeInclusive<f64> = 1e-6..=1e6;
+
 /// Checks a head against its task's label count: one finite bounded bias per label, and one
-/// finite non-zero prototype per label, all of one length (the model's H, checked where the model
-/// is known).
+/// prototype per label with a norm in [`PROTOTYPE_NORMS`], all of one length (the model's H,
+/// checked where the model is known).
 pub fn validate_head(head: &Head, labels: usize, limits: &TaskLimits) -> Result<(), TaskError> {
     let fail = |message: String| Err(TaskError::Head(message));
     if head.bias.len() != labels {
@@ -191,15 +196,24 @@ pub fn validate_head(head: &Head, labels: usize, limits: &TaskLimits) -> Result<
     }
     let width = prototypes[0].len();
     for (index, prototype) in prototypes.iter().enumerate() {
-        let norm = prototype.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let norm = prototype
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
         if prototype.len() != width || width == 0 {
             return fail(format!(
                 "prototypes[{index}] has {} values, prototypes[0] {width}",
                 prototype.len()
             ));
         }
-        if !norm.is_finite() || norm == 0.0 {
-            return fail(format!("prototypes[{index}] must be finite and non-zero"));
+        if !PROTOTYPE_NORMS.contains(&norm) {
+            return fail(format!(
+                "prototypes[{index}] has norm {norm:e}: it must be finite and within {:e} to {:e} \
+                 (prototypes are normalised where they are used)",
+                PROTOTYPE_NORMS.start(),
+                PROTOTYPE_NORMS.end()
+            ));
         }
     }
     Ok(())
@@ -296,7 +310,19 @@ mod tests {
             ),
             (
                 Box::new(|t| head(t).prototypes.as_mut().unwrap()[1] = vec![0.0; 3]),
-                "prototypes[1] must be finite and non-zero",
+                "prototypes[1] has norm 0e0",
+            ),
+            (
+                Box::new(|t| head(t).prototypes.as_mut().unwrap()[1] = vec![1e-21; 3]),
+                "prototypes[1] has norm 1.7",
+            ),
+            (
+                Box::new(|t| head(t).prototypes.as_mut().unwrap()[0] = vec![1e20; 3]),
+                "prototypes[0] has norm 1.7",
+            ),
+            (
+                Box::new(|t| head(t).prototypes.as_mut().unwrap()[0][2] = f32::NAN),
+                "prototypes[0] has norm NaN",
             ),
             (
                 Box::new(|t| head(t).prototypes.as_mut().unwrap()[1].push(1.0)),
@@ -331,12 +357,19 @@ mod tests {
 
     #[test]
     fn unknown_fields_in_task_json_are_rejected() {
-        let json = r#"{"name":"t","det":"lora","z":[1],"labels":[],"extra":1}"#;
-        assert!(
-            serde_json::from_str::<Task>(json)
-                .unwrap_err()
-                .to_string()
-                .contains("extra")
-        );
+        let label = r#"{"name":"a","description":"A.","typo":1}"#;
+        for (json, field) in [
+            (
+                r#"{"name":"t","det":"lora","z":[1],"labels":[],"extra":1}"#.to_string(),
+                "extra",
+            ),
+            (
+                format!(r#"{{"name":"t","det":"lora","z":[1],"labels":[{label}]}}"#),
+                "typo",
+            ),
+        ] {
+            let err = serde_json::from_str::<Task>(&json).unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
     }
 }

@@ -3,6 +3,8 @@
 //! the server embeds each new label set once at its next start. Uploading through HTTP commits
 //! (and fsyncs) one task per request; this is how a million tasks get in.
 
+use std::collections::BTreeMap;
+
 use super::ServerError;
 use super::admit::{AdmitError, admit};
 use super::store::{self, StoreLocation};
@@ -15,17 +17,22 @@ use deltaspace_core::task::{Task, TaskLimits};
 const TASKS_PER_TRANSACTION: usize = 10_000;
 
 /// What an import did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportSummary {
     /// Tasks written.
     pub written: usize,
     /// Of those, tasks that were not stored before.
     pub created: usize,
+    /// Tasks left out because they name another subspace, counted by its id (an export holds
+    /// the tasks of every subspace its store kept).
+    pub skipped: BTreeMap<String, usize>,
 }
 
 /// Writes `tasks` into the store at `location` (a data directory names its SQLite database)
 /// after checking each (as an upload is checked); a
-/// task replaces any stored task of its name. `tasks` is called twice, to check and then to write,
+/// task replaces any stored task of its name. Tasks that name another subspace than `subspace`
+/// are left out and counted (`skipped`): they cannot be checked against it, and the store would
+/// not serve them. `tasks` is called twice, to check and then to write,
 /// so a bad task stops the import before anything is written and no more than one transaction of
 /// tasks is ever held in memory. Errors name the failing item (`source` says how).
 pub fn import_tasks<I>(
@@ -38,19 +45,32 @@ pub fn import_tasks<I>(
 where
     I: Iterator<Item = Result<Task, ImportError>>,
 {
-    let mut count = 0;
-    for task in tasks() {
-        check(task?, manifest, subspace, limits)?;
-        count += 1;
-    }
-    let mut db = store::open(&location.into()).map_err(ServerError::from)?;
-    let subspace_id = subspace.id();
     let mut summary = ImportSummary {
         written: 0,
         created: 0,
+        skipped: BTreeMap::new(),
     };
+    let mut count = 0;
+    for task in tasks() {
+        let task = task?;
+        match other_subspace(&task, subspace) {
+            Some(id) => *summary.skipped.entry(id.to_string()).or_default() += 1,
+            None => {
+                check(task, manifest, subspace, limits)?;
+                count += 1;
+            }
+        }
+    }
+    let mut db = store::open(&location.into()).map_err(ServerError::from)?;
+    let subspace_id = subspace.id();
     let mut chunk = Vec::with_capacity(TASKS_PER_TRANSACTION.min(count));
-    let mut tasks = tasks().peekable();
+    let mut tasks = tasks()
+        .filter(|task| {
+            !task
+                .as_ref()
+                .is_ok_and(|t| other_subspace(t, subspace).is_some())
+        })
+        .peekable();
     while tasks.peek().is_some() {
         chunk.clear();
         for task in tasks.by_ref().take(TASKS_PER_TRANSACTION) {
@@ -62,6 +82,11 @@ where
         summary.written += chunk.len();
     }
     Ok(summary)
+}
+
+/// The subspace `task` names when it is not `loaded`.
+fn other_subspace<'t>(task: &'t Task, loaded: &Subspace) -> Option<&'t str> {
+    task.subspace.as_deref().filter(|id| !loaded.matches(id))
 }
 
 fn check(

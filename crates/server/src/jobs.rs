@@ -235,12 +235,14 @@ impl Jobs {
             return Ok(job.record().clone());
         }
         let mut record = self.get(store, id).await?;
-        if !record.state.is_final() && !record.cancel_requested {
-            record.cancel_requested = true;
-            save(store, record.clone()).await?;
-            tracing::info!(job = id, owner = %record.owner, "tune job cancel asked of its replica");
+        if record.state.is_final() || record.cancel_requested {
+            return Ok(record);
         }
-        Ok(record)
+        record.cancel_requested = true;
+        save(store, record.clone()).await?;
+        tracing::info!(job = id, owner = %record.owner, "tune job cancel asked of its replica");
+        // As stored: the owner may have ended the job meanwhile, and then its record stays.
+        self.get(store, id).await
     }
 
     /// Renews the leases of this replica's jobs every [`HEARTBEAT`], stops those whose cancel was

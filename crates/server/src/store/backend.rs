@@ -78,7 +78,9 @@ pub trait Backend: Send {
     /// no task of that name is stored.
     fn stored_subspace(&self, name: &str) -> Result<Option<String>, StoreError>;
 
-    /// Records a tune job, replacing its previous record; its place in the list stays.
+    /// Records a tune job, replacing its previous record as [`JobRecord::saved_over`] says (an
+    /// ended job's record stays, a cancel asked stays asked), in one transaction; its place in
+    /// the list stays.
     fn save_job(&mut self, job: &JobRecord) -> Result<(), StoreError>;
 
     /// The job `id`, if recorded.

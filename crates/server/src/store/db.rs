@@ -319,15 +319,27 @@ impl Backend for Database {
     }
 
     fn save_job(&mut self, job: &JobRecord) -> Result<(), StoreError> {
-        let record = serde_json::to_string(job).map_err(|e| StoreError::CorruptJob {
+        let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
+        let stored = transaction
+            .query_row("SELECT record FROM jobs WHERE id = ?1", [&job.job], |row| {
+                row.get::<_, String>(0)
+            })
+            .optional()?
+            .map(|text| parse_job(&job.job, &text))
+            .transpose()?;
+        let Some(job) = job.saved_over(stored.as_ref()) else {
+            return Ok(());
+        };
+        let record = serde_json::to_string(&job).map_err(|e| StoreError::CorruptJob {
             id: job.job.clone(),
             message: e.to_string(),
         })?;
-        self.connection.execute(
+        transaction.execute(
             "INSERT INTO jobs (id, owner, state, record) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (id) DO UPDATE SET owner = ?2, state = ?3, record = ?4",
             params![job.job, job.owner, job.state.name(), record],
         )?;
+        transaction.commit()?;
         Ok(())
     }
 

@@ -121,4 +121,19 @@ impl JobRecord {
             cancel_requested: false,
         }
     }
+
+    /// What saving `self` leaves in the store where `stored` is recorded: nothing changes once
+    /// the stored job has ended (`None`), and a cancel asked stays asked. Replicas save their own
+    /// copies of a record (its owner at every evaluation and heartbeat, another replica on
+    /// `DELETE`), so neither may undo what the other wrote.
+    pub fn saved_over(&self, stored: Option<&JobRecord>) -> Option<JobRecord> {
+        match stored {
+            Some(stored) if stored.state.is_final() => None,
+            Some(stored) => Some(JobRecord {
+                cancel_requested: self.cancel_requested || stored.cancel_requested,
+                ..self.clone()
+            }),
+            None => Some(self.clone()),
+        }
+    }
 }

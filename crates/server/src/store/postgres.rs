@@ -716,13 +716,24 @@ impl Backend for PostgresStore {
     }
 
     fn save_job(&mut self, job: &JobRecord) -> Result<(), StoreError> {
-        let text = job_text(job)?;
         self.run(|client| {
-            client.execute(
+            let mut transaction = client.transaction()?;
+            let stored = transaction
+                .query_opt(
+                    "SELECT record FROM jobs WHERE id = $1 FOR UPDATE",
+                    &[&job.job],
+                )?
+                .map(|row| parse_job(&job.job, row.get(0)))
+                .transpose()?;
+            let Some(job) = job.saved_over(stored.as_ref()) else {
+                return Ok(());
+            };
+            transaction.execute(
                 "INSERT INTO jobs (id, owner, state, record) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (id) DO UPDATE SET owner = $2, state = $3, record = $4",
-                &[&job.job, &job.owner, &job.state.name(), &text],
+                &[&job.job, &job.owner, &job.state.name(), &job_text(&job)?],
             )?;
+            transaction.commit()?;
             Ok(())
         })
     }
