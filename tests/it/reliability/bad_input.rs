@@ -140,6 +140,7 @@ fn cases(stale_etag: &str) -> Vec<Case> {
         put("If-Match * on a missing task", "absent").header("if-match", "*").body(good.clone()).answers(409, "etag_mismatch"),
         put("If-None-Match * on an existing task", "t").header("if-none-match", "*").body(good.clone()).answers(409, "etag_mismatch"),
         put("If-None-Match with an etag", "t").header("if-none-match", "\"abc\"").body(good.clone()).answers(422, "invalid_request"),
+        put("If-Match with a list of etags", "t").header("if-match", format!("\"{stale_etag}\", \"abc\"")).body(good.clone()).answers(422, "invalid_request"),
         put("If-Match that is not text", "t").header("if-match", b"\"\xff\"".to_vec()).body(good.clone()).answers(422, "invalid_request"),
         // GET and DELETE /v1/tasks/{name}.
         get("unknown task", "/v1/tasks/missing").answers(404, "task_not_found"),

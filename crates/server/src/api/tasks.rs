@@ -206,6 +206,12 @@ pub(super) fn precondition(request: &HttpRequest) -> Result<Precondition, ApiErr
         if value == "*" {
             return Ok(Precondition::Exists);
         }
+        if value.contains(',') {
+            return Err(ApiError::InvalidRequest(
+                "If-Match takes one etag or `*`, not a list".into(),
+            ));
+        }
+        // A weak etag is taken as the strong one it weakens (proxies weaken them on compression).
         let etag = value.trim_start_matches("W/").trim_matches('"');
         return Ok(Precondition::Etag(etag.to_string()));
     }
