@@ -14,7 +14,8 @@ same rows it would alone, so this is the guarded run's result without running th
 over the (task, seed) pairs that have every column; the spread is the standard deviation of the per-seed means
 of the tasks, over the seeds where all of them are in. Per seed, the means are also given over the tasks every
 seed has (a seed still running is then compared on the same tasks), and where the two starts tie on dev, the
-mean the guard would give if it broke ties by dev macro-F1 instead.
+mean the guard would give if it broke ties by dev macro-F1 instead. Last, the mean the guard would give if it kept
+the warm start only where it leads on dev by more than a margin (0.5, 1 and 2 points of dev accuracy).
 
 A second table reads docs/results/screen-warm-start-choice.jsonl (scripts/score-upstream-codes.sh): per (task, k,
 seed), the code the training examples choose and the code dev chooses, and the correlation over the 17 codes of
@@ -28,6 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 RESULTS = Path("docs/results")
+MARGINS = (0.005, 0.01, 0.02)
 
 
 def lines(path):
@@ -62,6 +64,7 @@ def warm_starts():
             "probe": probe["test"]["accuracy"] if probe else None,
             "tie_by_f1": tie_by_f1["test"]["accuracy"],
             "tie": warm["dev"]["accuracy"] == cold["dev"]["accuracy"],
+            "by_margin": {m: guard(cold, warm, margin=m)["test"]["accuracy"] for m in MARGINS},
             "picked": "warm" if guarded is warm else "cold",
         })
     for shots, table in sorted(by_shots.items()):
@@ -69,9 +72,11 @@ def warm_starts():
         summarize(table)
 
 
-def guard(cold, warm, ties_by_macro_f1=False):
+def guard(cold, warm, ties_by_macro_f1=False, margin=0.0):
     """The start the guard keeps: the better on dev accuracy; on a tie the cold one, or the better by dev
-    macro-F1."""
+    macro-F1. With a margin, the warm start only where its dev accuracy leads by more than it."""
+    if margin:
+        return warm if warm["dev"]["accuracy"] - cold["dev"]["accuracy"] > margin else cold
     if warm["dev"]["accuracy"] != cold["dev"]["accuracy"]:
         return warm if warm["dev"]["accuracy"] > cold["dev"]["accuracy"] else cold
     return warm if ties_by_macro_f1 and warm["dev"]["macro_f1"] > cold["dev"]["macro_f1"] else cold
@@ -102,6 +107,10 @@ def summarize(table):
         by_f1 = 100 * statistics.mean(r["tie_by_f1"] for r in table)
         print(f"\nTies on dev: {len(ties)} of {len(table)}; breaking them by dev macro-F1 instead of keeping the cold "
               f"start, guarded's mean of {len(table)} would be {by_f1:.1f} (against {means['guarded']:.1f}).")
+    by_margin = {m: 100 * statistics.mean(r["by_margin"][m] for r in table) for m in MARGINS}
+    print(f"\nKeeping the warm start only where it leads on dev by more than a margin, guarded's mean of {len(table)} "
+          "would be " + ", ".join(f"{v:.1f} ({100 * m:g} points)" for m, v in by_margin.items())
+          + f" (against {means['guarded']:.1f}).")
 
 
 def per_seed_on_shared_tasks(by_seed, columns):
