@@ -230,35 +230,18 @@ impl Config {
     /// (`max_z_norm = 0`, `max_labels = 1`) are an error naming the setting.
     pub fn task_limits(&self) -> anyhow::Result<TaskLimits> {
         let server = &self.server;
-        let refuse = |key: &str, value: String, rule: &str| {
-            anyhow::anyhow!(
-                "[server] {key} = {value}: {rule} (env DELTASPACE_SERVER_{})",
-                key.to_uppercase()
-            )
-        };
         if !(server.max_z_norm.is_finite() && server.max_z_norm > 0.0) {
-            let value = server.max_z_norm.to_string();
-            return Err(refuse(
-                "max_z_norm",
-                value,
-                "it must be a finite number above 0",
-            ));
+            let rule = "it must be a finite number above 0";
+            return Err(unusable("server", "max_z_norm", server.max_z_norm, rule));
         }
         if server.max_labels < 2 {
-            let value = server.max_labels.to_string();
-            return Err(refuse("max_labels", value, "a task has at least 2 labels"));
-        }
-        if server.max_label_chars == 0 {
-            return Err(refuse(
-                "max_label_chars",
-                "0".into(),
-                "it must be at least 1",
-            ));
+            let rule = "a task has at least 2 labels";
+            return Err(unusable("server", "max_labels", server.max_labels, rule));
         }
         Ok(TaskLimits {
             max_z_norm: server.max_z_norm,
             max_labels: server.max_labels,
-            max_label_chars: server.max_label_chars,
+            max_label_chars: count("server", "max_label_chars", server.max_label_chars)?,
             ..TaskLimits::default()
         })
     }
@@ -283,6 +266,28 @@ impl Config {
             shared_threads: self.runtime.shared_threads,
         }
     }
+}
+
+/// A setting that counts something and must not be 0 (a server with `max_batch_tokens = 0`
+/// would refuse every request): the value, or why the server does not start.
+pub fn count<T: Copy + Default + PartialEq + std::fmt::Display>(
+    section: &str,
+    key: &str,
+    value: T,
+) -> anyhow::Result<T> {
+    if value == T::default() {
+        return Err(unusable(section, key, value, "it must be at least 1"));
+    }
+    Ok(value)
+}
+
+/// Why the setting `[section] key = value` cannot work, naming the environment variable too.
+fn unusable(section: &str, key: &str, value: impl std::fmt::Display, rule: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "[{section}] {key} = {value}: {rule} (env DELTASPACE_{}_{})",
+        section.to_uppercase(),
+        key.to_uppercase()
+    )
 }
 
 /// `ORT_DYLIB_PATH`, ONNX Runtime's own variable for its library, when set: the library to load

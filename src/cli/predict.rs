@@ -144,9 +144,9 @@ pub(super) fn load_task(
     subspace: &crate::subspace::Subspace,
 ) -> anyhow::Result<Task> {
     let task = Task::load(path)?;
-    if let Some(reference) = task.subspace.as_ref().filter(|r| !subspace.matches(r)) {
+    if let Some(reference) = subspace.other(task.subspace.as_deref()) {
         return Err(TaskError::Subspace {
-            task: reference.clone(),
+            task: reference.to_string(),
             loaded: subspace.id(),
         })
         .with_context(|| format!("task {}", path.display()));

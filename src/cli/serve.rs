@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::config::Config;
+use crate::config::{Config, count};
 use crate::secret::Secret;
 use crate::server::{self, BatchLimits, Options, TuneLimits};
 
@@ -98,19 +98,6 @@ fn options(config: &Config, args: ServeArgs) -> anyhow::Result<Options> {
             name => name.to_string(),
         },
     })
-}
-
-/// A setting that counts something and must not be 0 (a server with `max_batch_tokens = 0`
-/// would refuse every request): the value, or why the server does not start.
-fn count<T: Copy + Default + PartialEq>(section: &str, key: &str, value: T) -> anyhow::Result<T> {
-    if value == T::default() {
-        anyhow::bail!(
-            "[{section}] {key} = 0: it must be at least 1 (env DELTASPACE_{}_{})",
-            section.to_uppercase(),
-            key.to_uppercase()
-        );
-    }
-    Ok(value)
 }
 
 /// This machine's name (a pod's name under Kubernetes), for `[server] replica`.

@@ -190,22 +190,7 @@ fn serve_refuses_task_bounds_that_cannot_work() {
             "[server] max_labels = 1",
         ),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
-            .args(["serve", "--bind", "127.0.0.1:1"])
-            .env(variable, value)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{variable}={value}: {stderr}"
-        );
-        assert!(
-            stderr.contains(named) && stderr.contains(variable),
-            "{stderr}"
-        );
+        serve_refuses_the_setting(variable, value, named);
     }
 }
 
@@ -230,17 +215,27 @@ fn serve_refuses_a_count_of_zero_in_its_settings() {
             "[server] max_label_chars = 0",
         ),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
-            .args(["serve", "--bind", "127.0.0.1:1"])
-            .env(variable, "0")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{variable}: {stderr}");
-        assert!(
-            stderr.contains(named) && stderr.contains(variable),
-            "{stderr}"
-        );
+        serve_refuses_the_setting(variable, "0", named);
     }
+}
+
+/// `serve` with `variable=value` exits with code 2 before it binds, naming the setting (`named`)
+/// and the variable.
+fn serve_refuses_the_setting(variable: &str, value: &str, named: &str) {
+    let output = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+        .args(["serve", "--bind", "127.0.0.1:1"])
+        .env(variable, value)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{variable}={value}: {stderr}"
+    );
+    assert!(
+        stderr.contains(named) && stderr.contains(variable),
+        "{stderr}"
+    );
 }

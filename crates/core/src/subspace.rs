@@ -430,6 +430,11 @@ impl Subspace {
         reference == self.name || reference == self.id()
     }
 
+    /// A task's `subspace` reference when it names another subspace than this one.
+    pub fn other<'r>(&self, reference: Option<&'r str>) -> Option<&'r str> {
+        reference.filter(|r| !self.matches(r))
+    }
+
     /// The subspace dimension d.
     pub fn d(&self) -> usize {
         self.params.d()

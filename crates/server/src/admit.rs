@@ -46,9 +46,9 @@ pub fn admit(
     subspace: &Subspace,
     limits: &TaskLimits,
 ) -> Result<Task, AdmitError> {
-    if let Some(reference) = task.subspace.as_ref().filter(|r| !subspace.matches(r)) {
+    if let Some(reference) = subspace.other(task.subspace.as_deref()) {
         return Err(TaskError::Subspace {
-            task: reference.clone(),
+            task: reference.to_string(),
             loaded: subspace.id(),
         }
         .into());

@@ -53,7 +53,7 @@ where
     let mut count = 0;
     for task in tasks() {
         let task = task?;
-        match other_subspace(&task, subspace) {
+        match subspace.other(task.subspace.as_deref()) {
             Some(id) => *summary.skipped.entry(id.to_string()).or_default() += 1,
             None => {
                 check(task, manifest, subspace, limits)?;
@@ -68,7 +68,7 @@ where
         .filter(|task| {
             !task
                 .as_ref()
-                .is_ok_and(|t| other_subspace(t, subspace).is_some())
+                .is_ok_and(|t| subspace.other(t.subspace.as_deref()).is_some())
         })
         .peekable();
     while tasks.peek().is_some() {
@@ -82,11 +82,6 @@ where
         summary.written += chunk.len();
     }
     Ok(summary)
-}
-
-/// The subspace `task` names when it is not `loaded`.
-fn other_subspace<'t>(task: &'t Task, loaded: &Subspace) -> Option<&'t str> {
-    task.subspace.as_deref().filter(|id| !loaded.matches(id))
 }
 
 fn check(

@@ -330,10 +330,7 @@ impl Backend for Database {
         let Some(job) = job.saved_over(stored.as_ref()) else {
             return Ok(());
         };
-        let record = serde_json::to_string(&job).map_err(|e| StoreError::CorruptJob {
-            id: job.job.clone(),
-            message: e.to_string(),
-        })?;
+        let record = job_text(&job)?;
         transaction.execute(
             "INSERT INTO jobs (id, owner, state, record) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (id) DO UPDATE SET owner = ?2, state = ?3, record = ?4",
@@ -383,10 +380,7 @@ impl Backend for Database {
             let mut job = parse_job(id, text)?;
             job.state = JobState::Failed;
             job.error = Some(reason.to_string());
-            let record = serde_json::to_string(&job).map_err(|e| StoreError::CorruptJob {
-                id: id.clone(),
-                message: e.to_string(),
-            })?;
+            let record = job_text(&job)?;
             transaction.execute(
                 "UPDATE jobs SET state = ?2, record = ?3 WHERE id = ?1",
                 params![id, job.state.name(), record],
@@ -411,6 +405,14 @@ fn read_jobs(
         jobs.push(parse_job(&id, &text)?);
     }
     Ok(jobs)
+}
+
+/// A job record as the `record` column holds it.
+pub(super) fn job_text(job: &JobRecord) -> Result<String, StoreError> {
+    serde_json::to_string(job).map_err(|e| StoreError::CorruptJob {
+        id: job.job.clone(),
+        message: e.to_string(),
+    })
 }
 
 pub(super) fn parse_job(id: &str, text: &str) -> Result<JobRecord, StoreError> {

@@ -33,7 +33,8 @@ use deltaspace_core::task::Task;
 
 use super::backend::{Backend, Changes};
 use super::db::{
-    CurrentRow, LabelCache, Record, from_le_bytes, next_generation, now_ms, parse_job, to_le_bytes,
+    CurrentRow, LabelCache, Record, from_le_bytes, job_text, next_generation, now_ms, parse_job,
+    to_le_bytes,
 };
 use super::jobs::{JobRecord, JobState};
 use super::location::LocationError;
@@ -506,13 +507,6 @@ fn record(row: &postgres::Row) -> Record {
         embeddings: None,
         change: as_u64(row.get(6)),
     }
-}
-
-fn job_text(job: &JobRecord) -> Result<String, StoreError> {
-    serde_json::to_string(job).map_err(|e| StoreError::CorruptJob {
-        id: job.job.clone(),
-        message: e.to_string(),
-    })
 }
 
 impl Backend for PostgresStore {
