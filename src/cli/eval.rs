@@ -151,7 +151,7 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
         (Some(solution.det), metrics[0])
     } else if let Some(path) = &args.task {
         let subspace = args.scoring.subspace(config, &encoder)?;
-        let task = load_task(path, &subspace)?;
+        let task = load_task(path, &subspace, &config.task_limits()?)?;
         let det = args.det.unwrap_or(task.det);
         let scored = score_through(
             &encoder,
@@ -185,7 +185,7 @@ pub fn transfer(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
     let subspace = args.scoring.subspace(config, &encoder)?;
     let tasks = args.scoring.task(&encoder)?;
     let limit = args.scoring.limit;
-    let task = load_task(&args.task, &subspace)?;
+    let task = load_task(&args.task, &subspace, &config.task_limits()?)?;
     let scored = score_through(
         &encoder,
         &subspace,

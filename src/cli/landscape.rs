@@ -46,11 +46,12 @@ pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
     let encoder = args.scoring.encoder(config)?;
     let subspace = args.scoring.subspace(config, &encoder)?;
     let task = args.scoring.task(&encoder)?.remove(0);
+    let limits = config.task_limits()?;
     let (plane, markers) = if args.tasks.len() == 3 {
         let tasks: Vec<Task> = args
             .tasks
             .iter()
-            .map(|path| load_task(path, &subspace))
+            .map(|path| load_task(path, &subspace, &limits))
             .collect::<anyhow::Result<_>>()?;
         let points = [tasks[0].z.clone(), tasks[1].z.clone(), tasks[2].z.clone()];
         let plane = Plane::through(&points)?;

@@ -71,7 +71,7 @@ pub fn predict(config: &Config, args: PredictArgs) -> anyhow::Result<()> {
     let inputs = read_inputs(&args.texts, args.text_pair.as_deref())?;
     let encoder = load_encoder(config, args.model.as_deref(), EncoderOptions::default())?;
     let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
-    let task = load_task(&args.task, &subspace)?;
+    let task = load_task(&args.task, &subspace, &config.task_limits()?)?;
     let prepared = PreparedTask::prepare(task, &encoder)?;
     let predictions = classifier::predict(&encoder, &subspace, &prepared, args.det, &inputs)?;
     let mut out = std::io::stdout().lock();
@@ -88,7 +88,7 @@ pub fn embed(config: &Config, args: EmbedArgs) -> anyhow::Result<()> {
     let embeddings = match &args.task {
         Some(path) => {
             let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
-            let task = load_task(path, &subspace)?;
+            let task = load_task(path, &subspace, &config.task_limits()?)?;
             let det = args.det.unwrap_or(task.det);
             let rows: Vec<TextRow> = inputs
                 .iter()
@@ -138,10 +138,12 @@ pub fn info(config: &Config, args: InfoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads TASK.json and validates it against the loaded subspace.
+/// Reads TASK.json and validates it against the loaded subspace and the configuration's bounds
+/// (`[server]`'s, so a task the server accepts loads here too).
 pub(super) fn load_task(
     path: &std::path::Path,
     subspace: &crate::subspace::Subspace,
+    limits: &TaskLimits,
 ) -> anyhow::Result<Task> {
     let task = Task::load(path)?;
     if let Some(reference) = subspace.other(task.subspace.as_deref()) {
@@ -151,7 +153,7 @@ pub(super) fn load_task(
         })
         .with_context(|| format!("task {}", path.display()));
     }
-    task.validate(subspace.d(), &TaskLimits::default())
+    task.validate(subspace.d(), limits)
         .with_context(|| format!("task {}", path.display()))?;
     Ok(task)
 }

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::det::DetKind;
 use crate::model::Encoder;
 use crate::subspace::Subspace;
-use crate::task::{Task, TaskLimits};
+use crate::task::{Task, TaskLimits, validate_labels};
 use crate::train::lines::{self, TuneLine};
 use crate::tuning::batch::TrainTask;
 use crate::tuning::head::HeadTuning;
@@ -87,11 +87,18 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
     let encoder = args.training.encoder(config)?;
     let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
     let tasks = args.training.tasks(&encoder, &args.data)?;
+    let limits = config.task_limits()?;
+    // Before training, not after: labels the written task could not keep would waste the run.
+    for task in &tasks {
+        validate_labels(&task.data.labels, &limits)
+            .with_context(|| format!("{}'s labels", task.data.name))?;
+    }
     let mut trace = args.trace.open(&args.training, TUNING, &args.optimizer)?;
     let tuning = Tuning {
         args: &args,
         encoder: &encoder,
         subspace: &subspace,
+        limits: &limits,
         tasks: &tasks,
     };
     let (tuned, loaded) = match args.optimizer.as_str() {
@@ -106,7 +113,8 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
         } else {
             args.out.join(format!("{}.json", data.name))
         };
-        write_task(&path, data.name.clone(), &result, &data.labels, &subspace)?;
+        let name = data.name.clone();
+        write_task(&path, name, &result, &data.labels, &subspace, &limits)?;
         let start_name = |start| start_name(&args.init, &starts, start, &result);
         lines::print(&TuneLine {
             task: data.name.clone(),
@@ -129,11 +137,13 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `tune` tunes: its arguments, the model, the subspace and the tasks' data.
+/// What `tune` tunes: its arguments, the model, the subspace, the bounds a task must keep and the
+/// tasks' data.
 struct Tuning<'a> {
     args: &'a TuneArgs,
     encoder: &'a Encoder,
     subspace: &'a Subspace,
+    limits: &'a TaskLimits,
     tasks: &'a [TrainTask],
 }
 
@@ -192,7 +202,7 @@ impl Tuning<'_> {
             bail!("--freeze-z trains only the head: give --head bias or --head prototypes");
         }
         let dets = args.det.map_or(DetKind::ALL.to_vec(), |det| vec![det]);
-        let loaded = load_starts(&args.init, self.subspace, !args.freeze_z)?;
+        let loaded = load_starts(&args.init, self.subspace, self.limits, !args.freeze_z)?;
         let target = Target {
             dets: &dets,
             head: args.head,
@@ -224,6 +234,7 @@ enum InitArg {
 fn load_starts(
     init: &[PathBuf],
     subspace: &Subspace,
+    limits: &TaskLimits,
     train_z: bool,
 ) -> anyhow::Result<Vec<InitArg>> {
     if init.is_empty() {
@@ -239,7 +250,7 @@ fn load_starts(
             if let Some(name) = word.strip_prefix("upstream:") {
                 return upstream_code(subspace, name).map(InitArg::Code);
             }
-            load_task(path, subspace)
+            load_task(path, subspace, limits)
                 .map(|task| InitArg::Code(task.z))
                 .with_context(|| {
                     format!(
@@ -288,12 +299,14 @@ fn start_name(init: &[PathBuf], starts: &[Start<'_>], index: usize, tuned: &Tune
         .unwrap_or_else(|| init[index].display().to_string())
 }
 
+/// Writes a tuned task, checked against the configuration's bounds as `load_task` reads it.
 fn write_task(
     path: &Path,
     name: String,
     tuned: &Tuned,
     labels: &[crate::task::Label],
     subspace: &Subspace,
+    limits: &TaskLimits,
 ) -> anyhow::Result<()> {
     let task = Task {
         name,
@@ -303,7 +316,7 @@ fn write_task(
         head: tuned.head.clone(),
         subspace: Some(subspace.id()),
     };
-    task.validate(subspace.d(), &TaskLimits::default())?;
+    task.validate(subspace.d(), limits)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }

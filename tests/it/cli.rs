@@ -83,6 +83,71 @@ fn predict_prints_one_json_line_per_text() {
     }
 }
 
+/// The commands that read or write a task keep the configured `[server]` bounds, as the server
+/// does: a task a server with raised bounds accepts loads in `predict`, and a lowered bound
+/// refuses it (exit code 2, the bound named), and `tune` refuses labels beyond the bounds before
+/// it trains.
+#[test]
+fn the_commands_keep_the_configured_task_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (subspace, task) = subspace_and_task(dir.path());
+    let model = tiny_dir().display().to_string();
+    let predict = ["predict", "--model", &model, "--subspace", &subspace];
+    let run = |task: &str, bound: (&str, &str)| {
+        Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+            .args(predict)
+            .args(["--task", task, "great film"])
+            .args(["--provider", "cpu", "--threads", "1"])
+            .env_remove("ORT_DYLIB_PATH")
+            .env(bound.0, bound.1)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap()
+    };
+    let lowered = run(&task, ("DELTASPACE_SERVER_MAX_Z_NORM", "1"));
+    assert_eq!(lowered.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&lowered.stderr);
+    assert!(
+        message.contains("‖z‖") && message.contains("bound 1"),
+        "{message}"
+    );
+
+    let mut far: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&task).unwrap()).unwrap();
+    far["z"] = serde_json::json!([2.0e4, 0.0, 0.0, 0.0]);
+    let far_task = dir.path().join("far.json").display().to_string();
+    std::fs::write(&far_task, far.to_string()).unwrap();
+    let default = run(&far_task, ("DELTASPACE_SERVER_MAX_LABELS", "1024"));
+    assert_eq!(default.status.code(), Some(2), "beyond the default 1e4");
+    let raised = run(&far_task, ("DELTASPACE_SERVER_MAX_Z_NORM", "1e5"));
+    assert_eq!(stdout_lines(&raised).len(), 1);
+
+    let sst2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/sst2");
+    let out = dir.path().join("tuned.json");
+    let tune = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+        .args([
+            "tune",
+            "--model",
+            &model,
+            "--subspace",
+            &subspace,
+            "--det",
+            "lora",
+        ])
+        .args(["--data", &sst2.display().to_string()])
+        .args(["--out", &out.display().to_string()])
+        .args(["--provider", "cpu", "--threads", "1"])
+        .env_remove("ORT_DYLIB_PATH")
+        .env("DELTASPACE_SERVER_MAX_LABEL_CHARS", "3")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(tune.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&tune.stderr);
+    assert!(message.contains("sst2's labels"), "{message}");
+    assert!(!out.exists(), "no task written");
+}
+
 #[test]
 fn embed_prints_unit_vectors_of_the_model_width() {
     let model = tiny_dir().display().to_string();

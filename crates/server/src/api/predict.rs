@@ -12,7 +12,7 @@ use super::decode::{EmbedRequest, PredictRequest};
 use super::{State, find, read_body, request_limits};
 use crate::auth::Access;
 use crate::batcher::Cost;
-use crate::error::ApiError;
+use crate::error::{ApiError, blocking};
 use crate::store::StoredTask;
 use crate::{AppState, Core};
 use deltaspace_core::classifier;
@@ -118,11 +118,13 @@ async fn encode(
     let det = det.unwrap_or(stored.det);
     det.column(core.encoder.manifest())
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    // Tokenized once, here: the tokens size the request and travel with it into the batch.
-    let tokens = core
-        .encoder
-        .tokenize(&inputs)
-        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    // Tokenized once, here: the tokens size the request and travel with it into the batch. Off
+    // the HTTP worker, as a request's texts may come to megabytes.
+    let encoder = Arc::clone(&core.encoder);
+    let tokens = blocking(move || {
+        (encoder.tokenize(&inputs)).map_err(|e| ApiError::InvalidRequest(e.to_string()))
+    })
+    .await?;
     let seq_len = tokens.seq_len();
     let cost = Cost {
         rows: tokens.rows(),
