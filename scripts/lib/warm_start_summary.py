@@ -16,6 +16,10 @@ of the tasks, over the seeds where all of them are in. Per seed, the means are a
 seed has (a seed still running is then compared on the same tasks), and where the two starts tie on dev, the
 mean the guard would give if it broke ties by dev macro-F1 instead. Last, the mean the guard would give if it kept
 the warm start only where it leads on dev by more than a margin (0.5, 1 and 2 points of dev accuracy).
+On the whole training sets, whose dev set is the same at every seed, a control for the selection itself: per
+task, the better on dev of two seeds' runs of one row (the earlier seed on a tie), as if that row too had been
+tuned from two starts and kept the better; for random and the cold z + head, over each pair of seeds that has
+every task.
 
 A second table reads docs/results/screen-warm-start-choice.jsonl (scripts/score-upstream-codes.sh): per (task, k,
 seed), the code the training examples choose and the code dev chooses, and the correlation over the 17 codes of
@@ -38,6 +42,7 @@ def lines(path):
 
 def main():
     warm_starts()
+    selection_alone()
     choices()
 
 
@@ -111,6 +116,28 @@ def summarize(table):
     print(f"\nKeeping the warm start only where it leads on dev by more than a margin, guarded's mean of {len(table)} "
           "would be " + ", ".join(f"{v:.1f} ({100 * m:g} points)" for m, v in by_margin.items())
           + f" (against {means['guarded']:.1f}).")
+
+
+def selection_alone():
+    """The best of two seeds on dev, per task, against the mean of the two seeds (whole training sets)."""
+    runs = defaultdict(dict)
+    for line in lines(RESULTS / "quality/minilm-d1024.jsonl"):
+        if line["shots"] == "full" and line["row"] in ("random", "z+head"):
+            runs[(line["row"], line["seed"])][line["task"]] = line
+    tasks = {task for by_task in runs.values() for task in by_task}
+    print("\nWhole training sets, the selection alone: per task the better on dev of two seeds' runs of one row, "
+          "against the mean of the two seeds:\n")
+    print("| row | seeds | best of the two on dev | mean of the two |")
+    print("|---|---|---|---|")
+    for row in ("random", "z+head"):
+        seeds = sorted(seed for (r, seed), by_task in runs.items() if r == row and by_task.keys() == tasks)
+        for i, first in enumerate(seeds):
+            for second in seeds[i + 1:]:
+                a, b = runs[(row, first)], runs[(row, second)]
+                kept = [b[t] if b[t]["dev"]["accuracy"] > a[t]["dev"]["accuracy"] else a[t] for t in sorted(tasks)]
+                both = [line["test"]["accuracy"] for t in tasks for line in (a[t], b[t])]
+                print(f"| {row} | {first}, {second} | {100 * statistics.mean(k['test']['accuracy'] for k in kept):.1f} "
+                      f"| {100 * statistics.mean(both):.1f} |")
 
 
 def per_seed_on_shared_tasks(by_seed, columns):
