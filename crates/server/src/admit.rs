@@ -10,7 +10,7 @@ use deltaspace_core::classifier::LabelSet;
 use deltaspace_core::det::DetError;
 use deltaspace_core::model::{Encoder, Manifest, ModelError};
 use deltaspace_core::subspace::Subspace;
-use deltaspace_core::task::{Label, Task, TaskError, TaskLimits};
+use deltaspace_core::task::{Label, Task, TaskError, TaskLimits, validate_z};
 
 use crate::error::ApiError;
 use crate::loaded::Core;
@@ -29,6 +29,10 @@ pub enum AdmitError {
     PrototypeWidth { got: usize, hidden: usize },
     #[error("z[{index}] = {value} is beyond what the server holds (f16: |z_i| ≤ 65504)")]
     ZBeyondF16 { index: usize, value: f32 },
+    /// Rounding to f16 can lengthen z by up to 2⁻¹¹ of its norm: a z just within the bound would
+    /// be served now and refused when the stored task is read again (at start, on a replica).
+    #[error("z as the server holds it (each value rounded to f16): {0}")]
+    RoundedZ(TaskError),
 }
 
 impl From<AdmitError> for ApiError {
@@ -56,6 +60,7 @@ pub fn admit(
     task.validate(subspace.d(), limits)?;
     task.z = ServedCode::round(std::mem::take(&mut task.z))
         .map_err(|(index, value)| AdmitError::ZBeyondF16 { index, value })?;
+    validate_z(&task.z, subspace.d(), limits).map_err(AdmitError::RoundedZ)?;
     if let Some(head) = task.head.take() {
         let hidden = manifest.hidden();
         if let Some(wrong) = head.prototypes.iter().flatten().find(|p| p.len() != hidden) {
@@ -95,10 +100,7 @@ pub fn commit(
 ) -> Result<(Arc<StoredTask>, bool), ApiError> {
     // Only a store this process alone writes is sure to be current in memory: a replica that has
     // not yet applied another's write would refuse an etag the database accepts.
-    let current = core
-        .store
-        .loaded_at()
-        .is_none()
+    let current = (!core.store.shared())
         .then(|| core.store.get(&task.name))
         .flatten();
     if let Precondition::Etag(etag) = expect

@@ -182,14 +182,26 @@ impl Jobs {
             }
             live.insert(record.job.clone(), job.clone());
         }
-        if let Err(error) = save(&core.store, record.clone()).await {
-            self.live().remove(&record.job);
-            return Err(error);
-        }
-        self.count(JobState::Queued, 1);
-        tracing::info!(job = %record.job, task = name, examples = order.train.len(), "tune job queued");
-        let (jobs, core) = (self.clone(), core.clone());
-        tokio::spawn(async move { jobs.run(core, job, order, expect).await });
+        // Recorded and started by a task of its own: a client that leaves while the record is
+        // saved drops this request, and the job must neither stay in `live` without running nor
+        // be lost once saved.
+        let (recorded, saved) = tokio::sync::oneshot::channel();
+        let (jobs, core, first) = (self.clone(), core.clone(), record.clone());
+        let examples = order.train.len();
+        tokio::spawn(async move {
+            if let Err(error) = save(&core.store, first.clone()).await {
+                jobs.live().remove(&first.job);
+                let _ = recorded.send(Err(error));
+                return;
+            }
+            jobs.count(JobState::Queued, 1);
+            tracing::info!(job = %first.job, task = %first.task, examples, "tune job queued");
+            let _ = recorded.send(Ok(()));
+            jobs.run(core, job, order, expect).await
+        });
+        saved
+            .await
+            .map_err(|_| ApiError::Internal("the tune job's task ended unsaved".into()))??;
         Ok(record)
     }
 
@@ -264,23 +276,31 @@ impl Jobs {
     async fn heartbeat(&self, store: &Arc<TaskStore>) -> Result<(), ApiError> {
         let live: Vec<Arc<LiveJob>> = self.live().values().cloned().collect();
         for job in live {
-            let id = job.record().job.clone();
-            let asked = self
-                .get_stored(store, &id)
-                .await?
-                .is_some_and(|r| r.cancel_requested);
-            if asked {
-                job.cancel();
+            // One job's failure must not leave the others' leases to expire.
+            if let Err(error) = self.renew(store, &job).await {
+                tracing::warn!(%error, job = %job.record().job, "renewing a tune job's lease");
             }
-            let record = {
-                let mut record = job.record();
-                record.heartbeat_ms = now_ms();
-                record.cancel_requested |= asked;
-                record.clone()
-            };
-            save(store, record).await?;
         }
         self.expire(store).await
+    }
+
+    /// Renews one live job's lease, and stops it where the store says it should stop: a cancel
+    /// asked on another replica, or a record that has ended there (its lease expired while this
+    /// replica could not renew it; the ended record stands).
+    async fn renew(&self, store: &Arc<TaskStore>, job: &LiveJob) -> Result<(), ApiError> {
+        let id = job.record().job.clone();
+        let stored = self.get_stored(store, &id).await?;
+        let asked = stored.as_ref().is_some_and(|r| r.cancel_requested);
+        if asked || stored.as_ref().is_some_and(|r| r.state.is_final()) {
+            job.cancel();
+        }
+        let record = {
+            let mut record = job.record();
+            record.heartbeat_ms = now_ms();
+            record.cancel_requested |= asked;
+            record.clone()
+        };
+        save(store, record).await
     }
 
     /// Fails the queued or running jobs of any replica whose lease has expired.
@@ -298,7 +318,9 @@ impl Jobs {
                 "{INTERRUPTED}: its replica {} stopped renewing the job's lease",
                 record.owner
             ));
-            save(store, record).await?;
+            if let Err(error) = save(store, record).await {
+                tracing::warn!(%error, "failing a tune job whose lease expired");
+            }
         }
         Ok(())
     }
@@ -476,8 +498,12 @@ impl Jobs {
                 self.metrics.tune_steps.inc();
             }
             let record = progress(job, &report, best_dev, started, order.seconds);
-            if report.dev.is_some() {
-                core.store.with_db(|db| db.save_job(&record))?;
+            // Progress is informational (and heartbeats save it again): a store that fails now
+            // must not end a job that can still serve its task.
+            if report.dev.is_some()
+                && let Err(error) = core.store.with_db(|db| db.save_job(&record))
+            {
+                tracing::warn!(%error, job = %record.job, "recording a tune job's progress");
             }
             Ok(())
         };
@@ -569,10 +595,27 @@ impl Jobs {
                 tracing::warn!(job = %record.job, task = %record.task, result, %error, "tune job ended")
             }
         }
-        if let Err(error) = save(&core.store, record.clone()).await {
-            tracing::error!(%error, job = %record.job, "recording the end of a tune job");
-        }
+        self.save_end(core, record.clone()).await;
         self.live().remove(&record.job);
+    }
+
+    /// Saves a job's last record, retrying while the store fails: until it is stored the job
+    /// stays live, so heartbeats keep its lease (and save its record too), and no replica fails
+    /// as interrupted a job whose task is served. On shutdown it gives up and logs why.
+    async fn save_end(&self, core: &Core, record: JobRecord) {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let Err(error) = save(&core.store, record.clone()).await else {
+                return;
+            };
+            if self.stopping.load(Ordering::SeqCst) {
+                tracing::error!(%error, job = %record.job, "recording the end of a tune job");
+                return;
+            }
+            tracing::warn!(%error, job = %record.job, retry_in = ?wait, "recording the end of a tune job");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(HEARTBEAT);
+        }
     }
 
     fn count(&self, state: JobState, by: i64) {

@@ -531,3 +531,59 @@ async fn a_restart_marks_the_jobs_it_cut_short_as_failed() {
     assert_error(app.get("/v1/tasks/topic").await, 404, "task_not_found").await;
     app.stop().await.unwrap();
 }
+
+/// A client that leaves while its job is being recorded (here: the database is locked by another
+/// writer for a moment) drops its request, not the job: once recorded, the job runs and ends. It
+/// stayed "queued" for good, holding a place in the queue, until 2026-12-02.
+#[tokio::test]
+async fn a_job_whose_client_left_while_it_was_recorded_still_runs() {
+    let fixture = Fixture::new();
+    let app = TestApp::spawn(fixture.options()).await;
+    let database = fixture.path("data").join(DATABASE_FILE);
+    let writer = rusqlite::Connection::open(&database).unwrap();
+    writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let left = impatient
+        .post(app.url("/v1/tasks/left/tune"))
+        .json(&tune_body(4))
+        .send()
+        .await;
+    assert!(left.is_err(), "the client gave up first: {left:?}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    writer.execute_batch("COMMIT").unwrap();
+
+    for _ in 0..1200 {
+        let page = ok_json(app.get("/v1/jobs").await).await;
+        if let Some(job) = page["jobs"].as_array().unwrap().first() {
+            let record = wait_for_end(&app, job["job"].as_str().unwrap()).await;
+            assert_eq!(record["state"], "succeeded", "{record}");
+            ok_json(app.get("/v1/tasks/left").await).await;
+            app.stop().await.unwrap();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the job was never recorded");
+}
+
+/// A store that fails for a while (here: another writer holds SQLite's lock past the busy
+/// timeout) costs a running job its progress records, not its result: it runs on, and serves its
+/// task once the store is back. Such a failure ended the job as failed until 2026-12-02.
+#[tokio::test]
+async fn a_job_outlives_a_store_that_fails_while_it_runs() {
+    let fixture = Fixture::new();
+    let app = TestApp::spawn(fixture.options()).await;
+    let job = start(&app, "outlives", &long_body(14)).await;
+    wait_running(&app, &job).await;
+    let writer = rusqlite::Connection::open(fixture.path("data").join(DATABASE_FILE)).unwrap();
+    writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    writer.execute_batch("COMMIT").unwrap();
+    let record = wait_for_end(&app, &job).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    ok_json(app.get("/v1/tasks/outlives").await).await;
+    app.stop().await.unwrap();
+}

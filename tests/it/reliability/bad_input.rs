@@ -120,6 +120,8 @@ fn cases(stale_etag: &str) -> Vec<Case> {
         put("wrong d (0)", "n").json(&upload_with("z", json!([]))).answers(422, "invalid_task"),
         put("wrong d (10,000)", "n").json(&upload_with("z", json!(vec![0; 10_000]))).answers(422, "invalid_task"),
         put("‖z‖ over max_z_norm", "n").json(&upload_with("z", json!([1e4, 1e4, 0, 0]))).answers(422, "invalid_task"),
+        // 9,999.99 as sent, 10,001.4 once each value is rounded to f16 (7,072) as the server holds it.
+        put("‖z‖ over max_z_norm once rounded", "n").json(&upload_with("z", json!([7071.06, 7071.06, 0, 0]))).answers(422, "invalid_task"),
         put("unknown DET", "n").json(&upload_with("det", json!("bitfit"))).answers(422, "invalid_task"),
         put("DET in another case", "n").json(&upload_with("det", json!("LoRA"))).answers(422, "invalid_task"),
         put("duplicate labels", "n").json(&upload_with("labels", json!([{"name": "a", "description": "A."}, {"name": "a", "description": "B."}]))).answers(422, "invalid_task"),

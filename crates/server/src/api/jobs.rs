@@ -54,9 +54,12 @@ pub(super) async fn tune(
             "init: \"upstream\" cannot start here: {reason}"
         )));
     }
-    // A precondition that fails now fails at once; the job checks it again when it serves.
-    let current = core.store.get(&name);
-    expect.check(&name, current.as_ref().map(|c| c.etag.as_str()))?;
+    // A precondition that fails now fails at once; the job checks it again when it serves. A
+    // shared store is checked then only: this replica may not yet have another's latest write.
+    if !core.store.shared() {
+        let current = core.store.get(&name);
+        expect.check(&name, current.as_ref().map(|c| c.etag.as_str()))?;
+    }
     let record = state.jobs.submit(core, &name, order, expect).await?;
     let status_url = format!("/v1/jobs/{}", record.job);
     Ok(HttpResponse::Accepted()

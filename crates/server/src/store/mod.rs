@@ -310,6 +310,13 @@ impl TaskStore {
         self.loaded_at
     }
 
+    /// Whether other processes write this store too (replicas on PostgreSQL). Then memory may lag
+    /// the database by a write another replica made and this one has not yet applied, and only
+    /// the database can check a precondition.
+    pub fn shared(&self) -> bool {
+        self.loaded_at.is_some()
+    }
+
     /// Refuses to create tasks beyond `max` ([`StoreError::Full`]); replacing one still works.
     #[must_use]
     pub fn with_max_tasks(mut self, max: usize) -> Self {
