@@ -109,6 +109,29 @@ impl TrainingArgs {
         }
     }
 
+    /// Refuses the flags among --checkpoint, --patience, --max-seconds, --final-limit and --lr
+    /// that `command` does not read (`unread`), naming those given, so that none is dropped
+    /// silently.
+    pub(super) fn refuse_unread(&self, command: &str, unread: &[&str]) -> anyhow::Result<()> {
+        let given = [
+            ("--checkpoint", self.checkpoint.is_some()),
+            ("--patience", self.patience.is_some()),
+            ("--max-seconds", self.max_seconds.is_some()),
+            ("--final-limit", self.final_limit.is_some()),
+            ("--lr", self.lr.is_some()),
+        ];
+        let named: Vec<&str> = (given.iter())
+            .filter(|(flag, given)| *given && unread.contains(flag))
+            .map(|(flag, _)| *flag)
+            .collect();
+        anyhow::ensure!(
+            named.is_empty(),
+            "{command} does not use {}: drop it",
+            named.join(" or ")
+        );
+        Ok(())
+    }
+
     pub(super) fn fit_options(&self, optimizer: OptimizerKind, defaults: Schedule) -> FitOptions {
         FitOptions {
             batch: self.batch,
@@ -257,6 +280,14 @@ pub fn train(config: &Config, command: TrainCommand) -> anyhow::Result<()> {
 
 fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.dim >= 1, "--dim must be at least 1");
+    // Stage 1's refinement runs its steps whole, without checkpoints or early stopping.
+    let unread = [
+        "--checkpoint",
+        "--patience",
+        "--max-seconds",
+        "--final-limit",
+    ];
+    args.training.refuse_unread("train subspace", &unread)?;
     if let Some(d) = args.complete_to {
         anyhow::ensure!(
             d > args.dim,
@@ -349,6 +380,19 @@ pub(super) fn load_tasks(
     max_examples: Option<usize>,
     shots: Option<(usize, u64)>,
 ) -> anyhow::Result<Vec<TrainTask>> {
+    // A task's outputs are named by its directory's name: two of one name would overwrite.
+    for (index, dir) in dirs.iter().enumerate() {
+        if let Some(first) = dirs[..index]
+            .iter()
+            .find(|other| other.file_name() == dir.file_name())
+        {
+            bail!(
+                "--data {} and {} name the same task: its outputs would overwrite each other",
+                first.display(),
+                dir.display()
+            );
+        }
+    }
     dirs.iter()
         .map(|dir| {
             let mut task = TrainTask::load(encoder, dir, max_examples)

@@ -163,10 +163,11 @@ impl Tuning<'_> {
         let Some(det) = args.det else {
             bail!("--optimizer cmaes tunes through one DET: give --det");
         };
-        if args.training.checkpoint.is_some() || args.training.patience.is_some() {
-            bail!(
-                "--optimizer cmaes neither checkpoints nor stops early: drop --checkpoint and --patience"
-            );
+        // It neither checkpoints, stops early nor keeps a time budget, and its step is --sigma.
+        let unread = ["--checkpoint", "--patience", "--max-seconds", "--lr"];
+        args.training.refuse_unread("--optimizer cmaes", &unread)?;
+        if args.freeze_z {
+            bail!("--optimizer cmaes tunes z: drop --freeze-z");
         }
         if !args.init.is_empty() {
             bail!("--optimizer cmaes starts from its own mean: drop --init");

@@ -554,6 +554,13 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
         refused.contains("--complete-to 2 must exceed --dim 2"),
         "{refused}"
     );
+    // Stage 1 neither checkpoints nor stops early, and says so rather than ignore the flags.
+    let args = decomposition_args(&model, &solutions, "7", &refused_file, &data_root);
+    let refused = deltaspace_refuses(&[&args[..], &["--checkpoint", "unused"]].concat());
+    assert!(
+        refused.contains("train subspace does not use --checkpoint"),
+        "{refused}"
+    );
     let file = deltaspace::tensor_file::TensorFile::read(Path::new(&completed)).unwrap();
     assert_eq!(
         file.get("U.lora").unwrap().shape[1],
@@ -608,7 +615,7 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
             "--out",
             &cma_task,
         ][..],
-        &fast,
+        &fast[..6], // its step is --sigma, not --lr
     ]
     .concat();
     assert_eq!(json_lines(&deltaspace(&args))[0]["optimizer"], "cmaes");
@@ -836,11 +843,14 @@ fn tune_traces_accuracy_per_task_and_step_without_changing_the_result() {
                 "4",
                 "--eval-every",
                 "3",
-                "--lr",
-                "0.05",
                 "--out",
                 tasks,
             ],
+            if optimizer == "adam" {
+                &["--lr", "0.05"]
+            } else {
+                &[]
+            },
             extra,
         ]
         .concat();
@@ -1275,7 +1285,22 @@ fn tune_without_a_det_tunes_all_three_and_keeps_the_best_on_dev() {
     let checkpoint = out("cma.checkpoint.safetensors");
     let flags = ["--det", "lora", "--checkpoint", &checkpoint, "--out", &task];
     let message = deltaspace_refuses(&[&args[..], &flags].concat());
-    assert!(message.contains("drop --checkpoint"), "{message}");
+    assert!(
+        message.contains("not use --checkpoint: drop it"),
+        "{message}"
+    );
+    let flags = [
+        "--det",
+        "lora",
+        "--max-seconds",
+        "5",
+        "--lr",
+        "0.1",
+        "--out",
+        &task,
+    ];
+    let message = deltaspace_refuses(&[&args[..], &flags].concat());
+    assert!(message.contains("--max-seconds or --lr"), "{message}");
 }
 
 #[test]
@@ -1430,4 +1455,35 @@ fn train_det_traces_each_task_and_det_like_tune() {
     };
     assert_eq!(steps("lora"), [0, 2, 4]);
     assert_eq!(steps("adapter"), [0, 2, 4]);
+}
+
+/// Two --data directories of one name would write one output file twice: refused before any
+/// work, naming both.
+#[test]
+fn two_tasks_of_one_name_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("sst2");
+    std::fs::create_dir(&copy).unwrap();
+    for file in ["labels.json", "train.jsonl", "dev.jsonl", "test.jsonl"] {
+        std::fs::copy(data("sst2").join(file), copy.join(file)).unwrap();
+    }
+    let [model, sst2, subspace] = tiny_tune_setup(dir.path(), "1");
+    let copy = copy.display().to_string();
+    let out = dir.path().join("tasks").display().to_string();
+    let args = [
+        "tune",
+        "--model",
+        &model,
+        "--subspace",
+        &subspace,
+        "--data",
+        &sst2,
+        "--data",
+        &copy,
+    ];
+    let message = deltaspace_refuses(&[&args[..], &["--out", &out]].concat());
+    assert!(
+        message.contains("name the same task") && message.contains(&copy),
+        "{message}"
+    );
 }

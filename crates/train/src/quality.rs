@@ -52,6 +52,12 @@ pub fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<QualityLine>> {
     let mut runs: HashMap<(String, String, String, u64), (usize, &Path)> = HashMap::new();
     for path in paths {
         for line in read(path)? {
+            anyhow::ensure!(
+                line.row != "guarded",
+                "{}: a line of row \"guarded\", which the report derives from the z+head and warm \
+                 lines; drop it",
+                path.display()
+            );
             let run = (
                 line.row.clone(),
                 line.task.clone(),
@@ -104,10 +110,10 @@ fn read(path: &Path) -> anyhow::Result<Vec<QualityLine>> {
 
 /// The product's default, `tune` without `--init`: of the z + head run from N(0, 0.02²) and the
 /// warm one from the nearest upstream code (rows "z+head" and "warm"), the better on dev, the
-/// cold one on a tie, as a "guarded" line per (task, shots, seed, subspace) that has both. Each
-/// start of the product's run trains on the rows it would alone, so this is its result.
+/// cold one on a tie, as a "guarded" line per (task, shots, seed, subspace) where both have dev
+/// scores. Each start of the product's run trains on the rows it would alone, so this is its
+/// result.
 pub fn guarded(lines: &[QualityLine]) -> Vec<QualityLine> {
-    let dev = |line: &QualityLine| line.dev.as_ref().map_or(f32::MIN, |d| d.accuracy);
     let same = |a: &QualityLine, b: &QualityLine| {
         (&a.task, &a.shots, a.seed, &a.subspace) == (&b.task, &b.shots, b.seed, &b.subspace)
     };
@@ -115,7 +121,12 @@ pub fn guarded(lines: &[QualityLine]) -> Vec<QualityLine> {
     rows("z+head")
         .filter_map(|cold| {
             let warm = rows("warm").find(|warm| same(cold, warm))?;
-            let kept = if dev(warm) > dev(cold) { warm } else { cold };
+            let (cold_dev, warm_dev) = (cold.dev.as_ref()?, warm.dev.as_ref()?);
+            let kept = if warm_dev.accuracy > cold_dev.accuracy {
+                warm
+            } else {
+                cold
+            };
             Some(QualityLine {
                 row: "guarded".into(),
                 ..kept.clone()
@@ -425,6 +436,8 @@ mod tests {
             with_dev("z+head", "a", 2, 0.9, 0.50),
             with_dev("warm", "a", 2, 0.6, 0.40), // cold better on dev: kept
             with_dev("z+head", "b", 2, 0.5, 0.50), // no warm line: no guarded line
+            line("z+head", "c", "16", 1, 0.50),
+            with_dev("warm", "c", 1, 0.9, 0.90), // the cold line has no dev: no guarded line
         ];
         let kept: Vec<(String, u64, f32)> = guarded(&lines)
             .into_iter()
@@ -434,7 +447,7 @@ mod tests {
         assert_eq!(kept, expected.map(|(t, s, a)| (t.to_string(), s, a)));
         let text = markdown(&lines);
         assert!(
-            text.contains("| guarded | 60.0 ± 14.1 (2) | 80.0 | 70.0 |"),
+            text.contains("| guarded | 60.0 ± 14.1 (2) | 80.0 | — | — |"),
             "{text}"
         );
     }
@@ -493,5 +506,16 @@ mod tests {
         );
         let error = read_all(&[other]).unwrap_err().to_string();
         assert!(error.contains("2 subspaces (s, t)"), "{error}");
+        // "guarded" is derived, never read: a file with it would count its runs twice.
+        let derived = file(
+            dir.path(),
+            "derived",
+            &[("guarded", "a", 1, Some("s"), 0.6)],
+        );
+        let error = read_all(&[derived]).unwrap_err().to_string();
+        assert!(
+            error.contains("\"guarded\", which the report derives"),
+            "{error}"
+        );
     }
 }

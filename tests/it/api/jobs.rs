@@ -294,6 +294,12 @@ async fn bad_tune_requests_are_refused_with_the_reason() {
             "dev_examples is empty",
         ),
         (
+            tune_body(1),
+            422,
+            "invalid_tune",
+            "one example per label leaves none",
+        ),
+        (
             with(&|b| b["init"] = json!(["warm"])),
             422,
             "invalid_tune",

@@ -94,7 +94,14 @@ impl TaskData {
             .with_context(|| format!("reading {}", labels_path.display()))?;
         let labels: Vec<Label> = serde_json::from_str(&text)
             .with_context(|| format!("parsing {}", labels_path.display()))?;
-        validate_labels(&labels, &TaskLimits::default())
+        // What any task needs (two or more labels, unique, described); the configured bounds on
+        // their number and length apply where a task is written (`tune`, the server).
+        let any_size = TaskLimits {
+            max_labels: usize::MAX,
+            max_label_chars: usize::MAX,
+            ..TaskLimits::default()
+        };
+        validate_labels(&labels, &any_size)
             .with_context(|| format!("{}", labels_path.display()))?;
         let read =
             |split: Split| read_split(&dir.join(format!("{split}.jsonl")), &labels, max_per_split);

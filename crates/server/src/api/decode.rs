@@ -285,6 +285,17 @@ impl TuneRequest {
             .dev_examples
             .map(|list| examples("dev_examples", list))
             .transpose()?;
+        // Held out from examples: a share of each label's, never its last one.
+        let mut per_label = vec![0usize; request.labels.len()];
+        train.iter().for_each(|e| per_label[e.label] += 1);
+        if dev.is_none() && per_label.iter().all(|&n| n < 2) {
+            return Err(ApiError::InvalidTune(
+                "examples: without dev_examples, dev is held out from examples (a fifth of each \
+                 label's, never its last), and one example per label leaves none; give a label \
+                 at least 2 examples, or dev_examples"
+                    .into(),
+            ));
+        }
         let test = request
             .test_examples
             .map(|list| examples("test_examples", list))

@@ -341,6 +341,13 @@ pub fn fit_observed(
     label: &str,
     observe: &mut dyn FnMut(StepReport<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<FitResult> {
+    // With no dev example every evaluation scores 0, and the first would be kept for good.
+    if let Some(task) = training.tasks.iter().find(|t| t.data.dev.is_empty()) {
+        anyhow::bail!(
+            "task {}: its dev split has no examples, and dev chooses what training keeps",
+            task.data.name
+        );
+    }
     let started = Instant::now();
     let (mut observing, mut optimizing) = (Duration::ZERO, Duration::ZERO);
     let mut report =
@@ -701,6 +708,25 @@ mod tests {
         );
     }
 
+    /// Values that diverged (a NaN or an infinity) are never kept, however their dev scores: NaN
+    /// logits argmax to the first label, which can beat an earlier best on a skewed dev set.
+    #[test]
+    fn diverged_values_are_never_kept_as_the_best() {
+        let options = FitOptions::new(crate::tuning::tune::TUNING, 1);
+        let mut state = FitState::new(vec![vec![0.5, 0.5]], &options);
+        state.record_dev(&[0], &[scores(0.5)], Some(2), true);
+        state.values[0] = vec![f32::NAN, 0.5];
+        for _ in 0..2 {
+            state.record_dev(&[0], &[scores(0.75)], Some(2), true);
+        }
+        assert_eq!(state.best[0], [0.5, 0.5]);
+        assert_eq!(state.best_dev[0].accuracy, 0.5);
+        assert!(
+            state.active(Some(2)).is_empty(),
+            "each counts as no improvement"
+        );
+    }
+
     /// Only the units still training are scored on dev; a stopped one shows the best it keeps.
     #[test]
     fn a_stopped_unit_is_not_scored_again() {
@@ -727,6 +753,35 @@ mod tests {
         let dev = evaluate_dev(&training, &state, &[0], &options).unwrap();
         assert!(dev[0].n > 0, "the active unit is scored: {:?}", dev[0]);
         assert_eq!(dev[1], scores(0.125), "the stopped unit keeps its best");
+    }
+
+    /// A task without dev examples is refused before the first step: every evaluation would
+    /// score 0, and the first would be kept whatever followed.
+    #[test]
+    fn a_task_without_dev_examples_is_refused() {
+        let runtime = test_runtime();
+        let encoder =
+            Encoder::load(&runtime, &fixture("tiny"), &EncoderOptions::default()).unwrap();
+        let theta0 = Theta0::load(&ModelFiles::open(&fixture("tiny")).unwrap()).unwrap();
+        let mut task = TrainTask::load(&encoder, &fixture("data/sst2"), None).unwrap();
+        task.data.dev.clear();
+        let units = [Unit::new(0, DetKind::Lora)];
+        let space = Space::Original { theta0: &theta0 };
+        let training = Training {
+            encoder: &encoder,
+            tasks: std::slice::from_ref(&task),
+            units: &units,
+            space,
+        };
+        let init = vec![vec![0.0; space.len(DetKind::Lora, &encoder).unwrap()]];
+        let options = FitOptions::new(crate::tuning::tune::TUNING, 1);
+        let error = fit(training, init, &options, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("sst2") && error.contains("no examples"),
+            "{error}"
+        );
     }
 
     /// A subspace unit's gradient, which `fit` takes as Uᵀ (d loss/d δ) with δ decoded on the

@@ -192,7 +192,9 @@ impl FitState {
         on_grid: bool,
     ) {
         for &unit in active {
-            if dev[unit].accuracy > self.best_dev[unit].accuracy {
+            // Diverged values score as whatever their NaN logits argmax to; never keep them.
+            let finite = self.values[unit].iter().all(|v| v.is_finite());
+            if finite && dev[unit].accuracy > self.best_dev[unit].accuracy {
                 self.best_dev[unit] = dev[unit];
                 self.best[unit] = self.values[unit].clone();
                 self.best_step[unit] = self.step;
