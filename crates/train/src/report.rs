@@ -43,13 +43,25 @@ pub struct Report {
     pub averages: BTreeMap<String, f64>,
 }
 
-/// (task, det) → test accuracy of every tune line in `path`, with the mean seconds.
+/// (task, det) → test accuracy of every tune line in `path`, with the mean seconds. A (task, det)
+/// that comes twice is refused: one of the two would count in the seconds and not in the scores.
 fn tuned(path: &Path) -> anyhow::Result<(TestAccuracy, f64)> {
     let lines: Vec<TuneLine> = lines::read(path)?;
-    let scores = lines
-        .iter()
-        .map(|line| ((line.task.clone(), line.det), f64::from(line.test.accuracy)))
-        .collect();
+    let mut scores = TestAccuracy::new();
+    for line in &lines {
+        let accuracy = f64::from(line.test.accuracy);
+        if scores
+            .insert((line.task.clone(), line.det), accuracy)
+            .is_some()
+        {
+            anyhow::bail!(
+                "{}: {} through {} comes twice; keep one line per task and DET",
+                path.display(),
+                line.task,
+                line.det
+            );
+        }
+    }
     let seconds = mean(lines.iter().map(|line| line.seconds));
     Ok((scores, seconds))
 }
@@ -254,7 +266,10 @@ fn averages(report: &Report) -> BTreeMap<String, f64> {
                 .get(task)
                 .into_iter()
                 .flat_map(|m| m.values());
-            originals.map(move |original| 100.0 * zero / original)
+            // A DET that scored 0 has no relative figure, here as in every table.
+            originals
+                .filter(|original| **original > 0.0)
+                .map(move |original| 100.0 * zero / original)
         })
         .collect();
     if !zero_relative.is_empty() {
@@ -471,5 +486,12 @@ mod tests {
             "an empty table averages to –: {md}"
         );
         assert!(md.contains("L→A"));
+        // A (task, DET) twice in one file would count in the seconds and not in the scores.
+        write(
+            "tune/d8-adam-lora.jsonl",
+            &[tune("lora", 0.6, 3.0), tune("lora", 0.7, 5.0)],
+        );
+        let error = build(dir.path(), "d8").unwrap_err().to_string();
+        assert!(error.contains("t through lora comes twice"), "{error}");
     }
 }
