@@ -126,11 +126,34 @@ impl Theta0 {
     pub fn det(&self, index: usize) -> &Array1<f32> {
         &self.dets[index]
     }
+
+    /// SHA-256, in hex, of every DET's θ⁰ in column order as little-endian f32: what a run in the
+    /// original space starts from, so that its checkpoints name it.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for value in self.dets.iter().flatten() {
+            hasher.update(value.to_le_bytes());
+        }
+        format!("{:x}", hasher.finalize())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_digest_names_every_value_of_theta0() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+        let theta0 = Theta0::load(&ModelFiles::open(&dir).unwrap()).unwrap();
+        let digest = theta0.digest();
+        assert_eq!(digest.len(), 64);
+        let mut other = theta0.clone();
+        other.dets[2][0] += 1.0;
+        assert_ne!(other.digest(), digest, "the last DET counts too");
+    }
 
     #[test]
     fn det_names_round_trip_and_unknown_names_are_errors() {

@@ -186,7 +186,7 @@ impl Space<'_> {
     /// The space in words, recorded in checkpoints so a run resumes only its own.
     pub fn describe(&self) -> String {
         match self {
-            Space::Original { .. } => "original space".into(),
+            Space::Original { theta0 } => format!("original space θ⁰ {}", &theta0.digest()[..12]),
             Space::Subspace {
                 subspace,
                 head,
