@@ -15,7 +15,8 @@ over the (task, seed) pairs that have every column; the spread is the standard d
 of the tasks, over the seeds where all of them are in. Per seed, the means are also given over the tasks every
 seed has (a seed still running is then compared on the same tasks), and where the two starts tie on dev, the
 mean the guard would give if it broke ties by dev macro-F1 instead. Last, the mean the guard would give if it kept
-the warm start only where it leads on dev by more than a margin (0.5, 1 and 2 points of dev accuracy).
+the warm start only where it leads on dev by more than a margin (0.5, 1 and 2 points of dev accuracy), and the
+paired differences of guarded and random over the (task, seed) pairs (mean, sd, standard error).
 On the whole training sets, whose dev set is the same at every seed, a control for the selection itself: per
 task, the better on dev of two seeds' runs of one row (the earlier seed on a tie), as if that row too had been
 tuned from two starts and kept the better; for random and the cold z + head, over each pair of seeds that has
@@ -112,6 +113,11 @@ def summarize(table):
         by_f1 = 100 * statistics.mean(r["tie_by_f1"] for r in table)
         print(f"\nTies on dev: {len(ties)} of {len(table)}; breaking them by dev macro-F1 instead of keeping the cold "
               f"start, guarded's mean of {len(table)} would be {by_f1:.1f} (against {means['guarded']:.1f}).")
+    differences = [100 * (r["guarded"] - r["random"]) for r in table]
+    if len(differences) >= 2:
+        error = statistics.stdev(differences) / len(differences) ** 0.5
+        print(f"\nGuarded minus random over the {len(differences)} (task, seed) pairs: mean {statistics.mean(differences):+.1f}, "
+              f"sd {statistics.stdev(differences):.1f}, standard error of the mean {error:.1f} points")
     by_margin = {m: 100 * statistics.mean(r["by_margin"][m] for r in table) for m in MARGINS}
     print(f"\nKeeping the warm start only where it leads on dev by more than a margin, guarded's mean of {len(table)} "
           "would be " + ", ".join(f"{v:.1f} ({100 * m:g} points)" for m, v in by_margin.items())
