@@ -6,11 +6,17 @@ use std::process::{Command, Output};
 use crate::helpers::tiny_dir;
 
 fn deltaspace(args: &[&str]) -> Output {
+    deltaspace_with(args, &[])
+}
+
+/// [`deltaspace`] with environment variables set (configuration overrides).
+fn deltaspace_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_deltaspace"))
         .args(args)
         .args(["--provider", "cpu", "--threads", "1"])
         .env_remove("ORT_DYLIB_PATH")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap()
@@ -93,18 +99,13 @@ fn the_commands_keep_the_configured_task_bounds() {
     let (subspace, task) = subspace_and_task(dir.path());
     let model = tiny_dir().display().to_string();
     let predict = ["predict", "--model", &model, "--subspace", &subspace];
-    let run = |task: &str, bound: (&str, &str)| {
-        Command::new(env!("CARGO_BIN_EXE_deltaspace"))
-            .args(predict)
-            .args(["--task", task, "great film"])
-            .args(["--provider", "cpu", "--threads", "1"])
-            .env_remove("ORT_DYLIB_PATH")
-            .env(bound.0, bound.1)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap()
+    let run = |task: &str, env: &[(&str, &str)]| {
+        deltaspace_with(
+            &[&predict[..], &["--task", task, "great film"]].concat(),
+            env,
+        )
     };
-    let lowered = run(&task, ("DELTASPACE_SERVER_MAX_Z_NORM", "1"));
+    let lowered = run(&task, &[("DELTASPACE_SERVER_MAX_Z_NORM", "1")]);
     assert_eq!(lowered.status.code(), Some(2));
     let message = String::from_utf8_lossy(&lowered.stderr);
     assert!(
@@ -117,15 +118,16 @@ fn the_commands_keep_the_configured_task_bounds() {
     far["z"] = serde_json::json!([2.0e4, 0.0, 0.0, 0.0]);
     let far_task = dir.path().join("far.json").display().to_string();
     std::fs::write(&far_task, far.to_string()).unwrap();
-    let default = run(&far_task, ("DELTASPACE_SERVER_MAX_LABELS", "1024"));
+    let default = run(&far_task, &[]);
     assert_eq!(default.status.code(), Some(2), "beyond the default 1e4");
-    let raised = run(&far_task, ("DELTASPACE_SERVER_MAX_Z_NORM", "1e5"));
+    let raised = run(&far_task, &[("DELTASPACE_SERVER_MAX_Z_NORM", "1e5")]);
     assert_eq!(stdout_lines(&raised).len(), 1);
 
     let sst2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/sst2");
     let out = dir.path().join("tuned.json");
-    let tune = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
-        .args([
+    let (sst2, out_arg) = (sst2.display().to_string(), out.display().to_string());
+    let tune = deltaspace_with(
+        &[
             "tune",
             "--model",
             &model,
@@ -133,15 +135,13 @@ fn the_commands_keep_the_configured_task_bounds() {
             &subspace,
             "--det",
             "lora",
-        ])
-        .args(["--data", &sst2.display().to_string()])
-        .args(["--out", &out.display().to_string()])
-        .args(["--provider", "cpu", "--threads", "1"])
-        .env_remove("ORT_DYLIB_PATH")
-        .env("DELTASPACE_SERVER_MAX_LABEL_CHARS", "3")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
+            "--data",
+            &sst2,
+            "--out",
+            &out_arg,
+        ],
+        &[("DELTASPACE_SERVER_MAX_LABEL_CHARS", "3")],
+    );
     assert_eq!(tune.status.code(), Some(2));
     let message = String::from_utf8_lossy(&tune.stderr);
     assert!(message.contains("sst2's labels"), "{message}");
