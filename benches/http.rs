@@ -99,7 +99,11 @@ struct Args {
     /// `[runtime] delta_cache_mb` of the server (decoded deltas of recent tasks; used at d ≥ 64).
     #[arg(long, default_value_t = 64)]
     delta_cache_mb: usize,
-    /// `[runtime] shared_threads = true` (one ORT thread pool for every session).
+    /// `[runtime] sessions` of the server: batches in flight at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    sessions: u64,
+    /// `[runtime] shared_threads = true` (one ORT thread pool for every session; the server's
+    /// default, off here so that earlier figures stay comparable).
     #[arg(long)]
     shared_threads: bool,
     /// `[runtime] one_det_graphs = true` (batches of one DET through that DET's own graph).
@@ -434,10 +438,14 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "[runtime]\nprovider = \"cpu\"\nintra_threads = {}\ndelta_cache_mb = {}\n\
-                 shared_threads = {}\none_det_graphs = {}\n\n\
+                "[runtime]\nprovider = \"cpu\"\nintra_threads = {}\nsessions = {}\n\
+                 delta_cache_mb = {}\nshared_threads = {}\none_det_graphs = {}\n\n\
                  [server]\nseed_tasks_dir = \"\"\nmax_tasks = 100000000\n",
-                args.threads, args.delta_cache_mb, args.shared_threads, args.one_det_graphs
+                args.threads,
+                args.sessions,
+                args.delta_cache_mb,
+                args.shared_threads,
+                args.one_det_graphs
             ),
         )?;
         let log = dir.join("server.log");

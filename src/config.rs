@@ -135,6 +135,9 @@ pub struct ServerConfig {
     /// Require a token for predictions, embeddings and task reads too (writes always need one
     /// when tokens are set).
     pub protect_reads: bool,
+    /// `Host` names a server bound to a loopback address answers besides localhost and the
+    /// loopback addresses, comma-separated; `*` = any (against DNS rebinding).
+    pub allowed_hosts: String,
     /// Seconds shutdown waits for in-flight requests.
     pub shutdown_timeout_s: u64,
     /// Milliseconds a client may take to send a request's head before it gets 408; 0 = no limit.
@@ -173,6 +176,7 @@ impl Default for ServerConfig {
             max_label_chars: crate::task::TaskLimits::default().max_label_chars,
             tokens: Secret::default(),
             protect_reads: false,
+            allowed_hosts: String::new(),
             shutdown_timeout_s: 30,
             client_request_timeout_ms: 5000,
             max_tune_jobs: TuneLimits::default().max_jobs,

@@ -89,7 +89,8 @@ pub struct EvalArgs {
     #[arg(long, conflicts_with = "probe")]
     pub zero_shot: bool,
     /// The linear probe: logistic regression on the frozen model's embeddings of train (or of
-    /// --shots per label), its L2 strength chosen on dev; prints it as `l2`.
+    /// --shots per label), its L2 strength chosen on dev; prints it as `l2`. Scored on whole dev
+    /// or test sets (no --split train, no --limit).
     #[arg(long)]
     pub probe: bool,
     /// train, dev or test (with --shots, train and dev are the few-shot draws).
@@ -113,7 +114,24 @@ pub struct TransferArgs {
     pub split: Split,
 }
 
+/// The probe is fitted on train and scored on whole dev and test sets: it has no train score, and
+/// `--limit` would not change what it scores.
+fn refuse_unscored_probe(args: &EvalArgs) -> anyhow::Result<()> {
+    if matches!(args.split, Split::Train) {
+        bail!(
+            "--probe is scored on dev and test only (it is fitted on train): give --split dev or test"
+        );
+    }
+    if args.scoring.limit.is_some() {
+        bail!("--probe scores whole splits: --limit does not apply to it");
+    }
+    Ok(())
+}
+
 pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
+    if args.probe {
+        refuse_unscored_probe(&args)?;
+    }
     let encoder = args.scoring.encoder(config)?;
     let tasks = args.scoring.task(&encoder)?;
     let limit = args.scoring.limit;

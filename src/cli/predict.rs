@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use super::{load_encoder, load_subspace};
+use super::{load_encoder, load_runtime, load_subspace};
 use crate::classifier::{self, PreparedTask, TextRow};
 use crate::config::Config;
 use crate::det::DetKind;
@@ -114,6 +114,8 @@ pub fn embed(config: &Config, args: EmbedArgs) -> anyhow::Result<()> {
 }
 
 pub fn info(config: &Config, args: InfoArgs) -> anyhow::Result<()> {
+    // ONNX Runtime loads once per process: the encoder below uses this same library.
+    let runtime = load_runtime(config)?;
     let encoder = load_encoder(config, args.model.as_deref(), EncoderOptions::default())?;
     let manifest = encoder.manifest();
     let dets: Vec<_> = manifest
@@ -132,7 +134,7 @@ pub fn info(config: &Config, args: InfoArgs) -> anyhow::Result<()> {
         "dets": dets,
         "execution_provider": encoder.provider(),
         "sessions": encoder.sessions(),
-        "onnxruntime": config.runtime_options().library.unwrap_or_default(),
+        "onnxruntime": runtime.library(),
     });
     println!("{}", serde_json::to_string_pretty(&info)?);
     Ok(())

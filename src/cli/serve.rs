@@ -84,6 +84,13 @@ fn options(config: &Config, args: ServeArgs) -> anyhow::Result<Options> {
             .map(Secret::new)
             .collect(),
         protect_reads: server.protect_reads,
+        allowed_hosts: server
+            .allowed_hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(String::from)
+            .collect(),
         shutdown_timeout: Duration::from_secs(server.shutdown_timeout_s),
         client_request_timeout: Duration::from_millis(server.client_request_timeout_ms),
         tune: TuneLimits {

@@ -223,6 +223,38 @@ fn bad_inputs_exit_with_code_2_and_say_what_is_wrong() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("export"));
 }
 
+/// The probe has no train score and always scores whole splits: asking for either is refused
+/// before anything loads, where it printed dev scores labelled "train".
+#[test]
+fn eval_refuses_a_probe_split_or_limit_it_cannot_score() {
+    for (flags, needle) in [
+        (&["--split", "train"][..], "dev and test only"),
+        (&["--limit", "10"][..], "--limit does not apply"),
+    ] {
+        let mut args = vec!["eval", "--data", "no/such/data", "--probe"];
+        args.extend_from_slice(flags);
+        let output = deltaspace(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+}
+
+/// `info` names the ONNX Runtime library it loaded, also when none is configured (the library is
+/// found beside the binary or in third_party/).
+#[test]
+fn info_names_the_onnxruntime_library_it_loaded() {
+    let output = deltaspace(&["info", "--model", &tiny_dir().display().to_string()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let library = info["onnxruntime"].as_str().unwrap();
+    assert!(
+        Path::new(library).is_file() && library.contains("onnxruntime"),
+        "{info}"
+    );
+}
+
 #[test]
 fn a_missing_onnxruntime_library_is_a_clear_error() {
     let output = Command::new(env!("CARGO_BIN_EXE_deltaspace"))

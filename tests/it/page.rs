@@ -23,6 +23,10 @@ async fn the_page_shows_the_server_lists_tasks_and_predicts() {
     let labels = ["negative", "positive"];
     let body = task_body("lora", [0.5, -0.5, 1.0, 0.0], &labels);
     assert_eq!(app.put_task("sentiment", &body).await.status(), 201);
+    // Text from the server is shown as text, never run as markup.
+    let hostile = [HOSTILE, "b"];
+    let body = task_body("lora", [0.0; 4], &hostile);
+    assert_eq!(app.put_task("hostile", &body).await.status(), 201);
     let info = ok_json(app.get("/v1/info").await).await;
     let page = Page::open(&fixture, &app).await;
 
@@ -30,10 +34,14 @@ async fn the_page_shows_the_server_lists_tasks_and_predicts() {
     let provider = info["execution_provider"].as_str().unwrap();
     let subspace = info["subspace"]["name"].as_str().unwrap();
     let state = page
-        .until_text("#server-state", |s| s.contains("1 task"))
+        .until_text("#server-state", |s| s.contains("2 tasks"))
         .await;
     assert!(state.contains(provider), "{state}");
     assert!(state.contains(&format!("{subspace} (d = 4)")), "{state}");
+    page.until_text("#tasks", |t| t.contains(HOSTILE)).await;
+    const INJECTED: &str =
+        "return [document.querySelectorAll('#tasks img').length, window.pwned ?? null]";
+    assert_eq!(page.script(INJECTED).await, json!([0, null]));
 
     // Picking the task in the list fills the predict box.
     page.click("#tasks button[data-task='sentiment']").await;
@@ -135,9 +143,19 @@ async fn the_page_tunes_a_task_from_examples_and_predicts_with_it() {
         assert!((total - 100.0).abs() < 0.2, "{prediction:?}");
     }
 
+    // The same name again keeps the task unless "Replace" is ticked: no second job starts.
+    page.click("#tune-button").await;
+    page.until_text("#error", |e| e.contains("exists already"))
+        .await;
+    let jobs = ok_json(app.get("/v1/jobs").await).await;
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
+
     page.close().await;
     app.stop().await.unwrap();
 }
+
+/// A label name that would run script if the page inserted it as markup.
+const HOSTILE: &str = "<img src=x onerror=\"window.pwned=1\">";
 
 /// Eight short examples per label, in the page's `label: text` format.
 const EXAMPLES: [&str; 16] = [

@@ -74,12 +74,17 @@ fn generations_and_preconditions(db: &mut dyn Backend, _reopen: Reopen<'_>) {
     assert!(put(db, &task("a", 3.0), &Precondition::Absent).is_err());
     assert!(put(db, &task("b", 3.0), &Precondition::Exists).is_err());
     assert!(matches!(
-        db.delete("a", &Precondition::Etag(first)),
+        db.delete("a", "s@1", &Precondition::Etag(first)),
         Err(StoreError::EtagMismatch { .. })
     ));
-    db.delete("a", &Precondition::Etag(second)).unwrap();
+    // A task is deleted only for the subspace it was stored for (the one a server serves).
     assert!(matches!(
-        db.delete("a", &Precondition::None),
+        db.delete("a", "s@2", &Precondition::None),
+        Err(StoreError::NotFound(_))
+    ));
+    db.delete("a", "s@1", &Precondition::Etag(second)).unwrap();
+    assert!(matches!(
+        db.delete("a", "s@1", &Precondition::None),
         Err(StoreError::NotFound(_))
     ));
     let (generation, _, created) = put(db, &task("a", 4.0), &Precondition::Absent).unwrap();
@@ -176,7 +181,7 @@ fn max_tasks_bounds_creation_but_not_replacement(db: &mut dyn Backend, reopen: R
     assert!(!created && replaced.generation == 2);
     // Tasks of another subspace are counted apart.
     write(db, "x", "s@2").unwrap();
-    db.delete("b", &Precondition::None).unwrap();
+    db.delete("b", "s@1", &Precondition::None).unwrap();
     write(db, "c", "s@1").unwrap();
     // The count comes from the store, not from this connection's memory.
     let mut other = reopen();
@@ -314,7 +319,7 @@ mod postgres {
         assert_eq!(db.last_change().unwrap(), Some(0));
         put(db.as_mut(), &task("a", 1.0), &Precondition::None).unwrap();
         put(db.as_mut(), &task("b", 1.0), &Precondition::None).unwrap();
-        let deleted_at = db.delete("a", &Precondition::None).unwrap();
+        let deleted_at = db.delete("a", "s@1", &Precondition::None).unwrap();
         assert_eq!(deleted_at, 3);
         assert!(put(db.as_mut(), &task("b", 2.0), &Precondition::Absent).is_err());
         assert_eq!(

@@ -93,7 +93,7 @@ pub enum TaskError {
     TooManyLabels { got: usize, max: usize },
     #[error("label {0:?} appears more than once")]
     DuplicateLabel(String),
-    #[error("label {index}: {field} must be 1-{max} characters")]
+    #[error("label {index}: {field} must be 1-{max} characters, not all blank")]
     LabelText {
         index: usize,
         field: &'static str,
@@ -219,7 +219,7 @@ pub fn validate_head(head: &Head, labels: usize, limits: &TaskLimits) -> Result<
     Ok(())
 }
 
-/// Checks labels: 2 or more, unique names, non-empty bounded texts.
+/// Checks labels: 2 or more, unique names, bounded texts that are not blank.
 pub fn validate_labels(labels: &[Label], limits: &TaskLimits) -> Result<(), TaskError> {
     if labels.len() < 2 {
         return Err(TaskError::TooFewLabels(labels.len()));
@@ -234,7 +234,7 @@ pub fn validate_labels(labels: &[Label], limits: &TaskLimits) -> Result<(), Task
     for (index, label) in labels.iter().enumerate() {
         for (field, text) in [("name", &label.name), ("description", &label.description)] {
             let chars = text.chars().count();
-            if chars == 0 || chars > limits.max_label_chars {
+            if text.trim().is_empty() || chars > limits.max_label_chars {
                 return Err(TaskError::LabelText {
                     index,
                     field,
@@ -298,6 +298,14 @@ mod tests {
             (Box::new(|t| t.z[0] = f32::INFINITY), "z[0]"),
             (Box::new(|t| t.z[0] = 1e5), "bound"),
             (Box::new(|t| t.labels.truncate(1)), "at least 2"),
+            (
+                Box::new(|t| t.labels[1].name = " \t".into()),
+                "label 1: name must be 1-1000 characters, not all blank",
+            ),
+            (
+                Box::new(|t| t.labels[0].description = String::new()),
+                "label 0: description",
+            ),
             (
                 Box::new(|t| head(t).bias.push(0.0)),
                 "3 values for 2 labels",

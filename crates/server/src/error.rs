@@ -46,6 +46,12 @@ pub enum ApiError {
     TooManyTasks(String),
     #[error("a valid `Authorization: Bearer TOKEN` header is required")]
     Unauthorized,
+    /// A browser sent a change from another site (`origin`).
+    #[error("{0}")]
+    CrossSite(String),
+    /// A loopback-bound server was asked under a `Host` name it does not answer (`origin`).
+    #[error("{0}")]
+    HostNotAllowed(String),
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("too many requests are waiting; retry shortly")]
@@ -79,6 +85,8 @@ impl ApiError {
             Self::EtagMismatch(_) => "etag_mismatch",
             Self::TooManyTasks(_) => "too_many_tasks",
             Self::Unauthorized => "unauthorized",
+            Self::CrossSite(_) => "cross_site",
+            Self::HostNotAllowed(_) => "host_not_allowed",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Overloaded => "overloaded",
             Self::NotReady => "not_ready",
@@ -102,6 +110,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::EtagMismatch(_) | Self::TooManyTasks(_) => StatusCode::CONFLICT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::CrossSite(_) | Self::HostNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Overloaded | Self::TooManyJobs(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotReady | Self::ShuttingDown | Self::StoreUnavailable(_) => {

@@ -13,11 +13,13 @@ mod jobs;
 mod load;
 mod loaded;
 mod metrics;
+mod origin;
 mod state;
 mod store;
 
 use jobs::Jobs;
 use loaded::Core;
+use origin::OriginGuard;
 use state::AppState;
 use store::follow::{Follower, StoreStatus};
 
@@ -45,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::Service as _;
 use actix_web::{App, HttpServer, web};
+use futures::future::{Either, ready};
 
 use deltaspace_core::classifier::ClassifyError;
 use deltaspace_core::model::{ModelError, ResidentChoice};
@@ -103,6 +106,9 @@ pub struct Options {
     pub tokens: Vec<Secret>,
     /// Require a token for predictions, embeddings and task reads too.
     pub protect_reads: bool,
+    /// `Host` names a loopback-bound server answers besides the loopback ones; `*` = any
+    /// (`origin`).
+    pub allowed_hosts: Vec<String>,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
     /// How long a client may take to send a request's head before it gets 408; zero = no limit.
@@ -238,16 +244,21 @@ fn http_server(
     let workers = state.options.workers;
     let timeout = state.options.shutdown_timeout.as_secs().max(1);
     let client_request_timeout = state.options.client_request_timeout;
+    let loopback = listener.local_addr()?.ip().is_loopback();
+    let guard = OriginGuard::new(loopback, &state.options.allowed_hosts);
     let data = web::Data::from(state);
     let mut server = HttpServer::new(move || {
-        let metrics = data.metrics.clone();
+        let (metrics, guard) = (data.metrics.clone(), guard.clone());
         App::new()
             .app_data(data.clone())
             .wrap_fn(move |request, service| {
                 let started = Instant::now();
                 let metrics = metrics.clone();
                 let method = request.method().as_str().to_string();
-                let call = service.call(request);
+                let call = match guard.check(request.request()) {
+                    Ok(()) => Either::Left(service.call(request)),
+                    Err(refused) => Either::Right(ready(Ok(request.error_response(refused)))),
+                };
                 async move {
                     let response = call.await?;
                     let route = response

@@ -128,6 +128,7 @@ impl Fixture {
             task_limits: TaskLimits::default(),
             tokens: Vec::new(),
             protect_reads: false,
+            allowed_hosts: Vec::new(),
             shutdown_timeout: Duration::from_secs(10),
             client_request_timeout: Duration::from_secs(5),
             tune: TuneLimits::default(),

@@ -357,6 +357,9 @@ async fn bad_tune_requests_are_refused_with_the_reason() {
     assert_eq!(wrong.headers()["allow"], "POST");
     assert_error(wrong, 405, "method_not_allowed").await;
     assert_error(app.get("/v1/jobs?limit=0").await, 422, "invalid_request").await;
+    let unknown = app.get("/v1/jobs?after=0123456789abcdef").await;
+    let message = assert_error(unknown, 422, "invalid_request").await;
+    assert!(message.contains("no such job"), "{message}");
     // Nothing was accepted, so nothing was recorded or served.
     assert_eq!(ok_json(app.get("/v1/jobs").await).await["jobs"], json!([]));
     assert_error(app.get("/v1/tasks/t").await, 404, "task_not_found").await;
@@ -426,6 +429,29 @@ async fn a_full_queue_answers_429_and_cancelling_ends_a_job_without_a_task() {
     let rest = ok_json(app.get(&format!("/v1/jobs?after={next}")).await).await;
     assert_eq!(rest["jobs"].as_array().unwrap().len(), 1);
     assert!(rest["next"].is_null());
+    app.stop().await.unwrap();
+}
+
+/// On a full server, a tune job for a new name is refused at once, as a PUT would be, not after
+/// its budget; one that replaces a served task is still taken.
+#[tokio::test]
+async fn a_full_server_refuses_a_tune_job_for_a_new_task_at_once() {
+    let fixture = Fixture::new();
+    let mut options = fixture.options();
+    options.max_tasks = 1;
+    let app = TestApp::spawn(options).await;
+    let body = task_body("lora", [0.0; 4], &["sports", "music"]);
+    assert_eq!(app.put_task("topic", &body).await.status(), 201);
+    let message = assert_error(
+        post_tune(&app, "another", &tune_body(2)).await,
+        409,
+        "too_many_tasks",
+    )
+    .await;
+    assert!(message.contains("max_tasks"), "{message}");
+    assert_eq!(ok_json(app.get("/v1/jobs").await).await["jobs"], json!([]));
+    let job = start(&app, "topic", &tune_body(2)).await;
+    assert_eq!(wait_for_end(&app, &job).await["state"], "succeeded");
     app.stop().await.unwrap();
 }
 

@@ -1,7 +1,9 @@
 //! Authorization on the real binary, tokens given the way operators give them
 //! (`DELTASPACE_SERVER_TOKENS`): writes without a valid bearer token are refused with 401 and
 //! change nothing, and no token (right, wrong, or misplaced in a URL) ever appears in the log,
-//! even at trace level, in `/metrics`, in `/v1/info` or in an error body.
+//! even at trace level, in `/metrics`, in `/v1/info` or in an error body. An open server bound to
+//! a loopback address refuses what a web page elsewhere sends it (cross-site changes, DNS
+//! rebinding).
 
 use std::time::Duration;
 
@@ -123,4 +125,72 @@ async fn writes_need_a_valid_token_and_no_token_is_ever_logged_or_exported() {
             assert!(!text.contains(token), "{what} shows a token:\n{text}");
         }
     }
+}
+
+/// A server bound to 127.0.0.1 with no tokens (the default) is open to this machine's clients,
+/// not to web pages elsewhere: a change a browser sends from another site is refused (403
+/// `cross_site`), and so is any request under a `Host` name that is not this machine's, as a page
+/// that made its own name resolve to 127.0.0.1 would send it (403 `host_not_allowed`), unless
+/// `allowed_hosts` lists the name. Clients that are not browsers (no Origin) are not affected.
+#[tokio::test]
+async fn an_open_loopback_server_refuses_other_sites_and_foreign_host_names() {
+    let setup = Setup::new().server("allowed_hosts", "deltaspace.internal");
+    let mut server = Server::start(&setup, "info").await;
+    let http = reqwest::Client::new();
+    let task = json!({"det": "lora", "z": [0.1, 0.2, 0.3, 0.4],
+        "labels": [{"name": "a", "description": "A."}, {"name": "b", "description": "B."}]});
+    let put = |headers: &[(&str, &str)]| {
+        let mut request = http.put(server.url("/v1/tasks/site")).json(&task);
+        for &(name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let refused: [(&[(&str, &str)], &str); 4] = [
+        (&[("origin", "https://evil.example")], "cross_site"),
+        (&[("sec-fetch-site", "cross-site")], "cross_site"),
+        (&[("host", "evil.example")], "host_not_allowed"),
+        (
+            &[("host", "evil.example"), ("origin", "http://evil.example")],
+            "host_not_allowed",
+        ),
+    ];
+    for (headers, code) in refused {
+        let response = put(headers).await.unwrap();
+        assert_eq!(response.status(), 403, "{headers:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{headers:?}");
+    }
+    let foreign_read = http
+        .get(server.url("/v1/tasks"))
+        .header("host", "rebound.example:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign_read.status(), 403);
+    let message: Value = foreign_read.json().await.unwrap();
+    assert!(
+        message["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allowed_hosts"),
+        "{message}"
+    );
+    // Nothing was stored by the refused writes.
+    let missing = http.get(server.url("/v1/tasks/site")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // The page's own requests (same origin), a listed name, and plain clients go through.
+    let same_origin = server.url("");
+    let allowed: [&[(&str, &str)]; 3] = [
+        &[("origin", &same_origin), ("sec-fetch-site", "same-origin")],
+        &[("host", "deltaspace.internal")],
+        &[],
+    ];
+    for headers in allowed {
+        let response = put(headers).await.unwrap();
+        assert!(response.status().is_success(), "{headers:?}");
+    }
+    server.terminate();
+    assert_eq!(server.wait(Duration::from_secs(30)).await, Some(0));
 }

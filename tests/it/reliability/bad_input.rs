@@ -129,6 +129,7 @@ fn cases(stale_etag: &str) -> Vec<Case> {
         put("no labels", "n").json(&upload_with("labels", json!([]))).answers(422, "invalid_task"),
         put("too many labels", "n").json(&upload_with("labels", labels(1025))).answers(422, "invalid_task"),
         put("empty label description", "n").json(&upload_with("labels", json!([{"name": "a", "description": ""}, {"name": "b", "description": "B."}]))).answers(422, "invalid_task"),
+        put("blank label name", "n").json(&upload_with("labels", json!([{"name": " ", "description": "A."}, {"name": "b", "description": "B."}]))).answers(422, "invalid_task"),
         put("label name too long", "n").json(&upload_with("labels", json!([{"name": "a".repeat(1001), "description": "A."}, {"name": "b", "description": "B."}]))).answers(422, "invalid_task"),
         put("other subspace", "n").json(&upload_with("subspace", json!("another@123"))).answers(422, "invalid_task"),
         put("body names another task", "n").json(&upload_with("name", json!("other"))).answers(422, "invalid_task"),
@@ -137,6 +138,9 @@ fn cases(stale_etag: &str) -> Vec<Case> {
         put("non-ASCII name", "caf%C3%A9").body(good.clone()).answers(422, "invalid_task"),
         put("name that is not UTF-8", "bad%FFname").body(good.clone()).answers(422, "invalid_task"),
         put("name with an encoded slash", "a%2Fb").body(good.clone()).answers(422, "invalid_task"),
+        // A page on another site, directly or through DNS rebinding.
+        put("sent by a page on another site", "n").header("origin", "https://evil.example").body(good.clone()).answers(403, "cross_site"),
+        get("a Host name that is not this machine's", "/v1/tasks").header("host", "rebound.example:8080").answers(403, "host_not_allowed"),
         // PUT: preconditions.
         put("stale If-Match", "t").header("if-match", format!("\"{stale_etag}\"")).body(good.clone()).answers(409, "etag_mismatch"),
         put("If-Match * on a missing task", "absent").header("if-match", "*").body(good.clone()).answers(409, "etag_mismatch"),
@@ -157,6 +161,8 @@ fn cases(stale_etag: &str) -> Vec<Case> {
         get("limit not a number", "/v1/tasks?limit=ten").answers(422, "invalid_request"),
         get("limit given twice", "/v1/tasks?limit=1&limit=2").answers(422, "invalid_request"),
         get("unknown parameter", "/v1/tasks?colour=red").answers(422, "invalid_request"),
+        // GET /v1/jobs.
+        get("an unknown job cursor", "/v1/jobs?after=0123456789abcdef").answers(422, "invalid_request"),
         // POST /v1/tasks/{name}/predict.
         predict("unknown task", "missing").json(&json!({"inputs": ["x"]})).answers(404, "task_not_found"),
         predict("malformed JSON", "t").body(r#"{"inputs": ["x"]"#).answers(400, "invalid_json"),

@@ -11,7 +11,7 @@ use super::tasks::precondition;
 use super::{State, read_body};
 use crate::auth::Access;
 use crate::error::ApiError;
-use crate::store::JobRecord;
+use crate::store::{JobRecord, StoreError};
 use deltaspace_core::task::validate_name;
 use deltaspace_core::tuning::tune::{default_starts, upstream_unavailable};
 
@@ -54,11 +54,16 @@ pub(super) async fn tune(
             "init: \"upstream\" cannot start here: {reason}"
         )));
     }
-    // A precondition that fails now fails at once; the job checks it again when it serves. A
-    // shared store is checked then only: this replica may not yet have another's latest write.
+    // A precondition or a full store that fails now fails at once, not after the budget; the job
+    // checks both again when it serves. A shared store is checked then only: this replica may not
+    // yet have another's latest write.
     if !core.store.shared() {
         let current = core.store.get(&name);
         expect.check(&name, current.as_ref().map(|c| c.etag.as_str()))?;
+        let max = options.max_tasks;
+        if current.is_none() && core.store.len() >= max {
+            return Err(StoreError::Full { max }.into());
+        }
     }
     let record = state.jobs.submit(core, &name, order, expect).await?;
     let status_url = format!("/v1/jobs/{}", record.job);

@@ -182,9 +182,9 @@ pub(super) async fn delete_task(
     state.auth.require(&request, Access::Write)?;
     let core = state.core()?;
     let expect = precondition(&request)?;
-    let store = core.store.clone();
+    let (store, subspace_id) = (core.store.clone(), core.subspace.id());
     let name = name.into_inner();
-    blocking(move || Ok(store.delete(&name, &expect)?)).await?;
+    blocking(move || Ok(store.delete(&name, &subspace_id, &expect)?)).await?;
     state.metrics.tasks_registered.set(core.store.len() as i64);
     Ok(HttpResponse::NoContent().finish())
 }

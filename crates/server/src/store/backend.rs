@@ -39,9 +39,15 @@ pub trait Backend: Send {
     /// imports; label embeddings are made when a server next loads them. Returns how many were new.
     fn write_many(&mut self, tasks: &[Task], subspace_id: &str) -> Result<usize, StoreError>;
 
-    /// Deletes a task if `expect` holds; returns the change number of the deletion (0 for a store
-    /// that counts no changes).
-    fn delete(&mut self, name: &str, expect: &Precondition) -> Result<u64, StoreError>;
+    /// Deletes a task of `subspace_id` if `expect` holds; returns the change number of the
+    /// deletion (0 for a store that counts no changes). A task stored for another subspace is not
+    /// served, so it is not found here either: it stays untouched.
+    fn delete(
+        &mut self,
+        name: &str,
+        subspace_id: &str,
+        expect: &Precondition,
+    ) -> Result<u64, StoreError>;
 
     /// Every cached label-embedding set made by `model`, by label-set key.
     fn label_embeddings(&self, model: &str) -> Result<HashMap<String, Vec<f32>>, StoreError>;

@@ -279,9 +279,15 @@ impl Backend for Database {
         Ok(created)
     }
 
-    fn delete(&mut self, name: &str, expect: &Precondition) -> Result<u64, StoreError> {
+    fn delete(
+        &mut self,
+        name: &str,
+        subspace_id: &str,
+        expect: &Precondition,
+    ) -> Result<u64, StoreError> {
         let transaction = self.connection.transaction_with_behavior(IMMEDIATE)?;
-        let Some(current) = current_row(&transaction, name)? else {
+        let current = current_row(&transaction, name)?;
+        let Some(current) = current.filter(|row| row.subspace_id == subspace_id) else {
             return Err(StoreError::NotFound(name.to_string()));
         };
         expect.check(name, Some(&current.etag))?;

@@ -396,10 +396,15 @@ impl TaskStore {
         Ok((stored, created))
     }
 
-    /// Deletes a task from the database, then stops serving it.
-    pub fn delete(&self, name: &str, expect: &Precondition) -> Result<(), StoreError> {
+    /// Deletes a task of `subspace_id` from the database, then stops serving it.
+    pub fn delete(
+        &self,
+        name: &str,
+        subspace_id: &str,
+        expect: &Precondition,
+    ) -> Result<(), StoreError> {
         let mut db = self.db.lock().unwrap_or_else(PoisonError::into_inner);
-        let change = db.delete(name, expect)?;
+        let change = db.delete(name, subspace_id, expect)?;
         self.write().remove(name);
         // Remembered even when this replica did not serve the name yet: a catch-up that read
         // another replica's create before this delete must not bring the task back.
@@ -507,7 +512,7 @@ mod tests {
         let (page, next) = store.page(next.as_deref(), 2);
         assert_eq!(&*page[0].name, "c");
         assert_eq!(next, None);
-        store.delete("a", &Precondition::None).unwrap();
+        store.delete("a", "s@1", &Precondition::None).unwrap();
         assert_eq!(store.len(), 2);
     }
 
@@ -524,7 +529,7 @@ mod tests {
         let (replaced, created) = put(&store, task("a", 1.0)).unwrap();
         assert!(!created);
         assert_eq!(replaced.generation, 2);
-        store.delete("b", &Precondition::None).unwrap();
+        store.delete("b", "s@1", &Precondition::None).unwrap();
         put(&store, task("c", 1.0)).unwrap();
         assert_eq!(store.len(), 2);
     }
@@ -543,7 +548,7 @@ mod tests {
         assert_eq!(store.label_sets().len(), 2);
         // A set lives while a task holds it.
         drop(c);
-        store.delete("c", &Precondition::None).unwrap();
+        store.delete("c", "s@1", &Precondition::None).unwrap();
         assert_eq!(store.label_sets().len(), 1);
         let embeddings = store.with_db(|db| db.label_embeddings("m")).unwrap();
         assert_eq!(embeddings.len(), 2, "the database keeps both sets");

@@ -594,10 +594,16 @@ impl Backend for PostgresStore {
         })
     }
 
-    fn delete(&mut self, name: &str, expect: &Precondition) -> Result<u64, StoreError> {
+    fn delete(
+        &mut self,
+        name: &str,
+        subspace_id: &str,
+        expect: &Precondition,
+    ) -> Result<u64, StoreError> {
         self.in_transaction(|tx| {
             let change = next_change(tx)?;
-            let Some(current) = current_row(tx, name)? else {
+            let current = current_row(tx, name)?;
+            let Some(current) = current.filter(|row| row.subspace_id == subspace_id) else {
                 return Err(StoreError::NotFound(name.to_string()));
             };
             expect.check(name, Some(&current.etag))?;
