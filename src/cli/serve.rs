@@ -84,13 +84,8 @@ fn options(config: &Config, args: ServeArgs) -> anyhow::Result<Options> {
             .map(Secret::new)
             .collect(),
         protect_reads: server.protect_reads,
-        allowed_hosts: server
-            .allowed_hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(String::from)
-            .collect(),
+        // The server's guard trims the names and drops empty ones.
+        allowed_hosts: server.allowed_hosts.split(',').map(String::from).collect(),
         shutdown_timeout: Duration::from_secs(server.shutdown_timeout_s),
         client_request_timeout: Duration::from_millis(server.client_request_timeout_ms),
         tune: TuneLimits {

@@ -2,68 +2,135 @@
 //!
 //! Two attacks reach a server that a user runs on their own machine, where it is open by default:
 //! - **Cross-site requests.** A page on another site can `POST` to `localhost:8080` (a
-//!   `text/plain` body needs no CORS preflight) and start a tune job or predict. Browsers name the
-//!   sending site in `Sec-Fetch-Site` and `Origin`; a request that changes something is refused
-//!   when either says it came from another origin. Clients that are not browsers send neither
-//!   header and are not affected.
+//!   `text/plain` body needs no CORS preflight) and start a tune job or replace a task. Browsers
+//!   name the sending site in `Sec-Fetch-Site` and `Origin`; a request that changes something is
+//!   refused when they say it came from another origin. Clients that are not browsers send
+//!   neither header and are not affected.
 //! - **DNS rebinding.** A site can make its own name resolve to 127.0.0.1; its page's requests are
-//!   then same-origin, but carry that name in `Host`. A server bound to a loopback address answers
-//!   only `Host` names that are loopback ones (`localhost`, `*.localhost`, `127.x.x.x`, `[::1]`)
-//!   or listed in `[server] allowed_hosts`.
+//!   then same-origin, but carry that name in `Host`. A server bound to a loopback address, or
+//!   given `[server] allowed_hosts`, answers only `Host` names of this machine (`localhost`,
+//!   `*.localhost`, loopback addresses) and the listed ones.
+
+use std::net::IpAddr;
 
 use actix_web::HttpRequest;
 use actix_web::http::{Method, header};
 
 use super::error::ApiError;
 
-/// The checks for one listener.
-#[derive(Debug, Clone)]
-pub struct OriginGuard {
-    /// `Some` when the server is bound to a loopback address: the extra `Host` names it answers
-    /// (lower case, without port); `None` answers any.
-    hosts: Option<Vec<String>>,
+/// The `Host` names a server answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPolicy {
+    /// Any: a server on a non-loopback address without `allowed_hosts`, or `allowed_hosts = "*"`.
+    Any,
+    /// This machine's names and these (normalised by [`host_name`]).
+    Only(Vec<String>),
 }
 
-impl OriginGuard {
-    /// The guard for a listener on a loopback address or not, with the configured `allowed_hosts`
-    /// (`*` among them answers any `Host`).
+/// The checks for one listener.
+#[derive(Debug, Clone)]
+pub struct BrowserGuard {
+    hosts: HostPolicy,
+}
+
+impl BrowserGuard {
+    /// The guard for a listener on a loopback address or not, with the configured
+    /// `allowed_hosts` (names, each with or without a port; `*` answers any `Host`).
     pub fn new(loopback: bool, allowed_hosts: &[String]) -> Self {
-        let any = allowed_hosts.iter().any(|h| h.trim() == "*");
-        let hosts = (loopback && !any).then(|| {
-            allowed_hosts
-                .iter()
-                .map(|h| h.trim().to_ascii_lowercase())
-                .filter(|h| !h.is_empty())
-                .collect()
-        });
+        let listed: Vec<String> = allowed_hosts
+            .iter()
+            .map(|h| host_name(h.trim()))
+            .filter(|h| !h.is_empty())
+            .collect();
+        let hosts = if listed.iter().any(|h| h == "*") || (!loopback && listed.is_empty()) {
+            HostPolicy::Any
+        } else {
+            HostPolicy::Only(listed)
+        };
         Self { hosts }
+    }
+
+    /// True when any `Host` is answered: the server is reachable through DNS rebinding unless
+    /// it needs tokens.
+    pub fn answers_any_host(&self) -> bool {
+        self.hosts == HostPolicy::Any
     }
 
     /// Lets the request through, or says why it is refused (403).
     pub fn check(&self, request: &HttpRequest) -> Result<(), ApiError> {
-        self.check_host(request)?;
+        let host = request.headers().get(header::HOST).map(|v| v.to_str());
+        // Browsers always send a readable Host; a client that sends none is not one.
+        let host = match host {
+            None => None,
+            Some(Ok(host)) => Some(host.trim()),
+            Some(Err(_)) => return Err(self.unknown_host("(not text)")),
+        };
+        if let Some(host) = host {
+            self.check_host(host)?;
+        }
         if !is_safe(request.method()) {
-            check_same_origin(request)?;
+            self.check_same_origin(request, host.unwrap_or_default())?;
         }
         Ok(())
     }
 
-    fn check_host(&self, request: &HttpRequest) -> Result<(), ApiError> {
-        let Some(allowed) = &self.hosts else {
+    fn check_host(&self, host: &str) -> Result<(), ApiError> {
+        match &self.hosts {
+            HostPolicy::Any => Ok(()),
+            HostPolicy::Only(listed) => {
+                let name = host_name(host);
+                if is_loopback_name(&name) || listed.contains(&name) {
+                    Ok(())
+                } else {
+                    Err(self.unknown_host(host))
+                }
+            }
+        }
+    }
+
+    fn unknown_host(&self, host: &str) -> ApiError {
+        ApiError::HostNotAllowed(format!(
+            "this server answers Host names of this machine only (localhost, 127.0.0.1, [::1]) and \
+             those in [server] allowed_hosts (DELTASPACE_SERVER_ALLOWED_HOSTS), not {host:?}"
+        ))
+    }
+
+    /// Refuses a request a browser marks as sent from another origin. Behind a reverse proxy the
+    /// page's origin is the proxy's name: it is accepted when it is in `allowed_hosts` or is the
+    /// proxy's `X-Forwarded-Host` (a page elsewhere cannot set that header without a CORS
+    /// preflight, which this server never grants).
+    fn check_same_origin(&self, request: &HttpRequest, host: &str) -> Result<(), ApiError> {
+        let text = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        if let Some(site) = text("sec-fetch-site") {
+            return match site.trim() {
+                "same-origin" | "none" => Ok(()),
+                other => Err(cross_site(format!("Sec-Fetch-Site: {other}"))),
+            };
+        }
+        let Some(origin) = text("origin").map(str::trim) else {
             return Ok(());
         };
-        // Browsers always send Host; a client that sends none is not one.
-        let host = header_text(request, header::HOST).unwrap_or_default();
-        let name = host_name(host).to_ascii_lowercase();
-        if name.is_empty() || is_loopback_name(&name) || allowed.contains(&name) {
+        let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+        let forwarded = text("x-forwarded-host").unwrap_or_default().trim();
+        let listed = match &self.hosts {
+            HostPolicy::Only(listed) => listed.contains(&host_name(origin_host)),
+            HostPolicy::Any => false,
+        };
+        let same = [host, forwarded]
+            .iter()
+            .any(|h| !h.is_empty() && origin_host.eq_ignore_ascii_case(h));
+        if same || listed {
             return Ok(());
         }
-        Err(ApiError::HostNotAllowed(format!(
-            "this server is bound to a loopback address and answers Host names of this machine \
-             only (localhost, 127.0.0.1, [::1]), not {host:?}; add the name to [server] \
-             allowed_hosts (DELTASPACE_SERVER_ALLOWED_HOSTS) to answer it"
-        )))
+        Err(cross_site(format!("Origin: {origin}, Host: {host}")))
     }
+}
+
+fn cross_site(why: String) -> ApiError {
+    ApiError::CrossSite(format!(
+        "a browser sent this request from another site ({why}); send it from this server's own \
+         page or from a client that is not a browser"
+    ))
 }
 
 /// GET, HEAD and OPTIONS change nothing here.
@@ -71,51 +138,26 @@ fn is_safe(method: &Method) -> bool {
     [Method::GET, Method::HEAD, Method::OPTIONS].contains(method)
 }
 
-/// Refuses a request a browser marks as sent from another origin.
-fn check_same_origin(request: &HttpRequest) -> Result<(), ApiError> {
-    let refuse = |why: String| {
-        Err(ApiError::CrossSite(format!(
-            "a browser sent this request from another site ({why}); send it from this server's \
-             own page or from a client that is not a browser"
-        )))
+/// The name part of a `Host` value (or of an `allowed_hosts` entry), lower case, without a
+/// trailing dot: `[::1]:8080` → `[::1]`, `Example.org.:80` → `example.org`.
+fn host_name(host: &str) -> String {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().map(|ip| format!("[{ip}]")),
+        None => host.split(':').next().map(String::from),
     };
-    if let Some(site) = header_text(request, "sec-fetch-site") {
-        return match site {
-            "same-origin" | "none" => Ok(()),
-            other => refuse(format!("Sec-Fetch-Site: {other}")),
-        };
-    }
-    let Some(origin) = header_text(request, header::ORIGIN) else {
-        return Ok(());
-    };
-    let host = header_text(request, header::HOST).unwrap_or_default();
-    let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
-    if origin_host.eq_ignore_ascii_case(host) {
-        return Ok(());
-    }
-    refuse(format!("Origin: {origin}, Host: {host}"))
+    name.unwrap_or_default()
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
 }
 
-fn header_text(request: &HttpRequest, name: impl header::AsHeaderName) -> Option<&str> {
-    request.headers().get(name)?.to_str().ok().map(str::trim)
-}
-
-/// The name part of a `Host` value: `[::1]:8080` → `[::1]`, `localhost:8080` → `localhost`.
-fn host_name(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_inclusive(']').next().unwrap_or(host);
-    }
-    host.split(':').next().unwrap_or(host)
-}
-
+/// `localhost`, `*.localhost` and loopback addresses (IPv4-mapped ones too).
 fn is_loopback_name(name: &str) -> bool {
-    let name = name.trim_end_matches('.');
     if name == "localhost" || name.ends_with(".localhost") {
         return true;
     }
     let bare = name.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
+    bare.parse::<IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 #[cfg(test)]
@@ -132,41 +174,65 @@ mod tests {
         request.to_http_request()
     }
 
+    fn code(
+        guard: &BrowserGuard,
+        method: Method,
+        headers: &[(&str, &str)],
+    ) -> Option<&'static str> {
+        guard
+            .check(&request(method, headers))
+            .err()
+            .map(|e| e.code())
+    }
+
     #[test]
-    fn a_loopback_server_answers_loopback_and_listed_host_names_only() {
-        let guard = OriginGuard::new(true, &["deltaspace.internal".into()]);
+    fn a_loopback_server_answers_this_machines_and_listed_host_names_only() {
+        let guard = BrowserGuard::new(true, &[" deltaspace.internal:443 ".into()]);
         for host in [
             "localhost:8080",
             "127.0.0.1:8080",
             "127.1.2.3",
             "[::1]:8080",
+            "[::ffff:127.0.0.1]",
             "app.localhost",
+            "localhost.",
             "DeltaSpace.Internal:80",
+            "deltaspace.internal.",
+        ] {
+            assert_eq!(code(&guard, Method::GET, &[("host", host)]), None, "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+            "[::2]:80",
+            "::1",
+            ":80",
             "",
         ] {
-            let get = request(Method::GET, &[("host", host)]);
-            assert!(guard.check(&get).is_ok(), "{host}");
+            let refused = code(&guard, Method::GET, &[("host", host)]);
+            assert_eq!(refused, Some("host_not_allowed"), "{host:?}");
         }
-        for host in ["evil.example:8080", "127.0.0.1.evil.example", "[::2]:80"] {
-            let get = request(Method::GET, &[("host", host)]);
-            let refused = guard.check(&get).unwrap_err();
-            assert_eq!(refused.code(), "host_not_allowed", "{host}");
-        }
-        let open = OriginGuard::new(false, &[]);
-        assert!(
-            open.check(&request(Method::GET, &[("host", "evil.example")]))
-                .is_ok()
-        );
-        let any = OriginGuard::new(true, &["*".into()]);
-        assert!(
-            any.check(&request(Method::GET, &[("host", "evil.example")]))
-                .is_ok()
-        );
+        // A client that sends no Host at all (HTTP/1.0) is not a browser.
+        assert_eq!(code(&guard, Method::GET, &[]), None);
+    }
+
+    #[test]
+    fn any_host_is_answered_off_loopback_unless_hosts_are_listed() {
+        let evil = [("host", "evil.example")];
+        let open = BrowserGuard::new(false, &[]);
+        assert!(open.answers_any_host());
+        assert_eq!(code(&open, Method::GET, &evil), None);
+        let listed = BrowserGuard::new(false, &["api.example".into()]);
+        assert!(!listed.answers_any_host());
+        assert_eq!(code(&listed, Method::GET, &evil), Some("host_not_allowed"));
+        assert_eq!(code(&listed, Method::GET, &[("host", "api.example")]), None);
+        let any = BrowserGuard::new(true, &["*".into()]);
+        assert_eq!(code(&any, Method::GET, &evil), None);
     }
 
     #[test]
     fn changes_sent_from_another_site_are_refused() {
-        let guard = OriginGuard::new(true, &[]);
+        let guard = BrowserGuard::new(true, &[]);
         let host = ("host", "localhost:8080");
         let cross = [
             vec![host, ("sec-fetch-site", "cross-site")],
@@ -176,14 +242,13 @@ mod tests {
             vec![host, ("origin", "null")],
         ];
         for headers in &cross {
-            let post = request(Method::POST, headers);
             assert_eq!(
-                guard.check(&post).unwrap_err().code(),
-                "cross_site",
+                code(&guard, Method::POST, headers),
+                Some("cross_site"),
                 "{headers:?}"
             );
             // Reads change nothing, and a page elsewhere cannot read the answer.
-            assert!(guard.check(&request(Method::GET, headers)).is_ok());
+            assert_eq!(code(&guard, Method::GET, headers), None);
         }
         let same = [
             vec![host],
@@ -192,8 +257,23 @@ mod tests {
             vec![host, ("origin", "http://localhost:8080")],
         ];
         for headers in &same {
-            let delete = request(Method::DELETE, headers);
-            assert!(guard.check(&delete).is_ok(), "{headers:?}");
+            assert_eq!(code(&guard, Method::DELETE, headers), None, "{headers:?}");
         }
+    }
+
+    #[test]
+    fn behind_a_reverse_proxy_the_page_is_known_by_its_public_name() {
+        // nginx's default passes Host 127.0.0.1:8080; a plain-HTTP page sends no Sec-Fetch-Site.
+        let host = ("host", "127.0.0.1:8080");
+        let page = ("origin", "http://deltaspace.example");
+        let forwarded = BrowserGuard::new(true, &[]);
+        let headers = [host, page, ("x-forwarded-host", "deltaspace.example")];
+        assert_eq!(code(&forwarded, Method::POST, &headers), None);
+        assert_eq!(
+            code(&forwarded, Method::POST, &[host, page]),
+            Some("cross_site")
+        );
+        let listed = BrowserGuard::new(true, &["deltaspace.example".into()]);
+        assert_eq!(code(&listed, Method::POST, &[host, page]), None);
     }
 }

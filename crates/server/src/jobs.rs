@@ -10,7 +10,7 @@
 //! are recorded in the task store when accepted, at every evaluation and when they end; a restart
 //! marks the jobs it cut short as failed (`interrupted`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -37,6 +37,10 @@ pub const MAX_YIELD: Duration = Duration::from_secs(1);
 
 /// Why a job that a restart or shutdown cut short failed.
 pub const INTERRUPTED: &str = "interrupted";
+
+/// Why a job ended when a cancel stopped it; any other reason is a failure, even when a cancel
+/// was asked too late to stop it.
+const CANCELLED: &str = "cancelled";
 
 /// How often a replica renews the leases of its jobs (and looks for cancels asked elsewhere).
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
@@ -377,7 +381,7 @@ impl Jobs {
         let outcome = match permit {
             Some(Err(_)) => Err(INTERRUPTED.to_string()),
             None | Some(Ok(_)) if job.cancelled.load(Ordering::SeqCst) => {
-                Err("cancelled".to_string())
+                Err(CANCELLED.to_string())
             }
             None => Err("woken without a cancel. This is a bug.".to_string()),
             Some(Ok(permit)) => {
@@ -437,14 +441,14 @@ impl Jobs {
             if self.stopping.load(Ordering::SeqCst) {
                 INTERRUPTED.to_string()
             } else if job.cancelled.load(Ordering::SeqCst) {
-                "cancelled".to_string()
+                CANCELLED.to_string()
             } else {
                 format!("tuning failed: {e:#}")
             }
         })?;
         // A cancel asked during the last evaluation or admission still holds: nothing is served.
         if job.cancelled.load(Ordering::SeqCst) {
-            return Err("cancelled".to_string());
+            return Err(CANCELLED.to_string());
         }
         let serving = core.clone();
         let (stored, _) = blocking(move || commit(&serving, task, &expect))
@@ -506,7 +510,7 @@ impl Jobs {
         let mut best_dev: Option<f32> = None;
         let mut watch = |report: StepReport<'_>| -> anyhow::Result<()> {
             if job.cancelled.load(Ordering::SeqCst) {
-                anyhow::bail!("cancelled");
+                anyhow::bail!(CANCELLED);
             }
             if let Some(dev) = report.dev {
                 let best = dev.iter().map(|s| s.accuracy).fold(f32::MIN, f32::max);
@@ -588,7 +592,7 @@ impl Jobs {
                     record.dev_accuracy = Some(result.dev_accuracy);
                     record.result = Some(result);
                 }
-                Err(_) if job.cancelled.load(Ordering::SeqCst) => {
+                Err(reason) if reason == CANCELLED => {
                     record.state = JobState::Cancelled;
                     record.error = Some("cancelled by DELETE /v1/jobs/{id}".into());
                 }
@@ -641,6 +645,13 @@ impl Jobs {
             .tune_jobs
             .with_label_values(&[state.name()])
             .add(by);
+    }
+
+    /// The names this replica's queued and running jobs will create: not served now.
+    pub fn creating(&self, store: &TaskStore) -> HashSet<String> {
+        let live = self.live();
+        let tasks = live.values().map(|job| job.record().task.clone());
+        tasks.filter(|name| store.get(name).is_none()).collect()
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveJob>>> {

@@ -7,19 +7,19 @@ mod admit;
 mod api;
 mod auth;
 mod batcher;
+mod browser;
 mod error;
 mod import;
 mod jobs;
 mod load;
 mod loaded;
 mod metrics;
-mod origin;
 mod state;
 mod store;
 
+use browser::BrowserGuard;
 use jobs::Jobs;
 use loaded::Core;
-use origin::OriginGuard;
 use state::AppState;
 use store::follow::{Follower, StoreStatus};
 
@@ -45,7 +45,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use actix_web::dev::Service as _;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::http::header;
 use actix_web::{App, HttpServer, web};
 use futures::future::{Either, ready};
 
@@ -106,8 +107,8 @@ pub struct Options {
     pub tokens: Vec<Secret>,
     /// Require a token for predictions, embeddings and task reads too.
     pub protect_reads: bool,
-    /// `Host` names a loopback-bound server answers besides the loopback ones; `*` = any
-    /// (`origin`).
+    /// `Host` names the server answers besides this machine's; empty = any unless bound to a
+    /// loopback address; `*` = any (`browser`).
     pub allowed_hosts: Vec<String>,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
@@ -236,6 +237,49 @@ fn follow(state: &AppState, core: &Core) -> Option<tokio::task::JoinHandle<()>> 
     Some(tokio::spawn(follower.run(since)))
 }
 
+/// Every request: the browser guard, then its route; counted in the metrics and written to the
+/// access log whatever the answer.
+fn observed<S>(
+    guard: &BrowserGuard,
+    metrics: Arc<Metrics>,
+    request: ServiceRequest,
+    service: &S,
+) -> impl Future<Output = Result<ServiceResponse, actix_web::Error>> + use<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse, Error = actix_web::Error>,
+{
+    let started = Instant::now();
+    let method = request.method().as_str().to_string();
+    let call = match guard.check(request.request()) {
+        Ok(()) => Either::Left(service.call(request)),
+        Err(refused) => {
+            let headers = request.headers();
+            let text = |name| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+            };
+            let (host, origin) = (text(header::HOST), text(header::ORIGIN));
+            tracing::info!(%method, host, origin, reason = %refused, "refused a browser's request");
+            Either::Right(ready(Ok(request.error_response(refused))))
+        }
+    };
+    async move {
+        let response = call.await?;
+        let route = response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_string());
+        let (status, seconds) = (response.status().as_u16(), started.elapsed());
+        metrics.observe_request(&method, &route, status, seconds.as_secs_f64());
+        // Failures are logged where they happen (`ApiError`); this is the access log.
+        let ms = seconds.as_secs_f64() * 1e3;
+        tracing::debug!(%method, %route, status, ms, "request");
+        Ok(response)
+    }
+}
+
 /// The HTTP server with its route table, not yet polled.
 fn http_server(
     listener: std::net::TcpListener,
@@ -245,34 +289,18 @@ fn http_server(
     let timeout = state.options.shutdown_timeout.as_secs().max(1);
     let client_request_timeout = state.options.client_request_timeout;
     let loopback = listener.local_addr()?.ip().is_loopback();
-    let guard = OriginGuard::new(loopback, &state.options.allowed_hosts);
+    let guard = BrowserGuard::new(loopback, &state.options.allowed_hosts);
+    if guard.answers_any_host() && !state.auth.protects_writes() {
+        tracing::warn!(
+            "open to any client that reaches this address (no tokens, no [server] allowed_hosts):              a web page can reach it through DNS rebinding; set tokens or allowed_hosts"
+        );
+    }
     let data = web::Data::from(state);
     let mut server = HttpServer::new(move || {
         let (metrics, guard) = (data.metrics.clone(), guard.clone());
         App::new()
             .app_data(data.clone())
-            .wrap_fn(move |request, service| {
-                let started = Instant::now();
-                let metrics = metrics.clone();
-                let method = request.method().as_str().to_string();
-                let call = match guard.check(request.request()) {
-                    Ok(()) => Either::Left(service.call(request)),
-                    Err(refused) => Either::Right(ready(Ok(request.error_response(refused)))),
-                };
-                async move {
-                    let response = call.await?;
-                    let route = response
-                        .request()
-                        .match_pattern()
-                        .unwrap_or_else(|| "unmatched".to_string());
-                    let (status, seconds) = (response.status().as_u16(), started.elapsed());
-                    metrics.observe_request(&method, &route, status, seconds.as_secs_f64());
-                    // Failures are logged where they happen (`ApiError`); this is the access log.
-                    let ms = seconds.as_secs_f64() * 1e3;
-                    tracing::debug!(%method, %route, status, ms, "request");
-                    Ok(response)
-                }
-            })
+            .wrap_fn(move |request, service| observed(&guard, metrics.clone(), request, service))
             .configure(api::routes)
     })
     .disable_signals()

@@ -433,23 +433,29 @@ async fn a_full_queue_answers_429_and_cancelling_ends_a_job_without_a_task() {
 }
 
 /// On a full server, a tune job for a new name is refused at once, as a PUT would be, not after
-/// its budget; one that replaces a served task is still taken.
+/// its budget; jobs already queued or running for other new names count as taking their room.
+/// One that replaces a served task is still taken.
 #[tokio::test]
 async fn a_full_server_refuses_a_tune_job_for_a_new_task_at_once() {
     let fixture = Fixture::new();
     let mut options = fixture.options();
-    options.max_tasks = 1;
+    options.max_tasks = 2;
     let app = TestApp::spawn(options).await;
     let body = task_body("lora", [0.0; 4], &["sports", "music"]);
     assert_eq!(app.put_task("topic", &body).await.status(), 201);
+    let running = start(&app, "another", &long_body(60)).await;
     let message = assert_error(
-        post_tune(&app, "another", &tune_body(2)).await,
+        post_tune(&app, "third", &tune_body(2)).await,
         409,
         "too_many_tasks",
     )
     .await;
     assert!(message.contains("max_tasks"), "{message}");
-    assert_eq!(ok_json(app.get("/v1/jobs").await).await["jobs"], json!([]));
+    let page = ok_json(app.get("/v1/jobs").await).await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1, "{page}");
+    let cancel = app.client.delete(app.url(&format!("/v1/jobs/{running}")));
+    assert_eq!(cancel.send().await.unwrap().status(), 200);
+    assert_eq!(wait_for_end(&app, &running).await["state"], "cancelled");
     let job = start(&app, "topic", &tune_body(2)).await;
     assert_eq!(wait_for_end(&app, &job).await["state"], "succeeded");
     app.stop().await.unwrap();

@@ -11,7 +11,7 @@ use super::tasks::precondition;
 use super::{State, read_body};
 use crate::auth::Access;
 use crate::error::ApiError;
-use crate::store::{JobRecord, StoreError};
+use crate::store::JobRecord;
 use deltaspace_core::task::validate_name;
 use deltaspace_core::tuning::tune::{default_starts, upstream_unavailable};
 
@@ -60,9 +60,11 @@ pub(super) async fn tune(
     if !core.store.shared() {
         let current = core.store.get(&name);
         expect.check(&name, current.as_ref().map(|c| c.etag.as_str()))?;
-        let max = options.max_tasks;
-        if current.is_none() && core.store.len() >= max {
-            return Err(StoreError::Full { max }.into());
+        if current.is_none() {
+            // Jobs queued or running for other new names will take room first.
+            let creating = state.jobs.creating(&core.store);
+            let new = creating.len() + usize::from(!creating.contains(name.as_str()));
+            core.store.check_room(new)?;
         }
     }
     let record = state.jobs.submit(core, &name, order, expect).await?;

@@ -348,6 +348,17 @@ impl TaskStore {
         self.read().len()
     }
 
+    /// Refuses ([`StoreError::Full`]) when `new` more tasks would exceed `max_tasks`, as served
+    /// now; a write checks again against the database, where replicas' tasks count too.
+    pub fn check_room(&self, new: usize) -> Result<(), StoreError> {
+        match self.len().saturating_add(new) > self.max_tasks {
+            true => Err(StoreError::Full {
+                max: self.max_tasks,
+            }),
+            false => Ok(()),
+        }
+    }
+
     /// True when no task is served.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
