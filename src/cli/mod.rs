@@ -46,6 +46,15 @@ where
     Ok(value)
 }
 
+/// clap's parser for a finite number of at least 0 (margins).
+fn non_negative(text: &str) -> Result<f32, String> {
+    let value: f32 = text.parse().map_err(|e| format!("{e}"))?;
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(format!("{text} is not a finite number of at least 0"));
+    }
+    Ok(value)
+}
+
 /// Serve one frozen language model for many tasks, each task a tiny vector z in a unified
 /// delta-tuning subspace.
 #[derive(Debug, Parser)]

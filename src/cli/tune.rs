@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 
 use super::predict::load_task;
 use super::train::{TraceArgs, TrainingArgs};
-use super::{load_subspace, positive};
+use super::{load_subspace, non_negative, positive};
 use crate::config::Config;
 use crate::det::DetKind;
 use crate::model::Encoder;
@@ -17,8 +17,8 @@ use crate::tuning::batch::TrainTask;
 use crate::tuning::head::HeadTuning;
 use crate::tuning::optim::OptimizerKind;
 use crate::tuning::tune::{
-    CMAES, CmaOptions, Start, TUNING, Target, Trace, Tuned, default_starts, tune_cmaes,
-    tune_gradient,
+    CMAES, CmaOptions, START_MARGIN, Start, TUNING, Target, Trace, Tuned, default_starts,
+    tune_cmaes, tune_gradient,
 };
 
 /// Arguments of `tune`.
@@ -60,6 +60,11 @@ pub struct TuneArgs {
     /// mean and takes no --init]
     #[arg(long, num_args = 1.., conflicts_with = "freeze_z")]
     pub init: Vec<PathBuf>,
+    /// With several --init starts: a later start is kept only when it leads the earlier one on
+    /// dev by more than this many points of accuracy (a tie, or a lead within the margin, keeps
+    /// the earlier start).
+    #[arg(long, default_value_t = START_MARGIN * 100.0, value_parser = non_negative)]
+    pub start_margin: f32,
     /// adam, adafactor (exact gradients) or cmaes (derivative-free).
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
@@ -172,6 +177,9 @@ impl Tuning<'_> {
         if !args.init.is_empty() {
             bail!("--optimizer cmaes starts from its own mean: drop --init");
         }
+        if args.start_margin != START_MARGIN * 100.0 {
+            bail!("--optimizer cmaes has one start: drop --start-margin");
+        }
         let schedule = args.training.schedule(CMAES);
         let options = CmaOptions {
             generations: schedule.steps,
@@ -209,6 +217,7 @@ impl Tuning<'_> {
             head: args.head,
             train_z: !args.freeze_z,
             starts: &starts(&loaded),
+            start_margin: args.start_margin / 100.0,
         };
         let options = args.training.fit_options(kind, TUNING);
         let tuned = tune_gradient(

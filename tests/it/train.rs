@@ -1231,6 +1231,17 @@ fn tune_from_several_starts_keeps_the_one_best_on_dev() {
     assert_eq!(guarded["start"], expected.1, "{guarded}");
     assert_eq!(guarded["dev"], expected.0["dev"], "{guarded}");
     assert_eq!(guarded["test"], expected.0["test"], "{guarded}");
+    // A later start must lead by more than --start-margin points: 100 is beyond any lead.
+    let margined = tune(
+        &["--init", "normal", "--init", &code, "--start-margin", "100"],
+        &out("margined.json"),
+    );
+    assert_eq!(margined["start"], "normal", "{margined}");
+    assert_eq!(margined["dev"], cold["dev"], "{margined}");
+    assert_eq!(
+        margined["dev_by_start"], guarded["dev_by_start"],
+        "{margined}"
+    );
 
     let message = deltaspace_refuses(&[
         "tune",

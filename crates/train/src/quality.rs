@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use deltaspace_core::tuning::eval::Scores;
+use deltaspace_core::tuning::tune::{Target, replaces};
 
 /// One measurement: a method (`row`) on a task at a data size and seed.
 #[derive(Debug, Clone, Deserialize)]
@@ -109,8 +110,9 @@ fn read(path: &Path) -> anyhow::Result<Vec<QualityLine>> {
 }
 
 /// The product's default, `tune` without `--init`: of the z + head run from N(0, 0.02²) and the
-/// warm one from the nearest upstream code (rows "z+head" and "warm"), the better on dev, the
-/// cold one on a tie, as a "guarded" line per (task, shots, seed, subspace) where both have dev
+/// warm one from the nearest upstream code (rows "z+head" and "warm"), the one `tune` keeps
+/// ([`replaces`]: the warm one only when it leads on dev, by more than the default start margin),
+/// as a "guarded" line per (task, shots, seed, subspace) where both have dev
 /// scores. Each start of the product's run trains on the rows it would alone, so this is its
 /// result.
 pub fn guarded(lines: &[QualityLine]) -> Vec<QualityLine> {
@@ -122,10 +124,10 @@ pub fn guarded(lines: &[QualityLine]) -> Vec<QualityLine> {
         .filter_map(|cold| {
             let warm = rows("warm").find(|warm| same(cold, warm))?;
             let (cold_dev, warm_dev) = (cold.dev.as_ref()?, warm.dev.as_ref()?);
-            let kept = if warm_dev.accuracy > cold_dev.accuracy {
-                warm
-            } else {
-                cold
+            let (cold_start, warm_start) = ((0, cold_dev.accuracy), (1, warm_dev.accuracy));
+            let kept = match replaces(cold_start, warm_start, Target::DEFAULT.start_margin) {
+                true => warm,
+                false => cold,
             };
             Some(QualityLine {
                 row: "guarded".into(),

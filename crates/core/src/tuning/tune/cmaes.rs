@@ -8,14 +8,14 @@ use crate::model::Encoder;
 use crate::subspace::Subspace;
 use crate::tuning::batch::{EncodedRows, Row, TrainTask, row_losses};
 use crate::tuning::data::{Split, minibatch};
-use crate::tuning::fit::{Space, Unit, evaluate_values};
+use crate::tuning::fit::{Space, Training, Unit, evaluate_values};
 use crate::tuning::head::HeadTuning;
 use crate::tuning::optim::CmaEs;
 use crate::tuning::progress::Progress;
 
 use super::start::initial_z;
 use super::trace::{Position, Trace};
-use super::{Tuned, finish};
+use super::{Choice, Tuned, finish};
 
 /// How CMA-ES searches.
 #[derive(Debug, Clone)]
@@ -64,15 +64,18 @@ pub fn tune_cmaes(
     // The search's wall time, as without a trace: its scoring is left out.
     let scoring = trace.map_or(Duration::ZERO, |t| t.scoring);
     let seconds = started.elapsed().saturating_sub(scoring);
-    finish(
+    let training = Training {
         encoder,
-        search.space,
         tasks,
-        &units,
-        best,
-        seconds.as_secs_f64(),
-        options.final_limit,
-    )
+        units: &units,
+        space: search.space,
+    };
+    // One start: no margin to weigh.
+    let choice = Choice {
+        start_margin: 0.0,
+        limit: options.final_limit,
+    };
+    finish(training, best, seconds.as_secs_f64(), choice)
 }
 
 /// What every task's search shares.

@@ -116,6 +116,22 @@ pub struct Target<'a> {
     /// (DET, start) that scores best on dev, the first of equals. More than one start is a
     /// guarded warm start: [`Start::Normal`] and an upstream task's code, say.
     pub starts: &'a [Start<'a>],
+    /// How much more dev accuracy (a fraction: 0.01 is one point) a unit from a later start
+    /// needs than the one kept from an earlier start to replace it ([`replaces`]).
+    pub start_margin: f32,
+}
+
+/// A later start's margin by default: none, so the better on dev wins and a tie keeps the
+/// earlier start. docs/RESULTS.md ("Left to measure") weighs a margin of 1 to 2 points.
+pub const START_MARGIN: f32 = 0.0;
+
+/// Whether a unit of (start, dev accuracy) `other` replaces the `kept` one as a task's choice:
+/// a higher dev accuracy, by more than `margin` when it comes from a later start. Units are
+/// visited start by start, so an earlier start's unit keeps its place against later ones unless
+/// they clearly lead.
+pub fn replaces(kept: (usize, f32), other: (usize, f32), margin: f32) -> bool {
+    let needed = if other.0 > kept.0 { margin } else { 0.0 };
+    other.1 > kept.1 + needed
 }
 
 impl Target<'static> {
@@ -127,6 +143,7 @@ impl Target<'static> {
         head: HeadTuning::Prototypes,
         train_z: true,
         starts: &[Start::Normal],
+        start_margin: START_MARGIN,
     };
 }
 
@@ -210,15 +227,11 @@ pub fn tune_gradient(
         space,
     };
     let result = fit_observed(training, init, options, &label, &mut observe)?;
-    let mut tuned = finish(
-        encoder,
-        space,
-        tasks,
-        &units,
-        result.best,
-        result.seconds,
-        options.final_limit,
-    )?;
+    let choice = Choice {
+        start_margin: target.start_margin,
+        limit: options.final_limit,
+    };
+    let mut tuned = finish(training, result.best, result.seconds, choice)?;
     for tuned in &mut tuned {
         tuned.upstream = upstream.get(tuned.task).map(|start| start.choice.clone());
         tuned.seconds += choosing;
@@ -253,23 +266,40 @@ fn initial_values(
     units.iter().map(values).collect()
 }
 
+/// How [`finish`] chooses each task's unit.
+struct Choice {
+    /// [`Target::start_margin`].
+    start_margin: f32,
+    /// Score dev and test on at most this many examples.
+    limit: Option<usize>,
+}
+
 /// Full dev scores of every unit; per task, the unit with the best dev accuracy (the first of
-/// equals: the earlier start, then the earlier DET), with its test score.
+/// equals: the earlier start, then the earlier DET; a later start only by more than the margin,
+/// [`replaces`]), with its test score.
 fn finish(
-    encoder: &Encoder,
-    space: Space<'_>,
-    tasks: &[TrainTask],
-    units: &[Unit],
+    training: Training<'_>,
     best: Vec<Vec<f32>>,
     seconds: f64,
-    limit: Option<usize>,
+    choice: Choice,
 ) -> anyhow::Result<Vec<Tuned>> {
+    let Training {
+        encoder,
+        tasks,
+        units,
+        space,
+    } = training;
+    let (margin, limit) = (choice.start_margin, choice.limit);
     let dev = evaluate_values(encoder, tasks, units, &space, &best, Split::Dev, limit)?;
     let mut chosen: Vec<usize> = Vec::new();
     for (index, unit) in units.iter().enumerate() {
         match chosen.iter_mut().find(|c| units[**c].task == unit.task) {
-            Some(current) if dev[index].accuracy > dev[*current].accuracy => *current = index,
-            Some(_) => {}
+            Some(current) => {
+                let kept = (units[*current].start, dev[*current].accuracy);
+                if replaces(kept, (unit.start, dev[index].accuracy), margin) {
+                    *current = index;
+                }
+            }
             None => chosen.push(index),
         }
     }
@@ -319,4 +349,21 @@ fn finish(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_start_replaces_only_by_more_than_the_margin() {
+        // Within a start, any lead wins; a tie keeps the first.
+        assert!(replaces((0, 0.70), (0, 0.71), 0.05));
+        assert!(!replaces((0, 0.70), (0, 0.70), 0.0));
+        // From a later start, only a lead beyond the margin.
+        assert!(replaces((0, 0.70), (1, 0.71), 0.0));
+        assert!(!replaces((0, 0.70), (1, 0.705), 0.01));
+        assert!(replaces((0, 0.70), (1, 0.72), 0.01));
+        assert!(!replaces((0, 0.70), (1, 0.70), 0.0));
+    }
 }
