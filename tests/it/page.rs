@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
+use deltaspace::secret::Secret;
+use deltaspace::server::TuneLimits;
+
 use crate::api::helpers::{Fixture, TestApp, assert_error, ok_json, task_body};
+use crate::api::jobs::tune_body;
 
 const INSTALL: &str =
     "run scripts/setup-browser.sh to install Debian's chromium and chromium-driver";
@@ -150,6 +154,79 @@ async fn the_page_tunes_a_task_from_examples_and_predicts_with_it() {
     let jobs = ok_json(app.get("/v1/jobs").await).await;
     assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
 
+    page.close().await;
+    app.stop().await.unwrap();
+}
+
+/// A server that needs a token for reads too: the page shows the refusal until a token is given
+/// (taken on Enter), refuses one that no HTTP header can carry, then lists the tasks; a job it
+/// starts can be cancelled from the job panel.
+#[tokio::test]
+async fn the_page_takes_a_token_and_cancels_its_job() {
+    const TOKEN: &str = "page-token-3c9d";
+    let fixture = Fixture::new();
+    let mut options = fixture.options();
+    options.tokens = vec![Secret::new(TOKEN)];
+    options.protect_reads = true;
+    options.tune = TuneLimits {
+        max_jobs: 1,
+        ..TuneLimits::default()
+    };
+    let app = TestApp::spawn(options).await;
+    let body = task_body("lora", [0.0; 4], &["sports", "music"]);
+    let put = app
+        .client
+        .put(app.url("/v1/tasks/topic"))
+        .bearer_auth(TOKEN);
+    assert_eq!(put.json(&body).send().await.unwrap().status(), 201);
+    // A job through the API holds the one slot, so the page's job waits in the queue.
+    let mut long = tune_body(8);
+    long["budget"] = json!({"steps": 10_000, "seconds": 60, "patience": 0});
+    let post = app
+        .client
+        .post(app.url("/v1/tasks/other/tune"))
+        .bearer_auth(TOKEN);
+    let holder = ok_json(post.json(&long).send().await.unwrap()).await;
+
+    let page = Page::open(&fixture, &app).await;
+    page.until_text("#error", |e| e.contains("HTTP 401")).await;
+    page.type_into("#token", "with a space\n").await;
+    page.until_text("#error", |e| e.contains("a token cannot have"))
+        .await;
+    page.type_into("#token", &format!("{TOKEN}\n")).await;
+    page.until_text("#tasks", |t| t.contains("topic")).await;
+    page.until_text("#server-state", |s| {
+        s.contains("token needed for writes and reads")
+    })
+    .await;
+
+    page.type_into("#tune-name", "queued").await;
+    page.type_into(
+        "#tune-labels",
+        "sports: The text is about sports.\nmusic: The text is about music.",
+    )
+    .await;
+    page.type_into("#tune-examples", &EXAMPLES.join("\n")).await;
+    page.click("#tune-button").await;
+    page.until_text("#job-state", |s| s == "queued").await;
+    page.click("#job-cancel").await;
+    page.until_text("#job-state", |s| s == "cancelled").await;
+    assert!(
+        page.text("#job-cancel").await.is_empty(),
+        "Cancel is hidden once done"
+    );
+    let missing = app
+        .client
+        .get(app.url("/v1/tasks/queued"))
+        .bearer_auth(TOKEN);
+    assert_eq!(missing.send().await.unwrap().status(), 404);
+
+    let job = holder["job"].as_str().unwrap();
+    let cancel = app.client.delete(app.url(&format!("/v1/jobs/{job}")));
+    assert_eq!(
+        cancel.bearer_auth(TOKEN).send().await.unwrap().status(),
+        200
+    );
     page.close().await;
     app.stop().await.unwrap();
 }
