@@ -96,13 +96,7 @@ async fn the_page_tunes_a_task_from_examples_and_predicts_with_it() {
     page.until_text("#server-state", |s| s.contains("0 tasks"))
         .await;
 
-    page.type_into("#tune-name", "topic").await;
-    page.type_into(
-        "#tune-labels",
-        "sports: The text is about sports.\nmusic: The text is about music.",
-    )
-    .await;
-    page.type_into("#tune-examples", &EXAMPLES.join("\n")).await;
+    page.fill_tune_form("topic").await;
     page.type_into("#tune-seconds", "20").await;
     page.click("#tune-button").await;
 
@@ -200,13 +194,7 @@ async fn the_page_takes_a_token_and_cancels_its_job() {
     })
     .await;
 
-    page.type_into("#tune-name", "queued").await;
-    page.type_into(
-        "#tune-labels",
-        "sports: The text is about sports.\nmusic: The text is about music.",
-    )
-    .await;
-    page.type_into("#tune-examples", &EXAMPLES.join("\n")).await;
+    page.fill_tune_form("queued").await;
     page.click("#tune-button").await;
     page.until_text("#job-state", |s| s == "queued").await;
     page.click("#job-cancel").await;
@@ -323,6 +311,14 @@ impl Page {
         let field = self.element(css).await;
         field.clear().await.unwrap();
         field.send_keys(text).await.unwrap();
+    }
+
+    /// Fills the tune form for task `name`: two labels and [`EXAMPLES`].
+    async fn fill_tune_form(&self, name: &str) {
+        self.type_into("#tune-name", name).await;
+        let labels = "sports: The text is about sports.\nmusic: The text is about music.";
+        self.type_into("#tune-labels", labels).await;
+        self.type_into("#tune-examples", &EXAMPLES.join("\n")).await;
     }
 
     /// `Some(Ok(()))` once the job shown has succeeded; `Some(Err(why))` once it has failed, was
