@@ -1223,7 +1223,8 @@ fn tune_from_several_starts_keeps_the_one_best_on_dev() {
         by_start["normal"].as_f64(),
         by_start[code.as_str()].as_f64(),
     );
-    let expected = if warm_dev > normal {
+    // A later start replaces the cold one only by more than --start-margin (1 point by default).
+    let expected = if warm_dev.unwrap() > normal.unwrap() + 0.01 {
         (&from_code, code.as_str())
     } else {
         (&cold, "normal")

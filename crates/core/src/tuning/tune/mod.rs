@@ -121,9 +121,11 @@ pub struct Target<'a> {
     pub start_margin: f32,
 }
 
-/// A later start's margin by default: none, so the better on dev wins and a tie keeps the
-/// earlier start. docs/RESULTS.md ("Left to measure") weighs a margin of 1 to 2 points.
-pub const START_MARGIN: f32 = 0.0;
+/// A later start's margin by default: one point of dev accuracy, so that a warm start within
+/// dev's noise of the cold one does not replace it. Registered before seed 3's unseen pairs and
+/// adopted after them (docs/RESULTS.md, "Left to measure"): on the whole training sets, 77.0 mean
+/// test against 76.5 without it (15 pairs); at k = 16 it changes nothing (one dev example is more).
+pub const START_MARGIN: f32 = 0.01;
 
 /// Whether a unit of (start, dev accuracy) `other` replaces the `kept` one as a task's choice:
 /// a higher dev accuracy, by more than `margin` when it comes from a later start. Units are
