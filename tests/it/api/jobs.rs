@@ -357,9 +357,6 @@ async fn bad_tune_requests_are_refused_with_the_reason() {
     assert_eq!(wrong.headers()["allow"], "POST");
     assert_error(wrong, 405, "method_not_allowed").await;
     assert_error(app.get("/v1/jobs?limit=0").await, 422, "invalid_request").await;
-    let unknown = app.get("/v1/jobs?after=0123456789abcdef").await;
-    let message = assert_error(unknown, 422, "invalid_request").await;
-    assert!(message.contains("no such job"), "{message}");
     // Nothing was accepted, so nothing was recorded or served.
     assert_eq!(ok_json(app.get("/v1/jobs").await).await["jobs"], json!([]));
     assert_error(app.get("/v1/tasks/t").await, 404, "task_not_found").await;

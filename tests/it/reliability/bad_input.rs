@@ -161,8 +161,6 @@ fn cases(stale_etag: &str) -> Vec<Case> {
         get("limit not a number", "/v1/tasks?limit=ten").answers(422, "invalid_request"),
         get("limit given twice", "/v1/tasks?limit=1&limit=2").answers(422, "invalid_request"),
         get("unknown parameter", "/v1/tasks?colour=red").answers(422, "invalid_request"),
-        // GET /v1/jobs.
-        get("an unknown job cursor", "/v1/jobs?after=0123456789abcdef").answers(422, "invalid_request"),
         // POST /v1/tasks/{name}/predict.
         predict("unknown task", "missing").json(&json!({"inputs": ["x"]})).answers(404, "task_not_found"),
         predict("malformed JSON", "t").body(r#"{"inputs": ["x"]"#).answers(400, "invalid_json"),
