@@ -38,19 +38,24 @@ where
     T: std::str::FromStr + Into<f64> + Copy,
     T::Err: std::fmt::Display,
 {
-    let value: T = text.parse().map_err(|e: T::Err| format!("{e}"))?;
-    let real: f64 = value.into();
-    if !(real.is_finite() && real > 0.0) {
-        return Err(format!("{text} is not a finite number above 0"));
-    }
-    Ok(value)
+    finite_number(text, |real| real > 0.0, "above 0")
 }
 
 /// clap's parser for a finite number of at least 0 (margins).
 fn non_negative(text: &str) -> Result<f32, String> {
-    let value: f32 = text.parse().map_err(|e| format!("{e}"))?;
-    if !(value.is_finite() && value >= 0.0) {
-        return Err(format!("{text} is not a finite number of at least 0"));
+    finite_number(text, |real| real >= 0.0, "of at least 0")
+}
+
+/// A finite number that `allowed` accepts; the error says it is not one `bound`.
+fn finite_number<T>(text: &str, allowed: fn(f64) -> bool, bound: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + Into<f64> + Copy,
+    T::Err: std::fmt::Display,
+{
+    let value: T = text.parse().map_err(|e: T::Err| format!("{e}"))?;
+    let real: f64 = value.into();
+    if !(real.is_finite() && allowed(real)) {
+        return Err(format!("{text} is not a finite number {bound}"));
     }
     Ok(value)
 }

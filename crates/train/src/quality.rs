@@ -125,9 +125,10 @@ pub fn guarded(lines: &[QualityLine]) -> Vec<QualityLine> {
             let warm = rows("warm").find(|warm| same(cold, warm))?;
             let (cold_dev, warm_dev) = (cold.dev.as_ref()?, warm.dev.as_ref()?);
             let (cold_start, warm_start) = ((0, cold_dev.accuracy), (1, warm_dev.accuracy));
-            let kept = match replaces(cold_start, warm_start, Target::DEFAULT.start_margin) {
-                true => warm,
-                false => cold,
+            let kept = if replaces(cold_start, warm_start, Target::DEFAULT.start_margin) {
+                warm
+            } else {
+                cold
             };
             Some(QualityLine {
                 row: "guarded".into(),

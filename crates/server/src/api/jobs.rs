@@ -62,9 +62,9 @@ pub(super) async fn tune(
         expect.check(&name, current.as_ref().map(|c| c.etag.as_str()))?;
         if current.is_none() {
             // Jobs queued or running for other new names will take room first.
-            let creating = state.jobs.creating(&core.store);
-            let new = creating.len() + usize::from(!creating.contains(name.as_str()));
-            core.store.check_room(new)?;
+            let mut creating = state.jobs.creating(&core.store);
+            creating.insert(name.to_string());
+            core.store.check_room(creating.len())?;
         }
     }
     let record = state.jobs.submit(core, &name, order, expect).await?;
