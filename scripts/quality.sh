@@ -28,7 +28,7 @@
 # line is written); its line's seconds then count only the part after the resume. The rows that decide issue 10's targets come first
 # (z+head, warm, probe, random, and head only at seed 1), so that a matrix cut short has what decides; then the rest
 # of the table (z and the DETs, seed 1). The targets are at k = 16 and on the whole training set, so those come
-# first, all three seeds of each, and k = 64 last. The rows that use no subspace (zero-shot, probe, head-only, the DETs) go to
+# first, all three seeds of each; k = 64 comes at seed 1 with the rest of the table, and its seeds 2 and 3 last. The rows that use no subspace (zero-shot, probe, head-only, the DETs) go to
 # docs/results/quality/baselines.jsonl, shared by every subspace; z, z+head, warm and random go to
 # docs/results/quality/<subspace name>.jsonl. The DETs on the whole training set are stage 0's solutions of the
 # unseen tasks (scripts/stage0.sh trains them the same way); their lines are copied from docs/results/stage0.jsonl
@@ -178,21 +178,28 @@ run() {
 
 for t in $tasks; do run zero-shot "$t" full 1; done
 # The rows that decide the targets (and head only, the other half of "the stronger baseline") first: k = 16 and the
-# whole training set (where the targets are), each for seeds 1 to 3, before k = 64; then the rest of the table, one
-# seed.
-for shots in 16 full 64; do
-  for seed in 1 2 3; do
+# whole training set (where the targets are), each for seeds 1 to 3; then k = 64 at seed 1 and the rest of the table
+# (one seed), so that every cell has a figure; then k = 64's seeds 2 and 3.
+# deciding SHOTS SEEDS...: the rows that decide the targets (and head only at seed 1) for these seeds.
+deciding() {
+  local shots=$1 seed t row
+  shift
+  for seed in "$@"; do
     for t in $tasks; do
       for row in probe z+head warm random; do run "$row" "$t" "$shots" "$seed"; done
       if [ "$seed" = 1 ]; then run head-only "$t" "$shots" "$seed"; fi
     done
   done
-done
+}
+deciding 16 1 2 3
+deciding full 1 2 3
+deciding 64 1
 for shots in 16 64 full; do
   for t in $tasks; do
     for row in z lora adapter prefix; do run "$row" "$t" "$shots" 1; done
   done
 done
+deciding 64 2 3
 # What another quality.sh was running: wait for each, and run it here if that one ended without its line.
 waiting=("${held[@]}") held=()
 for item in "${waiting[@]}"; do
