@@ -9,14 +9,15 @@ nearest, as `tune --init upstream` chooses since 2026-12-01 (fourteenth session)
 docs/results/screen-warm-start.jsonl the earlier choice on dev; docs/results/quality/minilm-d1024.jsonl takes
 quality.sh's own `warm` row, the labels' choice that `tune` makes by default].
 "guarded" is what `tune --init normal --init upstream` keeps: of the cold run (quality.sh's z + head line) and the
-warm one (the screen's line), the better on dev, the cold one on a tie. Every start of such a run trains on the
+warm one (the screen's line), the warm one only where it leads on dev by more than START_MARGIN (1 point, `tune`'s
+default since 2026-12-03, as `deltaspace report --quality` derives it), else the cold one. Every start of such a run trains on the
 same rows it would alone, so this is the guarded run's result without running the cold start twice. Means are
 over the (task, seed) pairs that have every column; the spread is the standard deviation of the per-seed means
 of the tasks, over the seeds where all of them are in. Per seed, the means are also given over the tasks every
-seed has (a seed still running is then compared on the same tasks), and where the two starts tie on dev, the
-mean the guard would give if it broke ties by dev macro-F1 instead. Last, the mean the guard would give if it kept
-the warm start only where it leads on dev by more than a margin (0.5, 1 and 2 points of dev accuracy), and the
-paired differences of guarded and random over the (task, seed) pairs (mean, sd, standard error).
+seed has (a seed still running is then compared on the same tasks). Then the paired differences of guarded and
+random over the (task, seed) pairs (mean, sd, standard error); the mean the guard would give with other margins
+(0, the rule until 2026-12-03, which kept the warm start wherever it led on dev; 0.5 and 2 points); and, where the
+two starts tie on dev, the mean the rule of margin 0 would give if it broke ties by dev macro-F1.
 On the whole training sets, whose dev set is the same at every seed, a control for the selection itself: per
 task, the better on dev of two seeds' runs of one row (the earlier seed on a tie), as if that row too had been
 tuned from two starts and kept the better; for random and the cold z + head, over each pair of seeds that has
@@ -34,7 +35,8 @@ from collections import defaultdict
 from pathlib import Path
 
 RESULTS = Path("docs/results")
-MARGINS = (0.005, 0.01, 0.02)
+START_MARGIN = 0.01  # deltaspace_core::tuning::tune::START_MARGIN: tune's default
+MARGINS = (0.0, 0.005, 0.02)  # the alternatives shown beside it
 
 
 def lines(path):
@@ -61,7 +63,7 @@ def warm_starts():
         cold, random = rows.get(("z+head", *key)), rows.get(("random", *key))
         if cold is None or random is None:
             continue
-        guarded, tie_by_f1 = guard(cold, warm), guard(cold, warm, ties_by_macro_f1=True)
+        guarded, tie_by_f1 = guard(cold, warm), guard(cold, warm, margin=0.0, ties_by_macro_f1=True)
         probe = rows.get(("probe", *key))
         by_shots[warm["shots"]].append({
             "task": key[0], "seed": key[2], "source": warm.get("source", "labels"),
@@ -78,14 +80,13 @@ def warm_starts():
         summarize(table)
 
 
-def guard(cold, warm, ties_by_macro_f1=False, margin=0.0):
-    """The start the guard keeps: the better on dev accuracy; on a tie the cold one, or the better by dev
-    macro-F1. With a margin, the warm start only where its dev accuracy leads by more than it."""
-    if margin:
-        return warm if warm["dev"]["accuracy"] - cold["dev"]["accuracy"] > margin else cold
-    if warm["dev"]["accuracy"] != cold["dev"]["accuracy"]:
-        return warm if warm["dev"]["accuracy"] > cold["dev"]["accuracy"] else cold
-    return warm if ties_by_macro_f1 and warm["dev"]["macro_f1"] > cold["dev"]["macro_f1"] else cold
+def guard(cold, warm, margin=START_MARGIN, ties_by_macro_f1=False):
+    """The start the guard keeps: the warm one where its dev accuracy leads the cold one's by more than the margin,
+    else the cold one. With a margin of 0 and ties_by_macro_f1, a tie on dev goes to the better by dev macro-F1."""
+    lead = warm["dev"]["accuracy"] - cold["dev"]["accuracy"]
+    if lead == 0 and ties_by_macro_f1:
+        return warm if warm["dev"]["macro_f1"] > cold["dev"]["macro_f1"] else cold
+    return warm if lead > margin else cold
 
 
 def summarize(table):
@@ -111,17 +112,18 @@ def summarize(table):
     ties = [r for r in table if r["tie"]]
     if ties:
         by_f1 = 100 * statistics.mean(r["tie_by_f1"] for r in table)
-        print(f"\nTies on dev: {len(ties)} of {len(table)}; breaking them by dev macro-F1 instead of keeping the cold "
-              f"start, guarded's mean of {len(table)} would be {by_f1:.1f} (against {means['guarded']:.1f}).")
+        print(f"\nTies on dev: {len(ties)} of {len(table)}; with a margin of 0, breaking them by dev macro-F1 instead "
+              f"of keeping the cold start, guarded's mean of {len(table)} would be {by_f1:.1f} "
+              f"(against {means['guarded']:.1f}).")
     differences = [100 * (r["guarded"] - r["random"]) for r in table]
     if len(differences) >= 2:
         error = statistics.stdev(differences) / len(differences) ** 0.5
         print(f"\nGuarded minus random over the {len(differences)} (task, seed) pairs: mean {statistics.mean(differences):+.1f}, "
               f"sd {statistics.stdev(differences):.1f}, standard error of the mean {error:.1f} points")
     by_margin = {m: 100 * statistics.mean(r["by_margin"][m] for r in table) for m in MARGINS}
-    print(f"\nKeeping the warm start only where it leads on dev by more than a margin, guarded's mean of {len(table)} "
-          "would be " + ", ".join(f"{v:.1f} ({100 * m:g} points)" for m, v in by_margin.items())
-          + f" (against {means['guarded']:.1f}).")
+    print(f"\nWith another margin (the warm start kept only where it leads on dev by more), guarded's mean of "
+          f"{len(table)} would be " + ", ".join(f"{v:.1f} ({100 * m:g} points)" for m, v in by_margin.items())
+          + f" (against {means['guarded']:.1f} at {100 * START_MARGIN:g}).")
 
 
 def selection_alone():
