@@ -304,3 +304,34 @@ async fn a_seed_task_stored_for_another_subspace_is_named_at_start_and_import_br
     assert_eq!(get_status(&server, "bulk-005").await, 404);
     assert!(!server.log_text().contains("seed tasks imported before"));
 }
+
+/// A write that waits past SQLite's busy timeout behind another writer (an import, here a
+/// transaction held open) answers 503 `store_unavailable` with `Retry-After`, as PostgreSQL's lock
+/// timeout does, and the same write lands once the database is free.
+#[tokio::test]
+async fn a_write_behind_a_busy_database_answers_503_and_lands_once_it_is_free() {
+    let setup = Setup::new();
+    let server = Server::start(&setup, "info").await;
+    let holder = rusqlite::Connection::open(setup.database()).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut body = task(0);
+    body.as_object_mut().unwrap().remove("name");
+    let put = || {
+        reqwest::Client::new()
+            .put(server.url("/v1/tasks/bulk-000"))
+            .json(&body)
+            .send()
+    };
+    let refused = put().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("busy"),
+        "{body}"
+    );
+    holder.execute_batch("COMMIT").unwrap();
+    assert!(put().await.unwrap().status().is_success());
+    assert_eq!(count_tasks(&setup), 1);
+}

@@ -14,7 +14,7 @@ use deltaspace::server::{Options, StoreLocation};
 use serde_json::{Value, json};
 
 use crate::api::helpers::{D, Fixture, TestApp, assert_error, ok_json, task_body};
-use crate::api::jobs::tune_body;
+use crate::api::jobs::{tune_body, wait_for_end};
 use crate::pg::{self, Postgres};
 use crate::reliability::process::{self, Server, Setup};
 
@@ -269,6 +269,55 @@ async fn postgres_down_keeps_predictions_refuses_writes_and_both_converge_after(
     assert!(b.metrics().await.get("deltaspace_store_reconnects_total") >= 1.0);
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+/// A tune job that finishes while another session holds the store's change counter past
+/// `lock_timeout` (as a long import's transaction does) keeps trying to serve its task, and
+/// serves it once the lock is let go, rather than losing what it tuned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_tune_job_serves_its_task_once_a_held_store_lock_is_let_go() {
+    let fixture = Fixture::new();
+    let url = pg::off_runtime(|| pg::shared().database());
+    let with_short_locks = format!("{url}&options=-c%20lock_timeout%3D200ms");
+    let app = TestApp::spawn(replica(&fixture, &with_short_locks, "a")).await;
+    let (let_go, held_until) = std::sync::mpsc::channel::<()>();
+    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        pg::with_client(&url, move |client| {
+            let mut transaction = client.transaction().unwrap();
+            transaction
+                .query_one("SELECT last FROM changes FOR UPDATE", &[])
+                .unwrap();
+            locked.send(()).unwrap();
+            held_until.recv().unwrap();
+            transaction.commit().unwrap();
+        })
+    });
+    is_locked.recv().unwrap();
+
+    let accepted = ok_json(app.post("/v1/tasks/tuned/tune", &tune_body(3)).await).await;
+    let job = accepted["job"].as_str().unwrap().to_string();
+    eventually(
+        Duration::from_secs(60),
+        "the job's write meets the held lock",
+        || async {
+            app.metrics()
+                .await
+                .get("deltaspace_tune_commit_retries_total")
+                >= 1.0
+        },
+    )
+    .await;
+    let record = ok_json(app.get(&format!("/v1/jobs/{job}")).await).await;
+    assert_eq!(record["state"], "running", "{record}");
+    assert_eq!(generation(&app, "tuned").await, None);
+
+    let_go.send(()).unwrap();
+    holder.join().unwrap();
+    let record = wait_for_end(&app, &job).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    assert_eq!(generation(&app, "tuned").await, Some(1));
+    app.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

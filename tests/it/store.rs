@@ -192,6 +192,27 @@ fn max_tasks_bounds_creation_but_not_replacement(db: &mut dyn Backend, reopen: R
     assert_eq!(names(db), ["a", "c", "x"]);
 }
 
+/// `max_tasks` counts the tasks another connection wrote meanwhile (an import beside a running
+/// server), not only this connection's own writes.
+fn max_tasks_counts_what_another_connection_wrote(db: &mut dyn Backend, reopen: Reopen<'_>) {
+    let e = embeddings();
+    let write = |db: &mut dyn Backend, name: &str| {
+        db.write(
+            &task(name, 0.1),
+            "s@1",
+            ("m", "k", &e),
+            &Precondition::None,
+            2,
+        )
+        .map(|(_, created)| created)
+    };
+    assert!(write(db, "a").unwrap());
+    let mut importer = reopen();
+    assert_eq!(importer.write_many(&[task("b", 0.2)], "s@1").unwrap(), 1);
+    assert!(matches!(write(db, "c"), Err(StoreError::Full { max: 2 })));
+    assert_eq!(names(db), ["a", "b"]);
+}
+
 fn jobs_are_recorded_paged_and_failed_on_restart(db: &mut dyn Backend, reopen: Reopen<'_>) {
     let job = |id: &str, owner: &str| JobRecord::queued(id.into(), "t".into(), 10, owner.into(), 1);
     for (id, owner) in [("j1", "a"), ("j2", "b"), ("j3", "a")] {
@@ -246,12 +267,43 @@ fn a_saved_job_keeps_a_cancel_asked_and_an_ended_record(db: &mut dyn Backend, re
         (JobState::Running, 5, true),
         "the owner's progress is saved and the cancel stays asked"
     );
+    // Another replica that read the lease as expired cannot end the job once its owner has
+    // renewed the lease since that read.
+    let mut expired_copy = asked.clone();
+    expired_copy.state = JobState::Failed;
+    let mut renewed = db.job("j").unwrap().unwrap();
+    renewed.heartbeat_ms = expired_copy.heartbeat_ms + 1;
+    db.save_job(&renewed).unwrap();
+    other.save_job(&expired_copy).unwrap();
+    let stored = db.job("j").unwrap().unwrap();
+    assert_eq!(stored, renewed, "the renewed job lives");
     // Once the job has ended, a stale copy saved late does not bring it back.
     let mut ended = stored;
     ended.state = JobState::Cancelled;
     db.save_job(&ended).unwrap();
     other.save_job(&asked).unwrap();
     assert_eq!(db.job("j").unwrap(), Some(ended));
+}
+
+/// A key no store can hold (PostgreSQL's text cannot hold NUL) names nothing, on every backend:
+/// no job, an empty page after it, nothing to delete; never a failed statement (a 500).
+fn keys_with_nul_name_nothing(db: &mut dyn Backend, _reopen: Reopen<'_>) {
+    db.save_job(&JobRecord::queued(
+        "j1".into(),
+        "t".into(),
+        10,
+        "a".into(),
+        1,
+    ))
+    .unwrap();
+    put(db, &task("t", 0.1), &Precondition::None).unwrap();
+    assert_eq!(db.job("j1\0").unwrap(), None);
+    assert!(db.jobs(Some("j1\0"), 5).unwrap().is_empty());
+    assert!(matches!(
+        db.delete("t\0", "s@1", &Precondition::None),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(names(db), ["t"]);
 }
 
 /// Runs each suite function against a fresh store of one backend.
@@ -286,8 +338,10 @@ mod sqlite {
         label_sets_are_saved_and_forgotten,
         write_many_commits_generations_in_one_go,
         max_tasks_bounds_creation_but_not_replacement,
+        max_tasks_counts_what_another_connection_wrote,
         jobs_are_recorded_paged_and_failed_on_restart,
         a_saved_job_keeps_a_cancel_asked_and_an_ended_record,
+        keys_with_nul_name_nothing,
     );
 }
 
@@ -308,9 +362,37 @@ mod postgres {
         label_sets_are_saved_and_forgotten,
         write_many_commits_generations_in_one_go,
         max_tasks_bounds_creation_but_not_replacement,
+        max_tasks_counts_what_another_connection_wrote,
         jobs_are_recorded_paged_and_failed_on_restart,
         a_saved_job_keeps_a_cancel_asked_and_an_ended_record,
+        keys_with_nul_name_nothing,
     );
+
+    /// A scan reads the rows in pages, each a statement read whole, so one that takes longer than
+    /// `statement_timeout` (a replica starting embeds label sets as it scans) still sees every row
+    /// once, in name order. One statement for the whole scan would be cancelled: its rows (44 MB
+    /// here) wait in the socket for the visitor, and the server's clock runs meanwhile.
+    #[test]
+    fn a_scan_slower_than_the_statement_timeout_reads_every_row_in_pages() {
+        let url = pg::shared().database() + "&options=-c%20statement_timeout%3D2s";
+        let mut db = open_store(&StoreLocation::Postgres(Secret::new(url))).unwrap();
+        let tasks: Vec<Task> = (0..1100)
+            .map(|i| Task {
+                z: vec![0.123_456_79; 4096],
+                ..task(&format!("t{i:04}"), 0.0)
+            })
+            .collect();
+        assert_eq!(db.write_many(&tasks, "s@1").unwrap(), 1100);
+        let mut seen = Vec::new();
+        db.each(&mut |record| {
+            std::thread::sleep(std::time::Duration::from_millis(3));
+            seen.push(record.name);
+            Ok(())
+        })
+        .unwrap();
+        let expected: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
+        assert_eq!(seen, expected);
+    }
 
     #[test]
     fn changes_number_every_commit_and_name_what_changed() {
@@ -327,7 +409,7 @@ mod postgres {
             Some(3),
             "a refused write is no change"
         );
-        let all = db.changes_since(0).unwrap();
+        let all = db.changes_since(0, 100).unwrap();
         assert_eq!(all.last, 3);
         let written: Vec<(&str, u64)> = all
             .written
@@ -338,10 +420,31 @@ mod postgres {
         assert_eq!(all.deleted, [("a".to_string(), 3)]);
         db.write_many(&[task("a", 5.0), task("c", 5.0)], "s@1")
             .unwrap();
-        let recent = db.changes_since(3).unwrap();
-        assert_eq!(recent.last, 5);
+        let recent = db.changes_since(3, 100).unwrap();
+        assert_eq!((recent.last, recent.more), (5, false));
         assert_eq!(recent.written.len(), 2);
         assert!(recent.deleted.is_empty(), "a was written again since");
+        // A page at a time, each name at its latest change: b's write (2), a's second write (4;
+        // its deletion, 3, is gone with it), c's deletion (6; its write, 5, is gone with it).
+        db.delete("c", "s@1", &Precondition::None).unwrap();
+        let mut pages = Vec::new();
+        let mut since = 0;
+        loop {
+            let page = db.changes_since(since, 2).unwrap();
+            let mut changes: Vec<u64> = page.written.iter().map(|r| r.change).collect();
+            changes.extend(page.deleted.iter().map(|(_, change)| *change));
+            changes.sort_unstable();
+            pages.push((changes, page.last));
+            since = page.last;
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(
+            pages,
+            [(vec![2, 4], 4), (vec![6], 6)],
+            "two changes a page, in change order"
+        );
     }
 
     #[test]

@@ -183,11 +183,11 @@ impl From<BatchError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        if let StoreError::Unavailable { reason, .. } = &error {
+        if let Some(reason) = error.unavailable() {
             // The client learns the reason; the log gets the cause too.
             let cause = error_chain(&error);
             tracing::warn!(error = %cause, "refused: the task store is unavailable");
-            return Self::StoreUnavailable(reason.clone());
+            return Self::StoreUnavailable(reason.to_string());
         }
         match error {
             StoreError::EtagMismatch { .. } => Self::EtagMismatch(error.to_string()),

@@ -21,7 +21,7 @@ use crate::admit::{admit, commit};
 use crate::error::{ApiError, blocking};
 use crate::loaded::Core;
 use crate::metrics::Metrics;
-use crate::store::{JobRecord, JobResult, JobState, Precondition, TaskStore, now_ms};
+use crate::store::{JobRecord, JobResult, JobState, Precondition, StoredTask, TaskStore, now_ms};
 use deltaspace_core::classifier::{Classes, embed_labels};
 use deltaspace_core::det::DetKind;
 use deltaspace_core::model::{Encoder, EncoderOptions, Pace};
@@ -48,6 +48,9 @@ pub const HEARTBEAT: Duration = Duration::from_secs(30);
 /// How long a job's lease lasts without renewal: past it, any replica fails the job (its owner
 /// is gone, for good or under another name).
 pub const LEASE: Duration = Duration::from_secs(300);
+
+/// How long a finished tune job keeps trying to serve its task while the store is unavailable.
+pub const COMMIT_PATIENCE: Duration = Duration::from_secs(120);
 
 /// A checked tune request: what a job tunes.
 #[derive(Debug, Clone)]
@@ -437,13 +440,7 @@ impl Jobs {
         if job.cancelled.load(Ordering::SeqCst) {
             return Err(CANCELLED.to_string());
         }
-        let serving = core.clone();
-        let (stored, _) = blocking(move || commit(&serving, task, &expect))
-            .await
-            .map_err(|e| match e {
-                ApiError::EtagMismatch(why) => format!("the task changed while the job ran: {why}"),
-                other => format!("serving the task failed: {other}"),
-            })?;
+        let stored = self.commit_patiently(core, job, task, expect).await?;
         self.metrics.tasks_registered.set(core.store.len() as i64);
         Ok(JobResult {
             generation: stored.generation,
@@ -454,6 +451,46 @@ impl Jobs {
             start: tuned.start_name(&starts, tuned.start),
             dev_by_start: tuned.dev_by_start(|i| tuned.start_name(&starts, i).unwrap_or_default()),
         })
+    }
+
+    /// Serves the tuned task. While the store is unavailable (a brief outage, or a lock held by a
+    /// long import) it tries again, for up to [`COMMIT_PATIENCE`], so that minutes of tuning are
+    /// not lost to seconds of store trouble; a cancel or a shutdown meanwhile ends it unserved.
+    async fn commit_patiently(
+        &self,
+        core: &Core,
+        job: &LiveJob,
+        task: Task,
+        expect: Precondition,
+    ) -> Result<Arc<StoredTask>, String> {
+        let deadline = Instant::now() + COMMIT_PATIENCE;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let (serving, task, expect) = (core.clone(), task.clone(), expect.clone());
+            let why = match blocking(move || commit(&serving, task, &expect)).await {
+                Ok((stored, _)) => return Ok(stored),
+                Err(ApiError::StoreUnavailable(why)) => why,
+                Err(ApiError::EtagMismatch(why)) => {
+                    return Err(format!("the task changed while the job ran: {why}"));
+                }
+                Err(other) => return Err(format!("serving the task failed: {other}")),
+            };
+            if self.stopping.load(Ordering::SeqCst) {
+                return Err(INTERRUPTED.to_string());
+            }
+            if job.cancelled.load(Ordering::SeqCst) {
+                return Err(CANCELLED.to_string());
+            }
+            if Instant::now() + wait > deadline {
+                return Err(format!(
+                    "serving the task failed: the task store is unavailable ({why})"
+                ));
+            }
+            tracing::warn!(job = %job.record().job, reason = %why, retry_in = ?wait, "serving a tuned task");
+            self.metrics.tune_commit_retries.inc();
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(HEARTBEAT);
+        }
     }
 
     /// Stage 2 for one job, blocking: the admitted task, what tuning found, and whether it was

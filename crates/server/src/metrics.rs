@@ -48,6 +48,9 @@ pub struct Metrics {
     pub tune_duration: Histogram,
     /// `deltaspace_tune_steps_total`: optimizer steps of tune jobs.
     pub tune_steps: IntCounter,
+    /// `deltaspace_tune_commit_retries_total`: times a tuned task's write was tried again because
+    /// the store was unavailable (`jobs::COMMIT_PATIENCE`).
+    pub tune_commit_retries: IntCounter,
     /// `deltaspace_store_connected`: 1 while a shared store's change feed is connected (always 1
     /// for SQLite).
     pub store_connected: IntGauge,
@@ -165,6 +168,11 @@ impl Metrics {
                 "Optimizer steps of tune jobs.",
             )
             .expect("valid metric. This is a bug."),
+            tune_commit_retries: IntCounter::new(
+                "deltaspace_tune_commit_retries_total",
+                "Times a tuned task's write was tried again because the task store was unavailable.",
+            )
+            .expect("valid metric. This is a bug."),
             store_connected: IntGauge::new(
                 "deltaspace_store_connected",
                 "1 while the task store's change feed is connected (always 1 for SQLite).",
@@ -219,6 +227,7 @@ impl Metrics {
             Box::new(self.tune_jobs_total.clone()),
             Box::new(self.tune_duration.clone()),
             Box::new(self.tune_steps.clone()),
+            Box::new(self.tune_commit_retries.clone()),
             Box::new(self.store_connected.clone()),
             Box::new(self.store_reconnects.clone()),
             Box::new(self.store_change.clone()),

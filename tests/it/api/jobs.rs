@@ -53,7 +53,7 @@ async fn start(app: &TestApp, name: &str, body: &Value) -> String {
 }
 
 /// Polls a job until it has ended (60 s at most); returns its last record.
-async fn wait_for_end(app: &TestApp, job: &str) -> Value {
+pub(crate) async fn wait_for_end(app: &TestApp, job: &str) -> Value {
     for _ in 0..1200 {
         let record = ok_json(app.get(&format!("/v1/jobs/{job}")).await).await;
         if ["succeeded", "failed", "cancelled"].contains(&record["state"].as_str().unwrap()) {

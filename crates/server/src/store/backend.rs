@@ -16,8 +16,8 @@ use super::{Precondition, StoreError};
 
 /// The durable side of the task store. Blocking: call from a blocking thread.
 pub trait Backend: Send {
-    /// Calls `visit` on every stored task, in name order, one row at a time (a million tasks never
-    /// sit in memory as rows); stops at the first error `visit` returns.
+    /// Calls `visit` on every stored task, in name order, a row or a page of rows at a time (a
+    /// million tasks never sit in memory as rows); stops at the first error `visit` returns.
     fn each(
         &self,
         visit: &mut dyn FnMut(Record) -> Result<(), StoreError>,
@@ -109,10 +109,12 @@ pub trait Backend: Send {
         Ok(None)
     }
 
-    /// What changed after change `since`: the rows written (with their change numbers) and the
-    /// names deleted, for a replica to catch up with the others.
-    fn changes_since(&self, since: u64) -> Result<Changes, StoreError> {
-        let _ = since;
+    /// What changed after change `since`, at most `limit` changes of it (a page: a replica far
+    /// behind catches up a page at a time rather than holding every changed row at once): the
+    /// rows written (with their change numbers) and the names deleted, for a replica to catch up
+    /// with the others.
+    fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
+        let _ = (since, limit);
         Ok(Changes::default())
     }
 }
@@ -126,4 +128,6 @@ pub struct Changes {
     pub deleted: Vec<(String, u64)>,
     /// The last change the answer covers.
     pub last: u64,
+    /// Whether changes after `last` were committed already: the next page has them.
+    pub more: bool,
 }

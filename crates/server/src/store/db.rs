@@ -111,14 +111,25 @@ impl Database {
     }
 }
 
-/// Stored tasks per subspace id: counted on first need, then moved by this connection's writes.
+/// Stored tasks per subspace id: counted on first need, then moved by this connection's writes,
+/// and counted again once another connection (a `deltaspace import` beside the server) has
+/// committed, which SQLite's `data_version` tells.
 #[derive(Debug, Default)]
-struct Counts(HashMap<String, usize>);
+struct Counts {
+    by_subspace: HashMap<String, usize>,
+    /// The `data_version` the counts were made at.
+    data_version: Option<i64>,
+}
 
 impl Counts {
     /// How many tasks of `subspace_id` are stored.
     fn of(&mut self, connection: &Connection, subspace_id: &str) -> rusqlite::Result<usize> {
-        if let Some(&count) = self.0.get(subspace_id) {
+        let version: i64 = connection.pragma_query_value(None, "data_version", |row| row.get(0))?;
+        if self.data_version != Some(version) {
+            self.by_subspace.clear();
+            self.data_version = Some(version);
+        }
+        if let Some(&count) = self.by_subspace.get(subspace_id) {
             return Ok(count);
         }
         let count: i64 = connection.query_row(
@@ -127,7 +138,7 @@ impl Counts {
             |row| row.get(0),
         )?;
         let count = usize::try_from(count).unwrap_or(0);
-        self.0.insert(subspace_id.to_string(), count);
+        self.by_subspace.insert(subspace_id.to_string(), count);
         Ok(count)
     }
 
@@ -137,10 +148,10 @@ impl Counts {
         if from == to {
             return;
         }
-        if let Some(count) = from.and_then(|id| self.0.get_mut(id)) {
+        if let Some(count) = from.and_then(|id| self.by_subspace.get_mut(id)) {
             *count = count.saturating_sub(1);
         }
-        if let Some(count) = to.and_then(|id| self.0.get_mut(id)) {
+        if let Some(count) = to.and_then(|id| self.by_subspace.get_mut(id)) {
             *count += 1;
         }
     }

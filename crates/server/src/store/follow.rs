@@ -26,6 +26,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Catch up at least this often even without notifications: a safety net, never the main path.
 const POLL: Duration = Duration::from_secs(30);
 
+/// Changes a replica reads and applies at a time while it catches up.
+const CHANGES_PAGE: usize = 1000;
+
 /// Turns a stored row into a task this replica serves, with its label set. Blocking (it may run
 /// the encoder).
 ///
@@ -131,23 +134,27 @@ impl Follower {
         }
     }
 
-    /// Applies every change after the last one applied.
+    /// Applies every change after the last one applied, a page ([`CHANGES_PAGE`]) at a time.
     async fn catch_up(&self) -> Result<(), StoreError> {
-        let since = self.status.change.load(Ordering::Relaxed);
-        let (store, prepare) = (self.store.clone(), self.prepare.clone());
-        let (last, applied) =
-            tokio::task::spawn_blocking(move || apply_since(&store, &prepare, since))
-                .await
-                .map_err(|error| StoreError::Visit(Box::new(error)))??;
-        self.status.change.store(last, Ordering::Relaxed);
-        self.metrics
-            .store_change
-            .set(i64::try_from(last).unwrap_or(i64::MAX));
-        if applied > 0 {
-            self.metrics.tasks_registered.set(self.store.len() as i64);
-            tracing::debug!(since, last, applied, "applied changes from the task store");
+        loop {
+            let since = self.status.change.load(Ordering::Relaxed);
+            let (store, prepare) = (self.store.clone(), self.prepare.clone());
+            let (last, applied, more) =
+                tokio::task::spawn_blocking(move || apply_since(&store, &prepare, since))
+                    .await
+                    .map_err(|error| StoreError::Visit(Box::new(error)))??;
+            self.status.change.store(last, Ordering::Relaxed);
+            self.metrics
+                .store_change
+                .set(i64::try_from(last).unwrap_or(i64::MAX));
+            if applied > 0 {
+                self.metrics.tasks_registered.set(self.store.len() as i64);
+                tracing::debug!(since, last, applied, "applied changes from the task store");
+            }
+            if !more {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     fn set_connected(&self, connected: bool) {
@@ -185,14 +192,15 @@ impl Follower {
     }
 }
 
-/// Reads the changes after `since`, makes the served tasks outside the database lock, then
-/// applies them under it. Returns the last change covered and how many served tasks changed.
+/// Reads a page of the changes after `since`, makes the served tasks outside the database lock,
+/// then applies them under it. Returns the last change covered, how many served tasks changed,
+/// and whether more changes follow.
 fn apply_since(
     store: &TaskStore,
     prepare: &Prepare,
     since: u64,
-) -> Result<(u64, usize), StoreError> {
-    let changes = store.with_db(|db| db.changes_since(since))?;
+) -> Result<(u64, usize, bool), StoreError> {
+    let changes = store.with_db(|db| db.changes_since(since, CHANGES_PAGE))?;
     let written: Vec<Applicable> = changes
         .written
         .into_iter()
@@ -207,5 +215,5 @@ fn apply_since(
         })
         .collect::<Result<_, StoreError>>()?;
     let applied = store.apply(written, &changes.deleted, changes.last);
-    Ok((changes.last, applied))
+    Ok((changes.last, applied, changes.more))
 }

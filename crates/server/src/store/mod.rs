@@ -85,6 +85,27 @@ pub enum StoreError {
     Visit(Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl StoreError {
+    /// Why the store cannot take a call now, where that is what failed (503 and `Retry-After`
+    /// rather than 500): PostgreSQL unreachable or past a session bound, or SQLite's file held by
+    /// another writer (a `deltaspace import`, say) past its busy timeout.
+    pub fn unavailable(&self) -> Option<&str> {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+        match self {
+            StoreError::Unavailable { reason, .. } => Some(reason),
+            StoreError::Sqlite(error)
+                if matches!(
+                    error.sqlite_error_code(),
+                    Some(DatabaseBusy | DatabaseLocked)
+                ) =>
+            {
+                Some("the task database is busy: another writer held it past the busy timeout")
+            }
+            _ => None,
+        }
+    }
+}
+
 /// An error with its causes, for one log line.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();

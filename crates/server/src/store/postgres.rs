@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use ndarray::Array2;
 use postgres::error::SqlState;
-use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
 use postgres::{Client, Config, IsolationLevel, Row, Statement, Transaction};
 use postgres_native_tls::MakeTlsConnector;
@@ -66,6 +65,13 @@ const SESSION_TIMEOUTS: &str =
 /// TCP keepalive idle time, unless the URL sets one: a connection whose peer vanished in silence
 /// (the LISTEN connection sends nothing) is found dead within a minute or so, not 2 hours.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+
+/// Rows [`Backend::each`] reads per statement. Each page is a statement of its own, read whole
+/// before its rows are visited, so a scan of any size never meets `statement_timeout` while its
+/// visitor works (a replica starting embeds label sets as it goes). The pages are not one
+/// snapshot: a row written meanwhile may be read at its newer version or missed, and the follower,
+/// which starts from the change read before the scan, applies it either way.
+const SCAN_PAGE: i64 = 1000;
 
 /// One step of the schema.
 struct Migration {
@@ -509,20 +515,33 @@ fn record(row: &postgres::Row) -> Record {
     }
 }
 
+/// PostgreSQL's text cannot hold NUL, so no stored task name or job id contains one: a key with
+/// one names nothing (where PostgreSQL would fail the statement, SQLSTATE 22021, as a 500).
+fn storable(key: &str) -> bool {
+    !key.contains('\0')
+}
+
 impl Backend for PostgresStore {
     fn each(
         &self,
         visit: &mut dyn FnMut(Record) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        self.run(|client| {
-            let query = format!("SELECT {RECORD_COLUMNS} FROM tasks ORDER BY name");
-            let no_params: [&(dyn ToSql + Sync); 0] = [];
-            let mut rows = client.query_raw(query.as_str(), no_params)?;
-            while let Some(row) = rows.next()? {
-                visit(record(&row))?;
+        let query = format!(
+            "SELECT {RECORD_COLUMNS} FROM tasks
+             WHERE $1::TEXT IS NULL OR name > $1 ORDER BY name LIMIT $2"
+        );
+        let mut after: Option<String> = None;
+        loop {
+            let rows =
+                self.run(|client| Ok(client.query(query.as_str(), &[&after, &SCAN_PAGE])?))?;
+            for row in &rows {
+                visit(record(row))?;
             }
-            Ok(())
-        })
+            if rows.len() < SCAN_PAGE as usize {
+                return Ok(());
+            }
+            after = rows.last().map(|row| row.get(0));
+        }
     }
 
     fn write(
@@ -600,6 +619,9 @@ impl Backend for PostgresStore {
         subspace_id: &str,
         expect: &Precondition,
     ) -> Result<u64, StoreError> {
+        if !storable(name) {
+            return Err(StoreError::NotFound(name.to_string()));
+        }
         self.in_transaction(|tx| {
             let change = next_change(tx)?;
             let current = current_row(tx, name)?;
@@ -739,6 +761,9 @@ impl Backend for PostgresStore {
     }
 
     fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        if !storable(id) {
+            return Ok(None);
+        }
         let text = self.run(|client| {
             let row = client.query_opt("SELECT record FROM jobs WHERE id = $1", &[&id])?;
             Ok(row.map(|row| row.get::<_, String>(0)))
@@ -747,6 +772,9 @@ impl Backend for PostgresStore {
     }
 
     fn jobs(&self, after: Option<&str>, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        if !after.is_none_or(storable) {
+            return Ok(Vec::new()); // after a job that cannot exist: an empty last page, as on SQLite
+        }
         let rows = self.run(|client| {
             Ok(client.query(
                 "SELECT id, record FROM jobs
@@ -801,34 +829,49 @@ impl Backend for PostgresStore {
         })
     }
 
-    fn changes_since(&self, since: u64) -> Result<Changes, StoreError> {
+    fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
         self.run(|client| {
-            // One snapshot: every change up to `last` is committed in it, and none after.
+            // One snapshot: every change up to `newest` is committed in it, and none after.
             let mut transaction = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::RepeatableRead)
                 .read_only(true)
                 .start()?;
-            let last = as_u64(
+            let newest = as_u64(
                 transaction
                     .query_one("SELECT last FROM changes", &[])?
                     .get(0),
             );
             let since = as_i64(since);
+            // Every change number names one row (a task's latest write, or its deletion), so
+            // the page ends at the `limit`-th of them after `since`, or at the newest change.
+            let page_end = transaction
+                .query_opt(
+                    "SELECT change FROM (
+                        SELECT change FROM tasks WHERE change > $1
+                        UNION ALL SELECT change FROM deletions WHERE change > $1
+                     ) AS after ORDER BY change OFFSET $2 LIMIT 1",
+                    &[&since, &as_i64(limit.max(1) as u64 - 1)],
+                )?
+                .map(|row| as_u64(row.get(0)));
+            let last = page_end.unwrap_or(newest);
+            let upto = as_i64(last);
             let written = transaction
                 .query(
                     &format!(
-                        "SELECT {RECORD_COLUMNS} FROM tasks WHERE change > $1 ORDER BY change"
+                        "SELECT {RECORD_COLUMNS} FROM tasks
+                         WHERE change > $1 AND change <= $2 ORDER BY change"
                     ),
-                    &[&since],
+                    &[&since, &upto],
                 )?
                 .iter()
                 .map(record)
                 .collect();
             let deleted = transaction
                 .query(
-                    "SELECT name, change FROM deletions WHERE change > $1 ORDER BY change",
-                    &[&since],
+                    "SELECT name, change FROM deletions
+                     WHERE change > $1 AND change <= $2 ORDER BY change",
+                    &[&since, &upto],
                 )?
                 .iter()
                 .map(|row| (row.get(0), as_u64(row.get(1))))
@@ -838,6 +881,7 @@ impl Backend for PostgresStore {
                 written,
                 deleted,
                 last,
+                more: last < newest,
             })
         })
     }
