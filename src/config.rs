@@ -250,6 +250,33 @@ impl Config {
         })
     }
 
+    /// The names `[server] allowed_hosts` lists (comma-separated; blanks dropped). Each is `*`, or
+    /// a host name or address as a `Host` header carries it, with or without a port: an entry
+    /// that no `Host` can match (`https://example.org`, `example.org/api`) is an error naming it,
+    /// not a server that refuses every request.
+    pub fn allowed_hosts(&self) -> anyhow::Result<Vec<String>> {
+        let value = &self.server.allowed_hosts;
+        let hosts: Vec<String> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|host| !host.is_empty())
+            .map(String::from)
+            .collect();
+        match hosts.iter().find(|host| !is_host(host)) {
+            Some(bad) => {
+                let rule =
+                    format!("{bad:?} is not a host name or address (with or without a port) or *");
+                Err(unusable(
+                    "server",
+                    "allowed_hosts",
+                    format!("{value:?}"),
+                    &rule,
+                ))
+            }
+            None => Ok(hosts),
+        }
+    }
+
     /// The store `[store] url` names, SQLite in `data_dir` when it is empty; a bad URL is an
     /// error that says what is accepted.
     pub fn store_location(&self, data_dir: Option<&Path>) -> anyhow::Result<StoreLocation> {
@@ -283,6 +310,30 @@ pub fn count<T: Copy + Default + PartialEq + std::fmt::Display>(
         return Err(unusable(section, key, value, "it must be at least 1"));
     }
     Ok(value)
+}
+
+/// `*`, or what a `Host` header can carry: a name of letters, digits, `-`, `_` and `.`, or an
+/// IPv6 address in brackets, then an optional `:port`.
+fn is_host(entry: &str) -> bool {
+    if entry == "*" {
+        return true;
+    }
+    // The port, with its colon, follows an IPv6 address's closing bracket or a name's first colon.
+    let (name_ok, port) = if let Some(rest) = entry.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, port)) => (ip.parse::<std::net::Ipv6Addr>().is_ok(), port),
+            None => return false,
+        }
+    } else {
+        let (name, port) = entry.find(':').map_or((entry, ""), |at| entry.split_at(at));
+        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        (!name.is_empty() && name.chars().all(valid), port)
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|digits| digits.parse::<u16>().is_ok());
+    name_ok && port_ok
 }
 
 /// Why the setting `[section] key = value` cannot work, naming the environment variable too.
@@ -423,6 +474,41 @@ mod tests {
         let config = load("[store]\nurl = \"redis://cache\"\n", &[]).unwrap();
         let error = config.store_location(None).unwrap_err().to_string();
         assert!(error.contains("postgres://"), "{error}");
+    }
+
+    #[test]
+    fn allowed_hosts_are_names_or_addresses_a_host_header_can_carry() {
+        let hosts =
+            |value: &str| load("", &[("DELTASPACE_SERVER_ALLOWED_HOSTS", value)])?.allowed_hosts();
+        assert_eq!(
+            hosts(" api.example.org, 10.0.0.7:8080 ,[::1]:80,,*, my_host").unwrap(),
+            [
+                "api.example.org",
+                "10.0.0.7:8080",
+                "[::1]:80",
+                "*",
+                "my_host"
+            ]
+        );
+        assert!(hosts("").unwrap().is_empty());
+        for bad in [
+            "https://example.org",
+            "example.org/api",
+            "example.org:http",
+            "example.org:",
+            "[::1",
+            "[not-ip]:80",
+            "two words",
+        ] {
+            let error = hosts(&format!("ok.example, {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(&format!("{bad:?} is not a host name"))
+                    && error.contains("DELTASPACE_SERVER_ALLOWED_HOSTS"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -84,8 +84,7 @@ fn options(config: &Config, args: ServeArgs) -> anyhow::Result<Options> {
             .map(Secret::new)
             .collect(),
         protect_reads: server.protect_reads,
-        // The server's guard trims the names and drops empty ones.
-        allowed_hosts: server.allowed_hosts.split(',').map(String::from).collect(),
+        allowed_hosts: config.allowed_hosts()?,
         shutdown_timeout: Duration::from_secs(server.shutdown_timeout_s),
         client_request_timeout: Duration::from_millis(server.client_request_timeout_ms),
         tune: TuneLimits {
