@@ -88,11 +88,14 @@ async fn the_page_shows_the_server_lists_tasks_and_predicts() {
     app.stop().await.unwrap();
 }
 
+/// Behind a reverse proxy that serves the server under `/deltaspace/` (the page's requests are
+/// relative to it), the page tunes a task and predicts with it.
 #[tokio::test]
 async fn the_page_tunes_a_task_from_examples_and_predicts_with_it() {
     let fixture = Fixture::new();
     let app = TestApp::spawn(fixture.options()).await;
-    let page = Page::open(&fixture, &app).await;
+    let proxy = PrefixProxy::start(&app.base).await;
+    let page = Page::open_at(&fixture, &proxy.url("/deltaspace/")).await;
     page.until_text("#server-state", |s| s.contains("0 tasks"))
         .await;
 
@@ -149,6 +152,7 @@ async fn the_page_tunes_a_task_from_examples_and_predicts_with_it() {
     assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
 
     page.close().await;
+    proxy.stop().await;
     app.stop().await.unwrap();
 }
 
@@ -250,9 +254,14 @@ struct Page {
 }
 
 impl Page {
-    /// Starts chromedriver and a headless Chromium whose profile and temporary files live in
-    /// the fixture's directory (removed with it, even after a failure), and opens the app's `/`.
+    /// Opens the app's page at `/` ([`Page::open_at`]).
     async fn open(fixture: &Fixture, app: &TestApp) -> Self {
+        Self::open_at(fixture, &app.url("/")).await
+    }
+
+    /// Starts chromedriver and a headless Chromium whose profile and temporary files live in
+    /// the fixture's directory (removed with it, even after a failure), and opens `url`.
+    async fn open_at(fixture: &Fixture, url: &str) -> Self {
         let chromium =
             on_path("chromium").unwrap_or_else(|| panic!("chromium is not on PATH: {INSTALL}"));
         let driver = Chromedriver::start(&fixture.path("browser-tmp")).await;
@@ -267,7 +276,7 @@ impl Page {
             .connect(&driver.url)
             .await
             .unwrap_or_else(|e| panic!("chromedriver did not start Chromium: {e}"));
-        client.goto(&app.url("/")).await.unwrap();
+        client.goto(url).await.unwrap();
         Self {
             client,
             _driver: driver,
@@ -362,6 +371,78 @@ impl Page {
         };
         let rows = |prediction: &Value| prediction.as_array().unwrap().iter().map(pair).collect();
         shown.as_array().unwrap().iter().map(rows).collect()
+    }
+}
+
+/// A reverse proxy that serves a server under `/deltaspace/`, as nginx does with `location
+/// /deltaspace/ { proxy_pass http://server/; proxy_set_header X-Forwarded-Host $http_host; }`.
+struct PrefixProxy {
+    base: String,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl PrefixProxy {
+    const PREFIX: &str = "/deltaspace/";
+
+    async fn start(upstream: &str) -> Self {
+        use actix_web::{App, HttpServer, web};
+        let upstream = upstream.to_string();
+        let server = HttpServer::new(move || {
+            let upstream = upstream.clone();
+            App::new().default_service(web::to(move |request, body| {
+                Self::forward(upstream.clone(), request, body)
+            }))
+        })
+        .workers(1)
+        .bind("127.0.0.1:0")
+        .unwrap();
+        let base = format!("http://{}", server.addrs()[0]);
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self { base, handle }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends `request` on to the upstream server without the prefix; 404 outside it.
+    async fn forward(
+        upstream: String,
+        request: actix_web::HttpRequest,
+        body: actix_web::web::Bytes,
+    ) -> actix_web::HttpResponse {
+        let target = request.uri().path_and_query().map_or("", |p| p.as_str());
+        let Some(rest) = target.strip_prefix(Self::PREFIX) else {
+            return actix_web::HttpResponse::NotFound().finish();
+        };
+        let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes()).unwrap();
+        let mut sent = reqwest::Client::new()
+            .request(method, format!("{upstream}/{rest}"))
+            .body(body.to_vec());
+        for (name, value) in request.headers() {
+            if !["host", "connection", "content-length"].contains(&name.as_str()) {
+                sent = sent.header(name.as_str(), value.as_bytes());
+            }
+        }
+        if let Some(host) = request.headers().get("host") {
+            sent = sent.header("x-forwarded-host", host.as_bytes());
+        }
+        let answer = sent.send().await.unwrap();
+        let mut response = actix_web::HttpResponse::build(
+            actix_web::http::StatusCode::from_u16(answer.status().as_u16()).unwrap(),
+        );
+        for (name, value) in answer.headers() {
+            if !["connection", "content-length", "transfer-encoding"].contains(&name.as_str()) {
+                response.insert_header((name.as_str(), value.as_bytes()));
+            }
+        }
+        response.body(answer.bytes().await.unwrap())
+    }
+
+    async fn stop(self) {
+        self.handle.stop(true).await;
     }
 }
 

@@ -164,7 +164,12 @@ impl TestApp {
         }));
         Self {
             base,
-            client: reqwest::Client::new(),
+            // Idle connections are dropped before the server's keep-alive (5 s) ends them, so a
+            // request never goes out on a connection the server is closing at that moment.
+            client: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap(),
             stop: Some(stop),
             server,
         }
