@@ -86,7 +86,8 @@ def guard(cold, warm, margin=START_MARGIN, ties_by_macro_f1=False):
     lead = warm["dev"]["accuracy"] - cold["dev"]["accuracy"]
     if lead == 0 and ties_by_macro_f1:
         return warm if warm["dev"]["macro_f1"] > cold["dev"]["macro_f1"] else cold
-    return warm if lead > margin else cold
+    # As tune's `replaces`: a lead of exactly the margin is not more than it, rounding aside.
+    return warm if lead > (margin + 1e-6 if margin else 0) else cold
 
 
 def summarize(table):

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::det::{DetKind, Theta0};
 use crate::model::{Encoder, EncoderOptions, ModelFiles};
 use crate::subspace::Subspace;
-use crate::task::Task;
+use crate::task::{Label, Task};
 use crate::train::lines::{self, EvalLine, ProbeLine, TransferLine};
 use crate::train::probe::{L2_GRID, linear_probe, zero_shot};
 use crate::train::solution::Solution;
@@ -79,7 +79,7 @@ pub struct EvalArgs {
     /// A task vector (TASK.json) to evaluate through the subspace.
     #[arg(long, conflicts_with_all = ["solution", "zero_shot", "probe"])]
     pub task: Option<PathBuf>,
-    /// Decode --task's z with this DET (default: its own).
+    /// Decode --task's z with this DET (default: its own); only with --task.
     #[arg(long)]
     pub det: Option<DetKind>,
     /// A stage-0 solution file to evaluate in the original space.
@@ -131,6 +131,9 @@ fn refuse_unscored_probe(args: &EvalArgs) -> anyhow::Result<()> {
 pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
     if args.probe {
         refuse_unscored_probe(&args)?;
+    }
+    if args.det.is_some() && args.task.is_none() {
+        bail!("--det decodes a --task's z through another DET: give --task, or leave --det out");
     }
     let encoder = args.scoring.encoder(config)?;
     let tasks = args.scoring.task(&encoder)?;
@@ -199,6 +202,9 @@ pub fn eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
 }
 
 pub fn transfer(config: &Config, args: TransferArgs) -> anyhow::Result<()> {
+    if matches!(args.split, Split::Train) {
+        bail!("transfer scores a tuned z on data it was not tuned on: give --split dev or test");
+    }
     let encoder = args.scoring.encoder(config)?;
     let subspace = args.scoring.subspace(config, &encoder)?;
     let tasks = args.scoring.task(&encoder)?;
@@ -235,6 +241,19 @@ fn score_through(
     split: Split,
     limit: Option<usize>,
 ) -> anyhow::Result<Vec<Scores>> {
+    let labels = &data[0].data.labels;
+    if task.labels != *labels {
+        let names = |labels: &[Label]| {
+            let names: Vec<&str> = labels.iter().map(|label| label.name.as_str()).collect();
+            names.join(", ")
+        };
+        bail!(
+            "the task's labels ({}) are not the data's ({}) with the same descriptions in the same \
+             order: its head and z would be scored against other labels",
+            names(&task.labels),
+            names(labels)
+        );
+    }
     let units: Vec<Unit> = dets.iter().map(|&det| Unit::new(0, det)).collect();
     let (head, values) = HeadTuning::task_values(task, &data[0].descriptions)?;
     let space = Space::Subspace {

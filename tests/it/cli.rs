@@ -240,6 +240,33 @@ fn eval_refuses_a_probe_split_or_limit_it_cannot_score() {
     }
 }
 
+/// `eval --det` decodes a task file (it is refused without one, where it was ignored), `transfer`
+/// scores held-out splits only, and a task is scored on data only when its labels are the data's,
+/// in order: with others its head and z would be scored against the wrong labels.
+#[test]
+fn eval_and_transfer_refuse_what_they_would_ignore_or_misscore() {
+    let dir = tempfile::tempdir().unwrap();
+    let (subspace, task) = subspace_and_task(dir.path());
+    let model = tiny_dir().display().to_string();
+    let sst2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/sst2");
+    let sst2 = sst2.display().to_string();
+    let common = ["--model", &model, "--subspace", &subspace, "--data", &sst2];
+    for (args, needle) in [
+        (vec!["eval", "--zero-shot", "--det", "adapter"], "--task"),
+        (
+            vec!["transfer", "--task", &task, "--split", "train"],
+            "dev or test",
+        ),
+        (vec!["eval", "--task", &task], "not the data's"),
+        (vec!["transfer", "--task", &task], "not the data's"),
+    ] {
+        let output = deltaspace(&[&args[..], &common[..]].concat());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+}
+
 /// `info` names the ONNX Runtime library it loaded, also when none is configured (the library is
 /// found beside the binary or in third_party/).
 #[test]

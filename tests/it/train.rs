@@ -459,6 +459,26 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     rewrite(&path, &older);
     let resumed = fit(training, init(), &interrupted, "older").unwrap();
     assert_eq!(resumed.best, straight.best);
+    // Another dev cadence is refused: the stale counts early stopping keeps are counts of it.
+    let mut sparser = interrupted.clone();
+    sparser.eval_every *= 2;
+    let error = fit(training, init(), &sparser, "sparser")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("--eval-every"), "{error}");
+    // A damaged checkpoint is an error that says so, not a panic.
+    let mut damaged = TensorFile::read(&path).unwrap();
+    let value = damaged.tensors.get_mut("value.0").unwrap();
+    value.values.pop();
+    value.shape = vec![value.values.len()];
+    rewrite(&path, &damaged);
+    let error = fit(training, init(), &interrupted, "damaged")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("damaged") && error.contains("value.0"),
+        "{error}"
+    );
 }
 
 #[test]

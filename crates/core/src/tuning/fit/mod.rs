@@ -502,6 +502,7 @@ fn train_step(
     for &index in active {
         state.optimizers[index].step(&mut state.values[index], &gradients[index]);
     }
+    state.settle_diverged(active, options.patience);
     state.step += 1;
     Ok(loss / active.len() as f32)
 }
@@ -706,6 +707,24 @@ mod tests {
             [0],
             "no patience: a perfect dev goes on"
         );
+    }
+
+    /// A unit whose step diverged goes back to its best values and stops, so that its NaN never
+    /// reaches the other units' θ; the others go on untouched.
+    #[test]
+    fn a_diverged_unit_goes_back_to_its_best_and_stops() {
+        let options = FitOptions::new(crate::tuning::tune::TUNING, 1);
+        let mut state = FitState::new(vec![vec![0.5, 0.5], vec![0.25]], &options);
+        state.record_dev(&[0, 1], &[scores(0.5), scores(0.5)], Some(3), true);
+        state.values[0] = vec![f32::NAN, 0.75];
+        state.values[1] = vec![0.3];
+        assert_eq!(state.settle_diverged(&[0, 1], Some(3)), [0]);
+        assert_eq!(state.values, [vec![0.5, 0.5], vec![0.3]]);
+        assert_eq!(state.active(Some(3)), [1], "the diverged unit stopped");
+        // Without early stopping it stays, at its best values.
+        state.values[0] = vec![f32::INFINITY, 0.0];
+        assert_eq!(state.settle_diverged(&[0, 1], None), [0]);
+        assert_eq!(state.values[0], [0.5, 0.5]);
     }
 
     /// Values that diverged (a NaN or an infinity) are never kept, however their dev scores: NaN

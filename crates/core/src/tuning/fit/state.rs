@@ -26,6 +26,9 @@ pub(super) struct Run {
     /// be compared with scores on another set). The step budget and the patience may change
     /// between a run and its resume: they only say when it ends.
     schedule: String,
+    /// Steps between dev evaluations: the stale counts that early stopping keeps are counts of
+    /// them, so another cadence would stop the resumed run elsewhere.
+    eval_every: String,
 }
 
 impl Run {
@@ -65,6 +68,7 @@ impl Run {
                     .eval_limit
                     .map_or("all".to_string(), |limit| limit.to_string())
             ),
+            eval_every: options.eval_every.to_string(),
         }
     }
 
@@ -123,6 +127,16 @@ impl Run {
                 self.schedule
             );
         }
+        // Checkpoints written before runs recorded their cadence have no "eval_every".
+        if let Some(found) = (metadata.get("eval_every")).filter(|found| **found != self.eval_every)
+        {
+            anyhow::bail!(
+                "checkpoint {} was written evaluating dev every {found} steps, not {}; resume \
+                 with --eval-every {found}, or delete it to start over",
+                path.display(),
+                self.eval_every
+            );
+        }
         Ok(())
     }
 }
@@ -179,6 +193,32 @@ impl FitState {
         self.best_dev[unit].accuracy >= 1.0
     }
 
+    /// Puts each of the `active` units whose values diverged (a NaN or an infinity) back to the
+    /// best it kept, and stops it under early stopping. A diverged unit must not stay: every
+    /// step decodes all units at once (θ = (base + U z) · det_select per row, and NaN · 0 is
+    /// NaN), so its values would reach every other unit's θ. Returns the units put back.
+    pub(super) fn settle_diverged(
+        &mut self,
+        active: &[usize],
+        patience: Option<usize>,
+    ) -> Vec<usize> {
+        let diverged: Vec<usize> = (active.iter().copied())
+            .filter(|&unit| !self.values[unit].iter().all(|v| v.is_finite()))
+            .collect();
+        for &unit in &diverged {
+            self.values[unit] = self.best[unit].clone();
+            if let Some(patience) = patience {
+                self.stale[unit] = self.stale[unit].max(patience);
+            }
+            tracing::warn!(
+                unit,
+                step = self.step,
+                "diverged: back to its best values, stopped"
+            );
+        }
+        diverged
+    }
+
     /// Keeps each active unit's values if `dev` is its best accuracy so far, and counts an
     /// evaluation without improvement otherwise, if it is `on_grid` (every `eval_every` steps).
     /// One off the grid, forced by the time limit, keeps better values (and restarts the count,
@@ -207,7 +247,7 @@ impl FitState {
             if !on_grid {
                 continue;
             }
-            self.stale[unit] += 1;
+            self.stale[unit] = self.stale[unit].saturating_add(1);
             if patience == Some(self.stale[unit]) {
                 let (step, best_step) = (self.step, self.best_step[unit]);
                 tracing::info!(unit, step, best_step, "stopped early");
@@ -254,6 +294,7 @@ impl FitState {
             ("stale".to_string(), serde_json::to_string(&self.stale)?),
             ("run".to_string(), run.id.clone()),
             ("schedule".to_string(), run.schedule.clone()),
+            ("eval_every".to_string(), run.eval_every.clone()),
             ("data".to_string(), run.data.clone()),
         ]);
         TensorFile::write(path, &tensors, metadata, Storage::F32)?;
@@ -291,8 +332,20 @@ impl FitState {
         );
         let mut take = |name: String| file.take(&name).map(|t| t.values);
         for index in 0..units.len() {
-            self.values[index] = take(format!("value.{index}"))?;
-            self.best[index] = take(format!("best.{index}"))?;
+            let width = self.values[index].len();
+            for (name, kept) in [
+                ("value", &mut self.values[index]),
+                ("best", &mut self.best[index]),
+            ] {
+                let found = take(format!("{name}.{index}"))?;
+                anyhow::ensure!(
+                    found.len() == width,
+                    "checkpoint {} is damaged: its {name}.{index} has {} values, not {width}",
+                    path.display(),
+                    found.len()
+                );
+                *kept = found;
+            }
             let optimizer = take(format!("optimizer.{index}"))?;
             anyhow::ensure!(
                 self.optimizers[index].restore(&optimizer),
