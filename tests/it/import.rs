@@ -305,6 +305,45 @@ async fn a_seed_task_stored_for_another_subspace_is_named_at_start_and_import_br
     assert!(!server.log_text().contains("seed tasks imported before"));
 }
 
+/// Cached label embeddings name how they were made: a re-export of the same model that truncates
+/// descriptions elsewhere (another `max_seq_len`) embeds the label sets again at its first start,
+/// rather than scoring against embeddings of the old export.
+#[tokio::test]
+async fn a_re_export_that_truncates_otherwise_embeds_the_label_sets_again() {
+    let mut setup = Setup::new();
+    let lines = setup.dir.path().join("tasks.jsonl");
+    write_lines(&lines, (0..2).map(task));
+    assert!(import(&setup, &[&lines]).status.success());
+    drop(Server::start(&setup, "info").await);
+    let server = Server::start(&setup, "info").await;
+    assert!(
+        server.log_text().contains("embedded=0"),
+        "{}",
+        server.log_text()
+    );
+    drop(server);
+
+    let re_export = setup.dir.path().join("re-export");
+    std::fs::create_dir(&re_export).unwrap();
+    for entry in std::fs::read_dir(&setup.model).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, re_export.join(path.file_name().unwrap())).unwrap();
+    }
+    let manifest = re_export.join("manifest.json");
+    let mut json: Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    json["max_seq_len"] = json!(16);
+    std::fs::write(&manifest, json.to_string()).unwrap();
+    setup.model = re_export;
+    let server = Server::start(&setup, "info").await;
+    assert!(
+        server.log_text().contains("embedded=2"),
+        "{}",
+        server.log_text()
+    );
+    predict(&server, "bulk-001").await;
+}
+
 /// A write that waits past SQLite's busy timeout behind another writer (an import, here a
 /// transaction held open) answers 503 `store_unavailable` with `Retry-After`, as PostgreSQL's lock
 /// timeout does, and the same write lands once the database is free.

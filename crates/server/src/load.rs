@@ -175,9 +175,14 @@ enum Unservable {
     Invalid(#[from] AdmitError),
 }
 
-/// Names the model that made label embeddings, so a cache from another model is ignored.
+/// Names what makes a label embedding: the model's weights, and how the export pools and
+/// truncates a description. A cache made otherwise (another model, or a re-export of the same
+/// one with another pooling or `max_seq_len`) is ignored, and its label sets embedded again.
 pub fn model_key(manifest: &Manifest) -> String {
-    format!("{}:{}", manifest.name, manifest.base_model_sha256)
+    format!(
+        "{}:{}:{}:{}",
+        manifest.name, manifest.base_model_sha256, manifest.pooling, manifest.max_seq_len
+    )
 }
 
 /// Serves every stored task made for this subspace; others stay stored but are not served.

@@ -169,6 +169,8 @@ fn cases(stale_etag: &str) -> Vec<Case> {
         predict("inputs is a string", "t").json(&json!({"inputs": "x"})).answers(400, "invalid_json"),
         predict("an input is a number", "t").json(&json!({"inputs": [1]})).answers(400, "invalid_json"),
         predict("an input pair without text", "t").json(&json!({"inputs": [{"text_pair": "b"}]})).answers(400, "invalid_json"),
+        predict("an input with an unknown field", "t").json(&json!({"inputs": [{"text": "a", "textpair": "b"}]})).answers(400, "invalid_json"),
+        predict("a null text_pair", "t").json(&json!({"inputs": [{"text": "a", "text_pair": null}]})).answers(400, "invalid_json"),
         predict("top_k negative", "t").json(&json!({"inputs": ["x"], "top_k": -1})).answers(400, "invalid_json"),
         predict("top_k a string", "t").json(&json!({"inputs": ["x"], "top_k": "1"})).answers(400, "invalid_json"),
         predict("top_k 0", "t").json(&json!({"inputs": ["x"], "top_k": 0})).answers(422, "invalid_request"),

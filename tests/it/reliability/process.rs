@@ -29,6 +29,8 @@ pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// directory that outlives the server processes started on it.
 pub struct Setup {
     pub dir: TempDir,
+    /// The model the servers and commands load: the tiny fixture unless changed.
+    pub model: PathBuf,
     pub subspace: PathBuf,
     pub config: PathBuf,
     /// `DELTASPACE_*` settings given to every server started on this setup.
@@ -74,6 +76,7 @@ impl Setup {
         .unwrap();
         Self {
             dir,
+            model: tiny_dir(),
             subspace,
             config,
             env: Vec::new(),
@@ -118,7 +121,7 @@ impl Setup {
             .arg(&self.config)
             .args(args)
             .arg("--model")
-            .arg(tiny_dir())
+            .arg(&self.model)
             .arg("--subspace")
             .arg(&self.subspace)
             .arg("--data-dir")

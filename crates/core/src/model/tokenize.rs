@@ -13,16 +13,27 @@ use super::ModelError;
 
 /// One row of text: a sentence, or a pair for pair tasks (entailment, paraphrase, ...).
 ///
-/// On the wire it is either a bare string or `{"text": ..., "text_pair": ...}`.
+/// On the wire it is either a bare string or `{"text": ..., "text_pair": ...}`. An object with
+/// another field (`textpair`, say) or a `null` pair is refused rather than read as one sentence:
+/// a misspelt pair would otherwise get a confident answer to another question.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum TextInput {
     Single(String),
     Pair {
         text: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "a_string"
+        )]
         text_pair: Option<String>,
     },
+}
+
+/// A field that may be left out but, when given, is a string (not `null`).
+fn a_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(deserializer).map(Some)
 }
 
 impl TextInput {
@@ -226,6 +237,22 @@ impl TextTokenizer {
 #[cfg(test)]
 mod tests {
     use ndarray::array;
+
+    #[test]
+    fn an_input_is_a_string_or_a_text_with_an_optional_pair_and_nothing_else() {
+        let read = |json: &str| serde_json::from_str::<TextInput>(json);
+        assert_eq!(read(r#""a""#).unwrap(), TextInput::single("a"));
+        assert_eq!(read(r#"{"text": "a"}"#).unwrap().text_pair(), None);
+        let pair = read(r#"{"text": "a", "text_pair": "b"}"#).unwrap();
+        assert_eq!((pair.text(), pair.text_pair()), ("a", Some("b")));
+        for refused in [
+            r#"{"text": "a", "textpair": "b"}"#,
+            r#"{"text": "a", "text_pair": null}"#,
+            r#"{"text_pair": "b"}"#,
+        ] {
+            assert!(read(refused).is_err(), "{refused}");
+        }
+    }
 
     #[test]
     fn batches_tokenized_apart_join_padded_on_the_right_and_select_back() {
