@@ -75,8 +75,9 @@ publish_needs="stage0 stage1 random example-tasks example-tasks-warm original ze
 for det in lora adapter prefix; do publish_needs+=" tune-d$d-$det transfer-$det tune-random-d$d-$det"; done
 
 # guarded_row TASK: the row whose whole-data run at seed 1 `tune`'s default keeps, "warm" where its dev accuracy
-# is higher than z+head's, else "z+head" (the rule of the report's row "guarded", quality::guarded; the first line
-# of each row counts, as there); fails when either line is missing.
+# leads z+head's by more than the start margin (1 point), else "z+head" (the rule of the report's row "guarded",
+# quality::guarded, and of tune::replaces; the first line of each row counts, as there); fails when either line is
+# missing.
 guarded_row() {
   python3 - "docs/results/quality/minilm-d$d.jsonl" "$1" <<'PY'
 import json, sys
@@ -87,7 +88,8 @@ for line in open(sys.argv[1]):
         dev.setdefault(r["row"], (r.get("dev") or {}).get("accuracy"))
 if None in (dev.get("z+head"), dev.get("warm")):
     sys.exit(f"{sys.argv[2]}: no whole-data line with a dev score for z+head and warm at seed 1")
-print("warm" if dev["warm"] > dev["z+head"] else "z+head")
+START_MARGIN = 0.01  # deltaspace_core::tuning::tune::START_MARGIN, with replaces' tolerance against rounding
+print("warm" if dev["warm"] - dev["z+head"] > START_MARGIN + 1e-6 else "z+head")
 PY
 }
 

@@ -72,10 +72,21 @@ common=(--model "$runs/model")
 info=$("${bin[@]}" subspace info "$subspace_file")
 name=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["name"])')
 d=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["d"])')
+id=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
 results=docs/results/quality/$name.jsonl
 baselines=docs/results/quality/baselines.jsonl
 random=$runs/random-d$d.safetensors
 mkdir -p "$runs/locks"
+# The subspace's id, recorded when its matrix began: every later run tunes in a subspace of that id, so that
+# lines of one name never mix two subspaces (a new default published under the same name, say).
+claim "$runs/locks/subspace-$name" wait
+if [ ! -f "$runs/$name.id" ]; then echo "$id" > "$runs/$name.id"; fi
+if [ "$(cat "$runs/$name.id")" != "$id" ]; then
+  echo "quality: $subspace_file is $id, but the lines of $results were made in $(cat "$runs/$name.id");" \
+    "finish that matrix with its subspace file, or move its lines and $runs/$name.id aside to begin another" >&2
+  exit 2
+fi
+release "$runs/locks/subspace-$name"
 # Made once, under a lock: two quality.sh starting together would write the same file.
 claim "$runs/locks/random-d$d" wait
 [ -f "$random" ] || "${bin[@]}" subspace random --model "$runs/model" --dim "$d" --seed 7 --out "$random" > /dev/null
