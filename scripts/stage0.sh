@@ -34,6 +34,7 @@ runs=runs/stage0
 . scripts/lib/long-run.sh
 tasks=${*:-$UPSTREAM_TASKS $UNSEEN_TASKS}
 mkdir -p "$runs" "$(dirname "$results")"
+touch "$results"
 exec > >(tee -a "$runs/log.txt") 2>&1
 
 own_copies "$runs"
@@ -58,10 +59,15 @@ for task in $tasks; do
     --steps 1500 --batch 16 --lr 3e-3 --eval-every 25 --eval-limit 300 --patience 4 \
     --f16 --checkpoint "$runs/$task.checkpoint.safetensors" --out "$runs/$task" > "$runs/$task.jsonl"
   seconds=$((SECONDS - started))
+  # One line per (task, DET): the scores of the solution, with the wall time of the whole task. They replace
+  # any the task has, and come before the solutions: "done before" is decided by the solutions, so a run cut
+  # off between the two trains the task again rather than leaving it without lines (or with two sets).
+  { grep -v -F "\"task\":\"$task\"," "$results" || true
+    sed "s/}\$/,\"seconds\":$seconds,\"threads\":\"${DELTASPACE_RUNTIME_INTRA_THREADS:-all}\"}/" \
+      "$runs/$task.jsonl"
+  } > "$results.new"
+  mv -f "$results.new" "$results"
   cp "$runs/$task"/*.safetensors "$dir/"
   rm -f "$parked"
-  # One line per (task, DET): the scores of the solution, with the wall time of the whole task.
-  sed "s/}\$/,\"seconds\":$seconds,\"threads\":\"${DELTASPACE_RUNTIME_INTRA_THREADS:-all}\"}/" \
-    "$runs/$task.jsonl" >> "$results"
   echo "== $task: $seconds s"
 done
