@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::ResidentChoice;
 use crate::runtime::{ProviderChoice, RuntimeOptions};
 use crate::secret::Secret;
-use crate::server::{StoreLocation, TuneLimits};
+use crate::server::{StoreLocation, TuneLimits, is_allowed_host};
 use crate::task::TaskLimits;
 
 /// The whole configuration file. Every key has a default, so an empty file is valid.
@@ -262,7 +262,7 @@ impl Config {
             .filter(|host| !host.is_empty())
             .map(String::from)
             .collect();
-        match hosts.iter().find(|host| !is_host(host)) {
+        match hosts.iter().find(|host| !is_allowed_host(host)) {
             Some(bad) => {
                 let rule =
                     format!("{bad:?} is not a host name or address (with or without a port) or *");
@@ -310,30 +310,6 @@ pub fn count<T: Copy + Default + PartialEq + std::fmt::Display>(
         return Err(unusable(section, key, value, "it must be at least 1"));
     }
     Ok(value)
-}
-
-/// `*`, or what a `Host` header can carry: a name of letters, digits, `-`, `_` and `.`, or an
-/// IPv6 address in brackets, then an optional `:port`.
-fn is_host(entry: &str) -> bool {
-    if entry == "*" {
-        return true;
-    }
-    // The port, with its colon, follows an IPv6 address's closing bracket or a name's first colon.
-    let (name_ok, port) = if let Some(rest) = entry.strip_prefix('[') {
-        match rest.split_once(']') {
-            Some((ip, port)) => (ip.parse::<std::net::Ipv6Addr>().is_ok(), port),
-            None => return false,
-        }
-    } else {
-        let (name, port) = entry.find(':').map_or((entry, ""), |at| entry.split_at(at));
-        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-        (!name.is_empty() && name.chars().all(valid), port)
-    };
-    let port_ok = port.is_empty()
-        || port
-            .strip_prefix(':')
-            .is_some_and(|digits| digits.parse::<u16>().is_ok());
-    name_ok && port_ok
 }
 
 /// Why the setting `[section] key = value` cannot work, naming the environment variable too.

@@ -138,6 +138,30 @@ fn is_safe(method: &Method) -> bool {
     [Method::GET, Method::HEAD, Method::OPTIONS].contains(method)
 }
 
+/// Whether an `allowed_hosts` entry can match a `Host` header: `*`, or a name of letters, digits,
+/// `-`, `_` and `.`, or an IPv6 address in brackets, then an optional `:port`.
+pub fn is_allowed_host(entry: &str) -> bool {
+    if entry == "*" {
+        return true;
+    }
+    // The port, with its colon, follows an IPv6 address's closing bracket or a name's first colon.
+    let (name_ok, port) = if let Some(rest) = entry.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, port)) => (ip.parse::<std::net::Ipv6Addr>().is_ok(), port),
+            None => return false,
+        }
+    } else {
+        let (name, port) = entry.find(':').map_or((entry, ""), |at| entry.split_at(at));
+        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        (!name.is_empty() && name.chars().all(valid), port)
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|digits| digits.parse::<u16>().is_ok());
+    name_ok && port_ok
+}
+
 /// The name part of a `Host` value (or of an `allowed_hosts` entry), lower case, without a
 /// trailing dot: `[::1]:8080` → `[::1]`, `Example.org.:80` → `example.org`.
 fn host_name(host: &str) -> String {

@@ -52,6 +52,13 @@ pub const LEASE: Duration = Duration::from_secs(300);
 /// How long a finished tune job keeps trying to serve its task while the store is unavailable.
 pub const COMMIT_PATIENCE: Duration = Duration::from_secs(120);
 
+/// The first wait before a store write is tried again; each retry doubles it, up to [`HEARTBEAT`].
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+fn next_retry(wait: Duration) -> Duration {
+    (wait * 2).min(HEARTBEAT)
+}
+
 /// A checked tune request: what a job tunes.
 #[derive(Debug, Clone)]
 pub struct TuneOrder {
@@ -464,7 +471,7 @@ impl Jobs {
         expect: Precondition,
     ) -> Result<Arc<StoredTask>, String> {
         let deadline = Instant::now() + COMMIT_PATIENCE;
-        let mut wait = Duration::from_millis(100);
+        let mut wait = FIRST_RETRY;
         loop {
             let (serving, task, expect) = (core.clone(), task.clone(), expect.clone());
             let why = match blocking(move || commit(&serving, task, &expect)).await {
@@ -489,7 +496,7 @@ impl Jobs {
             tracing::warn!(job = %job.record().job, reason = %why, retry_in = ?wait, "serving a tuned task");
             self.metrics.tune_commit_retries.inc();
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(HEARTBEAT);
+            wait = next_retry(wait);
         }
     }
 
@@ -649,7 +656,7 @@ impl Jobs {
     /// stays live, so heartbeats keep its lease (and save its record too), and no replica fails
     /// as interrupted a job whose task is served. On shutdown it gives up and logs why.
     async fn save_end(&self, core: &Core, record: JobRecord) {
-        let mut wait = Duration::from_millis(100);
+        let mut wait = FIRST_RETRY;
         loop {
             let Err(error) = save(&core.store, record.clone()).await else {
                 return;
@@ -660,7 +667,7 @@ impl Jobs {
             }
             tracing::warn!(%error, job = %record.job, retry_in = ?wait, "recording the end of a tune job");
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(HEARTBEAT);
+            wait = next_retry(wait);
         }
     }
 

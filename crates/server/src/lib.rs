@@ -29,6 +29,7 @@ pub use api::decode::{
     decode_page_query,
 };
 pub use batcher::{BatchLimits, Cost, take_batch};
+pub use browser::is_allowed_host;
 pub use error::ApiError;
 pub use import::{ImportError, ImportSummary, import_tasks};
 pub use jobs::{MAX_YIELD, TuneLimits, TuneOrder};
