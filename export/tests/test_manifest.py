@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import os
 
 import torch
 from safetensors.torch import load_file
@@ -85,3 +86,18 @@ def test_lora_theta0_is_a_no_op(model):
     serve = model.run("serve", inputs)["embeddings"]
     plain = model.bert64.encode(*float64(inputs, "plain"))
     assert_close(f"{model.name} serve(LoRA theta0) vs plain", serve, plain)
+
+
+def test_theta0_is_written_readable_by_others(tmp_path):
+    """safetensors writes 0600; the export widens θ⁰ to the umask's mode, as the graphs are (deploy/Dockerfile's
+    service user reads it for train and eval)."""
+    from export import save_readable
+
+    path = tmp_path / "theta0.safetensors"
+    umask = os.umask(0o022)
+    try:
+        save_readable({"a": torch.zeros(2)}, path)
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o044 == 0o044, oct(path.stat().st_mode)
+    assert load_file(str(path))["a"].equal(torch.zeros(2))

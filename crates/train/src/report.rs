@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::lines::{self, EvalLine, OriginalLine, TransferLine, TuneLine};
 use deltaspace_core::det::DetKind;
+use deltaspace_core::tuning::data::Split;
 
 /// Test accuracy keyed by (task, det).
 type TestAccuracy = BTreeMap<(String, DetKind), f64>;
@@ -49,21 +50,36 @@ fn tuned(path: &Path) -> anyhow::Result<(TestAccuracy, f64)> {
     let lines: Vec<TuneLine> = lines::read(path)?;
     let mut scores = TestAccuracy::new();
     for line in &lines {
-        let accuracy = f64::from(line.test.accuracy);
-        if scores
-            .insert((line.task.clone(), line.det), accuracy)
-            .is_some()
-        {
-            anyhow::bail!(
-                "{}: {} through {} comes twice; keep one line per task and DET",
-                path.display(),
-                line.task,
-                line.det
-            );
-        }
+        let key = task_det(line.task.clone(), line.det);
+        insert_once(&mut scores, key, f64::from(line.test.accuracy), path)?;
     }
     let seconds = mean(lines.iter().map(|line| line.seconds));
     Ok((scores, seconds))
+}
+
+/// Inserts `value` under `key` unless `key` is there already: a results file that scores one thing
+/// twice (a rerun appended to it) would otherwise count whichever line came last, silently.
+/// `what` names the key in the error.
+fn insert_once<K: Ord, V>(
+    map: &mut BTreeMap<K, V>,
+    (key, what): (K, String),
+    value: V,
+    path: &Path,
+) -> anyhow::Result<()> {
+    if map.contains_key(&key) {
+        anyhow::bail!(
+            "{}: {what} comes twice; keep one line for each",
+            path.display()
+        );
+    }
+    map.insert(key, value);
+    Ok(())
+}
+
+/// A (task, DET) key, with its name for [`insert_once`]'s error.
+fn task_det(task: String, det: DetKind) -> ((String, DetKind), String) {
+    let what = format!("{task} through {det}");
+    ((task, det), what)
 }
 
 fn mean(values: impl IntoIterator<Item = f64>) -> f64 {
@@ -81,11 +97,13 @@ struct Originals(TestAccuracy);
 
 impl Originals {
     fn read(dir: &Path) -> anyhow::Result<Self> {
-        let lines = lines::read::<OriginalLine>(&dir.join("original.jsonl"))?;
-        let scores = (lines.into_iter())
-            .filter_map(OriginalLine::test_accuracy)
-            .map(|(task, det, accuracy)| ((task, det), f64::from(accuracy)))
-            .collect();
+        let path = dir.join("original.jsonl");
+        let mut scores = TestAccuracy::new();
+        for line in lines::read::<OriginalLine>(&path)? {
+            if let Some((task, det, accuracy)) = line.test_accuracy() {
+                insert_once(&mut scores, task_det(task, det), f64::from(accuracy), &path)?;
+            }
+        }
         Ok(Self(scores))
     }
 
@@ -172,13 +190,18 @@ pub fn build(dir: &Path, space: &str) -> anyhow::Result<Report> {
 
 /// The frozen model's test accuracy (%) per task.
 fn zero_shot(dir: &Path) -> anyhow::Result<BTreeMap<String, f64>> {
-    let lines = lines::read::<EvalLine>(&dir.join("zero_shot.jsonl"))?;
-    Ok((lines.into_iter())
-        .map(|line| (line.task, 100.0 * f64::from(line.scores.accuracy)))
-        .collect())
+    let path = dir.join("zero_shot.jsonl");
+    let mut zero_shot = BTreeMap::new();
+    for line in lines::read::<EvalLine>(&path)? {
+        let accuracy = 100.0 * f64::from(line.scores.accuracy);
+        let what = line.task.clone();
+        insert_once(&mut zero_shot, (line.task, what), accuracy, &path)?;
+    }
+    Ok(zero_shot)
 }
 
-/// Zero-shot transfer X→Y, relative to Y's original, from `<dir>/transfer/<space>-<X>.jsonl`.
+/// Zero-shot transfer X→Y on the test split, relative to Y's original, from
+/// `<dir>/transfer/<space>-<X>.jsonl`.
 fn transfer(dir: &Path, space: &str, originals: &Originals) -> anyhow::Result<Table> {
     let mut table = Table::new();
     for det in DetKind::ALL {
@@ -186,18 +209,23 @@ fn transfer(dir: &Path, space: &str, originals: &Originals) -> anyhow::Result<Ta
         for line in lines::read::<TransferLine>(&path)? {
             let (source, target) = (line.source_det, line.target_det);
             let accuracy = f64::from(line.scores.accuracy);
-            let Some(relative) = (source != target)
+            let Some(relative) = (source != target && line.split == Split::Test)
                 .then(|| originals.relative(&line.task, target, accuracy))
                 .flatten()
             else {
                 continue;
             };
-            let key = format!("{}→{}", source.letter(), target.letter());
-            table.entry(line.task).or_default().insert(key, relative);
+            let column = format!("{}{}{}", source.letter(), TRANSFER_ARROW, target.letter());
+            let what = format!("{} {column}", line.task);
+            let row = table.entry(line.task).or_default();
+            insert_once(row, (column, what), relative, &path)?;
         }
     }
     Ok(table)
 }
+
+/// Joins the source and target DETs' letters in the transfer table's columns ("L→A").
+const TRANSFER_ARROW: char = '→';
 
 /// Mean relative % of optimization per d, from every `<dir>/tune/d<d>-adam-adapter.jsonl`: the
 /// ablation goes through one DET (Adapter), so every d is measured alike.
@@ -246,8 +274,9 @@ fn optimizers(originals: &Originals, adam: &Runs, cmaes: &Runs) -> BTreeMap<Stri
     table
 }
 
-/// The mean of each relative table that has values, and the frozen model's mean relative to
-/// every original DET.
+/// The mean of each relative table that has values, and the control of transfer: the frozen
+/// model relative to the target DET of every transfer cell, so that it averages over the same
+/// (task, DET) pairs as transfer does.
 fn averages(report: &Report) -> BTreeMap<String, f64> {
     let mut averages = BTreeMap::new();
     for (name, table) in [
@@ -259,23 +288,33 @@ fn averages(report: &Report) -> BTreeMap<String, f64> {
             averages.insert(name.to_string(), mean(all_values(table)));
         }
     }
-    let zero_relative: Vec<f64> = (report.zero_shot.iter())
-        .flat_map(|(task, zero)| {
-            let originals = report
-                .original
-                .get(task)
-                .into_iter()
-                .flat_map(|m| m.values());
-            // A DET that scored 0 has no relative figure, here as in every table.
-            originals
-                .filter(|original| **original > 0.0)
-                .map(move |original| 100.0 * zero / original)
-        })
-        .collect();
-    if !zero_relative.is_empty() {
-        averages.insert("zero_shot_control".into(), mean(zero_relative));
+    let control = transfer_control(report);
+    if !control.is_empty() {
+        averages.insert("zero_shot_control".into(), mean(control));
     }
     averages
+}
+
+/// For each cell X→Y of the transfer table, the frozen model's test accuracy relative to Y's
+/// original on that task: what transfer would score if z carried nothing over.
+fn transfer_control(report: &Report) -> Vec<f64> {
+    let target = |column: &str| {
+        let letter = column.split(TRANSFER_ARROW).nth(1)?.chars().next()?;
+        DetKind::ALL.into_iter().find(|det| det.letter() == letter)
+    };
+    let mut control = Vec::new();
+    for (task, row) in &report.transfer {
+        let (Some(zero), Some(originals)) = (report.zero_shot.get(task), report.original.get(task))
+        else {
+            continue;
+        };
+        for column in row.keys() {
+            let original = target(column).and_then(|det| originals.get(&det.to_string()));
+            // The transfer cell exists only where the original scored above 0.
+            control.extend(original.map(|original| 100.0 * zero / original));
+        }
+    }
+    control
 }
 
 fn cell(value: Option<&f64>) -> String {
@@ -457,9 +496,11 @@ mod tests {
         let cmaes = json!({"task": "t", "det": "lora", "optimizer": "cmaes", "dev": scores(0.5),
                            "test": scores(0.5), "seconds": 9.0, "file": "t.json"});
         write("tune/d8-cmaes-lora.jsonl", &[cmaes]);
+        let mut on_dev = transfer("prefix", 0.3);
+        on_dev["split"] = json!("dev");
         write(
             "transfer/d8-lora.jsonl",
-            &[transfer("adapter", 0.45), transfer("lora", 0.6)],
+            &[transfer("adapter", 0.45), transfer("lora", 0.6), on_dev],
         );
         let report = build(dir.path(), "d8").unwrap();
         assert!((report.optimization["t"]["lora"] - 75.0).abs() < 1e-4);
@@ -467,8 +508,11 @@ mod tests {
         assert_eq!(
             report.transfer["t"].len(),
             1,
-            "source = target is not transfer"
+            "source = target is not transfer, nor is a dev line"
         );
+        // The control of transfer: the frozen model (0.4) against L→A's target, Adapter (0.5),
+        // not against every original DET (which would give the mean of 80 and 50).
+        assert!((report.averages["zero_shot_control"] - 80.0).abs() < 1e-4);
         // The ablation counts Adapter only: 0.45 / 0.5.
         assert!((report.ablation[&8] - 90.0).abs() < 1e-4);
         assert!((report.averages["optimization"] - 82.5).abs() < 1e-4);
@@ -493,5 +537,26 @@ mod tests {
         );
         let error = build(dir.path(), "d8").unwrap_err().to_string();
         assert!(error.contains("t through lora comes twice"), "{error}");
+        write("tune/d8-adam-lora.jsonl", &[tune("lora", 0.6, 3.0)]);
+        // So would a denominator or a transfer cell, whichever line came last.
+        write(
+            "transfer/d8-lora.jsonl",
+            &[transfer("adapter", 0.45), transfer("adapter", 0.5)],
+        );
+        let error = build(dir.path(), "d8").unwrap_err().to_string();
+        assert!(
+            error.contains("d8-lora.jsonl: t L→A comes twice"),
+            "{error}"
+        );
+        write("transfer/d8-lora.jsonl", &[transfer("adapter", 0.45)]);
+        write(
+            "original.jsonl",
+            &[solution("lora", 0.8), solution("lora", 0.7)],
+        );
+        let error = build(dir.path(), "d8").unwrap_err().to_string();
+        assert!(
+            error.contains("original.jsonl: t through lora comes twice"),
+            "{error}"
+        );
     }
 }
