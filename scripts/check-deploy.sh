@@ -162,7 +162,7 @@ joined = re.sub(r"\\\n\s*", " ", dockerfile)  # continuation lines joined
 runs = [" ".join(shlex.split(line)) for line in re.findall(r"^RUN (.+)$", joined, re.M)]
 for step in re.findall(r"^\s*((?:scripts/setup-\S+\.sh|\.venv-export/bin/python export/export\.py|cargo build)\b.*)$",
                        run_main, re.M):
-    step = " ".join(shlex.split(step.replace("$model", model)))
+    step = " ".join(shlex.split(step.replace("$model", model), comments=True))
     check(step in runs, f"deploy/Dockerfile does not run scripts/run-main.sh's step: {step}")
 docker_env = re.findall(r"\b(DELTASPACE_[A-Z_]+)=", dockerfile)
 check(not unknown_settings(docker_env), f"unknown settings in deploy/Dockerfile: {unknown_settings(docker_env)}")

@@ -12,6 +12,7 @@ use deltaspace_core::model::{Encoder, Manifest, ModelError};
 use deltaspace_core::subspace::Subspace;
 use deltaspace_core::task::{Label, Task, TaskError, TaskLimits, validate_z};
 
+use crate::batcher::BatcherHandle;
 use crate::error::ApiError;
 use crate::loaded::Core;
 use crate::store::{
@@ -77,16 +78,19 @@ pub fn admit(
 }
 
 /// The label set for `labels`: the one in use when a served task has the same labels, else
-/// embedded now by the frozen model (a blocking encoder run).
+/// embedded now by the frozen model (a blocking encoder run), on a session lent by `batcher` when
+/// the server is serving.
 pub fn label_set(
     store: &TaskStore,
     encoder: &Encoder,
     labels: &[Label],
+    batcher: Option<&BatcherHandle>,
 ) -> Result<Arc<LabelSet>, ModelError> {
-    match store.label_sets().get(&labels_key(labels)) {
-        Some(set) => Ok(set),
-        None => Ok(Arc::new(LabelSet::embed(labels.to_vec(), encoder)?)),
+    if let Some(set) = store.label_sets().get(&labels_key(labels)) {
+        return Ok(set);
     }
+    let _loan = batcher.and_then(BatcherHandle::lend_session);
+    Ok(Arc::new(LabelSet::embed(labels.to_vec(), encoder)?))
 }
 
 /// Serves an admitted task as an upload is served: a stale `If-Match` fails before any label is
@@ -114,8 +118,13 @@ pub fn commit(
         .into());
     }
     // Tasks with the same labels share their embeddings: only new labels cost an encoder run.
-    let labels = label_set(&core.store, &core.encoder, &task.labels)
-        .map_err(|e| ApiError::Internal(e.into()))?;
+    let labels = label_set(
+        &core.store,
+        &core.encoder,
+        &task.labels,
+        Some(&core.batcher),
+    )
+    .map_err(|e| ApiError::Internal(e.into()))?;
     let subspace_id = core.subspace.id();
     Ok(core
         .store

@@ -418,7 +418,8 @@ fn seed_tasks(
             }
             continue;
         }
-        let labels = label_set(store, encoder, &task.labels).map_err(ServerError::Labels)?;
+        // Before serving: no batcher to borrow a session from.
+        let labels = label_set(store, encoder, &task.labels, None).map_err(ServerError::Labels)?;
         let name = task.name.clone();
         // Only an imported task counts as seeded: one refused now (at max_tasks, say) is tried
         // again at the next start.
@@ -496,8 +497,11 @@ fn shared_label_set(core: &Core, task: &Task) -> Result<Arc<LabelSet>, ServerErr
     let embeddings = match cached {
         Some(embeddings) => embeddings,
         None => {
-            let embeddings =
-                embed_labels(&task.labels, &core.encoder).map_err(ServerError::Labels)?;
+            let embeddings = {
+                let _loan = core.batcher.lend_session();
+                embed_labels(&task.labels, &core.encoder)
+            }
+            .map_err(ServerError::Labels)?;
             core.store
                 .with_db(|db| db.save_label_embeddings(&core.model_key, &[(&key, &embeddings)]))?;
             embeddings

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ndarray::{Array2, s};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::metrics::Metrics;
@@ -73,6 +73,17 @@ pub struct BatcherHandle {
     /// Requests submitted and not yet answered (queued or running): background work (tune jobs)
     /// waits for none before each of its runs.
     in_flight: Arc<AtomicUsize>,
+    /// One permit per session: the batcher takes one for each batch it runs, a
+    /// [`SessionLoan`] one for work outside it.
+    sessions: Arc<Semaphore>,
+    /// One permit: the loans made one at a time.
+    lending: Arc<Semaphore>,
+}
+
+/// A session lent to work outside the batcher until dropped (see [`BatcherHandle::lend_session`]).
+pub struct SessionLoan {
+    _lending: OwnedSemaphorePermit,
+    _session: OwnedSemaphorePermit,
 }
 
 /// Counts a request in flight until dropped, however its future ends.
@@ -127,6 +138,25 @@ impl BatcherHandle {
         answer.await.unwrap_or_else(|_| Err(BatchError::Lost))
     }
 
+    /// Lends one of the batcher's sessions to work that runs the serving model outside it
+    /// (embedding a new task's label descriptions), waiting until one is free; the batcher cuts no
+    /// batch into it until the loan is dropped. Loans are made one at a time, so a burst of uploads
+    /// takes at most one session's turns from predictions instead of queueing ahead of them. Blocks:
+    /// call it where blocking is allowed (`spawn_blocking`). None outside a tokio runtime, where no
+    /// batcher runs.
+    pub fn lend_session(&self) -> Option<SessionLoan> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (lending, sessions) = (self.lending.clone(), self.sessions.clone());
+        runtime.block_on(async move {
+            let lending = lending.acquire_owned().await.ok()?;
+            let session = sessions.acquire_owned().await.ok()?;
+            Some(SessionLoan {
+                _lending: lending,
+                _session: session,
+            })
+        })
+    }
+
     /// True when no request is queued or running.
     pub fn idle(&self) -> bool {
         self.in_flight.load(Ordering::SeqCst) == 0
@@ -146,11 +176,14 @@ pub fn spawn(
 ) -> (BatcherHandle, tokio::task::JoinHandle<()>) {
     let (queue, receiver) = mpsc::channel(limits.queue_capacity.max(1));
     let stop = Arc::new(Notify::new());
+    let sessions = Arc::new(Semaphore::new(limits.concurrency.max(1)));
     let handle = BatcherHandle {
         queue,
         stop: stop.clone(),
         metrics: metrics.clone(),
         in_flight: Arc::new(AtomicUsize::new(0)),
+        sessions: sessions.clone(),
+        lending: Arc::new(Semaphore::new(1)),
     };
     let batcher = Batcher {
         limits,
@@ -160,6 +193,7 @@ pub fn spawn(
         stop,
         stopping: false,
         pending: VecDeque::new(),
+        sessions,
     };
     (handle, tokio::spawn(batcher.run()))
 }
@@ -174,21 +208,26 @@ struct Batcher {
     stopping: bool,
     /// Requests taken off the channel but not yet batched (at most about one batch's worth).
     pending: VecDeque<Job>,
+    /// One permit per session, shared with the handle's loans.
+    sessions: Arc<Semaphore>,
 }
 
 impl Batcher {
     async fn run(mut self) {
-        // One permit per session: a batch is cut only when a session is free, so requests that
-        // arrive while every session is busy join the next batch instead of waiting behind it.
-        let sessions = Arc::new(Semaphore::new(self.limits.concurrency.max(1)));
+        // One permit per session, taken once a batch is worth running and before it is cut: a batch
+        // is cut only when a session is free (not running a batch, not lent out), so requests that
+        // arrive while every session is busy join the next batch instead of waiting behind it. An
+        // idle batcher holds no permit, so a loan never waits for a request to come.
+        let sessions = self.sessions.clone();
         loop {
-            let Ok(permit) = sessions.clone().acquire_owned().await else {
-                break;
-            };
             if !self.gather().await {
                 break;
             }
-            // A client may have left while the batch waited for its deadline.
+            let Ok(permit) = sessions.clone().acquire_owned().await else {
+                break;
+            };
+            self.take_arrived();
+            // A client may have left while the batch waited for its deadline or a session.
             self.drop_abandoned();
             if self.pending.is_empty() {
                 continue;
@@ -221,12 +260,7 @@ impl Batcher {
                 }
                 continue;
             }
-            while !self.full() {
-                match self.receiver.try_recv() {
-                    Ok(job) => self.pending.push_back(job),
-                    Err(_) => break,
-                }
-            }
+            self.take_arrived();
             self.drop_abandoned();
             if self.pending.is_empty() {
                 continue;
@@ -242,6 +276,16 @@ impl Batcher {
             match arrived {
                 Some(job) => self.pending.push_back(job),
                 None => return true,
+            }
+        }
+    }
+
+    /// Moves requests already queued into `pending`, up to a full batch.
+    fn take_arrived(&mut self) {
+        while !self.full() {
+            match self.receiver.try_recv() {
+                Ok(job) => self.pending.push_back(job),
+                Err(_) => break,
             }
         }
     }
@@ -541,5 +585,47 @@ mod tests {
             lowest.lock().unwrap()
         );
         assert_eq!(metrics.queue_requests.get(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lent_session_runs_no_batch_and_loans_come_one_at_a_time() {
+        let (runner, seen) = recording_runner();
+        let mut eager = limits(8, 10_000);
+        eager.max_wait = Duration::ZERO;
+        eager.concurrency = 2;
+        let (handle, _task) = spawn(eager, runner, Arc::new(Metrics::new()));
+        let lend = |handle: &BatcherHandle| {
+            let handle = handle.clone();
+            tokio::task::spawn_blocking(move || handle.lend_session().expect("a loan"))
+        };
+        let first = tokio::time::timeout(Duration::from_secs(10), lend(&handle))
+            .await
+            .expect("no session lent")
+            .unwrap();
+        // A second loan waits for the first, though a session is free; predictions do not.
+        let second = lend(&handle);
+        submit(&handle, 1.0, 1).await.unwrap().unwrap();
+        assert!(!second.is_finished(), "two loans at once");
+        drop(first);
+        let second = second.await.unwrap();
+        // With its one session lent, a batcher runs nothing until the loan ends.
+        let mut eager = limits(8, 10_000);
+        eager.max_wait = Duration::ZERO;
+        let (single, _task) = spawn(eager, recording_runner().0, Arc::new(Metrics::new()));
+        // An idle batcher holds no session: the loan comes at once, with no request to wait for.
+        let loan = tokio::time::timeout(Duration::from_secs(10), lend(&single))
+            .await
+            .expect("an idle batcher kept its session")
+            .unwrap();
+        let waiting = submit(&single, 2.0, 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a batch ran on the lent session");
+        drop(loan);
+        assert_eq!(
+            waiting.await.unwrap().unwrap().column(0).to_vec(),
+            vec![2.0]
+        );
+        drop(second);
+        assert_eq!(*seen.lock().unwrap(), vec![1]);
     }
 }
