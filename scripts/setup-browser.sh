@@ -9,7 +9,8 @@ if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
   exit 0
 fi
 sudo=()
-[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+# sudo resets the environment: it gets DEBIAN_FRONTEND through env.
+[ "$(id -u)" -eq 0 ] || sudo=(sudo env DEBIAN_FRONTEND=noninteractive)
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null

@@ -10,7 +10,8 @@ if compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null && command -v open
   exit 0
 fi
 sudo=()
-[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+# sudo resets the environment: it gets DEBIAN_FRONTEND through env.
+[ "$(id -u)" -eq 0 ] || sudo=(sudo env DEBIAN_FRONTEND=noninteractive)
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends postgresql openssl >/dev/null

@@ -18,7 +18,8 @@ python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 command -v curl >/dev/null || missing+=(curl)
 [ "${#missing[@]}" -eq 0 ] && exit 0
 sudo=()
-[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+# sudo resets the environment: it gets DEBIAN_FRONTEND through env.
+[ "$(id -u)" -eq 0 ] || sudo=(sudo env DEBIAN_FRONTEND=noninteractive)
 export DEBIAN_FRONTEND=noninteractive
 echo "setup-system: installing ${missing[*]}" >&2
 "${sudo[@]}" apt-get update -qq

@@ -510,3 +510,22 @@ fn minilm_frozen_embeddings_match_sentence_transformers_when_exported() {
         "MiniLM vs sentence-transformers: relative error {error}"
     );
 }
+
+/// Label lists longer than a chunk run in chunks, `turn` held around each (a server lends itself a
+/// session per chunk), and give the embeddings a single call would.
+#[test]
+fn frozen_embeddings_in_turns_take_one_turn_per_chunk_and_equal_the_whole() {
+    let encoder = tiny_encoder();
+    let inputs: Vec<TextInput> = (0..130)
+        .map(|i| TextInput::single(format!("label number {i}")))
+        .collect();
+    let mut turns = 0;
+    let in_turns = encoder
+        .embed_frozen_in_turns(&inputs, || turns += 1)
+        .unwrap();
+    assert_eq!(turns, 3, "130 rows in chunks of 64");
+    let whole = encoder.embed_frozen(&inputs).unwrap();
+    assert_eq!(in_turns.dim(), (130, whole.ncols()));
+    let error = relative_error(in_turns.as_slice().unwrap(), whole.as_slice().unwrap());
+    assert!(error <= TOLERANCE, "relative error {error}");
+}

@@ -146,11 +146,21 @@ impl PreparedTask {
 
 /// Embeddings of label descriptions by the frozen model (no DET), [labels, H].
 pub fn embed_labels(labels: &[Label], encoder: &Encoder) -> Result<Array2<f32>, ModelError> {
+    embed_labels_in_turns(labels, encoder, || ())
+}
+
+/// As [`embed_labels`], holding what `turn` returns while each chunk runs
+/// ([`Encoder::embed_frozen_in_turns`]).
+pub fn embed_labels_in_turns<T>(
+    labels: &[Label],
+    encoder: &Encoder,
+    turn: impl FnMut() -> T,
+) -> Result<Array2<f32>, ModelError> {
     let descriptions: Vec<TextInput> = labels
         .iter()
         .map(|l| TextInput::single(l.description.clone()))
         .collect();
-    encoder.embed_frozen(&descriptions)
+    encoder.embed_frozen_in_turns(&descriptions, turn)
 }
 
 /// One row to encode: a text, the code z it is decoded with, and the DET that decodes it.

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use deltaspace_core::classifier::LabelSet;
+use deltaspace_core::classifier::{LabelSet, embed_labels_in_turns};
 use deltaspace_core::det::DetError;
 use deltaspace_core::model::{Encoder, Manifest, ModelError};
 use deltaspace_core::subspace::Subspace;
@@ -78,8 +78,8 @@ pub fn admit(
 }
 
 /// The label set for `labels`: the one in use when a served task has the same labels, else
-/// embedded now by the frozen model (a blocking encoder run), on a session lent by `batcher` when
-/// the server is serving.
+/// embedded now by the frozen model (blocking encoder runs), each chunk on a session lent by
+/// `batcher` when the server is serving. Blocks: see [`BatcherHandle::lend_session`].
 pub fn label_set(
     store: &TaskStore,
     encoder: &Encoder,
@@ -89,8 +89,12 @@ pub fn label_set(
     if let Some(set) = store.label_sets().get(&labels_key(labels)) {
         return Ok(set);
     }
-    let _loan = batcher.and_then(BatcherHandle::lend_session);
-    Ok(Arc::new(LabelSet::embed(labels.to_vec(), encoder)?))
+    let lend = || batcher.and_then(BatcherHandle::lend_session);
+    let embeddings = embed_labels_in_turns(labels, encoder, lend)?;
+    Ok(Arc::new(LabelSet {
+        labels: labels.to_vec(),
+        embeddings,
+    }))
 }
 
 /// Serves an admitted task as an upload is served: a stale `If-Match` fails before any label is

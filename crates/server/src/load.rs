@@ -15,7 +15,7 @@ use ndarray::Array2;
 use super::loaded::{Core, Serving};
 use super::store::{self, Precondition, Record, StoreError, TaskStore, error_chain, labels_key};
 use super::{Options, ServerError};
-use deltaspace_core::classifier::{self, Code, LabelSet, embed_labels};
+use deltaspace_core::classifier::{self, Code, LabelSet, embed_labels, embed_labels_in_turns};
 use deltaspace_core::model::{
     DeltaCache, Encoder, EncoderOptions, Manifest, ResidentEncoder, ResidentOptions, TextInput,
     Tokens,
@@ -497,11 +497,9 @@ fn shared_label_set(core: &Core, task: &Task) -> Result<Arc<LabelSet>, ServerErr
     let embeddings = match cached {
         Some(embeddings) => embeddings,
         None => {
-            let embeddings = {
-                let _loan = core.batcher.lend_session();
-                embed_labels(&task.labels, &core.encoder)
-            }
-            .map_err(ServerError::Labels)?;
+            let lend = || core.batcher.lend_session();
+            let embeddings = embed_labels_in_turns(&task.labels, &core.encoder, lend)
+                .map_err(ServerError::Labels)?;
             core.store
                 .with_db(|db| db.save_label_embeddings(&core.model_key, &[(&key, &embeddings)]))?;
             embeddings

@@ -291,11 +291,23 @@ impl Encoder {
 
     /// Embeddings of the frozen model (no DET on any row), in chunks: label descriptions use this.
     pub fn embed_frozen(&self, inputs: &[TextInput]) -> Result<Array2<f32>, ModelError> {
+        self.embed_frozen_in_turns(inputs, || ())
+    }
+
+    /// As [`Self::embed_frozen`], holding what `turn` returns while each chunk runs: a server
+    /// lends itself a session per chunk, so that its predictions run between the chunks of a
+    /// long label list.
+    pub fn embed_frozen_in_turns<T>(
+        &self,
+        inputs: &[TextInput],
+        mut turn: impl FnMut() -> T,
+    ) -> Result<Array2<f32>, ModelError> {
         if inputs.is_empty() {
             return Err(ModelError::EmptyBatch);
         }
         let mut chunks = Vec::new();
         for chunk in inputs.chunks(CHUNK_ROWS) {
+            let _turn = turn();
             let tokens = self.tokenize(chunk)?;
             let rows = tokens.rows();
             let z = Array2::zeros((rows, 1));

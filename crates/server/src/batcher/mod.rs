@@ -82,8 +82,9 @@ pub struct BatcherHandle {
 
 /// A session lent to work outside the batcher until dropped (see [`BatcherHandle::lend_session`]).
 pub struct SessionLoan {
-    _lending: OwnedSemaphorePermit,
+    // Dropped in this order: the session first, then the right to the next loan.
     _session: OwnedSemaphorePermit,
+    _lending: OwnedSemaphorePermit,
 }
 
 /// Counts a request in flight until dropped, however its future ends.
@@ -139,11 +140,16 @@ impl BatcherHandle {
     }
 
     /// Lends one of the batcher's sessions to work that runs the serving model outside it
-    /// (embedding a new task's label descriptions), waiting until one is free; the batcher cuts no
-    /// batch into it until the loan is dropped. Loans are made one at a time, so a burst of uploads
-    /// takes at most one session's turns from predictions instead of queueing ahead of them. Blocks:
-    /// call it where blocking is allowed (`spawn_blocking`). None outside a tokio runtime, where no
-    /// batcher runs.
+    /// (embedding a chunk of a new task's label descriptions), waiting until one is free; the
+    /// batcher cuts no batch into it until the loan is dropped. Loans are made one at a time and
+    /// the permits are handed out in order, so a burst of uploads takes at most one session's
+    /// turns from predictions instead of queueing ahead of them. None outside a tokio runtime,
+    /// where no batcher runs.
+    ///
+    /// # Panics
+    ///
+    /// On an async worker thread (tokio's `block_on` cannot nest): call it where blocking is
+    /// allowed, as the uploads (`web::block`) and the follower (`spawn_blocking`) do.
     pub fn lend_session(&self) -> Option<SessionLoan> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let (lending, sessions) = (self.lending.clone(), self.sessions.clone());
@@ -151,8 +157,8 @@ impl BatcherHandle {
             let lending = lending.acquire_owned().await.ok()?;
             let session = sessions.acquire_owned().await.ok()?;
             Some(SessionLoan {
-                _lending: lending,
                 _session: session,
+                _lending: lending,
             })
         })
     }
