@@ -530,33 +530,33 @@ mod tests {
             "an empty table averages to –: {md}"
         );
         assert!(md.contains("L→A"));
+        // Writing `lines` to `file` makes build fail with `message`; `fixed` then mends the file.
+        let refused = |file: &str, lines: &[Value], message: &str, fixed: &[Value]| {
+            write(file, lines);
+            let error = build(dir.path(), "d8").unwrap_err().to_string();
+            assert!(error.contains(message), "{error}");
+            write(file, fixed);
+        };
         // A (task, DET) twice in one file would count in the seconds and not in the scores.
-        write(
+        let (once, twice) = (tune("lora", 0.6, 3.0), tune("lora", 0.7, 5.0));
+        let message = "t through lora comes twice";
+        refused(
             "tune/d8-adam-lora.jsonl",
-            &[tune("lora", 0.6, 3.0), tune("lora", 0.7, 5.0)],
+            &[once.clone(), twice],
+            message,
+            &[once],
         );
-        let error = build(dir.path(), "d8").unwrap_err().to_string();
-        assert!(error.contains("t through lora comes twice"), "{error}");
-        write("tune/d8-adam-lora.jsonl", &[tune("lora", 0.6, 3.0)]);
         // So would a denominator or a transfer cell, whichever line came last.
-        write(
+        let (once, twice) = (transfer("adapter", 0.45), transfer("adapter", 0.5));
+        let message = "d8-lora.jsonl: t L→A comes twice";
+        refused(
             "transfer/d8-lora.jsonl",
-            &[transfer("adapter", 0.45), transfer("adapter", 0.5)],
+            &[once.clone(), twice],
+            message,
+            &[once],
         );
-        let error = build(dir.path(), "d8").unwrap_err().to_string();
-        assert!(
-            error.contains("d8-lora.jsonl: t L→A comes twice"),
-            "{error}"
-        );
-        write("transfer/d8-lora.jsonl", &[transfer("adapter", 0.45)]);
-        write(
-            "original.jsonl",
-            &[solution("lora", 0.8), solution("lora", 0.7)],
-        );
-        let error = build(dir.path(), "d8").unwrap_err().to_string();
-        assert!(
-            error.contains("original.jsonl: t through lora comes twice"),
-            "{error}"
-        );
+        let (once, twice) = (solution("lora", 0.8), solution("lora", 0.7));
+        let message = "original.jsonl: t through lora comes twice";
+        refused("original.jsonl", &[once.clone(), twice], message, &[once]);
     }
 }
