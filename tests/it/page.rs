@@ -84,6 +84,30 @@ async fn the_page_shows_the_server_lists_tasks_and_predicts() {
     page.click("#predict-button").await;
     page.until_text("#error", |e| e.contains(&message)).await;
 
+    // A label name with a colon (or a quote) is written as a JSON string, in both boxes.
+    let labels = "\"4:3\": A 4:3 picture.\n\"16:9 \\\"wide\\\"\": A wide picture.";
+    page.type_into("#tune-labels", labels).await;
+    page.type_into("#tune-examples", "\"4:3\": An old television.")
+        .await;
+    let body = page.script("return tuneBody();").await;
+    assert_eq!(
+        body["labels"][0],
+        json!({"name": "4:3", "description": "A 4:3 picture."})
+    );
+    assert_eq!(body["labels"][1]["name"], "16:9 \"wide\"", "{body}");
+    assert_eq!(
+        body["examples"],
+        json!([{"label": "4:3", "text": "An old television."}])
+    );
+    // An unclosed quote is refused, naming its line.
+    page.type_into("#tune-labels", "a: A.\n\"b: B.").await;
+    let refused = "try { tuneBody(); return null; } catch (e) { return e.message; }";
+    let message = page.script(refused).await;
+    assert!(
+        message.as_str().unwrap().contains("Labels, line 2"),
+        "{message}"
+    );
+
     page.close().await;
     app.stop().await.unwrap();
 }

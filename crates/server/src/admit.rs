@@ -4,20 +4,21 @@
 //! task as an upload is served. Admission errors are this module's own ([`AdmitError`]); to a
 //! client they are invalid tasks (422), start-up logs them.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
+
+use ndarray::Array2;
 
 use deltaspace_core::classifier::{LabelSet, embed_labels_in_turns};
 use deltaspace_core::det::DetError;
-use deltaspace_core::model::{Encoder, Manifest, ModelError};
+use deltaspace_core::model::{Encoder, Manifest};
 use deltaspace_core::subspace::Subspace;
 use deltaspace_core::task::{Label, Task, TaskError, TaskLimits, validate_z};
 
+use crate::ServerError;
 use crate::batcher::BatcherHandle;
 use crate::error::ApiError;
 use crate::loaded::Core;
-use crate::store::{
-    Precondition, ServedCode, ServedHead, StoreError, StoredTask, TaskStore, labels_key,
-};
+use crate::store::{Precondition, ServedCode, ServedHead, StoredTask, TaskStore, labels_key};
 
 /// Why a task cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -77,28 +78,60 @@ pub fn admit(
     Ok(task)
 }
 
-/// The label set for `labels`: the one in use when a served task has the same labels, else
-/// embedded now by the frozen model (blocking encoder runs), each chunk on a session lent by
-/// `batcher` when the server is serving. Blocks: see [`BatcherHandle::lend_session`].
+/// The label set for `labels`: the one in use when a served task has the same labels, else its
+/// embeddings cached in the store (by this replica or another, for the model `model_key`), else
+/// embedded now by the frozen model (the task's write caches them, in its transaction). Each
+/// chunk of an embedding runs on a session lent by `batcher` when the server is serving.
+/// Concurrent calls for one new set embed it once: the later ones wait their turn and find it in
+/// memory while the first one's task holds it. Blocks: see [`BatcherHandle::lend_session`].
 pub fn label_set(
     store: &TaskStore,
     encoder: &Encoder,
+    model_key: &str,
     labels: &[Label],
     batcher: Option<&BatcherHandle>,
-) -> Result<Arc<LabelSet>, ModelError> {
-    if let Some(set) = store.label_sets().get(&labels_key(labels)) {
+) -> Result<Arc<LabelSet>, ServerError> {
+    let key = labels_key(labels);
+    let sets = store.label_sets();
+    if let Some(set) = sets.get(&key) {
         return Ok(set);
     }
-    let lend = || batcher.and_then(BatcherHandle::lend_session);
-    let embeddings = embed_labels_in_turns(labels, encoder, lend)?;
-    Ok(Arc::new(LabelSet {
+    let turn = sets.turn(&key);
+    let _making = turn.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(set) = sets.get(&key) {
+        return Ok(set);
+    }
+    let shape = (labels.len(), encoder.manifest().hidden());
+    let cached = store
+        .with_db(|db| db.label_embedding(model_key, &key))?
+        .and_then(|values| Array2::from_shape_vec(shape, values).ok());
+    let embeddings = match cached {
+        Some(embeddings) => embeddings,
+        None => {
+            let lend = || batcher.and_then(BatcherHandle::lend_session);
+            embed_labels_in_turns(labels, encoder, lend).map_err(ServerError::Labels)?
+        }
+    };
+    let set = LabelSet {
         labels: labels.to_vec(),
         embeddings,
-    }))
+    };
+    Ok(sets.intern(&key, Arc::new(set)))
 }
 
-/// Serves an admitted task as an upload is served: a stale `If-Match` fails before any label is
-/// embedded (with a store only this process writes), the label set is found or made, and the
+/// [`label_set`] for a serving server: its store, encoder and model, chunks on its batcher's
+/// sessions.
+pub(crate) fn served_label_set(
+    core: &Core,
+    labels: &[Label],
+) -> Result<Arc<LabelSet>, ServerError> {
+    let batcher = Some(&core.batcher);
+    label_set(&core.store, &core.encoder, &core.model_key, labels, batcher)
+}
+
+/// Serves an admitted task as an upload is served: a failed precondition or a full store fails
+/// before any label is embedded (with a store only this process writes), the label set is found
+/// or made, and the
 /// write is committed (checking `expect` again) before the task is served. Returns the stored task
 /// and whether it is new. Blocking.
 pub fn commit(
@@ -107,28 +140,20 @@ pub fn commit(
     expect: &Precondition,
 ) -> Result<(Arc<StoredTask>, bool), ApiError> {
     // Only a store this process alone writes is sure to be current in memory: a replica that has
-    // not yet applied another's write would refuse an etag the database accepts.
-    let current = (!core.store.shared())
-        .then(|| core.store.get(&task.name))
-        .flatten();
-    if let Precondition::Etag(etag) = expect
-        && current.as_ref().is_some_and(|c| &c.etag != etag)
-    {
-        return Err(StoreError::EtagMismatch {
-            name: task.name.clone(),
-            expected: etag.clone(),
-            found: current.map(|c| c.etag.clone()).unwrap_or_default(),
+    // not yet applied another's write would refuse an etag the database accepts. There, a write
+    // that `put` would refuse is refused before any label is embedded.
+    if !core.store.shared() {
+        let current = core.store.get(&task.name);
+        expect.check(&task.name, current.as_ref().map(|c| &*c.etag))?;
+        if current.is_none() {
+            core.store.check_room(1)?;
         }
-        .into());
     }
     // Tasks with the same labels share their embeddings: only new labels cost an encoder run.
-    let labels = label_set(
-        &core.store,
-        &core.encoder,
-        &task.labels,
-        Some(&core.batcher),
-    )
-    .map_err(|e| ApiError::Internal(e.into()))?;
+    let labels = served_label_set(core, &task.labels).map_err(|e| match e {
+        ServerError::Store(e) => e.into(),
+        e => ApiError::Internal(e.into()),
+    })?;
     let subspace_id = core.subspace.id();
     Ok(core
         .store

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::admit::{AdmitError, admit, label_set};
+use super::admit::{AdmitError, admit, label_set, served_label_set};
 use super::batcher::{self, Runner};
 use super::jobs::INTERRUPTED;
 use super::metrics::Metrics;
@@ -15,7 +15,7 @@ use ndarray::Array2;
 use super::loaded::{Core, Serving};
 use super::store::{self, Precondition, Record, StoreError, TaskStore, error_chain, labels_key};
 use super::{Options, ServerError};
-use deltaspace_core::classifier::{self, Code, LabelSet, embed_labels, embed_labels_in_turns};
+use deltaspace_core::classifier::{self, Code, LabelSet, embed_labels};
 use deltaspace_core::model::{
     DeltaCache, Encoder, EncoderOptions, Manifest, ResidentEncoder, ResidentOptions, TextInput,
     Tokens,
@@ -419,7 +419,7 @@ fn seed_tasks(
             continue;
         }
         // Before serving: no batcher to borrow a session from.
-        let labels = label_set(store, encoder, &task.labels, None).map_err(ServerError::Labels)?;
+        let labels = label_set(store, encoder, &key, &task.labels, None)?;
         let name = task.name.clone();
         // Only an imported task counts as seeded: one refused now (at max_tasks, say) is tried
         // again at the next start.
@@ -478,38 +478,9 @@ pub(crate) fn prepare(core: &Core, limits: TaskLimits) -> store::follow::Prepare
             }
         };
         // A failure here is transient (the store or the encoder): the change is read again.
-        let labels = shared_label_set(&core, &task).map_err(Box::new)?;
+        let labels = served_label_set(&core, &task.labels).map_err(Box::new)?;
         Ok(Some((task, labels)))
     })
-}
-
-/// The label set of `task`: in use here, cached by another replica, or embedded now and cached.
-fn shared_label_set(core: &Core, task: &Task) -> Result<Arc<LabelSet>, ServerError> {
-    let key = labels_key(&task.labels);
-    if let Some(set) = core.store.label_sets().get(&key) {
-        return Ok(set);
-    }
-    let shape = (task.labels.len(), core.encoder.manifest().hidden());
-    let cached = core
-        .store
-        .with_db(|db| db.label_embedding(&core.model_key, &key))?
-        .and_then(|values| Array2::from_shape_vec(shape, values).ok());
-    let embeddings = match cached {
-        Some(embeddings) => embeddings,
-        None => {
-            let lend = || core.batcher.lend_session();
-            let embeddings = embed_labels_in_turns(&task.labels, &core.encoder, lend)
-                .map_err(ServerError::Labels)?;
-            core.store
-                .with_db(|db| db.save_label_embeddings(&core.model_key, &[(&key, &embeddings)]))?;
-            embeddings
-        }
-    };
-    let set = LabelSet {
-        labels: task.labels.clone(),
-        embeddings,
-    };
-    Ok(core.store.label_sets().intern(&key, Arc::new(set)))
 }
 
 /// One short batch with a row per DET, so the first request does not pay for ORT's first run.

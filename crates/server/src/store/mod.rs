@@ -217,6 +217,9 @@ pub fn labels_key(labels: &[Label]) -> String {
 #[derive(Debug, Default)]
 pub struct LabelSets {
     inner: Mutex<WeakSets>,
+    /// One lock per set being made (`admit::label_set`), so concurrent makers of one set take
+    /// turns and only the first embeds it.
+    turns: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -246,6 +249,15 @@ impl LabelSets {
         }
         inner.sets.insert(key.to_string(), Arc::downgrade(&set));
         set
+    }
+
+    /// The lock to hold while making the set `key`: the same for every caller until none holds
+    /// it.
+    pub fn turn(&self, key: &str) -> Arc<Mutex<()>> {
+        let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        // Only the table holds a finished turn: forget it (there are as many as sets being made).
+        turns.retain(|_, turn| Arc::strong_count(turn) > 1);
+        turns.entry(key.to_string()).or_default().clone()
     }
 
     /// How many distinct label sets are in use.
@@ -529,6 +541,32 @@ mod tests {
         TaskStore::new(Box::new(
             Database::open(&dir.path().join("t.sqlite3")).unwrap(),
         ))
+    }
+
+    /// Makers of one set share its lock while any holds it, so the second waits for the first;
+    /// another set's maker does not wait; a turn nobody holds is forgotten.
+    #[test]
+    fn makers_of_one_label_set_take_turns() {
+        let sets = LabelSets::default();
+        let first = sets.turn("a");
+        let held = first.lock().unwrap();
+        let second = sets.turn("a");
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(second.try_lock().is_err(), "the second maker waits");
+        assert!(
+            sets.turn("b").try_lock().is_ok(),
+            "another set is not held up"
+        );
+        drop(held);
+        assert!(second.try_lock().is_ok());
+        drop((first, second));
+        let _c = sets.turn("c");
+        let turns = sets.turns.lock().unwrap();
+        assert_eq!(
+            turns.keys().collect::<Vec<_>>(),
+            ["c"],
+            "finished turns are forgotten"
+        );
     }
 
     #[test]
