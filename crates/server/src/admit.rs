@@ -131,9 +131,8 @@ pub(crate) fn served_label_set(
 
 /// Serves an admitted task as an upload is served: a failed precondition or a full store fails
 /// before any label is embedded (with a store only this process writes), the label set is found
-/// or made, and the
-/// write is committed (checking `expect` again) before the task is served. Returns the stored task
-/// and whether it is new. Blocking.
+/// or made, and the write is committed (checking `expect` again) before the task is served.
+/// Returns the stored task and whether it is new. Blocking.
 pub fn commit(
     core: &Core,
     task: Task,
