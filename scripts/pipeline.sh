@@ -74,23 +74,26 @@ step() {
 publish_needs="stage0 stage1 random example-tasks example-tasks-warm original zero-shot examples"
 for det in lora adapter prefix; do publish_needs+=" tune-d$d-$det transfer-$det tune-random-d$d-$det"; done
 
-# guarded_row TASK: the row whose whole-data run at seed 1 `tune`'s default keeps, "warm" where its dev accuracy
-# leads z+head's by more than the start margin (1 point), else "z+head" (the rule of the report's row "guarded",
-# quality::guarded, and of tune::replaces; the first line of each row counts, as there); fails when either line is
-# missing.
+# guarded_row TASK: the row whose whole-data run at seed 1 `tune`'s default keeps ("z+head" or "warm"), as
+# `report --quality` derives it (its row "guarded", by tune's own rule); fails when that line is missing.
 guarded_row() {
-  python3 - "docs/results/quality/minilm-d$d.jsonl" "$1" <<'PY'
+  local json status
+  json=$(mktemp) || return
+  if ! "${bin[@]}" report --quality "docs/results/quality/minilm-d$d.jsonl" --json "$json" > /dev/null; then
+    rm -f "$json"
+    return 1
+  fi
+  python3 - "$json" "$1" <<'PY'
 import json, sys
-dev = {}
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if (r["task"], r["shots"], r["seed"]) == (sys.argv[2], "full", 1) and r["row"] in ("z+head", "warm"):
-        dev.setdefault(r["row"], (r.get("dev") or {}).get("accuracy"))
-if None in (dev.get("z+head"), dev.get("warm")):
+kept = [l["kept"] for l in json.load(open(sys.argv[1]))
+        if (l["row"], l["task"], l["shots"], l["seed"]) == ("guarded", sys.argv[2], "full", 1)]
+if not kept:
     sys.exit(f"{sys.argv[2]}: no whole-data line with a dev score for z+head and warm at seed 1")
-START_MARGIN = 0.01  # deltaspace_core::tuning::tune::START_MARGIN, with replaces' tolerance against rounding
-print("warm" if dev["warm"] - dev["z+head"] > START_MARGIN + 1e-6 else "z+head")
+print(kept[0])
 PY
+  status=$?
+  rm -f "$json"
+  return $status
 }
 
 # publish_when_ready: the subspace, the example tasks and the report, once every step in publish_needs is done

@@ -16,7 +16,9 @@ over the (task, seed) pairs that have every column; the spread is the standard d
 of the tasks, over the seeds where all of them are in. Per seed, the means are also given over the tasks every
 seed has (a seed still running is then compared on the same tasks). Then the paired differences of guarded and
 random over the (task, seed) pairs (mean, sd, standard error); the mean the guard would give with other margins
-(0, the rule until 2026-12-03, which kept the warm start wherever it led on dev; 0.5 and 2 points); and, where the
+(0, the rule until 2026-12-03, which kept the warm start wherever it led on dev; 0.5 and 2 points) and with a margin
+that widens as dev sets shrink (0.5 and 1 standard error of dev accuracy, sqrt(p(1 - p) / n) with p the two starts'
+mean dev accuracy and n the dev examples); and, where the
 two starts tie on dev, the mean the rule of margin 0 would give if it broke ties by dev macro-F1.
 On the whole training sets, whose dev set is the same at every seed, a control for the selection itself: per
 task, the better on dev of two seeds' runs of one row (the earlier seed on a tie), as if that row too had been
@@ -37,6 +39,7 @@ from pathlib import Path
 RESULTS = Path("docs/results")
 START_MARGIN = 0.01  # deltaspace_core::tuning::tune::START_MARGIN: tune's default
 MARGINS = (0.0, 0.005, 0.02)  # the alternatives shown beside it
+STANDARD_ERRORS = (0.5, 1.0)  # margins in standard errors of dev accuracy, shown beside them
 
 
 def lines(path):
@@ -73,6 +76,10 @@ def warm_starts():
             "tie_by_f1": tie_by_f1["test"]["accuracy"],
             "tie": warm["dev"]["accuracy"] == cold["dev"]["accuracy"],
             "by_margin": {m: guard(cold, warm, margin=m)["test"]["accuracy"] for m in MARGINS},
+            "by_standard_errors": {
+                c: guard(cold, warm, margin=c * dev_standard_error(cold, warm))["test"]["accuracy"]
+                for c in STANDARD_ERRORS
+            },
             "picked": "warm" if guarded is warm else "cold",
         })
     for shots, table in sorted(by_shots.items()):
@@ -88,6 +95,12 @@ def guard(cold, warm, margin=START_MARGIN, ties_by_macro_f1=False):
         return warm if warm["dev"]["macro_f1"] > cold["dev"]["macro_f1"] else cold
     # As tune's `replaces`: a lead of exactly the margin is not more than it, rounding aside.
     return warm if lead > (margin + 1e-6 if margin else 0) else cold
+
+
+def dev_standard_error(cold, warm):
+    """The standard error of a dev accuracy near the two starts' mean, on their dev set."""
+    p = (cold["dev"]["accuracy"] + warm["dev"]["accuracy"]) / 2
+    return (p * (1 - p) / cold["dev"]["n"]) ** 0.5
 
 
 def summarize(table):
@@ -125,6 +138,9 @@ def summarize(table):
     print(f"\nWith another margin (the warm start kept only where it leads on dev by more), guarded's mean of "
           f"{len(table)} would be " + ", ".join(f"{v:.1f} ({100 * m:g} points)" for m, v in by_margin.items())
           + f" (against {means['guarded']:.1f} at {100 * START_MARGIN:g}).")
+    by_errors = {c: 100 * statistics.mean(r["by_standard_errors"][c] for r in table) for c in STANDARD_ERRORS}
+    print("With a margin in standard errors of dev accuracy (wider on smaller dev sets), it would be "
+          + ", ".join(f"{v:.1f} ({c:g} standard errors)" for c, v in by_errors.items()) + ".")
 
 
 def selection_alone():

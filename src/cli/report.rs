@@ -1,7 +1,7 @@
 //! `deltaspace report`: the paper's tables from a results folder, or issue 10's comparison from
 //! `scripts/quality.sh`'s lines.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -17,12 +17,13 @@ pub struct ReportArgs {
     /// scripts/quality.sh (docs/results/quality/baselines.jsonl and <subspace>.jsonl), as one
     /// table per data size. A later file's line of the same run (row, task, shots, seed)
     /// replaces an earlier file's; one subspace at a time.
-    #[arg(long, num_args = 1.., conflicts_with_all = ["results", "json"])]
+    #[arg(long, num_args = 1.., conflicts_with = "results")]
     pub quality: Vec<PathBuf>,
     /// The subspace the main tables are about, as named in the results (e.g. d16).
     #[arg(long, default_value = "d16")]
     pub space: String,
-    /// Also write the report as JSON here.
+    /// Also write the report as JSON here. With --quality: an array of the lines read and
+    /// the derived "guarded" ones, each of which names in "kept" the row `tune`'s default keeps.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -31,6 +32,9 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     if !args.quality.is_empty() {
         let lines = quality::read_all(&args.quality)?;
         print!("{}", quality::markdown(&lines));
+        if let Some(path) = &args.json {
+            write_json(path, &quality::with_guarded(&lines))?;
+        }
         return Ok(());
     }
     let results = args
@@ -45,8 +49,12 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     );
     print!("{}", crate::train::report::markdown(&report));
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &report)?;
     }
     Ok(())
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -814,7 +814,7 @@ fn the_report_prints_the_papers_tables_from_results() {
         "{markdown}"
     );
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     assert_eq!(report["transfer"]["sst2"].as_object().unwrap().len(), 6);
     // The comparison against a user's alternatives, from scripts/quality.sh's lines.
     let quality = results.join("quality.jsonl");
@@ -824,13 +824,38 @@ fn the_report_prints_the_papers_tables_from_results() {
              \"det\":null,\"dev\":null,\"test\":{{\"accuracy\":{accuracy},\"macro_f1\":0.5,\"n\":16}},\"seconds\":1}}\n"
         )
     };
-    std::fs::write(&quality, line("probe", 1, 0.75) + &line("probe", 2, 0.25)).unwrap();
-    let output = deltaspace(&["report", "--quality", quality.to_str().unwrap()]);
+    let with_dev = |row: &str, dev: f64, accuracy: f64| {
+        line(row, 1, accuracy).replace(
+            "\"dev\":null",
+            &format!("\"dev\":{{\"accuracy\":{dev},\"macro_f1\":0.5,\"n\":16}}"),
+        )
+    };
+    let lines = [
+        line("probe", 1, 0.75),
+        line("probe", 2, 0.25),
+        with_dev("z+head", 0.5, 0.6),
+        with_dev("warm", 0.75, 0.7),
+    ];
+    std::fs::write(&quality, lines.concat()).unwrap();
+    let output = deltaspace(&[
+        "report",
+        "--quality",
+        quality.to_str().unwrap(),
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
     let tables = String::from_utf8(output.stdout).unwrap();
     assert!(
         tables.contains("| probe | 50.0 ± 35.4 (2) | 50.0 |"),
         "{tables}"
     );
+    // The JSON names the run `tune`'s default keeps: warm, which leads on dev by 25 points.
+    let lines: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(json_path).unwrap()).unwrap();
+    let guarded: Vec<_> = lines.iter().filter(|l| l["row"] == "guarded").collect();
+    assert_eq!(guarded.len(), 1, "{lines:?}");
+    assert_eq!(guarded[0]["kept"], "warm");
+    assert_eq!(guarded[0]["test"]["accuracy"], 0.7);
 }
 
 #[test]

@@ -109,7 +109,10 @@ pub fn label_set(
         Some(embeddings) => embeddings,
         None => {
             let lend = || batcher.and_then(BatcherHandle::lend_session);
-            embed_labels_in_turns(labels, encoder, lend).map_err(ServerError::Labels)?
+            let embeddings =
+                embed_labels_in_turns(labels, encoder, lend).map_err(ServerError::Labels)?;
+            sets.count_embedded();
+            embeddings
         }
     };
     let set = LabelSet {

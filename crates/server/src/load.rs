@@ -218,8 +218,7 @@ struct Scan<'a> {
     kept: HashSet<String>,
     /// Stored tasks of other subspaces (an older default, say), by subspace id: kept, not served.
     other_subspaces: BTreeMap<String, usize>,
-    /// Label sets the encoder embedded, and those restored from version-1 rows.
-    embedded: usize,
+    /// Label sets restored from version-1 rows.
     migrated: usize,
     /// Stored tasks of this subspace that are not valid, so not served.
     invalid: usize,
@@ -245,7 +244,6 @@ impl<'a> Scan<'a> {
             to_cache: Vec::new(),
             kept: HashSet::new(),
             other_subspaces: BTreeMap::new(),
-            embedded: 0,
             migrated: 0,
             invalid: 0,
         })
@@ -312,9 +310,10 @@ impl<'a> Scan<'a> {
                 embeddings
             }
             (None, None) => {
-                self.embedded += 1;
-                embed_labels(&task.labels, self.encoder)
-                    .map_err(|e| StoreError::Visit(Box::new(e)))?
+                let embeddings = embed_labels(&task.labels, self.encoder)
+                    .map_err(|e| StoreError::Visit(Box::new(e)))?;
+                self.store.label_sets().count_embedded();
+                embeddings
             }
         };
         let set = LabelSet {
@@ -351,7 +350,7 @@ impl<'a> Scan<'a> {
             label_sets = store.label_sets().len(),
             other_subspace = self.other_subspaces.values().sum::<usize>(),
             invalid = self.invalid,
-            embedded = self.embedded,
+            embedded = store.label_sets().embedded(),
             migrated = self.migrated,
             forgotten,
             "tasks loaded"

@@ -62,8 +62,14 @@ pub struct Metrics {
     pub delta_cache_entries: IntGauge,
     /// `deltaspace_delta_cache_lookups_total{result}`: deltas found (`hit`) or computed (`miss`).
     pub delta_cache_lookups: IntCounterVec,
-    /// Held while the delta cache's series catch up, so two scrapes at once add each count once.
-    delta_cache_mirror: std::sync::Mutex<()>,
+    /// `deltaspace_label_sets`: distinct label sets in use (tasks with the same labels share one).
+    pub label_sets: IntGauge,
+    /// `deltaspace_label_sets_embedded_total`: label sets the frozen model embedded; a set found
+    /// in memory or in the store's cache is not embedded again.
+    pub label_sets_embedded: IntCounter,
+    /// Held while the mirrored series (delta cache, label sets) catch up, so two scrapes at
+    /// once add each count once.
+    mirror: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -201,7 +207,17 @@ impl Metrics {
                 &["result"],
             )
             .expect("valid metric. This is a bug."),
-            delta_cache_mirror: std::sync::Mutex::new(()),
+            label_sets: IntGauge::new(
+                "deltaspace_label_sets",
+                "Distinct label sets in use; tasks with the same labels share one.",
+            )
+            .expect("valid metric. This is a bug."),
+            label_sets_embedded: IntCounter::new(
+                "deltaspace_label_sets_embedded_total",
+                "Label sets the frozen model embedded (not found in memory or the store's cache).",
+            )
+            .expect("valid metric. This is a bug."),
+            mirror: std::sync::Mutex::new(()),
             registry,
         };
         metrics.register_all();
@@ -233,6 +249,8 @@ impl Metrics {
             Box::new(self.store_change.clone()),
             Box::new(self.delta_cache_entries.clone()),
             Box::new(self.delta_cache_lookups.clone()),
+            Box::new(self.label_sets.clone()),
+            Box::new(self.label_sets_embedded.clone()),
         ];
         for collector in collectors {
             self.registry
@@ -293,14 +311,27 @@ impl Metrics {
 
     /// Brings the delta cache's series up to its own counts (read when `/metrics` is scraped).
     pub fn observe_delta_cache(&self, stats: DeltaCacheStats) {
-        let _one_at_a_time =
-            (self.delta_cache_mirror.lock()).unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one_at_a_time = self.mirror_turn();
         self.delta_cache_entries
             .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
         for (result, total) in [("hit", stats.hits), ("miss", stats.misses)] {
             let counter = self.delta_cache_lookups.with_label_values(&[result]);
             counter.inc_by(total.saturating_sub(counter.get()));
         }
+    }
+
+    /// Brings the label-set series up to the store's counts (read when `/metrics` is scraped):
+    /// `in_use` sets now, `embedded` since the server started.
+    pub fn observe_label_sets(&self, in_use: usize, embedded: u64) {
+        let _one_at_a_time = self.mirror_turn();
+        self.label_sets
+            .set(i64::try_from(in_use).unwrap_or(i64::MAX));
+        let counter = &self.label_sets_embedded;
+        counter.inc_by(embedded.saturating_sub(counter.get()));
+    }
+
+    fn mirror_turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        (self.mirror.lock()).unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Everything in the Prometheus text format.
@@ -338,6 +369,8 @@ mod tests {
         };
         metrics.observe_delta_cache(stats(5, 2));
         metrics.observe_delta_cache(stats(7, 2));
+        metrics.observe_label_sets(3, 4);
+        metrics.observe_label_sets(2, 5);
         let text = metrics.render();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("deltaspace_"), "{line}");
@@ -348,5 +381,7 @@ mod tests {
         assert!(text.contains(r#"deltaspace_delta_cache_lookups_total{result="hit"} 7"#));
         assert!(text.contains(r#"deltaspace_delta_cache_lookups_total{result="miss"} 2"#));
         assert!(text.contains("deltaspace_delta_cache_entries 2"));
+        assert!(text.contains("deltaspace_label_sets 2\n"));
+        assert!(text.contains("deltaspace_label_sets_embedded_total 5"));
     }
 }

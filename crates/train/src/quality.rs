@@ -7,13 +7,13 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use deltaspace_core::tuning::eval::Scores;
 use deltaspace_core::tuning::tune::{Target, replaces};
 
 /// One measurement: a method (`row`) on a task at a data size and seed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct QualityLine {
     pub row: String,
     pub task: String,
@@ -26,6 +26,9 @@ pub struct QualityLine {
     #[serde(default)]
     pub dev: Option<Scores>,
     pub test: Scores,
+    /// Of a "guarded" line, the row whose run `tune`'s default keeps: "z+head" or "warm".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<String>,
 }
 
 /// The methods in the order the tables list them: baselines, the subspace rows, the DETs.
@@ -113,7 +116,7 @@ fn read(path: &Path) -> anyhow::Result<Vec<QualityLine>> {
 /// warm one from the nearest upstream code (rows "z+head" and "warm"), the one `tune` keeps
 /// ([`replaces`]: the warm one only when it leads on dev, by more than the default start margin),
 /// as a "guarded" line per (task, shots, seed, subspace) where both have dev
-/// scores. Each start of the product's run trains on the rows it would alone, so this is its
+/// scores, naming the row it kept. Each start of the product's run trains on the rows it would alone, so this is its
 /// result.
 pub fn guarded(lines: &[QualityLine]) -> Vec<QualityLine> {
     let same = |a: &QualityLine, b: &QualityLine| {
@@ -132,10 +135,16 @@ pub fn guarded(lines: &[QualityLine]) -> Vec<QualityLine> {
             };
             Some(QualityLine {
                 row: "guarded".into(),
+                kept: Some(kept.row.clone()),
                 ..kept.clone()
             })
         })
         .collect()
+}
+
+/// `lines` followed by their [`guarded`] lines: what the tables and `report --json` show.
+pub fn with_guarded(lines: &[QualityLine]) -> Vec<QualityLine> {
+    [lines, &guarded(lines)].concat()
 }
 
 /// Mean and sample standard deviation (0 for one value) of accuracies, in %.
@@ -295,7 +304,7 @@ fn size_title(shots: &str) -> String {
 /// One markdown table per data size: methods × tasks, "mean ± spread (seeds)", and each row's
 /// mean over the tasks where it has every task ("—" otherwise); then the targets.
 pub fn markdown(lines: &[QualityLine]) -> String {
-    let lines = &[lines, &guarded(lines)[..]].concat();
+    let lines = &with_guarded(lines);
     let cells = gather(lines);
     let mut tasks: Vec<&str> = lines.iter().map(|l| l.task.as_str()).collect();
     tasks.sort();
@@ -357,6 +366,7 @@ mod tests {
                 macro_f1: accuracy,
                 n: 100,
             },
+            kept: None,
         }
     }
 
@@ -442,12 +452,19 @@ mod tests {
             line("z+head", "c", "16", 1, 0.50),
             with_dev("warm", "c", 1, 0.9, 0.90), // the cold line has no dev: no guarded line
         ];
-        let kept: Vec<(String, u64, f32)> = guarded(&lines)
+        let kept: Vec<(String, u64, f32, String)> = guarded(&lines)
             .into_iter()
-            .map(|l| (l.task, l.seed, l.test.accuracy))
+            .map(|l| (l.task, l.seed, l.test.accuracy, l.kept.unwrap()))
             .collect();
-        let expected = [("a", 1, 0.70), ("b", 1, 0.80), ("a", 2, 0.50)];
-        assert_eq!(kept, expected.map(|(t, s, a)| (t.to_string(), s, a)));
+        let expected = [
+            ("a", 1, 0.70, "warm"),
+            ("b", 1, 0.80, "z+head"),
+            ("a", 2, 0.50, "z+head"),
+        ];
+        assert_eq!(
+            kept,
+            expected.map(|(t, s, a, k)| (t.to_string(), s, a, k.to_string()))
+        );
         let text = markdown(&lines);
         assert!(
             text.contains("| guarded | 60.0 ± 14.1 (2) | 80.0 | — | — |"),

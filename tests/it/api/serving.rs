@@ -304,6 +304,31 @@ async fn a_seed_task_refused_at_max_tasks_is_imported_at_a_later_start() {
 }
 
 #[tokio::test]
+async fn a_new_label_set_is_embedded_once_however_many_upload_it_at_once() {
+    let fixture = Fixture::new();
+    let options = fixture.options();
+    let app = TestApp::spawn(options.clone()).await;
+    let body = task_body("lora", [0.1; D], &["ham", "spam"]);
+    let names: Vec<String> = (0..8).map(|i| format!("mail-{i}")).collect();
+    let uploads = names.iter().map(|name| app.put_task(name, &body));
+    for response in join_all(uploads).await {
+        ok_json(response).await;
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(metrics.get("deltaspace_label_sets_embedded_total"), 1.0);
+    assert_eq!(metrics.get("deltaspace_label_sets"), 1.0);
+    app.stop().await.unwrap();
+
+    // The next start finds the set in the store's cache.
+    let app = TestApp::spawn(options).await;
+    let metrics = app.metrics().await;
+    assert_eq!(metrics.get("deltaspace_tasks_registered"), 8.0);
+    assert_eq!(metrics.get("deltaspace_label_sets"), 1.0);
+    assert_eq!(metrics.get("deltaspace_label_sets_embedded_total"), 0.0);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn metrics_parse_and_move_as_requests_flow() {
     let fixture = Fixture::new();
     let app = TestApp::spawn(fixture.options()).await;

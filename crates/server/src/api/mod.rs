@@ -158,12 +158,12 @@ async fn ready(state: State) -> Result<HttpResponse, ApiError> {
 }
 
 async fn metrics(state: State) -> HttpResponse {
-    if let Some(deltas) = state
-        .core
-        .get()
-        .and_then(|core| core.serving.deltas.as_ref())
-    {
-        state.metrics.observe_delta_cache(deltas.stats());
+    if let Some(core) = state.core.get() {
+        if let Some(deltas) = core.serving.deltas.as_ref() {
+            state.metrics.observe_delta_cache(deltas.stats());
+        }
+        let sets = core.store.label_sets();
+        (state.metrics).observe_label_sets(sets.len(), sets.embedded());
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -29,6 +29,7 @@ pub use location::{DATABASE_FILE, LocationError, StoreLocation};
 pub use postgres::{PostgresStore, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use sha2::{Digest, Sha256};
@@ -220,6 +221,9 @@ pub struct LabelSets {
     /// One lock per set being made (`admit::label_set`), so concurrent makers of one set take
     /// turns and only the first embeds it.
     turns: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Sets the frozen model embedded since the server started (the rest came from memory or
+    /// the store's cache): `deltaspace_label_sets_embedded_total`.
+    embedded: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -258,6 +262,16 @@ impl LabelSets {
         // Only the table holds a finished turn: forget it (there are as many as sets being made).
         turns.retain(|_, turn| Arc::strong_count(turn) > 1);
         turns.entry(key.to_string()).or_default().clone()
+    }
+
+    /// Counts a set the frozen model has just embedded.
+    pub fn count_embedded(&self) {
+        self.embedded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many sets the frozen model has embedded since the server started.
+    pub fn embedded(&self) -> u64 {
+        self.embedded.load(Ordering::Relaxed)
     }
 
     /// How many distinct label sets are in use.
