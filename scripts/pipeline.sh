@@ -15,11 +15,11 @@
 #   5. publishing: the subspace becomes models/all-MiniLM-L6-v2/subspaces/default.safetensors and the example tasks
 #      (models/all-MiniLM-L6-v2/tasks/) are the unseen tasks tuned with `tune`'s defaults (z + head from the guarded
 #      start) on their whole training sets, plus sst2. The unseen ones are quality.sh's z+head and warm runs on the
-#      whole training sets at seed 1, each task's better on dev (the cold one on a tie: what `tune` keeps, and the
-#      report's row "guarded"), which steps example-tasks and example-tasks-warm run ahead of the rest of the
-#      matrix, so that publishing waits for every step but quality: the pipeline that finishes the last of those
-#      steps publishes, and the one that runs step quality publishes again at its end, with the whole matrix in the
-#      report.
+#      whole training sets at seed 1, the one `tune`'s default keeps (the warm one where it leads on dev by more
+#      than the start margin: `report --quality`'s row "guarded"), which steps example-tasks and example-tasks-warm
+#      run ahead of the rest of the matrix, so that publishing waits for every step but quality: the pipeline that
+#      finishes the last of those steps publishes, and the one that runs step quality publishes again at its end,
+#      with the whole matrix in the report.
 #
 #   scripts/pipeline.sh DATA_DIR [D]      # DATA_DIR: the 22 task directories; D: the subspace's d [default: 1024]
 #
@@ -117,7 +117,7 @@ publish_when_ready() {
       kept[$t]=runs/quality/$row-$t-full-1.json
       sources+=("${kept[$t]}")
     else
-      missing+=("$t's whole-data z+head and warm lines")
+      missing+=("a guarded choice for $t (see the error above)")
     fi
   done
   for file in "${sources[@]}"; do

@@ -77,9 +77,9 @@ def warm_starts():
             "tie": warm["dev"]["accuracy"] == cold["dev"]["accuracy"],
             "by_margin": {m: guard(cold, warm, margin=m)["test"]["accuracy"] for m in MARGINS},
             "by_standard_errors": {
-                c: guard(cold, warm, margin=c * dev_standard_error(cold, warm))["test"]["accuracy"]
-                for c in STANDARD_ERRORS
+                c: guard(cold, warm, margin=c * dev_standard_error(cold, warm)) for c in STANDARD_ERRORS
             },
+            "warm_line": warm,
             "picked": "warm" if guarded is warm else "cold",
         })
     for shots, table in sorted(by_shots.items()):
@@ -138,9 +138,15 @@ def summarize(table):
     print(f"\nWith another margin (the warm start kept only where it leads on dev by more), guarded's mean of "
           f"{len(table)} would be " + ", ".join(f"{v:.1f} ({100 * m:g} points)" for m, v in by_margin.items())
           + f" (against {means['guarded']:.1f} at {100 * START_MARGIN:g}).")
-    by_errors = {c: 100 * statistics.mean(r["by_standard_errors"][c] for r in table) for c in STANDARD_ERRORS}
-    print("With a margin in standard errors of dev accuracy (wider on smaller dev sets), it would be "
-          + ", ".join(f"{v:.1f} ({c:g} standard errors)" for c, v in by_errors.items()) + ".")
+    def by_errors(c):
+        kept = [r["by_standard_errors"][c] for r in table]
+        mean = 100 * statistics.mean(line["test"]["accuracy"] for line in kept)
+        warm = sum(line is r["warm_line"] for line, r in zip(kept, table))
+        return f"{mean:.1f} at {c:g} standard errors (warm kept on {warm} of {len(table)})"
+    warm_at_margin = sum(r["picked"] == "warm" for r in table)
+    print("With a margin in standard errors of one dev accuracy (wider on smaller dev sets), it would be "
+          + ", ".join(by_errors(c) for c in STANDARD_ERRORS)
+          + f" (warm kept on {warm_at_margin} at {100 * START_MARGIN:g} point).")
 
 
 def selection_alone():

@@ -519,7 +519,10 @@ impl Jobs {
             order.test,
             order.seed,
         );
+        // Its own encoder embeds the labels for the prototypes' start (a few labels: milliseconds
+        // against minutes of tuning); the commit finds or makes the served set apart.
         let descriptions = Classes::descriptions(embed_labels(&data.labels, &encoder)?);
+        core.store.label_sets().count_embedded();
         let tasks = [TrainTask { data, descriptions }];
         let schedule = Schedule {
             steps: order.steps,

@@ -22,10 +22,16 @@ pub struct QualityLine {
     pub seed: u64,
     /// The subspace of the z rows; none for the rows that use no subspace.
     pub subspace: Option<String>,
+    /// The DET the run kept; none for the rows that use none.
+    #[serde(default)]
+    pub det: Option<String>,
     /// What the row chose on (early stopping, the DET, the start); none for zero-shot.
     #[serde(default)]
     pub dev: Option<Scores>,
     pub test: Scores,
+    /// The run's wall time, where recorded.
+    #[serde(default)]
+    pub seconds: Option<f64>,
     /// Of a "guarded" line, the row whose run `tune`'s default keeps: "z+head" or "warm".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<String>,
@@ -115,8 +121,8 @@ fn read(path: &Path) -> anyhow::Result<Vec<QualityLine>> {
 /// The product's default, `tune` without `--init`: of the z + head run from N(0, 0.02²) and the
 /// warm one from the nearest upstream code (rows "z+head" and "warm"), the one `tune` keeps
 /// ([`replaces`]: the warm one only when it leads on dev, by more than the default start margin),
-/// as a "guarded" line per (task, shots, seed, subspace) where both have dev
-/// scores, naming the row it kept. Each start of the product's run trains on the rows it would alone, so this is its
+/// as a "guarded" line per (task, shots, seed, subspace) where both have dev scores, naming the
+/// row it kept. Each start of the product's run trains on the rows it would alone, so this is its
 /// result.
 pub fn guarded(lines: &[QualityLine]) -> Vec<QualityLine> {
     let same = |a: &QualityLine, b: &QualityLine| {
@@ -360,12 +366,14 @@ mod tests {
             shots: shots.into(),
             seed,
             subspace: Some("minilm-d16".into()),
+            det: None,
             dev: None,
             test: Scores {
                 accuracy,
                 macro_f1: accuracy,
                 n: 100,
             },
+            seconds: None,
             kept: None,
         }
     }

@@ -124,6 +124,8 @@ async fn a_tune_job_turns_labeled_examples_into_a_served_task() {
     assert!(metrics.get("deltaspace_tune_steps_total") > 0.0);
     assert_eq!(metrics.get(r#"deltaspace_tune_jobs{state="running"}"#), 0.0);
     assert_eq!(metrics.get("deltaspace_tune_duration_seconds_count"), 1.0);
+    // Its new labels: once for the prototypes' start, once for the served set.
+    assert_eq!(metrics.get("deltaspace_label_sets_embedded_total"), 2.0);
     app.stop().await.unwrap();
 }
 
