@@ -48,12 +48,14 @@ pub struct TrainingArgs {
     /// Dev examples per task in those evaluations [default: all].
     #[arg(long, value_parser = at_least::<1>)]
     pub eval_limit: Option<usize>,
-    /// Examples per task in the final dev and test scores [default: all].
+    /// Examples per task in the final dev and test scores, and so in the dev scores that choose
+    /// tune's DET and start [default: all].
     #[arg(long, value_parser = at_least::<1>)]
     pub final_limit: Option<usize>,
-    /// Rows per ONNX Runtime run; larger steps are split and their gradients summed.
-    #[arg(long, default_value_t = fit::RUN_ROWS, value_parser = at_least::<1>)]
-    pub run_rows: usize,
+    /// Rows per ONNX Runtime run; larger steps are split and their gradients summed
+    /// [default: 64, fit::RUN_ROWS].
+    #[arg(long, value_parser = at_least::<1>)]
+    pub run_rows: Option<usize>,
     /// Stop training after this many seconds of wall time: the step that ends past it is
     /// evaluated and ends the run; off the --eval-every grid, that evaluation keeps a better z
     /// but does not count toward the patience of a resumed run [default: no limit].
@@ -74,8 +76,8 @@ pub struct TrainingArgs {
     pub seed: u64,
     /// Checkpoint file, written at every evaluation and resumed from when present. A checkpoint
     /// of another run (space, seed, training or dev examples, label descriptions, optimizer,
-    /// learning rate, batch, --max-seq-len, --eval-limit or tune's --init) is refused; --steps and
-    /// --patience may change on resume.
+    /// learning rate, batch, --max-seq-len, --eval-every, --eval-limit or tune's --init) is
+    /// refused; --steps and --patience may change on resume.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
 }
@@ -119,6 +121,7 @@ impl TrainingArgs {
             ("--max-seconds", self.max_seconds.is_some()),
             ("--final-limit", self.final_limit.is_some()),
             ("--lr", self.lr.is_some()),
+            ("--run-rows", self.run_rows.is_some()),
         ];
         let named: Vec<&str> = (given.iter())
             .filter(|(flag, given)| *given && unread.contains(flag))
@@ -132,12 +135,17 @@ impl TrainingArgs {
         Ok(())
     }
 
+    /// Rows per ONNX Runtime run, given or the default.
+    pub(super) fn run_rows(&self) -> usize {
+        self.run_rows.unwrap_or(fit::RUN_ROWS)
+    }
+
     pub(super) fn fit_options(&self, optimizer: OptimizerKind, defaults: Schedule) -> FitOptions {
         FitOptions {
             batch: self.batch,
             optimizer,
             eval_limit: self.eval_limit,
-            run_rows: self.run_rows,
+            run_rows: self.run_rows(),
             checkpoint: self.checkpoint.clone(),
             final_limit: self.final_limit,
             max_seconds: self.max_seconds,
@@ -321,7 +329,7 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
         rec_alpha: args.rec_alpha,
         eval_every: schedule.eval_every,
         eval_limit: args.training.eval_limit,
-        run_rows: args.training.run_rows,
+        run_rows: args.training.run_rows(),
         seed: args.training.seed,
         unit_codes: args.unit_codes,
         // Named by the d it ends with, completed or not.

@@ -68,12 +68,12 @@ pub struct TuneArgs {
     /// adam, adafactor (exact gradients) or cmaes (derivative-free).
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
-    /// CMA-ES population λ (0: 4 + ⌊3 ln d⌋).
-    #[arg(long, default_value_t = 0)]
-    pub population: usize,
-    /// CMA-ES initial step size σ.
-    #[arg(long, default_value_t = 1.0, value_parser = positive::<f64>)]
-    pub sigma: f64,
+    /// CMA-ES population λ (0: the default, 4 + ⌊3 ln d⌋).
+    #[arg(long)]
+    pub population: Option<usize>,
+    /// CMA-ES initial step size σ [default: 1].
+    #[arg(long, value_parser = positive::<f64>)]
+    pub sigma: Option<f64>,
     #[command(flatten)]
     pub trace: TraceArgs,
     /// Output: TASK.json (one task) or a directory of <task>.json.
@@ -168,8 +168,15 @@ impl Tuning<'_> {
         let Some(det) = args.det else {
             bail!("--optimizer cmaes tunes through one DET: give --det");
         };
-        // It neither checkpoints, stops early nor keeps a time budget, and its step is --sigma.
-        let unread = ["--checkpoint", "--patience", "--max-seconds", "--lr"];
+        // It neither checkpoints, stops early nor keeps a time budget, its step is --sigma, and
+        // it scores a generation's candidates in one run.
+        let unread = [
+            "--checkpoint",
+            "--patience",
+            "--max-seconds",
+            "--lr",
+            "--run-rows",
+        ];
         args.training.refuse_unread("--optimizer cmaes", &unread)?;
         if args.freeze_z {
             bail!("--optimizer cmaes tunes z: drop --freeze-z");
@@ -183,9 +190,9 @@ impl Tuning<'_> {
         let schedule = args.training.schedule(CMAES);
         let options = CmaOptions {
             generations: schedule.steps,
-            population: args.population,
+            population: args.population.unwrap_or(0),
             batch: args.training.batch,
-            sigma: args.sigma,
+            sigma: args.sigma.unwrap_or(1.0),
             eval_every: schedule.eval_every,
             eval_limit: args.training.eval_limit,
             final_limit: args.training.final_limit,
@@ -207,6 +214,11 @@ impl Tuning<'_> {
     fn by_gradient(&self, optimizer: &str, trace: Option<&mut Trace>) -> anyhow::Result<Outcome> {
         let args = self.args;
         let kind: OptimizerKind = optimizer.parse().map_err(anyhow::Error::msg)?;
+        if args.population.is_some() || args.sigma.is_some() {
+            bail!(
+                "--optimizer {optimizer} does not use --population or --sigma (CMA-ES's): drop it"
+            );
+        }
         if args.freeze_z && args.head == HeadTuning::None {
             bail!("--freeze-z trains only the head: give --head bias or --head prototypes");
         }

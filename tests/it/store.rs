@@ -277,6 +277,16 @@ fn a_saved_job_keeps_a_cancel_asked_and_an_ended_record(db: &mut dyn Backend, re
     other.save_job(&expired_copy).unwrap();
     let stored = db.job("j").unwrap().unwrap();
     assert_eq!(stored, renewed, "the renewed job lives");
+    // A cancel asked from a copy read before the last renewal takes back neither the owner's
+    // progress nor its lease.
+    let mut stale_cancel = asked.clone();
+    (stale_cancel.state, stale_cancel.step) = (JobState::Queued, 0);
+    other.save_job(&stale_cancel).unwrap();
+    let stored = db.job("j").unwrap().unwrap();
+    assert_eq!(
+        stored, renewed,
+        "only the cancel is added, and it was asked already"
+    );
     // Once the job has ended, a stale copy saved late does not bring it back.
     let mut ended = stored;
     ended.state = JobState::Cancelled;

@@ -1358,6 +1358,16 @@ fn tune_without_a_det_tunes_all_three_and_keeps_the_best_on_dev() {
     ];
     let message = deltaspace_refuses(&[&args[..], &flags].concat());
     assert!(message.contains("--max-seconds or --lr"), "{message}");
+    // It scores a generation in one run; adam has no population or step size.
+    let flags = ["--det", "lora", "--run-rows", "8", "--out", &task];
+    let message = deltaspace_refuses(&[&args[..], &flags].concat());
+    assert!(message.contains("not use --run-rows"), "{message}");
+    let adam = [&["tune"][..], &common, &["--sigma", "0.5", "--out", &task]].concat();
+    let message = deltaspace_refuses(&adam);
+    assert!(
+        message.contains("adam does not use --population or --sigma"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -21,7 +21,9 @@ use crate::admit::{admit, commit};
 use crate::error::{ApiError, blocking};
 use crate::loaded::Core;
 use crate::metrics::Metrics;
-use crate::store::{JobRecord, JobResult, JobState, Precondition, StoredTask, TaskStore, now_ms};
+use crate::store::{
+    JobRecord, JobResult, JobState, Precondition, StoredTask, TaskStore, error_chain, now_ms,
+};
 use deltaspace_core::classifier::{Classes, embed_labels};
 use deltaspace_core::det::DetKind;
 use deltaspace_core::model::{Encoder, EncoderOptions, Pace};
@@ -282,7 +284,7 @@ impl Jobs {
             while !jobs.stopping.load(Ordering::SeqCst) {
                 ticks.tick().await;
                 if let Err(error) = jobs.heartbeat(&store).await {
-                    tracing::warn!(%error, "tune jobs: renewing leases");
+                    tracing::warn!(error = %error_chain(&error), "tune jobs: renewing leases");
                 }
             }
         });
@@ -293,7 +295,7 @@ impl Jobs {
         for job in live {
             // One job's failure must not leave the others' leases to expire.
             if let Err(error) = self.renew(store, &job).await {
-                tracing::warn!(%error, job = %job.record().job, "renewing a tune job's lease");
+                tracing::warn!(error = %error_chain(&error), job = %job.record().job, "renewing a tune job's lease");
             }
         }
         self.expire(store).await
@@ -334,7 +336,7 @@ impl Jobs {
                 record.owner
             ));
             if let Err(error) = save(store, record).await {
-                tracing::warn!(%error, "failing a tune job whose lease expired");
+                tracing::warn!(error = %error_chain(&error), "failing a tune job whose lease expired");
             }
         }
         Ok(())
@@ -406,7 +408,7 @@ impl Jobs {
         self.count(JobState::Running, 1);
         tracing::info!(job = %record.job, task = %record.task, "tune job running");
         if let Err(error) = save(&core.store, record).await {
-            tracing::warn!(%error, "recording a running tune job");
+            tracing::warn!(error = %error_chain(&error), "recording a running tune job");
         }
     }
 
@@ -479,6 +481,13 @@ impl Jobs {
                 Err(ApiError::StoreUnavailable(why)) => why,
                 Err(ApiError::EtagMismatch(why)) => {
                     return Err(format!("the task changed while the job ran: {why}"));
+                }
+                Err(ApiError::Internal(cause)) => {
+                    let error = error_chain(cause.as_ref());
+                    tracing::error!(%error, job = %job.record().job, "serving a tuned task");
+                    return Err(
+                        "serving the task failed: internal error; see the server log".into(),
+                    );
                 }
                 Err(other) => return Err(format!("serving the task failed: {other}")),
             };
@@ -559,7 +568,7 @@ impl Jobs {
             if report.dev.is_some()
                 && let Err(error) = core.store.with_db(|db| db.save_job(&record))
             {
-                tracing::warn!(%error, job = %record.job, "recording a tune job's progress");
+                tracing::warn!(error = %error_chain(&error), job = %record.job, "recording a tune job's progress");
             }
             Ok(())
         };
@@ -665,10 +674,10 @@ impl Jobs {
                 return;
             };
             if self.stopping.load(Ordering::SeqCst) {
-                tracing::error!(%error, job = %record.job, "recording the end of a tune job");
+                tracing::error!(error = %error_chain(&error), job = %record.job, "recording the end of a tune job");
                 return;
             }
-            tracing::warn!(%error, job = %record.job, retry_in = ?wait, "recording the end of a tune job");
+            tracing::warn!(error = %error_chain(&error), job = %record.job, retry_in = ?wait, "recording the end of a tune job");
             tokio::time::sleep(wait).await;
             wait = next_retry(wait);
         }

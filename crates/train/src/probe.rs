@@ -97,10 +97,10 @@ fn score(
     labels: usize,
 ) -> Scores {
     let predicted = model.predict(features);
-    let pairs: Vec<(usize, usize)> = truth
+    let pairs: Vec<(usize, Option<usize>)> = truth
         .iter()
         .copied()
-        .zip(predicted.iter().copied())
+        .zip(predicted.iter().copied().map(Some))
         .collect();
     score_pairs(&pairs, labels)
 }

@@ -57,7 +57,7 @@ pub fn evaluate(
     }
     rows.sort_by_key(|(_, row)| row.example.input.char_len());
     let logit_scale = encoder.manifest().logit_scale;
-    let mut predictions: Vec<Vec<(usize, usize)>> = vec![Vec::new(); units.len()];
+    let mut predictions: Vec<Vec<(usize, Option<usize>)>> = vec![Vec::new(); units.len()];
     for chunk in rows.chunks(batch_rows.max(1)) {
         let chunk_rows: Vec<Row> = chunk.iter().map(|(_, row)| *row).collect();
         let encoded = EncodedRows::new(encoder, &chunk_rows, params.d())?;
@@ -74,18 +74,24 @@ pub fn evaluate(
         .collect())
 }
 
-fn argmax(values: ArrayView1<f32>) -> usize {
-    values
+/// The label with the highest score (the first of equals), or none when a score is not finite
+/// (a z that made the encoder overflow predicts nothing, rather than label 0).
+fn argmax(values: ArrayView1<f32>) -> Option<usize> {
+    if !values.iter().all(|v| v.is_finite()) {
+        return None;
+    }
+    let best = values
         .iter()
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
             if v > best.1 { (i, v) } else { best }
-        })
-        .0
+        });
+    Some(best.0)
 }
 
-/// Accuracy and macro-F1 (over the labels that occur as truth or prediction) of (truth, predicted) pairs.
-pub fn score_pairs(pairs: &[(usize, usize)], labels: usize) -> Scores {
+/// Accuracy and macro-F1 (over the labels that occur as truth or prediction) of (truth, predicted)
+/// pairs. A pair without a prediction counts as wrong: a false negative of its truth.
+pub fn score_pairs(pairs: &[(usize, Option<usize>)], labels: usize) -> Scores {
     let n = pairs.len();
     if n == 0 {
         return Scores {
@@ -94,18 +100,20 @@ pub fn score_pairs(pairs: &[(usize, usize)], labels: usize) -> Scores {
             n,
         };
     }
-    let correct = pairs.iter().filter(|(t, p)| t == p).count();
+    let correct = pairs.iter().filter(|(t, p)| Some(*t) == *p).count();
     let (mut tp, mut fp, mut fneg) = (
         vec![0usize; labels],
         vec![0usize; labels],
         vec![0usize; labels],
     );
     for &(truth, predicted) in pairs {
-        if truth == predicted {
-            tp[truth] += 1;
-        } else {
-            fp[predicted] += 1;
-            fneg[truth] += 1;
+        match predicted {
+            Some(predicted) if predicted == truth => tp[truth] += 1,
+            Some(predicted) => {
+                fp[predicted] += 1;
+                fneg[truth] += 1;
+            }
+            None => fneg[truth] += 1,
         }
     }
     let f1s: Vec<f32> = (0..labels)
@@ -126,7 +134,7 @@ mod tests {
     #[test]
     fn accuracy_and_macro_f1_match_hand_counts() {
         // truth, predicted: class 0 has tp 2 fp 1 fn 0 → F1 0.8; class 1 tp 1 fp 0 fn 1 → F1 2/3.
-        let m = score_pairs(&[(0, 0), (0, 0), (1, 1), (1, 0)], 3);
+        let m = score_pairs(&[(0, Some(0)), (0, Some(0)), (1, Some(1)), (1, Some(0))], 3);
         assert_eq!(m.n, 4);
         assert!((m.accuracy - 0.75).abs() < 1e-6);
         assert!(
@@ -134,5 +142,17 @@ mod tests {
             "{}",
             m.macro_f1
         );
+    }
+
+    #[test]
+    fn scores_that_are_not_finite_predict_nothing_and_count_as_wrong() {
+        assert_eq!(argmax(ndarray::arr1(&[0.1, 0.7, 0.7]).view()), Some(1));
+        assert_eq!(argmax(ndarray::arr1(&[f32::NAN, f32::NAN]).view()), None);
+        assert_eq!(argmax(ndarray::arr1(&[0.3, f32::INFINITY]).view()), None);
+        // Two rows of label 0 with NaN scores: not "always label 0", but nothing right.
+        let m = score_pairs(&[(0, None), (0, None), (1, Some(1))], 2);
+        assert!((m.accuracy - 1.0 / 3.0).abs() < 1e-6);
+        // Label 0: tp 0, fn 2 → F1 0; label 1: tp 1 → F1 1.
+        assert!((m.macro_f1 - 0.5).abs() < 1e-6, "{}", m.macro_f1);
     }
 }

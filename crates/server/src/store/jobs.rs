@@ -125,16 +125,20 @@ impl JobRecord {
     /// What saving `self` leaves in the store where `stored` is recorded: nothing changes once
     /// the stored job has ended (`None`), and a cancel asked stays asked. Replicas save their own
     /// copies of a record (its owner at every evaluation and heartbeat, another replica on
-    /// `DELETE` or when the lease has expired), so neither may undo what the other wrote. An end
-    /// built from a read older than the stored heartbeat is refused too: the owner renewed the
-    /// lease after another replica read it as expired, so the job lives. (The owner's own copy
-    /// always carries its latest heartbeat, so its end is never refused.)
+    /// `DELETE` or when the lease has expired), so neither may undo what the other wrote. A copy
+    /// read before the stored heartbeat is out of date: as an end it is refused (the owner
+    /// renewed the lease after another replica read it as expired, so the job lives), and
+    /// otherwise it adds only its cancel, so a `DELETE` on another replica never takes back the
+    /// owner's progress or its lease. (The owner's own copy always carries its latest
+    /// heartbeat, so it is never out of date.)
     pub fn saved_over(&self, stored: Option<&JobRecord>) -> Option<JobRecord> {
         match stored {
             Some(stored) if stored.state.is_final() => None,
-            Some(stored) if self.state.is_final() && self.heartbeat_ms < stored.heartbeat_ms => {
-                None
-            }
+            Some(stored) if self.heartbeat_ms < stored.heartbeat_ms => (!self.state.is_final())
+                .then(|| JobRecord {
+                    cancel_requested: self.cancel_requested || stored.cancel_requested,
+                    ..stored.clone()
+                }),
             Some(stored) => Some(JobRecord {
                 cancel_requested: self.cancel_requested || stored.cancel_requested,
                 ..self.clone()

@@ -408,6 +408,9 @@ pub fn fit_observed(
             )?;
             continue;
         }
+        // A unit the step stopped (its values diverged) is not scored: its restored values
+        // must not count as an improvement that trains it again.
+        let active = state.active(options.patience);
         let dev = evaluate_dev(&training, &state, &active, options)?;
         state.record_dev(&active, &dev, options.patience, due);
         let mean_dev = dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len().max(1) as f32;
@@ -446,6 +449,9 @@ fn evaluate_dev(
     active: &[usize],
     options: &FitOptions,
 ) -> anyhow::Result<Vec<Scores>> {
+    if active.is_empty() {
+        return Ok(state.best_dev.clone());
+    }
     let units: Vec<Unit> = active.iter().map(|&unit| training.units[unit]).collect();
     let values: Vec<Vec<f32>> = active
         .iter()
@@ -502,7 +508,7 @@ fn train_step(
     for &index in active {
         state.optimizers[index].step(&mut state.values[index], &gradients[index]);
     }
-    state.settle_diverged(active, options.patience);
+    state.settle_diverged(active, options);
     state.step += 1;
     Ok(loss / active.len() as f32)
 }
@@ -713,18 +719,28 @@ mod tests {
     /// reaches the other units' θ; the others go on untouched.
     #[test]
     fn a_diverged_unit_goes_back_to_its_best_and_stops() {
-        let options = FitOptions::new(crate::tuning::tune::TUNING, 1);
+        let mut options = FitOptions::new(crate::tuning::tune::TUNING, 1);
+        options.patience = Some(3);
         let mut state = FitState::new(vec![vec![0.5, 0.5], vec![0.25]], &options);
         state.record_dev(&[0, 1], &[scores(0.5), scores(0.5)], Some(3), true);
         state.values[0] = vec![f32::NAN, 0.75];
         state.values[1] = vec![0.3];
-        assert_eq!(state.settle_diverged(&[0, 1], Some(3)), [0]);
+        assert_eq!(state.settle_diverged(&[0, 1], &options), [0]);
         assert_eq!(state.values, [vec![0.5, 0.5], vec![0.3]]);
         assert_eq!(state.active(Some(3)), [1], "the diverged unit stopped");
-        // Without early stopping it stays, at its best values.
-        state.values[0] = vec![f32::INFINITY, 0.0];
-        assert_eq!(state.settle_diverged(&[0, 1], None), [0]);
+        // Without early stopping it stays, at its best values, with an optimizer whose moments
+        // hold no NaN: its next step is finite.
+        options.patience = None;
+        state.optimizers[0].step(&mut state.values[0], &[f32::NAN, 0.0]);
+        assert!(state.values[0][0].is_nan());
+        assert_eq!(state.settle_diverged(&[0, 1], &options), [0]);
         assert_eq!(state.values[0], [0.5, 0.5]);
+        state.optimizers[0].step(&mut state.values[0], &[1.0, 1.0]);
+        assert!(
+            state.values[0].iter().all(|v| v.is_finite()),
+            "{:?}",
+            state.values[0]
+        );
     }
 
     /// Values that diverged (a NaN or an infinity) are never kept, however their dev scores: NaN
@@ -746,14 +762,52 @@ mod tests {
         );
     }
 
+    /// The tiny model's encoder (with its gradient graph when `with_grad`), θ⁰, and sst2.
+    fn tiny_sst2(with_grad: bool) -> (Encoder, Theta0, TrainTask) {
+        let options = EncoderOptions {
+            with_grad,
+            ..EncoderOptions::default()
+        };
+        let encoder = Encoder::load(&test_runtime(), &fixture("tiny"), &options).unwrap();
+        let theta0 = Theta0::load(&ModelFiles::open(&fixture("tiny")).unwrap()).unwrap();
+        let task = TrainTask::load(&encoder, &fixture("data/sst2"), None).unwrap();
+        (encoder, theta0, task)
+    }
+
+    /// A unit whose first step diverges, on an evaluation step, stays stopped: its restored
+    /// values are not scored as an improvement that would train it again.
+    #[test]
+    fn a_unit_that_diverges_on_an_evaluation_step_stays_stopped() {
+        let (encoder, theta0, task) = tiny_sst2(true);
+        let tasks = [task];
+        let units = [Unit::new(0, DetKind::Lora)];
+        let space = Space::Original { theta0: &theta0 };
+        let training = Training {
+            encoder: &encoder,
+            tasks: &tasks,
+            units: &units,
+            space,
+        };
+        let init = vec![vec![0.0; space.len(DetKind::Lora, &encoder).unwrap()]];
+        let mut options = FitOptions::new(crate::tuning::tune::TUNING, 1);
+        (options.lr, options.steps, options.eval_every) = (f32::INFINITY, 5, 1);
+        options.patience = Some(2);
+        let result = fit(training, init, &options, "test").unwrap();
+        assert_eq!(
+            result.losses.len(),
+            1,
+            "one step, then stopped: {:?}",
+            result.losses
+        );
+        assert_eq!(result.best_step, [0]);
+        assert!(result.best[0].iter().all(|v| *v == 0.0));
+    }
+
     /// Only the units still training are scored on dev; a stopped one shows the best it keeps.
     #[test]
     fn a_stopped_unit_is_not_scored_again() {
-        let runtime = test_runtime();
-        let encoder =
-            Encoder::load(&runtime, &fixture("tiny"), &EncoderOptions::default()).unwrap();
-        let theta0 = Theta0::load(&ModelFiles::open(&fixture("tiny")).unwrap()).unwrap();
-        let tasks = [TrainTask::load(&encoder, &fixture("data/sst2"), None).unwrap()];
+        let (encoder, theta0, task) = tiny_sst2(false);
+        let tasks = [task];
         let units = [DetKind::Lora, DetKind::Adapter].map(|det| Unit::new(0, det));
         let space = Space::Original { theta0: &theta0 };
         let init = units
@@ -778,11 +832,7 @@ mod tests {
     /// score 0, and the first would be kept whatever followed.
     #[test]
     fn a_task_without_dev_examples_is_refused() {
-        let runtime = test_runtime();
-        let encoder =
-            Encoder::load(&runtime, &fixture("tiny"), &EncoderOptions::default()).unwrap();
-        let theta0 = Theta0::load(&ModelFiles::open(&fixture("tiny")).unwrap()).unwrap();
-        let mut task = TrainTask::load(&encoder, &fixture("data/sst2"), None).unwrap();
+        let (encoder, theta0, mut task) = tiny_sst2(false);
         task.data.dev.clear();
         let units = [Unit::new(0, DetKind::Lora)];
         let space = Space::Original { theta0: &theta0 };

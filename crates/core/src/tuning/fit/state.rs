@@ -194,20 +194,18 @@ impl FitState {
     }
 
     /// Puts each of the `active` units whose values diverged (a NaN or an infinity) back to the
-    /// best it kept, and stops it under early stopping. A diverged unit must not stay: every
-    /// step decodes all units at once (θ = (base + U z) · det_select per row, and NaN · 0 is
-    /// NaN), so its values would reach every other unit's θ. Returns the units put back.
-    pub(super) fn settle_diverged(
-        &mut self,
-        active: &[usize],
-        patience: Option<usize>,
-    ) -> Vec<usize> {
+    /// best it kept, with a fresh optimizer (its moments hold the NaN too), and stops it under
+    /// early stopping. A diverged unit must not stay: every step decodes all units at once
+    /// (θ = (base + U z) · det_select per row, and NaN · 0 is NaN), so its values would reach
+    /// every other unit's θ. Returns the units put back.
+    pub(super) fn settle_diverged(&mut self, active: &[usize], options: &FitOptions) -> Vec<usize> {
         let diverged: Vec<usize> = (active.iter().copied())
             .filter(|&unit| !self.values[unit].iter().all(|v| v.is_finite()))
             .collect();
         for &unit in &diverged {
             self.values[unit] = self.best[unit].clone();
-            if let Some(patience) = patience {
+            self.optimizers[unit] = (options.optimizer).build(self.values[unit].len(), options.lr);
+            if let Some(patience) = options.patience {
                 self.stale[unit] = self.stale[unit].max(patience);
             }
             tracing::warn!(

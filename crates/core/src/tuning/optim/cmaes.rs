@@ -119,14 +119,16 @@ impl CmaEs {
     }
 
     /// Updates the distribution from the losses (lower is better) of the last `ask`, in order.
+    /// A NaN loss (a candidate that diverged) ranks last, whatever its sign bit.
     pub fn tell(&mut self, losses: &[f32]) {
         assert_eq!(
             losses.len(),
             self.last_y.len(),
             "tell needs one loss per candidate of the last ask"
         );
+        let rank_key = |loss: f32| if loss.is_nan() { f32::INFINITY } else { loss };
         let mut order: Vec<usize> = (0..losses.len()).collect();
-        order.sort_by(|&a, &b| losses[a].total_cmp(&losses[b]));
+        order.sort_by(|&a, &b| rank_key(losses[a]).total_cmp(&rank_key(losses[b])));
         let mut y_w = DVector::zeros(self.n);
         for (rank, &index) in order.iter().take(self.mu).enumerate() {
             y_w += &self.last_y[index] * self.weights[rank];
@@ -192,5 +194,22 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
         assert!(error < 1e-3, "mean {mean:?}, sigma {}", search.sigma());
+    }
+
+    #[test]
+    fn a_nan_loss_ranks_last_whatever_its_sign() {
+        // Two searches from one seed, told the same losses but for a NaN in place of the worst
+        // one: with the NaN last in both orders, their means move alike.
+        let told = |worst: f32| {
+            let mut search = CmaEs::new(&[0.0; 4], 1.0, 0, 7);
+            let candidates = search.ask();
+            let mut losses: Vec<f32> = (0..candidates.len()).map(|i| i as f32).collect();
+            losses[0] = worst;
+            search.tell(&losses);
+            search.mean()
+        };
+        let reference = told(f32::INFINITY);
+        assert_eq!(told(-f32::NAN), reference);
+        assert_eq!(told(f32::NAN), reference);
     }
 }
