@@ -464,7 +464,8 @@ impl Jobs {
 
     /// Serves the tuned task. While the store is unavailable (a brief outage, or a lock held by a
     /// long import) it tries again, for up to [`COMMIT_PATIENCE`], so that minutes of tuning are
-    /// not lost to seconds of store trouble; a cancel or a shutdown meanwhile ends it unserved.
+    /// not lost to seconds of store trouble; a cancel or a shutdown meanwhile ends it unserved,
+    /// and so does a record the store holds as ended or asked to cancel (see [`Self::halted`]).
     async fn commit_patiently(
         &self,
         core: &Core,
@@ -475,6 +476,9 @@ impl Jobs {
         let deadline = Instant::now() + COMMIT_PATIENCE;
         let mut wait = FIRST_RETRY;
         loop {
+            if let Some(why) = self.halted(&core.store, job).await {
+                return Err(why);
+            }
             let (serving, task, expect) = (core.clone(), task.clone(), expect.clone());
             let why = match blocking(move || commit(&serving, task, &expect)).await {
                 Ok((stored, _)) => return Ok(stored),
@@ -507,6 +511,22 @@ impl Jobs {
             tokio::time::sleep(wait).await;
             wait = next_retry(wait);
         }
+    }
+
+    /// Why the job must not serve its task, as the store has its record: ended (another replica
+    /// failed it when its lease expired, while this one could not renew it) or a cancel asked on
+    /// another replica since the last heartbeat. None when the store cannot say (the commit that
+    /// follows will find it unavailable too).
+    async fn halted(&self, store: &Arc<TaskStore>, job: &LiveJob) -> Option<String> {
+        let id = job.record().job.clone();
+        let stored = self.get_stored(store, &id).await.ok().flatten()?;
+        if stored.state.is_final() {
+            let why = stored
+                .error
+                .unwrap_or_else(|| stored.state.name().to_string());
+            return Some(format!("the job ended elsewhere while it ran ({why})"));
+        }
+        stored.cancel_requested.then(|| CANCELLED.to_string())
     }
 
     /// Stage 2 for one job, blocking: the admitted task, what tuning found, and whether it was

@@ -610,6 +610,35 @@ async fn a_job_whose_client_left_while_it_was_recorded_still_runs() {
 /// timeout) costs a running job its progress records, not its result: it runs on, and serves its
 /// task once the store is back. Such a failure ended the job as failed until 2026-12-02.
 #[tokio::test]
+async fn a_job_whose_record_ended_elsewhere_does_not_serve_its_task() {
+    let fixture = Fixture::new();
+    let app = TestApp::spawn(fixture.options()).await;
+    let job = start(&app, "orphan", &long_body(6)).await;
+    wait_running(&app, &job).await;
+    // As another replica does when the owner's lease expired while it could not reach the store.
+    let writer = rusqlite::Connection::open(fixture.path("data").join(DATABASE_FILE)).unwrap();
+    let text: String = writer
+        .query_row("SELECT record FROM jobs WHERE id = ?1", [&job], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    let mut record: Value = serde_json::from_str(&text).unwrap();
+    record["state"] = json!("failed");
+    record["error"] = json!("interrupted: its replica stopped renewing the job's lease");
+    writer
+        .execute(
+            "UPDATE jobs SET state = 'failed', record = ?2 WHERE id = ?1",
+            rusqlite::params![job, record.to_string()],
+        )
+        .unwrap();
+    let ended = wait_for_end(&app, &job).await;
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert_eq!(ended["error"], record["error"], "the stored end stands");
+    assert_error(app.get("/v1/tasks/orphan").await, 404, "task_not_found").await;
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_job_outlives_a_store_that_fails_while_it_runs() {
     let fixture = Fixture::new();
     let app = TestApp::spawn(fixture.options()).await;
