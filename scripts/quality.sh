@@ -25,7 +25,9 @@
 # Resumable: one JSON line per (row, task, shots, seed), and a line that is there is not run again; so the runs of
 # many sessions add up. A run cut off mid-way resumes from its checkpoint (runs/quality/<subspace, or "baselines" for
 # the DETs>-<row>-<task>-<shots>-<seed>.checkpoint.safetensors, written at every dev evaluation, removed once its
-# line is written); its line's seconds then count only the part after the resume. The rows that decide issue 10's targets come first
+# line is written); its line's seconds count every part (checkpoints written before 2026-12-03's twenty-seventh
+# session carry no times, so a run resumed from one counts only the part after the resume). The rows that decide issue
+# 10's targets come first
 # (z+head, warm, probe, random, and head only at seed 1), so that a matrix cut short has what decides; then the rest
 # of the table (z and the DETs, seed 1). The targets are at k = 16 and on the whole training set, so those come
 # first, all three seeds of each; k = 64 comes at seed 1 with the rest of the table, and its seeds 2 and 3 last. The rows that use no subspace (zero-shot, probe, head-only, the DETs) go to

@@ -8,7 +8,7 @@ use deltaspace::det::{DetKind, Theta0};
 use deltaspace::model::{Encoder, ModelFiles};
 use deltaspace::tensor_file::TensorFile;
 use deltaspace::tuning::batch::TrainTask;
-use deltaspace::tuning::fit::{FitOptions, Space, Training, Unit, fit};
+use deltaspace::tuning::fit::{FitOptions, Space, Training, Unit, fit, fit_observed};
 use deltaspace::tuning::optim::OptimizerKind;
 use serde_json::json;
 
@@ -412,11 +412,30 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     let straight = fit(training, init(), &options(10), "straight").unwrap();
     let mut interrupted = options(5);
     interrupted.checkpoint = Some(dir.path().join("checkpoint.safetensors"));
-    fit(training, init(), &interrupted, "first half").unwrap();
+    // (step, optimizer time) of every report.
+    let observed = |options: &FitOptions, label: &str| {
+        let mut reports = Vec::new();
+        let result = fit_observed(training, init(), options, label, &mut |report| {
+            reports.push((report.step, report.optimizing));
+            Ok(())
+        })
+        .unwrap();
+        (result, reports)
+    };
+    let (first, first_reports) = observed(&interrupted, "first half");
     interrupted.steps = 10;
-    let resumed = fit(training, init(), &interrupted, "second half").unwrap();
+    let (resumed, resumed_reports) = observed(&interrupted, "second half");
     assert_eq!(resumed.best, straight.best);
     assert_eq!(resumed.losses.last(), straight.losses.last());
+    // Its times go on from the first half's, and the step it resumed at is not reported again.
+    let (last_step, last_optimizing) = *first_reports.last().unwrap();
+    assert_eq!(last_step, 5);
+    assert_eq!(resumed_reports[0].0, 6, "{resumed_reports:?}");
+    assert!(
+        resumed_reports[0].1 > last_optimizing,
+        "{resumed_reports:?}"
+    );
+    assert!(resumed.seconds > first.seconds);
     // A checkpoint resumes only the run that wrote it: another seed is refused, not continued.
     let mut other = interrupted.clone();
     other.seed = 2;

@@ -126,6 +126,9 @@ pub struct Jobs {
 /// A job queued or running: its record as it changes, and whether it was asked to stop.
 struct LiveJob {
     record: Mutex<JobRecord>,
+    /// Set once the job's first record is saved. Until then heartbeats leave it alone, so a
+    /// submission answered 503 because that save failed leaves no record behind.
+    recorded: AtomicBool,
     cancelled: AtomicBool,
     /// Wakes the job from its wait for a slot when it is cancelled.
     wake: tokio::sync::Notify,
@@ -183,6 +186,7 @@ impl Jobs {
         );
         let job = Arc::new(LiveJob {
             record: Mutex::new(record.clone()),
+            recorded: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
         });
@@ -210,6 +214,7 @@ impl Jobs {
                 let _ = recorded.send(Err(error));
                 return;
             }
+            job.recorded.store(true, Ordering::SeqCst);
             jobs.count(JobState::Queued, 1);
             tracing::info!(job = %first.job, task = %first.task, examples, "tune job queued");
             let _ = recorded.send(Ok(()));
@@ -305,6 +310,9 @@ impl Jobs {
     /// asked on another replica, or a record that has ended there (its lease expired while this
     /// replica could not renew it; the ended record stands).
     async fn renew(&self, store: &Arc<TaskStore>, job: &LiveJob) -> Result<(), ApiError> {
+        if !job.recorded.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let id = job.record().job.clone();
         let stored = self.get_stored(store, &id).await?;
         let asked = stored.as_ref().is_some_and(|r| r.cancel_requested);

@@ -14,6 +14,7 @@
 
 mod state;
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,7 @@ use crate::classifier::Classes;
 use crate::det::{DetKind, Theta0};
 use crate::model::{DeltaParams, DetParams, Encoder};
 use crate::subspace::Subspace;
-use state::{FitState, Run};
+use state::{FitState, Run, Spent};
 
 /// What the units' parameters mean.
 #[derive(Clone, Copy)]
@@ -349,7 +350,7 @@ pub fn fit_observed(
         );
     }
     let started = Instant::now();
-    let (mut observing, mut optimizing) = (Duration::ZERO, Duration::ZERO);
+    let observing = Cell::new(Duration::ZERO);
     let mut report =
         |step, values: &[Vec<f32>], optimizing, loss, dev: Option<&[Scores]>, stopped| {
             let observe_started = Instant::now();
@@ -361,7 +362,7 @@ pub fn fit_observed(
                 dev,
                 stopped,
             })?;
-            observing += observe_started.elapsed();
+            observing.set(observing.get() + observe_started.elapsed());
             anyhow::Ok(())
         };
     let run = Run::of(&training, options);
@@ -377,10 +378,24 @@ pub fn fit_observed(
             );
         }
     }
+    // Times count every segment of a resumed run.
+    let before = state.spent_before;
+    let mut optimizing = before.optimizing;
+    let spent = |optimizing| Spent {
+        seconds: before.seconds
+            + started
+                .elapsed()
+                .saturating_sub(observing.get())
+                .as_secs_f64(),
+        optimizing,
+    };
     let mut losses = Vec::new();
     let progress = Progress::new(label, options.steps as u64);
     progress.set_position(state.step as u64);
-    report(state.step, &state.values, optimizing, None, None, false)?;
+    // A resumed run's step was reported by the segment that wrote its checkpoint.
+    if state.step == 0 {
+        report(state.step, &state.values, optimizing, None, None, false)?;
+    }
     while state.step < options.steps {
         let active = state.active(options.patience);
         if active.is_empty() {
@@ -416,7 +431,7 @@ pub fn fit_observed(
         let mean_dev = dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len().max(1) as f32;
         progress.report(state.step as u64, loss, Some(mean_dev));
         if let Some(path) = &options.checkpoint {
-            state.write(path, training.units, &run)?;
+            state.write(path, training.units, &run, spent(optimizing))?;
         }
         report(
             state.step,
@@ -437,7 +452,7 @@ pub fn fit_observed(
         best_dev: state.best_dev,
         best_step: state.best_step,
         losses,
-        seconds: started.elapsed().saturating_sub(observing).as_secs_f64(),
+        seconds: spent(optimizing).seconds,
     })
 }
 

@@ -155,6 +155,17 @@ pub(super) struct FitState {
     /// see `active`).
     stale: Vec<usize>,
     pub(super) optimizers: Vec<Box<dyn Optimizer>>,
+    /// What the run spent before this process took it up (from its checkpoint; none for a new
+    /// run), so its times count every segment.
+    pub(super) spent_before: Spent,
+}
+
+/// Time a run has spent: wall seconds without its observer, and the part of it in optimizer
+/// steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct Spent {
+    pub(super) seconds: f64,
+    pub(super) optimizing: std::time::Duration,
 }
 
 impl FitState {
@@ -177,6 +188,7 @@ impl FitState {
             best_dev: vec![never; units],
             best_step: vec![0; units],
             stale: vec![0; units],
+            spent_before: Spent::default(),
         }
     }
 
@@ -253,12 +265,13 @@ impl FitState {
         }
     }
 
-    /// Writes the checkpoint of `run`.
+    /// Writes the checkpoint of `run`, which has `spent` so far in all.
     pub(super) fn write(
         &self,
         path: &std::path::Path,
         units: &[Unit],
         run: &Run,
+        spent: Spent,
     ) -> anyhow::Result<()> {
         let mut names = Vec::new();
         for (index, ((value, best), optimizer)) in self
@@ -294,6 +307,11 @@ impl FitState {
             ("schedule".to_string(), run.schedule.clone()),
             ("eval_every".to_string(), run.eval_every.clone()),
             ("data".to_string(), run.data.clone()),
+            ("seconds".to_string(), spent.seconds.to_string()),
+            (
+                "optimizing_seconds".to_string(),
+                spent.optimizing.as_secs_f64().to_string(),
+            ),
         ]);
         TensorFile::write(path, &tensors, metadata, Storage::F32)?;
         Ok(())
@@ -352,6 +370,23 @@ impl FitState {
             );
         }
         (self.step, self.best_dev, self.best_step, self.stale) = (step, best_dev, best_step, stale);
+        // Checkpoints from before times were kept count from here.
+        let seconds = |key: &str| -> anyhow::Result<f64> {
+            let text = file.metadata.get(key).map_or("0", String::as_str);
+            let value: f64 = text
+                .parse()
+                .with_context(|| format!("{}: {key}", path.display()))?;
+            anyhow::ensure!(
+                value.is_finite() && value >= 0.0,
+                "checkpoint {} is damaged: {key} is {value}",
+                path.display()
+            );
+            Ok(value)
+        };
+        self.spent_before = Spent {
+            seconds: seconds("seconds")?,
+            optimizing: std::time::Duration::from_secs_f64(seconds("optimizing_seconds")?),
+        };
         Ok(())
     }
 }
