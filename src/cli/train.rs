@@ -56,9 +56,10 @@ pub struct TrainingArgs {
     /// [default: 64, fit::RUN_ROWS].
     #[arg(long, value_parser = at_least::<1>)]
     pub run_rows: Option<usize>,
-    /// Stop training after this many seconds of wall time: the step that ends past it is
-    /// evaluated and ends the run; off the --eval-every grid, that evaluation keeps a better z
-    /// but does not count toward the patience of a resumed run [default: no limit].
+    /// Stop training after this many seconds of wall time in this process (a run resumed from
+    /// --checkpoint gets them again): the step that ends past it is evaluated and ends the run;
+    /// off the --eval-every grid, that evaluation keeps a better z but does not count toward the
+    /// patience of a resumed run [default: no limit].
     #[arg(long, value_parser = positive::<f64>)]
     pub max_seconds: Option<f64>,
     /// Use at most this many examples of each split (files are shuffled and stratified).
@@ -111,8 +112,8 @@ impl TrainingArgs {
         }
     }
 
-    /// Refuses the flags among --checkpoint, --patience, --max-seconds, --final-limit and --lr
-    /// that `command` does not read (`unread`), naming those given, so that none is dropped
+    /// Refuses the flags among --checkpoint, --patience, --max-seconds, --final-limit, --lr and
+    /// --run-rows that `command` does not read (`unread`), naming those given, so that none is dropped
     /// silently.
     pub(super) fn refuse_unread(&self, command: &str, unread: &[&str]) -> anyhow::Result<()> {
         let given = [

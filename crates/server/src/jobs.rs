@@ -321,7 +321,7 @@ impl Jobs {
         }
         let record = {
             let mut record = job.record();
-            record.heartbeat_ms = now_ms();
+            record.heartbeat_ms = now_ms().max(record.heartbeat_ms);
             record.cancel_requested |= asked;
             record.clone()
         };
@@ -410,7 +410,7 @@ impl Jobs {
         let record = {
             let mut record = job.record();
             record.state = JobState::Running;
-            record.heartbeat_ms = now_ms();
+            record.heartbeat_ms = now_ms().max(record.heartbeat_ms);
             record.clone()
         };
         self.count(JobState::Running, 1);
@@ -529,10 +529,8 @@ impl Jobs {
         let id = job.record().job.clone();
         let stored = self.get_stored(store, &id).await.ok().flatten()?;
         if stored.state.is_final() {
-            let why = stored
-                .error
-                .unwrap_or_else(|| stored.state.name().to_string());
-            return Some(format!("the job ended elsewhere while it ran ({why})"));
+            // Its words, so that the job reads the same before and after its record is stored.
+            return Some((stored.error).unwrap_or_else(|| stored.state.name().to_string()));
         }
         stored.cancel_requested.then(|| CANCELLED.to_string())
     }
@@ -583,8 +581,9 @@ impl Jobs {
             if job.cancelled.load(Ordering::SeqCst) {
                 anyhow::bail!(CANCELLED);
             }
-            if let Some(dev) = report.dev {
-                let best = dev.iter().map(|s| s.accuracy).fold(f32::MIN, f32::max);
+            // A unit never scored (stopped before its first evaluation) shows n 0.
+            let scored = (report.dev.into_iter().flatten()).filter(|s| s.n > 0);
+            if let Some(best) = scored.map(|s| s.accuracy).reduce(f32::max) {
                 best_dev = Some(best_dev.map_or(best, |b| b.max(best)));
             }
             if report.loss.is_some() {
@@ -741,7 +740,7 @@ fn progress(
     let mut record = job.record();
     let elapsed = started.elapsed().as_secs_f64();
     record.step = report.step;
-    record.heartbeat_ms = now_ms();
+    record.heartbeat_ms = now_ms().max(record.heartbeat_ms);
     record.loss = report.loss.or(record.loss);
     record.dev_accuracy = best_dev;
     record.elapsed_s = elapsed;

@@ -606,9 +606,8 @@ async fn a_job_whose_client_left_while_it_was_recorded_still_runs() {
     panic!("the job was never recorded");
 }
 
-/// A store that fails for a while (here: another writer holds SQLite's lock past the busy
-/// timeout) costs a running job its progress records, not its result: it runs on, and serves its
-/// task once the store is back. Such a failure ended the job as failed until 2026-12-02.
+/// A job whose record another replica ended meanwhile (its lease expired while the owner could
+/// not reach the store) keeps that end and serves no task.
 #[tokio::test]
 async fn a_job_whose_record_ended_elsewhere_does_not_serve_its_task() {
     let fixture = Fixture::new();
@@ -638,6 +637,9 @@ async fn a_job_whose_record_ended_elsewhere_does_not_serve_its_task() {
     app.stop().await.unwrap();
 }
 
+/// A store that fails for a while (here: another writer holds SQLite's lock past the busy
+/// timeout) costs a running job its progress records, not its result: it runs on, and serves its
+/// task once the store is back. Such a failure ended the job as failed until 2026-12-02.
 #[tokio::test]
 async fn a_job_outlives_a_store_that_fails_while_it_runs() {
     let fixture = Fixture::new();

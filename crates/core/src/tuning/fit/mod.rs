@@ -332,8 +332,10 @@ pub fn fit(
     fit_observed(training, init, options, label, &mut |_| Ok(()))
 }
 
-/// [`fit`], calling `observe` before the first step and after every step (after its evaluation,
-/// when it has one). Time spent in `observe` counts in neither [`FitResult::seconds`] nor
+/// [`fit`], calling `observe` before the first step (unless the run resumes from a checkpoint,
+/// whose step was observed before it was written) and after every step (after its evaluation,
+/// when it has one). A unit never scored on dev (one stopped before its first evaluation)
+/// shows `n` 0 there. Time spent in `observe` counts in neither [`FitResult::seconds`] nor
 /// [`StepReport::optimizing`].
 pub fn fit_observed(
     training: Training<'_>,
@@ -428,11 +430,12 @@ pub fn fit_observed(
         let active = state.active(options.patience);
         let dev = evaluate_dev(&training, &state, &active, options)?;
         state.record_dev(&active, &dev, options.patience, due);
-        let mean_dev = dev.iter().map(|m| m.accuracy).sum::<f32>() / dev.len().max(1) as f32;
+        let scored: Vec<f32> = (dev.iter())
+            .filter(|m| m.n > 0)
+            .map(|m| m.accuracy)
+            .collect();
+        let mean_dev = scored.iter().sum::<f32>() / scored.len().max(1) as f32;
         progress.report(state.step as u64, loss, Some(mean_dev));
-        if let Some(path) = &options.checkpoint {
-            state.write(path, training.units, &run, spent(optimizing))?;
-        }
         report(
             state.step,
             &state.values,
@@ -441,6 +444,11 @@ pub fn fit_observed(
             Some(&dev),
             false,
         )?;
+        // After the report, so that a resumed run, which does not report its first step again,
+        // finds it reported.
+        if let Some(path) = &options.checkpoint {
+            state.write(path, training.units, &run, spent(optimizing))?;
+        }
         if out_of_time {
             tracing::info!(step = state.step, "out of time: the run ends here");
             break;

@@ -242,7 +242,7 @@ impl FitState {
         on_grid: bool,
     ) {
         for &unit in active {
-            // Diverged values score as whatever their NaN logits argmax to; never keep them.
+            // Diverged values are never kept, whatever they score (no caller scores them).
             let finite = self.values[unit].iter().all(|v| v.is_finite());
             if finite && dev[unit].accuracy > self.best_dev[unit].accuracy {
                 self.best_dev[unit] = dev[unit];
@@ -385,7 +385,8 @@ impl FitState {
         };
         self.spent_before = Spent {
             seconds: seconds("seconds")?,
-            optimizing: std::time::Duration::from_secs_f64(seconds("optimizing_seconds")?),
+            optimizing: std::time::Duration::try_from_secs_f64(seconds("optimizing_seconds")?)
+                .with_context(|| format!("checkpoint {} is damaged", path.display()))?,
         };
         Ok(())
     }
