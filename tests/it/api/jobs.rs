@@ -606,6 +606,48 @@ async fn a_job_whose_client_left_while_it_was_recorded_still_runs() {
     panic!("the job was never recorded");
 }
 
+/// A job row this build cannot read (written by a newer one, say) is skipped with a warning: it
+/// hides no other job from the list, stops no lease from expiring, and stops no start.
+#[tokio::test]
+async fn a_job_row_this_build_cannot_read_is_skipped() {
+    let fixture = Fixture::new();
+    let options = fixture.options();
+    let app = TestApp::spawn(options.clone()).await;
+    let writer = rusqlite::Connection::open(fixture.path("data").join(DATABASE_FILE)).unwrap();
+    for (id, owner) in [("00000000000000aa", "other"), ("00000000000000bb", "test")] {
+        writer
+            .execute(
+                "INSERT INTO jobs (id, owner, state, record) VALUES (?1, ?2, 'running', ?3)",
+                rusqlite::params![id, owner, r#"{"from": "a newer build"}"#],
+            )
+            .unwrap();
+    }
+    let job = start(&app, "readable", &tune_body(8)).await;
+    let record = wait_for_end(&app, &job).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    let page = ok_json(app.get("/v1/jobs").await).await;
+    let listed: Vec<&str> = (page["jobs"].as_array().unwrap().iter())
+        .map(|j| j["job"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [job.as_str()]);
+    app.stop().await.unwrap();
+    // The next start fails this replica's unfinished jobs it can read, and leaves the others.
+    let app = TestApp::spawn(options).await;
+    assert_eq!(
+        ok_json(app.get("/v1/jobs").await).await["jobs"][0]["job"],
+        job.as_str()
+    );
+    let kept: String = writer
+        .query_row(
+            "SELECT record FROM jobs WHERE id = '00000000000000bb'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept, r#"{"from": "a newer build"}"#);
+    app.stop().await.unwrap();
+}
+
 /// A job whose record another replica ended meanwhile (its lease expired while the owner could
 /// not reach the store) keeps that end and serves no task.
 #[tokio::test]

@@ -393,8 +393,11 @@ impl Backend for Database {
             let rows = statement.query_map([owner], |row| Ok((row.get(0)?, row.get(1)?)))?;
             rows.collect::<Result<_, _>>()?
         };
+        let mut failed = 0;
         for (id, text) in &unfinished {
-            let mut job = parse_job(id, text)?;
+            let Some(mut job) = readable_jobs([(id.as_str(), text.as_str())]).pop() else {
+                continue;
+            };
             job.state = JobState::Failed;
             job.error = Some(reason.to_string());
             let record = job_text(&job)?;
@@ -402,9 +405,10 @@ impl Backend for Database {
                 "UPDATE jobs SET state = ?2, record = ?3 WHERE id = ?1",
                 params![id, job.state.name(), record],
             )?;
+            failed += 1;
         }
         transaction.commit()?;
-        Ok(unfinished.len())
+        Ok(failed)
     }
 }
 
@@ -416,12 +420,27 @@ fn read_jobs(
     let rows = statement.query_map(params, |row| {
         Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
     })?;
-    let mut jobs = Vec::new();
-    for row in rows {
-        let (id, text) = row?;
-        jobs.push(parse_job(&id, &text)?);
-    }
-    Ok(jobs)
+    let rows: Vec<(String, String)> = rows.collect::<Result<_, _>>()?;
+    Ok(readable_jobs(
+        rows.iter().map(|(id, text)| (id.as_str(), text.as_str())),
+    ))
+}
+
+/// The job records among `(id, record)` rows that this build can read. A row it cannot (one
+/// written by a newer build, or damaged) is left as it is and skipped with a warning, so that
+/// it neither hides the other jobs nor stops their leases from expiring.
+pub(super) fn readable_jobs<'a>(
+    rows: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<JobRecord> {
+    (rows.into_iter())
+        .filter_map(|(id, text)| match parse_job(id, text) {
+            Ok(job) => Some(job),
+            Err(error) => {
+                tracing::warn!(job = id, %error, "a job record this build cannot read; skipped");
+                None
+            }
+        })
+        .collect()
 }
 
 /// A job record as the `record` column holds it.

@@ -33,7 +33,7 @@ use deltaspace_core::task::Task;
 use super::backend::{Backend, Changes};
 use super::db::{
     CurrentRow, LabelCache, Record, from_le_bytes, job_text, next_generation, now_ms, parse_job,
-    to_le_bytes,
+    readable_jobs, to_le_bytes,
 };
 use super::jobs::{JobRecord, JobState};
 use super::location::LocationError;
@@ -783,9 +783,9 @@ impl Backend for PostgresStore {
                 &[&after, &i64::try_from(limit).unwrap_or(i64::MAX)],
             )?)
         })?;
-        rows.iter()
-            .map(|row| parse_job(row.get(0), row.get(1)))
-            .collect()
+        Ok(readable_jobs(
+            rows.iter().map(|row| (row.get(0), row.get(1))),
+        ))
     }
 
     fn unfinished_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
@@ -795,9 +795,9 @@ impl Backend for PostgresStore {
                 &[],
             )?)
         })?;
-        rows.iter()
-            .map(|row| parse_job(row.get(0), row.get(1)))
-            .collect()
+        Ok(readable_jobs(
+            rows.iter().map(|row| (row.get(0), row.get(1))),
+        ))
     }
 
     fn fail_unfinished_jobs(&mut self, owner: &str, reason: &str) -> Result<usize, StoreError> {
@@ -808,17 +808,22 @@ impl Backend for PostgresStore {
                  WHERE owner = $1 AND state IN ('queued', 'running') FOR UPDATE",
                 &[&owner],
             )?;
+            let mut failed = 0;
             for row in &rows {
-                let mut job = parse_job(row.get(0), row.get(1))?;
+                let id: &str = row.get(0);
+                let Some(mut job) = readable_jobs([(id, row.get(1))]).pop() else {
+                    continue;
+                };
                 job.state = JobState::Failed;
                 job.error = Some(reason.to_string());
                 transaction.execute(
                     "UPDATE jobs SET state = $2, record = $3 WHERE id = $1",
-                    &[&job.job, &job.state.name(), &job_text(&job)?],
+                    &[&id, &job.state.name(), &job_text(&job)?],
                 )?;
+                failed += 1;
             }
             transaction.commit()?;
-            Ok(rows.len())
+            Ok(failed)
         })
     }
 
