@@ -113,8 +113,8 @@ impl TrainingArgs {
     }
 
     /// Refuses the flags among --checkpoint, --patience, --max-seconds, --final-limit, --lr and
-    /// --run-rows that `command` does not read (`unread`), naming those given, so that none is dropped
-    /// silently.
+    /// --run-rows that `command` does not read (`unread`), naming those given, so that none is
+    /// dropped silently.
     pub(super) fn refuse_unread(&self, command: &str, unread: &[&str]) -> anyhow::Result<()> {
         let given = [
             ("--checkpoint", self.checkpoint.is_some()),

@@ -35,6 +35,11 @@ fn long_body(seconds: u64) -> Value {
     body
 }
 
+/// The fixture server's SQLite database, opened beside it (as another writer would).
+fn database(fixture: &Fixture) -> rusqlite::Connection {
+    rusqlite::Connection::open(fixture.path("data").join(DATABASE_FILE)).unwrap()
+}
+
 /// Posts a tune request; returns the response.
 async fn post_tune(app: &TestApp, name: &str, body: &Value) -> reqwest::Response {
     app.post(&format!("/v1/tasks/{name}/tune"), body).await
@@ -613,7 +618,7 @@ async fn a_job_row_this_build_cannot_read_is_skipped() {
     let fixture = Fixture::new();
     let options = fixture.options();
     let app = TestApp::spawn(options.clone()).await;
-    let writer = rusqlite::Connection::open(fixture.path("data").join(DATABASE_FILE)).unwrap();
+    let writer = database(&fixture);
     for (id, owner) in [("00000000000000aa", "other"), ("00000000000000bb", "test")] {
         writer
             .execute(
@@ -657,7 +662,7 @@ async fn a_job_whose_record_ended_elsewhere_does_not_serve_its_task() {
     let job = start(&app, "orphan", &long_body(6)).await;
     wait_running(&app, &job).await;
     // As another replica does when the owner's lease expired while it could not reach the store.
-    let writer = rusqlite::Connection::open(fixture.path("data").join(DATABASE_FILE)).unwrap();
+    let writer = database(&fixture);
     let text: String = writer
         .query_row("SELECT record FROM jobs WHERE id = ?1", [&job], |row| {
             row.get(0)
@@ -688,7 +693,7 @@ async fn a_job_outlives_a_store_that_fails_while_it_runs() {
     let app = TestApp::spawn(fixture.options()).await;
     let job = start(&app, "outlives", &long_body(14)).await;
     wait_running(&app, &job).await;
-    let writer = rusqlite::Connection::open(fixture.path("data").join(DATABASE_FILE)).unwrap();
+    let writer = database(&fixture);
     writer.execute_batch("BEGIN IMMEDIATE").unwrap();
     tokio::time::sleep(Duration::from_secs(7)).await;
     writer.execute_batch("COMMIT").unwrap();

@@ -395,7 +395,7 @@ impl Backend for Database {
         };
         let mut failed = 0;
         for (id, text) in &unfinished {
-            let Some(mut job) = readable_jobs([(id.as_str(), text.as_str())]).pop() else {
+            let Some(mut job) = readable_job(id, text) else {
                 continue;
             };
             job.state = JobState::Failed;
@@ -420,27 +420,25 @@ fn read_jobs(
     let rows = statement.query_map(params, |row| {
         Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
     })?;
-    let rows: Vec<(String, String)> = rows.collect::<Result<_, _>>()?;
-    Ok(readable_jobs(
-        rows.iter().map(|(id, text)| (id.as_str(), text.as_str())),
-    ))
+    let mut jobs = Vec::new();
+    for row in rows {
+        let (id, text) = row?;
+        jobs.extend(readable_job(&id, &text));
+    }
+    Ok(jobs)
 }
 
-/// The job records among `(id, record)` rows that this build can read. A row it cannot (one
-/// written by a newer build, or damaged) is left as it is and skipped with a warning, so that
-/// it neither hides the other jobs nor stops their leases from expiring.
-pub(super) fn readable_jobs<'a>(
-    rows: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Vec<JobRecord> {
-    (rows.into_iter())
-        .filter_map(|(id, text)| match parse_job(id, text) {
-            Ok(job) => Some(job),
-            Err(error) => {
-                tracing::warn!(job = id, %error, "a job record this build cannot read; skipped");
-                None
-            }
-        })
-        .collect()
+/// The job record `text` of row `id`, if this build can read it. A row it cannot (one written
+/// by a newer build, or damaged) is left as it is and skipped with a warning, so that it
+/// neither hides the other jobs nor stops their leases from expiring.
+pub(super) fn readable_job(id: &str, text: &str) -> Option<JobRecord> {
+    match parse_job(id, text) {
+        Ok(job) => Some(job),
+        Err(error) => {
+            tracing::warn!(job = id, %error, "a job record this build cannot read; skipped");
+            None
+        }
+    }
 }
 
 /// A job record as the `record` column holds it.

@@ -33,7 +33,7 @@ use deltaspace_core::task::Task;
 use super::backend::{Backend, Changes};
 use super::db::{
     CurrentRow, LabelCache, Record, from_le_bytes, job_text, next_generation, now_ms, parse_job,
-    readable_jobs, to_le_bytes,
+    readable_job, to_le_bytes,
 };
 use super::jobs::{JobRecord, JobState};
 use super::location::LocationError;
@@ -783,9 +783,9 @@ impl Backend for PostgresStore {
                 &[&after, &i64::try_from(limit).unwrap_or(i64::MAX)],
             )?)
         })?;
-        Ok(readable_jobs(
-            rows.iter().map(|row| (row.get(0), row.get(1))),
-        ))
+        Ok((rows.iter())
+            .filter_map(|row| readable_job(row.get(0), row.get(1)))
+            .collect())
     }
 
     fn unfinished_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
@@ -795,9 +795,9 @@ impl Backend for PostgresStore {
                 &[],
             )?)
         })?;
-        Ok(readable_jobs(
-            rows.iter().map(|row| (row.get(0), row.get(1))),
-        ))
+        Ok((rows.iter())
+            .filter_map(|row| readable_job(row.get(0), row.get(1)))
+            .collect())
     }
 
     fn fail_unfinished_jobs(&mut self, owner: &str, reason: &str) -> Result<usize, StoreError> {
@@ -811,7 +811,7 @@ impl Backend for PostgresStore {
             let mut failed = 0;
             for row in &rows {
                 let id: &str = row.get(0);
-                let Some(mut job) = readable_jobs([(id, row.get(1))]).pop() else {
+                let Some(mut job) = readable_job(id, row.get(1)) else {
                     continue;
                 };
                 job.state = JobState::Failed;
