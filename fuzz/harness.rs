@@ -39,7 +39,8 @@ fn tokenizer() -> &'static TextTokenizer {
         )
         .expect("the tiny manifest parses");
         let max_seq_len = manifest["max_seq_len"].as_u64().expect("max_seq_len") as usize;
-        TextTokenizer::load(&tiny.join("tokenizer.json"), max_seq_len).expect("the tokenizer")
+        TextTokenizer::load(&tiny.join("tokenizer.json"), max_seq_len, max_seq_len)
+            .expect("the tokenizer")
     })
 }
 

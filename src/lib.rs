@@ -22,7 +22,7 @@
 //! `deltaspace::server::run` or `deltaspace::train::stage1`.
 
 pub use deltaspace_core::{
-    classifier, det, model, runtime, secret, subspace, task, tensor_file, tuning,
+    atomic_file, classifier, det, model, runtime, secret, subspace, task, tensor_file, tuning,
 };
 pub use deltaspace_server as server;
 pub use deltaspace_train as train;

@@ -71,8 +71,10 @@ impl ScoringArgs {
     }
 }
 
-/// Arguments of `eval`.
+/// Arguments of `eval`: one mode of --task, --solution, --zero-shot and --probe.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true)
+    .args(["task", "solution", "zero_shot", "probe"])))]
 pub struct EvalArgs {
     #[command(flatten)]
     pub scoring: ScoringArgs,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use crate::atomic_file;
 use crate::config::Config;
 use crate::server::export_tasks;
 
@@ -21,15 +22,20 @@ pub struct ExportArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Writes the tasks to `--out` whole or not at all: a store that fails midway leaves an earlier
+/// backup at that path as it was.
 pub fn export(config: &Config, args: ExportArgs) -> anyhow::Result<()> {
     let store = config.store_location(args.data_dir.as_deref())?;
-    let mut out: Box<dyn Write> = match &args.out {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    let mut written = 0;
+    let mut export_to = |out: &mut dyn Write| -> anyhow::Result<()> {
+        written = export_tasks(&store, out).context("exporting tasks")?;
+        Ok(out.flush()?)
     };
-    let written = export_tasks(&store, &mut out).context("exporting tasks")?;
+    match &args.out {
+        Some(path) => atomic_file::write(path, |out| export_to(out))
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => export_to(&mut std::io::BufWriter::new(std::io::stdout().lock()))?,
+    }
     tracing::info!(written, store = store.backend(), "tasks exported");
     Ok(())
 }

@@ -4,16 +4,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 
-use super::at_least;
 use super::eval::ScoringArgs;
 use super::predict::load_task;
+use super::{at_least, non_negative};
 use crate::config::Config;
 use crate::task::Task;
 use crate::train::lines::{self, LandscapeLine};
 use crate::tuning::data::Split;
 
-/// Arguments of `landscape`.
+/// Arguments of `landscape`: the plane through --tasks or along --directions.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("plane").required(true).args(["tasks", "directions"])))]
 pub struct LandscapeArgs {
     #[command(flatten)]
     pub scoring: ScoringArgs,
@@ -28,7 +29,7 @@ pub struct LandscapeArgs {
     #[arg(long, default_value_t = 9, value_parser = at_least::<2>)]
     pub grid: usize,
     /// Extra room around the points, as a fraction of their spread (at least 1 unit).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = non_negative)]
     pub margin: f32,
     /// dev or test.
     #[arg(long, default_value = "dev")]
@@ -109,7 +110,7 @@ pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
     )?;
     let files = draw(&landscape, &args.out, args.font.as_deref())?;
     let json_path = args.out.join(format!("{}.landscape.json", landscape.task));
-    std::fs::write(&json_path, serde_json::to_string_pretty(&landscape)?)?;
+    super::write_json(&json_path, &landscape)?;
     lines::print(&LandscapeLine {
         task: landscape.task.clone(),
         images: files,

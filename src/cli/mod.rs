@@ -191,3 +191,11 @@ fn load_subspace(
     Subspace::load(path, encoder.manifest())
         .with_context(|| format!("loading subspace {}", path.display()))
 }
+
+/// Writes `value` to `path` as pretty JSON, whole or not at all (an output that fails leaves the
+/// file that was there).
+fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)? + "\n";
+    crate::atomic_file::write(path, |out| std::io::Write::write_all(out, text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}

@@ -28,7 +28,8 @@ pub struct PredictArgs {
     /// Decode z with this DET instead of the task's own (zero-shot transfer): lora, adapter, prefix.
     #[arg(long)]
     pub det: Option<DetKind>,
-    /// Second text of every input, for pair tasks (entailment, paraphrase, ...).
+    /// Second text of every text on the command line, for pair tasks (entailment, paraphrase,
+    /// ...); not with `-`, whose lines give their own.
     #[arg(long)]
     pub text_pair: Option<String>,
     /// Texts to classify; `-` reads JSON lines from stdin, each a string or {"text", "text_pair"}.
@@ -51,7 +52,7 @@ pub struct EmbedArgs {
     /// Decode the task's z with this DET instead of its own.
     #[arg(long, requires = "task")]
     pub det: Option<DetKind>,
-    /// Second text of every input, for pair tasks.
+    /// Second text of every text on the command line, for pair tasks; not with `-`.
     #[arg(long)]
     pub text_pair: Option<String>,
     /// Texts to embed; `-` reads JSON lines from stdin.
@@ -136,7 +137,8 @@ pub fn info(config: &Config, args: InfoArgs) -> anyhow::Result<()> {
         "sessions": encoder.sessions(),
         "onnxruntime": runtime.library(),
     });
-    println!("{}", serde_json::to_string_pretty(&info)?);
+    let text = serde_json::to_string_pretty(&info)?;
+    writeln!(std::io::stdout(), "{text}").context("writing stdout")?;
     Ok(())
 }
 
@@ -162,6 +164,12 @@ pub(super) fn load_task(
 
 /// Positional texts, or JSON lines from stdin for `-`.
 fn read_inputs(texts: &[String], text_pair: Option<&str>) -> anyhow::Result<Vec<TextInput>> {
+    if text_pair.is_some() && texts.iter().any(|t| t == "-") {
+        bail!(
+            "--text-pair pairs the texts on the command line; lines read from stdin (-) give \
+             their own: {{\"text\": ..., \"text_pair\": ...}}"
+        );
+    }
     let mut inputs = Vec::new();
     for text in texts {
         if text == "-" {

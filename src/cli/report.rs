@@ -1,7 +1,8 @@
 //! `deltaspace report`: the paper's tables from a results folder, or issue 10's comparison from
 //! `scripts/quality.sh`'s lines.
 
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::Context;
 
@@ -20,7 +21,7 @@ pub struct ReportArgs {
     #[arg(long, num_args = 1.., conflicts_with = "results")]
     pub quality: Vec<PathBuf>,
     /// The subspace the main tables are about, as named in the results (e.g. d16).
-    #[arg(long, default_value = "d16")]
+    #[arg(long, default_value = "d16", conflicts_with = "quality")]
     pub space: String,
     /// Also write the report as JSON here. With --quality: an array of the lines read and
     /// the derived "guarded" ones, each of which names in "kept" the row `tune`'s default keeps.
@@ -31,9 +32,9 @@ pub struct ReportArgs {
 pub fn report(args: ReportArgs) -> anyhow::Result<()> {
     if !args.quality.is_empty() {
         let lines = quality::read_all(&args.quality)?;
-        print!("{}", quality::markdown(&lines));
+        write!(std::io::stdout(), "{}", quality::markdown(&lines)).context("writing stdout")?;
         if let Some(path) = &args.json {
-            write_json(path, &quality::with_guarded(&lines))?;
+            super::write_json(path, &quality::with_guarded(&lines))?;
         }
         return Ok(());
     }
@@ -42,19 +43,14 @@ pub fn report(args: ReportArgs) -> anyhow::Result<()> {
         .as_deref()
         .context("give --results DIR or --quality FILE")?;
     let report = crate::train::report::build(results, &args.space)?;
-    anyhow::ensure!(
-        !report.tasks.is_empty(),
-        "{} has no original.jsonl results",
-        results.display()
-    );
-    print!("{}", crate::train::report::markdown(&report));
+    write!(
+        std::io::stdout(),
+        "{}",
+        crate::train::report::markdown(&report)
+    )
+    .context("writing stdout")?;
     if let Some(path) = &args.json {
-        write_json(path, &report)?;
+        super::write_json(path, &report)?;
     }
     Ok(())
-}
-
-fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(value)?)
-        .with_context(|| format!("writing {}", path.display()))
 }

@@ -73,7 +73,7 @@ fn options(config: &Config, args: ServeArgs) -> anyhow::Result<Options> {
         max_inputs: count("server", "max_inputs", server.max_inputs)?,
         max_body_bytes: count("server", "max_body_bytes", server.max_body_bytes)?,
         max_text_chars: count("server", "max_text_chars", server.max_text_chars)?,
-        max_tasks: server.max_tasks,
+        max_tasks: count("server", "max_tasks", server.max_tasks)?,
         task_limits: config.task_limits()?,
         tokens: server
             .tokens

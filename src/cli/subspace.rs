@@ -10,6 +10,7 @@ use crate::det::Theta0;
 use crate::model::ModelFiles;
 use crate::subspace::Subspace;
 use crate::tensor_file::Storage;
+use crate::train::lines;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum SubspaceCommand {
@@ -60,19 +61,18 @@ pub fn run(config: &Config, command: SubspaceCommand) -> anyhow::Result<()> {
                 .save(&out, storage)
                 .with_context(|| format!("writing {}", out.display()))?;
             let saved = Subspace::load(&out, &files.manifest)?;
-            println!("{}", json!({"id": saved.id(), "d": saved.d(), "file": out}));
+            lines::print(&json!({"id": saved.id(), "d": saved.d(), "file": out}))?;
         }
         SubspaceCommand::Info { model, file } => {
             let files = ModelFiles::open(model.as_deref().unwrap_or(&config.model.dir))?;
             let subspace = Subspace::load(&file, &files.manifest)
                 .with_context(|| format!("loading {}", file.display()))?;
             let codes = subspace.codes();
-            println!(
-                "{}",
-                json!({"id": subspace.id(), "name": subspace.name(), "d": subspace.d(), "dets": files.manifest.det_names(),
-                    "upstream_codes": codes.map_or(&[][..], |codes| &codes.tasks),
-                    "upstream_descriptions": codes.is_some_and(|codes| codes.descriptions.is_some())})
-            );
+            let line = json!({"id": subspace.id(), "name": subspace.name(), "d": subspace.d(),
+                "dets": files.manifest.det_names(),
+                "upstream_codes": codes.map_or(&[][..], |codes| &codes.tasks),
+                "upstream_descriptions": codes.is_some_and(|codes| codes.descriptions.is_some())});
+            lines::print(&line)?;
         }
     }
     Ok(())

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 
-use super::{at_least, load_encoder, positive};
+use super::{at_least, load_encoder, non_negative, positive};
 use crate::config::Config;
 use crate::det::{DetKind, Theta0};
 use crate::model::{Encoder, EncoderOptions, ModelFiles};
-use crate::subspace::{RandomColumns, Subspace};
+use crate::subspace::{self, RandomColumns, Subspace};
 use crate::tensor_file::Storage;
 use crate::train::lines::{self, SolutionLine, SubspaceLine};
 use crate::train::solution::Solution;
@@ -112,11 +112,16 @@ impl TrainingArgs {
         }
     }
 
-    /// Refuses the flags among --checkpoint, --patience, --max-seconds, --final-limit, --lr and
-    /// --run-rows that `command` does not read (`unread`), naming those given, so that none is
-    /// dropped silently.
+    /// Refuses the flags among --steps (above 0), --eval-every, --eval-limit, --max-examples, --shots,
+    /// --checkpoint, --patience, --max-seconds, --final-limit, --lr and --run-rows that `command`
+    /// does not read (`unread`), naming those given, so that none is dropped silently.
     pub(super) fn refuse_unread(&self, command: &str, unread: &[&str]) -> anyhow::Result<()> {
         let given = [
+            ("--steps", self.steps.is_some_and(|steps| steps > 0)),
+            ("--eval-every", self.eval_every.is_some()),
+            ("--eval-limit", self.eval_limit.is_some()),
+            ("--max-examples", self.max_examples.is_some()),
+            ("--shots", self.shots.is_some()),
             ("--checkpoint", self.checkpoint.is_some()),
             ("--patience", self.patience.is_some()),
             ("--max-seconds", self.max_seconds.is_some()),
@@ -199,7 +204,7 @@ pub struct SubspaceArgs {
     #[arg(long)]
     pub unit_codes: bool,
     /// Weight α_rec of the reconstruction term.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
     pub rec_alpha: f32,
     /// Name recorded in the artifact (tasks refer to it) [default: <model>-d<dim>].
     #[arg(long)]
@@ -289,14 +294,33 @@ pub fn train(config: &Config, command: TrainCommand) -> anyhow::Result<()> {
 
 fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.dim >= 1, "--dim must be at least 1");
-    // Stage 1's refinement runs its steps whole, without checkpoints or early stopping.
-    let unread = [
+    // Before the decomposition allocates solutions × d.
+    let d = args.complete_to.unwrap_or(args.dim);
+    subspace::check_d(d).map_err(|why| anyhow::anyhow!("--dim or --complete-to: {why}"))?;
+    // Stage 1's refinement runs its steps whole, without checkpoints or early stopping; without
+    // task data there is no refinement, and none of its flags is read.
+    let mut unread = vec![
         "--checkpoint",
         "--patience",
         "--max-seconds",
         "--final-limit",
     ];
-    args.training.refuse_unread("train subspace", &unread)?;
+    if args.data_root.is_none() {
+        unread.extend([
+            "--steps",
+            "--lr",
+            "--eval-every",
+            "--eval-limit",
+            "--run-rows",
+            "--max-examples",
+            "--shots",
+        ]);
+    }
+    let command = match args.data_root {
+        Some(_) => "train subspace",
+        None => "train subspace without --data-root (no refinement)",
+    };
+    args.training.refuse_unread(command, &unread)?;
     if let Some(d) = args.complete_to {
         anyhow::ensure!(
             d > args.dim,
@@ -367,18 +391,20 @@ fn train_subspace(config: &Config, args: SubspaceArgs) -> anyhow::Result<()> {
     })
 }
 
+/// The DETs named (each once), every one for `all`; every name is read, so a typo beside `all`
+/// is refused too.
 fn parse_dets(names: &[String]) -> anyhow::Result<Vec<DetKind>> {
-    if names.iter().any(|n| n == "all") {
-        return Ok(DetKind::ALL.to_vec());
-    }
     let mut dets: Vec<DetKind> = Vec::new();
-    for name in names {
+    for name in names.iter().filter(|n| *n != "all") {
         let det: DetKind = name.parse()?;
         if !dets.contains(&det) {
             dets.push(det);
         }
     }
-    Ok(dets)
+    Ok(match names.iter().any(|n| n == "all") {
+        true => DetKind::ALL.to_vec(),
+        false => dets,
+    })
 }
 
 /// Task data and label embeddings; with `shots = Some((k, seed))`, k examples per label in train
@@ -437,6 +463,8 @@ fn train_det(config: &Config, args: DetArgs) -> anyhow::Result<()> {
         &args.training.fit_options(args.optimizer, TRAINING),
         trace.as_mut(),
     )?;
+    // Every file first: a reader that leaves stdout early must not cost a trained solution.
+    let mut saved = Vec::with_capacity(solutions.len());
     for solution in &solutions {
         let path = if single_file {
             args.out.clone()
@@ -445,16 +473,16 @@ fn train_det(config: &Config, args: DetArgs) -> anyhow::Result<()> {
         };
         let storage = if args.f16 { Storage::F16 } else { Storage::F32 };
         solution.save(&path, encoder.manifest(), storage)?;
-        lines::print(&SolutionLine {
+        saved.push(SolutionLine {
             task: solution.task.clone(),
             det: solution.det,
             dev: solution.dev,
             test: solution.test,
             step: solution.step,
             file: path,
-        })?;
+        });
     }
-    Ok(())
+    saved.iter().try_for_each(lines::print)
 }
 
 #[cfg(test)]
@@ -468,5 +496,8 @@ mod tests {
             parse_dets(&names).unwrap(),
             [DetKind::Lora, DetKind::Adapter]
         );
+        assert_eq!(parse_dets(&["all".into()]).unwrap(), DetKind::ALL);
+        // A typo beside `all` was never read.
+        assert!(parse_dets(&["all".into(), "lorra".into()]).is_err());
     }
 }

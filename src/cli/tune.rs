@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::det::DetKind;
 use crate::model::Encoder;
 use crate::subspace::Subspace;
-use crate::task::{Task, TaskLimits, validate_labels};
+use crate::task::{Task, TaskLimits, validate_labels, validate_name};
 use crate::train::lines::{self, TuneLine};
 use crate::tuning::batch::TrainTask;
 use crate::tuning::head::HeadTuning;
@@ -89,14 +89,17 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
             args.out.display()
         );
     }
+    let gradient = check_optimizer_flags(&args)?;
     let encoder = args.training.encoder(config)?;
     let subspace = load_subspace(config, args.subspace.as_deref(), &encoder)?;
     let tasks = args.training.tasks(&encoder, &args.data)?;
     let limits = config.task_limits()?;
-    // Before training, not after: labels the written task could not keep would waste the run.
+    // Before training, not after: a name or labels the written task could not keep would waste
+    // the run.
     for task in &tasks {
-        validate_labels(&task.data.labels, &limits)
-            .with_context(|| format!("{}'s labels", task.data.name))?;
+        let name = &task.data.name;
+        validate_name(name).with_context(|| format!("the task name (from --data {name:?})"))?;
+        validate_labels(&task.data.labels, &limits).with_context(|| format!("{name}'s labels"))?;
     }
     let mut trace = args.trace.open(&args.training, TUNING, &args.optimizer)?;
     let tuning = Tuning {
@@ -106,11 +109,13 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
         limits: &limits,
         tasks: &tasks,
     };
-    let (tuned, loaded) = match args.optimizer.as_str() {
-        "cmaes" => tuning.by_cmaes(trace.as_mut())?,
-        other => tuning.by_gradient(other, trace.as_mut())?,
+    let (tuned, loaded) = match gradient {
+        None => tuning.by_cmaes(trace.as_mut())?,
+        Some(kind) => tuning.by_gradient(kind, trace.as_mut())?,
     };
     let starts = starts(&loaded);
+    // Every file first: a reader that leaves stdout early must not cost a tuned task.
+    let mut written = Vec::with_capacity(tuned.len());
     for result in tuned {
         let data = &tasks[result.task].data;
         let path = if single_file {
@@ -121,7 +126,7 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
         let name = data.name.clone();
         write_task(&path, name, &result, &data.labels, &subspace, &limits)?;
         let start_name = |start| start_name(&args.init, &starts, start, &result);
-        lines::print(&TuneLine {
+        written.push(TuneLine {
             task: data.name.clone(),
             det: result.det,
             head: args.head,
@@ -137,7 +142,63 @@ pub fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<()> {
             dev_by_start: result.dev_by_start(start_name),
             seconds: result.seconds,
             file: path,
-        })?;
+        });
+    }
+    written.iter().try_for_each(lines::print)
+}
+
+/// The flags `--optimizer` reads, checked before anything loads: the gradient optimizer's kind,
+/// or None for CMA-ES.
+fn check_optimizer_flags(args: &TuneArgs) -> anyhow::Result<Option<OptimizerKind>> {
+    match args.optimizer.as_str() {
+        "cmaes" => check_cmaes_flags(args).map(|()| None),
+        gradient => check_gradient_flags(args, gradient).map(Some),
+    }
+}
+
+/// Adam and Adafactor: neither reads CMA-ES's flags, and a frozen z leaves a head to train.
+fn check_gradient_flags(args: &TuneArgs, optimizer: &str) -> anyhow::Result<OptimizerKind> {
+    let kind = optimizer.parse().map_err(|_| {
+        anyhow::anyhow!("--optimizer {optimizer:?}: expected adam, adafactor or cmaes")
+    })?;
+    if args.population.is_some() || args.sigma.is_some() {
+        bail!("--optimizer {optimizer} does not use --population or --sigma (CMA-ES's): drop it");
+    }
+    if args.freeze_z && args.head == HeadTuning::None {
+        bail!("--freeze-z trains only the head: give --head bias or --head prototypes");
+    }
+    Ok(kind)
+}
+
+/// CMA-ES tunes z alone, through one DET, from its own mean: it neither checkpoints, stops
+/// early nor keeps a time budget, its step is --sigma, and it scores a generation's candidates
+/// in one run.
+fn check_cmaes_flags(args: &TuneArgs) -> anyhow::Result<()> {
+    if args.head != HeadTuning::None {
+        bail!(
+            "cmaes tunes z alone: give --head none (--head {} needs adam or adafactor)",
+            args.head
+        );
+    }
+    if args.det.is_none() {
+        bail!("--optimizer cmaes tunes through one DET: give --det");
+    }
+    let unread = [
+        "--checkpoint",
+        "--patience",
+        "--max-seconds",
+        "--lr",
+        "--run-rows",
+    ];
+    args.training.refuse_unread("--optimizer cmaes", &unread)?;
+    if args.freeze_z {
+        bail!("--optimizer cmaes tunes z: drop --freeze-z");
+    }
+    if !args.init.is_empty() {
+        bail!("--optimizer cmaes starts from its own mean: drop --init");
+    }
+    if args.start_margin != START_MARGIN * 100.0 {
+        bail!("--optimizer cmaes has one start: drop --start-margin");
     }
     Ok(())
 }
@@ -159,34 +220,7 @@ impl Tuning<'_> {
     /// CMA-ES: z alone, through one DET, from its own mean (named normal).
     fn by_cmaes(&self, trace: Option<&mut Trace>) -> anyhow::Result<Outcome> {
         let args = self.args;
-        if args.head != HeadTuning::None {
-            bail!(
-                "cmaes tunes z alone: give --head none (--head {} needs adam or adafactor)",
-                args.head
-            );
-        }
-        let Some(det) = args.det else {
-            bail!("--optimizer cmaes tunes through one DET: give --det");
-        };
-        // It neither checkpoints, stops early nor keeps a time budget, its step is --sigma, and
-        // it scores a generation's candidates in one run.
-        let unread = [
-            "--checkpoint",
-            "--patience",
-            "--max-seconds",
-            "--lr",
-            "--run-rows",
-        ];
-        args.training.refuse_unread("--optimizer cmaes", &unread)?;
-        if args.freeze_z {
-            bail!("--optimizer cmaes tunes z: drop --freeze-z");
-        }
-        if !args.init.is_empty() {
-            bail!("--optimizer cmaes starts from its own mean: drop --init");
-        }
-        if args.start_margin != START_MARGIN * 100.0 {
-            bail!("--optimizer cmaes has one start: drop --start-margin");
-        }
+        let det = args.det.context("--optimizer cmaes needs --det")?;
         let schedule = args.training.schedule(CMAES);
         let options = CmaOptions {
             generations: schedule.steps,
@@ -211,17 +245,12 @@ impl Tuning<'_> {
 
     /// A gradient optimizer (`optimizer`: adam or adafactor): z and the head, through every DET
     /// asked for, from every start.
-    fn by_gradient(&self, optimizer: &str, trace: Option<&mut Trace>) -> anyhow::Result<Outcome> {
+    fn by_gradient(
+        &self,
+        kind: OptimizerKind,
+        trace: Option<&mut Trace>,
+    ) -> anyhow::Result<Outcome> {
         let args = self.args;
-        let kind: OptimizerKind = optimizer.parse().map_err(anyhow::Error::msg)?;
-        if args.population.is_some() || args.sigma.is_some() {
-            bail!(
-                "--optimizer {optimizer} does not use --population or --sigma (CMA-ES's): drop it"
-            );
-        }
-        if args.freeze_z && args.head == HeadTuning::None {
-            bail!("--freeze-z trains only the head: give --head bias or --head prototypes");
-        }
         let dets = args.det.map_or(DetKind::ALL.to_vec(), |det| vec![det]);
         let loaded = load_starts(&args.init, self.subspace, self.limits, !args.freeze_z)?;
         let target = Target {
@@ -339,9 +368,5 @@ fn write_task(
         subspace: Some(subspace.id()),
     };
     task.validate(subspace.d(), limits)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, serde_json::to_string_pretty(&task)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))
+    super::write_json(path, &task)
 }

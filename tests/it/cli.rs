@@ -338,6 +338,7 @@ fn serve_refuses_a_count_of_zero_in_its_settings() {
             "DELTASPACE_SERVER_MAX_LABEL_CHARS",
             "[server] max_label_chars = 0",
         ),
+        ("DELTASPACE_SERVER_MAX_TASKS", "[server] max_tasks = 0"),
     ] {
         serve_refuses_the_setting(variable, "0", named);
     }
@@ -362,4 +363,77 @@ fn serve_refuses_the_setting(variable: &str, value: &str, named: &str) {
         stderr.contains(named) && stderr.contains(variable),
         "{stderr}"
     );
+}
+
+/// `export --out` writes whole or not at all: an export that fails (here: no task database in
+/// the directory given) leaves the backup already at that path as it was; it used to truncate it
+/// before opening the store.
+#[test]
+fn a_failed_export_leaves_the_earlier_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup.jsonl");
+    std::fs::write(&backup, "old\n").unwrap();
+    let empty = dir.path().join("no-store");
+    std::fs::create_dir(&empty).unwrap();
+    let output = deltaspace(&[
+        "export",
+        "--data-dir",
+        empty.to_str().unwrap(),
+        "--out",
+        backup.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), "old\n");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "no partial file left"
+    );
+}
+
+/// `--text-pair` pairs the texts of the command line; with `-` it was silently dropped for the
+/// lines of stdin (a pair task then classified the premise alone). Refused before anything loads.
+#[test]
+fn text_pair_with_stdin_is_refused() {
+    for command in ["predict", "embed"] {
+        let mut args = vec![command, "--model", "no/such/model", "--text-pair", "h", "-"];
+        if command == "predict" {
+            args.extend(["--task", "t.json"]);
+        }
+        let output = deltaspace(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--text-pair"), "{command}: {stderr}");
+    }
+}
+
+/// A reader that leaves early (`| head -1`) closes stdout: the line written then is an error
+/// (exit 2), where `println!` panicked (exit 101), and what was written to files stays written.
+#[test]
+fn a_closed_stdout_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("random.safetensors");
+    // A pipe whose reader is gone before the command starts.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_deltaspace"))
+        .args([
+            "subspace",
+            "random",
+            "--model",
+            "tests/fixtures/tiny",
+            "--dim",
+            "2",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.is_file());
 }

@@ -436,10 +436,19 @@ fn max_seq_len_truncates_rows_and_a_length_beyond_the_model_is_refused() {
         frozen(&short),
         "8 tokens embed otherwise than {limit}"
     );
-    for asked in [0, limit + 1] {
+    // A pair's three special tokens ([CLS] a [SEP] b [SEP]) and one of text: below 4 the tokenizers
+    // crate's subtraction overflowed (a panic in debug builds, no truncation in release ones).
+    for asked in [0, 1, 3, limit + 1] {
         let error = load(Some(asked)).err().unwrap().to_string();
         assert!(error.contains(&format!("{asked} tokens")), "{error}");
+        assert!(error.contains(&format!("takes 4 to {limit}")), "{error}");
     }
+    let pair = TextInput::pair("word ".repeat(50), Some("other ".repeat(50)));
+    let tokens = load(Some(4)).unwrap().tokenize(&[pair]).unwrap();
+    assert_eq!(tokens.seq_len(), 4);
+    // The export has a plain graph; these options did not load it, and the error says which.
+    let error = short.embed_plain(&tokens).unwrap_err().to_string();
+    assert!(error.contains("EncoderOptions::with_plain"), "{error}");
 }
 
 /// Exports before 2026-11-30 also held `grad_z.onnx`, listed in the manifest's graphs and

@@ -103,6 +103,25 @@ fn drawn_columns_are_stored_as_a_seed_and_drawn_again_at_load() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("content hash mismatch"), "{error}");
+    // A count of drawn columns past MAX_D is refused before anything is drawn (it was an
+    // allocation of size × d that aborted the process, or minutes of drawing before the hash).
+    tampered
+        .metadata
+        .insert("random_columns".into(), "4611686018427387904".into());
+    tampered
+        .metadata
+        .insert("d".into(), "4611686018427387906".into());
+    rewrite(&path, &tampered);
+    let error = Subspace::load(&path, &files.manifest)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("more than the 8192 columns"), "{error}");
+    assert!(error.contains("hybrid.safetensors"), "{error}");
+    let too_wide = Subspace::random(&files.manifest, &theta0, 1 << 40, 1).unwrap_err();
+    assert!(
+        too_wide.to_string().contains("more than the 8192 columns"),
+        "{too_wide}"
+    );
 }
 
 /// Upstream codes travel with a subspace: saved (f16-rounded with the rest), loaded with their
@@ -122,11 +141,18 @@ fn upstream_codes_round_trip_outside_the_id_and_are_checked() {
     let wrong = learned
         .clone()
         .with_codes(tasks.clone(), vec![vec![1.0; 3], vec![0.5; 2]]);
+    let error = wrong.unwrap_err().to_string();
     assert!(
-        wrong
-            .unwrap_err()
-            .to_string()
-            .contains("needs 2 finite values")
+        error.contains("needs 2 values") && error.contains("it has 3"),
+        "{error}"
+    );
+    let error = (learned.clone())
+        .with_codes(tasks.clone(), vec![vec![1.0, 2.0], vec![0.5, f32::NAN]])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("value 1 of its code is not finite"),
+        "{error}"
     );
     let descriptions = vec![
         vec!["Negative.".to_string(), "Positive.".to_string()],

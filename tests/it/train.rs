@@ -600,6 +600,18 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
         refused.contains("train subspace does not use --checkpoint"),
         "{refused}"
     );
+    // Without task data there is no refinement: its flags were dropped silently (exit 0).
+    let without_data: Vec<&str> = (args.iter().copied())
+        .filter(|a| ![data_root.as_str(), "--data-root", "--steps", "0"].contains(a))
+        .collect();
+    let refined = [&without_data[..], &["--steps", "10", "--lr", "0.01"]].concat();
+    let refused = deltaspace_refuses(&refined);
+    assert!(
+        refused.contains("without --data-root (no refinement) does not use --steps or --lr"),
+        "{refused}"
+    );
+    let refused = deltaspace_refuses(&[&args[..], &["--rec-alpha", "nan"]].concat());
+    assert!(refused.contains("--rec-alpha"), "{refused}");
     let file = deltaspace::tensor_file::TensorFile::read(Path::new(&completed)).unwrap();
     assert_eq!(
         file.get("U.lora").unwrap().shape[1],
@@ -835,6 +847,13 @@ fn the_report_prints_the_papers_tables_from_results() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     assert_eq!(report["transfer"]["sst2"].as_object().unwrap().len(), 6);
+    // A mistyped space printed tables of dashes and exited 0; now it names the spaces there.
+    let results_dir = results.to_str().unwrap();
+    let refused = deltaspace_refuses(&["report", "--results", results_dir, "--space", "d44"]);
+    assert!(
+        refused.contains("no results for --space d44") && refused.contains(": d4"),
+        "{refused}"
+    );
     // The comparison against a user's alternatives, from scripts/quality.sh's lines.
     let quality = results.join("quality.jsonl");
     let line = |row: &str, seed: u64, accuracy: f64| {
@@ -1543,16 +1562,22 @@ fn train_det_traces_each_task_and_det_like_tune() {
     assert_eq!(steps("adapter"), [0, 2, 4]);
 }
 
+/// The fixture's sst2 data copied to `<dir>/<name>`.
+fn copy_of_sst2(dir: &Path, name: &str) -> PathBuf {
+    let copy = dir.join(name);
+    std::fs::create_dir(&copy).unwrap();
+    for file in ["labels.json", "train.jsonl", "dev.jsonl", "test.jsonl"] {
+        std::fs::copy(data("sst2").join(file), copy.join(file)).unwrap();
+    }
+    copy
+}
+
 /// Two --data directories of one name would write one output file twice: refused before any
 /// work, naming both.
 #[test]
 fn two_tasks_of_one_name_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let copy = dir.path().join("sst2");
-    std::fs::create_dir(&copy).unwrap();
-    for file in ["labels.json", "train.jsonl", "dev.jsonl", "test.jsonl"] {
-        std::fs::copy(data("sst2").join(file), copy.join(file)).unwrap();
-    }
+    let copy = copy_of_sst2(dir.path(), "sst2");
     let [model, sst2, subspace] = tiny_tune_setup(dir.path(), "1");
     let copy = copy.display().to_string();
     let out = dir.path().join("tasks").display().to_string();
@@ -1572,4 +1597,90 @@ fn two_tasks_of_one_name_are_refused() {
         message.contains("name the same task") && message.contains(&copy),
         "{message}"
     );
+}
+
+/// A task's name comes from its directory, and a name the task file cannot keep was found only
+/// after training every DET from every start: now before training, and before the trace opens.
+#[test]
+fn a_task_name_the_task_file_cannot_keep_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = copy_of_sst2(dir.path(), "sst 2");
+    let [model, _, subspace] = tiny_tune_setup(dir.path(), "1");
+    let trace = dir.path().join("trace.jsonl").display().to_string();
+    let args = [
+        "tune",
+        "--model",
+        &model,
+        "--subspace",
+        &subspace,
+        "--data",
+        copy.to_str().unwrap(),
+        "--trace",
+        &trace,
+        "--out",
+        "unused.json",
+    ];
+    let message = deltaspace_refuses(&args);
+    assert!(message.contains("sst 2"), "{message}");
+    assert!(!Path::new(&trace).exists(), "nothing traced");
+}
+
+/// Flags are checked before anything loads (here, no model at all).
+#[test]
+fn flags_that_cannot_work_are_refused_before_the_model_loads() {
+    let tune = [
+        "tune", "--model", "no/such", "--data", "x", "--out", "u.json",
+    ];
+    for (flags, needle) in [
+        (
+            &["--optimizer", "cma"][..],
+            "expected adam, adafactor or cmaes",
+        ),
+        (&["--optimizer", "cmaes", "--head", "none"], "give --det"),
+        (&["--optimizer", "adam", "--sigma", "0.5"], "--sigma"),
+    ] {
+        let message = deltaspace_refuses(&[&tune[..], flags].concat());
+        assert!(message.contains(needle), "{flags:?}: {message}");
+        assert!(
+            !message.contains("no/such"),
+            "{flags:?} loaded the model: {message}"
+        );
+    }
+    let model = ["--model", "tests/fixtures/tiny"];
+    let landscape = [
+        "landscape",
+        "--data",
+        "no/such",
+        "--tasks",
+        "a",
+        "b",
+        "c",
+        "--out",
+        "o",
+    ];
+    for (args, needle) in [
+        (&landscape[..], "--margin"),
+        (
+            &["subspace", "random", "--dim", "100000000000000"],
+            "more than the 8192 columns",
+        ),
+        (
+            &[
+                "train",
+                "subspace",
+                "--solutions",
+                "no/such",
+                "--dim",
+                "100000",
+            ],
+            "--complete-to: d",
+        ),
+    ] {
+        let extra: &[&str] = match args[0] {
+            "landscape" => &["--margin", "nan"],
+            _ => &["--out", "unused.safetensors"],
+        };
+        let message = deltaspace_refuses(&[args, &model, extra].concat());
+        assert!(message.contains(needle), "{args:?}: {message}");
+    }
 }

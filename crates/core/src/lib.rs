@@ -21,8 +21,10 @@
 //!   stage shares, evaluation, optimizers (Adam, Adafactor, CMA-ES), and stage 2 itself (tuning
 //!   z for a new task), which both the trainer and the server run.
 //! - [`tensor_file`]: named f32 tensors in safetensors files (θ⁰, subspaces, solutions).
+//! - [`atomic_file`]: files written whole or not at all (tensor files, task files, exports).
 //! - [`secret`]: values that never show in logs (tokens, credentials).
 
+pub mod atomic_file;
 pub mod classifier;
 pub mod det;
 pub mod model;

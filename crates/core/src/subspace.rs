@@ -31,6 +31,22 @@ use crate::tensor_file::{Storage, TensorFile, TensorFileError};
 /// The `format` metadata value of a subspace file.
 pub const FORMAT: &str = "deltaspace.subspace";
 
+/// The most columns a subspace may have. The product uses 1,024; at MiniLM's 73,728 values per DET
+/// this bound is 2.4 GB of U per DET, and a file (or a flag) asking for more is refused before
+/// anything is drawn rather than failing its allocation.
+pub const MAX_D: usize = 8_192;
+
+/// `d` within 1..=[`MAX_D`], or why not.
+pub fn check_d(d: usize) -> Result<(), String> {
+    match d {
+        0 => Err("d must be at least 1".into()),
+        d if d > MAX_D => Err(format!(
+            "d = {d} is more than the {MAX_D} columns a subspace may have"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What can go wrong loading or saving a subspace.
 #[derive(Debug, thiserror::Error)]
 pub enum SubspaceError {
@@ -121,6 +137,11 @@ impl Subspace {
         manifest: &Manifest,
         dets: Vec<DetParams>,
     ) -> Result<Self, SubspaceError> {
+        let d = dets.first().map_or(0, |det| det.u.ncols());
+        check_d(d).map_err(|message| SubspaceError::Invalid {
+            path: name.to_string(),
+            message,
+        })?;
         let params = DeltaParams::new(manifest, dets)?;
         let content_sha256 = content_hash(&params);
         Ok(Self {
@@ -170,11 +191,17 @@ impl Subspace {
         }
         let mut padded = Vec::with_capacity(codes.len());
         for (name, mut code) in tasks.iter().zip(codes) {
-            if code.len() != learned || !code.iter().all(|v| v.is_finite()) {
+            if code.len() != learned {
                 return Err(invalid(format!(
-                    "upstream task {name:?}: a code needs {learned} finite values (one per \
-                     learned column); it has {}",
+                    "upstream task {name:?}: a code needs {learned} values (one per learned \
+                     column); it has {}",
                     code.len()
+                )));
+            }
+            if let Some(at) = code.iter().position(|v| !v.is_finite()) {
+                return Err(invalid(format!(
+                    "upstream task {name:?}: value {at} of its code is not finite ({})",
+                    code[at]
                 )));
             }
             code.resize(self.d(), 0.0);
@@ -276,6 +303,11 @@ impl Subspace {
         learned: Vec<DetParams>,
         random: Option<RandomColumns>,
     ) -> Result<Self, SubspaceError> {
+        let d = learned.first().map_or(0, |det| det.u.ncols()) + random.map_or(0, |r| r.count);
+        check_d(d).map_err(|message| SubspaceError::Invalid {
+            path: name.to_string(),
+            message,
+        })?;
         let dets = match random {
             None => learned,
             Some(columns) => columns.complete(learned),
@@ -303,6 +335,7 @@ impl Subspace {
         let layout_sha256 = file.meta("layout_sha256")?;
         let base_model_sha256 = file.meta("base_model_sha256")?;
         let d: usize = file.number("d")?;
+        check_d(d).map_err(|message| file.invalid(message))?;
         for (what, found, expected) in [
             ("DET layout", layout_sha256, &manifest.layout_sha256),
             ("base model", base_model_sha256, &manifest.base_model_sha256),
@@ -339,7 +372,11 @@ impl Subspace {
             ));
         }
         match read_codes(&mut file.file, stored).map_err(|m| file.invalid(m))? {
-            Some(codes) => subspace.with_upstream(codes),
+            // What is wrong with a stored code is wrong with the file.
+            Some(codes) => subspace.with_upstream(codes).map_err(|e| match e {
+                SubspaceError::Invalid { message, .. } => file.invalid(message),
+                other => other,
+            }),
             None => Ok(subspace),
         }
     }

@@ -1,9 +1,10 @@
 //! Named f32 tensors in a safetensors file, with string metadata: how θ⁰, subspaces and DET
 //! solutions are stored. f16 and bf16 files are widened to f32 on read.
 //!
-//! Writes go to a temporary file that is renamed into place, so a crash never leaves half a file.
+//! Writes are whole or nothing ([`crate::atomic_file`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -31,6 +32,12 @@ pub enum TensorFileError {
     },
     #[error("{path}: tensor {name:?} is missing")]
     Missing { path: PathBuf, name: String },
+    #[error("{path}: tensor {name:?} holds {value}, beyond f16's range (±65,504); store it as f32")]
+    BeyondF16 {
+        path: PathBuf,
+        name: String,
+        value: f32,
+    },
 }
 
 /// How values are stored on disk.
@@ -112,7 +119,7 @@ impl TensorFile {
             })
     }
 
-    /// Writes `tensors` and `metadata` to `path` atomically (temporary file, then rename).
+    /// Writes `tensors` and `metadata` to `path`, whole or not at all.
     pub fn write(
         path: &Path,
         tensors: &[(&str, &[usize], &[f32])],
@@ -123,6 +130,9 @@ impl TensorFile {
             path: path.to_path_buf(),
             source,
         };
+        if storage == Storage::F16 {
+            check_f16_range(path, tensors)?;
+        }
         let encoded: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
             .iter()
             .map(|(name, shape, values)| {
@@ -161,13 +171,26 @@ impl TensorFile {
         if sort_header(&mut bytes).is_none() {
             tracing::warn!(path = %path.display(), "header left in the order safetensors wrote it");
         }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let temporary = path.with_extension("safetensors.partial");
-        std::fs::write(&temporary, bytes).map_err(io)?;
-        std::fs::rename(&temporary, path).map_err(io)
+        crate::atomic_file::write(path, |out| out.write_all(&bytes)).map_err(io)
     }
+}
+
+/// A finite value past f16's largest would be stored as ±inf, which every reader refuses.
+fn check_f16_range(
+    path: &Path,
+    tensors: &[(&str, &[usize], &[f32])],
+) -> Result<(), TensorFileError> {
+    let beyond = |v: &&f32| v.is_finite() && f16::from_f32(**v).is_infinite();
+    for (name, _, values) in tensors {
+        if let Some(value) = values.iter().find(beyond) {
+            return Err(TensorFileError::BeyondF16 {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                value: *value,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// safetensors writes the metadata in a HashMap's order, which changes from run to run, so the same tensors and
@@ -280,6 +303,27 @@ mod tests {
         let file = TensorFile::read(&dir.path().join("first.safetensors")).unwrap();
         assert_eq!(file.metadata.len(), keys.len());
         assert_eq!(file.get("a").unwrap().values, vec![1.0, 2.0, 3.0, 4.0]);
+    }
+
+    /// f16 would store 1e5 as inf, a file no reader accepts; f32 keeps it.
+    #[test]
+    fn values_beyond_f16_are_refused_in_f16_and_kept_in_f32() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.safetensors");
+        let values = [1.0f32, 1e5];
+        let write =
+            |storage| TensorFile::write(&path, &[("a", &[2], &values)], HashMap::new(), storage);
+        let error = write(Storage::F16).unwrap_err();
+        assert!(
+            matches!(error, TensorFileError::BeyondF16 { value: 1e5, .. }),
+            "{error}"
+        );
+        assert!(!path.exists());
+        write(Storage::F32).unwrap();
+        assert_eq!(
+            TensorFile::read(&path).unwrap().get("a").unwrap().values,
+            values
+        );
     }
 
     #[test]

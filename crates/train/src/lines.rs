@@ -4,6 +4,7 @@
 //! so committed results stay readable.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -135,10 +136,9 @@ pub struct LandscapeLine {
     pub grid: PathBuf,
 }
 
-/// Prints one line on stdout.
+/// Prints one line on stdout; a closed stdout (`| head -1`) is an error, not a panic.
 pub fn print<T: Serialize>(line: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(line)?);
-    Ok(())
+    writeln!(std::io::stdout(), "{}", serde_json::to_string(line)?).context("writing stdout")
 }
 
 /// The lines of `path` that are JSON objects (none if the file is absent), each read as `T`.

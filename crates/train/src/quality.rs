@@ -109,9 +109,10 @@ pub fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<QualityLine>> {
 fn read(path: &Path) -> anyhow::Result<Vec<QualityLine>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // Numbered before the blank lines are left out, so an error names the file's own line.
     text.lines()
-        .filter(|l| !l.trim().is_empty())
         .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, line)| {
             serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), i + 1))
         })
@@ -494,6 +495,17 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text.join("\n")).unwrap();
         path
+    }
+
+    /// Blank lines were left out before numbering, so an error named another line.
+    #[test]
+    fn an_unreadable_line_is_named_by_its_number_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(dir.path(), "lines", &[("probe", "a", 1, None, 0.5)]);
+        let text = std::fs::read_to_string(&path).unwrap() + "\n\n{not json\n";
+        std::fs::write(&path, text).unwrap();
+        let error = format!("{:#}", read(&path).unwrap_err());
+        assert!(error.contains("lines:3:"), "{error}");
     }
 
     #[test]

@@ -185,7 +185,32 @@ pub fn build(dir: &Path, space: &str) -> anyhow::Result<Report> {
         averages: BTreeMap::new(),
     };
     report.averages = averages(&report);
+    if report.optimization.is_empty() && report.transfer.is_empty() {
+        anyhow::bail!(
+            "{} has no results for --space {space} (tune/{space}-adam-<det>.jsonl, \
+             transfer/{space}-<det>.jsonl); its tune/ has: {}",
+            dir.display(),
+            spaces_in(dir).join(", ")
+        );
+    }
     Ok(report)
+}
+
+/// The spaces named by `<dir>/tune/<space>-<optimizer>-<det>.jsonl`, for the error of a
+/// mistyped --space.
+fn spaces_in(dir: &Path) -> Vec<String> {
+    let names = std::fs::read_dir(dir.join("tune"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    let spaces = names.filter_map(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        name.rsplitn(3, '-').nth(2).map(str::to_string)
+    });
+    spaces
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// The frozen model's test accuracy (%) per task.

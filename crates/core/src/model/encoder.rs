@@ -98,15 +98,9 @@ impl Encoder {
     ) -> Result<Self, ModelError> {
         let files = ModelFiles::open(dir)?;
         let manifest = &files.manifest;
-        let max_seq_len = match options.max_seq_len {
-            None => manifest.max_seq_len,
-            Some(asked) if (1..=manifest.max_seq_len).contains(&asked) => asked,
-            Some(asked) => {
-                let limit = manifest.max_seq_len;
-                return Err(ModelError::SeqLen { asked, limit });
-            }
-        };
-        let tokenizer = TextTokenizer::load(&files.path(&manifest.tokenizer), max_seq_len)?;
+        let limit = manifest.max_seq_len;
+        let max_seq_len = options.max_seq_len.unwrap_or(limit);
+        let tokenizer = TextTokenizer::load(&files.path(&manifest.tokenizer), max_seq_len, limit)?;
         let open = |name: &str, count: usize| -> Result<SessionPool, ModelError> {
             let path = files.path(name);
             if !path.is_file() {
@@ -331,8 +325,11 @@ impl Encoder {
         let pool = self
             .plain
             .as_ref()
-            .ok_or_else(|| ModelError::MissingGraph {
-                path: self.files.path("plain"),
+            .ok_or_else(|| match self.manifest().graphs.plain {
+                Some(_) => ModelError::NoPlainGraph,
+                None => ModelError::MissingGraph {
+                    path: self.files.path("plain"),
+                },
             })?;
         pool.run(|session| {
             let outputs = session.run(token_inputs(tokens)?)?;

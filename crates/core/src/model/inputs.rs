@@ -21,33 +21,45 @@ pub struct DeltaParams {
     dets: Vec<DetParams>,
 }
 
+/// Every DET has the manifest's D, and all share one d ≥ 1.
+fn check_shapes(manifest: &Manifest, dets: &[DetParams]) -> Result<(), ModelError> {
+    if dets.len() != manifest.dets.len() {
+        return Err(ModelError::Shape(format!(
+            "{} DETs given, the model has {}",
+            dets.len(),
+            manifest.dets.len()
+        )));
+    }
+    let d = dets.first().map_or(0, |p| p.u.ncols());
+    if d == 0 {
+        return Err(ModelError::Shape("d must be at least 1".into()));
+    }
+    for (layout, params) in manifest.dets.iter().zip(dets) {
+        let (rows, cols) = params.u.dim();
+        if rows != layout.size || params.base.len() != layout.size || cols != d {
+            return Err(ModelError::Shape(format!(
+                "DET {}: U is [{rows}, {cols}] and base [{}], expected [{}, {d}] and [{}]",
+                layout.name,
+                params.base.len(),
+                layout.size,
+                layout.size
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl DeltaParams {
     /// Checks that every DET has the manifest's D and that all share one d.
     pub fn new(manifest: &Manifest, dets: Vec<DetParams>) -> Result<Self, ModelError> {
-        if dets.len() != manifest.dets.len() {
-            return Err(ModelError::Shape(format!(
-                "{} DETs given, the model has {}",
-                dets.len(),
-                manifest.dets.len()
-            )));
-        }
-        let d = dets.first().map_or(0, |p| p.u.ncols());
-        if d == 0 {
-            return Err(ModelError::Shape("d must be at least 1".into()));
-        }
-        for (layout, params) in manifest.dets.iter().zip(&dets) {
-            let (rows, cols) = params.u.dim();
-            if rows != layout.size || params.base.len() != layout.size || cols != d {
-                return Err(ModelError::Shape(format!(
-                    "DET {}: U is [{rows}, {cols}] and base [{}], expected [{}, {d}] and [{}]",
-                    layout.name,
-                    params.base.len(),
-                    layout.size,
-                    layout.size
-                )));
-            }
-        }
+        check_shapes(manifest, &dets)?;
         Ok(Self { dets })
+    }
+
+    /// The check of [`Self::new`] on parameters already made (for `manifest`, another model's
+    /// files), without copying them.
+    pub fn check(&self, manifest: &Manifest) -> Result<(), ModelError> {
+        check_shapes(manifest, &self.dets)
     }
 
     /// All-zero U and base of width `d`: with every `det_select` at 0 this is the frozen model.

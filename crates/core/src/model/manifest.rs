@@ -216,6 +216,9 @@ impl Manifest {
                 self.max_seq_len, self.config.max_position_embeddings
             ));
         }
+        if self.dets.is_empty() {
+            return Err("a model needs at least one DET (dets is empty)".into());
+        }
         for (column, det) in self.dets.iter().enumerate() {
             if det.select_index != column {
                 return Err(format!(
@@ -283,5 +286,22 @@ impl ModelFiles {
     /// `<dir>/<name>`.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every array of θ is indexed by DET; a model without one used to load and then panic at
+    /// its first batch (`DeltaParams::d` reads the first DET).
+    #[test]
+    fn a_manifest_without_dets_is_refused() {
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+        let mut manifest = Manifest::load(&tiny).unwrap();
+        manifest.validate().unwrap();
+        manifest.dets.clear();
+        let error = manifest.validate().unwrap_err();
+        assert!(error.contains("at least one DET"), "{error}");
     }
 }

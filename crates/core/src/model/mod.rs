@@ -70,8 +70,15 @@ pub enum ModelError {
     },
     #[error("an empty batch has nothing to encode")]
     EmptyBatch,
-    #[error("truncating at {asked} tokens: the model takes 1 to {limit}")]
-    SeqLen { asked: usize, limit: usize },
+    #[error(
+        "truncating at {asked} tokens: the model takes {least} to {limit} (a text pair's special \
+         tokens and one of text need {least})"
+    )]
+    SeqLen {
+        asked: usize,
+        least: usize,
+        limit: usize,
+    },
     #[error("shape mismatch: {0}")]
     Shape(String),
     /// An array the runtime returned (or the encoder assembled) has another shape than expected.
@@ -83,6 +90,8 @@ pub enum ModelError {
     },
     #[error("the gradient graph was not loaded (EncoderOptions::with_grad)")]
     NoGradGraph,
+    #[error("the plain graph was not loaded (EncoderOptions::with_plain)")]
+    NoPlainGraph,
     /// A background encoder's pace ended its work (see [`Pace`]).
     #[error("stopped: {0}")]
     Halted(String),

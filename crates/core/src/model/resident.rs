@@ -134,7 +134,7 @@ impl ResidentEncoder {
         options: &ResidentOptions,
     ) -> Result<Self, ModelError> {
         let files = ModelFiles::open(dir)?;
-        DeltaParams::new(&files.manifest, params.dets().to_vec())?;
+        params.check(&files.manifest)?;
         let graph = files.manifest.graphs.serve.clone();
         Self::open(runtime, files, &graph, Some(params), options)
     }

@@ -6,7 +6,8 @@ use std::path::Path;
 use ndarray::{Array2, Axis, s};
 use serde::{Deserialize, Serialize};
 use tokenizers::{
-    EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams,
+    EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, PostProcessor, Tokenizer,
+    TruncationParams,
 };
 
 use super::ModelError;
@@ -150,13 +151,28 @@ pub struct TextTokenizer {
 }
 
 impl TextTokenizer {
-    /// Loads `tokenizer.json` and sets padding and truncation for this model.
-    pub fn load(path: &Path, max_seq_len: usize) -> Result<Self, ModelError> {
+    /// Loads `tokenizer.json` and sets padding and truncation at `max_seq_len`, which must leave
+    /// a pair's special tokens ([CLS] a [SEP] b [SEP]) at least one token of text and be at most
+    /// `limit` (the model's own).
+    pub fn load(path: &Path, max_seq_len: usize, limit: usize) -> Result<Self, ModelError> {
         let tokenizer_error = |context: String| {
             move |source: tokenizers::Error| ModelError::Tokenizer { context, source }
         };
         let mut inner = Tokenizer::from_file(path)
             .map_err(tokenizer_error(format!("loading {}", path.display())))?;
+        // The tokenizers crate subtracts the special tokens from the limit unchecked.
+        let special = inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(true));
+        let least = special + 1;
+        if !(least..=limit).contains(&max_seq_len) {
+            let asked = max_seq_len;
+            return Err(ModelError::SeqLen {
+                asked,
+                least,
+                limit,
+            });
+        }
         // The file ships `padding: Fixed(128)`; pad to the longest row instead.
         let mut padding = inner
             .get_padding()
