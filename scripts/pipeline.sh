@@ -186,14 +186,18 @@ step quality env -u QUALITY_ROWS -u QUALITY_SHOTS -u QUALITY_SEEDS scripts/quali
 
 # The paper's tables: stage 0's unseen solutions are the denominators, the frozen model a control. Each step's
 # work is a function of this shell, so paths with spaces stay whole and a failing command stops the pipeline.
+# Each writes FILE.new and renames it over FILE when done, so a step run again leaves the committed lines whole
+# until its new ones are.
 original_lines() {
-  grep -h -E "\"task\":\"($(echo $unseen | tr ' ' '|'))\"" docs/results/stage0.jsonl > "$results/original.jsonl"
+  grep -h -E "\"task\":\"($(echo $unseen | tr ' ' '|'))\"" docs/results/stage0.jsonl > "$results/original.jsonl.new"
+  mv -f "$results/original.jsonl.new" "$results/original.jsonl"
 }
 zero_shot_lines() {
   local t
   for t in $unseen; do
     "${bin[@]}" eval "${common[@]}" --data "$data/$t" --zero-shot --split test
-  done > "$results/zero_shot.jsonl"
+  done > "$results/zero_shot.jsonl.new"
+  mv -f "$results/zero_shot.jsonl.new" "$results/zero_shot.jsonl"
 }
 # tune_z SPACE FILE DET: z alone (the paper's setting) through DET on the whole training sets, tasks in shared runs,
 # with tune's schedule (the committed d = 1,024 tables ran the one before 2026-12-01: 500 steps, patience 4).
@@ -202,7 +206,8 @@ tune_z() {
   local checkpoint=$out/tune-$space-$det.checkpoint.safetensors dirs=()
   for t in $unseen; do dirs+=("$data/$t"); done
   "${bin[@]}" tune "${common[@]}" --subspace "$file" --data "${dirs[@]}" --det "$det" --head none --init normal \
-    --seed 1 --checkpoint "$checkpoint" --out "$out/tasks/$space-$det" > "$results/tune/$space-adam-$det.jsonl"
+    --seed 1 --checkpoint "$checkpoint" --out "$out/tasks/$space-$det" > "$results/tune/$space-adam-$det.jsonl.new"
+  mv -f "$results/tune/$space-adam-$det.jsonl.new" "$results/tune/$space-adam-$det.jsonl"
   rm -f "$checkpoint"
 }
 # transfer_lines DET: the z tuned through DET, decoded through every DET.
@@ -211,7 +216,8 @@ transfer_lines() {
   for t in $unseen; do
     "${bin[@]}" transfer "${common[@]}" --subspace "$subspace" --data "$data/$t" \
       --task "$out/tasks/d$d-$det/$t.json" --split test
-  done > "$results/transfer/d$d-$det.jsonl"
+  done > "$results/transfer/d$d-$det.jsonl.new"
+  mv -f "$results/transfer/d$d-$det.jsonl.new" "$results/transfer/d$d-$det.jsonl"
 }
 step original original_lines
 step zero-shot zero_shot_lines

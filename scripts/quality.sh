@@ -119,7 +119,9 @@ out = json.loads(output.strip().splitlines()[-1])
 test = out.get("test") or {k: out[k] for k in ("accuracy", "macro_f1", "n")}
 line = {"row": row, "task": task, "shots": shots, "seed": int(seed),
         "subspace": None if subspace == "null" else subspace,
-        "det": out.get("det"), "dev": out.get("dev"), "test": test, "seconds": int(seconds)}
+        "det": out.get("det"), "dev": out.get("dev"), "test": test,
+        # This process's wall time, or tune's own count when larger: a resumed run's covers every part.
+        "seconds": max(int(seconds), int(out.get("seconds") or 0))}
 print(json.dumps(line, separators=(",", ":")))
 PY
 }

@@ -11,7 +11,9 @@ package=onnxruntime
 [ "${1:-}" = "--gpu" ] && package=onnxruntime-gpu
 lib=third_party/onnxruntime/lib
 marker="$lib/.$package-$version"
-if [ -f "$marker" ] && [ -f "$lib/libonnxruntime.so.$version" ]; then
+# The GPU build runs on CPU too, so a CPU request is met by either; a GPU request only by its own.
+ready() { [ -f "$lib/.$1-$version" ] && [ -f "$lib/libonnxruntime.so.$version" ]; }
+if ready "$package" || { [ "$package" = onnxruntime ] && ready onnxruntime-gpu; }; then
   exit 0
 fi
 tmp=$(mktemp -d)
@@ -33,5 +35,6 @@ with zipfile.ZipFile(wheel) as zf:
 PY
 ln -sf "libonnxruntime.so.$version" "$lib/libonnxruntime.so.1"
 ln -sf "libonnxruntime.so.$version" "$lib/libonnxruntime.so"
+rm -f "$lib"/.onnxruntime-*   # one library, so one marker: the other build's is gone
 touch "$marker"
 echo "ONNX Runtime $version ($package) ready in $lib"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the PostgreSQL store's tests (tests/it/pg.rs, tests/it/postgres.rs, tests/it/store.rs)
 # need: Debian's PostgreSQL server binaries (/usr/lib/postgresql/*/bin) and openssl (a self-signed
-# certificate for the TLS test). Nothing is started here: each test run starts its own servers
-# with initdb and pg_ctl in a temporary directory, as the `postgres` user when run as root.
+# certificate for the TLS test). The tests use no system service: each run starts its own servers
+# with initdb and pg_ctl in a temporary directory, as the `postgres` user when run as root. (On a
+# host running systemd, Debian's package also starts its own `15/main` cluster on port 5432; the
+# tests choose free ports, so it is left alone.)
 #   scripts/setup-postgres.sh      as root, or as a user who may run sudo
 # Idempotent: returns at once when both are present.
 set -euo pipefail

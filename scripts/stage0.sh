@@ -48,6 +48,11 @@ for task in $tasks; do
     echo "== $task: done before"
     continue
   fi
+  # Two runs may share the machine (a task each); one task is trained by one of them at a time.
+  if ! claim "$runs/$task.lock"; then
+    echo "== $task: running in another stage0.sh (pid $(cat "$runs/$task.lock"))"
+    continue
+  fi
   echo "== $task: $(date -u +%FT%TZ)"
   # A task a session left half-trained resumes from the checkpoint it committed (see below).
   parked=$committed/checkpoints/$task.checkpoint.safetensors
@@ -62,12 +67,19 @@ for task in $tasks; do
   # One line per (task, DET): the scores of the solution, with the wall time of the whole task. They replace
   # any the task has, and come before the solutions: "done before" is decided by the solutions, so a run cut
   # off between the two trains the task again rather than leaving it without lines (or with two sets).
+  claim "$runs/results.lock" wait   # the other run rewrites the same file
   { grep -v -F "\"task\":\"$task\"," "$results" || true
     sed "s/}\$/,\"seconds\":$seconds,\"threads\":\"${DELTASPACE_RUNTIME_INTRA_THREADS:-all}\"}/" \
       "$runs/$task.jsonl"
   } > "$results.new"
   mv -f "$results.new" "$results"
-  cp "$runs/$task"/*.safetensors "$dir/"
+  release "$runs/results.lock"
+  # Each file whole (a copy, then a rename): a run cut off here leaves no truncated solution that the
+  # next would take as done.
+  for solution in "$runs/$task"/*.safetensors; do
+    copy_if_changed "$solution" "$dir/${solution##*/}"
+  done
   rm -f "$parked"
+  release "$runs/$task.lock"
   echo "== $task: $seconds s"
 done

@@ -243,19 +243,7 @@ fn score_through(
     split: Split,
     limit: Option<usize>,
 ) -> anyhow::Result<Vec<Scores>> {
-    let labels = &data[0].data.labels;
-    if task.labels != *labels {
-        let names = |labels: &[Label]| {
-            let names: Vec<&str> = labels.iter().map(|label| label.name.as_str()).collect();
-            names.join(", ")
-        };
-        bail!(
-            "the task's labels ({}) are not the data's ({}) with the same descriptions in the same \
-             order: its head and z would be scored against other labels",
-            names(&task.labels),
-            names(labels)
-        );
-    }
+    check_labels_match(task, &data[0])?;
     let units: Vec<Unit> = dets.iter().map(|&det| Unit::new(0, det)).collect();
     let (head, values) = HeadTuning::task_values(task, &data[0].descriptions)?;
     let space = Space::Subspace {
@@ -265,4 +253,24 @@ fn score_through(
     };
     let values = vec![values; units.len()];
     evaluate_values(encoder, data, &units, &space, &values, split, limit)
+}
+
+/// A task file scored on `data` must have the data's labels, with the same descriptions in the
+/// same order: otherwise its head and z would be scored against other labels.
+pub(super) fn check_labels_match(task: &Task, data: &TrainTask) -> anyhow::Result<()> {
+    let labels = &data.data.labels;
+    if task.labels != *labels {
+        let names = |labels: &[Label]| {
+            let names: Vec<&str> = labels.iter().map(|label| label.name.as_str()).collect();
+            names.join(", ")
+        };
+        bail!(
+            "{}: the task's labels ({}) are not the data's ({}) with the same descriptions in the \
+             same order: its head and z would be scored against other labels",
+            task.name,
+            names(&task.labels),
+            names(labels)
+        );
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 
-use super::eval::ScoringArgs;
+use super::eval::{ScoringArgs, check_labels_match};
 use super::predict::load_task;
 use super::{at_least, non_negative};
 use crate::config::Config;
@@ -25,8 +25,8 @@ pub struct LandscapeArgs {
     /// Instead: a centre and two directions as JSON arrays of d numbers: '[..]' '[..]' '[..]'.
     #[arg(long, num_args = 3)]
     pub directions: Vec<String>,
-    /// Grid points per axis.
-    #[arg(long, default_value_t = 9, value_parser = at_least::<2>)]
+    /// Grid points per axis, 2 to 201 (every point is a z of d values per DET, scored on dev).
+    #[arg(long, default_value_t = 9, value_parser = grid_points)]
     pub grid: usize,
     /// Extra room around the points, as a fraction of their spread (at least 1 unit).
     #[arg(long, default_value_t = 0.5, value_parser = non_negative)]
@@ -42,11 +42,21 @@ pub struct LandscapeArgs {
     pub font: Option<PathBuf>,
 }
 
+/// clap's parser for --grid: at least 2 points per axis, and at most 201, whose 3 × 201² codes
+/// of d = 1,024 already take 0.5 GB (a larger grid aborted on its allocation).
+fn grid_points(text: &str) -> Result<usize, String> {
+    let points = at_least::<2>(text)?;
+    match points {
+        ..=201 => Ok(points),
+        _ => Err(format!("{points} points per axis: at most 201")),
+    }
+}
+
 pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
     use crate::train::landscape::{Marker, Plane, draw, evaluate_grid};
     let encoder = args.scoring.encoder(config)?;
     let subspace = args.scoring.subspace(config, &encoder)?;
-    let task = args.scoring.task(&encoder)?.remove(0);
+    let data = args.scoring.task(&encoder)?.remove(0);
     let limits = config.task_limits()?;
     let (plane, markers) = if args.tasks.len() == 3 {
         let tasks: Vec<Task> = args
@@ -54,6 +64,18 @@ pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
             .iter()
             .map(|path| load_task(path, &subspace, &limits))
             .collect::<anyhow::Result<_>>()?;
+        for (path, task) in args.tasks.iter().zip(&tasks) {
+            // The plane is one of z, scored through the label descriptions: a head of one task
+            // has no place on it.
+            if task.head.is_some() {
+                bail!(
+                    "{}: landscape scores z alone, and this task has a head; tune the three \
+                     with --head none",
+                    path.display()
+                );
+            }
+            check_labels_match(task, &data)?;
+        }
         let points = [tasks[0].z.clone(), tasks[1].z.clone(), tasks[2].z.clone()];
         let plane = Plane::through(&points)?;
         let markers = tasks
@@ -100,7 +122,7 @@ pub fn landscape(config: &Config, args: LandscapeArgs) -> anyhow::Result<()> {
     let landscape = evaluate_grid(
         &encoder,
         &subspace,
-        &task,
+        &data,
         plane,
         markers,
         args.grid,

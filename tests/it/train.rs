@@ -744,6 +744,8 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
                 &sst2,
                 "--det",
                 det,
+                "--head",
+                "none",
                 "--out",
                 &path,
             ][..],
@@ -782,6 +784,11 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
     // the trainer itself; a missing one is named.
     let message = deltaspace_refuses(&[&landscape[..], &["--font", "no-such-font.ttf"]].concat());
     assert!(message.contains("no-such-font.ttf"), "{message}");
+    // The plane is one of z: a task with a head (tune's default) was drawn without it.
+    let mut headed = landscape;
+    headed[8] = &task_json;
+    let message = deltaspace_refuses(&headed);
+    assert!(message.contains("has a head"), "{message}");
 }
 
 #[test]

@@ -120,7 +120,7 @@ impl Solution {
                 n: number(&format!("{split}_n"))? as usize,
             })
         };
-        let det: DetKind = meta("det")?.parse()?;
+        let det: DetKind = (meta("det")?.parse()).with_context(|| path.display().to_string())?;
         let (dev, test, step, task) = (
             metrics("dev")?,
             metrics("test")?,
@@ -134,12 +134,26 @@ impl Solution {
             );
         }
         let delta = file.take("delta")?.values;
-        let size = manifest.det(det.name()).map(|l| l.size).unwrap_or(0);
-        if delta.len() != size {
+        let Some(layout) = manifest.det(det.name()) else {
             bail!(
-                "{}: δ has {} values, the {det} layout has {size}",
+                "{}: a {det} solution, and the model has no {det} DET",
+                path.display()
+            );
+        };
+        if delta.len() != layout.size {
+            bail!(
+                "{}: δ has {} values, the {det} layout has {}",
                 path.display(),
-                delta.len()
+                delta.len(),
+                layout.size
+            );
+        }
+        // A NaN in δ would reach every θ it is decoded into, and stage 1's eigendecomposition.
+        if let Some(at) = delta.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: δ value {at} is not finite ({})",
+                path.display(),
+                delta[at]
             );
         }
         Ok(Self {
@@ -150,5 +164,39 @@ impl Solution {
             test,
             step,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A δ with a NaN was loaded as any other (the subspace reader refuses one), and a DET the
+    /// model lacks read as "a layout of 0 values".
+    #[test]
+    fn a_solution_with_a_value_that_is_not_finite_is_refused_naming_its_file() {
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+        let manifest = Manifest::load(&tiny).unwrap();
+        let scores = Scores {
+            accuracy: 0.5,
+            macro_f1: 0.5,
+            n: 2,
+        };
+        let size = manifest.det("lora").unwrap().size;
+        let mut solution = Solution {
+            task: "sst2".into(),
+            det: DetKind::Lora,
+            delta: vec![0.0; size],
+            dev: scores,
+            test: scores,
+            step: 1,
+        };
+        solution.delta[3] = f32::NAN;
+        let dir = tempfile::tempdir().unwrap();
+        let path = Solution::path_in(dir.path(), "sst2", DetKind::Lora);
+        solution.save(&path, &manifest, Storage::F32).unwrap();
+        let error = format!("{:#}", Solution::load(&path, &manifest).unwrap_err());
+        assert!(error.contains("δ value 3 is not finite"), "{error}");
+        assert!(error.contains("sst2.lora.safetensors"), "{error}");
     }
 }

@@ -40,6 +40,14 @@ pub fn collect_solutions(
     solutions: &[Solution],
     manifest: &Manifest,
 ) -> anyhow::Result<Vec<TaskSolutions>> {
+    // The paper's convex mix weighs Adapter, LoRA and Prefix: a model exporting fewer has no mix.
+    let missing: Vec<DetKind> = (DetKind::ALL.into_iter())
+        .filter(|det| det.column(manifest).is_err())
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "stage 1 mixes the codes of all three DETs, and the model lacks {missing:?}"
+    );
     let mut names: Vec<&str> = solutions.iter().map(|s| s.task.as_str()).collect();
     names.sort();
     names.dedup();
@@ -48,6 +56,12 @@ pub fn collect_solutions(
         let mut deltas = vec![Vec::new(); manifest.dets.len()];
         for solution in solutions.iter().filter(|s| s.task == name) {
             let column = solution.det.column(manifest)?;
+            // Two files of one (task, DET), another seed say, would keep whichever came last.
+            ensure!(
+                deltas[column].is_empty(),
+                "two {} solutions of task {name}: keep one in the solutions directory",
+                solution.det
+            );
             deltas[column] = solution.delta.clone();
         }
         if deltas.iter().all(|d| !d.is_empty()) {
@@ -102,8 +116,10 @@ pub fn decompose(
             codes[t][k] = (sigma * v[t]) as f32;
         }
     }
-    // Beyond the rank: random directions, Gram-Schmidt against the ones before.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    // Beyond the rank: random directions, Gram-Schmidt against the ones before. Their stream is
+    // not --complete-to's (`RandomColumns`, drawn from `seed` itself), which would otherwise draw
+    // these very values again as its first column.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ BEYOND_RANK_STREAM);
     for k in rank.min(d)..d {
         let mut direction: Array1<f64> = (0..total)
             .map(|_| StandardNormal.sample(&mut rng))
@@ -362,7 +378,9 @@ impl Refinement<'_> {
             let mean_loss = (task_loss + rec_loss) / self.tasks.len() as f32;
             if done.is_multiple_of(options.eval_every.max(1)) || done == options.steps {
                 let mean = self.dev_accuracy(&u, &z)?;
-                if mean > best.0 {
+                // Diverged values (a learning rate too large) score their logits' first label,
+                // which can win on a skewed dev set: never the best.
+                if mean > best.0 && all_finite(&u, &z) {
                     best = (mean, u.clone(), done, z.clone());
                 }
                 progress.report(done as u64, mean_loss, Some(mean));
@@ -543,9 +561,97 @@ fn mix_weights(dets: &[DetKind], alpha: f32, beta: f32) -> Vec<f32> {
         .collect()
 }
 
+/// Salts the seed of the directions drawn beyond the solutions' rank.
+const BEYOND_RANK_STREAM: u64 = 0xbe70_d0a4_c0de_0001;
+
+/// Every value of U and of the codes is finite.
+fn all_finite(u: &[Array2<f32>], z: &[Vec<f32>]) -> bool {
+    let finite = |v: &f32| v.is_finite();
+    u.iter().all(|matrix| matrix.iter().all(finite)) && z.iter().all(|code| code.iter().all(finite))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A second file of one (task, DET) replaced the first in path order, without a word.
+    #[test]
+    fn two_solutions_of_one_task_and_det_are_refused() {
+        let tiny =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+        let manifest = Manifest::load(&tiny).unwrap();
+        let scores = deltaspace_core::tuning::eval::Scores {
+            accuracy: 0.5,
+            macro_f1: 0.5,
+            n: 2,
+        };
+        let solution = |det: DetKind| Solution {
+            task: "sst2".into(),
+            det,
+            delta: vec![0.0; manifest.det(det.name()).unwrap().size],
+            dev: scores,
+            test: scores,
+            step: 1,
+        };
+        let every: Vec<Solution> = DetKind::ALL.into_iter().map(solution).collect();
+        assert_eq!(collect_solutions(&every, &manifest).unwrap().len(), 1);
+        let twice = [&every[..], &[solution(DetKind::Lora)]].concat();
+        let error = (collect_solutions(&twice, &manifest).map(drop))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("two lora solutions of task sst2"), "{error}");
+    }
+
+    /// With --dim beyond the solutions' rank and --complete-to, both drew from one seed's stream,
+    /// so the completion's first column repeated the decomposition's drawn one (cosine ≈ 1).
+    #[test]
+    fn directions_drawn_beyond_the_rank_are_not_drawn_again_by_the_completion() {
+        use deltaspace_core::subspace::RandomColumns;
+        let tiny =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+        let manifest = Manifest::load(&tiny).unwrap();
+        let solutions: Vec<TaskSolutions> = (0..2)
+            .map(|t| TaskSolutions {
+                task: format!("t{t}"),
+                deltas: (manifest.dets.iter())
+                    .map(|layout| {
+                        (0..layout.size)
+                            .map(|i| ((i * (t + 2)) % 7) as f32)
+                            .collect()
+                    })
+                    .collect(),
+            })
+            .collect();
+        let seed = 7;
+        let (u, _) = decompose(&solutions, 3, seed);
+        let dets = (u.into_iter())
+            .map(|u| DetParams {
+                base: ndarray::Array1::zeros(u.nrows()),
+                u,
+            })
+            .collect();
+        let completed = Subspace::new("hybrid", &manifest, dets)
+            .unwrap()
+            .with_random_columns(&manifest, RandomColumns { count: 1, seed })
+            .unwrap();
+        for det in completed.params().dets() {
+            let (drawn, completion) = (det.u.column(2), det.u.column(3));
+            let cosine =
+                drawn.dot(&completion) / (drawn.dot(&drawn) * completion.dot(&completion)).sqrt();
+            assert!(cosine.abs() < 0.5, "cosine {cosine}");
+        }
+    }
+
+    #[test]
+    fn diverged_values_are_not_finite() {
+        let u = vec![Array2::<f32>::zeros((2, 2))];
+        assert!(all_finite(&u, &[vec![1.0, 2.0]]));
+        assert!(!all_finite(&u, &[vec![1.0, f32::NAN]]));
+        assert!(!all_finite(
+            &[Array2::from_elem((1, 1), f32::INFINITY)],
+            &[vec![]]
+        ));
+    }
 
     #[test]
     fn the_mix_gives_alpha_to_adapter_beta_to_lora_and_the_rest_to_prefix() {
