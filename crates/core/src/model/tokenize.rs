@@ -152,7 +152,7 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     /// Loads `tokenizer.json` and sets padding and truncation at `max_seq_len`, which must leave
-    /// a pair's special tokens ([CLS] a [SEP] b [SEP]) at least one token of text and be at most
+    /// a pair's special tokens (`[CLS] a [SEP] b [SEP]`) at least one token of text and be at most
     /// `limit` (the model's own).
     pub fn load(path: &Path, max_seq_len: usize, limit: usize) -> Result<Self, ModelError> {
         let tokenizer_error = |context: String| {
