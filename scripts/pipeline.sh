@@ -114,7 +114,7 @@ publish_when_ready() {
   # Each unseen task's guarded choice, before anything is copied: a missing line publishes nothing.
   for t in $unseen; do
     if row=$(guarded_row "$t"); then
-      kept[$t]=runs/quality/$row-$t-full-1.json
+      kept[$t]=runs/quality/minilm-d$d-$row-$t-full-1.json
       sources+=("${kept[$t]}")
     else
       missing+=("a guarded choice for $t (see the error above)")

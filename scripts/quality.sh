@@ -164,6 +164,8 @@ run() {
   local scope=$key
   [ "$row" = head-only ] && scope=$name
   local checkpoint=$runs/$scope-$row-$task-$shots-$seed.checkpoint.safetensors
+  # Named by the subspace too: a task file of another subspace's matrix must not replace this one's.
+  local task_file=$runs/$scope-$row-$task-$shots-$seed.json
   local tune=("${bin[@]}" tune "${common[@]}" --data "$data/$task" --seed "$seed" "${few[@]}" "${dev[@]}"
     --checkpoint "$checkpoint")
   local output started=$SECONDS
@@ -172,14 +174,14 @@ run() {
     zero-shot) output=$("${bin[@]}" eval "${common[@]}" --data "$data/$task" --zero-shot --split test) ;;
     probe) output=$("${bin[@]}" eval "${common[@]}" --data "$data/$task" --probe --split test --seed "$seed" "${few[@]}") ;;
     head-only) output=$("${tune[@]}" --subspace "$subspace_file" --det lora --head prototypes --freeze-z \
-      --out "$runs/$row-$task-$shots-$seed.json") ;;
+      --out "$task_file") ;;
     z) output=$("${tune[@]}" --subspace "$subspace_file" --head none --init normal \
-      --out "$runs/$row-$task-$shots-$seed.json") ;;
+      --out "$task_file") ;;
     z+head) output=$("${tune[@]}" --subspace "$subspace_file" --head prototypes --init normal \
-      --out "$runs/$row-$task-$shots-$seed.json") ;;
+      --out "$task_file") ;;
     warm) output=$("${tune[@]}" --subspace "$subspace_file" --head prototypes --init upstream \
-      --out "$runs/$row-$task-$shots-$seed.json") ;;
-    random) output=$("${tune[@]}" --subspace "$random" --head prototypes --out "$runs/$row-$task-$shots-$seed.json") ;;
+      --out "$task_file") ;;
+    random) output=$("${tune[@]}" --subspace "$random" --head prototypes --out "$task_file") ;;
     lora|adapter|prefix) output=$("${bin[@]}" train det "${common[@]}" --data "$data/$task" --det "$row" --seed "$seed" \
       "${few[@]}" --steps 1500 --lr 3e-3 --eval-every 25 --patience 4 --checkpoint "$checkpoint" \
       --out "$runs/$row-$task-$shots-$seed.safetensors") ;;
