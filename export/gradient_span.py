@@ -60,7 +60,7 @@ def read_task(directory: Path) -> tuple[list, list[str], list[str], list[str]]:
 
 
 def gradients(bert: Bert, tokenizer: Path, theta0: dict, det: str, directory: Path, batches: int, rows: int,
-              seed: int, max_seq_len: int = 64, logit_scale: float = 20.0) -> np.ndarray:
+              seed: int, max_seq_len: int, logit_scale: float = 20.0) -> np.ndarray:
     """[batches, D]: minibatch gradients of the mean loss with respect to θ_det at θ⁰ (f64)."""
     inputs, labels, descriptions, names = read_task(directory)
     with torch.no_grad():
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--model", type=Path, default=Path("models/all-MiniLM-L6-v2"))
     parser.add_argument("--det", default="lora", choices=DETS)
-    parser.add_argument("--batches", type=int, default=24)
+    parser.add_argument("--batches", type=int, default=64)
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path("runs/gradient"))
@@ -129,15 +129,17 @@ def main() -> None:
     bert = Bert.load(minilm / "model.safetensors", BertConfig.from_hf(minilm / "config.json"))
     theta0 = load_file(str(args.model / "theta0.safetensors"))
     tokenizer = args.model / "tokenizer.json"
-    logit_scale = json.loads((args.model / "manifest.json").read_text())["logit_scale"]
+    manifest = json.loads((args.model / "manifest.json").read_text())
+    # The trainer's loss: its logit scale, and rows truncated at the model's limit as `tune` truncates them.
+    logit_scale, max_seq_len = manifest["logit_scale"], manifest["max_seq_len"]
     args.cache.mkdir(parents=True, exist_ok=True)
 
     def task_gradients(task: str) -> np.ndarray:
-        cached = args.cache / f"{task}.{args.det}.b{args.batches}x{args.rows}.s{args.seed}.npy"
+        cached = args.cache / f"{task}.{args.det}.b{args.batches}x{args.rows}.s{args.seed}.t{max_seq_len}.npy"
         if not cached.is_file():
             partial = cached.with_suffix(".partial.npy")  # renamed once whole: a killed run leaves no bad cache
             np.save(partial, gradients(bert, tokenizer, theta0, args.det, args.data / task, args.batches, args.rows,
-                                       args.seed, logit_scale=logit_scale))
+                                       args.seed, max_seq_len, logit_scale=logit_scale))
             os.replace(partial, cached)
             print(f"gradients: {task}", flush=True)
         return np.load(cached)
@@ -160,6 +162,8 @@ def main() -> None:
         delta = load_file(str(delta_file))["delta"].astype(np.float64) if delta_file.is_file() else None
         for k in KS:
             if k > directions.shape[1]:
+                print(f"gradient_span: k = {k} left out: only {directions.shape[1]} upstream gradients "
+                      f"(raise --batches)", file=sys.stderr)
                 continue
             basis = directions[:, :k]
             control, _ = np.linalg.qr(rng.standard_normal((basis.shape[0], k)))

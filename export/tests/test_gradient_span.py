@@ -65,10 +65,11 @@ def test_written_subspace_loads_in_rust(tiny, tmp_path):
     assert metadata["d"] == "5" and u.shape == (size, 5)
     assert np.allclose(u[:, :3], learned, atol=1e-3)  # the learned directions first (f16)
     binary = ROOT / "target/debug/deltaspace"
-    if binary.exists():  # scripts/test.sh builds it before pytest runs
-        info = subprocess.run([binary, "subspace", "info", path, "--model", tiny.dir], capture_output=True, text=True)
-        assert info.returncode == 0, info.stderr
-        assert '"name":"gradient3-adapter-d5"' in info.stdout
+    if not binary.exists():  # scripts/test.sh builds it before pytest runs
+        pytest.skip("target/debug/deltaspace is not built: the Rust side is unchecked")
+    info = subprocess.run([binary, "subspace", "info", path, "--model", tiny.dir], capture_output=True, text=True)
+    assert info.returncode == 0, info.stderr
+    assert '"name":"gradient3-adapter-d5"' in info.stdout
 
 
 def test_fisher_columns_are_unit_and_follow_the_sensitive_parameters():

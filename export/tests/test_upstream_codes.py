@@ -7,6 +7,7 @@ import sys
 from argparse import Namespace
 
 import numpy as np
+import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -41,11 +42,12 @@ def test_a_code_reproduces_its_solution_and_tune_starts_from_it(tiny, tmp_path):
     assert np.allclose(task["z"], code, atol=1e-2)
     assert task["subspace"].startswith("codes-d4@") and task["labels"][0]["name"]
     binary = ROOT / "target/debug/deltaspace"
-    if binary.exists():  # scripts/test.sh builds it before pytest runs
-        tuned = tmp_path / "tuned.json"
-        tune = subprocess.run([binary, "tune", "--model", tiny.dir, "--subspace", subspace, "--data", DATA / "sst2",
-                               "--det", "lora", "--head", "none", "--steps", "0", "--init", out / "sst2.json",
-                               "--provider", "cpu", "--threads", "1", "--out", tuned],
-                              capture_output=True, text=True)
-        assert tune.returncode == 0, tune.stderr
-        assert np.allclose(json.loads(tuned.read_text())["z"], task["z"], atol=1e-6)
+    if not binary.exists():  # scripts/test.sh builds it before pytest runs
+        pytest.skip("target/debug/deltaspace is not built: the Rust side is unchecked")
+    tuned = tmp_path / "tuned.json"
+    tune = subprocess.run([binary, "tune", "--model", tiny.dir, "--subspace", subspace, "--data", DATA / "sst2",
+                           "--det", "lora", "--head", "none", "--steps", "0", "--init", out / "sst2.json",
+                           "--provider", "cpu", "--threads", "1", "--out", tuned],
+                          capture_output=True, text=True)
+    assert tune.returncode == 0, tune.stderr
+    assert np.allclose(json.loads(tuned.read_text())["z"], task["z"], atol=1e-6)
