@@ -68,6 +68,16 @@ pub fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<QualityLine>> {
                  lines; drop it",
                 path.display()
             );
+            // The tables have a place for these only: another would be left out of them silently.
+            anyhow::ensure!(
+                ROWS.contains(&line.row.as_str()) && SIZES.contains(&line.shots.as_str()),
+                "{}: a line of row {:?} at shots {:?}; the report knows the rows {} and the sizes {}",
+                path.display(),
+                line.row,
+                line.shots,
+                ROWS.join(", "),
+                SIZES.join(", ")
+            );
             let run = (
                 line.row.clone(),
                 line.task.clone(),
@@ -495,6 +505,22 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text.join("\n")).unwrap();
         path
+    }
+
+    /// A row or size the tables have no place for was kept in --json and left out of the tables.
+    #[test]
+    fn a_row_or_size_the_report_does_not_know_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let unknown = file(dir.path(), "unknown", &[("mine", "a", 1, None, 0.5)]);
+        let error = read_all(&[unknown]).unwrap_err().to_string();
+        assert!(error.contains("row \"mine\""), "{error}");
+        let known = file(dir.path(), "known", &[("probe", "a", 1, None, 0.5)]);
+        let text = std::fs::read_to_string(&known)
+            .unwrap()
+            .replace("\"16\"", "\"32\"");
+        std::fs::write(&known, text).unwrap();
+        let error = read_all(&[known]).unwrap_err().to_string();
+        assert!(error.contains("shots \"32\""), "{error}");
     }
 
     /// Blank lines were left out before numbering, so an error named another line.
