@@ -137,6 +137,14 @@ struct Level {
     low_load_p99_ms: f64,
 }
 
+/// What every count's tasks are made of: the model's files, the subspace (loaded once: at large d
+/// that takes seconds, which are not the import's) and the label sets to draw from.
+struct Tasks {
+    files: ModelFiles,
+    subspace: Subspace,
+    label_sets: Vec<Vec<Label>>,
+}
+
 /// The plain graph in this process, on the same texts and threads as the server.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Offline {
@@ -159,7 +167,12 @@ fn main() -> anyhow::Result<()> {
             args.bin.display()
         );
     }
-    let label_sets = label_sets(&args.label_sets_from)?;
+    let files = ModelFiles::open(&args.model)?;
+    let tasks = Tasks {
+        subspace: Subspace::load(&args.subspace, &files.manifest)?,
+        label_sets: label_sets(&args.label_sets_from)?,
+        files,
+    };
     let texts = Arc::new(texts(&args.texts)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -168,13 +181,13 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&args.runs);
     let mut levels = Vec::new();
     for &count in &args.counts {
-        let level = measure(&args, count, &label_sets, &texts, &runtime)?;
+        let level = measure(&args, count, &tasks, &texts, &runtime)?;
         eprintln!("{}", serde_json::to_string(&level)?);
         levels.push(level);
     }
     let offline = offline(&args, &texts)?;
     eprintln!("{}", serde_json::to_string(&offline)?);
-    print_table(&args, &levels);
+    print_table(&args, &tasks.subspace, &levels);
     print_overhead(&levels, &offline);
     for level in &levels {
         println!("{}", serde_json::to_string(level)?);
@@ -186,7 +199,7 @@ fn main() -> anyhow::Result<()> {
 fn measure(
     args: &Args,
     count: usize,
-    label_sets: &[Vec<Label>],
+    tasks: &Tasks,
     texts: &Arc<Vec<String>>,
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Level> {
@@ -195,7 +208,7 @@ fn measure(
     let data_dir = dir.join("data");
 
     let started = Instant::now();
-    register(args, count, label_sets, &data_dir)?;
+    register(args, count, tasks, &data_dir)?;
     let import_s = started.elapsed().as_secs_f64();
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -313,14 +326,12 @@ fn sorted_ms(durations: &[Duration]) -> Vec<f64> {
 }
 
 /// Writes `count` random-z tasks into `data_dir`'s database, as `deltaspace import` does.
-fn register(
-    args: &Args,
-    count: usize,
-    label_sets: &[Vec<Label>],
-    data_dir: &Path,
-) -> anyhow::Result<()> {
-    let files = ModelFiles::open(&args.model)?;
-    let subspace = Subspace::load(&args.subspace, &files.manifest)?;
+fn register(args: &Args, count: usize, tasks: &Tasks, data_dir: &Path) -> anyhow::Result<()> {
+    let Tasks {
+        files,
+        subspace,
+        label_sets,
+    } = tasks;
     let d = subspace.d();
     let hidden = files.manifest.hidden();
     let dets = [DetKind::Lora, DetKind::Adapter, DetKind::Prefix];
@@ -350,7 +361,7 @@ fn register(
     let summary = import_tasks(
         data_dir,
         &files.manifest,
-        &subspace,
+        subspace,
         &TaskLimits::default(),
         make,
     )?;
@@ -547,7 +558,7 @@ fn texts(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(texts)
 }
 
-fn print_table(args: &Args, levels: &[Level]) {
+fn print_table(args: &Args, subspace: &Subspace, levels: &[Level]) {
     let base = &levels[0];
     let per_task = |level: &Level, rss: fn(&Level) -> u64| {
         if level.tasks <= base.tasks {
@@ -558,8 +569,14 @@ fn print_table(args: &Args, levels: &[Level]) {
         }
     };
     println!(
-        "{} clients, {} s per count after {} s warm-up, 1 text per request, {} ORT threads\n",
-        args.clients, args.seconds, args.warmup, args.threads
+        "{} clients, {} s per count after {} s warm-up, 1 text per request, {} ORT threads; \
+         subspace {} (d = {})\n",
+        args.clients,
+        args.seconds,
+        args.warmup,
+        args.threads,
+        subspace.id(),
+        subspace.d()
     );
     println!(
         "| tasks | label sets | import s | ready s | req/s | ×1 task | p50 ms | p99 ms | p99 ×1 task | errors | RSS idle MiB | RSS load MiB | bytes/task idle | bytes/task load |"

@@ -22,9 +22,14 @@ cd "$(dirname "$0")/.."
 . scripts/lib/bench.sh
 command="scripts/bench-http-peer.sh $*"
 build=1
+bin=target/release/deltaspace  # the server the Python side runs (--bin PATH)
 args=()
+previous=
 for a in "$@"; do
   if [ "$a" = "--no-build" ]; then build=0; else args+=("$a"); fi
+  [ "$previous" = "--bin" ] && bin=$a
+  case $a in --bin=*) bin=${a#--bin=} ;; esac
+  previous=$a
 done
 out=bench-out/http-peer
 venv=.venv-peer
@@ -38,8 +43,9 @@ fi
 if [ "$build" = 1 ]; then
   # Build first, so no compile runs beside the timings.
   cargo build --quiet --release --locked --bin deltaspace
-elif [ ! -x target/release/deltaspace ]; then
-  echo "target/release/deltaspace is missing: build it (cargo build --release --bin deltaspace) or drop --no-build" >&2
+fi
+if [ ! -x "$bin" ]; then
+  echo "$bin is missing: build it (cargo build --release --bin deltaspace), drop --no-build, or give --bin PATH" >&2
   exit 2
 fi
 command -v taskset >/dev/null || { echo "taskset (util-linux) is needed to pin the servers" >&2; exit 2; }

@@ -3,9 +3,12 @@
 # random-z tasks under closed-loop load on loopback; throughput, p50, p99 and resident memory per registered task,
 # as ratios against the 1-task run of the same invocation. Writes docs/performance/http.md.
 #   scripts/bench-http.sh [--counts 1,100,10000,1000000] [--seconds 20] [--clients 16] [--offline-batch 32]
-# Needs the MiniLM export (scripts/run-main.sh makes it) and ONNX Runtime (scripts/setup-ort.sh). About 5 minutes at
-# the defaults on 2 cores (the 1M-task import and start-up take most of it), plus the first release build.
-# Work directories and logs stay in bench-out/http/ (git-ignored); the 1M-task database is about 700 MB.
+# Needs the MiniLM export (scripts/run-main.sh makes it) and ONNX Runtime (scripts/setup-ort.sh). The tasks are in the
+# default subspace (--subspace FILE for another; the page names it and its d). At d = 16 a run at the defaults took
+# about 5 minutes on 2 cores (the 1M-task import and start-up most of it) and its 1M-task database about 700 MB; at
+# the default d = 1,024 a z is about 10 KB of JSON in the database and 2 KB in memory, so 1M tasks want about 10 GB of
+# disk and 2.5 GB of memory (--counts 1,100,10000 for a quick run). Plus the first release build.
+# Work directories and logs stay in bench-out/http/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/bench.sh
@@ -32,8 +35,9 @@ load_after=$(load_average)
     "$(ort_library), CPU execution provider."
   echo "Load average (1, 5, 15 min) before: $load_before; after: $load_after. Busiest processes at the start: ${busy%; }."
   echo
-  echo "What runs (benches/http.rs): for each count N, N tasks with random z (N(0, 1) per coordinate, d = 16), DETs in"
-  echo "turn, labels drawn from the example tasks' label sets, go into a fresh database through the code of"
+  echo "What runs (benches/http.rs): for each count N, N tasks with random z (N(0, 1) per coordinate, in the subspace"
+  echo "named above the table), DETs in turn, labels drawn from the example tasks' label sets, go into a fresh database"
+  echo "through the code of"
   echo "\`deltaspace import\`; the release \`deltaspace serve\` (config/deltaspace.toml's batching defaults, seed tasks off)"
   echo "starts on it; closed-loop clients in the bench process send \`POST /v1/tasks/{random one of N}/predict\` with one"
   echo "real sentence each. Clients and server share the machine's cores. The baseline is N = 1 of the same run:"

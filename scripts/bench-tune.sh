@@ -73,6 +73,8 @@ run_benchmark() {
   {
     printf 'BENCH_%s=%q\n' COMMAND "$command" DATE "$(date -u '+%Y-%m-%d %H:%M UTC')" \
       COMMIT "$(revision)" BIN "$bin" \
+      SUBSPACE "$("$bin" subspace info "$subspace" | python3 -c 'import json, sys
+s = json.load(sys.stdin); print(s["id"] + ", d = " + str(s["d"]))')" \
       MACHINE "$(machine)" \
       SETTINGS "$(printf '%s=%s ' tasks "$tasks" det "$det" adam_steps "$adam_steps" cmaes_steps "$cmaes_steps" \
         adam_every "$adam_every" cmaes_every "$cmaes_every" lr "$lr" population "$population" sigma "$sigma" \
@@ -234,7 +236,7 @@ nl = "\n"
 doc.write_text(
     f"""# Stage 2: time to 95 % of the original-space DET, Adam vs CMA-ES
 
-How long `deltaspace tune` takes to bring a new task's z (d = 16, the default subspace) to 95 % of the test accuracy
+How long `deltaspace tune` takes to bring a new task's z (the default subspace: {env.get('BENCH_SUBSPACE', 'not recorded')}) to 95 % of the test accuracy
 of the same DET ({det}) trained in its original space ({original_path}), with exact gradients (Adam) and
 derivative-free (CMA-ES). Written by
 

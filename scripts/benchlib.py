@@ -34,15 +34,18 @@ def quantile(values, p):
 
 class Server:
     """The release server (args.bin, args.model, args.threads ONNX Runtime threads) on a fresh data directory
-    workdir/data-NAME, logging to workdir/server-NAME.log, with `env` added to its environment (seed tasks off);
-    ready when constructed. Call stop()."""
+    workdir/data-NAME, logging to workdir/server-NAME.log, with `env` added to its environment (seed tasks off,
+    none of the caller's DELTASPACE_*); ready when constructed. Call stop()."""
 
     def __init__(self, args, workdir, name, env=None, port=None):
         port = port or free_port()
         data_dir = workdir / f"data-{name}"
         shutil.rmtree(data_dir, ignore_errors=True)
-        env = dict(os.environ, DELTASPACE_SERVER_SEED_TASKS_DIR="",
-                   DELTASPACE_RUNTIME_INTRA_THREADS=str(args.threads), **(env or {}))
+        # None of the caller's DELTASPACE_* settings: a store URL or tokens exported for another server would
+        # point this one at that database or lock the bench out.
+        env = dict({k: v for k, v in os.environ.items() if not k.startswith("DELTASPACE_")},
+                   DELTASPACE_SERVER_SEED_TASKS_DIR="", DELTASPACE_RUNTIME_INTRA_THREADS=str(args.threads),
+                   **(env or {}))
         self.log_path = workdir / f"server-{name}.log"
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(

@@ -87,11 +87,17 @@ trap cleanup EXIT
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"
 "$binary" subspace random --model tests/fixtures/tiny --dim 4 --out "$dir/subspace.safetensors" >/dev/null
-DELTASPACE_SERVER_SEED_TASKS_DIR="" \
-DELTASPACE_SERVER_MAX_TUNE_SECONDS=1 \
-DELTASPACE_SERVER_MAX_QUEUED_TUNE_JOBS=0 \
-  "$binary" serve --provider cpu --model tests/fixtures/tiny --subspace "$dir/subspace.safetensors" \
-  --data-dir "$dir/data" --bind "127.0.0.1:$port" 2> "$dir/server.log" &
+# The server gets these settings and none of the caller's DELTASPACE_* (a store URL exported for another server
+# would point it at that database, tokens would lock the contract out), as the Rust tests' servers do.
+(
+  for variable in $(compgen -e); do
+    case $variable in DELTASPACE_*) unset "$variable" ;; esac
+  done
+  export DELTASPACE_SERVER_SEED_TASKS_DIR="" DELTASPACE_SERVER_MAX_TUNE_SECONDS=1 \
+    DELTASPACE_SERVER_MAX_QUEUED_TUNE_JOBS=0
+  exec "$binary" serve --provider cpu --model tests/fixtures/tiny --subspace "$dir/subspace.safetensors" \
+    --data-dir "$dir/data" --bind "127.0.0.1:$port"
+) 2> "$dir/server.log" &
 server=$!
 for _ in $(seq 300); do
   curl -sf "$base/health/ready" >/dev/null 2>&1 && break

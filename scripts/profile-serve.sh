@@ -20,10 +20,14 @@ rm -rf "$out/runs"
 cargo bench --quiet --locked --bench http -- --counts "1,$tasks" --seconds $((seconds + 10)) --runs "$out/runs" \
   > "$out/http.txt" &
 bench=$!
+trap 'kill "$bench" 2>/dev/null || true' EXIT  # an early exit leaves no bench (and its server) running
 log="$out/runs/tasks-$tasks/server.log"
 until [ -s "$log" ] || ! kill -0 "$bench" 2>/dev/null; do sleep 0.5; done
 pid=$(pgrep -f -n "deltaspace --config $out/runs/tasks-$tasks/deltaspace.toml") || { echo "no server found" >&2; exit 1; }
-until grep -q ' ready' "$log"; do sleep 0.5; done
+until grep -q ' ready' "$log"; do
+  kill -0 "$pid" 2>/dev/null || { echo "the server exited before it was ready: $log" >&2; exit 1; }
+  sleep 0.5
+done
 sleep 8  # past the warm-up
 perf record -e cpu-clock -F 999 -p "$pid" -o "$out/perf.data" -- sleep "$seconds" 2> "$out/perf-record.txt"
 wait "$bench"

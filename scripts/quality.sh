@@ -88,6 +88,10 @@ if [ "$(cat "$runs/$name.id")" != "$id" ]; then
     "finish that matrix with its subspace file, or move its lines and $runs/$name.id aside to begin another" >&2
   exit 2
 fi
+# Tune from a copy of that file, so that a publish (scripts/pipeline.sh) or a checkout replacing it mid-matrix
+# cannot move later runs to another subspace under the same name; tune checks the copy's hash as it loads it.
+copy_if_changed "$subspace_file" "$runs/subspace-$id.safetensors"
+subspace_file=$runs/subspace-$id.safetensors
 release "$runs/locks/subspace-$name"
 # Made once, under a lock: two quality.sh starting together would write the same file.
 claim "$runs/locks/random-d$d" wait

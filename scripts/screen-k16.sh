@@ -10,6 +10,10 @@ bin=(runs/screen-d/deltaspace --config runs/screen-d/deltaspace.toml)
 out=docs/results/screen-k16.jsonl
 touch "$out"
 . scripts/lib/long-run.sh
+# Hold screen-d's copies as its runs do (a shared lock on runs/screen-d/.in-use), so a screen-d.sh starting
+# meanwhile cannot refresh the binary or model under this one.
+exec {in_use}>> runs/screen-d/.in-use
+flock -s "$in_use"
 for t in $UNSEEN_TASKS; do
   grep -q "\"task\":\"$t\"" "$out" && continue
   started=$SECONDS

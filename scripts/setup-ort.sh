@@ -23,14 +23,18 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: \
   --dest "$tmp" "$package==$version"
 mkdir -p "$lib"
 python3 - "$tmp" "$lib" <<'PY'
-import pathlib, sys, zipfile
+import os, pathlib, sys, zipfile
 src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 wheel = next(src.glob("*.whl"))
 with zipfile.ZipFile(wheel) as zf:
     for name in zf.namelist():
         base = name.rsplit("/", 1)[-1]
         if "/capi/" in name and base.startswith("libonnxruntime") and ".so" in base:
-            (dst / base).write_bytes(zf.read(name))
+            # Written beside, then renamed: a process that has the old library mapped (a long run) keeps
+            # its own file, where writing over it in place could crash it.
+            partial = dst / f"{base}.partial"
+            partial.write_bytes(zf.read(name))
+            os.replace(partial, dst / base)
             print("  extracted", base)
 PY
 ln -sf "libonnxruntime.so.$version" "$lib/libonnxruntime.so.1"

@@ -40,18 +40,27 @@ exec > >(tee -a "$runs/log.txt") 2>&1
 own_copies "$runs"
 bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 
-for task in $tasks; do
+# stage0_task TASK [wait]: trains TASK's three DETs unless their solutions are there. A task another stage0.sh is
+# training goes to `held`, or with `wait`, waits for it (and then finds it done, or trains what it left).
+held=()
+stage0_task() {
+  local task=$1 dir seconds started parked solution
   case " $UNSEEN_TASKS " in *" $task "*) dir=$committed/unseen ;; *) dir=$committed/upstream ;; esac
   mkdir -p "$dir"
-  if [ -f "$dir/$task.lora.safetensors" ] && [ -f "$dir/$task.adapter.safetensors" ] \
-    && [ -f "$dir/$task.prefix.safetensors" ]; then
+  if solved "$dir" "$task"; then
     echo "== $task: done before"
-    continue
+    return
   fi
   # Two runs may share the machine (a task each); one task is trained by one of them at a time.
-  if ! claim "$runs/$task.lock"; then
-    echo "== $task: running in another stage0.sh (pid $(cat "$runs/$task.lock"))"
-    continue
+  if ! claim "$runs/$task.lock" "${2:-}"; then
+    echo "== $task: running in another stage0.sh (pid $(cat "$runs/$task.lock")); back to it at the end"
+    held+=("$task")
+    return
+  fi
+  if solved "$dir" "$task"; then  # the run this one waited for finished it
+    echo "== $task: done by another stage0.sh"
+    release "$runs/$task.lock"
+    return
   fi
   echo "== $task: $(date -u +%FT%TZ)"
   # A task a session left half-trained resumes from the checkpoint it committed (see below).
@@ -82,4 +91,19 @@ for task in $tasks; do
   rm -f "$parked"
   release "$runs/$task.lock"
   echo "== $task: $seconds s"
+}
+
+# solved DIR TASK: whether TASK's three solutions are in DIR.
+solved() {
+  [ -f "$1/$2.lora.safetensors" ] && [ -f "$1/$2.adapter.safetensors" ] && [ -f "$1/$2.prefix.safetensors" ]
+}
+
+for task in $tasks; do
+  stage0_task "$task"
+done
+# The tasks another run was training: this one ends only once every task it was asked for has its solutions, so a
+# caller (scripts/pipeline.sh) never takes stage 0 as done while one is still training.
+waiting=("${held[@]}") held=()
+for task in "${waiting[@]}"; do
+  stage0_task "$task" wait
 done

@@ -213,10 +213,8 @@ impl Config {
 
     /// Every setting as `(section, key, environment variable)`, for docs and error messages.
     pub fn keys() -> Vec<(String, String, String)> {
-        let defaults = toml::Value::try_from(Config::default())
-            .expect("the defaults serialize. This is a bug.");
         let mut keys = Vec::new();
-        for (section, values) in defaults.as_table().into_iter().flatten() {
+        for (section, values) in &defaults() {
             for key in values.as_table().into_iter().flatten().map(|(k, _)| k) {
                 let env = format!(
                     "{ENV_PREFIX}{}_{}",
@@ -327,14 +325,22 @@ pub fn ort_library_from_env() -> Option<PathBuf> {
     std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from)
 }
 
-/// Applies `DELTASPACE_<SECTION>_<KEY>=value` overrides. A value is read as TOML when it parses
-/// (`4`, `true`, `["a"]`), else as a string; an unknown key of a known section is an error, so
-/// typos surface.
+/// Every setting's default, as TOML: `[section] key = value`.
+fn defaults() -> toml::Table {
+    match toml::Value::try_from(Config::default()) {
+        Ok(toml::Value::Table(table)) => table,
+        _ => unreachable!("the defaults serialize to a table. This is a bug."),
+    }
+}
+
+/// Applies `DELTASPACE_<SECTION>_<KEY>=value` overrides, each read by [`env_value`]; an unknown key
+/// of a known section is an error, so typos surface.
 fn apply_env(
     table: &mut toml::Table,
     vars: impl Iterator<Item = (String, String)>,
 ) -> anyhow::Result<()> {
     let keys = Config::keys();
+    let defaults = defaults();
     // Only names under a config section are settings (DELTASPACE_RUNTIME_*, ...); other
     // DELTASPACE_* variables belong to scripts and tools.
     let sections: Vec<String> = keys
@@ -351,10 +357,8 @@ fn apply_env(
             let known: Vec<&str> = keys.iter().map(|(_, _, env)| env.as_str()).collect();
             bail!("unknown setting {name}; known: {}", known.join(", "));
         };
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(toml::Value::String(raw));
+        let default = defaults.get(section).and_then(|values| values.get(key));
+        let value = env_value(raw, default);
         let section_table = table
             .entry(section.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -363,6 +367,21 @@ fn apply_env(
         section_table.insert(key.clone(), value);
     }
     Ok(())
+}
+
+/// An environment value for a setting whose default is `default`. A string setting takes the value
+/// as it is (a TOML string, `"…"`, is unquoted), so that a token of digits stays a string and never
+/// reaches a type error's message; any other setting reads it as TOML (`4`, `true`, `["a"]`), and
+/// a value that is not TOML as a string (for the setting's own error).
+fn env_value(raw: String, default: Option<&toml::Value>) -> toml::Value {
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut table| table.remove("v"));
+    match (default, parsed) {
+        (Some(toml::Value::String(_)), Some(quoted @ toml::Value::String(_))) => quoted,
+        (Some(toml::Value::String(_)), _) | (_, None) => toml::Value::String(raw),
+        (_, Some(value)) => value,
+    }
 }
 
 #[cfg(test)]
@@ -431,6 +450,30 @@ mod tests {
         assert_eq!(config.server.tokens.expose(), "alpha,beta");
         assert_eq!(config.server.bind, "0.0.0.0:9000");
         assert!(!format!("{config:?}").contains("alpha"));
+    }
+
+    #[test]
+    fn a_string_setting_takes_a_value_that_looks_like_toml_as_it_is() {
+        let config = load(
+            "",
+            &[
+                ("DELTASPACE_SERVER_TOKENS", "12345678"),
+                ("DELTASPACE_SERVER_REPLICA", "true"),
+                ("DELTASPACE_SERVER_ALLOWED_HOSTS", "1e9"),
+                ("DELTASPACE_SERVER_WORKERS", "3"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.server.tokens.expose(), "12345678");
+        assert_eq!(config.server.replica, "true");
+        assert_eq!(config.server.allowed_hosts, "1e9");
+        assert_eq!(config.server.workers, 3);
+        // The quoting the docs asked for before still reads as the string inside.
+        let config = load("", &[("DELTASPACE_SERVER_TOKENS", "\"12345\"")]).unwrap();
+        assert_eq!(config.server.tokens.expose(), "12345");
+        // A number setting given words fails, naming the setting, not echoing a secret.
+        let error = load("", &[("DELTASPACE_SERVER_WORKERS", "many")]).unwrap_err();
+        assert!(format!("{error:#}").contains("workers"), "{error:#}");
     }
 
     #[test]

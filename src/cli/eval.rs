@@ -40,12 +40,12 @@ pub struct ScoringArgs {
     /// Truncate inputs to this many tokens.
     #[arg(long, value_parser = at_least::<1>)]
     pub max_seq_len: Option<usize>,
-    /// Few-shot: what trains (the probe) sees this many examples per label of train and of dev,
-    /// drawn with --seed; test stays whole.
+    /// Few-shot: train and dev become this many examples per label each, drawn with --seed (what
+    /// `eval --probe` trains and chooses on, and the dev split others score); test stays whole.
     #[arg(long, value_parser = at_least::<1>)]
     pub shots: Option<usize>,
-    /// Seed of the few-shot draw (the probe itself is deterministic: on a whole training set every
-    /// seed gives the same line).
+    /// Seed of the few-shot draw. Nothing else is drawn: without --shots every seed gives the
+    /// same line.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }

@@ -174,6 +174,11 @@ pub enum TrainCommand {
     /// Stage 0: train DETs in their original space from θ⁰, every (task, DET) in shared runs.
     Det(DetArgs),
     /// Stage 1: find the unified subspace from stage-0 solutions (decomposition + refinement).
+    ///
+    /// The refinement runs its steps whole, so --checkpoint, --patience, --max-seconds and
+    /// --final-limit are refused; without --data-root there is no refinement, and --lr,
+    /// --eval-every, --eval-limit, --run-rows, --max-examples, --shots and --steps above 0 are
+    /// refused too.
     Subspace(SubspaceArgs),
 }
 

@@ -9,9 +9,9 @@
 //! - **DNS rebinding.** A site can make its own name resolve to 127.0.0.1; its page's requests are
 //!   then same-origin, but carry that name in `Host`. A server bound to a loopback address, or
 //!   given `[server] allowed_hosts`, answers only `Host` names of this machine (`localhost`,
-//!   `*.localhost`, loopback addresses) and the listed ones.
-
-use std::net::IpAddr;
+//!   `*.localhost`), IP addresses and the listed names. A page can make a name point here, never
+//!   an address, so an address is always safe to answer: a kubelet's probe or a Prometheus scrape
+//!   sends the pod's.
 
 use actix_web::HttpRequest;
 use actix_web::http::{Method, header};
@@ -23,7 +23,7 @@ use super::error::ApiError;
 enum HostPolicy {
     /// Any: a server on a non-loopback address without `allowed_hosts`, or `allowed_hosts = "*"`.
     Any,
-    /// This machine's names and these (normalised by [`host_name`]).
+    /// This machine's names, IP addresses and these (normalised by [`host_name`]).
     Only(Vec<String>),
 }
 
@@ -79,7 +79,7 @@ impl BrowserGuard {
             HostPolicy::Any => Ok(()),
             HostPolicy::Only(listed) => {
                 let name = host_name(host);
-                if is_loopback_name(&name) || listed.contains(&name) {
+                if is_loopback_name(&name) || is_address(&name) || listed.contains(&name) {
                     Ok(())
                 } else {
                     Err(self.unknown_host(host))
@@ -90,8 +90,8 @@ impl BrowserGuard {
 
     fn unknown_host(&self, host: &str) -> ApiError {
         ApiError::HostNotAllowed(format!(
-            "this server answers Host names of this machine only (localhost, 127.0.0.1, [::1]) and \
-             those in [server] allowed_hosts (DELTASPACE_SERVER_ALLOWED_HOSTS), not {host:?}"
+            "this server answers IP addresses, this machine's names (localhost) and those in \
+             [server] allowed_hosts (DELTASPACE_SERVER_ALLOWED_HOSTS) as Host, not {host:?}"
         ))
     }
 
@@ -174,14 +174,19 @@ fn host_name(host: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// `localhost`, `*.localhost` and loopback addresses (IPv4-mapped ones too).
+/// `localhost` and `*.localhost`.
 fn is_loopback_name(name: &str) -> bool {
-    if name == "localhost" || name.ends_with(".localhost") {
-        return true;
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+/// An IPv4 address, or an IPv6 one in brackets, as [`host_name`] leaves them.
+fn is_address(name: &str) -> bool {
+    match name.strip_prefix('[') {
+        Some(rest) => rest
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => name.parse::<std::net::Ipv4Addr>().is_ok(),
     }
-    let bare = name.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<IpAddr>()
-        .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 #[cfg(test)]
@@ -222,13 +227,17 @@ mod tests {
             "localhost.",
             "DeltaSpace.Internal:80",
             "deltaspace.internal.",
+            // No page can make an address point elsewhere: a pod's, as probes send it.
+            "10.1.2.3:8080",
+            "[::2]:80",
         ] {
             assert_eq!(code(&guard, Method::GET, &[("host", host)]), None, "{host}");
         }
         for host in [
             "evil.example:8080",
             "127.0.0.1.evil.example",
-            "[::2]:80",
+            "10.1.2.3.nip.io",
+            "[evil.example]",
             "::1",
             ":80",
             "",
@@ -250,6 +259,10 @@ mod tests {
         assert!(!listed.answers_any_host());
         assert_eq!(code(&listed, Method::GET, &evil), Some("host_not_allowed"));
         assert_eq!(code(&listed, Method::GET, &[("host", "api.example")]), None);
+        assert_eq!(
+            code(&listed, Method::GET, &[("host", "10.0.0.7:8080")]),
+            None
+        );
         let any = BrowserGuard::new(true, &["*".into()]);
         assert_eq!(code(&any, Method::GET, &evil), None);
     }

@@ -203,9 +203,12 @@ pub async fn run(
     if let Some(follower) = follower {
         follower.abort();
     }
-    // Running tune jobs end at their next run and are recorded as interrupted.
-    state.jobs.shut_down(options.shutdown_timeout).await;
-    http.stop(true).await;
+    // One shutdown_timeout for both, side by side: the listener closes and in-flight requests finish
+    // while running tune jobs end at their next run and are recorded as interrupted.
+    tokio::join!(
+        state.jobs.shut_down(options.shutdown_timeout),
+        http.stop(true)
+    );
     match serving.await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::error!(%error, "HTTP server stopped with an error"),
