@@ -477,19 +477,20 @@ fn an_export_that_still_lists_the_removed_grad_z_graph_loads() {
     assert_eq!(encoder.embed_frozen(&inputs).unwrap().nrows(), inputs.len());
 }
 
-/// The real MiniLM, when its export is present (scripts/run-main.sh makes it): the frozen model
-/// through the serving graph equals sentence-transformers (tests/fixtures/minilm/make_reference.py).
+/// The real MiniLM: the frozen model through the serving graph equals sentence-transformers
+/// (tests/fixtures/minilm/make_reference.py). It needs the export (scripts/run-main.sh makes it),
+/// which the test machine does not have, so it is ignored, where a silent return would read as a
+/// pass: `cargo test -- --ignored` runs it.
 #[test]
-fn minilm_frozen_embeddings_match_sentence_transformers_when_exported() {
+#[ignore = "needs the MiniLM export (scripts/run-main.sh); run with cargo test -- --ignored"]
+fn minilm_frozen_embeddings_match_sentence_transformers() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let model = root.join("models/all-MiniLM-L6-v2");
-    if !model.join("serve.onnx").is_file() {
-        eprintln!(
-            "skipped: no MiniLM export at {} (scripts/run-main.sh makes it)",
-            model.display()
-        );
-        return;
-    }
+    assert!(
+        model.join("serve.onnx").is_file(),
+        "no MiniLM export at {} (scripts/run-main.sh makes it)",
+        model.display()
+    );
     let encoder =
         deltaspace::model::Encoder::load(&crate::helpers::runtime(), &model, &Default::default())
             .unwrap();

@@ -71,8 +71,14 @@ fn generations_and_preconditions(db: &mut dyn Backend, _reopen: Reopen<'_>) {
     assert!(!created);
     assert_eq!(generation, 2);
     assert_ne!(second, first);
-    assert!(put(db, &task("a", 3.0), &Precondition::Absent).is_err());
-    assert!(put(db, &task("b", 3.0), &Precondition::Exists).is_err());
+    assert!(matches!(
+        put(db, &task("a", 3.0), &Precondition::Absent),
+        Err(StoreError::EtagMismatch { .. })
+    ));
+    assert!(matches!(
+        put(db, &task("b", 3.0), &Precondition::Exists),
+        Err(StoreError::EtagMismatch { .. })
+    ));
     assert!(matches!(
         db.delete("a", "s@1", &Precondition::Etag(first)),
         Err(StoreError::EtagMismatch { .. })
@@ -413,7 +419,10 @@ mod postgres {
         put(db.as_mut(), &task("b", 1.0), &Precondition::None).unwrap();
         let deleted_at = db.delete("a", "s@1", &Precondition::None).unwrap();
         assert_eq!(deleted_at, 3);
-        assert!(put(db.as_mut(), &task("b", 2.0), &Precondition::Absent).is_err());
+        assert!(matches!(
+            put(db.as_mut(), &task("b", 2.0), &Precondition::Absent),
+            Err(StoreError::EtagMismatch { .. })
+        ));
         assert_eq!(
             db.last_change().unwrap(),
             Some(3),

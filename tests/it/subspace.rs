@@ -289,11 +289,17 @@ fn prediction_through_every_det_gives_probabilities_over_the_task_labels() {
         TextInput::single("a red apple"),
         TextInput::pair("sky", Some("blue".into())),
     ];
+    let mut by_det = Vec::new();
     for det in DetKind::ALL {
         let predictions =
             classifier::predict(&encoder, &subspace, &prepared, Some(det), &inputs).unwrap();
         assert_eq!(predictions.len(), 2);
+        by_det.push(predictions[0].scores[0].score);
         for prediction in predictions {
+            let mut labels: Vec<&str> =
+                prediction.scores.iter().map(|s| s.label.as_str()).collect();
+            labels.sort_unstable();
+            assert_eq!(labels, ["blue", "green", "red"], "{det}: every label once");
             let total: f32 = prediction.scores.iter().map(|s| s.score).sum();
             assert!(
                 (total - 1.0).abs() < 1e-5,
@@ -308,6 +314,11 @@ fn prediction_through_every_det_gives_probabilities_over_the_task_labels() {
             );
         }
     }
+    // Each DET decodes the same z into its own θ, so the answers differ.
+    assert!(
+        by_det.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-4),
+        "{by_det:?}"
+    );
 }
 
 #[test]

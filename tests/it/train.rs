@@ -541,35 +541,45 @@ fn every_trainer_command_runs_end_to_end_on_the_tiny_model() {
     // Stage 1: decomposition + refinement.
     let subspace = out("subspace.safetensors");
     let data_root = data("").display().to_string();
-    let args = [
-        &[
-            "train",
-            "subspace",
-            "--model",
-            &model,
-            "--solutions",
-            &solutions,
-            "--data-root",
-            &data_root,
-            "--dim",
-            "3",
-            "--out",
-            &subspace,
-        ][..],
-        &["--steps", "2", "--batch", "2", "--eval-every", "2"],
-    ]
-    .concat();
-    let made = json_lines(&deltaspace(&args));
+    let stage1 = [
+        "train",
+        "subspace",
+        "--model",
+        &model,
+        "--solutions",
+        &solutions,
+        "--data-root",
+        &data_root,
+        "--dim",
+        "3",
+    ];
+    let refined = ["--steps", "2", "--batch", "2", "--eval-every", "2"];
+    let made = json_lines(&deltaspace(
+        &[&stage1[..], &["--out", &subspace], &refined].concat(),
+    ));
     assert_eq!(made[0]["d"], 3);
     assert_eq!(made[0]["tasks"].as_array().unwrap().len(), 2);
-    // What refinement did on held-out dev: the refined U is kept only if it beats the decomposition.
+    // What refinement did on held-out dev: the refined U is kept only if it beats the
+    // decomposition, which is what the same command writes with no refinement step.
     let dev = &made[0]["refinement_dev"];
     let (decomposition, best) = (dev["decomposition"].as_f64(), dev["best"].as_f64());
-    assert!(decomposition.unwrap() >= 0.0 && best.unwrap() >= decomposition.unwrap());
-    assert!(
-        [0, 2].contains(&dev["best_step"].as_u64().unwrap()),
-        "{dev}"
-    );
+    let unrefined = out("unrefined.safetensors");
+    let unrefined = [&stage1[..], &["--out", &unrefined, "--steps", "0"]].concat();
+    let unrefined = json_lines(&deltaspace(&unrefined));
+    match dev["best_step"].as_u64() {
+        Some(0) => {
+            assert_eq!(best, decomposition, "{dev}");
+            assert_eq!(
+                made[0]["id"], unrefined[0]["id"],
+                "the decomposition's U is kept"
+            );
+        }
+        Some(2) => {
+            assert!(best.unwrap() > decomposition.unwrap(), "{dev}");
+            assert_ne!(made[0]["id"], unrefined[0]["id"], "the refined U is kept");
+        }
+        other => panic!("best_step {other:?}: {dev}"),
+    }
     // The decomposition alone of 2 directions, completed by seeded random ones up to d = 7; and
     // a "completion" to d = 2, refused before any work.
     let completed = out("completed.safetensors");

@@ -104,7 +104,7 @@ pub fn label_set(
     let shape = (labels.len(), encoder.manifest().hidden());
     let cached = store
         .with_db(|db| db.label_embedding(model_key, &key))?
-        .and_then(|values| Array2::from_shape_vec(shape, values).ok());
+        .and_then(|values| cached_embeddings(values, shape));
     let embeddings = match cached {
         Some(embeddings) => embeddings,
         None => {
@@ -160,4 +160,29 @@ pub fn commit(
     Ok(core
         .store
         .put(task, labels, &subspace_id, &core.model_key, expect)?)
+}
+
+/// Label embeddings read back from the database, when they have `shape` and every value is finite;
+/// anything else is damaged (a NaN would reach every task of those labels) and is embedded anew.
+pub(crate) fn cached_embeddings(values: Vec<f32>, shape: (usize, usize)) -> Option<Array2<f32>> {
+    if !values.iter().all(|v| v.is_finite()) {
+        return None;
+    }
+    Array2::from_shape_vec(shape, values).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_embeddings_of_the_wrong_shape_or_not_finite_are_damaged() {
+        assert!(cached_embeddings(vec![0.5; 6], (2, 3)).is_some());
+        assert!(cached_embeddings(vec![0.5; 5], (2, 3)).is_none());
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut values = vec![0.5; 6];
+            values[4] = bad;
+            assert!(cached_embeddings(values, (2, 3)).is_none(), "{bad}");
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::admit::{AdmitError, admit, label_set, served_label_set};
+use super::admit::{AdmitError, admit, cached_embeddings, label_set, served_label_set};
 use super::batcher::{self, Runner};
 use super::jobs::INTERRUPTED;
 use super::metrics::Metrics;
@@ -295,7 +295,7 @@ impl<'a> Scan<'a> {
         record: &Record,
     ) -> Result<Arc<LabelSet>, StoreError> {
         let shape = (task.labels.len(), self.encoder.manifest().hidden());
-        let restore = |values: Vec<f32>| Array2::from_shape_vec(shape, values).ok();
+        let restore = |values: Vec<f32>| cached_embeddings(values, shape);
         let from_table = self.cached.remove(&key).and_then(restore);
         let fresh = from_table.is_none();
         let from_row = || {

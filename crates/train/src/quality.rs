@@ -560,11 +560,11 @@ mod tests {
         let error = read_all(std::slice::from_ref(&twice))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("twice"), "{error}");
+        assert!(error.contains("comes twice"), "{error}");
         // Also when the file that repeats the run overrides an earlier one.
         let first = file(dir.path(), "first", &[("z", "a", 1, Some("s"), 0.5)]);
         let error = read_all(&[first, twice]).unwrap_err().to_string();
-        assert!(error.contains("twice"), "{error}");
+        assert!(error.contains("comes twice"), "{error}");
         let other = file(
             dir.path(),
             "other",

@@ -337,4 +337,11 @@ impl Metrics {
     pub fn get(&self, series: &str) -> f64 {
         self.samples.get(series).copied().unwrap_or(0.0)
     }
+
+    /// The value of a series that must be exported (a gauge, a histogram without labels): a
+    /// renamed or missing one fails rather than reading as 0.
+    pub fn present(&self, series: &str) -> f64 {
+        let value = self.samples.get(series).copied();
+        value.unwrap_or_else(|| panic!("/metrics has no {series}"))
+    }
 }

@@ -309,11 +309,35 @@ async fn predict_and_embed_answer_for_the_task_through_any_det() {
     assert_eq!(embedded["det"], "adapter");
     let vectors = embedded["embeddings"].as_array().unwrap();
     assert_eq!(vectors.len(), 1);
-    assert_eq!(
-        vectors[0].as_array().unwrap().len(),
-        32,
-        "the tiny model's hidden size"
-    );
+    let served: Vec<f64> = vectors[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(served.len(), 32, "the tiny model's hidden size");
+    // The row the library embeds with the task's z through Adapter, and through LoRA, which differs.
+    let z: Vec<f32> = serde_json::from_value(body["z"].clone()).unwrap();
+    let hello = TextInput::single("hello");
+    let library = |det| {
+        let encoder = Encoder::load(&runtime(), &tiny_dir(), &EncoderOptions::default()).unwrap();
+        let subspace = Subspace::load(&fixture.subspace_path, encoder.manifest()).unwrap();
+        let row = classifier::TextRow {
+            input: &hello,
+            z: &z,
+            det,
+        };
+        classifier::embed_rows(&encoder, &subspace, &[row]).unwrap()
+    };
+    let (adapter, lora) = (library(DetKind::Adapter), library(DetKind::Lora));
+    for (got, want) in served.iter().zip(adapter.row(0)) {
+        assert!(
+            (got - f64::from(*want)).abs() < 1e-5,
+            "{got} against {want}"
+        );
+    }
+    let apart = (&lora - &adapter).mapv(f32::abs).fold(0.0, |m, v| v.max(m));
+    assert!(apart > 1e-3, "LoRA and Adapter decode z alike");
 
     let cases = [
         ("missing", json!({"inputs": ["x"]}), 404, "task_not_found"),

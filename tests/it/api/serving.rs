@@ -69,7 +69,7 @@ async fn a_batch_mixing_tasks_and_dets_matches_one_by_one_requests() {
     }
     let alone_metrics = alone_app.metrics().await;
     assert_eq!(
-        alone_metrics.get("deltaspace_batch_rows_count"),
+        alone_metrics.present("deltaspace_batch_rows_count"),
         requests.len() as f64
     );
     alone_app.stop().await.unwrap();
@@ -89,7 +89,7 @@ async fn a_batch_mixing_tasks_and_dets_matches_one_by_one_requests() {
     .await;
     let metrics = mixed_app.metrics().await;
     assert_eq!(
-        metrics.get("deltaspace_batch_rows_count"),
+        metrics.present("deltaspace_batch_rows_count"),
         1.0,
         "one encoder run"
     );
@@ -103,21 +103,18 @@ async fn a_batch_mixing_tasks_and_dets_matches_one_by_one_requests() {
 
 /// Each answer of `a` has the labels and scores (within 1e-4) of the same answer of `b`.
 fn assert_same_predictions(a: &[Value], b: &[Value], requests: &[(String, Value)]) {
+    assert_eq!((a.len(), b.len()), (requests.len(), requests.len()));
     for ((a, b), (task, _)) in a.iter().zip(b).zip(requests) {
         assert_eq!(a["task"], b["task"]);
         assert_eq!(a["det"], b["det"], "{task}");
-        let pairs = a["predictions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(b["predictions"].as_array().unwrap());
-        for (a, b) in pairs {
-            for (sa, sb) in a["scores"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .zip(b["scores"].as_array().unwrap())
-            {
+        let (a, b) = (a["predictions"].as_array(), b["predictions"].as_array());
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.len(), b.len(), "{task}");
+        for (a, b) in a.iter().zip(b) {
+            let (scores_a, scores_b) = (a["scores"].as_array(), b["scores"].as_array());
+            let (scores_a, scores_b) = (scores_a.unwrap(), scores_b.unwrap());
+            assert_eq!(scores_a.len(), scores_b.len(), "{task}");
+            for (sa, sb) in scores_a.iter().zip(scores_b) {
                 let (x, y) = (sa["score"].as_f64().unwrap(), sb["score"].as_f64().unwrap());
                 assert!((x - y).abs() < 1e-4, "{task}: {sa} vs {sb}");
             }
@@ -388,7 +385,7 @@ async fn metrics_parse_and_move_as_requests_flow() {
         end.get(r#"deltaspace_inference_rows_total{det="lora"}"#),
         6.0
     );
-    assert_eq!(end.get("deltaspace_queue_requests"), 0.0);
+    assert_eq!(end.present("deltaspace_queue_requests"), 0.0);
     assert!(
         !end.samples.keys().any(|k| k.contains("\"m\"")),
         "no per-task label values"
@@ -460,11 +457,11 @@ async fn a_request_whose_client_left_is_dropped_from_the_queue() {
         let metrics = app.metrics().await;
         if metrics.get(r#"deltaspace_requests_dropped_total{reason="client_gone"}"#) == 1.0 {
             assert_eq!(
-                metrics.get("deltaspace_batch_rows_count"),
+                metrics.present("deltaspace_batch_rows_count"),
                 0.0,
                 "nothing ran"
             );
-            assert_eq!(metrics.get("deltaspace_queue_requests"), 0.0);
+            assert_eq!(metrics.present("deltaspace_queue_requests"), 0.0);
             app.stop().await.unwrap();
             return;
         }
@@ -477,7 +474,7 @@ async fn a_request_whose_client_left_is_dropped_from_the_queue() {
 async fn shutdown_finishes_requests_in_flight() {
     let fixture = Fixture::new();
     let mut options = fixture.options();
-    options.batch.max_wait = Duration::from_millis(800);
+    options.batch.max_wait = Duration::from_millis(2_000);
     let mut app = TestApp::spawn(options).await;
     ok_json(
         app.put_task("s", &task_body("adapter", [0.3; D], &["a", "b"]))
@@ -493,7 +490,16 @@ async fn shutdown_finishes_requests_in_flight() {
             .send()
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Stop once the request waits in the queue for others to share its batch (max_wait).
+    let mut queued = false;
+    for _ in 0..200 {
+        queued = app.metrics().await.present("deltaspace_queue_requests") == 1.0;
+        if queued {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(queued, "the request never waited in the queue");
     app.begin_stop();
     let response = in_flight.await.unwrap().unwrap();
     let answer = ok_json(response).await;
@@ -531,7 +537,32 @@ async fn a_task_head_is_stored_served_and_survives_a_restart() {
     let stored = ok_json(app.get("/v1/tasks/prototyped").await).await;
     assert_eq!(stored["head"]["prototypes"][0][0], 1.0, "{stored}");
     assert_eq!(stored["head"]["prototypes"][1][1], 1.0, "{stored}");
-    app.predict("prototyped", &request).await;
+    // Served against those prototypes: label c scores 20 · cos(e, p_c), e the text's embedding
+    // through z = 0 (the plain task's), p_c the c-th unit vector.
+    let served = app.predict("prototyped", &request).await;
+    let embedded = ok_json(app.post("/v1/tasks/plain/embed", &request).await).await;
+    for (prediction, embedding) in served["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(embedded["embeddings"].as_array().unwrap())
+    {
+        let e: Vec<f64> = embedding
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let norm = e.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let (cold, warm) = (20.0 * e[0] / norm, 20.0 * e[1] / norm);
+        let want_cold = 1.0 / (1.0 + (warm - cold).exp());
+        let scores = prediction["scores"].as_array().unwrap();
+        let got_cold = scores.iter().find(|s| s["label"] == "cold").unwrap()["score"].as_f64();
+        assert!(
+            (got_cold.unwrap() - want_cold).abs() < 1e-4,
+            "{prediction}: {want_cold}"
+        );
+    }
 
     for (head, status, code, needle) in [
         (

@@ -338,8 +338,8 @@ async fn saturation_bursts_and_shutdown_under_load() {
                 let waiting = text
                     .lines()
                     .find_map(|l| l.strip_prefix("deltaspace_queue_requests "))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .unwrap_or(0.0);
+                    .map(|v| v.trim().parse::<f64>().expect("a number"))
+                    .expect("/metrics has the queue gauge");
                 peak_queue = peak_queue.max(waiting);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -419,9 +419,9 @@ async fn saturation_bursts_and_shutdown_under_load() {
          with {code:?} {drain_seconds:.2} s after SIGTERM",
         tally.ok, tally.shutting_down, tally.refused, tally.unanswered, tally.error_count,
     );
+    // Nothing in flight was cut off (every answer logged reached its client, below); how long
+    // the drain took is printed, not asserted.
     assert_eq!(code, Some(0), "{log}");
-    // Well within shutdown_timeout_s = 20: nothing in flight was cut off by the timeout.
-    assert!(drain_seconds < 15.0, "draining took {drain_seconds:.1} s");
     assert!(log.contains("stopped"), "{log}");
     assert_eq!(tally.error_count, 0, "{:#?}", tally.errors);
     assert_eq!(

@@ -232,9 +232,10 @@ impl Batcher {
             let Ok(permit) = sessions.clone().acquire_owned().await else {
                 break;
             };
-            self.take_arrived();
-            // A client may have left while the batch waited for its deadline or a session.
+            // A client may have left while the batch waited for its deadline or a session; the
+            // room they leave is filled from the queue, so a session runs a batch of live requests.
             self.drop_abandoned();
+            self.take_arrived();
             if self.pending.is_empty() {
                 continue;
             }
@@ -267,10 +268,6 @@ impl Batcher {
                 continue;
             }
             self.take_arrived();
-            self.drop_abandoned();
-            if self.pending.is_empty() {
-                continue;
-            }
             let deadline = self.pending[0].enqueued + self.limits.max_wait;
             if self.stopping || self.full() || Instant::now() >= deadline {
                 return true;
@@ -286,10 +283,12 @@ impl Batcher {
         }
     }
 
-    /// Moves requests already queued into `pending`, up to a full batch.
+    /// Moves requests already queued into `pending`, up to a full batch of live ones: a request
+    /// whose caller has left is dropped as it comes, not counted against the batch.
     fn take_arrived(&mut self) {
         while !self.full() {
             match self.receiver.try_recv() {
+                Ok(job) if job.reply.is_closed() => self.forget_abandoned(1),
                 Ok(job) => self.pending.push_back(job),
                 Err(_) => break,
             }
@@ -318,7 +317,11 @@ impl Batcher {
     fn drop_abandoned(&mut self) {
         let before = self.pending.len();
         self.pending.retain(|job| !job.reply.is_closed());
-        let gone = before - self.pending.len();
+        self.forget_abandoned(before - self.pending.len());
+    }
+
+    /// Counts `gone` requests out of the queue, as dropped because their client left.
+    fn forget_abandoned(&self, gone: usize) {
         if gone > 0 {
             self.metrics.queue_requests.sub(gone as i64);
             for _ in 0..gone {
@@ -527,6 +530,40 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(seen.lock().unwrap().is_empty());
         assert_eq!(metrics.dropped_count("client_gone"), 1);
+        assert_eq!(metrics.queue_requests.get(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_abandoned_while_every_session_is_busy_leave_room_for_live_ones() {
+        let (runner, seen) = recording_runner();
+        let metrics = Arc::new(Metrics::new());
+        let (handle, _task) = spawn(limits(4, 10_000), runner, metrics.clone());
+        let lent = handle.clone();
+        let loan = tokio::task::spawn_blocking(move || lent.lend_session().expect("a loan"));
+        let loan = tokio::time::timeout(Duration::from_secs(10), loan)
+            .await
+            .expect("an idle batcher lends at once")
+            .unwrap();
+        // A full batch waits for the lent session; four more requests wait in the queue. Two of
+        // each leave (in whatever order the eight arrived, four are live).
+        let first: Vec<_> = (0..4).map(|i| submit(&handle, i as f32, 1)).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second: Vec<_> = (4..8).map(|i| submit(&handle, i as f32, 1)).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for gone in [&first[0], &first[1], &second[0], &second[1]] {
+            gone.abort();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(loan);
+        for live in first.into_iter().skip(2).chain(second.into_iter().skip(2)) {
+            live.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![4],
+            "one full batch of the four live requests"
+        );
+        assert_eq!(metrics.dropped_count("client_gone"), 4);
         assert_eq!(metrics.queue_requests.get(), 0);
     }
 
