@@ -8,7 +8,10 @@ use deltaspace::det::{DetKind, Theta0};
 use deltaspace::model::{Encoder, ModelFiles};
 use deltaspace::tensor_file::TensorFile;
 use deltaspace::tuning::batch::TrainTask;
-use deltaspace::tuning::fit::{FitOptions, Space, Training, Unit, fit, fit_observed};
+use deltaspace::tuning::data::Split;
+use deltaspace::tuning::fit::{
+    FitOptions, Space, Training, Unit, evaluate_values, fit, fit_observed,
+};
 use deltaspace::tuning::optim::OptimizerKind;
 use serde_json::json;
 
@@ -391,6 +394,20 @@ fn early_stopping_ends_the_run_once_no_unit_improves_on_dev_and_keeps_each_best(
             best.iter().any(|v| *v != 0.0),
             "the best of a trained unit moved"
         );
+    }
+    // What each unit keeps scores on dev what the run recorded for it.
+    let rescored = evaluate_values(
+        &encoder,
+        &tasks,
+        &units,
+        &space,
+        &result.best,
+        Split::Dev,
+        patient.eval_limit,
+    )
+    .unwrap();
+    for (again, kept) in rescored.iter().zip(&result.best_dev) {
+        assert_eq!(again.accuracy, kept.accuracy);
     }
 }
 
