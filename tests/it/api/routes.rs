@@ -338,35 +338,7 @@ async fn predict_and_embed_answer_for_the_task_through_any_det() {
     }
     let apart = (&lora - &adapter).mapv(f32::abs).fold(0.0, |m, v| v.max(m));
     assert!(apart > 1e-3, "LoRA and Adapter decode z alike");
-
-    let cases = [
-        ("missing", json!({"inputs": ["x"]}), 404, "task_not_found"),
-        ("topic", json!({"inputs": []}), 422, "invalid_request"),
-        (
-            "topic",
-            json!({"inputs": vec!["x"; 17]}),
-            422,
-            "invalid_request",
-        ),
-        (
-            "topic",
-            json!({"inputs": ["x"], "det": "bitfit"}),
-            422,
-            "invalid_request",
-        ),
-        (
-            "topic",
-            json!({"inputs": ["x"], "top_k": 0}),
-            422,
-            "invalid_request",
-        ),
-        ("topic", json!({"inputs": "x"}), 400, "invalid_json"),
-        ("topic", json!({"texts": ["x"]}), 400, "invalid_json"),
-    ];
-    for (task, body, status, code) in cases {
-        let response = app.post(&format!("/v1/tasks/{task}/predict"), &body).await;
-        assert_error(response, status, code).await;
-    }
+    // Bad predict requests: tests/it/reliability/bad_input.rs, each with its body checked.
     app.stop().await.unwrap();
 }
 

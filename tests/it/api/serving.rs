@@ -445,14 +445,15 @@ async fn a_request_whose_client_left_is_dropped_from_the_queue() {
             .await,
     )
     .await;
-    let impatient = app
-        .client
-        .post(app.url("/v1/tasks/c/predict"))
-        .timeout(Duration::from_millis(200))
-        .json(&json!({"inputs": ["waiting"]}))
-        .send()
-        .await;
-    assert!(impatient.unwrap_err().is_timeout());
+    let (client, url) = (app.client.clone(), app.url("/v1/tasks/c/predict"));
+    let impatient = tokio::spawn(async move {
+        let request = client.post(url).json(&json!({"inputs": ["waiting"]}));
+        request.send().await
+    });
+    // The client leaves once its request waits in the queue (for max_wait, 2 s).
+    wait_until_queued(&app).await;
+    impatient.abort();
+    assert!(impatient.await.unwrap_err().is_cancelled());
     for _ in 0..100 {
         let metrics = app.metrics().await;
         if metrics.get(r#"deltaspace_requests_dropped_total{reason="client_gone"}"#) == 1.0 {
@@ -468,6 +469,17 @@ async fn a_request_whose_client_left_is_dropped_from_the_queue() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the abandoned request was not dropped");
+}
+
+/// Waits until one request waits in the batcher's queue (the queue gauge reads 1).
+async fn wait_until_queued(app: &TestApp) {
+    for _ in 0..400 {
+        if app.metrics().await.present("deltaspace_queue_requests") == 1.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the request never waited in the queue");
 }
 
 #[tokio::test]
@@ -491,15 +503,7 @@ async fn shutdown_finishes_requests_in_flight() {
             .await
     });
     // Stop once the request waits in the queue for others to share its batch (max_wait).
-    let mut queued = false;
-    for _ in 0..200 {
-        queued = app.metrics().await.present("deltaspace_queue_requests") == 1.0;
-        if queued {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(queued, "the request never waited in the queue");
+    wait_until_queued(&app).await;
     app.begin_stop();
     let response = in_flight.await.unwrap().unwrap();
     let answer = ok_json(response).await;
