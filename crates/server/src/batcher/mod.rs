@@ -1,13 +1,14 @@
 //! The dynamic batcher: requests of any tasks and DETs wait in one bounded queue and run together,
 //! one encoder call per batch (each row carries its own z and DET selector). The rule that cuts a
 //! batch is the pure [`take_batch`]; the loop around it waits for a free session, then for a full
-//! batch or the oldest request's deadline, and skips requests whose client has gone.
+//! batch or the oldest request's deadline, and skips requests whose client has gone. A request
+//! whose client has gone gives its place in the queue back at once, before the batcher sees it.
 
 mod policy;
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ndarray::{Array2, s};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -49,6 +50,28 @@ pub struct Job {
     pub det: DetKind,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Array2<f32>, BatchError>>,
+    place: Place,
+}
+
+/// A request's place in the queue (one of `queue_capacity`), given back when the batcher takes the
+/// request off the queue or its client leaves, whichever comes first: a request whose client left
+/// holds no place while it waits in the queue to be noticed.
+#[derive(Debug, Clone)]
+struct Place(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl Place {
+    fn give_back(&self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
+/// Gives a request's place back when its future ends, however it ends.
+struct Holding(Place);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.give_back();
+    }
 }
 
 impl Job {
@@ -67,7 +90,12 @@ pub type Runner =
 /// The handlers' side of the batcher: submit rows, await their embeddings.
 #[derive(Clone)]
 pub struct BatcherHandle {
+    /// Requests on their way to the batcher. Its bound is twice `queue_capacity`, so that
+    /// requests whose clients left (they hold no place) cannot fill it while every session is
+    /// busy; `places` bounds the live ones.
     queue: mpsc::Sender<Job>,
+    /// One permit per place in the queue (`queue_capacity`), held by live requests only.
+    places: Arc<Semaphore>,
     stop: Arc<Notify>,
     metrics: Arc<Metrics>,
     /// Requests submitted and not yet answered (queued or running): background work (tune jobs)
@@ -115,6 +143,12 @@ impl BatcherHandle {
         det: DetKind,
     ) -> Result<Array2<f32>, BatchError> {
         let _in_flight = InFlight::new(&self.in_flight);
+        let Ok(place) = self.places.clone().try_acquire_owned() else {
+            self.metrics.dropped("queue_full");
+            return Err(BatchError::QueueFull);
+        };
+        let place = Place(Arc::new(Mutex::new(Some(place))));
+        let _holding = Holding(place.clone());
         let (reply, answer) = oneshot::channel();
         let job = Job {
             task,
@@ -123,6 +157,7 @@ impl BatcherHandle {
             det,
             enqueued: Instant::now(),
             reply,
+            place,
         };
         // Counted before it is sent: once sent, the batcher may take it (and count it out) at once.
         self.metrics.queue_requests.inc();
@@ -180,11 +215,13 @@ pub fn spawn(
     runner: Runner,
     metrics: Arc<Metrics>,
 ) -> (BatcherHandle, tokio::task::JoinHandle<()>) {
-    let (queue, receiver) = mpsc::channel(limits.queue_capacity.max(1));
+    let places = limits.queue_capacity.max(1);
+    let (queue, receiver) = mpsc::channel(2 * places);
     let stop = Arc::new(Notify::new());
     let sessions = Arc::new(Semaphore::new(limits.concurrency.max(1)));
     let handle = BatcherHandle {
         queue,
+        places: Arc::new(Semaphore::new(places)),
         stop: stop.clone(),
         metrics: metrics.clone(),
         in_flight: Arc::new(AtomicUsize::new(0)),
@@ -289,7 +326,7 @@ impl Batcher {
         while !self.full() {
             match self.receiver.try_recv() {
                 Ok(job) if job.reply.is_closed() => self.forget_abandoned(1),
-                Ok(job) => self.pending.push_back(job),
+                Ok(job) => self.pending.push_back(taken(job)),
                 Err(_) => break,
             }
         }
@@ -300,13 +337,13 @@ impl Batcher {
         if !self.stopping {
             let stop = self.stop.clone();
             tokio::select! {
-                job = self.receiver.recv() => return job,
+                job = self.receiver.recv() => return job.map(taken),
                 () = stop.notified() => {}
             }
             self.stopping = true;
             self.receiver.close();
         }
-        self.receiver.recv().await
+        self.receiver.recv().await.map(taken)
     }
 
     fn full(&self) -> bool {
@@ -329,6 +366,12 @@ impl Batcher {
             }
         }
     }
+}
+
+/// A request the batcher took off the queue: its place there is free for another.
+fn taken(job: Job) -> Job {
+    job.place.give_back();
+    job
 }
 
 /// Runs one batch on a blocking thread and answers each request with its rows.
@@ -564,6 +607,43 @@ mod tests {
             "one full batch of the four live requests"
         );
         assert_eq!(metrics.dropped_count("client_gone"), 4);
+        assert_eq!(metrics.queue_requests.get(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_whose_client_left_gives_its_place_in_the_queue_back_at_once() {
+        let (runner, seen) = recording_runner();
+        let metrics = Arc::new(Metrics::new());
+        let mut small = limits(2, 10_000);
+        small.queue_capacity = 2;
+        let (handle, _task) = spawn(small, runner, metrics.clone());
+        let lent = handle.clone();
+        let loan = tokio::task::spawn_blocking(move || lent.lend_session().expect("a loan"));
+        let loan = tokio::time::timeout(Duration::from_secs(10), loan)
+            .await
+            .expect("an idle batcher lends at once")
+            .unwrap();
+        // A full batch waits for the lent session; two requests take the queue's two places.
+        let batched: Vec<_> = (0..2).map(|i| submit(&handle, i as f32, 1)).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let queued: Vec<_> = (2..4).map(|i| submit(&handle, i as f32, 1)).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = submit(&handle, 9.0, 1).await.unwrap();
+        assert!(matches!(refused, Err(BatchError::QueueFull)), "{refused:?}");
+        // Their clients leave: the places are free while the requests still wait to be noticed.
+        for gone in &queued {
+            gone.abort();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let later: Vec<_> = (4..6).map(|i| submit(&handle, i as f32, 1)).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(loan);
+        for answer in batched.into_iter().chain(later) {
+            answer.await.unwrap().unwrap();
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![2, 2]);
+        assert_eq!(metrics.dropped_count("client_gone"), 2);
+        assert_eq!(metrics.dropped_count("queue_full"), 1);
         assert_eq!(metrics.queue_requests.get(), 0);
     }
 
