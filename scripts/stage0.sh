@@ -107,3 +107,7 @@ waiting=("${held[@]}") held=()
 for task in "${waiting[@]}"; do
   stage0_task "$task" wait
 done
+if [ ${#held[@]} -gt 0 ]; then
+  echo "stage0: unfinished: ${held[*]}" >&2
+  exit 1
+fi

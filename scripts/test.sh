@@ -11,6 +11,8 @@ scripts/setup-export-venv.sh
 scripts/setup-browser.sh
 scripts/setup-postgres.sh
 cargo test --workspace --locked
+# MiniLM against sentence-transformers, where the export is here (scripts/run-main.sh makes it).
+if [ -f models/all-MiniLM-L6-v2/serve.onnx ]; then cargo test --locked --test it -- --ignored; fi
 scripts/contract.sh target/debug/deltaspace   # the OpenAPI contract: schemathesis against a live server (issue 13)
 scripts/check-deploy.sh                       # deploy/: hadolint, manifests validated offline (issue 12)
 .venv-export/bin/python -m pytest export/tests -q

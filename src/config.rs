@@ -135,8 +135,8 @@ pub struct ServerConfig {
     /// Require a token for predictions, embeddings and task reads too (writes always need one
     /// when tokens are set).
     pub protect_reads: bool,
-    /// `Host` names a server bound to a loopback address answers besides localhost and the
-    /// loopback addresses, comma-separated; `*` = any (against DNS rebinding).
+    /// `Host` names a server bound to a loopback address answers besides localhost and IP
+    /// addresses, comma-separated; `*` = any (against DNS rebinding).
     pub allowed_hosts: String,
     /// Seconds shutdown waits for in-flight requests.
     pub shutdown_timeout_s: u64,

@@ -286,8 +286,8 @@ impl<'a> Scan<'a> {
     }
 
     /// The label set `key` of `task`, made once: its embeddings from the cache table, else a
-    /// version-1 row's, else the encoder. A copy of the wrong shape (a damaged row) counts as
-    /// missing and is written anew.
+    /// version-1 row's, else the encoder. A copy of the wrong shape or with a value that is not
+    /// finite (a damaged row) counts as missing and is written anew.
     fn label_set(
         &mut self,
         key: String,

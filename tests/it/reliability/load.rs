@@ -365,7 +365,8 @@ async fn saturation_bursts_and_shutdown_under_load() {
         tally.overloaded > 0,
         "bursts of {burst} should overflow a queue of {small_queue}"
     );
-    // The channel holds `queue_capacity` requests; the batcher holds at most one batch more.
+    // At most `queue_capacity` requests wait (queued or gathered into the next batch); the batch
+    // being cut is counted until it runs.
     assert!(
         peak_queue <= (small_queue + small_batch) as f64,
         "the queue grew to {peak_queue}"

@@ -53,9 +53,9 @@ pub struct Job {
     place: Place,
 }
 
-/// A request's place in the queue (one of `queue_capacity`), given back when the batcher takes the
-/// request off the queue or its client leaves, whichever comes first: a request whose client left
-/// holds no place while it waits in the queue to be noticed.
+/// A request's place in the queue (one of `queue_capacity`), given back when the request is cut
+/// into a batch or its client leaves, whichever comes first: a request whose client left holds no
+/// place while it waits to be noticed.
 #[derive(Debug, Clone)]
 struct Place(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 
@@ -90,11 +90,12 @@ pub type Runner =
 /// The handlers' side of the batcher: submit rows, await their embeddings.
 #[derive(Clone)]
 pub struct BatcherHandle {
-    /// Requests on their way to the batcher. Its bound is twice `queue_capacity`, so that
-    /// requests whose clients left (they hold no place) cannot fill it while every session is
-    /// busy; `places` bounds the live ones.
+    /// Requests on their way to the batcher, which reads them as they come, also while every
+    /// session is busy. Its bound, twice `queue_capacity`, only bounds memory: `places` bounds
+    /// the requests that wait.
     queue: mpsc::Sender<Job>,
-    /// One permit per place in the queue (`queue_capacity`), held by live requests only.
+    /// One permit per place in the queue (`queue_capacity`), held by requests whose clients
+    /// still wait, until they are cut into a batch.
     places: Arc<Semaphore>,
     stop: Arc<Notify>,
     metrics: Arc<Metrics>,
@@ -249,7 +250,8 @@ struct Batcher {
     stop: Arc<Notify>,
     /// Set once `close` was called: the queue is closed and no deadline is waited for.
     stopping: bool,
-    /// Requests taken off the channel but not yet batched (at most about one batch's worth).
+    /// Requests taken off the channel but not yet batched (at most `queue_capacity` whose
+    /// clients still wait: each holds its place).
     pending: VecDeque<Job>,
     /// One permit per session, shared with the handle's loans.
     sessions: Arc<Semaphore>,
@@ -266,7 +268,7 @@ impl Batcher {
             if !self.gather().await {
                 break;
             }
-            let Ok(permit) = sessions.clone().acquire_owned().await else {
+            let Some(permit) = self.wait_for_session(&sessions).await else {
                 break;
             };
             // A client may have left while the batch waited for its deadline or a session; the
@@ -278,6 +280,9 @@ impl Batcher {
             }
             let count = take_batch(self.pending.iter().map(Job::cost), &self.limits);
             let batch: Vec<Job> = self.pending.drain(..count).collect();
+            for job in &batch {
+                job.place.give_back();
+            }
             self.metrics.queue_requests.sub(batch.len() as i64);
             let runner = self.runner.clone();
             let metrics = self.metrics.clone();
@@ -299,7 +304,7 @@ impl Batcher {
             self.drop_abandoned();
             if self.pending.is_empty() {
                 match self.next_job().await {
-                    Some(job) => self.pending.push_back(job),
+                    Some(job) => self.keep_live(job),
                     None => return false,
                 }
                 continue;
@@ -314,21 +319,50 @@ impl Batcher {
                 () = tokio::time::sleep_until(deadline) => None,
             };
             match arrived {
-                Some(job) => self.pending.push_back(job),
+                Some(job) => self.keep_live(job),
                 None => return true,
             }
         }
     }
 
-    /// Moves requests already queued into `pending`, up to a full batch of live ones: a request
-    /// whose caller has left is dropped as it comes, not counted against the batch.
+    /// Waits for a free session, reading the queue meanwhile: requests whose clients left are
+    /// forgotten as they come, the others wait in `pending` (they hold their places, so at most
+    /// `queue_capacity` of them). The wait keeps its turn for the session while requests come.
+    async fn wait_for_session(
+        &mut self,
+        sessions: &Arc<Semaphore>,
+    ) -> Option<OwnedSemaphorePermit> {
+        let session = sessions.clone().acquire_owned();
+        tokio::pin!(session);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                permit = &mut session => return permit.ok(),
+                job = self.receiver.recv(), if open => match job {
+                    Some(job) => self.keep_live(job),
+                    None => open = false,
+                },
+            }
+        }
+    }
+
+    /// Moves requests already queued into `pending`, up to a full batch of live ones.
     fn take_arrived(&mut self) {
         while !self.full() {
             match self.receiver.try_recv() {
-                Ok(job) if job.reply.is_closed() => self.forget_abandoned(1),
-                Ok(job) => self.pending.push_back(taken(job)),
+                Ok(job) => self.keep_live(job),
                 Err(_) => break,
             }
+        }
+    }
+
+    /// Keeps a request taken off the queue, unless its client has left: then it is forgotten at
+    /// once, not counted against a batch.
+    fn keep_live(&mut self, job: Job) {
+        if job.reply.is_closed() {
+            self.forget_abandoned(1);
+        } else {
+            self.pending.push_back(job);
         }
     }
 
@@ -337,13 +371,13 @@ impl Batcher {
         if !self.stopping {
             let stop = self.stop.clone();
             tokio::select! {
-                job = self.receiver.recv() => return job.map(taken),
+                job = self.receiver.recv() => return job,
                 () = stop.notified() => {}
             }
             self.stopping = true;
             self.receiver.close();
         }
-        self.receiver.recv().await.map(taken)
+        self.receiver.recv().await
     }
 
     fn full(&self) -> bool {
@@ -366,12 +400,6 @@ impl Batcher {
             }
         }
     }
-}
-
-/// A request the batcher took off the queue: its place there is free for another.
-fn taken(job: Job) -> Job {
-    job.place.give_back();
-    job
 }
 
 /// Runs one batch on a blocking thread and answers each request with its rows.
@@ -449,8 +477,10 @@ fn fail(batch: Vec<Job>, error: BatchError) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Condvar, Mutex};
     use std::time::Duration;
+
+    use futures::FutureExt;
 
     use super::policy::tests::limits;
     use super::*;
@@ -576,73 +606,126 @@ mod tests {
         assert_eq!(metrics.queue_requests.get(), 0);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn requests_abandoned_while_every_session_is_busy_leave_room_for_live_ones() {
-        let (runner, seen) = recording_runner();
-        let metrics = Arc::new(Metrics::new());
-        let (handle, _task) = spawn(limits(4, 10_000), runner, metrics.clone());
-        let lent = handle.clone();
-        let loan = tokio::task::spawn_blocking(move || lent.lend_session().expect("a loan"));
-        let loan = tokio::time::timeout(Duration::from_secs(10), loan)
-            .await
-            .expect("an idle batcher lends at once")
-            .unwrap();
-        // A full batch waits for the lent session; four more requests wait in the queue. Two of
-        // each leave (in whatever order the eight arrived, four are live).
-        let first: Vec<_> = (0..4).map(|i| submit(&handle, i as f32, 1)).collect();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let second: Vec<_> = (4..8).map(|i| submit(&handle, i as f32, 1)).collect();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        for gone in [&first[0], &first[1], &second[0], &second[1]] {
-            gone.abort();
+    /// Holds a gated runner's batches until opened, or dropped (a failing test then ends rather
+    /// than waiting on its blocked batch).
+    struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+    impl Gate {
+        fn open(&self) {
+            *self.0.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            self.0.1.notify_all();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        drop(loan);
-        for live in first.into_iter().skip(2).chain(second.into_iter().skip(2)) {
-            live.await.unwrap().unwrap();
+    }
+
+    impl Drop for Gate {
+        fn drop(&mut self) {
+            self.open();
+        }
+    }
+
+    /// A runner that records each batch's row count and holds every batch until the gate opens:
+    /// its session stays busy meanwhile.
+    fn gated_runner() -> (Runner, Arc<Mutex<Vec<usize>>>, Gate) {
+        let (inner, seen) = recording_runner();
+        let gate = Gate(Arc::new((Mutex::new(false), Condvar::new())));
+        let held = gate.0.clone();
+        let runner: Runner = Arc::new(move |tokens: &Tokens, codes: &[Code<'_>]| {
+            let (open, opened) = &*held;
+            drop(
+                opened
+                    .wait_while(open.lock().unwrap(), |open| !*open)
+                    .unwrap(),
+            );
+            inner(tokens, codes)
+        });
+        (runner, seen, gate)
+    }
+
+    /// A request sent to the batcher (its future polled once), still waiting for its answer.
+    fn sent(
+        handle: &BatcherHandle,
+        z: f32,
+        rows: usize,
+    ) -> std::pin::Pin<Box<impl Future<Output = Result<Array2<f32>, BatchError>>>> {
+        let mut answer =
+            Box::pin(handle.embed("t".into(), tokens(rows), vec![z].into(), DetKind::Lora));
+        assert!((&mut answer).now_or_never().is_none(), "answered at once");
+        answer
+    }
+
+    /// A request whose client leaves as soon as it is sent.
+    fn sent_and_left(handle: &BatcherHandle) -> Option<Result<Array2<f32>, BatchError>> {
+        handle
+            .embed("t".into(), tokens(1), vec![0.0].into(), DetKind::Lora)
+            .now_or_never()
+    }
+
+    // These run on one thread: the batcher runs only where the test awaits, so each request is
+    // sent (and left) whole before the batcher sees it.
+    #[tokio::test]
+    async fn requests_abandoned_while_every_session_is_busy_leave_room_for_live_ones() {
+        let (runner, seen, gate) = gated_runner();
+        let metrics = Arc::new(Metrics::new());
+        let mut eager = limits(4, 10_000);
+        eager.max_wait = Duration::ZERO;
+        let (handle, _task) = spawn(eager, runner, metrics.clone());
+        let busy = sent(&handle, 9.0, 4);
+        tokio::task::yield_now().await;
+        // While that batch holds the one session: four requests whose clients wait, four that left.
+        let mut live = Vec::new();
+        for z in 0..4 {
+            live.push(sent(&handle, z as f32, 1));
+            assert!(sent_and_left(&handle).is_none());
+        }
+        tokio::task::yield_now().await;
+        gate.open();
+        busy.await.unwrap();
+        for (z, answer) in live.into_iter().enumerate() {
+            assert_eq!(answer.await.unwrap().column(0).to_vec(), vec![z as f32]);
         }
         assert_eq!(
             *seen.lock().unwrap(),
-            vec![4],
-            "one full batch of the four live requests"
+            vec![4, 4],
+            "the four live requests in one batch"
         );
         assert_eq!(metrics.dropped_count("client_gone"), 4);
         assert_eq!(metrics.queue_requests.get(), 0);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test]
     async fn a_request_whose_client_left_gives_its_place_in_the_queue_back_at_once() {
-        let (runner, seen) = recording_runner();
+        let (runner, seen, gate) = gated_runner();
         let metrics = Arc::new(Metrics::new());
         let mut small = limits(2, 10_000);
+        small.max_wait = Duration::ZERO;
         small.queue_capacity = 2;
         let (handle, _task) = spawn(small, runner, metrics.clone());
-        let lent = handle.clone();
-        let loan = tokio::task::spawn_blocking(move || lent.lend_session().expect("a loan"));
-        let loan = tokio::time::timeout(Duration::from_secs(10), loan)
-            .await
-            .expect("an idle batcher lends at once")
-            .unwrap();
-        // A full batch waits for the lent session; two requests take the queue's two places.
-        let batched: Vec<_> = (0..2).map(|i| submit(&handle, i as f32, 1)).collect();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let queued: Vec<_> = (2..4).map(|i| submit(&handle, i as f32, 1)).collect();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let refused = submit(&handle, 9.0, 1).await.unwrap();
-        assert!(matches!(refused, Err(BatchError::QueueFull)), "{refused:?}");
-        // Their clients leave: the places are free while the requests still wait to be noticed.
-        for gone in &queued {
-            gone.abort();
+        let busy = sent(&handle, 9.0, 2);
+        tokio::task::yield_now().await;
+        // The session is busy; one request waits, and a place is left.
+        let waiting = sent(&handle, 1.0, 1);
+        tokio::task::yield_now().await;
+        // Clients that leave give their places back, more of them than the queue's channel holds
+        // (twice queue_capacity): the batcher forgets them as they come.
+        for _ in 0..10 {
+            assert!(
+                sent_and_left(&handle).is_none(),
+                "refused: the place was not given back"
+            );
+            tokio::task::yield_now().await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let later: Vec<_> = (4..6).map(|i| submit(&handle, i as f32, 1)).collect();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        drop(loan);
-        for answer in batched.into_iter().chain(later) {
-            answer.await.unwrap().unwrap();
-        }
+        let last = sent(&handle, 2.0, 1);
+        let refused = sent_and_left(&handle);
+        assert!(
+            matches!(refused, Some(Err(BatchError::QueueFull))),
+            "{refused:?}"
+        );
+        gate.open();
+        busy.await.unwrap();
+        assert_eq!(waiting.await.unwrap().column(0).to_vec(), vec![1.0]);
+        assert_eq!(last.await.unwrap().column(0).to_vec(), vec![2.0]);
         assert_eq!(*seen.lock().unwrap(), vec![2, 2]);
-        assert_eq!(metrics.dropped_count("client_gone"), 2);
+        assert_eq!(metrics.dropped_count("client_gone"), 10);
         assert_eq!(metrics.dropped_count("queue_full"), 1);
         assert_eq!(metrics.queue_requests.get(), 0);
     }
