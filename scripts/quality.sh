@@ -71,7 +71,12 @@ mkdir -p "$runs" docs/results/quality
 own_copies "$runs"
 bin=("$runs/deltaspace" --config "$runs/deltaspace.toml")
 common=(--model "$runs/model")
-info=$("${bin[@]}" subspace info "$subspace_file")
+# The matrix tunes from its own copy of the subspace file, taken first and read for its id, so that a publish
+# (scripts/pipeline.sh) or a checkout replacing the file mid-matrix cannot move later runs to another subspace
+# under the same name; tune checks the copy's hash as it loads it.
+copy=$runs/subspace.$$.safetensors
+cp -p "$subspace_file" "$copy"
+info=$("${bin[@]}" subspace info "$copy")
 name=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["name"])')
 d=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["d"])')
 id=$(printf '%s' "$info" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
@@ -86,11 +91,10 @@ if [ ! -f "$runs/$name.id" ]; then echo "$id" > "$runs/$name.id"; fi
 if [ "$(cat "$runs/$name.id")" != "$id" ]; then
   echo "quality: $subspace_file is $id, but the lines of $results were made in $(cat "$runs/$name.id");" \
     "finish that matrix with its subspace file, or move its lines and $runs/$name.id aside to begin another" >&2
+  rm -f "$copy"
   exit 2
 fi
-# Tune from a copy of that file, so that a publish (scripts/pipeline.sh) or a checkout replacing it mid-matrix
-# cannot move later runs to another subspace under the same name; tune checks the copy's hash as it loads it.
-copy_if_changed "$subspace_file" "$runs/subspace-$id.safetensors"
+mv -f "$copy" "$runs/subspace-$id.safetensors"
 subspace_file=$runs/subspace-$id.safetensors
 release "$runs/locks/subspace-$name"
 # Made once, under a lock: two quality.sh starting together would write the same file.
