@@ -213,18 +213,7 @@ impl Config {
 
     /// Every setting as `(section, key, environment variable)`, for docs and error messages.
     pub fn keys() -> Vec<(String, String, String)> {
-        let mut keys = Vec::new();
-        for (section, values) in &defaults() {
-            for key in values.as_table().into_iter().flatten().map(|(k, _)| k) {
-                let env = format!(
-                    "{ENV_PREFIX}{}_{}",
-                    section.to_uppercase(),
-                    key.to_uppercase()
-                );
-                keys.push((section.clone(), key.clone(), env));
-            }
-        }
-        keys
+        keys_of(&defaults())
     }
 
     /// Bounds on tasks, from `[server]`: uploads, start-up and `deltaspace import` check them.
@@ -325,6 +314,22 @@ pub fn ort_library_from_env() -> Option<PathBuf> {
     std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from)
 }
 
+/// Every setting of `defaults` as `(section, key, environment variable)`.
+fn keys_of(defaults: &toml::Table) -> Vec<(String, String, String)> {
+    let mut keys = Vec::new();
+    for (section, values) in defaults {
+        for key in values.as_table().into_iter().flatten().map(|(k, _)| k) {
+            let env = format!(
+                "{ENV_PREFIX}{}_{}",
+                section.to_uppercase(),
+                key.to_uppercase()
+            );
+            keys.push((section.clone(), key.clone(), env));
+        }
+    }
+    keys
+}
+
 /// Every setting's default, as TOML: `[section] key = value`.
 fn defaults() -> toml::Table {
     match toml::Value::try_from(Config::default()) {
@@ -339,8 +344,8 @@ fn apply_env(
     table: &mut toml::Table,
     vars: impl Iterator<Item = (String, String)>,
 ) -> anyhow::Result<()> {
-    let keys = Config::keys();
     let defaults = defaults();
+    let keys = keys_of(&defaults);
     // Only names under a config section are settings (DELTASPACE_RUNTIME_*, ...); other
     // DELTASPACE_* variables belong to scripts and tools.
     let sections: Vec<String> = keys

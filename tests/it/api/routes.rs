@@ -232,6 +232,13 @@ async fn invalid_uploads_are_refused_with_their_reason() {
     app.stop().await.unwrap();
 }
 
+/// The library's model and the fixture's subspace, to compare the server with.
+fn library_model(fixture: &Fixture) -> (Encoder, Subspace) {
+    let encoder = Encoder::load(&runtime(), &tiny_dir(), &EncoderOptions::default()).unwrap();
+    let subspace = Subspace::load(&fixture.subspace_path, encoder.manifest()).unwrap();
+    (encoder, subspace)
+}
+
 /// The library's own answer for one task and its texts, to compare the server with.
 fn library_predictions(
     fixture: &Fixture,
@@ -239,8 +246,7 @@ fn library_predictions(
     det: Option<DetKind>,
     inputs: &[TextInput],
 ) -> Vec<deltaspace::model::LabelScores> {
-    let encoder = Encoder::load(&runtime(), &tiny_dir(), &EncoderOptions::default()).unwrap();
-    let subspace = Subspace::load(&fixture.subspace_path, encoder.manifest()).unwrap();
+    let (encoder, subspace) = library_model(fixture);
     let prepared = PreparedTask::prepare(task, &encoder).unwrap();
     classifier::predict(&encoder, &subspace, &prepared, det, inputs).unwrap()
 }
@@ -319,9 +325,8 @@ async fn predict_and_embed_answer_for_the_task_through_any_det() {
     // The row the library embeds with the task's z through Adapter, and through LoRA, which differs.
     let z: Vec<f32> = serde_json::from_value(body["z"].clone()).unwrap();
     let hello = TextInput::single("hello");
+    let (encoder, subspace) = library_model(&fixture);
     let library = |det| {
-        let encoder = Encoder::load(&runtime(), &tiny_dir(), &EncoderOptions::default()).unwrap();
-        let subspace = Subspace::load(&fixture.subspace_path, encoder.manifest()).unwrap();
         let row = classifier::TextRow {
             input: &hello,
             z: &z,

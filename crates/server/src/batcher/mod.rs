@@ -268,7 +268,7 @@ impl Batcher {
             if !self.gather().await {
                 break;
             }
-            let Some(permit) = self.wait_for_session(&sessions).await else {
+            let Some(permit) = self.wait_for_session().await else {
                 break;
             };
             // A client may have left while the batch waited for its deadline or a session; the
@@ -328,11 +328,8 @@ impl Batcher {
     /// Waits for a free session, reading the queue meanwhile: requests whose clients left are
     /// forgotten as they come, the others wait in `pending` (they hold their places, so at most
     /// `queue_capacity` of them). The wait keeps its turn for the session while requests come.
-    async fn wait_for_session(
-        &mut self,
-        sessions: &Arc<Semaphore>,
-    ) -> Option<OwnedSemaphorePermit> {
-        let session = sessions.clone().acquire_owned();
+    async fn wait_for_session(&mut self) -> Option<OwnedSemaphorePermit> {
+        let session = self.sessions.clone().acquire_owned();
         tokio::pin!(session);
         let mut open = true;
         loop {
@@ -641,6 +638,20 @@ mod tests {
         (runner, seen, gate)
     }
 
+    /// A batcher that cuts a batch as soon as a session is free (no wait), on a gated runner.
+    fn gated_batcher(
+        max_rows: usize,
+        queue_capacity: usize,
+    ) -> (BatcherHandle, Arc<Mutex<Vec<usize>>>, Gate, Arc<Metrics>) {
+        let (runner, seen, gate) = gated_runner();
+        let metrics = Arc::new(Metrics::new());
+        let mut eager = limits(max_rows, 10_000);
+        eager.max_wait = Duration::ZERO;
+        eager.queue_capacity = queue_capacity;
+        let (handle, _task) = spawn(eager, runner, metrics.clone());
+        (handle, seen, gate, metrics)
+    }
+
     /// A request sent to the batcher (its future polled once), still waiting for its answer.
     fn sent(
         handle: &BatcherHandle,
@@ -664,11 +675,7 @@ mod tests {
     // sent (and left) whole before the batcher sees it.
     #[tokio::test]
     async fn requests_abandoned_while_every_session_is_busy_leave_room_for_live_ones() {
-        let (runner, seen, gate) = gated_runner();
-        let metrics = Arc::new(Metrics::new());
-        let mut eager = limits(4, 10_000);
-        eager.max_wait = Duration::ZERO;
-        let (handle, _task) = spawn(eager, runner, metrics.clone());
+        let (handle, seen, gate, metrics) = gated_batcher(4, 16);
         let busy = sent(&handle, 9.0, 4);
         tokio::task::yield_now().await;
         // While that batch holds the one session: four requests whose clients wait, four that left.
@@ -694,12 +701,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_whose_client_left_gives_its_place_in_the_queue_back_at_once() {
-        let (runner, seen, gate) = gated_runner();
-        let metrics = Arc::new(Metrics::new());
-        let mut small = limits(2, 10_000);
-        small.max_wait = Duration::ZERO;
-        small.queue_capacity = 2;
-        let (handle, _task) = spawn(small, runner, metrics.clone());
+        let (handle, seen, gate, metrics) = gated_batcher(2, 2);
         let busy = sent(&handle, 9.0, 2);
         tokio::task::yield_now().await;
         // The session is busy; one request waits, and a place is left.
